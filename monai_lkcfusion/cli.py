@@ -1,0 +1,90 @@
+"""The ``lkcfusion`` command line.
+
+Each subcommand is a pair of functions in this module: ``_add_<name>(subparsers)``, decorated with
+``@_subcommand``, declares its arguments and sets ``func=_run_<name>``; ``_run_<name>(args) -> int`` runs it. Errors a user can cause (:class:`~monai_lkcfusion.errors.FusionInputError`,
+missing files) are printed as one line on stderr with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .errors import FusionInputError
+
+__all__ = ["build_parser", "main"]
+
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def _subcommand(add: Callable[[argparse._SubParsersAction], None]) -> Callable[[argparse._SubParsersAction], None]:
+    """Register ``add`` (which declares one subcommand and sets its ``func``) with the parser."""
+    _SUBCOMMANDS.append(add)
+    return add
+
+_DESCRIPTION = """\
+LKC-FUNet multimodal medical image fusion: one fused image from an anatomical MRI and a second modality
+(CT, PET or SPECT), 2D slices or 3D volumes, on the MRI's grid.
+"""
+
+_EPILOG = """\
+examples:
+  lkcfusion demo -o outputs/demo                     fuse the shipped demo data
+  lkcfusion <command> --help                         options of one command
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every registered subcommand.
+
+    Returns:
+        The top-level parser; each subparser carries its runner as the ``func`` default.
+    """
+    parser = argparse.ArgumentParser(
+        prog="lkcfusion",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="<command>")
+    for add in _SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lkcfusion`` command line.
+
+    Args:
+        argv: arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        The exit code: 0 on success, 2 for a problem with the user's input, 1 for a failed batch.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (FusionInputError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        print(f"lkcfusion: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lkcfusion: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(err: BaseException) -> str:
+    """Collapse an exception message into a single line."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    return " ".join(str(err).split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Shared fixtures: the Harvard data in ../shared (skipped cleanly when absent) and small synthetic pairs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LKCFUSION_SHARED", REPO.parent / "shared"))
+HARVARD = SHARED / "data" / "harvard_xg"
+GOLDEN = SHARED / "golden" / "fusion_metrics.json"
+
+
+@pytest.fixture(scope="session")
+def harvard_root() -> Path:
+    """Root of ``harvard_xg`` (``train/`` and ``test/``); skips the test when ../shared is not beside the repo."""
+    if not HARVARD.is_dir():
+        pytest.skip(f"Harvard data not found at {HARVARD}")
+    return HARVARD
+
+
+@pytest.fixture(scope="session")
+def golden_path() -> Path:
+    """The literature evaluator's reference values; skips when ../shared is absent."""
+    if not GOLDEN.is_file():
+        pytest.skip(f"golden metrics not found at {GOLDEN}")
+    return GOLDEN
+
+
+@pytest.fixture
+def synthetic_pair() -> tuple[np.ndarray, np.ndarray]:
+    """A made-up registered 2D pair in [0, 1], 61x47: an 'MRI' with soft texture and a 'CT'-like bright ring."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:61, 0:47].astype(np.float32)
+    r = np.hypot(yy - 30, xx - 23)
+    mri = np.clip(0.5 + 0.3 * np.sin(xx / 3.0) * np.cos(yy / 4.0) * (r < 20) + 0.05 * rng.standard_normal(r.shape), 0, 1)
+    other = ((r > 17) & (r < 21)).astype(np.float32) * 0.9
+    return mri.astype(np.float32), other.astype(np.float32)
