@@ -1,8 +1,8 @@
 """The ``lkcfusion`` command line.
 
 Each subcommand is a pair of functions in this module: ``_add_<name>(subparsers)``, decorated with
-``@_subcommand``, declares its arguments and sets ``func=_run_<name>``; ``_run_<name>(args) -> int`` runs it. Errors a user can cause (:class:`~monai_lkcfusion.errors.FusionInputError`,
-missing files) are printed as one line on stderr with exit code 2, never as a traceback.
+``@_subcommand``, declares its arguments and sets ``func=_run_<name>``; ``_run_<name>(args) -> int`` runs it.
+Errors a user can cause (:class:`~monai_lkcfusion.errors.FusionInputError`, missing files) are printed as one line on stderr with exit code 2, never as a traceback.
 """
 
 from __future__ import annotations
