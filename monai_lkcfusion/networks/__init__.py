@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 from .blocks import NORM_KINDS, DropPath, MultipathAdaptiveFusion, RepLKBlock, ResBlock, UpSample, get_norm, group_count
+from .convert import (
+    convert_official_state_dict,
+    is_official_state_dict,
+    load_official_checkpoint,
+    official_config,
+    read_state_dict,
+    unwrap_state_dict,
+)
 from .lkcfunet import NETWORK_PRESETS, NORM_SCHEMES, NORM_SITES, LKCFUNet, resolve_norm_scheme
 
 __all__ = [
@@ -16,7 +24,13 @@ __all__ = [
     "RepLKBlock",
     "ResBlock",
     "UpSample",
+    "convert_official_state_dict",
     "get_norm",
     "group_count",
+    "is_official_state_dict",
+    "load_official_checkpoint",
+    "official_config",
+    "read_state_dict",
     "resolve_norm_scheme",
+    "unwrap_state_dict",
 ]

@@ -28,9 +28,10 @@ NORM_SCHEMES: dict[str, dict[str, str]] = {
     "official": {"stem": "batch", "resblock": "group", "replk": "layer", "mafm": "batch", "head": "group"},
     # the paper's BatchNorm baseline
     "bn": {"stem": "batch", "resblock": "batch", "replk": "batch", "mafm": "batch", "head": "batch"},
-    # the paper's mixture: instance norm where sample independence matters (stem, fusion), group norm where
-    # channel correlation matters (residual/RepLK blocks, head)
-    "ingn": {"stem": "instance", "resblock": "group", "replk": "layer", "mafm": "instance", "head": "group"},
+    # the paper's IN/GN mixture without batch statistics: instance norm on the shallow stem features (sample
+    # independence), group norm where channel correlation matters (residual blocks, MAFM, head), per-sample
+    # GroupNorm(1) in the RepLK blocks as released (see docs/network.md for this reading of the paper)
+    "ingn": {"stem": "instance", "resblock": "group", "replk": "layer", "mafm": "group", "head": "group"},
 }
 """Named norm schemes: site -> norm kind (``"batch"``, ``"instance"``, ``"group"``, ``"layer"``)."""
 
@@ -172,6 +173,8 @@ class LKCFUNet(nn.Module):
             "norm": scheme,
         }
         self.size_divisible = 2 ** (levels - 1)
+        # the norm scheme travels with the weights (GroupNorm / InstanceNorm tensors alone cannot tell it)
+        self.register_buffer("norm_kinds", torch.tensor([NORM_KINDS.index(scheme[site]) for site in NORM_SITES]))
 
         self.stem_conv = nn.Conv2d(in_channels, features, 3, padding=1)
         self.stem = nn.Sequential(
