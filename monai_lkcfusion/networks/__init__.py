@@ -11,6 +11,7 @@ from .convert import (
     read_state_dict,
     unwrap_state_dict,
 )
+from .loading import default_weights_path, infer_config, load_network, save_network
 from .lkcfunet import NETWORK_PRESETS, NORM_SCHEMES, NORM_SITES, LKCFUNet, resolve_norm_scheme
 
 __all__ = [
@@ -25,12 +26,16 @@ __all__ = [
     "ResBlock",
     "UpSample",
     "convert_official_state_dict",
+    "default_weights_path",
     "get_norm",
     "group_count",
+    "infer_config",
     "is_official_state_dict",
+    "load_network",
     "load_official_checkpoint",
     "official_config",
     "read_state_dict",
     "resolve_norm_scheme",
+    "save_network",
     "unwrap_state_dict",
 ]
