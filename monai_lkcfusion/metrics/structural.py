@@ -1,0 +1,107 @@
+"""Structural similarity of the fused image to each source: SSIM (the literature's 7x7 uniform window) and MS-SSIM."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.metrics.regression import compute_ms_ssim
+
+from ..errors import FusionInputError
+from .utils import batched_metric, reduce_sources
+
+__all__ = ["structural_similarity", "multiscale_structural_similarity", "MS_SSIM_WEIGHTS"]
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _box_mean(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Uniform ``size`` x ``size`` mean over the 'valid' region of float32 planes (N, 1, H, W).
+
+    Like ``scipy.ndimage.uniform_filter`` on float32: one pass per axis (rows first), each accumulated in
+    float64 and stored as float32.
+    """
+    rows = F.avg_pool2d(images.double(), (size, 1), stride=1).float()
+    return F.avg_pool2d(rows.double(), (1, size), stride=1).float()
+
+
+def _ssim_per_source(fused: torch.Tensor, sources: torch.Tensor, data_range: float, window: int) -> torch.Tensor:
+    """Mean SSIM of (B, 1, H, W) ``fused`` against each of the (B, S, H, W) ``sources``: (B, S).
+
+    ``skimage.metrics.structural_similarity`` with its defaults (uniform window, sample covariance,
+    K1 = 0.01, K2 = 0.03) in float32 as it computes for float32 images; the mean is over the pixels at least
+    window // 2 from the border, where the window lies inside the image.
+    """
+    b, s, h, w = sources.shape
+    x = fused.float().expand(b, s, h, w).reshape(b * s, 1, h, w)
+    y = sources.float().reshape(b * s, 1, h, w)
+    stacked = torch.cat([x, y, x * x, y * y, x * y])  # (5 BS, 1, H, W)
+    ux, uy, uxx, uyy, uxy = _box_mean(stacked, window).chunk(5)
+    cov_norm = window * window / (window * window - 1.0)
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    a1, a2 = 2 * ux * uy + c1, 2 * vxy + c2
+    b1, b2 = ux * ux + uy * uy + c1, vx + vy + c2
+    ssim_map = (a1 * a2) / (b1 * b2)  # (BS, 1, H - window + 1, W - window + 1)
+    return ssim_map.double().flatten(1).mean(dim=1).reshape(b, s)
+
+
+@batched_metric
+def structural_similarity(
+    fused: torch.Tensor,
+    mri: torch.Tensor,
+    other: torch.Tensor,
+    data_range: float = 255.0,
+    reduction: str = "sum",
+    window: int = 7,
+) -> torch.Tensor:
+    """SSIM: SSIM(F, MRI) + SSIM(F, other) with a uniform ``window`` x ``window`` window.
+
+    Args:
+        fused: (B, 1, H, W) batch or (H, W) image on [0, 255].
+        mri: the first source, same shape.
+        other: the second source, same shape.
+        data_range: the L in C1 = (0.01 L)^2, C2 = (0.03 L)^2. 255 is LKC-FUNet's evaluator; 2 reproduces the
+            published CDDFuse/EMMA tables (their evaluator leaves scikit-image's default for float images).
+        reduction: ``"sum"`` over the two sources (the literature) or ``"mean"``.
+        window: odd window size (7 in the literature).
+
+    Returns:
+        (B,) float64 tensor, or a float for a single image.
+    """
+    return reduce_sources(_ssim_per_source(fused, torch.cat([mri, other], dim=1), data_range, window), reduction)
+
+
+@batched_metric
+def multiscale_structural_similarity(
+    fused: torch.Tensor,
+    mri: torch.Tensor,
+    other: torch.Tensor,
+    data_range: float = 255.0,
+    reduction: str = "sum",
+) -> torch.Tensor:
+    """MS-SSIM (Wang et al. 2003): 5 scales, 11x11 Gaussian window (sigma 1.5), weights :data:`MS_SSIM_WEIGHTS`.
+
+    Computed by MONAI's :func:`monai.metrics.regression.compute_ms_ssim` (2x2 average pooling between scales,
+    negative scale terms clipped to 0) for F against each source, combined like SSIM.
+
+    Args:
+        fused: (B, 1, H, W) batch or (H, W) image on [0, 255], H and W larger than 160.
+        mri: the first source, same shape.
+        other: the second source, same shape.
+        data_range: the L of the stability constants.
+        reduction: ``"sum"`` over the two sources (like SSIM) or ``"mean"``.
+
+    Returns:
+        (B,) float64 tensor, or a float for a single image.
+    """
+    if min(fused.shape[-2:]) <= 160:
+        raise FusionInputError(f"MS_SSIM needs images larger than 160x160, got {tuple(fused.shape[-2:])}")
+    b = fused.shape[0]
+    pred = torch.cat([fused, fused]).float()
+    target = torch.cat([mri, other]).float()
+    values = compute_ms_ssim(
+        pred, target, spatial_dims=2, data_range=data_range, kernel_size=11, kernel_sigma=1.5, weights=MS_SSIM_WEIGHTS
+    )
+    return reduce_sources(values.double().reshape(2, b).T, reduction)
