@@ -79,6 +79,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+@_subcommand
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    """``lkcfusion export``: the network as TorchScript or ONNX."""
+    p = subparsers.add_parser(
+        "export",
+        help="export the network as TorchScript or ONNX",
+        description="Export the fusion network: input (B, 2, H, W) [ch0 MRI, ch1 other, in [0, 1]], output "
+        "(B, 1, H, W) raw (clamp to [0, 1]); any H, W. Weights: --weights, else the bundle's model, "
+        "else (with --preset) an untrained network of that preset.",
+    )
+    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript", help="export format")
+    p.add_argument("-o", "--output", required=True, help="file to write (e.g. model.ts or model.onnx)")
+    p.add_argument("--weights", help="weights file (.pt/.pth/.safetensors, ours or official); default: the bundle's")
+    p.add_argument("--preset", help="network preset; with --weights it must match them, alone it exports untrained")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_network
+    from .networks import LKCFUNet, default_weights_path, load_network
+
+    weights = args.weights or (default_weights_path() if default_weights_path().is_file() else None)
+    if weights is not None:
+        net = load_network(weights, expected=args.preset)
+        source = str(weights)
+    elif args.preset:
+        net = LKCFUNet.from_preset(args.preset)
+        source = f"untrained preset {args.preset!r}"
+    else:
+        raise FusionInputError(
+            f"no trained weights at {default_weights_path()}: pass --weights FILE, or --preset NAME for an untrained net"
+        )
+    path = export_network(net, args.output, args.format)
+    print(f"wrote {args.format} model to {path} ({source})")
+    return 0
+
+
 def _one_line(err: BaseException) -> str:
     """Collapse an exception message into a single line."""
     if isinstance(err, OSError) and err.filename is not None:

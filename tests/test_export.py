@@ -1,0 +1,77 @@
+"""TorchScript and ONNX exports give the network's output (tiny preset, sizes not divisible by the stride)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from monai_lkcfusion.cli import main
+from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.export import export_network
+from monai_lkcfusion.networks import LKCFUNet, save_network
+
+SHAPES = [(1, 2, 37, 45), (3, 2, 16, 20), (2, 2, 5, 7)]
+
+
+@pytest.fixture(scope="module")
+def tiny_net() -> LKCFUNet:
+    torch.manual_seed(0)
+    net = LKCFUNet.from_preset("tiny").eval()
+    for module in net.modules():  # non-trivial BatchNorm statistics, so eval-mode normalisation is exercised
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+def _reference(net: LKCFUNet, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return net(x).numpy()
+
+
+def test_torchscript_matches_network(tmp_path, tiny_net):
+    path = export_network(tiny_net, tmp_path / "model.ts", "torchscript")
+    extra = {"lkcfusion.json": ""}
+    scripted = torch.jit.load(str(path), _extra_files=extra)
+    assert json.loads(extra["lkcfusion.json"])["size_divisible"] == str(tiny_net.size_divisible)
+    for shape in SHAPES:
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            out = scripted(x).numpy()
+        assert out.shape == (shape[0], 1, *shape[2:])
+        np.testing.assert_allclose(out, _reference(tiny_net, x), atol=1e-4, rtol=0)
+
+
+def test_onnx_matches_network_on_any_size(tmp_path, tiny_net):
+    ort = pytest.importorskip("onnxruntime")
+    path = export_network(tiny_net, tmp_path / "model.onnx", "onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].name == "image"
+    assert session.get_modelmeta().custom_metadata_map["size_divisible"] == str(tiny_net.size_divisible)
+    for shape in SHAPES:
+        x = torch.rand(*shape)
+        (out,) = session.run(["fused"], {"image": x.numpy()})
+        assert out.shape == (shape[0], 1, *shape[2:])
+        np.testing.assert_allclose(out, _reference(tiny_net, x), atol=1e-4, rtol=0)
+
+
+def test_cli_export_from_weights(tmp_path, tiny_net):
+    weights = save_network(tiny_net, tmp_path / "tiny.safetensors")
+    out = tmp_path / "cli" / "model.ts"
+    assert main(["export", "--format", "torchscript", "-o", str(out), "--weights", str(weights)]) == 0
+    x = torch.rand(1, 2, 23, 31)
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.jit.load(str(out))(x).numpy(), _reference(tiny_net, x), atol=1e-4, rtol=0)
+
+
+def test_cli_export_errors(tmp_path, tiny_net, capsys):
+    weights = save_network(tiny_net, tmp_path / "tiny.pt")
+    assert main(["export", "-o", str(tmp_path / "m.ts"), "--weights", str(weights), "--preset", "small"]) == 2
+    assert main(["export", "-o", str(tmp_path / "m.ts"), "--weights", str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("lkcfusion: error:") == 2 and "Traceback" not in err
+    with pytest.raises(FusionInputError, match="--format"):
+        export_network(tiny_net, tmp_path / "m.bin", "tflite")
