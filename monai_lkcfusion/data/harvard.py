@@ -1,0 +1,53 @@
+"""Datalists for the Harvard Whole Brain Atlas fusion pairs (``harvard_xg`` folder layout)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import FusionInputError
+
+__all__ = ["HARVARD_TASKS", "harvard_datalist"]
+
+#: task name -> folder of the second modality inside ``<root>/<split>/<task>/``
+HARVARD_TASKS: dict[str, str] = {"MRI-CT": "CT", "MRI-PET": "PET", "MRI-SPECT": "SPECT"}
+
+
+def harvard_datalist(
+    root: str | Path, split: str = "train", tasks: Sequence[str] | str | None = None
+) -> list[dict[str, str]]:
+    """List the registered pairs of a Harvard fusion folder tree.
+
+    The layout is ``<root>/<split>/<task>/{MRI,<other>}/<name>`` with ``task`` in :data:`HARVARD_TASKS`;
+    pairs are matched by file name. Missing task folders are skipped; an MRI without its partner is an error.
+
+    Args:
+        root: folder holding ``train/`` and ``test/``.
+        split: sub-folder to list, ``"train"`` or ``"test"`` (any existing sub-folder works).
+        tasks: task names to include (``"MRI-CT"``, ``"MRI-PET"``, ``"MRI-SPECT"``); ``None`` takes all.
+
+    Returns:
+        One dict per pair, sorted by task then name, with keys ``"mri"`` and ``"other"`` (file paths as strings),
+        ``"task"`` and ``"name"`` (the shared file name).
+
+    Raises:
+        FusionInputError: ``root/split`` does not exist, a task name is unknown, or an MRI has no partner.
+    """
+    split_dir = Path(root) / split
+    if not split_dir.is_dir():
+        raise FusionInputError(f"{split_dir}: no such folder; expected <root>/{split}/<task>/MRI/<name>")
+    selected = list(HARVARD_TASKS) if tasks is None else [tasks] if isinstance(tasks, str) else list(tasks)
+    unknown = [t for t in selected if t not in HARVARD_TASKS]
+    if unknown:
+        raise FusionInputError(f"unknown Harvard task(s) {unknown}; choose from {list(HARVARD_TASKS)}")
+    items: list[dict[str, str]] = []
+    for task in selected:
+        mri_dir, other_dir = split_dir / task / "MRI", split_dir / task / HARVARD_TASKS[task]
+        if not mri_dir.is_dir():
+            continue
+        for mri in sorted(p for p in mri_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+            other = other_dir / mri.name
+            if not other.is_file():
+                raise FusionInputError(f"{mri}: no partner image {other}")
+            items.append({"mri": str(mri), "other": str(other), "task": task, "name": mri.name})
+    return items

@@ -1,0 +1,132 @@
+"""Modality-aware intensity scaling to [0, 1] with non-finite voxels masked."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from ..errors import FusionInputError
+
+__all__ = ["CT_WINDOW", "PERCENTILES", "ScaleModalityd", "normalize_modality", "scale_to_unit"]
+
+#: default CT window in Hounsfield units (a wide bone window: brain ~0.27, cortical bone -> 1)
+CT_WINDOW: tuple[float, float] = (-500.0, 1500.0)
+#: default robust percentiles for MR, PET and SPECT
+PERCENTILES: tuple[float, float] = (0.5, 99.5)
+_ALIASES = {"MRI": "MR", "MR": "MR", "CT": "CT", "PT": "PET", "PET": "PET", "NM": "SPECT", "SPECT": "SPECT"}
+
+
+def normalize_modality(modality: str | None) -> str | None:
+    """Map DICOM codes and common names to ``"MR"``, ``"CT"``, ``"PET"`` or ``"SPECT"`` (``None`` stays ``None``).
+
+    Raises:
+        FusionInputError: an unknown modality name.
+    """
+    if modality is None:
+        return None
+    key = str(modality).strip().upper()
+    if key not in _ALIASES:
+        raise FusionInputError(f"unknown modality '{modality}'; use MR, CT, PET or SPECT")
+    return _ALIASES[key]
+
+
+def scale_to_unit(
+    img: torch.Tensor,
+    modality: str | None = None,
+    display_max: float | None = None,
+    ct_window: Sequence[float] = CT_WINDOW,
+    percentiles: Sequence[float] = PERCENTILES,
+    name: str = "image",
+) -> tuple[torch.Tensor, dict[str, object]]:
+    """Scale raw intensities to [0, 1] by modality; NaN/Inf voxels become 0 and are counted.
+
+    Rules, in order: 8-bit pictures (``display_max == 255``) are divided by 255 (they are already windowed for
+    display); CT (given, or detected by values below -500) uses ``ct_window`` in HU; everything else (MR, PET,
+    SPECT, 16-bit and float data) maps the ``percentiles`` of the finite voxels to [0, 1] and clips.
+
+    Args:
+        img: raw ``(C, *spatial)`` image.
+        modality: ``"MR"``, ``"CT"``, ``"PET"``, ``"SPECT"`` (or a DICOM code) or ``None`` to decide from the data.
+        display_max: the picture's display maximum from the reader (255 for 8-bit pictures).
+        ct_window: ``(low, high)`` HU window for CT.
+        percentiles: ``(low, high)`` percentiles for the other modalities.
+        name: name used in error messages (the file).
+
+    Returns:
+        The scaled float32 image and a record with ``intensity_scaling`` (what was done) and ``nonfinite_voxels``.
+
+    Raises:
+        FusionInputError: no finite voxel at all.
+    """
+    data = img.detach().to(torch.float32)
+    finite = torch.isfinite(data)
+    nonfinite = int((~finite).sum())
+    if nonfinite == data.numel():
+        raise FusionInputError(f"{name}: no finite voxel (all NaN/Inf)")
+    values = data[finite]
+    modality = normalize_modality(modality)
+    if display_max == 255.0:
+        low, high, rule = 0.0, 255.0, "8-bit picture / 255"
+    elif modality == "CT" or modality is None and float(values.min()) < -500.0:
+        low, high = float(ct_window[0]), float(ct_window[1])
+        rule = f"CT window [{low:g}, {high:g}] HU"
+    else:
+        low, high = (float(v) for v in np.percentile(values.cpu().numpy(), list(percentiles)))
+        rule = f"{modality or 'auto'} percentiles {percentiles[0]:g}-{percentiles[1]:g} = [{low:.6g}, {high:.6g}]"
+    scaled = ((data - low) / max(high - low, 1e-12)).clamp(0.0, 1.0)
+    scaled = torch.where(finite, scaled, torch.zeros_like(scaled))
+    return scaled, {"intensity_scaling": rule, "nonfinite_voxels": nonfinite, "modality": modality}
+
+
+class ScaleModalityd(MapTransform):
+    """Dict wrapper of :func:`scale_to_unit`: reads ``modality`` and ``display_max`` from each MetaTensor's meta.
+
+    The record (``intensity_scaling``, ``nonfinite_voxels``) is written into the image's meta.
+
+    Args:
+        keys: image keys, usually ``("mri", "other")``.
+        modality: modality per key (a mapping) or one for all; ``None`` uses the file's (DICOM) or detects it.
+        ct_window: HU window for CT.
+        percentiles: robust percentiles for MR/PET/SPECT.
+        allow_missing_keys: don't raise when a key is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        modality: str | Mapping[Hashable, str | None] | None = None,
+        ct_window: Sequence[float] = CT_WINDOW,
+        percentiles: Sequence[float] = PERCENTILES,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.modality = modality
+        self.ct_window = ct_window
+        self.percentiles = percentiles
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            meta = img.meta if isinstance(img, MetaTensor) else {}
+            modality = self.modality.get(key) if isinstance(self.modality, Mapping) else self.modality
+            file_modality = meta.get("modality")
+            if str(file_modality).strip().upper() not in _ALIASES:  # e.g. DICOM "OT": decide from the data
+                file_modality = None
+            scaled, record = scale_to_unit(
+                img,
+                modality=modality or file_modality,
+                display_max=meta.get("display_max"),
+                ct_window=self.ct_window,
+                percentiles=self.percentiles,
+                name=str(meta.get("filename_or_obj", key)),
+            )
+            if isinstance(img, MetaTensor):
+                scaled = MetaTensor(scaled, meta={**img.meta, **record})
+            d[key] = scaled
+        return d

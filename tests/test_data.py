@@ -1,0 +1,79 @@
+"""Datalists: Harvard layout (shared data and a tree made here), decathlon JSON round trip, pairing by name."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from monai.data import load_decathlon_datalist
+from PIL import Image
+
+from monai_lkcfusion.data import harvard_datalist, load_fusion_datalist, pair_files_by_name, write_fusion_datalist
+from monai_lkcfusion.errors import FusionInputError
+
+
+def _make_tree(root: Path, counts: dict[str, int]) -> None:
+    other = {"MRI-CT": "CT", "MRI-PET": "PET", "MRI-SPECT": "SPECT"}
+    for task, n in counts.items():
+        for sub in ("MRI", other[task]):
+            (root / "train" / task / sub).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((8, 8), i, np.uint8)).save(root / "train" / task / sub / f"{i:03d}.png")
+
+
+@pytest.mark.shared
+def test_harvard_counts_on_shared_data(harvard_root):
+    train = Counter(item["task"] for item in harvard_datalist(harvard_root, "train"))
+    test = Counter(item["task"] for item in harvard_datalist(harvard_root, "test"))
+    assert train == {"MRI-CT": 160, "MRI-PET": 245, "MRI-SPECT": 333}
+    assert test == {"MRI-CT": 24, "MRI-PET": 24, "MRI-SPECT": 24}
+    pet = harvard_datalist(harvard_root, "test", tasks="MRI-PET")
+    assert all(Path(i["mri"]).name == Path(i["other"]).name == i["name"] for i in pet)
+    assert all("/PET/" in i["other"] for i in pet)
+
+
+def test_harvard_counts_on_temp_tree(tmp_path):
+    _make_tree(tmp_path, {"MRI-CT": 3, "MRI-SPECT": 2})
+    items = harvard_datalist(tmp_path)
+    assert Counter(i["task"] for i in items) == {"MRI-CT": 3, "MRI-SPECT": 2}
+    assert set(items[0]) == {"mri", "other", "task", "name"}
+    assert len(harvard_datalist(tmp_path, tasks=["MRI-SPECT"])) == 2
+    (tmp_path / "train" / "MRI-CT" / "CT" / "001.png").unlink()
+    with pytest.raises(FusionInputError, match="no partner"):
+        harvard_datalist(tmp_path)
+    with pytest.raises(FusionInputError, match="unknown Harvard task"):
+        harvard_datalist(tmp_path, tasks="MRI-XR")
+    with pytest.raises(FusionInputError, match="no such folder"):
+        harvard_datalist(tmp_path, split="test")
+
+
+def test_decathlon_datalist_round_trip(tmp_path):
+    _make_tree(tmp_path / "data", {"MRI-CT": 2, "MRI-PET": 1})
+    (tmp_path / "vol").mkdir()
+    volumes = [{"mri": str(tmp_path / "vol" / "a_t1.nii.gz"), "other": str(tmp_path / "vol" / "a_pet.nii.gz")}]
+    items = harvard_datalist(tmp_path / "data")
+    path = write_fusion_datalist(tmp_path / "list.json", {"training": items[:2], "test": items[2:] + volumes},
+                                 name="toy")
+    raw = json.loads(path.read_text())
+    assert raw["name"] == "toy" and not Path(raw["training"][0]["mri"]).is_absolute()
+    assert load_fusion_datalist(path, "training") == items[:2]
+    assert load_fusion_datalist(path, "test")[1]["mri"] == volumes[0]["mri"]
+    monai_items = load_decathlon_datalist(path, is_segmentation=False, data_list_key="training")
+    assert [i["mri"] for i in monai_items] == [i["mri"] for i in items[:2]]
+    with pytest.raises(FusionInputError):
+        load_fusion_datalist(path, "validation")
+    with pytest.raises(FusionInputError, match="needs keys"):
+        write_fusion_datalist(tmp_path / "bad.json", {"training": [{"mri": "x"}]})
+
+
+def test_pair_files_by_name(tmp_path):
+    for folder, names in {"a": ["x.nii.gz", "y.png", "z.png"], "b": ["x.nii", "y.png", "w.png"]}.items():
+        (tmp_path / folder).mkdir()
+        for n in names:
+            (tmp_path / folder / n).write_bytes(b"1")
+    pairs, unpaired = pair_files_by_name(tmp_path / "a", tmp_path / "b")
+    assert [(m.name, o.name) for m, o in pairs] == [("x.nii.gz", "x.nii"), ("y.png", "y.png")]
+    assert len(unpaired) == 2 and any("z.png" in u for u in unpaired) and any("w.png" in u for u in unpaired)

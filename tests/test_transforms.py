@@ -1,0 +1,122 @@
+"""Transforms: loading every picture mode, YCbCr round trip, modality scaling, resampling, slice sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from PIL import Image
+
+from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.transforms import (
+    MergeLumad,
+    RandSliced,
+    SplitLumad,
+    axial_axis,
+    fusion_load_transforms,
+    resample_to_reference,
+    rgb_to_ycbcr,
+    scale_to_unit,
+    ycbcr_to_rgb,
+)
+
+
+def _pet_rgb(h: int = 20, w: int = 30) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([xx * 8 % 256, yy * 12 % 256, (xx + yy) * 4 % 256], -1).astype(np.uint8)
+
+
+def test_load_pair_gray_and_colour(tmp_path):
+    Image.fromarray(np.arange(600, dtype=np.uint8).reshape(20, 30)).save(tmp_path / "mri.png")
+    Image.fromarray(_pet_rgb()).save(tmp_path / "pet.png")
+    d = fusion_load_transforms()({"mri": str(tmp_path / "mri.png"), "other": str(tmp_path / "pet.png")})
+    assert d["mri"].shape == (1, 20, 30) and d["other"].shape == (1, 20, 30) and d["other_cbcr"].shape == (2, 20, 30)
+    assert d["mri"].dtype == torch.float32 and 0 <= float(d["mri"].min()) and float(d["mri"].max()) <= 1
+    assert torch.allclose(d["mri"][0, 0, :5], torch.arange(5) / 255.0)  # row/column order kept, /255
+    rgb = torch.as_tensor(_pet_rgb()).permute(2, 0, 1).float() / 255
+    assert torch.allclose(d["other"][0], rgb_to_ycbcr(rgb)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "LA", "1"])
+def test_picture_modes(tmp_path, mode):
+    rgb = Image.fromarray(_pet_rgb())
+    image = {"L": rgb.convert("L"), "RGB": rgb, "RGBA": rgb.convert("RGBA"), "P": rgb.convert("P"),
+             "LA": rgb.convert("LA"), "1": rgb.convert("1"),
+             "I;16": Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16) * 200))}[mode]
+    image.save(tmp_path / "x.png")
+    d = fusion_load_transforms(split_luma=False)({"mri": str(tmp_path / "x.png"), "other": str(tmp_path / "x.png")})
+    channels = 3 if mode in ("RGB", "RGBA", "P") else 1
+    assert d["other"].shape == (channels, 20, 30)
+    assert torch.isfinite(d["other"]).all() and float(d["other"].max()) <= 1 and float(d["other"].min()) >= 0
+    assert float(d["other"].max()) > 0.5
+
+
+def test_ycbcr_round_trip_and_merge():
+    rgb = torch.rand(3, 9, 7)
+    ycbcr = rgb_to_ycbcr(rgb)
+    assert torch.allclose(ycbcr_to_rgb(ycbcr[:1], ycbcr[1:]), rgb, atol=1e-5)
+    gray = torch.full((3, 4, 4), 0.3)
+    assert torch.allclose(rgb_to_ycbcr(gray)[1:], torch.full((2, 4, 4), 0.5), atol=1e-6)
+    d = SplitLumad("other")({"other": rgb})
+    d["pred"] = d["other"]
+    assert torch.allclose(MergeLumad("pred")(d)["pred"], rgb, atol=1e-5)
+    assert MergeLumad("pred")({"pred": torch.zeros(1, 2, 2)})["pred"].shape == (1, 2, 2)
+
+
+def test_scale_by_modality():
+    ct = torch.tensor([[-1000.0, 0.0, 40.0, 1500.0, 3000.0]])
+    scaled, rec = scale_to_unit(ct)
+    assert "CT window" in rec["intensity_scaling"] and scaled[0, 0] == 0 and scaled[0, 3] == 1
+    mr = torch.linspace(0, 1000, 1001)[None].clone()
+    mr[0, 5] = float("nan")
+    mr[0, 6] = float("inf")
+    scaled, rec = scale_to_unit(mr, modality="MR")
+    assert rec["nonfinite_voxels"] == 2 and "percentiles" in rec["intensity_scaling"]
+    assert torch.isfinite(scaled).all() and scaled[0, 5] == 0 and scaled.max() == 1
+    constant, _ = scale_to_unit(torch.full((1, 4, 4), 7.0))
+    assert torch.isfinite(constant).all()
+    with pytest.raises(FusionInputError, match="no finite voxel"):
+        scale_to_unit(torch.full((1, 3, 3), float("nan")), name="x.nii")
+    with pytest.raises(FusionInputError, match="unknown modality"):
+        scale_to_unit(mr, modality="XR")
+
+
+def _volume(shape, spacing, origin) -> MetaTensor:
+    affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
+    affine[:3, 3] = torch.tensor(origin, dtype=torch.float64)
+    x, y, z = torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij")
+    world_x = x * spacing[0] + origin[0]
+    return MetaTensor(world_x[None].clone(), affine=affine)
+
+
+def test_resample_to_reference_is_affine_aware():
+    mri = _volume((20, 16, 12), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    pet = _volume((12, 10, 8), (2.0, 2.0, 2.0), (-3.0, -2.0, -1.0))
+    moved, coverage = resample_to_reference(pet, mri)
+    assert moved.shape == (1, 20, 16, 12) and torch.equal(moved.affine, mri.affine)
+    assert 0.5 < coverage <= 1.0
+    # the PET encodes world x; inside its field of view the resampled value equals the MRI voxel's world x
+    assert torch.allclose(moved[0, 2:18, 2:14, 2:10], mri[0, 2:18, 2:14, 2:10], atol=1e-3)
+    far = _volume((12, 10, 8), (2.0, 2.0, 2.0), (500.0, 0.0, 0.0))
+    with pytest.raises(FusionInputError, match="does not overlap"):
+        resample_to_reference(far, mri)
+
+
+def test_resample_2d_size_mismatch():
+    a, b = MetaTensor(torch.rand(1, 10, 12)), MetaTensor(torch.rand(1, 8, 8))
+    with pytest.raises(FusionInputError, match="--resample"):
+        resample_to_reference(b, a)
+    assert resample_to_reference(b, a, resize_2d=True)[0].shape == (1, 10, 12)
+
+
+def test_axial_axis_and_rand_slice():
+    assert axial_axis(torch.eye(4)) == 2
+    sagittal_first = torch.tensor([[0.0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]])
+    assert axial_axis(sagittal_first) == 0
+    vol = MetaTensor(torch.zeros(1, 6, 7, 8))
+    vol[0, :, :, 3] = 1.0
+    sampler = RandSliced(("mri", "other"))
+    sampler.set_random_state(0)
+    d = sampler({"mri": vol, "other": vol.clone() * 2})
+    assert d["mri"].shape == (1, 6, 7) and d["mri"].meta["slice_index"] == 3 and float(d["other"].max()) == 2
