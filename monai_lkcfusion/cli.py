@@ -116,6 +116,31 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@_subcommand
+def _add_label_app(subparsers: argparse._SubParsersAction) -> None:
+    """``lkcfusion label-app``: write a MONAI Label app serving the fusion model."""
+    p = subparsers.add_parser(
+        "label-app",
+        help="write a MONAI Label app (model 'lkcfusion') to a folder",
+        description="Write a ready MONAI Label app whose model 'lkcfusion' takes a co-registered 2-channel volume "
+        "(ch0 MRI, ch1 CT/PET/SPECT) and returns the fused float volume on the input grid. Serve it with "
+        "'monailabel start_server --app DEST --studies DIR --conf models lkcfusion' (see docs/monailabel.md).",
+    )
+    p.add_argument("dest", help="app folder to create")
+    p.add_argument("--weights", help="weights to copy into the app (default: the bundle's model)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing app in DEST")
+    p.set_defaults(func=_run_label_app)
+
+
+def _run_label_app(args: argparse.Namespace) -> int:
+    from .label_app import write_label_app
+
+    dest = write_label_app(args.dest, weights=args.weights, overwrite=args.overwrite)
+    print(f"wrote MONAI Label app to {dest}; serve it with:")
+    print(f"  monailabel start_server --app {dest} --studies STUDIES_DIR --conf models lkcfusion")
+    return 0
+
+
 def _one_line(err: BaseException) -> str:
     """Collapse an exception message into a single line."""
     if isinstance(err, OSError) and err.filename is not None:

@@ -1,0 +1,1 @@
+"""Tasks of the LKC-FUNet fusion MONAI Label app."""

@@ -1,0 +1,5 @@
+"""Inference tasks of the LKC-FUNet fusion MONAI Label app."""
+
+from .fusion import FusionInferTask
+
+__all__ = ["FusionInferTask"]
