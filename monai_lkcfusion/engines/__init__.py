@@ -1,0 +1,17 @@
+"""Training and evaluation engines (``monai.engines`` on PyTorch-Ignite) for unsupervised image fusion."""
+
+from __future__ import annotations
+
+from .evaluator import LOSS_METRIC, clamp_prediction, create_evaluator
+from .trainer import CHECKPOINT_PREFIX, create_trainer, last_checkpoint
+from .weights import export_weights
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "LOSS_METRIC",
+    "clamp_prediction",
+    "create_evaluator",
+    "create_trainer",
+    "export_weights",
+    "last_checkpoint",
+]

@@ -1,0 +1,108 @@
+"""Evaluator factory: full-image fusion of a validation/test loader scored by the fusion loss and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from monai.engines import SupervisedEvaluator
+from monai.handlers import CheckpointSaver, IgniteMetricHandler, StatsHandler, from_engine
+from monai.inferers import Inferer, SimpleInferer
+from monai.transforms import Lambdad
+
+from ..losses import FusionLoss
+
+__all__ = ["create_evaluator", "clamp_prediction", "LOSS_METRIC"]
+
+LOSS_METRIC = "val_loss"
+"""Name of the validation FusionLoss in ``engine.state.metrics`` (lower is better)."""
+
+
+def clamp_prediction() -> Lambdad:
+    """Post-processing that clamps the network output ``pred`` to the image range [0, 1]."""
+    return Lambdad(keys="pred", func=lambda x: x.clamp(0.0, 1.0))
+
+
+def _fusion_metric_handlers(names: Sequence[str]) -> dict:
+    """Ignite handlers of the fusion metrics ``names`` (H2's ``FusionMetricHandler``), keyed by metric name."""
+    from ..metrics import FusionMetricHandler
+
+    return {
+        name: FusionMetricHandler(names=[name], input_scale=255.0, output_transform=from_engine(["pred", "label"]))
+        for name in names
+    }
+
+
+def create_evaluator(
+    network: torch.nn.Module,
+    val_loader: Iterable,
+    device: str | torch.device = "cpu",
+    key_metric: str = LOSS_METRIC,
+    metrics: Sequence[str] = (),
+    inferer: Inferer | None = None,
+    amp: bool | None = None,
+    best_dir: str | Path | None = None,
+    best_filename: str = "best_model.pt",
+    resume: bool = False,
+    handlers: Sequence | None = None,
+) -> SupervisedEvaluator:
+    """Build an evaluator that fuses whole images and scores them.
+
+    The loader yields dicts with ``image`` = ``label`` = the sources (B, 2, H, W) in [0, 1]. The output ``pred``
+    (B, 1, H, W) is clamped to [0, 1]; ``val_loss`` is the :class:`~monai_lkcfusion.losses.FusionLoss` and each
+    name in ``metrics`` a fusion metric on the 8-bit gray scale (``monai_lkcfusion.metrics``).
+
+    Args:
+        network: the fusion network.
+        val_loader: validation data.
+        device: where to run.
+        key_metric: ``"val_loss"`` (lower is better) or a fusion metric name (higher is better) used to pick the
+            best model.
+        metrics: further fusion metric names to compute and log (e.g. ``("Qabf", "SSIM")``).
+        inferer: how to run the network; whole images by default (the network pads to its stride).
+        amp: mixed precision; default on for CUDA devices.
+        best_dir: when given, the network's state dict is saved there whenever the key metric improves
+            (with the saver's tracking state so a resumed run keeps the best so far).
+        best_filename: file name of the best checkpoint in ``best_dir``.
+        resume: continue the best-model tracking of an earlier run from the checkpoint in ``best_dir``, so that
+            a resumed training only replaces it with a better model.
+        handlers: extra Ignite handlers for the evaluator.
+
+    Returns:
+        The evaluator; ``evaluator.run()`` fills ``evaluator.state.metrics``.
+    """
+    device = torch.device(device)
+    lower_is_better = key_metric == LOSS_METRIC
+    all_metrics = {LOSS_METRIC: IgniteMetricHandler(loss_fn=FusionLoss(), output_transform=from_engine(["pred", "label"]))}
+    names = [m for m in dict.fromkeys([key_metric, *metrics]) if m != LOSS_METRIC]
+    if names:
+        all_metrics.update(_fusion_metric_handlers(names))
+    key = {key_metric: all_metrics.pop(key_metric)}
+    val_handlers = [StatsHandler(iteration_log=False, output_transform=lambda x: None), *(handlers or [])]
+    if best_dir is not None:
+        saver = CheckpointSaver(
+            save_dir=str(best_dir),
+            save_dict={"network": network},
+            save_key_metric=True,
+            key_metric_filename=best_filename,
+            key_metric_negative_sign=lower_is_better,
+            key_metric_save_state=True,
+        )
+        best = Path(best_dir) / best_filename
+        if resume and best.is_file():
+            saver.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["checkpointer"])
+        val_handlers.append(saver)
+    return SupervisedEvaluator(
+        device=device,
+        val_data_loader=val_loader,
+        network=network,
+        inferer=inferer or SimpleInferer(),
+        postprocessing=clamp_prediction(),
+        key_val_metric=key,
+        additional_metrics=all_metrics,
+        metric_cmp_fn=(lambda current, best: current < best) if lower_is_better else (lambda current, best: current > best),
+        val_handlers=val_handlers,
+        amp=device.type == "cuda" if amp is None else amp,
+        decollate=False,
+    )
