@@ -41,7 +41,7 @@ NETWORK_PRESETS: dict[str, dict[str, Any]] = {
     "bn_large": {"norm": "bn"},
     "ingn_3x3": {"kernel_sizes": (3, 3, 3), "middle_kernel": 3, "norm": "ingn"},
     "ingn_large": {"norm": "ingn"},
-    "small": {"features": 8, "channel_mults": (1, 2, 4)},
+    "small": {"features": 6, "channel_mults": (1, 2, 4)},
     "tiny": {"features": 4, "channel_mults": (1, 2), "kernel_sizes": (5, 3), "num_blocks": 1, "middle_kernel": 3},
 }
 """Keyword overrides of the :class:`LKCFUNet` defaults (which are the released network, preset ``"official"``)."""
