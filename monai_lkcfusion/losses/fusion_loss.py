@@ -17,12 +17,11 @@ from torch.nn.modules.loss import _Loss
 __all__ = ["FusionLoss", "sobel_magnitude", "gaussian_ssim"]
 
 
-def _gaussian_window(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Normalised 2D Gaussian window of shape (1, 1, size, size)."""
+def _gaussian_kernel(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Normalised 1D Gaussian of length ``size``."""
     x = torch.arange(size, device=device, dtype=dtype) - size // 2
     g = torch.exp(-(x**2) / (2.0 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)[None, None]
+    return g / g.sum()
 
 
 def gaussian_ssim(
@@ -51,10 +50,11 @@ def gaussian_ssim(
     x, y = torch.broadcast_tensors(x, y)
     b, c, h, w = x.shape
     size = min(window_size, h, w)
-    window = _gaussian_window(size, sigma, x.device, x.dtype)
-    # every channel of every image filtered independently: (B*C, 1, H, W) -> (B*C, 1, H-s+1, W-s+1)
+    g = _gaussian_kernel(size, sigma, x.device, x.dtype)
+    # the 2D Gaussian window is separable: filter rows then columns, every map independently, no padding
     stack = torch.cat([x, y, x * x, y * y, x * y], dim=0).reshape(5 * b * c, 1, h, w)
-    mu_x, mu_y, e_xx, e_yy, e_xy = F.conv2d(stack, window).reshape(5, b, c, h - size + 1, w - size + 1)
+    stack = F.conv2d(F.conv2d(stack, g.view(1, 1, size, 1)), g.view(1, 1, 1, size))  # (5*B*C, 1, H-s+1, W-s+1)
+    mu_x, mu_y, e_xx, e_yy, e_xy = stack.reshape(5, b, c, h - size + 1, w - size + 1)
     var_x = e_xx - mu_x**2
     var_y = e_yy - mu_y**2
     cov = e_xy - mu_x * mu_y
