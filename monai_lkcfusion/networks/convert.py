@@ -255,12 +255,14 @@ def convert_official_state_dict(
     """
     config = official_config(state, origin)
     if config["in_channels"] != 2:
-        raise FusionInputError(f"{origin}: official fusion checkpoints take 2 input channels, this one takes "
-                               f"{config['in_channels']}")
+        raise FusionInputError(
+            f"{origin}: official fusion checkpoints take 2 input channels, this one takes {config['in_channels']}"
+        )
     with torch.device("meta"):
         expected = {k: v.shape for k, v in LKCFUNet(**config).state_dict().items() if k != "norm_kinds"}
     modules = _official_module_map(len(config["channel_mults"]), config["num_blocks"])
     converted: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}  # our key -> official key
     unknown = []
     for key, tensor in state.items():
         module, _, leaf = key.rpartition(".")
@@ -268,15 +270,18 @@ def convert_official_state_dict(
         if ours not in expected:
             unknown.append(key)
         else:
-            converted[ours] = tensor
+            converted[ours], source[ours] = tensor, key
     if unknown:
         raise FusionInputError(f"{origin}: unknown keys for an official LKC-FUNet checkpoint: {list_names(unknown)}")
     reverse = {ours: official for official, ours in modules.items()}
     missing = [f"{reverse[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}" for k in expected if k not in converted]
     if missing:
         raise FusionInputError(f"{origin}: keys missing from the official checkpoint: {list_names(missing)}")
-    wrong = [f"{k} {tuple(converted[k].shape)} != {tuple(shape)}" for k, shape in expected.items()
-             if converted[k].shape != shape]
+    wrong = [
+        f"{source[k]} {tuple(converted[k].shape)} != {tuple(shape)}"
+        for k, shape in expected.items()
+        if converted[k].shape != shape
+    ]
     if wrong:
         raise FusionInputError(f"{origin}: tensor shapes do not fit the inferred network: {list_names(wrong)}")
     # official input is cat(Other, MRI); ours is cat(MRI, Other)
