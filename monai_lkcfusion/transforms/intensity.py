@@ -46,13 +46,14 @@ def scale_to_unit(
     """Scale raw intensities to [0, 1] by modality; NaN/Inf voxels become 0 and are counted.
 
     Rules, in order: 8-bit pictures (``display_max == 255``) are divided by 255 (they are already windowed for
-    display); CT (given, or detected by values below -500) uses ``ct_window`` in HU; everything else (MR, PET,
-    SPECT, 16-bit and float data) maps the ``percentiles`` of the finite voxels to [0, 1] and clips.
+    display) and in-memory data already in [0, 1] (``display_max == 1``) is kept; CT (given, or detected by
+    values below -500) uses ``ct_window`` in HU; everything else (MR, PET, SPECT, 16-bit and float data) maps
+    the ``percentiles`` of the finite voxels to [0, 1] and clips.
 
     Args:
         img: raw ``(C, *spatial)`` image.
         modality: ``"MR"``, ``"CT"``, ``"PET"``, ``"SPECT"`` (or a DICOM code) or ``None`` to decide from the data.
-        display_max: the picture's display maximum from the reader (255 for 8-bit pictures).
+        display_max: the display maximum: 255 for 8-bit pictures, 1 for data already in [0, 1], else ``None``.
         ct_window: ``(low, high)`` HU window for CT.
         percentiles: ``(low, high)`` percentiles for the other modalities.
         name: name used in error messages (the file).
@@ -70,8 +71,8 @@ def scale_to_unit(
         raise FusionInputError(f"{name}: no finite voxel (all NaN/Inf)")
     values = data[finite]
     modality = normalize_modality(modality)
-    if display_max == 255.0:
-        low, high, rule = 0.0, 255.0, "8-bit picture / 255"
+    if display_max in (1.0, 255.0):
+        low, high, rule = 0.0, display_max, f"display range / {display_max:g}"
     elif modality == "CT" or modality is None and float(values.min()) < -500.0:
         low, high = float(ct_window[0]), float(ct_window[1])
         rule = f"CT window [{low:g}, {high:g}] HU"
