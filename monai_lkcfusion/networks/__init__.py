@@ -13,6 +13,7 @@ from .convert import (
 )
 from .loading import default_weights_path, infer_config, load_network, save_network
 from .lkcfunet import NETWORK_PRESETS, NORM_SCHEMES, NORM_SITES, LKCFUNet, resolve_norm_scheme
+from .optimize import optimize_for_inference
 
 __all__ = [
     "NETWORK_PRESETS",
@@ -34,6 +35,7 @@ __all__ = [
     "load_network",
     "load_official_checkpoint",
     "official_config",
+    "optimize_for_inference",
     "read_state_dict",
     "resolve_norm_scheme",
     "save_network",

@@ -1,0 +1,243 @@
+"""Inference optimisation of a trained network: the same function, faster, on the device the network sits on.
+
+:func:`optimize_for_inference` copies the network (the original keeps training on the plain path, with exact
+gradients), puts the copy in eval mode, folds BatchNorm layers into the convolutions they follow where that is
+exact, and replaces every large-kernel convolution with an :class:`AutotunedConv2d` that times the direct
+convolution and tiled FFT convolutions of several tile sizes on the first input of each shape and keeps the fastest.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.networks.blocks import MultipathAdaptiveFusion
+from monai_lkcfusion.networks.fft_conv import FFTConv2d, fft_conv_supported, tile_layout
+
+__all__ = ["AutotunedConv2d", "InferenceNetwork", "fold_batch_norm", "optimize_for_inference"]
+
+DEFAULT_FFT_SIZES = (16, 24, 32, 48, 64, 80, 96, 128)
+"""Tile (FFT) sizes tried for large-kernel convolutions; sizes not above the kernel size are skipped."""
+
+# Relative per-operation costs of the cost model that shortlists candidates before they are timed (measured on a
+# 2-core AVX-512 CPU, in units of one dense direct-convolution multiply-add).
+_COST_FFT = 24.0  # per (tile pixel x log2 of the tile area) of one channel's forward or inverse FFT
+_COST_MIX = {torch.float32: 5.0, torch.bfloat16: 2.0}  # per real multiply-add of the per-frequency channel mixing
+_COST_DEPTHWISE_DIRECT = 100.0  # per multiply-add of a direct depthwise convolution
+_SHORTLIST = 2.0  # time every candidate whose modelled cost is within this factor of the cheapest
+
+
+def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    """A convolution equal to ``norm(conv(x))`` for an eval-mode BatchNorm with running statistics.
+
+    Args:
+        conv: the convolution.
+        norm: the BatchNorm that follows it.
+
+    Returns:
+        a new ``nn.Conv2d`` with folded weight and bias.
+    """
+    scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)  # (C_out,)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    folded = copy.deepcopy(conv)
+    folded.weight = nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1), requires_grad=False)
+    folded.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias.detach(), requires_grad=False)
+    return folded
+
+
+def _fold_fusion_norms(net: nn.Module) -> None:
+    """Fold the conv -> BatchNorm pairs of every MAFM module in ``net`` (in place; eval mode only)."""
+    for module in net.modules():
+        if not isinstance(module, MultipathAdaptiveFusion):
+            continue
+        for conv_name, norm_name in (("spatial_conv", "spatial_norm"), ("gate_conv", "gate_norm")):
+            norm = getattr(module, norm_name)
+            if isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats and norm.running_var is not None:
+                setattr(module, conv_name, fold_batch_norm(getattr(module, conv_name), norm))
+                setattr(module, norm_name, nn.Identity())
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
+    """Seconds for one call of ``fn(x)`` after one warm-up call."""
+    fn(x)
+    _synchronize(x.device)
+    start = time.perf_counter()
+    fn(x)
+    _synchronize(x.device)
+    return time.perf_counter() - start
+
+
+class AutotunedConv2d(nn.Module):
+    """A large-kernel convolution that runs, per input shape, the fastest of direct and tiled FFT convolution.
+
+    On the first input of a given (batch, height, width, device) the candidates (the direct convolution and
+    :class:`~monai_lkcfusion.networks.fft_conv.FFTConv2d` with each tile size) are shortlisted by a cost model,
+    the shortlisted ones are timed once, and the fastest is used for every later input of that shape. Kernel
+    spectra are kept only for the tile sizes in use.
+
+    Args:
+        conv: the convolution (see :func:`~monai_lkcfusion.networks.fft_conv.fft_conv_supported`).
+        fft_sizes: tile sizes to consider.
+        matmul_dtype: dtype of the FFT path's dense channel mixing.
+        autotune: time the shortlisted candidates; ``False`` takes the cost model's cheapest without timing.
+    """
+
+    def __init__(
+        self, conv: nn.Conv2d, fft_sizes: Sequence[int], matmul_dtype: torch.dtype, autotune: bool = True
+    ) -> None:
+        super().__init__()
+        self.conv = conv
+        self.kernel_size = conv.kernel_size[0]
+        self.fft_sizes = tuple(n for n in fft_sizes if n > self.kernel_size)
+        self.matmul_dtype = matmul_dtype
+        self.autotune = autotune
+        self.fft = nn.ModuleDict()  # str(tile size) -> FFTConv2d, only those chosen for some shape
+        self.plans: dict[tuple[int, int, int, str], int] = {}  # input shape -> tile size (0 = direct)
+
+    def extra_repr(self) -> str:
+        return f"fft_sizes={self.fft_sizes}, plans={self.plans}"
+
+    def modelled_cost(self, batch: int, height: int, width: int, fft_size: int) -> float:
+        """Cost model of one call, in dense direct multiply-adds (``fft_size`` 0: the direct convolution).
+
+        Args:
+            batch: batch size.
+            height: input height.
+            width: input width.
+            fft_size: tile size, or 0 for the direct convolution.
+
+        Returns:
+            the modelled cost.
+        """
+        conv, k = self.conv, self.kernel_size
+        depthwise = conv.groups > 1
+        mixing = conv.out_channels if depthwise else conv.in_channels * conv.out_channels
+        if fft_size == 0:
+            return batch * height * width * k * k * mixing * (_COST_DEPTHWISE_DIRECT if depthwise else 1.0)
+        _, rows = tile_layout(height, k, fft_size)
+        _, cols = tile_layout(width, k, fft_size)
+        tiles = batch * rows * cols
+        area = fft_size * fft_size
+        ffts = tiles * (conv.in_channels + conv.out_channels) * area * math.log2(area) * _COST_FFT
+        per_mix = 4.0 * (1.0 if depthwise else _COST_MIX.get(self.matmul_dtype, 5.0))
+        return ffts + tiles * fft_size * (fft_size // 2 + 1) * mixing * per_mix
+
+    def _candidate(self, fft_size: int) -> nn.Module:
+        if fft_size == 0:
+            return self.conv
+        key = str(fft_size)
+        if key not in self.fft:
+            self.fft[key] = FFTConv2d(self.conv, fft_size, self.matmul_dtype).to(self.conv.weight.device)
+        return self.fft[key]
+
+    def _plan(self, x: torch.Tensor) -> int:
+        batch, _, height, width = x.shape
+        costs = {n: self.modelled_cost(batch, height, width, n) for n in (0, *self.fft_sizes)}
+        cheapest = min(costs.values())
+        shortlist = sorted(n for n, cost in costs.items() if cost <= _SHORTLIST * cheapest)
+        if not self.autotune or len(shortlist) == 1:
+            return min(costs, key=costs.__getitem__)
+        timings = {n: _time_once(self._candidate(n), x) for n in shortlist}
+        best = min(timings, key=timings.__getitem__)
+        in_use = {str(n) for n in (*self.plans.values(), best)}
+        for key in [key for key in self.fft if key not in in_use]:
+            del self.fft[key]
+        return best
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolve ``x`` (B, C_in, H, W) -> (B, C_out, H, W) with the plan for its shape."""
+        key = (x.shape[0], x.shape[2], x.shape[3], str(x.device))
+        if key not in self.plans:
+            self.plans[key] = self._plan(x)
+        return self._candidate(self.plans[key])(x)
+
+
+class InferenceNetwork(nn.Module):
+    """Wraps an optimised copy of a network: eval mode only, every call without autograd.
+
+    Args:
+        module: the optimised network.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.size_divisible = getattr(module, "size_divisible", 1)
+
+    def train(self, mode: bool = True) -> InferenceNetwork:
+        """Only eval mode is allowed: train the original network, then optimise it again.
+
+        Raises:
+            FusionInputError: for ``mode=True``.
+        """
+        if mode:
+            raise FusionInputError("an optimize_for_inference() network is inference only; train the original net")
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the optimised network without autograd; same inputs and outputs as the original."""
+        with torch.no_grad():
+            return self.module(x)
+
+
+def _default_matmul_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32
+
+
+def optimize_for_inference(
+    net: nn.Module,
+    enabled: bool = True,
+    fft_sizes: Sequence[int] = DEFAULT_FFT_SIZES,
+    min_kernel_size: int = 7,
+    matmul_dtype: torch.dtype | None = None,
+    autotune: bool = True,
+) -> nn.Module:
+    """An inference-only copy of ``net`` that computes the same function faster, on the device ``net`` is on.
+
+    The copy is in eval mode and runs without autograd. BatchNorm layers that follow a 1x1 convolution in the
+    fusion modules are folded into it (exact), and every stride-1 "same" convolution, dense or depthwise, with a
+    kernel of at least ``min_kernel_size`` becomes an :class:`AutotunedConv2d` that picks, on the first input of
+    each shape, the fastest of the direct convolution and tiled FFT convolution. The first call with a new input
+    shape is therefore slower (it times the candidates); later calls are fast. ``net`` itself is not changed.
+
+    Args:
+        net: a network such as :class:`~monai_lkcfusion.networks.LKCFUNet` (any ``nn.Module`` works; only its
+            ``nn.Conv2d`` layers and MAFM modules are rewritten).
+        enabled: ``False`` returns a plain eval-mode copy (same interface, no rewriting), for comparisons and as a
+            switch for callers.
+        fft_sizes: tile (FFT) sizes to consider.
+        min_kernel_size: convolutions with smaller kernels stay direct.
+        matmul_dtype: dtype of the FFT path's dense channel mixing; ``None`` picks float32.
+        autotune: time the candidates on the first input of each shape; ``False`` uses the cost model only.
+
+    Returns:
+        the optimised network (an :class:`InferenceNetwork`), or the plain eval-mode copy.
+
+    Example::
+
+        fast = optimize_for_inference(LKCFUNet.from_preset("official").eval())
+        fused = fast(pair)  # (B, 2, H, W) -> (B, 1, H, W), as the original
+    """
+    plain = copy.deepcopy(net).eval()
+    if not enabled:
+        return plain
+    plain.requires_grad_(False)
+    device = next(plain.parameters()).device
+    dtype = matmul_dtype if matmul_dtype is not None else _default_matmul_dtype(device)
+    _fold_fusion_norms(plain)
+    for parent in list(plain.modules()):
+        for name, child in list(parent.named_children()):
+            if fft_conv_supported(child) and child.kernel_size[0] >= min_kernel_size:
+                setattr(parent, name, AutotunedConv2d(child, fft_sizes, dtype, autotune=autotune))
+    return InferenceNetwork(plain).eval()
