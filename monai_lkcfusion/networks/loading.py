@@ -122,9 +122,11 @@ def _check_expected(found: Mapping[str, Any], expected: str | Mapping[str, Any],
             wanted = LKCFUNet.from_preset(expected).config
         label = f"preset {expected!r}"
     else:
-        with torch.device("meta"):
-            full = LKCFUNet(**expected).config
-        wanted = {k: full[k] for k in expected}
+        unknown = sorted(set(expected) - set(_FIELDS) - {"dropout"})
+        if unknown:
+            raise FusionInputError(f"expected network settings {unknown} are not LKCFUNet arguments")
+        wanted = {k: resolve_norm_scheme(v) if k == "norm" else v for k, v in expected.items()}
+        wanted = {k: tuple(v) if k in ("channel_mults", "kernel_sizes") else v for k, v in wanted.items()}
         label = "the requested network"
     diffs = [
         f"{_FIELDS[k]} {_describe(found[k])}, {label} has {_describe(wanted[k])}"
