@@ -5,13 +5,16 @@ from __future__ import annotations
 from .evaluator import LOSS_METRIC, clamp_prediction, create_evaluator
 from .trainer import CHECKPOINT_PREFIX, create_trainer, last_checkpoint
 from .weights import export_weights
+from .workflow import bundle_config, run_bundle_workflow
 
 __all__ = [
     "CHECKPOINT_PREFIX",
     "LOSS_METRIC",
+    "bundle_config",
     "clamp_prediction",
     "create_evaluator",
     "create_trainer",
     "export_weights",
     "last_checkpoint",
+    "run_bundle_workflow",
 ]
