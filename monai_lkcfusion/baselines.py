@@ -75,7 +75,7 @@ def _haar_analysis(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _haar_synthesis(approx: torch.Tensor, details: torch.Tensor) -> torch.Tensor:
     """Invert :func:`_haar_analysis`."""
     h, v, d = details[:, 0:1], details[:, 1:2], details[:, 2:3]
-    out = approx.new_empty(approx.shape[0], 1, approx.shape[-2] * 2, approx.shape[-1] * 2)
+    out = approx.new_empty((approx.shape[0], 1, approx.shape[-2] * 2, approx.shape[-1] * 2))
     out[..., 0::2, 0::2] = (approx + h + v + d) / 2
     out[..., 0::2, 1::2] = (approx - h + v - d) / 2
     out[..., 1::2, 0::2] = (approx + h - v - d) / 2

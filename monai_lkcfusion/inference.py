@@ -90,15 +90,15 @@ def fuse(
     img_unit, img_record = _to_unit(img, modality)
     mri_y = rgb_to_ycbcr(ref_unit)[:1] if ref_unit.shape[0] == 3 else ref_unit  # (1, *spatial)
     moved, overlap = resample_to_reference(img_unit, ref, resize_2d=resample)
-    other_y = rgb_to_ycbcr(moved)[:1] if moved.shape[0] == 3 else moved.as_tensor()
+    other_y = rgb_to_ycbcr(moved)[:1] if moved.shape[0] == 3 else moved
     predictor = build_predictor(model, method, weights, device, optimize)
-    pair = torch.cat([torch.as_tensor(mri_y), torch.as_tensor(other_y)])[None]  # (1, 2, *spatial)
+    pair = torch.cat([_plain(mri_y), _plain(other_y)])[None]  # (1, 2, *spatial)
     with torch.inference_mode():
         fused = _run(pair, predictor, axis if axis is not None else axial_axis(ref.affine), batch_size, progress,
                      tile_size, device)[0].clamp(0.0, 1.0)  # (1, *spatial)
     fused = fused.cpu().clone()  # a normal tensor again, outside inference mode
     if moved.shape[0] == 3:
-        fused = ycbcr_to_rgb(fused, rgb_to_ycbcr(moved.as_tensor())[1:])  # (3, *spatial)
+        fused = ycbcr_to_rgb(fused, rgb_to_ycbcr(_plain(moved))[1:])  # (3, *spatial)
     meta = {k: v for k, v in ref.meta.items() if k not in ("intensity_scaling", "nonfinite_voxels")}
     meta.update({
         "fusion_method": getattr(predictor, "fusion_method", "model"),
@@ -259,6 +259,11 @@ def _to_unit(img: MetaTensor, modality: str | None) -> tuple[MetaTensor, dict[st
     if record["nonfinite_voxels"]:
         warnings.warn(f"{name}: {record['nonfinite_voxels']} NaN/Inf voxels set to 0 before fusion", stacklevel=3)
     return MetaTensor(scaled, meta={**img.meta, **record}), record
+
+
+def _plain(img: torch.Tensor) -> torch.Tensor:
+    """The voxels of a (Meta)Tensor as a plain tensor (the network and baselines need no metadata)."""
+    return img.as_tensor() if isinstance(img, MetaTensor) else img
 
 
 def _known(modality: str | None) -> str | None:

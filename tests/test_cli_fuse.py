@@ -1,0 +1,93 @@
+"""``lkcfusion fuse`` and ``lkcfusion demo``: outputs, exit codes, one-line errors, overwrite and batch rules."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from monai_lkcfusion.cli import main
+
+
+def _pair(folder, name, size=(40, 36), colour=False):
+    rng = np.random.default_rng(len(name))
+    (folder / "mri").mkdir(parents=True, exist_ok=True)
+    (folder / "pet").mkdir(parents=True, exist_ok=True)
+    Image.fromarray((rng.random(size) * 255).astype(np.uint8)).save(folder / "mri" / name)
+    other = rng.random((*size, 3) if colour else size) * 255
+    Image.fromarray(other.astype(np.uint8)).save(folder / "pet" / name)
+
+
+def test_single_pair_and_overwrite_rule(tmp_path, capsys):
+    _pair(tmp_path, "a.png", colour=True)
+    out = tmp_path / "out" / "fused.png"
+    args = [str(tmp_path / "mri" / "a.png"), str(tmp_path / "pet" / "a.png"), "-o", str(out), "--method", "max"]
+    assert main(["fuse", *args]) == 0
+    assert Image.open(out).mode == "RGB" and Image.open(out).size == (36, 40)
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(["fuse", *args[:-2], "--method", "mean"]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == before
+    assert main(["fuse", *args[:-2], "--method", "mean", "--overwrite"]) == 0
+    assert out.read_bytes() != before
+
+
+def test_batch_continues_past_bad_pair(tmp_path, capsys):
+    for name in ("p1.png", "p2.png", "p3.png"):
+        _pair(tmp_path, name)
+    (tmp_path / "pet" / "p2.png").write_bytes(b"\x89PNG broken")
+    out = tmp_path / "fused"
+    code = main(["fuse", "--mri-dir", str(tmp_path / "mri"), "--other-dir", str(tmp_path / "pet"), "-o", str(out),
+                 "--method", "dwt"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["p1.png", "p3.png"]
+    errors = [line for line in captured.err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "p2.png" in errors[0]
+
+
+def test_errors_are_one_line_with_no_output(tmp_path, capsys):
+    affine = np.eye(4)
+    nib.save(nib.Nifti1Image(np.ones((10, 10, 6), np.float32), affine), str(tmp_path / "t1.nii.gz"))
+    affine[:3, 3] = [400.0, 0.0, 0.0]
+    nib.save(nib.Nifti1Image(np.ones((5, 5, 3), np.float32), affine), str(tmp_path / "pet.nii.gz"))
+    cases = [
+        ([str(tmp_path / "t1.nii.gz"), str(tmp_path / "pet.nii.gz"), "--method", "max"], "does not overlap"),
+        ([str(tmp_path / "missing.nii.gz"), str(tmp_path / "pet.nii.gz"), "--method", "max"], "file not found"),
+        ([str(tmp_path / "t1.nii.gz"), str(tmp_path / "pet.nii.gz"), "--method", "pca"], "unknown fusion method"),
+    ]
+    for argv, message in cases:
+        assert main(["fuse", *argv, "-o", str(tmp_path / "fused.nii.gz")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not (tmp_path / "fused.nii.gz").exists()
+
+
+def test_weights_option_with_tiny_network(tmp_path):
+    import torch
+
+    from monai_lkcfusion.networks import LKCFUNet, save_network
+
+    weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "tiny.pt")
+    _pair(tmp_path, "a.png", size=(45, 37))
+    out = tmp_path / "f.png"
+    assert main(["fuse", str(tmp_path / "mri" / "a.png"), str(tmp_path / "pet" / "a.png"), "-o", str(out),
+                 "--weights", str(weights), "--no-optimize", "--device", "cpu"]) == 0
+    assert Image.open(out).size == (37, 45)
+    assert torch.load(weights, weights_only=True)  # what was loaded is a plain state dict
+
+
+@pytest.mark.slow
+def test_demo_writes_2d_and_3d(tmp_path, capsys):
+    from monai_lkcfusion.data import demo_files, read_image
+
+    assert main(["demo", "--output", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "fused_2d.png" in printed and "fused_3d.nii.gz" in printed
+    fused = nib.load(str(tmp_path / "fused_3d.nii.gz"))
+    mri = read_image(demo_files()["mri_3d"])
+    assert fused.shape == tuple(mri.shape[1:]) and np.allclose(fused.affine, mri.affine.numpy())
+    assert Image.open(tmp_path / "fused_2d.png").mode == "RGB"

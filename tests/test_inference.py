@@ -1,0 +1,151 @@
+"""fuse(): colour handling, any size, volumes on the MRI grid (NIfTI and DICOM), overlap and weights errors."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from dicom_util import write_series
+from monai.data import MetaTensor
+from PIL import Image
+
+from monai_lkcfusion.data import read_image
+from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.inference import fuse, fuse_files
+from monai_lkcfusion.networks import LKCFUNet
+from monai_lkcfusion.transforms import rgb_to_ycbcr
+
+
+@pytest.fixture(scope="module")
+def tiny_net() -> LKCFUNet:
+    torch.manual_seed(0)
+    return LKCFUNet.from_preset("tiny").eval()
+
+
+def _pet_png(path, h=60, w=50):
+    yy, xx = np.mgrid[0:h, 0:w]
+    blob = np.exp(-((yy - h / 2) ** 2 + (xx - w / 3) ** 2) / 150.0)
+    rgb = np.stack([np.clip(blob * 1.6, 0, 1), np.clip(blob * 1.2 - 0.3, 0, 1), 0.2 * blob], -1)
+    Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(path)
+
+
+def _mri_png(path, h=60, w=50):
+    yy, xx = np.mgrid[0:h, 0:w]
+    Image.fromarray((120 + 60 * np.sin(xx / 4.0) * np.cos(yy / 5.0)).astype(np.uint8)).save(path)
+
+
+@pytest.mark.parametrize("method", ["max", "tiny"])
+def test_colour_pet_keeps_its_chroma(tmp_path, tiny_net, method):
+    _mri_png(tmp_path / "mri.png")
+    _pet_png(tmp_path / "pet.png")
+    kwargs = {"model": tiny_net, "optimize": False} if method == "tiny" else {"method": method}
+    fused = fuse(tmp_path / "mri.png", tmp_path / "pet.png", **kwargs)
+    assert fused.shape == (3, 60, 50) and fused.meta["color"]
+    pet = torch.as_tensor(np.array(Image.open(tmp_path / "pet.png")), dtype=torch.float32).permute(2, 0, 1) / 255
+    inside = ((fused > 1e-3) & (fused < 1 - 1e-3)).all(0)  # pixels where RGB was not clipped to the gamut
+    assert inside.float().mean() > 0.5
+    chroma_out, chroma_pet = rgb_to_ycbcr(fused)[1:], rgb_to_ycbcr(pet)[1:]
+    assert torch.allclose(chroma_out[:, inside], chroma_pet[:, inside], atol=1e-4)
+    out = fuse_files(tmp_path / "mri.png", tmp_path / "pet.png", tmp_path / "fused.png", **kwargs)
+    written = torch.as_tensor(np.array(Image.open(out)), dtype=torch.float32).permute(2, 0, 1) / 255
+    assert written.shape == (3, 60, 50)
+    assert torch.allclose(rgb_to_ycbcr(written)[1:, inside], chroma_pet[:, inside], atol=2.5 / 255)
+
+
+def test_gray_any_size_in_equals_out(tmp_path, tiny_net):
+    rng = np.random.default_rng(0)
+    mri, ct = rng.random((250, 230), dtype=np.float32), rng.random((250, 230), dtype=np.float32)
+    fused = fuse(mri, ct, model=tiny_net, optimize=False)
+    assert isinstance(fused, np.ndarray) and fused.shape == (250, 230) and 0 <= fused.min() and fused.max() <= 1
+    assert np.array_equal(fuse(mri, ct, method="max"), np.maximum(mri, ct))
+    Image.fromarray((mri * 255).astype(np.uint8)).save(tmp_path / "m.png")
+    Image.fromarray((ct * 255).astype(np.uint8)).save(tmp_path / "c.png")
+    out = fuse_files(tmp_path / "m.png", tmp_path / "c.png", tmp_path / "f.png", model=tiny_net, optimize=False)
+    assert Image.open(out).size == (230, 250) and Image.open(out).mode == "L"
+    with pytest.raises(FusionInputError, match="--resample"):
+        fuse(mri, ct[:200], method="max")
+    assert fuse(mri, ct[:200], method="max", resample=True).shape == (250, 230)
+
+
+def _nifti(path, shape, spacing, origin, values):
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = origin
+    nib.save(nib.Nifti1Image(values(shape).astype(np.float32), affine), str(path))
+    return affine
+
+
+def _blob(shape):
+    grid = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    return np.exp(-sum(g**2 for g in grid) * 3) * 1000
+
+
+def test_nifti_volume_lands_on_mri_grid(tmp_path, tiny_net):
+    mri_affine = _nifti(tmp_path / "t1.nii.gz", (40, 36, 24), (1.0, 1.0, 1.0), (-20.0, -18.0, -12.0), _blob)
+    _nifti(tmp_path / "pet.nii.gz", (22, 20, 14), (2.0, 2.0, 2.0), (-21.3, -17.1, -13.9), _blob)
+    out = fuse_files(tmp_path / "t1.nii.gz", tmp_path / "pet.nii.gz", tmp_path / "fused.nii.gz",
+                     model=tiny_net, optimize=False, progress=False, batch_size=4)
+    fused = nib.load(str(out))
+    assert fused.shape == (40, 36, 24) and np.array_equal(fused.affine, mri_affine)
+    data = fused.get_fdata()
+    assert np.isfinite(data).all() and 0 <= data.min() and data.max() <= 1
+    result = fuse(tmp_path / "t1.nii.gz", tmp_path / "pet.nii.gz", method="max", progress=False)
+    assert 0.9 < result.meta["overlap_fraction"] <= 1.0 and "percentiles" in result.meta["other_intensity_scaling"]
+    centre = result[0, 20, 18, 12]
+    assert float(centre) == pytest.approx(1.0, abs=0.05)  # both blobs peak at the same world point
+    assert fuse(tmp_path / "t1.nii.gz", tmp_path / "pet.nii.gz", method="mean", axis=0, progress=False).shape == (
+        1, 40, 36, 24)
+
+
+def test_dicom_series_as_mri(tmp_path):
+    volume = (np.random.default_rng(0).random((6, 20, 24)) * 1000).astype(np.uint16)  # (Z, rows, cols)
+    write_series(tmp_path / "t1", volume)
+    ref = read_image(tmp_path / "t1")
+    assert ref.shape == (1, 24, 20, 6) and ref.meta["modality"] == "MR"
+    # LPS (-50, -60, 10) is RAS (50, 60, 10); columns run along +x (L), i.e. -x in RAS
+    assert np.allclose(ref.affine.numpy()[:3, 3], [50.0, 60.0, 10.0])
+    assert np.allclose(np.abs(np.diag(ref.affine.numpy()))[:3], [0.8, 0.9, 2.0])
+    pet = MetaTensor(torch.rand(1, 12, 10, 4), affine=ref.affine.clone())
+    pet.affine[:3, :3] *= 2.0
+    nib.save(nib.Nifti1Image(pet[0].numpy(), pet.affine.numpy()), str(tmp_path / "pet.nii.gz"))
+    out = fuse_files(tmp_path / "t1", tmp_path / "pet.nii.gz", tmp_path / "fused.nrrd", method="max", progress=False)
+    back = read_image(out)
+    assert back.shape == ref.shape and np.allclose(back.affine.numpy(), ref.affine.numpy(), atol=1e-5)
+    write_series(tmp_path / "t1", volume[:3], description="T2", origin_lps=(0.0, 0.0, 0.0))
+    with pytest.raises(FusionInputError, match="2 DICOM series") as info:
+        fuse(tmp_path / "t1", tmp_path / "pet.nii.gz", method="max")
+    assert "T1" in str(info.value) and "T2" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_non_overlapping_pet_is_refused_without_output(tmp_path):
+    _nifti(tmp_path / "t1.nii.gz", (20, 20, 10), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), _blob)
+    _nifti(tmp_path / "pet.nii.gz", (10, 10, 5), (2.0, 2.0, 2.0), (300.0, 0.0, 0.0), _blob)
+    with pytest.raises(FusionInputError, match="does not overlap") as info:
+        fuse_files(tmp_path / "t1.nii.gz", tmp_path / "pet.nii.gz", tmp_path / "fused.nii.gz", method="max")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "fused.nii.gz").exists() and len(list(tmp_path.iterdir())) == 2
+
+
+def test_nonfinite_voxels_are_masked_and_reported():
+    vol = torch.rand(1, 8, 8, 6)
+    vol[0, 2, 3, 1] = float("nan")
+    vol[0, 4, 4, 4] = float("inf")
+    with pytest.warns(UserWarning, match="2 NaN/Inf voxels"):
+        fused = fuse(vol, torch.rand(1, 8, 8, 6), method="mean", progress=False)
+    assert torch.isfinite(fused).all()
+    with pytest.raises(FusionInputError, match="all NaN"):
+        fuse(torch.full((1, 4, 4), float("nan")), torch.rand(1, 4, 4), method="max")
+
+
+def test_missing_default_weights_and_bad_inputs(monkeypatch, tmp_path):
+    import monai_lkcfusion.networks as networks
+
+    monkeypatch.setattr(networks, "default_weights_path", lambda: tmp_path / "models" / "model.pt")
+    with pytest.raises(FusionInputError, match="no LKC-FUNet weights"):
+        fuse(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32))
+    with pytest.raises(FusionInputError, match="unknown fusion method"):
+        fuse(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32), method="pca")
+    with pytest.raises(FusionInputError, match="shape"):
+        fuse(torch.rand(2, 8, 8), torch.rand(1, 8, 8), method="max")
+    with pytest.raises(FusionInputError, match="2D image but the MRI"):
+        fuse(torch.rand(1, 8, 8, 8), torch.rand(1, 8, 8), method="max")

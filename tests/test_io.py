@@ -1,0 +1,82 @@
+"""Readers and writers: formats, geometry round trips, atomic writes, one-line errors for bad files."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from PIL import Image
+
+from monai_lkcfusion.data import atomic_path, read_image, write_image
+from monai_lkcfusion.errors import FusionInputError
+
+
+def _oblique_affine() -> np.ndarray:
+    angle = np.deg2rad(12.0)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.9, 1.1, 2.5])
+    affine[:3, 3] = [-40.5, 12.25, -7.0]
+    return affine
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_volume_round_trip_keeps_geometry(tmp_path, suffix):
+    data = torch.rand(1, 7, 6, 5)
+    img = MetaTensor(data, affine=torch.as_tensor(_oblique_affine()))
+    path = write_image(img, tmp_path / f"v{suffix}")
+    back = read_image(path)
+    assert back.shape == (1, 7, 6, 5)
+    assert np.allclose(back.affine.numpy(), _oblique_affine(), atol=1e-5)
+    assert torch.allclose(back, data, atol=1e-6)
+
+
+def test_nifti_reader_matches_nibabel(tmp_path):
+    arr = np.random.default_rng(0).random((5, 4, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(arr, _oblique_affine()), str(tmp_path / "a.nii.gz"))
+    img = read_image(tmp_path / "a.nii.gz")
+    assert np.allclose(img[0].numpy(), arr) and img.meta["spatial_dims"] == 3
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.eye(4)), str(tmp_path / "t.nii.gz"))
+    with pytest.raises(FusionInputError, match="3 frames"):
+        read_image(tmp_path / "t.nii.gz")
+
+
+def test_picture_round_trip(tmp_path):
+    rgb = torch.rand(3, 9, 11)
+    back = read_image(write_image(rgb, tmp_path / "c.png"))
+    assert back.shape == (3, 9, 11) and torch.allclose(back / 255, rgb, atol=0.5 / 255 + 1e-6)
+    gray = read_image(write_image(rgb[:1], tmp_path / "g.png"))
+    assert gray.shape == (1, 9, 11) and gray.meta["display_max"] == 255
+    with pytest.raises(FusionInputError, match="cannot be written"):
+        write_image(torch.rand(1, 4, 4, 4), tmp_path / "v.png")
+
+
+def test_existing_output_kept_and_atomic(tmp_path):
+    target = tmp_path / "out.png"
+    target.write_bytes(b"precious")
+    with pytest.raises(FusionInputError, match="--overwrite"):
+        write_image(torch.rand(1, 4, 4), target)
+    assert target.read_bytes() == b"precious"
+    write_image(torch.rand(1, 4, 4), target, overwrite=True)
+    assert read_image(target).shape == (1, 4, 4)
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "half.nii.gz") as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_bad_files_give_one_line_errors(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "ok.png").read_bytes()[:40])
+    (tmp_path / "junk.nii.gz").write_bytes(b"not a nifti at all")
+    (tmp_path / "x.xyz").write_bytes(b"1")
+    cases = {"missing.png": "not found", "empty.png": "empty file", "cut.png": "cannot read",
+             "junk.nii.gz": "cannot read", "x.xyz": "unsupported format", ".": "no DICOM series"}
+    for name, message in cases.items():
+        with pytest.raises(FusionInputError, match=message) as info:
+            read_image(tmp_path / name)
+        assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
