@@ -8,9 +8,28 @@ import threading
 import time
 from typing import Any
 
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 logger = logging.getLogger(__name__)
+
+
+def read_channels(path: str) -> tuple[MetaTensor, MetaTensor]:
+    """Read a 2-channel NIfTI, (X, Y, Z, 2) or NIfTI vector (X, Y, Z, 1, 2), as MRI and other (1, X, Y, Z) images."""
+    image = nib.load(path)
+    voxels = np.asarray(image.dataobj, dtype=np.float32)
+    if voxels.ndim == 5 and voxels.shape[3] == 1:
+        voxels = voxels[:, :, :, 0]
+    if voxels.ndim != 4 or voxels.shape[3] != 2:
+        raise ValueError(f"{path}: expected 2 channels (X, Y, Z, 2) = (MRI, other), got shape {voxels.shape}")
+    affine = torch.as_tensor(image.affine, dtype=torch.float64)
+    mri, other = (
+        MetaTensor(torch.from_numpy(np.ascontiguousarray(voxels[..., c]))[None], affine=affine) for c in (0, 1)
+    )
+    return mri, other
 
 
 class FusionInferTask(InferTask):
@@ -49,15 +68,13 @@ class FusionInferTask(InferTask):
             return self._networks[device]
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        from monai_lkcfusion.data import read_image, write_image
+        from monai_lkcfusion.data import write_image
         from monai_lkcfusion.inference import fuse
 
         start = time.time()
         device = str(request.get("device", self.config()["device"]))
-        image = read_image(request["image"])  # (C, X, Y, Z) with its affine
-        if image.shape[0] != 2:
-            raise ValueError(f"{request['image']}: expected 2 channels (MRI, other), got shape {tuple(image.shape)}")
-        fused = fuse(image[0:1], image[1:2], model=self._network(device), device=device)  # (1, X, Y, Z)
+        mri, other = read_channels(request["image"])
+        fused = fuse(mri, other, model=self._network(device), device=device, progress=False)  # (1, X, Y, Z)
         path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
         write_image(fused, path, overwrite=True)
         result = {"shape": list(fused.shape[1:]), "dtype": "float32", "latency": round(time.time() - start, 3)}

@@ -1,0 +1,181 @@
+"""MONAI Label app: written by ``lkcfusion label-app``; its inference task fuses a 2-channel volume.
+
+The server test is opt-in (``LKCFUSION_TEST_MONAILABEL=1``): it starts ``monailabel start_server`` from the
+MONAI Label virtual environment (``LKCFUSION_MONAILABEL_VENV``, default ``<repo>/.venv-monailabel``) on
+127.0.0.1 and fuses a volume over HTTP, as docs/monailabel.md describes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import types
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_lkcfusion.cli import main
+from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.label_app import LABEL_APP_MODEL, write_label_app
+from monai_lkcfusion.networks import LKCFUNet, save_network
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = Path(os.environ.get("LKCFUSION_MONAILABEL_VENV", REPO / ".venv-monailabel"))
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_network(LKCFUNet.from_preset("tiny"), tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+def _two_channel_volume(path: Path, shape: tuple[int, int, int] = (20, 18, 6)) -> np.ndarray:
+    """Write a synthetic co-registered (X, Y, Z, 2) NIfTI with an anisotropic, oblique affine; return the affine."""
+    rng = np.random.default_rng(1)
+    x, y, _ = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    r = np.hypot(x - shape[0] / 2, y - shape[1] / 2)
+    mri = 200 * (r < 7) * (1 + 0.2 * np.sin(x / 2)) + 5 * rng.standard_normal(shape)
+    ct = 1000.0 * ((r > 6) & (r < 8)) - 1000.0 * (r >= 8)
+    affine = np.array([[0.0, -1.2, 0.0, 10.0], [0.9, 0.0, 0.0, -5.0], [0.0, 0.0, 3.0, 2.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(np.stack([mri, ct], axis=-1).astype(np.float32), affine), str(path))
+    return affine
+
+
+def test_write_label_app_files_and_weights(tmp_path, tiny_weights):
+    app = write_label_app(tmp_path / "app", weights=tiny_weights)
+    for name in ("main.py", "lib/__init__.py", "lib/infers/__init__.py", "lib/infers/fusion.py"):
+        compile((app / name).read_text(), str(app / name), "exec")  # valid Python
+    assert not (app / "__init__.py").exists()
+    copied = app / "model" / f"{LABEL_APP_MODEL}.safetensors"
+    assert copied.read_bytes() == tiny_weights.read_bytes()
+    with pytest.raises(FusionInputError, match="not empty"):
+        write_label_app(app, weights=tiny_weights)
+    assert write_label_app(app, weights=tiny_weights, overwrite=True) == app
+
+
+def test_label_app_cli_errors(tmp_path, capsys):
+    assert main(["label-app", str(tmp_path / "app"), "--weights", str(tmp_path / "none.pt")]) == 2
+    not_weights = tmp_path / "junk.pt"
+    torch.save({"something": torch.zeros(3)}, not_weights)
+    assert main(["label-app", str(tmp_path / "app2"), "--weights", str(not_weights)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("lkcfusion: error:") == 2 and "Traceback" not in err
+
+
+def _import_app_task(app: Path, monkeypatch):
+    """Import the app's ``FusionInferTask``, with a stand-in for ``monailabel`` when it is not installed here."""
+    try:
+        import monailabel  # noqa: F401
+    except ImportError:
+        infer_v2 = types.ModuleType("monailabel.interfaces.tasks.infer_v2")
+
+        class InferTask:  # the two members the task uses
+            def __init__(self, type, labels, dimension, description, config=None):
+                self._config = dict(config or {})
+
+            def config(self):
+                return self._config
+
+        infer_v2.InferTask, infer_v2.InferType = InferTask, types.SimpleNamespace(OTHERS="others")
+        for name in ("monailabel", "monailabel.interfaces", "monailabel.interfaces.tasks"):
+            monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+        monkeypatch.setitem(sys.modules, "monailabel.interfaces.tasks.infer_v2", infer_v2)
+    monkeypatch.syspath_prepend(str(app))
+    for name in [m for m in sys.modules if m == "lib" or m.startswith("lib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    from lib.infers import FusionInferTask
+
+    return FusionInferTask
+
+
+def test_infer_task_returns_fused_float_volume_on_input_grid(tmp_path, tiny_weights, monkeypatch):
+    app = write_label_app(tmp_path / "app", weights=tiny_weights)
+    volume = tmp_path / "pair.nii.gz"
+    affine = _two_channel_volume(volume)
+    task = _import_app_task(app, monkeypatch)(weights=str(app / "model" / "lkcfusion.safetensors"))
+    path, result = task({"image": str(volume)})
+    fused = nib.load(path)
+    assert fused.shape[:3] == (20, 18, 6) and result["shape"] == [20, 18, 6]
+    assert fused.get_data_dtype() == np.float32
+    np.testing.assert_allclose(fused.affine, affine, atol=1e-5)
+    data = fused.get_fdata()
+    assert np.isfinite(data).all() and data.std() > 0
+    one_channel = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(one_channel))
+    with pytest.raises(ValueError, match="expected 2 channels"):
+        task({"image": str(one_channel)})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.monailabel
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("LKCFUSION_TEST_MONAILABEL") != "1", reason="opt-in: LKCFUSION_TEST_MONAILABEL=1")
+def test_monailabel_server_fuses_volume_over_http(tmp_path, tiny_weights):
+    monailabel = VENV / "bin" / "monailabel"
+    if not monailabel.is_file():
+        pytest.skip(f"no MONAI Label venv at {VENV} (see docs/monailabel.md)")
+    app = tmp_path / "app"
+    assert main(["label-app", str(app), "--weights", str(tiny_weights)]) == 0
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    affine = _two_channel_volume(studies / "pair.nii.gz")
+    port = _free_port()
+    log = (tmp_path / "server.log").open("w")
+    cmd = [str(monailabel), "start_server", "--app", str(app), "--studies", str(studies)]
+    cmd += ["--conf", "models", "lkcfusion", "--conf", "device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}  # = an activated venv
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{base}/info/", timeout=5) as response:
+                    assert LABEL_APP_MODEL in response.read().decode()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.time() < deadline, "server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:]
+                time.sleep(2)
+        # an image of the studies folder, by ID
+        request = urllib.request.Request(f"{base}/infer/lkcfusion?image=pair&output=image", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=300) as response:
+            (tmp_path / "fused.nii.gz").write_bytes(response.read())
+        # an uploaded file (multipart form field "file"), as `curl -F file=@pair.nii.gz` sends it
+        boundary = "lkcfusion-test-boundary"
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="up.nii.gz"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode() + (studies / "pair.nii.gz").read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(
+            f"{base}/infer/lkcfusion?output=image",
+            data=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            (tmp_path / "fused_upload.nii.gz").write_bytes(response.read())
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+    results = [nib.load(str(tmp_path / name)) for name in ("fused.nii.gz", "fused_upload.nii.gz")]
+    for fused in results:
+        assert fused.shape[:3] == (20, 18, 6)
+        assert fused.get_data_dtype() == np.float32
+        np.testing.assert_allclose(fused.affine, affine, atol=1e-5)
+        assert np.isfinite(fused.get_fdata()).all()
+    np.testing.assert_allclose(results[0].get_fdata(), results[1].get_fdata(), atol=1e-6)
