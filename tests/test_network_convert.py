@@ -203,7 +203,8 @@ def test_missing_and_unknown_keys_are_named():
     with pytest.raises(FusionInputError, match="and 3 more"):
         load_official_checkpoint(many)
     bad = {**state, "mid.0.res_block.pw1.conv.weight": torch.zeros(3, 3, 1, 1)}
-    with pytest.raises(FusionInputError, match=r"mid\.0\.res_block\.pw1\.conv\.weight \(3, 3, 1, 1\) != \(24, 16, 1, 1\)"):
+    shape_error = r"mid\.0\.res_block\.pw1\.conv\.weight \(3, 3, 1, 1\) != \(24, 16, 1, 1\)"
+    with pytest.raises(FusionInputError, match=shape_error):
         load_official_checkpoint(bad)
     with pytest.raises(FusionInputError, match="not an official"):
         load_official_checkpoint(LKCFUNet.from_preset("tiny").state_dict())

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .blocks import NORM_KINDS, DropPath, MultipathAdaptiveFusion, RepLKBlock, ResBlock, UpSample, get_norm, group_count
+from .blocks import (
+    NORM_KINDS,
+    DropPath,
+    MultipathAdaptiveFusion,
+    RepLKBlock,
+    ResBlock,
+    UpSample,
+    get_norm,
+    group_count,
+)
 from .convert import (
     convert_official_state_dict,
     is_official_state_dict,

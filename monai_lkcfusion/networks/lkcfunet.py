@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_lkcfusion.errors import FusionInputError
-from monai_lkcfusion.networks.blocks import NORM_KINDS, MultipathAdaptiveFusion, RepLKBlock, ResBlock, UpSample, get_norm
+from monai_lkcfusion.networks.blocks import (
+    NORM_KINDS,
+    MultipathAdaptiveFusion,
+    RepLKBlock,
+    ResBlock,
+    UpSample,
+    get_norm,
+)
 
 __all__ = ["NETWORK_PRESETS", "NORM_SCHEMES", "NORM_SITES", "LKCFUNet", "resolve_norm_scheme"]
 
