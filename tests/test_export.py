@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,3 +78,24 @@ def test_cli_export_errors(tmp_path, tiny_net, capsys):
     assert err.count("lkcfusion: error:") == 2 and "Traceback" not in err
     with pytest.raises(FusionInputError, match="--format"):
         export_network(tiny_net, tmp_path / "m.bin", "tflite")
+
+
+def test_monai_bundle_ckpt_export_matches_network(tmp_path, tiny_net):
+    """MONAI's own converter on the bundle's configs (``weights`` overridden with a tiny checkpoint)."""
+    configs = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+    if not (configs / "inference.json").is_file():
+        pytest.skip("bundle/configs/inference.json not written yet")
+    ckpt = save_network(tiny_net, tmp_path / "tiny.pt")
+    ts = tmp_path / "bundle.ts"
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts)]
+    cmd += ["--ckpt_file", str(ckpt), "--meta_file", str(configs / "metadata.json")]
+    cmd += ["--config_file", str(configs / "inference.json"), "--weights", str(ckpt)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    extra = {"metadata.json": ""}
+    scripted = torch.jit.load(str(ts), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["name"]
+    for shape in SHAPES:
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            np.testing.assert_allclose(scripted(x).numpy(), _reference(tiny_net, x), atol=1e-4, rtol=0)
