@@ -299,6 +299,54 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_subcommand
+def _add_metrics(subparsers: argparse._SubParsersAction) -> None:
+    """``lkcfusion metrics``: the literature's fusion metrics for folders of fused images and their sources."""
+    p = subparsers.add_parser(
+        "metrics",
+        help="score fused images against their MRI / other sources (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, ...)",
+        description="Pair images by file name across the three folders, read them as 8-bit gray (colour as "
+        "rounded BT.601 luma), print one row per pair and the means. Conventions: see docs/metrics.md.",
+        epilog="example: lkcfusion metrics --fused out/ --mri test/MRI-PET/MRI --other test/MRI-PET/PET "
+        "--ssim-data-range 2 --csv metrics.csv",
+    )
+    p.add_argument("--fused", required=True, help="folder of fused images")
+    p.add_argument("--mri", required=True, help="folder of MRI images (same file names)")
+    p.add_argument("--other", required=True, help="folder of CT/PET/SPECT images (same file names)")
+    p.add_argument("--metrics", nargs="+", metavar="NAME",
+                   help="metrics to compute (default: EN SD SF AG MI SCD VIF Qabf SSIM CC PSNR MSE; "
+                   "extras: MS_SSIM Nabf FMI_pixel)")
+    p.add_argument("--ssim-data-range", type=float, default=255.0,
+                   help="SSIM constant range: 255 (LKC-FUNet, default) or 2 (published CDDFuse/EMMA tables)")
+    p.add_argument("--reduction", choices=["sum", "mean"], default="sum",
+                   help="combine MI/SSIM/VIF over the two sources (default sum, as the literature)")
+    p.add_argument("--mi-base", choices=["e", "2"], default="e", help="MI in nats (e, default) or bits (2)")
+    p.add_argument("--psnr-peak", choices=["max", "255"], default="max", help="PSNR peak: max(F) (default) or 255")
+    p.add_argument("--csv", metavar="FILE", help="write per-pair values and the means as CSV")
+    p.add_argument("--json", metavar="FILE", help="write options, means and per-pair values as JSON")
+    p.set_defaults(func=_run_metrics)
+
+
+def _run_metrics(args: argparse.Namespace) -> int:
+    import math
+
+    from .metrics.folders import format_table, score_folders, write_csv, write_json
+
+    options = {
+        "ssim_data_range": args.ssim_data_range,
+        "reduction": args.reduction,
+        "mi_base": math.e if args.mi_base == "e" else 2.0,
+        "psnr_peak": args.psnr_peak,
+    }
+    results = score_folders(args.fused, args.mri, args.other, names=args.metrics, **options)
+    print(format_table(results))
+    if args.csv:
+        write_csv(results, args.csv)
+    if args.json:
+        write_json(results, args.json, {**options, "mi_base": args.mi_base})
+    return 0
+
+
 def _one_line(err: BaseException) -> str:
     """Collapse an exception message into a single line."""
     if isinstance(err, OSError) and err.filename is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from .functional import ALL_METRICS, DEFAULT_METRICS, EXTRA_METRICS, HIGHER_IS_BETTER, compute_fusion_metrics
+from .fusion_metric import FusionMetric
 from .gradient import nabf, qabf
+from .handlers import FusionMetricHandler, fusion_output_transform
 from .information import feature_mutual_information, mutual_information
 from .statistics import (
     average_gradient,
@@ -24,11 +26,14 @@ __all__ = [
     "DEFAULT_METRICS",
     "EXTRA_METRICS",
     "HIGHER_IS_BETTER",
+    "FusionMetric",
+    "FusionMetricHandler",
     "average_gradient",
     "compute_fusion_metrics",
     "correlation_coefficient",
     "entropy",
     "feature_mutual_information",
+    "fusion_output_transform",
     "luma_bt601",
     "mean_squared_error",
     "multiscale_structural_similarity",

@@ -11,16 +11,18 @@ from .utils import batched_metric
 
 __all__ = ["qabf", "nabf"]
 
-# Sobel correlation kernels: horizontal derivative (d/dx) and vertical derivative (rows, top minus bottom)
-_SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
-_SOBEL_Y = ((1.0, 2.0, 1.0), (0.0, 0.0, 0.0), (-1.0, -2.0, -1.0))
-
-
 def _sobel(images: torch.Tensor, padding_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sobel responses (correlation) of (N, 1, H, W) images, padded by 1 with ``"constant"`` zeros or ``"reflect"``."""
-    kernels = torch.tensor((_SOBEL_X, _SOBEL_Y), dtype=images.dtype, device=images.device).unsqueeze(1)
-    responses = F.conv2d(F.pad(images, (1, 1, 1, 1), mode=padding_mode), kernels)  # (N, 2, H, W)
-    return responses[:, :1], responses[:, 1:]
+    """Sobel responses of (N, 1, H, W) images, padded by 1 with ``"constant"`` zeros or ``"reflect"``.
+
+    Returns the correlations with [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]] (d/dx) and [[1, 2, 1], [0, 0, 0],
+    [-1, -2, -1]] (top minus bottom), computed separably (exact for integer images).
+    """
+    p = F.pad(images, (1, 1, 1, 1), mode=padding_mode)  # (N, 1, H + 2, W + 2)
+    smooth_rows = p[..., :-2, :] + 2 * p[..., 1:-1, :] + p[..., 2:, :]  # (N, 1, H, W + 2)
+    diff_rows = p[..., :-2, :] - p[..., 2:, :]
+    gx = smooth_rows[..., 2:] - smooth_rows[..., :-2]
+    gy = diff_rows[..., :-2] + 2 * diff_rows[..., 1:-1] + diff_rows[..., 2:]
+    return gx, gy
 
 
 def _sigmoid_gain(x: torch.Tensor, top: float, slope: float, centre: float) -> torch.Tensor:
@@ -35,7 +37,8 @@ def qabf(fused: torch.Tensor, mri: torch.Tensor, other: torch.Tensor) -> torch.T
     As the literature's evaluator computes it: Sobel 'same' convolution with zero padding; strength
     g = sqrt(gx^2 + gy^2); orientation atan(gy / gx) (pi / 2 where gx = 0); relative strength min/max ratio (and,
     as in that code, g_F where the two strengths are equal); (Tg, kg, Dg, Ta, ka, Da) = (0.9994, -15, 0.5,
-    0.9879, -22, 0.8). When neither source has an edge the 0/0 ratio is taken as 1 (nothing to transfer).
+    0.9879, -22, 0.8), all in float32 like that code. When neither source has an edge the 0/0 ratio is taken
+    as 1 (nothing to transfer).
 
     Args:
         fused: (B, 1, H, W) batch or (H, W) image on [0, 255].
@@ -46,7 +49,7 @@ def qabf(fused: torch.Tensor, mri: torch.Tensor, other: torch.Tensor) -> torch.T
         (B,) float64 tensor, or a float for a single image.
     """
     b = fused.shape[0]
-    gx, gy = _sobel(torch.cat([fused, mri, other]), "constant")  # (3B, 1, H, W) each
+    gx, gy = _sobel(torch.cat([fused, mri, other]).float(), "constant")  # (3B, 1, H, W) each, float32 as the reference
     strength = torch.sqrt(gx * gx + gy * gy)
     angle = torch.where(gx == 0, math.pi / 2, torch.atan(gy / torch.where(gx == 0, 1.0, gx)))
     g_f, g_s = strength[:b], strength[b:].reshape(2, b, *strength.shape[1:])
@@ -55,8 +58,8 @@ def qabf(fused: torch.Tensor, mri: torch.Tensor, other: torch.Tensor) -> torch.T
     ratio = torch.where(g_s == g_f, g_f.expand_as(g_s), ratio)
     alignment = 1 - (a_s - a_f).abs() / (math.pi / 2)
     q = _sigmoid_gain(ratio, 0.9994, -15.0, 0.5) * _sigmoid_gain(alignment, 0.9879, -22.0, 0.8)  # (2, B, 1, H, W)
-    num = (q * g_s).sum(dim=(0, 2, 3, 4))
-    den = g_s.sum(dim=(0, 2, 3, 4))
+    num = (q * g_s).double().sum(dim=(0, 2, 3, 4))
+    den = g_s.double().sum(dim=(0, 2, 3, 4))
     return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 1.0)
 
 

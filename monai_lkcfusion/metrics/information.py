@@ -27,9 +27,13 @@ def _pairwise_mutual_information(a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     so 8-bit images give 256-level histograms and other values are never binned together.
     """
     p, n = a.shape
-    levels, inverse = torch.unique(torch.cat([a, b]), return_inverse=True)
+    both = torch.cat([a, b])
+    if bool(((both == both.round()) & (both >= 0) & (both <= 255)).all()):
+        inverse, k = both.to(torch.int64), 256  # 8-bit images: the levels are the labels
+    else:
+        levels, inverse = torch.unique(both, return_inverse=True)
+        k = levels.numel()
     la, lb = inverse[:p], inverse[p:]  # (P, N) labels in [0, K)
-    k = levels.numel()
     if p * k * k <= _DENSE_BINS:
         keys = (torch.arange(p, device=a.device).unsqueeze(1) * k + la) * k + lb
         joint = torch.bincount(keys.reshape(-1), minlength=p * k * k).reshape(p, k, k).to(torch.float64) / n

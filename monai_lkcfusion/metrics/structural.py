@@ -18,10 +18,14 @@ def _box_mean(images: torch.Tensor, size: int) -> torch.Tensor:
     """Uniform ``size`` x ``size`` mean over the 'valid' region of float32 planes (N, 1, H, W).
 
     Like ``scipy.ndimage.uniform_filter`` on float32: one pass per axis (rows first), each accumulated in
-    float64 and stored as float32.
+    float64 (running sums) and stored as float32.
     """
-    rows = F.avg_pool2d(images.double(), (size, 1), stride=1).float()
-    return F.avg_pool2d(rows.double(), (1, size), stride=1).float()
+    out = images
+    for dim in (-2, -1):
+        sums = F.pad(out.double().cumsum(dim), (1, 0) if dim == -1 else (0, 0, 1, 0))
+        n = sums.shape[dim]
+        out = ((sums.narrow(dim, size, n - size) - sums.narrow(dim, 0, n - size)) / size).float()
+    return out
 
 
 def _ssim_per_source(fused: torch.Tensor, sources: torch.Tensor, data_range: float, window: int) -> torch.Tensor:

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import FusionInputError
 
@@ -23,7 +22,6 @@ __all__ = [
     "as_batch",
     "reduce_sources",
     "pearson",
-    "separable_filter",
     "luma_bt601",
 ]
 
@@ -88,24 +86,6 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     num = (xc * yc).sum(dim=(-2, -1))
     den = torch.sqrt((xc * xc).sum(dim=(-2, -1)) * (yc * yc).sum(dim=(-2, -1)))
     return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
-
-
-def separable_filter(images: torch.Tensor, kernel_1d: torch.Tensor) -> torch.Tensor:
-    """Correlate every (H, W) plane with ``outer(kernel_1d, kernel_1d)``, 'valid' region only.
-
-    Args:
-        images: (..., H, W) tensor.
-        kernel_1d: (K,) tensor of the same dtype.
-
-    Returns:
-        (..., H - K + 1, W - K + 1) tensor; the rows are filtered first, then the columns.
-    """
-    lead, (h, w) = images.shape[:-2], images.shape[-2:]
-    k = kernel_1d.numel()
-    planes = images.reshape(-1, 1, h, w)
-    planes = F.conv2d(planes, kernel_1d.view(1, 1, k, 1))
-    planes = F.conv2d(planes, kernel_1d.view(1, 1, 1, k))
-    return planes.reshape(*lead, h - k + 1, w - k + 1)
 
 
 def luma_bt601(rgb: np.ndarray) -> np.ndarray:
