@@ -98,3 +98,12 @@ def test_default_weights_path_is_in_the_bundle():
     assert path.parts[-3:] == ("bundle", "models", "model.pt")
     assert (path.parents[2] / "monai_lkcfusion" / "networks" / "loading.py").is_file()
     assert isinstance(path, Path)
+
+
+def test_plain_load_state_dict_refuses_another_norm_scheme():
+    # GroupNorm/InstanceNorm tensors have the same shapes: without the check these weights would load silently
+    official = LKCFUNet.from_preset("tiny", norm={"stem": "group", "mafm": "group"})
+    ingn = LKCFUNet.from_preset("tiny", norm="ingn")
+    with pytest.raises(FusionInputError, match="weights are for norm scheme .*'stem': 'instance'"):
+        official.load_state_dict(ingn.state_dict())
+    LKCFUNet.from_preset("tiny", norm="ingn").load_state_dict(ingn.state_dict())

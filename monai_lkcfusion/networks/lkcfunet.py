@@ -80,6 +80,20 @@ def resolve_norm_scheme(norm: str | Mapping[str, str]) -> dict[str, str]:
     return {**NORM_SCHEMES["official"], **norm}
 
 
+def _check_norm_kinds(module: nn.Module, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook: refuse weights of another norm scheme (their tensors would load silently)."""
+    incoming = state_dict.get(f"{prefix}norm_kinds")
+    own = module.norm_kinds
+    if incoming is None or own.is_meta or incoming.is_meta or torch.equal(incoming.cpu(), own.cpu()):
+        return
+    names = [NORM_KINDS[int(c)] if 0 <= int(c) < len(NORM_KINDS) else str(int(c)) for c in incoming.tolist()]
+    raise FusionInputError(
+        f"weights are for norm scheme {dict(zip(NORM_SITES, names))}, this network has "
+        f"{dict(zip(NORM_SITES, (NORM_KINDS[int(c)] for c in own.tolist())))}; build it with that norm= or use "
+        "load_network"
+    )
+
+
 class _EncoderLevel(nn.Module):
     """One encoder level: a residual block, RepLK blocks, then (except at the deepest level) a strided conv."""
 
@@ -182,6 +196,7 @@ class LKCFUNet(nn.Module):
         self.size_divisible = 2 ** (levels - 1)
         # the norm scheme travels with the weights (GroupNorm / InstanceNorm tensors alone cannot tell it)
         self.register_buffer("norm_kinds", torch.tensor([NORM_KINDS.index(scheme[site]) for site in NORM_SITES]))
+        self.register_load_state_dict_pre_hook(_check_norm_kinds)
 
         self.stem_conv = nn.Conv2d(in_channels, features, 3, padding=1)
         self.stem = nn.Sequential(
