@@ -149,3 +149,10 @@ def test_missing_default_weights_and_bad_inputs(monkeypatch, tmp_path):
         fuse(torch.rand(2, 8, 8), torch.rand(1, 8, 8), method="max")
     with pytest.raises(FusionInputError, match="2D image but the MRI"):
         fuse(torch.rand(1, 8, 8, 8), torch.rand(1, 8, 8), method="max")
+
+
+def test_large_slices_are_tiled_without_seams():
+    rng = np.random.default_rng(3)
+    mri, ct = rng.random((70, 50), dtype=np.float32), rng.random((70, 50), dtype=np.float32)
+    tiled = fuse(mri, ct, method="max", tile_size=32, progress=False)
+    assert tiled.shape == (70, 50) and np.allclose(tiled, np.maximum(mri, ct), atol=1e-5)
