@@ -215,7 +215,12 @@ def _read_dicom_series(folder: Path, series: str | None) -> MetaTensor:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
-    uids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM prints multi-line warnings for folders without DICOM
+    try:
+        uids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
     if not uids:
         raise FusionInputError(f"{folder}: folder holds no DICOM series")
     if series is None and len(uids) > 1:
@@ -250,14 +255,18 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         overwrite: replace an existing ``path``; otherwise an existing file is an error and is kept.
 
     Raises:
-        FusionInputError: ``path`` exists and ``overwrite`` is False.
+        FusionInputError: ``path`` exists and ``overwrite`` is False, or it cannot be written (a parent that is a
+            file, a read-only file system, a full disk); a partial file is never left behind.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FusionInputError(f"{path}: output exists; pass --overwrite (overwrite=True) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = _suffix(path)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as err:  # a parent that is a file, a read-only or virtual file system
+        raise FusionInputError(f"{path}: cannot write here ({err.strerror or err})") from None
     os.close(handle)
     tmp = Path(name)
     umask = os.umask(0)
@@ -266,6 +275,8 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as err:  # disk full, quota: the partial temporary file is removed below
+        raise FusionInputError(f"{path}: cannot write output ({err.strerror or err}); nothing was written") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -1,0 +1,334 @@
+"""The outside matrix of issue 8 through the real ``lkcfusion fuse``: bad input gives exit code 2 and one line
+naming the file and the problem with no output; odd but valid input succeeds; outputs are atomic, kept unless
+``--overwrite``; batch mode continues past bad pairs. Every input is made by the test."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_lkcfusion.cli import main
+from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.inference import fuse
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from dicom_util import write_series  # noqa: E402
+
+
+def _gray(shape=(40, 36), seed=0) -> np.ndarray:
+    return (np.random.default_rng(seed).random(shape) * 255).astype(np.uint8)
+
+
+def _png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+    image = Image.fromarray(array)
+    (image.convert(mode) if mode else image).save(path)
+    return path
+
+
+def _nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def _volume(seed=0, shape=(20, 18, 8)) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape).astype(np.float32) * 100
+
+
+def _half(path: Path, source: Path) -> Path:
+    data = source.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _fuse(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = main(["fuse", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Temporary files of the atomic writer left in ``folder``."""
+    return [p.name for p in folder.iterdir() if ".tmp" in p.name]
+
+
+# -- bad input: exit 2, one line naming the file and the problem, no output -------------------------------------
+def _bad_case(name: str, d: Path) -> tuple[Path, Path, str]:
+    """Build one bad pair: (mri, other, text the error must contain); the bad file is always ``other`` or ``mri``."""
+    mri_png = _png(d / "mri.png", _gray())
+    mri_nii = _nifti(d / "mri.nii.gz", _volume())
+    if name == "missing file":
+        return mri_png, d / "missing.png", "file not found"
+    if name == "truncated PNG":
+        return mri_png, _half(d / "cut.png", _png(d / "whole.png", _gray(seed=1))), "cannot read image"
+    if name == "truncated NIfTI":
+        return mri_nii, _half(d / "cut.nii", _nifti(d / "whole.nii", _volume(1))), "cannot read NIfTI"
+    if name == "truncated NIfTI.gz":
+        return mri_nii, _half(d / "cut.nii.gz", _nifti(d / "whole.nii.gz", _volume(1))), "cannot read NIfTI"
+    if name == "empty file":
+        (d / "empty.png").write_bytes(b"")
+        return mri_png, d / "empty.png", "empty file"
+    if name == "not an image":
+        (d / "text.png").write_text("not a picture")
+        return mri_png, d / "text.png", "cannot read image"
+    if name == "unsupported format":
+        (d / "scan.xyz").write_bytes(b"\0" * 64)
+        return mri_png, d / "scan.xyz", "unsupported format"
+    if name == "mixed DICOM series":
+        write_series(d / "dicom", _volume(2, (4, 12, 12)), description="T1")
+        write_series(d / "dicom", _volume(3, (4, 12, 12)), description="FLAIR")
+        return d / "dicom", mri_nii, "2 DICOM series"
+    if name == "folder without DICOM":
+        (d / "nodicom").mkdir()
+        (d / "nodicom" / "readme.txt").write_text("x")
+        return d / "nodicom", mri_nii, "no DICOM series"
+    if name == "volumes do not overlap":
+        far = np.eye(4)
+        far[:3, 3] = [500.0, 0.0, 0.0]
+        return mri_nii, _nifti(d / "far.nii.gz", _volume(1), far), "does not overlap"
+    if name == "2D sizes differ":
+        return mri_png, _png(d / "small.png", _gray((30, 36), 1)), "--resample"
+    if name == "2D with 3D":
+        return mri_png, mri_nii, "is 2D"
+    if name == "wrong channels":
+        return mri_nii, _nifti(d / "two.nii.gz", np.ones((20, 18, 8, 1, 2))), "need one 3D volume"
+    if name == "4D volume":
+        return mri_nii, _nifti(d / "frames.nii.gz", np.ones((20, 18, 8, 3))), "4D volume"
+    if name == "all-NaN NIfTI":
+        return mri_nii, _nifti(d / "nan.nii.gz", np.full((20, 18, 8), np.nan)), "no finite voxel"
+    if name == "all-NaN float TIFF":
+        Image.fromarray(np.full((40, 36), np.nan, np.float32)).save(d / "nan.tif")
+        return mri_png, d / "nan.tif", "no finite voxel"
+    if name == "multi-page TIFF":
+        pages = [Image.fromarray(_gray(seed=s)) for s in range(2)]
+        pages[0].save(d / "pages.tif", save_all=True, append_images=pages[1:])
+        return mri_png, d / "pages.tif", "frames/pages"
+    raise AssertionError(name)
+
+
+BAD_CASES = [
+    "missing file", "truncated PNG", "truncated NIfTI", "truncated NIfTI.gz", "empty file", "not an image",
+    "unsupported format", "mixed DICOM series", "folder without DICOM", "volumes do not overlap", "2D sizes differ",
+    "2D with 3D", "wrong channels", "4D volume", "all-NaN NIfTI", "all-NaN float TIFF", "multi-page TIFF",
+]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_exit_2_one_line_no_output(case, tmp_path, capsys):
+    mri, other, problem = _bad_case(case, tmp_path)
+    bad = mri if case in ("mixed DICOM series", "folder without DICOM") else other
+    out = tmp_path / "out" / ("fused.png" if mri.suffix == ".png" else "fused.nii.gz")
+    code, _, err = _fuse([str(mri), str(other), "-o", str(out), "--method", "max"], capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lkcfusion: error: "), err
+    assert str(bad) in lines[0] and problem in lines[0]
+    assert not out.exists() and not (out.parent.exists() and _leftovers(out.parent))
+
+
+def test_mixed_dicom_series_lists_them_and_can_be_chosen(tmp_path, capsys):
+    t1 = write_series(tmp_path / "dicom", _volume(2, (4, 12, 12)), description="T1")
+    write_series(tmp_path / "dicom", _volume(3, (4, 12, 12)), description="FLAIR")
+    pet_affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    pet_affine[:3, 3] = [38.0, 48.0, 8.0]  # covers the series (RAS x 40-50, y 50-60, z 10-16)
+    other = _nifti(tmp_path / "pet.nii.gz", _volume(1, (12, 12, 6)), pet_affine)
+    out = tmp_path / "fused.nii.gz"
+    argv = [str(tmp_path / "dicom"), str(other), "-o", str(out), "--method", "max"]
+    code, _, err = _fuse(argv, capsys)
+    assert code == 2 and "'T1'" in err and "'FLAIR'" in err and "--mri-series" in err and t1 in err
+    code, _, err = _fuse([*argv, "--mri-series", t1], capsys)
+    assert code == 0, err
+    assert nib.load(str(out)).shape == (12, 12, 4)
+
+
+def test_resample_option_for_2d_sizes(tmp_path, capsys):
+    mri = _png(tmp_path / "mri.png", _gray())
+    other = _png(tmp_path / "small.png", _gray((30, 27), 1))
+    code, _, err = _fuse([str(mri), str(other), "-o", str(tmp_path / "f.png"), "--method", "max", "--resample"], capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "f.png").size == (36, 40)
+
+
+def test_python_api_raises_fusion_input_error(tmp_path):
+    mri = _png(tmp_path / "mri.png", _gray())
+    with pytest.raises(FusionInputError, match="cut.png: cannot read image"):
+        fuse(mri, _half(tmp_path / "cut.png", mri), method="max")
+    with pytest.raises(FusionInputError, match="no finite voxel"):
+        fuse(np.full((8, 8), np.nan, np.float32), np.ones((8, 8), np.float32), method="max")
+    with pytest.raises(FusionInputError, match="shape"):
+        fuse(torch.rand(2, 8, 8), torch.rand(1, 8, 8), method="max")
+
+
+def test_bad_input_through_the_installed_command(tmp_path):
+    """A real process: exit status 2 and a single stderr line without a traceback."""
+    mri = _png(tmp_path / "mri.png", _gray())
+    cut = _half(tmp_path / "cut.png", mri)
+    exe = REPO / ".venv" / "bin" / "lkcfusion"
+    command = [str(exe)] if exe.is_file() else [sys.executable, "-m", "monai_lkcfusion"]
+    result = subprocess.run([*command, "fuse", str(mri), str(cut), "-o", str(tmp_path / "f.png"), "--method", "max"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert "cut.png: cannot read image" in result.stderr
+    assert not (tmp_path / "f.png").exists()
+
+
+# -- odd but valid input: success ---------------------------------------------------------------------------------
+def test_odd_pictures_fuse(tmp_path, capsys):
+    gray = _gray()
+    mri = _png(tmp_path / "mri.png", gray)
+    rgb = np.stack([gray, _gray(seed=1), _gray(seed=2)], -1)
+    others = {
+        "rgba.png": (_png(tmp_path / "rgba.png", np.dstack([rgb, np.full_like(gray, 180)])), "RGB"),
+        "palette.png": (_png(tmp_path / "palette.png", rgb, "P"), "RGB"),
+        "deep.png": (_png(tmp_path / "deep.png", (gray.astype(np.uint16) * 250)), "L"),
+        "constant.png": (_png(tmp_path / "constant.png", np.full_like(gray, 7)), "L"),
+    }
+    assert Image.open(others["deep.png"][0]).mode.startswith("I")  # really a 16-bit file
+    for name, (other, mode) in others.items():
+        out = tmp_path / "out" / name
+        code, _, err = _fuse([str(mri), str(other), "-o", str(out), "--method", "max"], capsys)
+        assert code == 0, (name, err)
+        fused = Image.open(out)
+        assert fused.size == (36, 40) and fused.mode == mode, name
+    # both inputs constant: still a valid (constant) result
+    flat = _png(tmp_path / "flat.png", np.full_like(gray, 50))
+    code, _, err = _fuse([str(flat), str(others["constant.png"][0]), "-o", str(tmp_path / "c.png"), "--method", "mean"],
+                         capsys)
+    assert code == 0, err
+    assert np.ptp(np.asarray(Image.open(tmp_path / "c.png"))) == 0
+
+
+def test_nan_inf_voxels_masked_and_reported(tmp_path, capsys):
+    data = _volume(1)
+    data[2, 3, 4], data[5, 5, 5], data[0, 0, 0] = np.nan, np.inf, -np.inf
+    mri = _nifti(tmp_path / "mri.nii.gz", _volume())
+    other = _nifti(tmp_path / "holes.nii.gz", data)
+    code, out, err = _fuse([str(mri), str(other), "-o", str(tmp_path / "f.nii.gz"), "--method", "max"], capsys)
+    assert code == 0
+    assert "holes.nii.gz: 3 NaN/Inf voxels set to 0" in err and len(err.strip().splitlines()) == 1
+    assert np.isfinite(nib.load(str(tmp_path / "f.nii.gz")).get_fdata()).all()
+
+
+def test_negative_ct_anisotropic_oblique_volumes(tmp_path, capsys):
+    angle = 0.35
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    mri_affine = np.eye(4)
+    mri_affine[:3, :3] = rotation @ np.diag([0.9, 1.1, 3.0])  # oblique, anisotropic
+    mri_affine[:3, 3] = [-9.0, -10.0, -12.0]
+    ct = np.random.default_rng(4).random((16, 16, 10)).astype(np.float32) * 3000 - 1024  # HU, mostly negative
+    ct_affine = np.diag([1.5, 1.5, 2.5, 1.0])
+    ct_affine[:3, 3] = [-12.0, -12.0, -12.0]
+    mri = _nifti(tmp_path / "mri.nii.gz", _volume(), mri_affine)
+    other = _nifti(tmp_path / "ct.nii.gz", ct, ct_affine)
+    code, _, err = _fuse([str(mri), str(other), "-o", str(tmp_path / "f.nii.gz"), "--method", "max"], capsys)
+    assert code == 0, err
+    fused = nib.load(str(tmp_path / "f.nii.gz"))
+    values = fused.get_fdata()
+    assert fused.shape == (20, 18, 8) and np.allclose(fused.affine, mri_affine, atol=1e-5)
+    assert np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1.0 and values.max() > 0.0
+
+
+def test_very_large_slice_is_tiled(tmp_path, capsys):
+    """Tiles never exceed ``tile_size`` (memory bounded by the tile, not the slice) and the result keeps the size."""
+    mri, other = np.random.default_rng(0).random((2, 300, 230)).astype(np.float32)
+    seen = []
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape[2:]))
+        return torch.maximum(x[:, :1], x[:, 1:])
+
+    fused = fuse(mri, other, model=predictor, tile_size=96, progress=False)
+    assert fused.shape == (300, 230) and max(max(s) for s in seen) <= 96 and len(seen) > 1
+    assert np.allclose(fused, np.maximum(mri, other), atol=1e-5)
+    big = _gray((1400, 1100))  # larger than the default tile through the command line
+    code, _, err = _fuse([str(_png(tmp_path / "m.png", big)), str(_png(tmp_path / "o.png", big[::-1].copy())),
+                          "-o", str(tmp_path / "f.png"), "--method", "max"], capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "f.png").size == (1100, 1400)
+
+
+# -- outputs: kept unless --overwrite, atomic, batch continues ------------------------------------------------------
+def test_existing_output_kept_unless_overwrite(tmp_path, capsys):
+    mri = _png(tmp_path / "mri.png", _gray())
+    other = _png(tmp_path / "ct.png", _gray(seed=1))
+    out = tmp_path / "f.png"
+    out.write_bytes(b"earlier result")
+    code, _, err = _fuse([str(mri), str(other), "-o", str(out), "--method", "max"], capsys)
+    assert code == 2 and "f.png: output exists; pass --overwrite" in err
+    assert out.read_bytes() == b"earlier result"
+    code, _, _ = _fuse([str(mri), str(other), "-o", str(out), "--method", "max", "--overwrite"], capsys)
+    assert code == 0 and Image.open(out).size == (36, 40)
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    """A writer that dies half way (disk full) leaves the earlier output untouched and no temporary file."""
+    from monai_lkcfusion.data import io
+
+    def half_then_full(voxels, affine, path):
+        Path(path).write_bytes(b"\x5c\x01" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io, "_write_nifti", half_then_full)
+    mri = _nifti(tmp_path / "mri.nii.gz", _volume())
+    out = tmp_path / "res" / "f.nii.gz"
+    out.parent.mkdir()
+    out.write_bytes(b"earlier result")
+    code, _, err = _fuse([str(mri), str(mri), "-o", str(out), "--method", "max", "--overwrite"], capsys)
+    assert code == 2 and "f.nii.gz: cannot write output (No space left on device)" in err
+    assert len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == b"earlier result" and _leftovers(out.parent) == []
+
+
+def test_unwritable_output_location(tmp_path, capsys):
+    """Root ignores permission bits, so the output goes below a regular file (and into /proc)."""
+    mri = _png(tmp_path / "mri.png", _gray())
+    (tmp_path / "a_file").write_text("x")
+    for out in (tmp_path / "a_file" / "sub" / "f.png", Path("/proc/lkcfusion_test.png")):
+        code, _, err = _fuse([str(mri), str(mri), "-o", str(out), "--method", "max"], capsys)
+        assert code == 2 and f"{out}: cannot write here" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_disk_full_on_a_small_file_system(tmp_path, capsys):
+    """A real full disk: a 64 KiB tmpfs (needs root and mount rights; skipped otherwise)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        mri = _nifti(tmp_path / "mri.nii", np.random.default_rng(0).random((48, 48, 24)))  # 220 KB as float32
+        code, _, err = _fuse([str(mri), str(mri), "-o", str(mount / "f.nii"), "--method", "max"], capsys)
+        assert code == 2 and "f.nii: cannot write output (No space left on device)" in err, err
+        assert list(mount.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_batch_continues_past_bad_pairs(tmp_path, capsys):
+    mri_dir, other_dir, out = tmp_path / "mri", tmp_path / "ct", tmp_path / "fused"
+    mri_dir.mkdir()
+    other_dir.mkdir()
+    for name in ("a.png", "b.png", "c.png", "d.png", "e.png"):
+        _png(mri_dir / name, _gray())
+    _png(other_dir / "a.png", _gray(seed=1))
+    _half(other_dir / "b.png", other_dir / "a.png")  # corrupt
+    _png(other_dir / "c.png", _gray((20, 20)))  # other size
+    _png(other_dir / "e.png", _gray(seed=2))  # d has no partner
+    code, printed, err = _fuse(["--mri-dir", str(mri_dir), "--other-dir", str(other_dir), "-o", str(out),
+                                "--method", "max"], capsys)
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "e.png"]
+    errors = [line for line in err.splitlines() if line.startswith("lkcfusion: error:")]
+    assert len(errors) == 3 and "Traceback" not in err
+    for name in ("b.png", "c.png", "d.png"):
+        assert sum(name in line for line in errors) == 1, (name, errors)
+    assert "fused 2 pair(s); 3 failed" in printed
