@@ -120,3 +120,19 @@ def test_axial_axis_and_rand_slice():
     sampler.set_random_state(0)
     d = sampler({"mri": vol, "other": vol.clone() * 2})
     assert d["mri"].shape == (1, 6, 7) and d["mri"].meta["slice_index"] == 3 and float(d["other"].max()) == 2
+
+
+def test_volume_pair_training_chain_on_demo_data():
+    from monai.transforms import Compose
+
+    from monai_lkcfusion.data import demo_files
+    from monai_lkcfusion.transforms import LoadFusionImaged, ResampleToReferenced, ScaleModalityd
+
+    files = demo_files()
+    chain = Compose([LoadFusionImaged(("mri", "other")), ScaleModalityd(("mri", "other")),
+                     ResampleToReferenced("other"), RandSliced(("mri", "other")), SplitLumad("other")])
+    chain.set_random_state(1)
+    d = chain({"mri": str(files["mri_3d"]), "other": str(files["pet_3d"])})
+    assert d["mri"].shape == d["other"].shape == (1, 145, 181)
+    assert 0.5 < d["other"].meta["overlap_fraction"] < 1.0  # the PET grid is shifted: partial coverage
+    assert float(d["mri"].max()) <= 1 and float(d["other"].max()) > 0.2
