@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .evaluator import LOSS_METRIC, clamp_prediction, create_evaluator
+from .file_fuser import FileFusionEngine, fusion_pairs
 from .trainer import CHECKPOINT_PREFIX, create_trainer, last_checkpoint
 from .weights import export_weights
 from .workflow import bundle_config, run_bundle_workflow
@@ -10,11 +11,13 @@ from .workflow import bundle_config, run_bundle_workflow
 __all__ = [
     "CHECKPOINT_PREFIX",
     "LOSS_METRIC",
+    "FileFusionEngine",
     "bundle_config",
     "clamp_prediction",
     "create_evaluator",
     "create_trainer",
     "export_weights",
+    "fusion_pairs",
     "last_checkpoint",
     "run_bundle_workflow",
 ]

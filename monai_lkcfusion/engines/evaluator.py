@@ -24,14 +24,20 @@ def clamp_prediction() -> Lambdad:
     return Lambdad(keys="pred", func=lambda x: x.clamp(0.0, 1.0))
 
 
-def _fusion_metric_handlers(names: Sequence[str]) -> dict:
-    """Ignite handlers of the fusion metrics ``names`` (H2's ``FusionMetricHandler``), keyed by metric name."""
+def _fusion_metric_handler(names: Sequence[str], ssim_data_range: float) -> IgniteMetricHandler:
+    """One handler computing the fusion metrics ``names`` on the 8-bit gray scale; its own value is ``names[0]``.
+
+    Every metric's mean is written into ``engine.state.metrics`` under its name.
+    """
     from ..metrics import FusionMetricHandler
 
-    return {
-        name: FusionMetricHandler(names=[name], input_scale=255.0, output_transform=from_engine(["pred", "label"]))
-        for name in names
-    }
+    return FusionMetricHandler(
+        metric_name=names[0],
+        metric_names=list(names),
+        output_transform=from_engine(["pred", "label"]),
+        input_scale=255.0,
+        ssim_data_range=ssim_data_range,
+    )
 
 
 def create_evaluator(
@@ -40,6 +46,7 @@ def create_evaluator(
     device: str | torch.device = "cpu",
     key_metric: str = LOSS_METRIC,
     metrics: Sequence[str] = (),
+    ssim_data_range: float = 2.0,
     inferer: Inferer | None = None,
     amp: bool | None = None,
     best_dir: str | Path | None = None,
@@ -60,6 +67,8 @@ def create_evaluator(
         key_metric: ``"val_loss"`` (lower is better) or a fusion metric name (higher is better) used to pick the
             best model.
         metrics: further fusion metric names to compute and log (e.g. ``("Qabf", "SSIM")``).
+        ssim_data_range: SSIM data range of the fusion metrics: 2 reproduces the published CDDFuse/EMMA tables,
+            255 is LKC-FUNet's own evaluator.
         inferer: how to run the network; whole images by default (the network pads to its stride).
         amp: mixed precision; default on for CUDA devices.
         best_dir: when given, the network's state dict is saved there whenever the key metric improves
@@ -77,7 +86,7 @@ def create_evaluator(
     all_metrics = {LOSS_METRIC: IgniteMetricHandler(loss_fn=FusionLoss(), output_transform=from_engine(["pred", "label"]))}
     names = [m for m in dict.fromkeys([key_metric, *metrics]) if m != LOSS_METRIC]
     if names:
-        all_metrics.update(_fusion_metric_handlers(names))
+        all_metrics[names[0]] = _fusion_metric_handler(names, ssim_data_range)
     key = {key_metric: all_metrics.pop(key_metric)}
     val_handlers = [StatsHandler(iteration_log=False, output_transform=lambda x: None), *(handlers or [])]
     if best_dir is not None:
