@@ -91,7 +91,7 @@ def multiscale_structural_similarity(
     negative scale terms clipped to 0) for F against each source, combined like SSIM.
 
     Args:
-        fused: (B, 1, H, W) batch or (H, W) image on [0, 255], H and W larger than 160.
+        fused: (B, 1, H, W) batch or (H, W) image on [0, 255], H and W at least 176.
         mri: the first source, same shape.
         other: the second source, same shape.
         data_range: the L of the stability constants.
@@ -100,8 +100,8 @@ def multiscale_structural_similarity(
     Returns:
         (B,) float64 tensor, or a float for a single image.
     """
-    if min(fused.shape[-2:]) <= 160:
-        raise FusionInputError(f"MS_SSIM needs images larger than 160x160, got {tuple(fused.shape[-2:])}")
+    if min(fused.shape[-2:]) < 176:  # 11-pixel window at 1/16 of the size (MONAI's check)
+        raise FusionInputError(f"MS_SSIM needs images of at least 176x176 pixels, got {tuple(fused.shape[-2:])}")
     b = fused.shape[0]
     pred = torch.cat([fused, fused]).float()
     target = torch.cat([mri, other]).float()

@@ -23,7 +23,7 @@ def _filter_valid(images: torch.Tensor, kernel_1d: torch.Tensor) -> torch.Tensor
     """Correlate (..., H, W) planes with ``outer(kernel_1d, kernel_1d)``, keeping the 'valid' region.
 
     Computed as a float64 circular convolution by FFT at the image size: the wrapped-around part is exactly the
-    border that 'valid' drops. The round-off (about 1e-16 of the largest squared intensity, so below 1e-10 on
+    border that 'valid' drops. The round-off (about 1e-16 of the largest squared value, below 1e-10 for centred
     8-bit images) only matters next to VIF's 1e-10 thresholds, where every term it could change is that small.
     """
     h, w = images.shape[-2:]
@@ -63,8 +63,11 @@ def visual_information_fidelity(
         win = _gaussian_1d(scale, images.dtype, images.device)
         if scale > 1:
             images = _filter_valid(images, win)[..., ::2, ::2]
-        ref, dist = images[:, :2], images[:, 2:]
-        stats = _filter_valid(torch.cat([images, images * images, ref * dist], dim=1), win)  # (B, 8, h, w)
+        # (co)variances do not change with an offset: centring each image keeps the FFT round-off at the scale of
+        # its contrast (a constant image gives exactly 0), not of its brightness
+        centred = images - images.mean(dim=(2, 3), keepdim=True)
+        ref, dist = centred[:, :2], centred[:, 2:]
+        stats = _filter_valid(torch.cat([centred, centred * centred, ref * dist], dim=1), win)  # (B, 8, h, w)
         mu, sq, cross = stats[:, :3], stats[:, 3:6], stats[:, 6:]
         mu1, mu2 = mu[:, :2], mu[:, 2:]
         sigma1_sq = (sq[:, :2] - mu1 * mu1).clamp_min(0.0)

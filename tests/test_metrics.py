@@ -1,0 +1,181 @@
+"""Fusion metrics: equality with the literature's evaluator (golden values) and properties on made-up images."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.metrics import (
+    ALL_METRICS,
+    DEFAULT_METRICS,
+    compute_fusion_metrics,
+    entropy,
+    feature_mutual_information,
+    luma_bt601,
+    mutual_information,
+    nabf,
+    peak_signal_to_noise_ratio,
+    qabf,
+    structural_similarity,
+    visual_information_fidelity,
+)
+
+SMALL_METRICS = tuple(n for n in ALL_METRICS if n != "MS_SSIM")  # MS-SSIM needs images of 176 pixels or more
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    return np.round(image * 255).astype(np.float64)
+
+
+@pytest.fixture
+def triple(synthetic_pair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mri, other = (_gray(x) for x in synthetic_pair)
+    return np.round(0.6 * mri + 0.4 * other), mri, other
+
+
+def _texture(seed: int, size: int = 48) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    smooth = 120 + 100 * np.sin(xx / (3 + seed)) * np.cos(yy / 5)
+    return np.clip(np.round(smooth + rng.normal(0, 12, smooth.shape)), 0, 255)
+
+
+@pytest.mark.shared
+def test_golden_values(golden_path):
+    """Every metric of every golden record within 1e-3 relative of the reference evaluator."""
+    golden = json.loads(golden_path.read_text())
+    shared = golden_path.parents[1]
+    fused, mri, other = [], [], []
+    for record in golden["records"]:
+        a = luma_bt601(np.array(Image.open(shared / record["mri"]).convert("RGB")))
+        b = luma_bt601(np.array(Image.open(shared / record["other"]).convert("RGB")))
+        fusions = {"max": np.maximum(a, b), "mean": np.round((a + b) / 2), "w73": np.round(0.7 * a + 0.3 * b)}
+        fused.append(fusions[record["fused"]])
+        mri.append(a)
+        other.append(b)
+    f, a, b = (torch.from_numpy(np.stack(x)[:, None].astype(np.float64)) for x in (fused, mri, other))
+    values = compute_fusion_metrics(f, a, b, ssim_data_range=2)
+    values["SSIM_255"] = compute_fusion_metrics(f, a, b, names=["SSIM"], ssim_data_range=255)["SSIM"]
+    mismatches = []
+    for i, record in enumerate(golden["records"]):
+        for name, ours in values.items():
+            if abs(float(ours[i]) - record[name]) > 1e-3 * abs(record[name]):
+                mismatches.append(f"{record['task']}/{record['pair']}/{record['fused']} {name}: {float(ours[i])} vs {record[name]}")
+    assert not mismatches, "\n".join(mismatches)
+
+
+def test_luma_matches_bt601_rounding():
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]]], dtype=np.uint8)
+    assert luma_bt601(rgb).tolist() == [[76.0, 150.0, 29.0, 18.0]]
+
+
+def test_single_image_floats_and_batch_equals_per_image():
+    fused, mri, other = (np.stack([_texture(s + k) for k in range(3)]) for s in (0, 10, 20))
+    batch = compute_fusion_metrics(*(torch.from_numpy(x[:, None]) for x in (fused, mri, other)), names=SMALL_METRICS)
+    for i in range(3):
+        single = compute_fusion_metrics(fused[i], mri[i], other[i], names=SMALL_METRICS)
+        assert all(isinstance(v, float) for v in single.values())
+        for name in SMALL_METRICS:
+            assert single[name] == pytest.approx(float(batch[name][i]), rel=1e-9, abs=1e-12), name
+
+
+def test_numpy_and_torch_inputs_agree(triple):
+    from_numpy = compute_fusion_metrics(*triple, names=SMALL_METRICS)
+    from_torch = compute_fusion_metrics(*(torch.from_numpy(x).float() for x in triple), names=SMALL_METRICS)
+    assert from_numpy == pytest.approx(from_torch, rel=1e-9)
+
+
+def test_statistics_match_numpy_definitions(triple):
+    f, a, b = triple
+    values = compute_fusion_metrics(f, a, b, names=["EN", "SD", "SF", "AG", "CC", "MSE", "PSNR"])
+    hist = np.bincount(f.astype(int).ravel(), minlength=256) / f.size
+    assert values["EN"] == pytest.approx(-np.sum(hist[hist > 0] * np.log2(hist[hist > 0])))
+    assert values["SD"] == pytest.approx(np.std(f))
+    assert values["SF"] == pytest.approx(np.sqrt(np.mean(np.diff(f, axis=1) ** 2) + np.mean(np.diff(f, axis=0) ** 2)))
+    gy, gx = np.gradient(f)
+    assert values["AG"] == pytest.approx(np.mean(np.sqrt((gx**2 + gy**2) / 2)))
+    cc = (np.corrcoef(a.ravel(), f.ravel())[0, 1] + np.corrcoef(b.ravel(), f.ravel())[0, 1]) / 2
+    assert values["CC"] == pytest.approx(cc)
+    mse = (np.mean((f - a) ** 2) + np.mean((f - b) ** 2)) / 2
+    assert values["MSE"] == pytest.approx(mse)
+    assert values["PSNR"] == pytest.approx(10 * np.log10(f.max() ** 2 / mse))
+
+
+def test_psnr_peak_options(triple):
+    f = triple[0]
+    by_max = peak_signal_to_noise_ratio(*triple, peak="max")
+    by_255 = peak_signal_to_noise_ratio(*triple, peak="255")
+    assert by_255 - by_max == pytest.approx(20 * math.log10(255 / f.max()))
+    assert peak_signal_to_noise_ratio(f, f, f) == math.inf
+    with pytest.raises(FusionInputError, match="psnr_peak"):
+        peak_signal_to_noise_ratio(*triple, peak="1")
+
+
+def test_identical_images(triple):
+    x = triple[1]
+    counts = np.unique(x, return_counts=True)[1] / x.size
+    h_nats = -np.sum(counts * np.log(counts))
+    assert mutual_information(x, x, x) == pytest.approx(2 * h_nats)
+    assert mutual_information(x, x, x, reduction="mean", base=2) == pytest.approx(h_nats / math.log(2))
+    assert structural_similarity(x, x, x) == pytest.approx(2.0)
+    assert structural_similarity(x, x, x, data_range=2, reduction="mean") == pytest.approx(1.0)
+    assert visual_information_fidelity(x, x, x) == pytest.approx(2.0, rel=1e-6)
+    assert feature_mutual_information(x, x, x) == 1.0
+    assert nabf(x, x, x) == 0.0
+    assert 0.9 < qabf(x, x, x) <= 1.0
+    assert compute_fusion_metrics(x, x, x, names=["CC", "SCD"]) == {"CC": pytest.approx(1.0), "SCD": 0.0}
+
+
+def test_mutual_information_uses_distinct_values():
+    """Shifting values off the 8-bit grid relabels the bins but keeps MI; many distinct values take the sparse path."""
+    a, b, f = _texture(1), _texture(2), _texture(3)
+    assert mutual_information(f + 0.25, a - 0.5, b * 1.001) == pytest.approx(mutual_information(f, a, b), rel=1e-12)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((96, 96)), rng.random((96, 96))
+    y[:48] = x[:48]  # half the pixels shared: a known joint structure with ~9000 distinct values
+    _, ix = np.unique(x, return_inverse=True)
+    _, iy = np.unique(y, return_inverse=True)
+    joint = np.unique(ix.ravel() * (iy.max() + 1) + iy.ravel(), return_counts=True)[1] / x.size
+    px, py = np.bincount(ix.ravel()) / x.size, np.bincount(iy.ravel()) / x.size
+    expected = np.sum(joint * np.log(joint)) - np.sum(px * np.log(px)) - np.sum(py * np.log(py))
+    assert mutual_information(x, y, y, reduction="mean") == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("value", [0.0, 255.0, 97.0])
+def test_constant_images_give_no_nan(value):
+    const = np.full((176, 176), value)
+    texture = np.tile(_texture(4, 44), (4, 4))
+    for fused, mri, other in [(const, const, const), (texture, const, const), (const, texture, const)]:
+        values = compute_fusion_metrics(fused, mri, other, names=ALL_METRICS)
+        assert not any(math.isnan(v) for v in values.values()), values
+    flat = compute_fusion_metrics(const, const, const, names=["VIF", "CC", "SCD", "MI", "PSNR", "FMI_pixel", "Nabf"])
+    assert flat == {"VIF": 2.0, "CC": 0.0, "SCD": 0.0, "MI": 0.0, "PSNR": math.inf, "FMI_pixel": 1.0, "Nabf": 0.0}
+    assert visual_information_fidelity(texture, const, const) == 2.0  # references without variance: 0/0 -> 1 each
+    assert visual_information_fidelity(const, texture, texture) == 0.0  # nothing of the texture kept
+    # zero padding gives a non-zero image edges at its border; an all-zero triple has no edges at all: 0/0 -> 1
+    assert qabf(const, const, const) == (1.0 if value == 0 else pytest.approx(0.975, abs=0.01))
+
+
+def test_entropy_clamps_out_of_range_values():
+    image = np.array([[-3.0, 0.0], [255.0, 300.0]])
+    assert entropy(image) == pytest.approx(1.0)
+
+
+def test_default_names_and_errors(triple):
+    assert tuple(compute_fusion_metrics(*triple)) == DEFAULT_METRICS
+    with pytest.raises(FusionInputError, match="unknown metric"):
+        compute_fusion_metrics(*triple, names=["SSIM", "QAB"])
+    with pytest.raises(FusionInputError, match="one shape"):
+        compute_fusion_metrics(triple[0], triple[1][:-1], triple[2])
+    with pytest.raises(FusionInputError, match="expected shape"):
+        entropy(np.zeros((2, 3, 8, 8)))
+    with pytest.raises(FusionInputError, match="reduction"):
+        structural_similarity(*triple, reduction="max")
+    with pytest.raises(FusionInputError, match="MS_SSIM needs"):
+        compute_fusion_metrics(*triple, names=["MS_SSIM"])
