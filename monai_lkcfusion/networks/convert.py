@@ -8,6 +8,7 @@ its keys read ``model.init_conv.weight``, ``model.downs.0.res_block.block1.block
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from os import PathLike
 from typing import Any
@@ -99,11 +100,16 @@ def read_state_dict(source: str | PathLike | Mapping[str, Any], map_location: An
             device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
             loaded: Any = load_file(path, device=device)
         else:
-            loaded = torch.load(path, map_location=map_location, weights_only=True)
+            with warnings.catch_warnings():  # the refusal below is the message; no pickle-protocol noise
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                loaded = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError as e:
         raise FusionInputError(f"{path}: weights file not found") from e
     except Exception as e:  # unpickling refused, corrupt file, wrong format
-        raise FusionInputError(f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        detail = (str(e).strip().splitlines() or ["empty or truncated file"])[0]
+        if "Weights only load failed" in detail:  # torch's hint to retry unsafely is not advice we pass on
+            detail = "it holds Python objects besides tensors, which are never unpickled; save a plain state dict"
+        raise FusionInputError(f"{path}: cannot read weights ({type(e).__name__}: {detail})") from e
     if not isinstance(loaded, Mapping):
         raise FusionInputError(f"{path}: holds a {type(loaded).__name__}, not a state dict")
     return unwrap_state_dict(loaded, path)
