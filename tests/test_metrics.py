@@ -179,3 +179,5 @@ def test_default_names_and_errors(triple):
         structural_similarity(*triple, reduction="max")
     with pytest.raises(FusionInputError, match="MS_SSIM needs"):
         compute_fusion_metrics(*triple, names=["MS_SSIM"])
+    with pytest.raises(FusionInputError, match="VIF needs"):
+        visual_information_fidelity(*(x[:40, :40] for x in triple))

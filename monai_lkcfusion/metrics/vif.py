@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import FusionInputError
 from .utils import batched_metric, reduce_sources
 
 __all__ = ["visual_information_fidelity"]
@@ -56,6 +57,8 @@ def visual_information_fidelity(
     Returns:
         (B,) float64 tensor, or a float for a single image.
     """
+    if min(fused.shape[-2:]) < 41:  # room for the four scales' 'valid' windows
+        raise FusionInputError(f"VIF needs images of at least 41x41 pixels, got {tuple(fused.shape[-2:])}")
     images = torch.cat([mri, other, fused], dim=1)  # (B, 3, H, W): two references, one distorted image
     num = torch.zeros(images.shape[0], 2, dtype=torch.float64, device=images.device)
     den = torch.zeros_like(num)

@@ -1,0 +1,124 @@
+"""FusionMetric (MONAI CumulativeIterationMetric), FusionMetricHandler in an Ignite engine, and `lkcfusion metrics`."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from PIL import Image
+
+from monai_lkcfusion.cli import main
+from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.metrics import FusionMetric, FusionMetricHandler, compute_fusion_metrics
+from monai_lkcfusion.metrics.folders import read_gray
+
+NAMES = ("EN", "MI", "SSIM", "Qabf", "VIF", "PSNR")
+
+
+def _batch(seed: int, size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (2, 1, H, W) fused batch and its (2, 2, H, W) sources, in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    sources = torch.rand(2, 2, size, size, generator=g)
+    sources = torch.nn.functional.avg_pool2d(sources, 3, stride=1, padding=1)
+    return sources.amax(dim=1, keepdim=True), sources
+
+
+def test_fusion_metric_accumulates_and_matches_functional():
+    metric = FusionMetric(metric_names=NAMES, input_scale=255.0, ssim_data_range=2)
+    batches = [_batch(0), _batch(1)]
+    for fused, sources in batches:
+        metric(y_pred=fused, y=sources)
+    means = metric.aggregate()
+    assert list(means) == list(NAMES)
+    fused = torch.cat([b[0] for b in batches]) * 255
+    sources = torch.cat([b[1] for b in batches]) * 255
+    f, s = fused.clamp(0, 255).round(), sources.clamp(0, 255).round()
+    expected = compute_fusion_metrics(f, s[:, :1], s[:, 1:], names=NAMES, ssim_data_range=2)
+    for name in NAMES:
+        assert means[name] == pytest.approx(float(expected[name].mean()), rel=1e-9)
+    metric.reset()
+    with pytest.raises(FusionInputError, match="no images"):
+        metric.aggregate()
+
+
+def test_fusion_metric_without_rounding_scores_raw_values():
+    fused, sources = _batch(2)
+    metric = FusionMetric(metric_names=["SD"], input_scale=255.0, round_to_uint8=False)
+    metric(y_pred=fused, y=sources)
+    assert metric.aggregate()["SD"] == pytest.approx(float((fused * 255).double().flatten(1).std(1, correction=0).mean()))
+
+
+def test_fusion_metric_checks_shapes_and_names():
+    fused, sources = _batch(3)
+    with pytest.raises(FusionInputError, match="y \\(B, 2, H, W\\)"):
+        FusionMetric()(y_pred=fused, y=sources[:, :1])
+    with pytest.raises(FusionInputError, match="unknown"):
+        FusionMetric(metric_names=["SSIM", "nope"])
+
+
+def test_handler_in_ignite_engine():
+    batches = [_batch(4), _batch(5)]
+
+    def step(engine, batch):
+        fused, sources = batch
+        return {"pred": fused, "mri": sources[:, :1], "other": sources[:, 1:]}
+
+    engine = Engine(step)
+    handler = FusionMetricHandler(metric_name="Qabf", metric_names=["SSIM", "MI"], input_scale=255.0, prefix="val_")
+    handler.attach(engine, "fusion_qabf")
+    engine.run(batches, max_epochs=1)
+
+    metric = FusionMetric(metric_names=["SSIM", "MI", "Qabf"], input_scale=255.0)
+    for fused, sources in batches:
+        metric(y_pred=fused, y=sources)
+    expected = metric.aggregate()
+    assert engine.state.metrics["fusion_qabf"] == pytest.approx(expected["Qabf"])
+    for name in ("SSIM", "MI", "Qabf"):
+        assert engine.state.metrics[f"val_{name}"] == pytest.approx(expected[name])
+    assert engine.state.metric_details["fusion_qabf"].shape == (4, 3)
+
+
+def _write_pairs(root, names, size=48):
+    dirs = {k: root / k for k in ("fused", "mri", "other")}
+    for d in dirs.values():
+        d.mkdir()
+    rng = np.random.default_rng(0)
+    for name in names:
+        mri = rng.integers(0, 256, (size, size), dtype=np.uint8)
+        other = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)  # colour: read as BT.601 luma
+        Image.fromarray(mri).save(dirs["mri"] / name)
+        Image.fromarray(other).save(dirs["other"] / name)
+        Image.fromarray(np.maximum(mri, other[..., 0])).save(dirs["fused"] / name)
+    return dirs
+
+
+def test_cli_metrics_writes_table_csv_json(tmp_path, capsys):
+    dirs = _write_pairs(tmp_path, ["a.png", "b.png"])
+    csv_path, json_path = tmp_path / "m.csv", tmp_path / "m.json"
+    argv = ["metrics", "--fused", str(dirs["fused"]), "--mri", str(dirs["mri"]), "--other", str(dirs["other"]),
+            "--ssim-data-range", "2", "--csv", str(csv_path), "--json", str(json_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "a.png" in out and "b.png" in out and out.strip().splitlines()[-1].startswith("mean")
+    triple = [read_gray(dirs[k] / "b.png") for k in ("fused", "mri", "other")]
+    expected = compute_fusion_metrics(*triple, ssim_data_range=2)
+    document = json.loads(json_path.read_text())
+    assert document["pairs"]["b.png"] == pytest.approx(expected)
+    assert document["options"]["ssim_data_range"] == 2
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["pair"] for r in rows] == ["a.png", "b.png", "mean"]
+    assert float(rows[1]["SSIM"]) == pytest.approx(expected["SSIM"])
+    assert float(rows[2]["EN"]) == pytest.approx((document["pairs"]["a.png"]["EN"] + expected["EN"]) / 2)
+
+
+def test_cli_metrics_reports_missing_counterparts(tmp_path, capsys):
+    dirs = _write_pairs(tmp_path, ["a.png", "b.png"])
+    (dirs["other"] / "b.png").unlink()
+    argv = ["metrics", "--fused", str(dirs["fused"]), "--mri", str(dirs["mri"]), "--other", str(dirs["other"])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "b.png (no other image)" in err and "Traceback" not in err
