@@ -4,9 +4,8 @@ A dense ``k x k`` convolution costs ``k^2 * C_in * C_out`` multiply-adds per out
 into tiles of ``N x N`` pixels that overlap by ``k - 1`` (overlap-save) turns it into, per tile, an FFT of every input
 channel, a ``C_in -> C_out`` complex matrix product at each of the ``N * (N // 2 + 1)`` frequencies, and an inverse
 FFT of every output channel, of which the last ``N - k + 1`` rows and columns are the valid output. Batched over the
-frequencies, the channel mixing is a compute-bound matrix product ``(tiles, 2 C_in) @ (2 C_in, 2 C_out)`` (complex
-numbers as interleaved real pairs), and the kernel spectra (a few hundred MB per 128-channel layer) are computed
-once per FFT size.
+frequencies, the channel mixing is two real matrix products ``[Re X; Im X] (2 tiles, C_in) @ Re W, Im W (C_in, C_out)``
+and the kernel spectra (a few hundred MB per 128-channel layer at ``N = 64``) are computed once per FFT size.
 """
 
 from __future__ import annotations
@@ -60,11 +59,7 @@ def tile_layout(length: int, kernel_size: int, fft_size: int) -> tuple[int, int]
 
 
 def kernel_spectra(weight: torch.Tensor, fft_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Spectra of a convolution kernel as real matrices that multiply interleaved (real, imag) channel vectors.
-
-    For the complex kernel spectrum ``W[f] = A + iB`` (``C_in x C_out`` at frequency ``f``), the returned matrix is
-    ``[[A, B], [-B, A]]`` with rows and columns interleaved per channel, so that a row vector of interleaved
-    ``(re, im)`` input spectra times it gives the interleaved output spectra.
+    """Real and imaginary parts of a dense kernel's spectra, as per-frequency ``C_in x C_out`` matrices.
 
     Args:
         weight: (C_out, C_in, k, k) cross-correlation kernel (PyTorch convention).
@@ -72,17 +67,16 @@ def kernel_spectra(weight: torch.Tensor, fft_size: int, dtype: torch.dtype = tor
         dtype: dtype of the result (the dtype of the matrix products).
 
     Returns:
-        (N * (N // 2 + 1), 2 C_in, 2 C_out) tensor on the weight's device.
+        (2, N * (N // 2 + 1), C_in, C_out) tensor on the weight's device: index 0 the real, 1 the imaginary part of
+        the spectrum of the flipped (true convolution) kernel zero-padded to ``N x N``.
     """
     c_out, c_in, k, _ = weight.shape
     padded = weight.new_zeros((c_in, c_out, fft_size, fft_size), dtype=torch.float32)
-    padded[..., :k, :k] = weight.detach().float().flip(-1, -2).transpose(0, 1)  # flipped: a true convolution
-    spec = torch.fft.rfft2(padded)  # (C_in, C_out, N, N // 2 + 1)
-    re = spec.real.permute(2, 3, 0, 1)  # (N, N // 2 + 1, C_in, C_out)
-    im = spec.imag.permute(2, 3, 0, 1)
-    blocks = torch.stack((torch.stack((re, im), dim=-1), torch.stack((-im, re), dim=-1)), dim=3)
-    # blocks: (N, N // 2 + 1, C_in, 2 [in re/im], C_out, 2 [out re/im])
-    return blocks.reshape(-1, 2 * c_in, 2 * c_out).to(dtype).contiguous()
+    padded[..., :k, :k] = weight.detach().float().flip(-1, -2).transpose(0, 1)
+    spec = torch.view_as_real(torch.fft.rfft2(padded))  # (C_in, C_out, N, N // 2 + 1, 2)
+    out = torch.empty((2, fft_size, fft_size // 2 + 1, c_in, c_out), dtype=dtype, device=weight.device)
+    out.copy_(spec.permute(4, 2, 3, 0, 1))
+    return out.view(2, -1, c_in, c_out)
 
 
 class FFTConv2d(nn.Module):
@@ -127,16 +121,28 @@ class FFTConv2d(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, fft_size={self.fft_size}, {kind}"
 
     def _mix(self, spec: torch.Tensor) -> torch.Tensor:
-        """Per-frequency channel mixing: (T, C_in, N, N // 2 + 1) complex -> (T, C_out, N, N // 2 + 1) complex."""
+        """Per-frequency channel mixing.
+
+        Args:
+            spec: (T, C_in, N, N // 2 + 1) complex spectra of the tiles.
+
+        Returns:
+            complex output spectra, (T, C_out, N, N // 2 + 1) for depthwise and (N, N // 2 + 1, T, C_out) (frequencies
+            first) for dense convolutions.
+        """
         if self.depthwise:
             return spec * self.spectra
         count, c_in, n, half = spec.shape
-        lhs = torch.empty((n, half, count, c_in, 2), dtype=self.spectra.dtype, device=spec.device)
-        lhs.copy_(torch.view_as_real(spec).permute(2, 3, 0, 1, 4))
-        out = torch.matmul(lhs.view(n * half, count, 2 * c_in), self.spectra)  # (N * (N // 2 + 1), T, 2 C_out)
-        out_spec = torch.empty((count, self.out_channels, n, half, 2), dtype=torch.float32, device=spec.device)
-        out_spec.copy_(out.view(n, half, count, self.out_channels, 2).permute(2, 3, 0, 1, 4))
-        return torch.view_as_complex(out_spec)
+        # real parts stacked over imaginary parts as the rows of one matrix per frequency
+        lhs = torch.empty((n, half, 2, count, c_in), dtype=self.spectra.dtype, device=spec.device)
+        lhs.copy_(torch.view_as_real(spec).permute(2, 3, 4, 0, 1))
+        lhs = lhs.view(n * half, 2 * count, c_in)
+        by_re = torch.matmul(lhs, self.spectra[0]).view(n, half, 2, count, -1)  # [Xr; Xi] @ Wr
+        by_im = torch.matmul(lhs, self.spectra[1]).view(n, half, 2, count, -1)  # [Xr; Xi] @ Wi
+        out = torch.empty((n, half, count, self.out_channels, 2), dtype=torch.float32, device=spec.device)
+        torch.sub(by_re[:, :, 0], by_im[:, :, 1], out=out[..., 0])  # Yr = Xr Wr - Xi Wi
+        torch.add(by_im[:, :, 0], by_re[:, :, 1], out=out[..., 1])  # Yi = Xr Wi + Xi Wr
+        return torch.view_as_complex(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolve ``x``.
@@ -155,8 +161,13 @@ class FFTConv2d(nn.Module):
         x = F.pad(x.float(), [pad, cols * step + k - 1 - width - pad, pad, rows * step + k - 1 - height - pad])
         tiles = x.unfold(2, n, step).unfold(3, n, step)  # (B, C_in, rows, cols, N, N)
         tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, c_in, n, n)  # (T, C_in, N, N), T = B * rows * cols
-        y = torch.fft.irfft2(self._mix(torch.fft.rfft2(tiles)), s=(n, n))  # (T, C_out, N, N)
-        y = y.view(batch, rows, cols, self.out_channels, n, n)[..., k - 1 :, k - 1 :].permute(0, 3, 1, 4, 2, 5)
+        mixed = self._mix(torch.fft.rfft2(tiles))
+        if self.depthwise:
+            y = torch.fft.irfft2(mixed, s=(n, n))  # (T, C_out, N, N)
+            y = y.view(batch, rows, cols, self.out_channels, n, n)[..., k - 1 :, k - 1 :].permute(0, 3, 1, 4, 2, 5)
+        else:
+            y = torch.fft.irfft2(mixed, s=(n, n), dim=(0, 1))  # (N, N, T, C_out)
+            y = y.view(n, n, batch, rows, cols, self.out_channels)[k - 1 :, k - 1 :].permute(2, 5, 3, 0, 4, 1)
         y = y.reshape(batch, self.out_channels, rows * step, cols * step)[:, :, :height, :width]
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
