@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from monai.handlers import (
     ValidationHandler,
 )
 
+from ..errors import FusionInputError
 from ..losses import FusionLoss
 from .evaluator import LOSS_METRIC
 
@@ -29,13 +33,38 @@ CHECKPOINT_PREFIX = "checkpoint"
 
 
 def last_checkpoint(directory: str | Path) -> Path | None:
-    """The newest ``checkpoint_epoch=N.pt`` in ``directory``, or ``None`` when there is none."""
+    """The newest complete ``checkpoint_epoch=N.pt`` in ``directory``, or ``None`` when there is none.
+
+    A checkpoint cut short (the run was killed while saving it) is skipped: ``torch.save`` writes a zip archive
+    whose central directory comes last, so a partial file is not a valid zip.
+    """
     found = []
     for path in Path(directory).glob(f"{CHECKPOINT_PREFIX}_epoch=*.pt"):
         match = re.search(r"epoch=(\d+)", path.name)
         if match:
             found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
+    return next((path for _, path in sorted(found, reverse=True) if zipfile.is_zipfile(path)), None)
+
+
+def _check_output_dir(output_dir: Path, network: torch.nn.Module) -> None:
+    """Fail before training when ``output_dir`` cannot be written or cannot hold the checkpoints.
+
+    The need is estimated as two "last" checkpoints (network and two Adam moments each, the old one is removed
+    after the new one is written) plus the best model and the exported ``model.pt``.
+    """
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir) as probe:
+            probe.write(b"0" * 4096)
+            probe.flush()
+    except OSError as err:  # a parent that is a file, a read-only file system, a full disk
+        raise FusionInputError(f"{output_dir}: output folder is not writable ({err.strerror or err})") from None
+    weights = sum(t.numel() * t.element_size() for t in network.state_dict().values())
+    need, free = 8 * weights, shutil.disk_usage(output_dir).free
+    if free < need:
+        raise FusionInputError(
+            f"{output_dir}: {free / 2**20:.1f} MiB free, training needs about {need / 2**20:.1f} MiB for checkpoints"
+        )
 
 
 def _loss_value(output: dict) -> float:
@@ -101,10 +130,13 @@ def create_trainer(
 
     Returns:
         The trainer; ``trainer.run()`` trains.
+
+    Raises:
+        FusionInputError: ``output_dir`` cannot be written or has too little free space for the checkpoints.
     """
     device = torch.device(device)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    _check_output_dir(output_dir, network)
     network = network.to(device)
     optimizer = optimizer or torch.optim.Adam(network.parameters(), lr=lr)
     lr_scheduler = lr_scheduler or torch.optim.lr_scheduler.CosineAnnealingLR(

@@ -43,7 +43,8 @@ def run_bundle_workflow(
         The finished ``monai.bundle.ConfigWorkflow``.
 
     Raises:
-        FusionInputError: an override file is missing or the config lacks required properties.
+        FusionInputError: an override file is missing, the config lacks required properties, or the run failed on
+            the user's input or an unwritable/full output folder.
     """
     from monai.bundle import ConfigWorkflow
 
@@ -59,10 +60,33 @@ def run_bundle_workflow(
         workflow_type=workflow_type,
         **overrides,
     )
-    workflow.initialize()
-    missing = workflow.check_properties()
-    if missing:
-        raise FusionInputError(f"{config}: missing required bundle properties {missing}")
-    workflow.run()
-    workflow.finalize()
+    try:  # check_properties instantiates the workflow's components, run and finalize evaluate expressions
+        workflow.initialize()
+        missing = workflow.check_properties()
+        if missing:
+            raise FusionInputError(f"{config}: missing required bundle properties {missing}")
+        workflow.run()
+        workflow.finalize()
+    except RuntimeError as err:  # MONAI wraps errors of config items; surface the user's one in a line
+        user = _user_error(err)
+        if user is None:
+            raise
+        raise user from None
     return workflow
+
+
+def _user_error(err: RuntimeError) -> FusionInputError | None:
+    """The user's error inside MONAI's "Failed to evaluate/instantiate" wrappers, as a :class:`FusionInputError`.
+
+    A :class:`FusionInputError` or an :class:`OSError` (unwritable folder, full disk) in the chain of causes is
+    returned as a :class:`FusionInputError`; ``None`` when there is neither.
+    """
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, FusionInputError):
+            return cause
+        if isinstance(cause, OSError):
+            where = f"{cause.filename}: " if cause.filename else ""
+            return FusionInputError(f"{where}{cause.strerror or cause}")
+        cause = cause.__cause__
+    return None

@@ -1,0 +1,112 @@
+"""Training faults: a run killed mid-epoch (SIGKILL) and restarted with the same command resumes from the last
+checkpoint and ends at the same epoch count; an unwritable or too small output folder fails before training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_lkcfusion.cli import main
+from monai_lkcfusion.engines.trainer import last_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _dataset(root: Path, pairs: int = 24) -> Path:
+    """A Harvard-layout folder ``train/MRI-CT/{MRI,CT}/i.png`` of random 32x32 pairs."""
+    rng = np.random.default_rng(0)
+    for folder in ("MRI", "CT"):
+        (root / "train" / "MRI-CT" / folder).mkdir(parents=True)
+        for i in range(pairs):
+            Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(root / "train" / "MRI-CT" / folder / f"{i}.png")
+    return root
+
+
+def _train_args(tmp_path: Path, output: Path, epochs: int = 3) -> list[str]:
+    fast = tmp_path / "fast.json"
+    fast.write_text(json.dumps({"roi_size": 16, "batch_size": 2, "samples_per_image": 1, "val_interval": 1}))
+    data = tmp_path / "data" if (tmp_path / "data").is_dir() else _dataset(tmp_path / "data")
+    return ["train", "--config", str(fast), "--preset", "tiny", "--epochs", str(epochs), "--dataset-dir", str(data),
+            "-o", str(output), "--resume", "--device", "cpu"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_same_command_resumes(tmp_path):
+    out = tmp_path / "run"
+    exe = REPO / ".venv" / "bin" / "lkcfusion"
+    command = [str(exe)] if exe.is_file() else [sys.executable, "-m", "monai_lkcfusion"]
+    command += _train_args(tmp_path, out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "first.log"
+    with open(log, "w") as stream:
+        first = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 300
+        while first.poll() is None and time.monotonic() < deadline:
+            # the progress bar shows the second iteration of epoch 2: epoch 1 is checkpointed, epoch 2 is half done
+            if (out / "checkpoint_epoch=1.pt").is_file() and "Epoch [2/3]: [2/" in log.read_text():
+                first.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    assert last_checkpoint(out).name == "checkpoint_epoch=1.pt"
+
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    text = second.stdout + second.stderr
+    assert second.returncode == 0, text[-2000:]
+    assert "Epoch[1] Complete" not in text and "Epoch[2] Complete" in text and "Epoch[3] Complete" in text
+    final = torch.load(last_checkpoint(out), map_location="cpu", weights_only=True)["trainer"]
+    assert final["max_epochs"] == 3 and final["iteration"] == 3 * final["epoch_length"]
+    assert last_checkpoint(out).name == "checkpoint_epoch=3.pt" and (out / "model.pt").is_file()
+
+
+def test_checkpoint_cut_short_is_skipped(tmp_path):
+    """A run killed while saving leaves a partial newest checkpoint; resuming uses the one before it."""
+    torch.save({"network": {"w": torch.ones(64)}}, tmp_path / "checkpoint_epoch=4.pt")
+    whole = tmp_path / "checkpoint_epoch=5.pt"
+    torch.save({"network": {"w": torch.ones(4096)}}, whole)
+    assert last_checkpoint(tmp_path) == whole
+    whole.write_bytes(whole.read_bytes()[:-200])
+    assert last_checkpoint(tmp_path).name == "checkpoint_epoch=4.pt"
+    (tmp_path / "checkpoint_epoch=4.pt").write_bytes(b"")
+    assert last_checkpoint(tmp_path) is None
+
+
+def _error_lines(err: str) -> list[str]:
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("lkcfusion: error:")]
+
+
+def test_unwritable_output_fails_before_training(tmp_path, capsys):
+    """Running as root ignores permission bits, so the output folder is asked for below a regular file."""
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "a_file" / "run"
+    assert main(_train_args(tmp_path, out, epochs=1)) == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and str(out) in errors[0] and "Not a directory" in errors[0], errors
+
+
+def test_too_small_disk_fails_before_training(tmp_path, capsys):
+    """A 64 KiB tmpfs cannot hold the checkpoints: refused with the sizes before the first iteration."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        assert main(_train_args(tmp_path, mount / "run", epochs=1)) == 2
+        captured = capsys.readouterr()
+        errors = _error_lines(captured.err)
+        assert len(errors) == 1 and "MiB free, training needs about" in errors[0], errors
+        assert "Epoch[1]" not in captured.out + captured.err and not list((mount / "run").glob("*.pt"))
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
