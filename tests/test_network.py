@@ -91,8 +91,11 @@ def test_group_count_largest_divisor_up_to_32(channels, groups):
     assert group_count(channels) == groups
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small"])
-@pytest.mark.parametrize("shape", [(1, 2, 37, 53), (3, 2, 16, 16), (2, 2, 1, 1), (1, 2, 5, 64)])
+@pytest.mark.parametrize(
+    "preset,shape",
+    [("tiny", (1, 2, 37, 53)), ("tiny", (3, 2, 16, 16)), ("tiny", (2, 2, 1, 1)), ("tiny", (1, 2, 5, 64)),
+     ("small", (2, 2, 37, 53)), ("small", (1, 2, 5, 3))],
+)
 def test_any_size_forward_keeps_shape(preset, shape):
     torch.manual_seed(0)
     net = LKCFUNet.from_preset(preset).eval()
@@ -105,14 +108,14 @@ def test_any_size_forward_keeps_shape(preset, shape):
 def test_eval_is_batch_independent_and_odd_sizes_are_replicate_padded():
     torch.manual_seed(0)
     net = LKCFUNet.from_preset("small").eval()
-    x = torch.rand(3, 2, 23, 19)
+    x = torch.rand(3, 2, 15, 11)
     with torch.no_grad():
         out = net(x)
         single = torch.cat([net(x[i : i + 1]) for i in range(3)])
-        padded = net(torch.nn.functional.pad(x, [0, 1, 0, 1], mode="replicate"))  # 24x20: no padding inside
-    assert out.shape == (3, 1, 23, 19)
+        padded = net(torch.nn.functional.pad(x, [0, 1, 0, 1], mode="replicate"))  # 16x12: no padding inside
+    assert out.shape == (3, 1, 15, 11)
     torch.testing.assert_close(out, single, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(out, padded[:, :, :23, :19])
+    torch.testing.assert_close(out, padded[:, :, :15, :11])
 
 
 def test_training_step_updates_and_dropout_is_active_in_train_mode():
@@ -138,6 +141,7 @@ def test_torchscript_matches_eager():
             torch.testing.assert_close(scripted(x), net(x))
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_eager(tmp_path):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")

@@ -161,7 +161,7 @@ def test_tensors_land_in_place_and_input_channels_are_swapped():
     unswapped = LKCFUNet(**net.config)
     unswapped.load_state_dict({**net.state_dict(), "stem_conv.weight": state["init_conv.weight"]})
     net, unswapped = net.double(), unswapped.double().eval()  # float64: the comparison is not blurred by rounding
-    mri, other = torch.rand(2, 1, 1, 24, 20, dtype=torch.float64).unbind(0)
+    mri, other = torch.rand(2, 1, 1, 12, 8, dtype=torch.float64).unbind(0)
     with torch.no_grad():
         ours = net(torch.cat((mri, other), dim=1))
         official_order = unswapped(torch.cat((other, mri), dim=1))

@@ -22,7 +22,7 @@ def _trained_like(net: LKCFUNet) -> LKCFUNet:
     return net.eval()
 
 
-@pytest.mark.parametrize("suffix", [".pt", ".pth", ".safetensors"])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -269,9 +269,7 @@ class LKCFUNet(nn.Module):
         height, width = x.shape[-2], x.shape[-1]
         pad_h = (self.size_divisible - height % self.size_divisible) % self.size_divisible
         pad_w = (self.size_divisible - width % self.size_divisible) % self.size_divisible
-        if pad_h > 0 or pad_w > 0:
-            x = F.pad(x, [0, pad_w, 0, pad_h], mode="replicate")
-
+        x = F.pad(x, [0, pad_w, 0, pad_h], mode="replicate")  # unconditional: keeps ONNX export shape-generic
         f0 = self.stem_conv(x)  # (B, features, H, W)
         x = self.stem(f0)  # (B, C_0, H, W)
         skips: list[torch.Tensor] = []
