@@ -204,16 +204,20 @@ def _run(
     spatial = pair.shape[2:]
     if len(spatial) == 2 and max(spatial) <= tile_size:
         return predictor(pair).cpu()
-    if len(spatial) == 2:
-        roi = tuple(min(s, tile_size) for s in spatial)
-        inferer = SlidingWindowInferer(roi, sw_batch_size=batch_size, overlap=0.25, mode="gaussian", progress=progress,
-                                       sw_device=device, device="cpu")
-        return inferer(pair, predictor)
-    if axis not in (0, 1, 2):
+    if len(spatial) == 3 and axis not in (0, 1, 2):
         raise FusionInputError(f"--axis {axis}: a volume has axes 0, 1, 2")
-    roi = tuple(min(s, tile_size) for i, s in enumerate(spatial) if i != axis)
-    inferer = SliceInferer(spatial_dim=axis, roi_size=roi, sw_batch_size=batch_size, overlap=0.25, mode="gaussian",
-                           progress=progress, sw_device=device, device="cpu")
+    plane = [s for i, s in enumerate(spatial) if len(spatial) == 2 or i != axis]
+    roi = tuple(min(s, tile_size) for s in plane)
+    options = {
+        "roi_size": roi,
+        "sw_batch_size": batch_size,
+        "overlap": 0.25,
+        "mode": "constant" if list(roi) == plane else "gaussian",  # blend only where tiles overlap
+        "progress": progress,
+        "sw_device": device,
+        "device": "cpu",
+    }
+    inferer = SlidingWindowInferer(**options) if len(spatial) == 2 else SliceInferer(spatial_dim=axis, **options)
     return inferer(pair, predictor)
 
 
