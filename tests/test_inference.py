@@ -156,3 +156,16 @@ def test_large_slices_are_tiled_without_seams():
     mri, ct = rng.random((70, 50), dtype=np.float32), rng.random((70, 50), dtype=np.float32)
     tiled = fuse(mri, ct, method="max", tile_size=32, progress=False)
     assert tiled.shape == (70, 50) and np.allclose(tiled, np.maximum(mri, ct), atol=1e-5)
+
+
+@pytest.mark.shared
+def test_harvard_pet_pair_keeps_pet_chroma(harvard_root, tmp_path):
+    from monai_lkcfusion.data import harvard_datalist
+
+    item = harvard_datalist(harvard_root, "test", tasks="MRI-PET")[0]
+    out = fuse_files(item["mri"], item["other"], tmp_path / item["name"], method="max")
+    fused = torch.as_tensor(np.array(Image.open(out)), dtype=torch.float32).permute(2, 0, 1) / 255
+    pet = torch.as_tensor(np.array(Image.open(item["other"])), dtype=torch.float32).permute(2, 0, 1) / 255
+    inside = ((fused > 0.01) & (fused < 0.99)).all(0)
+    assert fused.shape == (3, 256, 256) and inside.float().mean() > 0.1
+    assert torch.allclose(rgb_to_ycbcr(fused)[1:, inside], rgb_to_ycbcr(pet)[1:, inside], atol=2.5 / 255)
