@@ -95,9 +95,9 @@ def worker(preset: str, optimized: bool, args: argparse.Namespace, out_dir: Path
         result["volume_s"], result["volume_extrapolated"] = estimate, True
     else:
         with torch.no_grad():
-            if optimized:  # tune the batch shape (and the last, smaller batch) outside the timing
-                model(volume[: args.batch_size])
-                model(volume[: args.volume_slices % args.batch_size or args.batch_size])
+            if optimized:  # plan the batch shapes (full and last batch) outside the timing
+                for size in {min(args.batch_size, args.volume_slices), args.volume_slices % args.batch_size} - {0}:
+                    model(volume[:size])
             start = time.perf_counter()
             fused = torch.cat([model(batch) for batch in volume.split(args.batch_size)])
             result["volume_s"], result["volume_extrapolated"] = time.perf_counter() - start, False

@@ -89,22 +89,38 @@ class LargeKernelConv2d(nn.Module):
         fft_sizes: tile sizes to consider.
         matmul_dtype: dtype of the FFT path's dense channel mixing.
         autotune: time the shortlisted candidates; ``False`` takes the cost model's cheapest without timing.
+        max_spectra_mb: tile sizes whose kernel spectra would exceed this many MB are not considered.
     """
 
     def __init__(
-        self, conv: nn.Conv2d, fft_sizes: Sequence[int], matmul_dtype: torch.dtype, autotune: bool = False
+        self,
+        conv: nn.Conv2d,
+        fft_sizes: Sequence[int],
+        matmul_dtype: torch.dtype,
+        autotune: bool = False,
+        max_spectra_mb: float = 512.0,
     ) -> None:
         super().__init__()
         self.conv = conv
         self.kernel_size = conv.kernel_size[0]
-        self.fft_sizes = tuple(n for n in fft_sizes if n > self.kernel_size)
         self.matmul_dtype = matmul_dtype
+        self.fft_sizes = tuple(
+            n for n in fft_sizes if n > self.kernel_size and self.spectra_bytes(n) <= max_spectra_mb * 2**20
+        )
         self.autotune = autotune
         self.fft = nn.ModuleDict()  # str(tile size) -> FFTConv2d, only those chosen for some shape
         self.plans: dict[tuple[int, int, int, str], int] = {}  # input shape -> tile size (0 = direct)
 
     def extra_repr(self) -> str:
         return f"fft_sizes={self.fft_sizes}, plans={self.plans}"
+
+    def spectra_bytes(self, fft_size: int) -> int:
+        """Memory of the kernel spectra for tile size ``fft_size``."""
+        conv = self.conv
+        bins = fft_size * (fft_size // 2 + 1)
+        if conv.groups > 1:
+            return bins * conv.out_channels * 8  # complex64
+        return 2 * bins * conv.in_channels * conv.out_channels * torch.empty((), dtype=self.matmul_dtype).element_size()
 
     def modelled_cost(self, batch: int, height: int, width: int, fft_size: int) -> float:
         """Cost model of one call, in dense direct multiply-adds (``fft_size`` 0: the direct convolution).
@@ -196,6 +212,7 @@ def optimize_for_inference(
     min_kernel_size: int = 7,
     matmul_dtype: torch.dtype = torch.float32,
     autotune: bool = False,
+    max_spectra_mb: float = 512.0,
 ) -> nn.Module:
     """An inference-only copy of ``net`` that computes the same function faster, on the device ``net`` is on.
 
@@ -218,6 +235,7 @@ def optimize_for_inference(
             difference of about 2.5% of the output range (float32: about 1e-5), so float32 is the default.
         autotune: also time the shortlisted candidates on the first input of each shape (slow on a busy CPU: the
             released network needs minutes to tune); by default the cost model alone decides.
+        max_spectra_mb: per-layer memory cap of the cached kernel spectra (tile sizes above it are skipped).
 
     Returns:
         the optimised network (an :class:`InferenceNetwork`), or the plain eval-mode copy.
@@ -235,5 +253,7 @@ def optimize_for_inference(
     for parent in list(plain.modules()):
         for name, child in list(parent.named_children()):
             if fft_conv_supported(child) and child.kernel_size[0] >= min_kernel_size:
-                setattr(parent, name, LargeKernelConv2d(child, fft_sizes, matmul_dtype, autotune=autotune))
+                setattr(parent, name, LargeKernelConv2d(
+                    child, fft_sizes, matmul_dtype, autotune=autotune, max_spectra_mb=max_spectra_mb
+                ))
     return InferenceNetwork(plain).eval()
