@@ -7,7 +7,8 @@ the batched implementation scores the same 9 on the whole batch in one call. Bot
 
 Usage::
 
-    python benchmarks/bench_metrics.py [--pairs 48] [--repeats 3] [--data ../shared/data/harvard_xg]
+    python benchmarks/bench_metrics.py [--pairs 48] [--repeats 3] [--threads 1] [--chunk-size 1]
+        [--data ../shared/data/harvard_xg]
 
 The Harvard test pairs (pixel-max fusion) are used when the data folder exists, synthetic 256x256 images otherwise.
 """
@@ -139,8 +140,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: the same single core as the NumPy/SciPy reference)")
+    parser.add_argument("--chunk-size", type=int, default=1, help="images per vectorised step")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/harvard_xg")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     triples, source = load_triples(args.data, args.pairs)
     batch = torch.from_numpy(triples.astype(np.float64))
     f, a, b = batch[:, :1], batch[:, 1:2], batch[:, 2:3]
@@ -152,13 +157,13 @@ def main() -> None:
         ref = [reference_metrics(*t) for t in triples]
         ref_times.append(time.perf_counter() - start)
         start = time.perf_counter()
-        ours = compute_fusion_metrics(f, a, b, names=NAMES)
+        ours = compute_fusion_metrics(f, a, b, names=NAMES, chunk_size=args.chunk_size)
         ours_times.append(time.perf_counter() - start)
     worst = max(
         abs(float(ours[n][i]) - r[n]) / max(abs(r[n]), 1e-12) for i, r in enumerate(ref) for n in NAMES
     )
     t_ref, t_ours = min(ref_times), min(ours_times)
-    print(f"data: {source}; {args.pairs} triples of {triples.shape[-2]}x{triples.shape[-1]}; torch threads {torch.get_num_threads()}")
+    print(f"data: {source}; {args.pairs} triples of {triples.shape[-2]}x{triples.shape[-1]}; torch threads {torch.get_num_threads()}, chunk size {args.chunk_size}")
     print(f"reference (per image, NumPy/SciPy): {t_ref:.2f} s ({t_ref / args.pairs * 1000:.0f} ms/pair)")
     print(f"batched (monai_lkcfusion.metrics):  {t_ours:.2f} s ({t_ours / args.pairs * 1000:.1f} ms/pair)")
     print(f"speed-up: {t_ref / t_ours:.1f}x (best of {args.repeats}); max relative difference {worst:.1e}")

@@ -15,7 +15,7 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
 def _box_mean(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Uniform ``size`` x ``size`` mean over the 'valid' region of float32 planes (N, 1, H, W).
+    """Uniform ``size`` x ``size`` mean over the 'valid' region of float32 planes (..., H, W).
 
     Like ``scipy.ndimage.uniform_filter`` on float32: one pass per axis (rows first), each accumulated in
     float64 (running sums) and stored as float32.
@@ -35,11 +35,11 @@ def _ssim_per_source(fused: torch.Tensor, sources: torch.Tensor, data_range: flo
     K1 = 0.01, K2 = 0.03) in float32 as it computes for float32 images; the mean is over the pixels at least
     window // 2 from the border, where the window lies inside the image.
     """
-    b, s, h, w = sources.shape
-    x = fused.float().expand(b, s, h, w).reshape(b * s, 1, h, w)
-    y = sources.float().reshape(b * s, 1, h, w)
-    stacked = torch.cat([x, y, x * x, y * y, x * y])  # (5 BS, 1, H, W)
-    ux, uy, uxx, uyy, uxy = _box_mean(stacked, window).chunk(5)
+    s = sources.shape[1]
+    x, y = fused.float(), sources.float()
+    means = _box_mean(torch.cat([x, x * x, y, y * y, x * y], dim=1), window)  # (B, 2 + 3S, h, w)
+    ux, uxx = means[:, :1], means[:, 1:2]
+    uy, uyy, uxy = means[:, 2 : 2 + s], means[:, 2 + s : 2 + 2 * s], means[:, 2 + 2 * s :]
     cov_norm = window * window / (window * window - 1.0)
     vx = cov_norm * (uxx - ux * ux)
     vy = cov_norm * (uyy - uy * uy)
@@ -47,8 +47,8 @@ def _ssim_per_source(fused: torch.Tensor, sources: torch.Tensor, data_range: flo
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     a1, a2 = 2 * ux * uy + c1, 2 * vxy + c2
     b1, b2 = ux * ux + uy * uy + c1, vx + vy + c2
-    ssim_map = (a1 * a2) / (b1 * b2)  # (BS, 1, H - window + 1, W - window + 1)
-    return ssim_map.double().flatten(1).mean(dim=1).reshape(b, s)
+    ssim_map = (a1 * a2) / (b1 * b2)  # (B, S, H - window + 1, W - window + 1)
+    return ssim_map.double().mean(dim=(2, 3))
 
 
 @batched_metric
