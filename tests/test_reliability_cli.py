@@ -50,9 +50,9 @@ def _half(path: Path, source: Path) -> Path:
     return path
 
 
-def _fuse(argv: list[str], capsys) -> tuple[int, str, str]:
+def _fuse(argv: list[str], capture) -> tuple[int, str, str]:
     code = main(["fuse", *argv])
-    captured = capsys.readouterr()
+    captured = capture.readouterr()
     return code, captured.out, captured.err
 
 
@@ -74,6 +74,11 @@ def _bad_case(name: str, d: Path) -> tuple[Path, Path, str]:
         return mri_nii, _half(d / "cut.nii", _nifti(d / "whole.nii", _volume(1))), "cannot read NIfTI"
     if name == "truncated NIfTI.gz":
         return mri_nii, _half(d / "cut.nii.gz", _nifti(d / "whole.nii.gz", _volume(1))), "cannot read NIfTI"
+    if name == "truncated MHA":
+        import SimpleITK as sitk
+
+        sitk.WriteImage(sitk.GetImageFromArray(_volume(1)), str(d / "whole.mha"))
+        return mri_nii, _half(d / "cut.mha", d / "whole.mha"), "cannot read image"
     if name == "empty file":
         (d / "empty.png").write_bytes(b"")
         return mri_png, d / "empty.png", "empty file"
@@ -116,18 +121,20 @@ def _bad_case(name: str, d: Path) -> tuple[Path, Path, str]:
 
 
 BAD_CASES = [
-    "missing file", "truncated PNG", "truncated NIfTI", "truncated NIfTI.gz", "empty file", "not an image",
+    "missing file", "truncated PNG", "truncated NIfTI", "truncated NIfTI.gz", "truncated MHA", "empty file",
+    "not an image",
     "unsupported format", "mixed DICOM series", "folder without DICOM", "volumes do not overlap", "2D sizes differ",
     "2D with 3D", "wrong channels", "4D volume", "all-NaN NIfTI", "all-NaN float TIFF", "multi-page TIFF",
 ]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_exit_2_one_line_no_output(case, tmp_path, capsys):
+def test_bad_input_exit_2_one_line_no_output(case, tmp_path, capfd):
+    """``capfd`` also sees what C++ readers (ITK, GDCM) print on file descriptor 2."""
     mri, other, problem = _bad_case(case, tmp_path)
     bad = mri if case in ("mixed DICOM series", "folder without DICOM") else other
     out = tmp_path / "out" / ("fused.png" if mri.suffix == ".png" else "fused.nii.gz")
-    code, _, err = _fuse([str(mri), str(other), "-o", str(out), "--method", "max"], capsys)
+    code, _, err = _fuse([str(mri), str(other), "-o", str(out), "--method", "max"], capfd)
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lkcfusion: error: "), err

@@ -198,11 +198,25 @@ def _from_itk(image, path: Path, modality: str | None) -> MetaTensor:
     return _as_volume(array, _itk_affine(image), path, modality)
 
 
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Discard what C++ libraries (ITK's MetaIO, GDCM) print on file descriptor 2; their errors still raise."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _read_itk(path: Path) -> MetaTensor:
     import SimpleITK as sitk
 
     try:
-        image = sitk.ReadImage(str(path))
+        with _native_stderr_silenced():
+            image = sitk.ReadImage(str(path))
     except RuntimeError as err:
         raise FusionInputError(f"{path}: cannot read image ({' '.join(str(err).split())[:200]})") from None
     modality = image.GetMetaData("0008|0060").strip() if image.HasMetaDataKey("0008|0060") else None
@@ -215,12 +229,8 @@ def _read_dicom_series(folder: Path, series: str | None) -> MetaTensor:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
-    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM prints multi-line warnings for folders without DICOM
-    try:
+    with _native_stderr_silenced():  # GDCM prints multi-line warnings for folders without DICOM
         uids = list(reader.GetGDCMSeriesIDs(str(folder)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
     if not uids:
         raise FusionInputError(f"{folder}: folder holds no DICOM series")
     if series is None and len(uids) > 1:
@@ -239,7 +249,8 @@ def _read_dicom_series(folder: Path, series: str | None) -> MetaTensor:
     files = reader.GetGDCMSeriesFileNames(str(folder), uid)
     reader.SetFileNames(files)
     try:
-        image = reader.Execute()
+        with _native_stderr_silenced():
+            image = reader.Execute()
     except RuntimeError as err:
         raise FusionInputError(f"{folder}: cannot read DICOM series ({' '.join(str(err).split())[:200]})") from None
     modality = pydicom.dcmread(files[0], stop_before_pixels=True).get("Modality", None)
