@@ -32,12 +32,12 @@ def _dataset(root: Path, pairs: int = 24) -> Path:
     return root
 
 
-def _train_args(tmp_path: Path, output: Path, epochs: int = 3) -> list[str]:
+def _train_args(tmp_path: Path, output: Path, epochs: int = 3, resume: bool = True) -> list[str]:
     fast = tmp_path / "fast.json"
     fast.write_text(json.dumps({"roi_size": 16, "batch_size": 2, "samples_per_image": 1, "val_interval": 1}))
     data = tmp_path / "data" if (tmp_path / "data").is_dir() else _dataset(tmp_path / "data")
     return ["train", "--config", str(fast), "--preset", "tiny", "--epochs", str(epochs), "--dataset-dir", str(data),
-            "-o", str(output), "--resume", "--device", "cpu"]
+            "-o", str(output), "--device", "cpu", *(["--resume"] if resume else [])]
 
 
 @pytest.mark.slow
@@ -94,6 +94,18 @@ def test_unwritable_output_fails_before_training(tmp_path, capsys):
     assert main(_train_args(tmp_path, out, epochs=1)) == 2
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and str(out) in errors[0] and "Not a directory" in errors[0], errors
+
+
+def test_earlier_run_is_not_overwritten_without_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"network": {"w": torch.ones(3)}}, out / "checkpoint_epoch=7.pt")
+    torch.save({"w": torch.ones(3)}, out / "best_model.pt")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(_train_args(tmp_path, out, epochs=1, resume=False)) == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "checkpoint_epoch=7.pt of an earlier run; pass --resume" in errors[0], errors
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
 def test_too_small_disk_fails_before_training(tmp_path, capsys):

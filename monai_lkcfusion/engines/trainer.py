@@ -132,11 +132,18 @@ def create_trainer(
         The trainer; ``trainer.run()`` trains.
 
     Raises:
-        FusionInputError: ``output_dir`` cannot be written or has too little free space for the checkpoints.
+        FusionInputError: ``output_dir`` cannot be written, has too little free space for the checkpoints, or
+            holds checkpoints of an earlier run and ``resume`` is off (they are never overwritten unasked).
     """
     device = torch.device(device)
     output_dir = Path(output_dir)
     _check_output_dir(output_dir, network)
+    earlier = last_checkpoint(output_dir)
+    if earlier is not None and not resume:
+        raise FusionInputError(
+            f"{output_dir}: holds {earlier.name} of an earlier run; pass --resume (resume=True) to continue it, "
+            "or choose another output folder"
+        )
     network = network.to(device)
     optimizer = optimizer or torch.optim.Adam(network.parameters(), lr=lr)
     lr_scheduler = lr_scheduler or torch.optim.lr_scheduler.CosineAnnealingLR(
