@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from monai.metrics.regression import compute_ms_ssim
 
 from ..errors import FusionInputError
@@ -17,14 +16,17 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 def _box_mean(images: torch.Tensor, size: int) -> torch.Tensor:
     """Uniform ``size`` x ``size`` mean over the 'valid' region of float32 planes (..., H, W).
 
-    Like ``scipy.ndimage.uniform_filter`` on float32: one pass per axis (rows first), each accumulated in
-    float64 (running sums) and stored as float32.
+    Like ``scipy.ndimage.uniform_filter`` on float32: one pass per axis (rows first), each summed in float64 and
+    stored as float32.
     """
     out = images
     for dim in (-2, -1):
-        sums = F.pad(out.double().cumsum(dim), (1, 0) if dim == -1 else (0, 0, 1, 0))
-        n = sums.shape[dim]
-        out = ((sums.narrow(dim, size, n - size) - sums.narrow(dim, 0, n - size)) / size).float()
+        wide = out.double()
+        n = wide.shape[dim] - size + 1
+        total = wide.narrow(dim, 0, n).clone()
+        for offset in range(1, size):
+            total += wide.narrow(dim, offset, n)
+        out = (total / size).float()
     return out
 
 

@@ -73,22 +73,17 @@ def visual_information_fidelity(
         stats = _filter_valid(torch.cat([centred, centred * centred, ref * dist], dim=1), win)  # (B, 8, h, w)
         mu, sq, cross = stats[:, :3], stats[:, 3:6], stats[:, 6:]
         mu1, mu2 = mu[:, :2], mu[:, 2:]
-        sigma1_sq = (sq[:, :2] - mu1 * mu1).clamp_min(0.0)
-        sigma2_sq = (sq[:, 2:] - mu2 * mu2).clamp_min(0.0).expand_as(sigma1_sq)
+        sigma1_sq = (sq[:, :2] - mu1 * mu1).clamp_min(0.0)  # (B, 2)
+        sigma2_sq = (sq[:, 2:] - mu2 * mu2).clamp_min(0.0)  # (B, 1)
         sigma12 = cross - mu1 * mu2
+        # the reference's clipping, in its order: flat reference, then flat distorted image, then negative gain
+        flat_ref, flat_dist = sigma1_sq < _EPS, sigma2_sq < _EPS
         g = sigma12 / (sigma1_sq + _EPS)
-        sv_sq = sigma2_sq - g * sigma12
-        flat_ref = sigma1_sq < _EPS
-        g = torch.where(flat_ref, 0.0, g)
-        sv_sq = torch.where(flat_ref, sigma2_sq, sv_sq)
-        sigma1_sq = torch.where(flat_ref, 0.0, sigma1_sq)
-        flat_dist = sigma2_sq < _EPS
-        g = torch.where(flat_dist, 0.0, g)
-        sv_sq = torch.where(flat_dist, 0.0, sv_sq)
-        negative = g < 0
-        sv_sq = torch.where(negative, sigma2_sq, sv_sq)
+        sv_sq = torch.where(flat_dist, 0.0, torch.where(flat_ref, sigma2_sq, sigma2_sq - g * sigma12))
+        g = torch.where(flat_ref | flat_dist, 0.0, g)
+        sv_sq = torch.where(g < 0, sigma2_sq, sv_sq).clamp_min(_EPS)
         g = g.clamp_min(0.0)
-        sv_sq = sv_sq.clamp_min(_EPS)  # the reference sets sv_sq <= eps to eps
+        sigma1_sq = torch.where(flat_ref, 0.0, sigma1_sq)
         num += torch.log10(1 + g * g * sigma1_sq / (sv_sq + noise_var)).sum(dim=(2, 3))
         den += torch.log10(1 + sigma1_sq / noise_var).sum(dim=(2, 3))
     vif = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 1.0)  # den = 0 implies num = 0
