@@ -1,0 +1,39 @@
+"""``lkcfusion train``: a tiny run through the bundle's train.json with a preset file, then --resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from monai_lkcfusion.cli import main
+from monai_lkcfusion.engines import last_checkpoint
+from monai_lkcfusion.networks import load_network
+
+
+def test_train_cli_and_resume(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        for folder in ("MRI", "CT"):
+            path = tmp_path / "data" / "train" / "MRI-CT" / folder / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (48, 40), dtype=np.uint8)).save(path)
+    preset = tmp_path / "tiny.json"
+    preset.write_text(json.dumps({"preset": "tiny", "roi_size": 32, "batch_size": 2, "samples_per_image": 1,
+                                  "val_interval": 1, "val_fraction": 0.25}))
+    out = tmp_path / "run"
+    args = ["train", "--config", str(preset), "--dataset-dir", str(tmp_path / "data"), "--tasks", "MRI-CT",
+            "-o", str(out)]
+    assert main([*args, "--epochs", "1"]) == 0
+    assert last_checkpoint(out).name == "checkpoint_epoch=1.pt"
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert last_checkpoint(out).name == "checkpoint_epoch=2.pt"
+    net = load_network(out / "model.pt")
+    assert net(torch.rand(1, 2, 24, 24)).shape == (1, 1, 24, 24)
+
+
+def test_train_cli_missing_config(tmp_path: Path) -> None:
+    assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
