@@ -81,9 +81,12 @@ def fuse(
         MRI was given as a NumPy array.
 
     Raises:
-        FusionInputError: unreadable inputs, dimension/size/channel mismatch, no overlap, unknown method, or no
-            weights for ``"lkcfunet"``.
+        FusionInputError: unreadable inputs, dimension/size/channel mismatch, no overlap, unknown method, no
+            weights for ``"lkcfunet"``, an unusable device, or a batch/tile size below 1.
     """
+    if batch_size < 1 or tile_size < 1:
+        raise FusionInputError(f"batch_size {batch_size} and tile_size {tile_size} must be positive (--batch-size)")
+    device = _device(device)
     ref = _as_image(mri, "mri", mri_series)
     img = _as_image(other, "other", other_series)
     ref_unit, ref_record = _to_unit(ref, None)
@@ -162,7 +165,7 @@ def build_predictor(
         return _named(lambda x: fuse_baseline(x[:, :1], x[:, 1:], method), method)
     if model is None and method != "lkcfunet":
         raise FusionInputError(f"unknown fusion method '{method}'; choose from {', '.join(FUSION_METHODS)}")
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(device)
     if model is None:
         from .networks import default_weights_path, load_network
 
@@ -183,6 +186,19 @@ def build_predictor(
             return net(x.to(device)).clamp(0.0, 1.0)
 
     return _named(predict, method if model is None else type(model).__name__)
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    """The torch device to run on (default CUDA when available, else CPU); an unusable one is the user's error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise FusionInputError(f"--device {device}: {' '.join(str(err).split())}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise FusionInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return resolved
 
 
 def _named(predict: Callable[[torch.Tensor], torch.Tensor], name: str) -> Callable[[torch.Tensor], torch.Tensor]:

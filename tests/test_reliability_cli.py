@@ -142,6 +142,28 @@ def test_bad_input_exit_2_one_line_no_output(case, tmp_path, capfd):
     assert not out.exists() and not (out.parent.exists() and _leftovers(out.parent))
 
 
+@pytest.mark.parametrize("option, problem", [
+    (["--device", "cuda"], "CUDA is not available"), (["--device", "tpu9"], "--device tpu9"),
+    (["--batch-size", "0"], "must be positive"), (["--axis", "4"], "a volume has axes 0, 1, 2"),
+    (["--modality", "XR"], "unknown modality 'XR'"), (["--method", "pca"], "unknown fusion method 'pca'"),
+])
+def test_bad_options_exit_2_one_line(option, problem, tmp_path, capsys):
+    if "cuda" in option and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    mri = _nifti(tmp_path / "mri.nii.gz", _volume())
+    out = tmp_path / "f.nii.gz"
+    code, _, err = _fuse([str(mri), str(mri), "-o", str(out), "--method", "max", *option], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and problem in err, err
+    assert not out.exists()
+
+
+def test_other_commands_turn_os_errors_into_one_line(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    assert main(["export", "--preset", "tiny", "-o", str(tmp_path / "a_file" / "m.ts")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "a_file" in err and "Traceback" not in err
+
+
 def test_mixed_dicom_series_lists_them_and_can_be_chosen(tmp_path, capsys):
     t1 = write_series(tmp_path / "dicom", _volume(2, (4, 12, 12)), description="T1")
     write_series(tmp_path / "dicom", _volume(3, (4, 12, 12)), description="FLAIR")
