@@ -81,7 +81,8 @@ def _qabf(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
         gs, as_ = _sobel(s)
         ratio = np.where(gs > gf, gf / np.where(gs > 0, gs, 1), gs / np.where(gf > 0, gf, 1))
         ratio = np.where(gs == gf, gf, ratio)
-        q = 0.9994 / (1 + np.exp(-15 * (ratio - 0.5))) * 0.9879 / (1 + np.exp(-22 * (1 - np.abs(as_ - af) / (math.pi / 2) - 0.8)))
+        alignment = 1 - np.abs(as_ - af) / (math.pi / 2)
+        q = 0.9994 / (1 + np.exp(-15 * (ratio - 0.5))) * 0.9879 / (1 + np.exp(-22 * (alignment - 0.8)))
         num += np.sum(q * gs)
         den += np.sum(gs)
     return num / den
@@ -163,7 +164,9 @@ def main() -> None:
         abs(float(ours[n][i]) - r[n]) / max(abs(r[n]), 1e-12) for i, r in enumerate(ref) for n in NAMES
     )
     t_ref, t_ours = min(ref_times), min(ours_times)
-    print(f"data: {source}; {args.pairs} triples of {triples.shape[-2]}x{triples.shape[-1]}; torch threads {torch.get_num_threads()}, chunk size {args.chunk_size}")
+    size = f"{triples.shape[-2]}x{triples.shape[-1]}"
+    print(f"data: {source}; {args.pairs} triples of {size}; torch threads {torch.get_num_threads()}, "
+          f"chunk size {args.chunk_size}")
     print(f"reference (per image, NumPy/SciPy): {t_ref:.2f} s ({t_ref / args.pairs * 1000:.0f} ms/pair)")
     print(f"batched (monai_lkcfusion.metrics):  {t_ours:.2f} s ({t_ours / args.pairs * 1000:.1f} ms/pair)")
     print(f"speed-up: {t_ref / t_ours:.1f}x (best of {args.repeats}); max relative difference {worst:.1e}")

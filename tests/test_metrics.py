@@ -66,7 +66,8 @@ def test_golden_values(golden_path):
     for i, record in enumerate(golden["records"]):
         for name, ours in values.items():
             if abs(float(ours[i]) - record[name]) > 1e-3 * abs(record[name]):
-                mismatches.append(f"{record['task']}/{record['pair']}/{record['fused']} {name}: {float(ours[i])} vs {record[name]}")
+                where = f"{record['task']}/{record['pair']}/{record['fused']}"
+                mismatches.append(f"{where} {name}: {float(ours[i])} vs {record[name]}")
     assert not mismatches, "\n".join(mismatches)
 
 

@@ -49,7 +49,8 @@ def test_fusion_metric_without_rounding_scores_raw_values():
     fused, sources = _batch(2)
     metric = FusionMetric(metric_names=["SD"], input_scale=255.0, round_to_uint8=False)
     metric(y_pred=fused, y=sources)
-    assert metric.aggregate()["SD"] == pytest.approx(float((fused * 255).double().flatten(1).std(1, correction=0).mean()))
+    expected = (fused * 255).double().flatten(1).std(1, correction=0).mean()
+    assert metric.aggregate()["SD"] == pytest.approx(float(expected))
 
 
 def test_fusion_metric_checks_shapes_and_names():

@@ -1,4 +1,4 @@
-"""``FusionMetric``: the fusion metrics as a MONAI ``CumulativeIterationMetric`` (y_pred = fused, y = the two sources)."""
+"""``FusionMetric``: fusion metrics as a MONAI ``CumulativeIterationMetric`` (y_pred = fused, y = both sources)."""
 
 from __future__ import annotations
 
@@ -55,13 +55,17 @@ class FusionMetric(CumulativeIterationMetric):
             raise FusionInputError(f"metric_names: unknown {unknown}; choose from {', '.join(ALL_METRICS)}")
         self.input_scale = input_scale
         self.round_to_uint8 = round_to_uint8
-        self.options = {"ssim_data_range": ssim_data_range, "reduction": reduction, "mi_base": mi_base, "psnr_peak": psnr_peak}
+        self.options = {
+            "ssim_data_range": ssim_data_range, "reduction": reduction, "mi_base": mi_base, "psnr_peak": psnr_peak
+        }
 
     def _to_gray(self, image: torch.Tensor) -> torch.Tensor:
         gray = image.detach().to(torch.float64) * self.input_scale
         return gray.clamp(0, 255).round() if self.round_to_uint8 else gray
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+    def _compute_tensor(  # type: ignore[override]
+        self, y_pred: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Per-image metrics of one batch: (B, len(metric_names)) float64, columns in ``metric_names`` order."""
         if y is None or y_pred.ndim != 4 or y_pred.shape[1] != 1 or y.ndim != 4 or y.shape[1] != 2:
             raise FusionInputError(
