@@ -25,6 +25,7 @@ from monai_lkcfusion.losses import FusionLoss
 from monai_lkcfusion.metrics import DEFAULT_METRICS, compute_fusion_metrics
 from monai_lkcfusion.transforms import resample_to_reference, rgb_to_ycbcr, scale_to_unit, ycbcr_to_rgb
 
+# subnormal floats are left out: a process that ran the bundle's train.json has flush-denormal on
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 DTYPES = st.sampled_from([np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64])
 
@@ -36,7 +37,7 @@ def raw_images(draw, min_side: int = 1, max_side: int = 24, dims: tuple[int, ...
     shape = draw(hnp.array_shapes(min_dims=ndim, max_dims=ndim, min_side=min_side, max_side=max_side))
     dtype = np.dtype(draw(DTYPES))
     if dtype.kind == "f":
-        elements = st.floats(allow_nan=True, allow_infinity=True, width=8 * dtype.itemsize)
+        elements = st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False, width=8 * dtype.itemsize)
     else:
         elements = st.integers(int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
     return draw(hnp.arrays(dtype, shape, elements=elements))
@@ -66,7 +67,7 @@ def test_scale_to_unit_is_finite_in_unit_range(array, modality, display_max):
 
 @FAST
 @given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=12).map(lambda s: (3, *s[1:])),
-                  elements=st.floats(0.0, 1.0, width=32)))
+                  elements=st.floats(0.0, 1.0, width=32, allow_subnormal=False)))
 def test_ycbcr_round_trip_stays_in_range(rgb):
     rgb = torch.as_tensor(rgb)
     ycbcr = rgb_to_ycbcr(rgb)
@@ -79,8 +80,8 @@ def test_ycbcr_round_trip_stays_in_range(rgb):
 
 @FAST
 @given(st.tuples(st.integers(2, 9), st.integers(2, 9), st.integers(2, 9)),
-       st.lists(st.floats(0.3, 3.0), min_size=3, max_size=3), st.floats(-0.6, 0.6),
-       st.lists(st.floats(-6.0, 6.0), min_size=3, max_size=3), st.booleans())
+       st.lists(st.floats(0.3, 3.0), min_size=3, max_size=3), st.floats(-0.6, 0.6, allow_subnormal=False),
+       st.lists(st.floats(-6.0, 6.0, allow_subnormal=False), min_size=3, max_size=3), st.booleans())
 def test_resample_to_reference_keeps_grid_and_is_finite(shape, spacing, angle, shift, far):
     rotation = np.array([[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]])
     affine = np.eye(4)
