@@ -168,6 +168,18 @@ def test_entropy_clamps_out_of_range_values():
     assert entropy(image) == pytest.approx(1.0)
 
 
+def test_chunking_and_threads_do_not_change_values(triple):
+    batch = [torch.from_numpy(np.stack([x, np.flipud(x).copy(), np.fliplr(x).copy()])[:, None]) for x in triple]
+    before = torch.get_num_threads()
+    one = compute_fusion_metrics(*batch, names=SMALL_METRICS)
+    assert torch.get_num_threads() == before  # cpu_threads is restored
+    three = compute_fusion_metrics(*batch, names=SMALL_METRICS, chunk_size=3, cpu_threads=None)
+    for name in SMALL_METRICS:
+        torch.testing.assert_close(one[name], three[name], rtol=1e-9, atol=1e-12)
+    with pytest.raises(FusionInputError, match="chunk_size"):
+        compute_fusion_metrics(*triple, chunk_size=0)
+
+
 def test_default_names_and_errors(triple):
     assert tuple(compute_fusion_metrics(*triple)) == DEFAULT_METRICS
     with pytest.raises(FusionInputError, match="unknown metric"):

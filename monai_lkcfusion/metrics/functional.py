@@ -31,6 +31,8 @@ EXTRA_METRICS = ("MS_SSIM", "Nabf", "FMI_pixel")
 ALL_METRICS = DEFAULT_METRICS + EXTRA_METRICS
 # direction of each metric, for tables and model selection: MSE and Nabf are lower-is-better
 HIGHER_IS_BETTER = {name: name not in ("MSE", "Nabf") for name in ALL_METRICS}
+# smallest image side the filter windows allow (VIF and MS_SSIM check their larger needs themselves)
+_MIN_SIDE = {"SF": 2, "AG": 2, "SSIM": 7, "Nabf": 2, "FMI_pixel": 3}
 
 
 def compute_fusion_metrics(
@@ -43,6 +45,7 @@ def compute_fusion_metrics(
     mi_base: float = math.e,
     psnr_peak: str = "max",
     chunk_size: int = 1,
+    cpu_threads: int | None = 1,
 ) -> dict[str, torch.Tensor | float]:
     """Fusion metrics of ``fused`` against the two sources, on the 8-bit gray scale [0, 255].
 
@@ -59,6 +62,9 @@ def compute_fusion_metrics(
         psnr_peak: ``"max"`` (max of F, the literature) or ``"255"``.
         chunk_size: images scored per vectorised step. Small chunks keep the intermediate maps in the CPU cache
             and are fastest on CPU (see docs/metrics.md); a larger value helps on GPU.
+        cpu_threads: torch intra-op threads while scoring CPU tensors, restored afterwards. The metrics run
+            hundreds of small operations per image; with several threads each one waits at a thread barrier,
+            which on a busy CPU made scoring 40x slower (docs/metrics.md). ``None`` keeps the current setting.
 
     Returns:
         ``{name: value}`` in the order of ``names``; floats for a single (H, W) image, (B,) float64 tensors for
@@ -76,8 +82,21 @@ def compute_fusion_metrics(
     (f, single), (a, _), (b, _) = as_batch(fused, "fused"), as_batch(mri, "mri"), as_batch(other, "other")
     if not f.shape == a.shape == b.shape:
         raise FusionInputError(f"fused, mri and other must have one shape, got {f.shape}, {a.shape}, {b.shape}")
-    chunks = [_chunk_metrics(names, f[i : i + chunk_size], a[i : i + chunk_size], b[i : i + chunk_size],
-                             ssim_data_range, reduction, mi_base, psnr_peak) for i in range(0, f.shape[0], chunk_size)]
+    small = [n for n in names if min(f.shape[-2:]) < _MIN_SIDE.get(n, 1)]
+    if small:
+        side = max(_MIN_SIDE[n] for n in small)
+        raise FusionInputError(f"{', '.join(small)} need images of at least {side}x{side} pixels, got {tuple(f.shape[-2:])}")
+    threads = torch.get_num_threads()
+    if cpu_threads is not None and f.device.type == "cpu":
+        torch.set_num_threads(cpu_threads)
+    try:
+        chunks = [
+            _chunk_metrics(names, f[i : i + chunk_size], a[i : i + chunk_size], b[i : i + chunk_size],
+                           ssim_data_range, reduction, mi_base, psnr_peak)
+            for i in range(0, f.shape[0], chunk_size)
+        ]
+    finally:
+        torch.set_num_threads(threads)
     results = {name: torch.cat([c[name] for c in chunks]) for name in names}
     return {name: float(v[0]) for name, v in results.items()} if single else results
 
