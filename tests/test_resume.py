@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _denormals_back() -> Iterator[None]:
-    """The in-process ``lkcfusion train`` runs train.json's ``torch.set_flush_denormal(True)``; undo it for later tests."""
+    """In-process ``lkcfusion train`` runs train.json's ``torch.set_flush_denormal(True)``; undo it afterwards."""
     yield
     torch.set_flush_denormal(False)
 
@@ -36,7 +36,8 @@ def _dataset(root: Path, pairs: int = 24) -> Path:
     for folder in ("MRI", "CT"):
         (root / "train" / "MRI-CT" / folder).mkdir(parents=True)
         for i in range(pairs):
-            Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(root / "train" / "MRI-CT" / folder / f"{i}.png")
+            pixels = (rng.random((32, 32)) * 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "train" / "MRI-CT" / folder / f"{i}.png")
     return root
 
 

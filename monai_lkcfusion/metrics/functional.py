@@ -71,7 +71,8 @@ def compute_fusion_metrics(
         a batch.
 
     Raises:
-        FusionInputError: for an unknown metric name, an unknown option or mismatched shapes.
+        FusionInputError: for an unknown metric name, an unknown option, mismatched shapes, or images smaller
+            than a metric's window.
     """
     names = DEFAULT_METRICS if names is None else tuple(names)
     if chunk_size < 1:
@@ -85,7 +86,8 @@ def compute_fusion_metrics(
     small = [n for n in names if min(f.shape[-2:]) < _MIN_SIDE.get(n, 1)]
     if small:
         side = max(_MIN_SIDE[n] for n in small)
-        raise FusionInputError(f"{', '.join(small)} need images of at least {side}x{side} pixels, got {tuple(f.shape[-2:])}")
+        size = tuple(f.shape[-2:])
+        raise FusionInputError(f"{', '.join(small)} need images of at least {side}x{side} pixels, got {size}")
     threads = torch.get_num_threads()
     if cpu_threads is not None and f.device.type == "cpu":
         torch.set_num_threads(cpu_threads)
