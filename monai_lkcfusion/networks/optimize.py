@@ -2,8 +2,8 @@
 
 :func:`optimize_for_inference` copies the network (the original keeps training on the plain path, with exact
 gradients), puts the copy in eval mode, folds BatchNorm layers into the convolutions they follow where that is
-exact, and replaces every large-kernel convolution with an :class:`LargeKernelConv2d` that times the direct
-convolution and tiled FFT convolutions of several tile sizes for each input shape and keeps the cheapest.
+exact, and replaces every large-kernel convolution with a :class:`LargeKernelConv2d` that chooses, for each input
+shape, between the direct convolution and tiled FFT convolutions of several tile sizes.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.networks.blocks import MultipathAdaptiveFusion
 from monai_lkcfusion.networks.fft_conv import FFTConv2d, fft_conv_supported, tile_layout
 
-__all__ = ["LargeKernelConv2d", "InferenceNetwork", "fold_batch_norm", "optimize_for_inference"]
+__all__ = ["InferenceNetwork", "LargeKernelConv2d", "fold_batch_norm", "optimize_for_inference"]
 
 DEFAULT_FFT_SIZES = (16, 24, 32, 48, 64, 80)
 """Tile (FFT) sizes tried for large-kernel convolutions; sizes not above the kernel size are skipped."""
 
-# Relative per-operation costs of the cost model that shortlists candidates before they are timed (measured on a
-# 2-core AVX-512 CPU, in units of one dense direct-convolution multiply-add).
+# Relative per-operation costs of the cost model that ranks the candidates (measured on a 2-core AVX-512 CPU, in
+# units of one dense direct-convolution multiply-add).
 _COST_FFT = 24.0  # per (tile pixel x log2 of the tile area) of one channel's forward or inverse FFT
 _COST_MIX = {torch.float32: 5.0, torch.bfloat16: 2.0}  # per real multiply-add of the per-frequency channel mixing
 _COST_DEPTHWISE_DIRECT = 100.0  # per multiply-add of a direct depthwise convolution
@@ -43,11 +43,13 @@ def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     Returns:
         a new ``nn.Conv2d`` with folded weight and bias.
     """
-    scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)  # (C_out,)
+    gamma = norm.weight.detach() if norm.weight is not None else torch.ones_like(norm.running_var)
+    beta = norm.bias.detach() if norm.bias is not None else torch.zeros_like(norm.running_mean)
+    scale = gamma / torch.sqrt(norm.running_var + norm.eps)  # (C_out,)
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(norm.running_mean)
     folded = copy.deepcopy(conv)
     folded.weight = nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1), requires_grad=False)
-    folded.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias.detach(), requires_grad=False)
+    folded.bias = nn.Parameter((bias - norm.running_mean) * scale + beta, requires_grad=False)
     return folded
 
 
