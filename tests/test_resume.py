@@ -105,6 +105,22 @@ def test_unwritable_output_fails_before_training(tmp_path, capsys):
     assert len(errors) == 1 and str(out) in errors[0] and "Not a directory" in errors[0], errors
 
 
+def test_broken_inputs_of_train_are_one_line(tmp_path, capsys):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"roi_size": 16,')
+    args = _train_args(tmp_path, tmp_path / "run", epochs=1)
+    cases = [
+        (["--config", str(broken)], "broken.json: cannot read config"),
+        (["--dataset-dir", str(tmp_path / "nowhere")], "nowhere/train: no such folder"),
+        (["--preset", "huge"], "network preset 'huge' is not one of"),
+    ]
+    for extra, problem in cases:
+        assert main([*args, *extra]) == 2
+        errors = _error_lines(capsys.readouterr().err)
+        assert len(errors) == 1 and problem in errors[0], errors
+    assert not (tmp_path / "run").exists()
+
+
 def test_earlier_run_is_not_overwritten_without_resume(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

@@ -53,13 +53,16 @@ def run_bundle_workflow(
         if not Path(extra).is_file():
             raise FusionInputError(f"{extra}: config file not found")
         files.append(str(extra))
-    workflow = ConfigWorkflow(
-        config_file=files,
-        meta_file=str(bundle_config("metadata.json")),
-        logging_file=str(bundle_config("logging.conf")),
-        workflow_type=workflow_type,
-        **overrides,
-    )
+    try:
+        workflow = ConfigWorkflow(
+            config_file=files,
+            meta_file=str(bundle_config("metadata.json")),
+            logging_file=str(bundle_config("logging.conf")),
+            workflow_type=workflow_type,
+            **overrides,
+        )
+    except ValueError as err:  # not JSON/YAML, or a syntax error in it
+        raise FusionInputError(f"{', '.join(files)}: cannot read config ({' '.join(str(err).split())})") from None
     try:  # check_properties instantiates the workflow's components, run and finalize evaluate expressions
         workflow.initialize()
         missing = workflow.check_properties()
