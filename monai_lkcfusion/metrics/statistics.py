@@ -86,7 +86,7 @@ def average_gradient(fused: torch.Tensor) -> torch.Tensor:
     """AG: mean over pixels of sqrt((Gx^2 + Gy^2) / 2), with ``numpy.gradient``-style differences.
 
     Args:
-        fused: (B, 1, H, W) batch or (H, W) image on [0, 255], H and W at least 3.
+        fused: (B, 1, H, W) batch or (H, W) image on [0, 255], H and W at least 2.
 
     Returns:
         (B,) float64 tensor, or a float for a single image.
