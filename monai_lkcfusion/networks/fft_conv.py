@@ -162,13 +162,13 @@ class FFTConv2d(nn.Module):
         tiles = x.unfold(2, n, step).unfold(3, n, step)  # (B, C_in, rows, cols, N, N)
         tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, c_in, n, n)  # (T, C_in, N, N), T = B * rows * cols
         mixed = self._mix(torch.fft.rfft2(tiles))
+        if self.bias is not None:  # a constant per output channel: added to the zero-frequency bins, (T, C_out)
+            dc = mixed[:, :, 0, 0] if self.depthwise else mixed[0, 0]
+            dc += self.bias * (n * n)
         if self.depthwise:
             y = torch.fft.irfft2(mixed, s=(n, n))  # (T, C_out, N, N)
             y = y.view(batch, rows, cols, self.out_channels, n, n)[..., k - 1 :, k - 1 :].permute(0, 3, 1, 4, 2, 5)
         else:
             y = torch.fft.irfft2(mixed, s=(n, n), dim=(0, 1))  # (N, N, T, C_out)
             y = y.view(n, n, batch, rows, cols, self.out_channels)[k - 1 :, k - 1 :].permute(2, 5, 3, 0, 4, 1)
-        y = y.reshape(batch, self.out_channels, rows * step, cols * step)[:, :, :height, :width]
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y
+        return y.reshape(batch, self.out_channels, rows * step, cols * step)[:, :, :height, :width]
