@@ -67,7 +67,8 @@ class FileFusionEngine(Engine):
 
     Each iteration reads one pair, resamples the other modality onto the MRI grid, fuses slice by slice (3D) or
     whole (2D), restores a colour image's chroma and writes ``output_dir/fused_<mri name>`` on the MRI's geometry.
-    ``engine.state.output`` is the written path.
+    ``engine.state.output`` is the written path. A pair that cannot be fused (unreadable, mismatched, no overlap,
+    unwritable) is logged and skipped; :meth:`run` fuses the others and then raises one error listing the failures.
 
     Args:
         datalist: dicts with ``"mri"`` and ``"other"`` paths.
@@ -92,21 +93,37 @@ class FileFusionEngine(Engine):
         self.output_dir = Path(output_dir)
         self.output_suffix = output_suffix
         self.fuse_kwargs = dict(fuse_kwargs or {})
+        self.failures: list[str] = []
 
-    def _fuse_one(self, engine: Engine, item: dict[str, Any]) -> Path:
+    def _fuse_one(self, engine: Engine, item: dict[str, Any]) -> Path | None:
         from ..inference import fuse_files
 
         target = self.output_dir / _output_name(item["mri"], self.output_suffix)
-        return fuse_files(
-            item["mri"], item["other"], target, overwrite=True, model=self.predictor, progress=False,
-            **self.fuse_kwargs,
-        )
+        try:
+            return fuse_files(
+                item["mri"], item["other"], target, overwrite=True, model=self.predictor, progress=False,
+                **self.fuse_kwargs,
+            )
+        except (FusionInputError, OSError) as err:  # report the bad pair and go on with the others
+            self.failures.append(" ".join(str(err).split()))
+            self.logger.error(self.failures[-1])
+            return None
 
     def run(self) -> Any:  # type: ignore[override]
         """Fuse the whole datalist once.
 
         Returns:
             The engine state.
+
+        Raises:
+            FusionInputError: after the run, when some pairs failed (the others are written).
         """
+        self.failures = []
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        return super().run(self.datalist, max_epochs=1)
+        state = super().run(self.datalist, max_epochs=1)
+        if self.failures:
+            raise FusionInputError(
+                f"{len(self.failures)} of {len(self.datalist)} pairs failed (the others were written): "
+                + "; ".join(self.failures)
+            )
+        return state

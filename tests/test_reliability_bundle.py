@@ -1,0 +1,49 @@
+"""The bundle's inference path with bad pairs: the good pairs are fused, each bad one is reported, and the run ends
+with one FusionInputError listing them (``python -m monai.bundle run`` and ``run_bundle_workflow`` alike)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_lkcfusion.engines import FileFusionEngine, run_bundle_workflow
+from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.inference import build_predictor
+from monai_lkcfusion.networks import LKCFUNet, save_network
+
+
+def _folder(root: Path) -> Path:
+    """``MRI/`` and ``CT/`` with two good pairs, one corrupt CT and one CT of another size."""
+    rng = np.random.default_rng(0)
+    for name in ("MRI", "CT"):
+        (root / name).mkdir(parents=True)
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        Image.fromarray((rng.random((24, 20)) * 255).astype(np.uint8)).save(root / "MRI" / name)
+        Image.fromarray((rng.random((24, 20)) * 255).astype(np.uint8)).save(root / "CT" / name)
+    (root / "CT" / "b.png").write_bytes((root / "CT" / "a.png").read_bytes()[:40])
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "CT" / "d.png")
+    return root
+
+
+def test_file_fusion_engine_continues_past_bad_pairs(tmp_path):
+    root = _folder(tmp_path / "data")
+    names = ("a.png", "b.png", "c.png", "d.png")
+    datalist = [{"mri": str(root / "MRI" / n), "other": str(root / "CT" / n)} for n in names]
+    engine = FileFusionEngine(datalist, build_predictor(None, "max"), tmp_path / "out")
+    with pytest.raises(FusionInputError, match="2 of 4 pairs failed") as raised:
+        engine.run()
+    assert "b.png: cannot read image" in str(raised.value) and "d.png: size (10, 10)" in str(raised.value)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fused_a.png", "fused_c.png"]
+
+
+def test_bundle_inference_config_reports_bad_pairs(tmp_path):
+    root = _folder(tmp_path / "data")
+    weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "tiny.pt")
+    with pytest.raises(FusionInputError, match="2 of 4 pairs failed"):
+        run_bundle_workflow("inference.json", (), "infer", weights=str(weights), dataset_dir=str(root),
+                            output_dir=str(tmp_path / "out"), device=torch.device("cpu"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fused_a.png", "fused_c.png"]
