@@ -158,8 +158,11 @@ def test_bad_options_exit_2_one_line(option, problem, tmp_path, capsys):
 
 
 def test_other_commands_turn_os_errors_into_one_line(tmp_path, capsys):
+    from monai_lkcfusion.networks import LKCFUNet, save_network
+
+    weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "tiny.pt")
     (tmp_path / "a_file").write_text("x")
-    assert main(["export", "--preset", "tiny", "-o", str(tmp_path / "a_file" / "m.ts")]) == 2
+    assert main(["export", "--weights", str(weights), "-o", str(tmp_path / "a_file" / "m.ts")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "a_file" in err and "Traceback" not in err
 
