@@ -364,3 +364,20 @@ def test_batch_continues_past_bad_pairs(tmp_path, capsys):
     for name in ("b.png", "c.png", "d.png"):
         assert sum(name in line for line in errors) == 1, (name, errors)
     assert "fused 2 pair(s); 3 failed" in printed
+
+
+def test_metrics_and_evaluate_name_a_corrupt_file(tmp_path, capsys):
+    for folder in ("mri", "ct", "fused"):
+        (tmp_path / folder).mkdir()
+        for name in ("a.png", "b.png"):
+            _png(tmp_path / folder / name, _gray((48, 48), seed=len(folder) + ord(name[0])))
+    _half(tmp_path / "ct" / "b.png", tmp_path / "ct" / "a.png")
+    commands = [
+        ["metrics", "--fused", str(tmp_path / "fused"), "--mri", str(tmp_path / "mri"), "--other", str(tmp_path / "ct")],
+        ["evaluate", "--mri-dir", str(tmp_path / "mri"), "--other-dir", str(tmp_path / "ct"), "-o", str(tmp_path / "ev"),
+         "--methods", "max"],
+    ]
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "b.png: cannot read image" in err, (argv[0], err)

@@ -28,13 +28,23 @@ def read_gray(path: str | Path) -> np.ndarray:
 
     Returns:
         (H, W) float32 array with integer values in [0, 255].
+
+    Raises:
+        FusionInputError: a missing, unreadable or truncated file, or a 16-bit/float image, named in the message.
     """
     from PIL import Image
 
-    with Image.open(path) as img:
-        if img.mode in ("I;16", "I", "F"):
-            raise FusionInputError(f"{path}: mode {img.mode} is not an 8-bit image; save images as 8-bit gray or RGB")
-        return luma_bt601(np.asarray(img if img.mode == "L" else img.convert("RGB")))
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("I;16", "I", "F"):
+                raise FusionInputError(
+                    f"{path}: mode {img.mode} is not an 8-bit image; save images as 8-bit gray or RGB"
+                )
+            return luma_bt601(np.asarray(img if img.mode == "L" else img.convert("RGB")))
+    except (OSError, SyntaxError, ValueError) as err:  # missing, truncated or not an image: name the file
+        if isinstance(err, FusionInputError):
+            raise
+        raise FusionInputError(f"{path}: cannot read image ({' '.join(str(err).split())})") from None
 
 
 def _images(folder: Path) -> dict[str, Path]:
