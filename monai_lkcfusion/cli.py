@@ -18,6 +18,9 @@ __all__ = ["build_parser", "main"]
 
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
+_HELP_ORDER = ("fuse", "demo", "evaluate", "metrics", "train", "export", "label_app")
+"""Order of the subcommands in ``lkcfusion --help`` (by the name after ``_add_``): the everyday ones first."""
+
 
 def _subcommand(add: Callable[[argparse._SubParsersAction], None]) -> Callable[[argparse._SubParsersAction], None]:
     """Register ``add`` (which declares one subcommand and sets its ``func``) with the parser."""
@@ -32,6 +35,9 @@ LKC-FUNet multimodal medical image fusion: one fused image from an anatomical MR
 _EPILOG = """\
 examples:
   lkcfusion demo -o outputs/demo                     fuse the shipped demo data
+  lkcfusion fuse mri.nii.gz pet.nii.gz -o fused.nii.gz
+  lkcfusion fuse --mri-dir MRI/ --other-dir PET/ -o fused/
+  lkcfusion evaluate --mri-dir MRI/ --other-dir PET/ -o eval/
   lkcfusion <command> --help                         options of one command
 """
 
@@ -50,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="<command>")
-    for add in _SUBCOMMANDS:
+    for add in sorted(_SUBCOMMANDS, key=lambda add: _HELP_ORDER.index(add.__name__.removeprefix("_add_"))):
         add(subparsers)
     return parser
 
