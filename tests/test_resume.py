@@ -43,7 +43,8 @@ def _dataset(root: Path, pairs: int = 24) -> Path:
 
 def _train_args(tmp_path: Path, output: Path, epochs: int = 3, resume: bool = True) -> list[str]:
     fast = tmp_path / "fast.json"
-    fast.write_text(json.dumps({"roi_size": 16, "batch_size": 2, "samples_per_image": 1, "val_interval": 1}))
+    # about 21 training pairs x 3 crops / batch 2 = ~32 iterations per epoch: long enough to be killed inside one
+    fast.write_text(json.dumps({"roi_size": 16, "batch_size": 2, "samples_per_image": 3, "val_interval": 1}))
     data = tmp_path / "data" if (tmp_path / "data").is_dir() else _dataset(tmp_path / "data")
     return ["train", "--config", str(fast), "--preset", "tiny", "--epochs", str(epochs), "--dataset-dir", str(data),
             "-o", str(output), "--device", "cpu", *(["--resume"] if resume else [])]
@@ -65,7 +66,7 @@ def test_sigkill_mid_epoch_then_same_command_resumes(tmp_path):
             if (out / "checkpoint_epoch=1.pt").is_file() and "Epoch [2/3]: [2/" in log.read_text():
                 first.send_signal(signal.SIGKILL)
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
         first.wait(timeout=60)
     assert first.returncode == -signal.SIGKILL, log.read_text()[-2000:]
     assert last_checkpoint(out).name == "checkpoint_epoch=1.pt"
