@@ -11,14 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.io import PICTURE_SUFFIXES
 from ..errors import FusionInputError
 from .functional import DEFAULT_METRICS, compute_fusion_metrics
 from .utils import luma_bt601
 
-__all__ = ["IMAGE_SUFFIXES", "read_gray", "score_folders", "format_table", "write_csv", "write_json"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
+__all__ = ["read_gray", "score_folders", "format_table", "write_csv", "write_json"]
 
 def read_gray(path: str | Path) -> np.ndarray:
     """Read an image file as the literature's evaluators do: 8-bit gray, colour as rounded BT.601 luma.
@@ -50,7 +48,7 @@ def read_gray(path: str | Path) -> np.ndarray:
 def _images(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise FusionInputError(f"{folder}: not a folder")
-    return {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    return {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in PICTURE_SUFFIXES}
 
 
 def score_folders(
@@ -80,7 +78,7 @@ def score_folders(
     """
     fused, mri, other = _images(Path(fused_dir)), _images(Path(mri_dir)), _images(Path(other_dir))
     if not fused:
-        raise FusionInputError(f"{fused_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise FusionInputError(f"{fused_dir}: no images ({', '.join(PICTURE_SUFFIXES)})")
     missing = [f"{n} (no {'MRI' if n not in mri else 'other'} image)" for n in fused if n not in mri or n not in other]
     if missing:
         raise FusionInputError(f"{len(missing)} fused image(s) without a counterpart: {', '.join(missing)}")
