@@ -53,14 +53,20 @@ def test_fft_conv_matches_direct(cin, cout, kernel, groups, shape, fft_size):
     assert _relative_error(out, ref) < 1e-5
 
 
-def test_fft_conv_bf16_mixing_is_close():
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+def test_fft_conv_any_input_layout(layout):
     torch.manual_seed(0)
-    conv = nn.Conv2d(16, 8, 11, padding=5)
-    x = torch.randn(1, 16, 40, 40)
+    conv = nn.Conv2d(6, 5, 5, padding=2)
+    x = torch.randn(2, 6, 24, 36)  # 24 and 36 are whole multiples of the tile step 12: no cropped last tile
     with torch.no_grad():
         ref = conv(x)
-        out = FFTConv2d(conv, 32, torch.bfloat16)(x)
-    assert _relative_error(out, ref) < 1e-2
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif layout == "transposed":
+            x = x.transpose(2, 3).contiguous().transpose(2, 3)
+        out = FFTConv2d(conv, 16)(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert _relative_error(out, ref) < 1e-5
 
 
 def test_fft_conv_rejects_unsupported():

@@ -22,7 +22,7 @@ from .convert import (
 )
 from .loading import default_weights_path, infer_config, load_network, save_network
 from .lkcfunet import NETWORK_PRESETS, NORM_SCHEMES, NORM_SITES, LKCFUNet, resolve_norm_scheme
-from .optimize import optimize_for_inference
+from .optimize import optimize_for_inference, retain_freed_memory
 
 __all__ = [
     "NETWORK_PRESETS",
@@ -45,6 +45,7 @@ __all__ = [
     "load_official_checkpoint",
     "official_config",
     "optimize_for_inference",
+    "retain_freed_memory",
     "read_state_dict",
     "resolve_norm_scheme",
     "save_network",
