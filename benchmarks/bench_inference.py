@@ -123,8 +123,8 @@ def table(args: argparse.Namespace, rows: dict, out_dir: Path) -> str:
         f"Measured on {platform.processor() or platform.machine()} with {os.cpu_count()} cores, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, on {time.strftime('%Y-%m-%d %H:%M')}; "
         f"`{' '.join(sys.argv)}`. Measured matmul peak (4096^3): fp32 {f32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s. "
-        f"The machine was shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end), so times are "
-        "the best of the repeats and noisy; the ratios compare runs taken minutes apart.",
+        f"Load average {os.getloadavg()[0]:.1f} at the end; times are the best of the repeats, each path in a fresh "
+        "process (the optimised one with `retain_freed_memory()`, the plain one with the default allocator).",
         "",
         f"| preset | conv GMAC / {args.size}^2 slice | path | slice s | speed-up | volume ({args.volume_slices} "
         f"slices, batch {args.batch_size}) s | speed-up | first call s | peak RSS MB | max diff / range |",
