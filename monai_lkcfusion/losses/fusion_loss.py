@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
+from monai_lkcfusion.filters import sobel_gradients
+
 __all__ = ["FusionLoss", "sobel_magnitude", "gaussian_ssim"]
 
 
@@ -73,11 +75,8 @@ def sobel_magnitude(image: torch.Tensor) -> torch.Tensor:
     Returns:
         Gradient magnitudes, shape (B, C, H, W).
     """
-    b, c, h, w = image.shape
-    gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=image.device, dtype=image.dtype)
-    kernels = torch.stack([gx, gx.T])[:, None]  # (2, 1, 3, 3): d/dx, d/dy
-    grads = F.conv2d(image.reshape(b * c, 1, h, w), kernels, padding=1)  # (B*C, 2, H, W)
-    return grads.abs().sum(dim=1).reshape(b, c, h, w)
+    gx, gy = sobel_gradients(image)
+    return gx.abs() + gy.abs()
 
 
 class FusionLoss(_Loss):

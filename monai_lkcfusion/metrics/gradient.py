@@ -5,25 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+
+from monai_lkcfusion.filters import sobel_gradients
 
 from .utils import batched_metric
 
 __all__ = ["qabf", "nabf"]
-
-def _sobel(images: torch.Tensor, padding_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sobel responses of (N, 1, H, W) images, padded by 1 with ``"constant"`` zeros or ``"reflect"``.
-
-    Returns the correlations with [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]] (d/dx) and [[1, 2, 1], [0, 0, 0],
-    [-1, -2, -1]] (top minus bottom), computed separably (exact for integer images).
-    """
-    p = F.pad(images, (1, 1, 1, 1), mode=padding_mode)  # (N, 1, H + 2, W + 2)
-    smooth_rows = p[..., :-2, :] + 2 * p[..., 1:-1, :] + p[..., 2:, :]  # (N, 1, H, W + 2)
-    diff_rows = p[..., :-2, :] - p[..., 2:, :]
-    gx = smooth_rows[..., 2:] - smooth_rows[..., :-2]
-    gy = diff_rows[..., :-2] + 2 * diff_rows[..., 1:-1] + diff_rows[..., 2:]
-    return gx, gy
-
 
 def _sigmoid_gain(x: torch.Tensor, top: float, slope: float, centre: float) -> torch.Tensor:
     """top / (1 + exp(slope * (x - centre)))."""
@@ -49,7 +36,7 @@ def qabf(fused: torch.Tensor, mri: torch.Tensor, other: torch.Tensor) -> torch.T
         (B,) float64 tensor, or a float for a single image.
     """
     b = fused.shape[0]
-    gx, gy = _sobel(torch.cat([fused, mri, other]).float(), "constant")  # (3B, 1, H, W) each, float32 as the reference
+    gx, gy = sobel_gradients(torch.cat([fused, mri, other]).float(), "constant")  # (3B, 1, H, W) each, float32 as the reference
     strength = torch.sqrt(gx * gx + gy * gy)
     angle = torch.where(gx == 0, math.pi / 2, torch.atan(gy / torch.where(gx == 0, 1.0, gx)))
     g_f, g_s = strength[:b], strength[b:].reshape(2, b, *strength.shape[1:])
@@ -81,7 +68,7 @@ def nabf(fused: torch.Tensor, mri: torch.Tensor, other: torch.Tensor) -> torch.T
         (B,) float64 tensor, or a float for a single image.
     """
     b = fused.shape[0]
-    dx, dy = _sobel(torch.cat([fused, mri, other]), "reflect")
+    dx, dy = sobel_gradients(torch.cat([fused, mri, other]), "reflect")
     gv, gh = dx / 8, -dy / 8
     strength = torch.sqrt(gh * gh + gv * gv)
     both_zero = (gv == 0) & (gh == 0)
