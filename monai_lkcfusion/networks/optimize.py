@@ -139,9 +139,7 @@ class LargeKernelConv2d(nn.Module):
         """Memory of the kernel spectra for tile size ``fft_size``."""
         conv = self.conv
         bins = fft_size * (fft_size // 2 + 1)
-        if conv.groups > 1:
-            return bins * conv.out_channels * 8  # complex64
-        return bins * conv.in_channels * conv.out_channels * 8  # complex64
+        return bins * (conv.in_channels // conv.groups) * conv.out_channels * 8  # complex64, as FFTConv2d stores them
 
     def modelled_cost(self, batch: int, height: int, width: int, fft_size: int) -> float:
         """Cost model of one call, in dense direct multiply-adds (``fft_size`` 0: the direct convolution).
