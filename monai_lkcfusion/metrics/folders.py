@@ -18,6 +18,7 @@ from .utils import luma_bt601
 
 __all__ = ["read_gray", "score_folders", "format_table", "write_csv", "write_json"]
 
+
 def read_gray(path: str | Path) -> np.ndarray:
     """Read an image file as the literature's evaluators do: 8-bit gray, colour as rounded BT.601 luma.
 
