@@ -20,8 +20,9 @@ from .convert import (
     read_state_dict,
     unwrap_state_dict,
 )
-from .loading import default_weights_path, infer_config, load_network, save_network
+from .fft_training import SpectralConv2d, spectral_conv2d, use_spectral_convolutions
 from .lkcfunet import NETWORK_PRESETS, NORM_SCHEMES, NORM_SITES, LKCFUNet, resolve_norm_scheme
+from .loading import default_weights_path, infer_config, load_network, save_network
 from .optimize import optimize_for_inference, retain_freed_memory
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "MultipathAdaptiveFusion",
     "RepLKBlock",
     "ResBlock",
+    "SpectralConv2d",
     "UpSample",
     "convert_official_state_dict",
     "default_weights_path",
@@ -45,9 +47,11 @@ __all__ = [
     "load_official_checkpoint",
     "official_config",
     "optimize_for_inference",
-    "retain_freed_memory",
     "read_state_dict",
     "resolve_norm_scheme",
+    "retain_freed_memory",
     "save_network",
+    "spectral_conv2d",
     "unwrap_state_dict",
+    "use_spectral_convolutions",
 ]
