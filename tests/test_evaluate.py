@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from monai_lkcfusion.cli import main
+from monai_lkcfusion.engines import compare_methods
 from monai_lkcfusion.networks import LKCFUNet
 
 
@@ -50,3 +51,13 @@ def test_evaluate_cli(tmp_path: Path) -> None:
 def test_evaluate_cli_bad_folder(tmp_path: Path) -> None:
     assert main(["evaluate", "--mri-dir", str(tmp_path / "nope"), "--other-dir", str(tmp_path), "-o",
                  str(tmp_path / "out")]) == 2
+
+
+def test_compare_methods_without_overview_figure(tmp_path: Path) -> None:
+    mri_dir, other_dir = _pairs(tmp_path / "data")
+    pairs = [
+        {"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png"), "task": "MRI-PET"} for i in range(2)
+    ]
+    summary = compare_methods(pairs, tmp_path / "out", methods=["max", "mean"], figure_rows=0, save_fused=False)
+    assert set(summary["MRI-PET"]) == {"max", "mean"}
+    assert not (tmp_path / "out" / "overview.png").exists() and (tmp_path / "out" / "metrics.png").is_file()

@@ -44,7 +44,8 @@ def compare_methods(
     image (PET/SPECT with chroma restored) is scored on its rounded luma.
 
     Writes into ``output_dir``: ``metrics.csv`` (one row per pair and method), ``summary.json`` (means per
-    group and method, with the options used), ``overview.png`` (the first ``figure_rows`` pairs, all methods),
+    group and method, with the options used), ``overview.png`` (the first ``figure_rows`` pairs, all methods; not
+    written for 0),
     ``metrics.png`` (bar chart of the means) and, with ``save_fused``, ``fused/<method>/<group>/<name>.png``.
 
     Args:
@@ -56,7 +57,7 @@ def compare_methods(
         ssim_data_range: SSIM data range: 2 as in the published CDDFuse/EMMA tables, 255 as LKC-FUNet's evaluator.
         device: where the network runs.
         save_fused: also write the fused images.
-        figure_rows: pairs shown in the overview figure.
+        figure_rows: pairs shown in the overview figure (0: no overview figure).
 
     Returns:
         ``{group: {method: {metric: mean}}}``.
@@ -97,7 +98,8 @@ def compare_methods(
     summary = summarize(records, metric_names)
     options = {"ssim_data_range": ssim_data_range, "gray": "8-bit BT.601 luma, rounded", "weights": str(weights or "bundle default")}
     (out / "summary.json").write_text(json.dumps({"options": options, "means": summary}, indent=2))
-    overview_figure(figure, out / "overview.png", metric_names=metric_names, title="MRI | other | fused per method")
+    if figure:
+        overview_figure(figure, out / "overview.png", metric_names=metric_names, title="MRI | other | fused per method")
     metrics_bar_chart(summary, out / "metrics.png", metric_names=metric_names)
     return summary
 
