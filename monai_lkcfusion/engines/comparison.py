@@ -45,8 +45,8 @@ def compare_methods(
 
     Writes into ``output_dir``: ``metrics.csv`` (one row per pair and method), ``summary.json`` (means per
     group and method, with the options used), ``overview.png`` (the first ``figure_rows`` pairs, all methods; not
-    written for 0),
-    ``metrics.png`` (bar chart of the means) and, with ``save_fused``, ``fused/<method>/<group>/<name>.png``.
+    written for 0), ``metrics.png`` (bar chart of the means) and, with ``save_fused``,
+    ``fused/<method>/<group>/<name>.png``.
 
     Args:
         pairs: dicts with ``"mri"`` and ``"other"`` file paths, optional ``"name"`` and ``"task"`` (the group).
