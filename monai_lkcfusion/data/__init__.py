@@ -1,24 +1,31 @@
-"""Datalists (Harvard folder layout, decathlon-style JSON), image reading/writing and the demo data."""
+"""Datalists (Harvard folder layout, decathlon-style JSON), pairing by name, image reading/writing and demo data."""
 
 from __future__ import annotations
 
-from .datalist import load_fusion_datalist, pair_files_by_name, write_fusion_datalist
+from .atomic import atomic_path, write_text
+from .datalist import load_fusion_datalist, write_fusion_datalist
 from .harvard import HARVARD_TASKS, harvard_datalist
+from .io import PICTURE_SUFFIXES, VOLUME_SUFFIXES, WRITABLE_SUFFIXES, image_stem, read_image, write_image
+from .pairing import files_by_name, match_files_by_name, output_name, pair_files_by_name
 from .samples import DEMO_DIR, demo_files
-from .io import PICTURE_SUFFIXES, VOLUME_SUFFIXES, atomic_path, image_stem, read_image, write_image
 
 __all__ = [
     "DEMO_DIR",
     "HARVARD_TASKS",
     "PICTURE_SUFFIXES",
     "VOLUME_SUFFIXES",
+    "WRITABLE_SUFFIXES",
     "atomic_path",
     "demo_files",
+    "files_by_name",
     "harvard_datalist",
     "image_stem",
     "load_fusion_datalist",
+    "match_files_by_name",
+    "output_name",
     "pair_files_by_name",
     "read_image",
     "write_fusion_datalist",
     "write_image",
+    "write_text",
 ]

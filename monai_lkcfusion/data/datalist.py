@@ -8,39 +8,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import FusionInputError
-from .io import atomic_path, image_stem
+from .atomic import write_text
 
-__all__ = ["load_fusion_datalist", "pair_files_by_name", "write_fusion_datalist"]
+__all__ = ["load_fusion_datalist", "write_fusion_datalist"]
 
 _PAIR_KEYS = ("mri", "other")
-
-
-def pair_files_by_name(mri_dir: str | Path, other_dir: str | Path) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """Pair the images of two folders by name (extension ignored, so ``a.nii.gz`` pairs with ``a.nii``).
-
-    Sub-folders are entries too (a DICOM series per folder).
-
-    Args:
-        mri_dir: folder of MRIs.
-        other_dir: folder of the second modality.
-
-    Returns:
-        ``(pairs, unpaired)``: the matched ``(mri, other)`` paths sorted by name, and one message per entry of
-        either folder that has no partner.
-
-    Raises:
-        FusionInputError: either folder is missing.
-    """
-    entries = []
-    for folder in (Path(mri_dir), Path(other_dir)):
-        if not folder.is_dir():
-            raise FusionInputError(f"{folder}: no such folder")
-        entries.append({image_stem(p): p for p in sorted(folder.iterdir()) if not p.name.startswith(".")})
-    mris, others = entries
-    pairs = [(mris[k], others[k]) for k in sorted(mris) if k in others]
-    unpaired = [f"{p}: no partner in {other_dir}" for k, p in sorted(mris.items()) if k not in others]
-    unpaired += [f"{p}: no partner in {mri_dir}" for k, p in sorted(others.items()) if k not in mris]
-    return pairs, unpaired
 
 
 def write_fusion_datalist(
@@ -80,10 +52,7 @@ def write_fusion_datalist(
                 row[key] = _relative(row[key], base)
             rows.append(row)
         content[section] = rows
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(content, indent=2) + "\n")
-    return path
+    return write_text(path, json.dumps(content, indent=2) + "\n", overwrite=True)
 
 
 def load_fusion_datalist(

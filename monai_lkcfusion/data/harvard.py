@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import FusionInputError
+from .pairing import pair_files_by_name
 
 __all__ = ["HARVARD_TASKS", "harvard_datalist"]
 
@@ -19,7 +20,8 @@ def harvard_datalist(
     """List the registered pairs of a Harvard fusion folder tree.
 
     The layout is ``<root>/<split>/<task>/{MRI,<other>}/<name>`` with ``task`` in :data:`HARVARD_TASKS`;
-    pairs are matched by file name. Missing task folders are skipped; an MRI without its partner is an error.
+    pairs are matched by name as :func:`~monai_lkcfusion.data.pair_files_by_name` does. Missing task folders are
+    skipped; an image without its partner is an error (registered pair folders hold pairs only).
 
     Args:
         root: folder holding ``train/`` and ``test/``.
@@ -28,10 +30,10 @@ def harvard_datalist(
 
     Returns:
         One dict per pair, sorted by task then name, with keys ``"mri"`` and ``"other"`` (file paths as strings),
-        ``"task"`` and ``"name"`` (the shared file name).
+        ``"task"`` and ``"name"`` (the MRI's file name).
 
     Raises:
-        FusionInputError: ``root/split`` does not exist, a task name is unknown, or an MRI has no partner.
+        FusionInputError: ``root/split`` does not exist, a task name is unknown, or an image has no partner.
     """
     split_dir = Path(root) / split
     if not split_dir.is_dir():
@@ -45,9 +47,8 @@ def harvard_datalist(
         mri_dir, other_dir = split_dir / task / "MRI", split_dir / task / HARVARD_TASKS[task]
         if not mri_dir.is_dir():
             continue
-        for mri in sorted(p for p in mri_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
-            other = other_dir / mri.name
-            if not other.is_file():
-                raise FusionInputError(f"{mri}: no partner image {other}")
-            items.append({"mri": str(mri), "other": str(other), "task": task, "name": mri.name})
+        pairs, unpaired = pair_files_by_name(mri_dir, other_dir)
+        if unpaired:
+            raise FusionInputError(f"{len(unpaired)} unpaired image(s): {'; '.join(unpaired)}")
+        items += [{"mri": str(mri), "other": str(other), "task": task, "name": mri.name} for mri, other in pairs]
     return items

@@ -16,7 +16,6 @@ Writers choose the format from the extension and write atomically (temporary fil
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,12 +25,14 @@ import torch
 from monai.data import MetaTensor
 
 from ..errors import FusionInputError
+from .atomic import atomic_path
 
 __all__ = [
     "PICTURE_SUFFIXES",
     "VOLUME_SUFFIXES",
-    "atomic_path",
+    "WRITABLE_SUFFIXES",
     "image_stem",
+    "image_suffix",
     "read_image",
     "write_image",
 ]
@@ -40,11 +41,14 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+WRITABLE_SUFFIXES = PICTURE_SUFFIXES + NIFTI_SUFFIXES + (".nrrd", ".mha")
+"""Extensions :func:`write_image` writes."""
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def _suffix(path: Path) -> str:
-    """The lower-case extension, with ``.nii.gz`` kept whole."""
+def image_suffix(path: str | Path) -> str:
+    """The lower-case extension of an image file, with ``.nii.gz`` kept whole (``A.NII.GZ`` -> ``.nii.gz``)."""
+    path = Path(path)
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
@@ -52,7 +56,7 @@ def _suffix(path: Path) -> str:
 def image_stem(path: str | Path) -> str:
     """The name of an image file without its extension (``a.nii.gz`` -> ``a``); a folder's own name."""
     path = Path(path)
-    suffix = _suffix(path)
+    suffix = image_suffix(path)
     return path.name[: -len(suffix)] if suffix in PICTURE_SUFFIXES + VOLUME_SUFFIXES else path.name
 
 
@@ -76,7 +80,7 @@ def read_image(path: str | Path, series: str | None = None) -> MetaTensor:
         raise FusionInputError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise FusionInputError(f"{path}: empty file")
-    suffix = _suffix(path)
+    suffix = image_suffix(path)
     if suffix in PICTURE_SUFFIXES:
         return _read_picture(path)
     if suffix in NIFTI_SUFFIXES:
@@ -257,41 +261,6 @@ def _read_dicom_series(folder: Path, series: str | None) -> MetaTensor:
     return _from_itk(image, folder, modality or None)
 
 
-@contextmanager
-def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` and move it onto ``path`` only when the block succeeds.
-
-    Args:
-        path: the final file.
-        overwrite: replace an existing ``path``; otherwise an existing file is an error and is kept.
-
-    Raises:
-        FusionInputError: ``path`` exists and ``overwrite`` is False, or it cannot be written (a parent that is a
-            file, a read-only file system, a full disk); a partial file is never left behind.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FusionInputError(f"{path}: output exists; pass --overwrite (overwrite=True) to replace it")
-    suffix = _suffix(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    except OSError as err:  # a parent that is a file, a read-only or virtual file system
-        raise FusionInputError(f"{path}: cannot write here ({err.strerror or err})") from None
-    os.close(handle)
-    tmp = Path(name)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except OSError as err:  # disk full, quota: the partial temporary file is removed below
-        raise FusionInputError(f"{path}: cannot write output ({err.strerror or err}); nothing was written") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_image(
     img: torch.Tensor | np.ndarray,
     path: str | Path,
@@ -318,7 +287,7 @@ def write_image(
             existing file without ``overwrite``.
     """
     path = Path(path)
-    suffix = _suffix(path)
+    suffix = image_suffix(path)
     if affine is None and isinstance(img, MetaTensor):
         affine = img.affine
     data = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
@@ -335,7 +304,7 @@ def write_image(
         with atomic_path(path, overwrite) as tmp:
             Image.fromarray(pixels).save(tmp, format=_PIL_FORMATS[suffix])
         return path
-    if suffix not in (".nii", ".nii.gz", ".nrrd", ".mha"):
+    if suffix not in WRITABLE_SUFFIXES:
         raise FusionInputError(f"{path}: unsupported output format '{suffix}'; use .png/.jpg, .nii(.gz), .nrrd or .mha")
     if data.ndim == 3:
         data = data[..., None]  # a 2D image as a one-slice volume

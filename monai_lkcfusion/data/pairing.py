@@ -1,0 +1,109 @@
+"""Pairing images of several folders by name, and naming results after their inputs.
+
+One rule everywhere (CLI, bundle, metrics folders, evaluation, Harvard datalists): two entries belong together when
+their names without the image extension are equal (:func:`~monai_lkcfusion.data.io.image_stem`), so ``a.nii.gz``
+pairs with ``a.nii`` and ``a.png`` with ``a.PNG``. Hidden entries are skipped; sub-folders are entries too (a DICOM
+series per folder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..errors import FusionInputError
+from .io import WRITABLE_SUFFIXES, image_stem, image_suffix
+
+__all__ = ["files_by_name", "match_files_by_name", "output_name", "pair_files_by_name"]
+
+
+def files_by_name(folder: str | Path, suffixes: Sequence[str] | None = None) -> dict[str, Path]:
+    """The entries of one folder keyed by their name without image extension, sorted by that name.
+
+    Args:
+        folder: the folder.
+        suffixes: keep only files with one of these lower-case extensions (e.g. ``PICTURE_SUFFIXES``); ``None``
+            keeps every file and sub-folder.
+
+    Returns:
+        ``{stem: path}`` sorted by stem.
+
+    Raises:
+        FusionInputError: ``folder`` is not a folder, or two of its entries share a name (``a.png`` and ``a.jpg``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FusionInputError(f"{folder}: no such folder")
+    entries: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or suffixes is not None and image_suffix(path) not in suffixes:
+            continue
+        stem = image_stem(path)
+        if stem in entries:
+            raise FusionInputError(f"{folder}: '{entries[stem].name}' and '{path.name}' have one name; keep one")
+        entries[stem] = path
+    return dict(sorted(entries.items()))
+
+
+def match_files_by_name(
+    folders: Mapping[str, str | Path], suffixes: Sequence[str] | None = None
+) -> tuple[list[dict[str, Path | str]], dict[str, list[Path]]]:
+    """Group the entries of several folders by name (see the module docstring for the rule).
+
+    Args:
+        folders: key (e.g. ``"mri"``, ``"other"``, ``"fused"``) -> folder.
+        suffixes: see :func:`files_by_name`.
+
+    Returns:
+        ``(matched, unmatched)``: one dict per name found in every folder, ``{"name": stem, key: path, ...}``,
+        sorted by name; and, per key, the entries of that folder missing from at least one other folder.
+
+    Raises:
+        FusionInputError: a folder is missing, or holds two entries of one name.
+    """
+    entries = {key: files_by_name(folder, suffixes) for key, folder in folders.items()}
+    common = set.intersection(*(set(found) for found in entries.values()))
+    matched: list[dict[str, Path | str]] = [
+        {"name": stem, **{key: found[stem] for key, found in entries.items()}} for stem in sorted(common)
+    ]
+    unmatched = {key: [path for stem, path in found.items() if stem not in common] for key, found in entries.items()}
+    return matched, unmatched
+
+
+def pair_files_by_name(mri_dir: str | Path, other_dir: str | Path) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Pair the images of an MRI folder and a second-modality folder by name.
+
+    Args:
+        mri_dir: folder of MRIs.
+        other_dir: folder of the second modality.
+
+    Returns:
+        ``(pairs, unpaired)``: the matched ``(mri, other)`` paths sorted by name, and one message per entry of
+        either folder that has no partner.
+
+    Raises:
+        FusionInputError: either folder is missing, or holds two entries of one name.
+    """
+    matched, unmatched = match_files_by_name({"mri": mri_dir, "other": other_dir})
+    pairs = [(Path(m["mri"]), Path(m["other"])) for m in matched]
+    unpaired = [f"{p}: no partner in {other_dir}" for p in unmatched["mri"]]
+    unpaired += [f"{p}: no partner in {mri_dir}" for p in unmatched["other"]]
+    return pairs, unpaired
+
+
+def output_name(source: str | Path, prefix: str = "", suffix: str | None = None) -> str:
+    """The file name of a result written for ``source`` (the bundle writes ``fused_<name>``, the CLI ``<name>``).
+
+    Args:
+        source: the input the result belongs to (the MRI file or DICOM series folder).
+        prefix: put before the name, e.g. ``"fused_"``.
+        suffix: the output extension (e.g. ``".nii.gz"``); default: the source's own when
+            :func:`~monai_lkcfusion.data.io.write_image` writes that format, else ``.nii.gz`` (DICOM, ``.mhd``).
+
+    Returns:
+        ``prefix + stem + extension``, e.g. ``output_name("t1.nii", "fused_") == "fused_t1.nii"``.
+    """
+    stem = image_stem(source)
+    own = Path(source).name[len(stem) :]  # as written, e.g. ".PNG"
+    extension = suffix if suffix is not None else own if own.lower() in WRITABLE_SUFFIXES else ".nii.gz"
+    return f"{prefix}{stem}{extension}"
