@@ -91,3 +91,32 @@ def test_max_fusion_on_harvard(harvard_root: Path) -> None:
         assert losses["max"] < losses["other"] and losses["max"] < mean_loss, (task, losses)
         if task == "MRI-CT":
             assert losses["max"] < losses["mri"], losses
+
+
+def test_loss_options_follow_their_definitions() -> None:
+    """value_range doubles the L1 terms; zero padding keeps full-size maps; max_variance picks one source per window."""
+    torch.manual_seed(0)
+    sources = torch.rand(2, 2, 40, 40)
+    fused = torch.rand(2, 1, 40, 40)
+    unit = FusionLoss().components(fused, sources)
+    sym = FusionLoss(value_range="symmetric").components(fused, sources)
+    assert torch.allclose(sym["intensity"], 2 * unit["intensity"])
+    # the Sobel's zero padding sits at -1 after the mapping, so only the border rows differ from exactly 2x
+    assert torch.allclose(sym["gradient"], 2 * unit["gradient"], rtol=0.05)
+    assert not torch.allclose(sym["ssim"], unit["ssim"])  # the SSIM constants stay those of range 1
+    from monai_lkcfusion.losses import ssim_maps
+
+    valid, _ = ssim_maps(sources, fused)
+    zeros, _ = ssim_maps(sources, fused, padding="zeros")
+    assert valid.shape[-1] == 30 and zeros.shape[-1] == 40
+    assert torch.allclose(zeros[..., 5:-5, 5:-5], valid, atol=1e-5)  # interior windows are the same
+    # max_variance: a flat source never counts where the other has texture
+    flat_other = torch.cat([sources[:, :1], torch.full_like(sources[:, 1:], 0.5)], dim=1)
+    picked = FusionLoss(ssim_form="max_variance").components(sources[:, :1], flat_other)["ssim"]
+    assert float(picked) < 1e-4  # F equals the textured source exactly
+    assert float(FusionLoss().components(sources[:, :1], flat_other)["ssim"]) > 0.1
+
+
+def test_loss_option_names_are_checked() -> None:
+    with pytest.raises(ValueError, match="value_range"):
+        FusionLoss(value_range="minus-one")

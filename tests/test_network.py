@@ -156,3 +156,19 @@ def test_onnx_export_matches_eager(tmp_path):
     (y,) = session.run(None, {"x": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(y), net(x), rtol=1e-4, atol=1e-4)
+
+
+def test_base_preset_has_real_groups_and_roundtrips(tmp_path) -> None:
+    """'base': the paper's kernels, GroupNorm layers with 4 groups (not per-channel), weights reload to the same net."""
+    from monai_lkcfusion.networks import load_network, save_network
+
+    net = LKCFUNet.from_preset("base")
+    assert net.config["kernel_sizes"] == (15, 11, 5)
+    groups = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm) and m.num_groups > 1]
+    assert groups and all(m.num_groups == 4 and m.num_channels > 4 for m in groups)
+    back = load_network(save_network(net, tmp_path / "base.pt"))
+    assert back.config == net.config
+    x = torch.rand(1, 2, 40, 36)
+    assert torch.allclose(back.eval()(x), net.eval()(x))
+    # the released layout keeps its tensors: no extra buffer for the default 32 groups
+    assert "norm_groups" not in LKCFUNet.from_preset("small").state_dict()

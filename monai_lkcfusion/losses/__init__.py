@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .fusion_loss import FusionLoss, gaussian_ssim, sobel_magnitude
+from .fusion_loss import SSIM_FORMS, SSIM_PADDINGS, VALUE_RANGES, FusionLoss, gaussian_ssim, sobel_magnitude, ssim_maps
 
-__all__ = ["FusionLoss", "gaussian_ssim", "sobel_magnitude"]
+__all__ = ["SSIM_FORMS", "SSIM_PADDINGS", "VALUE_RANGES", "FusionLoss", "gaussian_ssim", "sobel_magnitude", "ssim_maps"]

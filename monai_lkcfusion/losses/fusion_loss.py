@@ -3,9 +3,16 @@
 The fused image ``F`` is pulled toward the two sources ``A`` (MRI) and ``B`` (other modality) by three terms:
 
 * intensity: ``L1(F, max(A, B))``;
-* structure: ``1 - (SSIM(A, F) + SSIM(B, F)) / 2`` with an 11x11 Gaussian window (sigma 1.5), no padding,
-  data range 1 and ``(K1, K2) = (0.01, 0.03)``, as in the SSIM the official code imports;
+* structure: ``1 - (SSIM(A, F) + SSIM(B, F)) / 2`` with an 11x11 Gaussian window (sigma 1.5), data range 1 and
+  ``(K1, K2) = (0.01, 0.03)``;
 * gradient: ``L1(|Sobel F|, max(|Sobel A|, |Sobel B|))`` with ``|Sobel x| = |Gx| + |Gy|`` (zero padding).
+
+Two details of the released training are options, because its code disagrees with a plain reading of the paper:
+its data loader scales images to [-1, 1] (``value_range="symmetric"``: the two L1 terms double against the
+SSIM term, whose constants stay those of range 1), and its SSIM (from SwinFusion, not in the release) zero-pads
+the window to the image size (``ssim_padding="zeros"``: dark borders enter every edge window). The defaults
+(``"unit"``, ``"valid"``) are [0, 1] intensities and only complete windows. ``ssim_form="max_variance"`` is the
+structure term of DM-FNet-style losses: each window is compared with the source of larger local variance only.
 """
 
 from __future__ import annotations
@@ -16,7 +23,16 @@ from torch.nn.modules.loss import _Loss
 
 from monai_lkcfusion.filters import sobel_gradients
 
-__all__ = ["FusionLoss", "sobel_magnitude", "gaussian_ssim"]
+__all__ = ["FusionLoss", "SSIM_FORMS", "SSIM_PADDINGS", "VALUE_RANGES", "sobel_magnitude", "gaussian_ssim"]
+
+VALUE_RANGES = ("unit", "symmetric")
+"""Intensity range the loss sees: [0, 1] as given, or mapped to [-1, 1] as the released data loader does."""
+
+SSIM_PADDINGS = ("valid", "zeros")
+"""SSIM windows: complete windows only, or zero padding to the image size (SwinFusion's SSIM)."""
+
+SSIM_FORMS = ("mean", "max_variance")
+"""Structure term: the mean SSIM against both sources, or SSIM against the source of larger local variance."""
 
 
 def _gaussian_kernel(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -24,6 +40,54 @@ def _gaussian_kernel(size: int, sigma: float, device: torch.device, dtype: torch
     x = torch.arange(size, device=device, dtype=dtype) - size // 2
     g = torch.exp(-(x**2) / (2.0 * sigma**2))
     return g / g.sum()
+
+
+def ssim_maps(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    data_range: float = 1.0,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    padding: str = "valid",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local SSIM of ``x`` against ``y`` and the local variance of ``x``, per Gaussian window.
+
+    Args:
+        x: images (B, C, H, W).
+        y: images broadcastable to ``x``.
+        window_size: side of the Gaussian window (shrunk to the image size for smaller images).
+        sigma: standard deviation of the Gaussian window.
+        data_range: dynamic range of the intensities (1 for [0, 1]).
+        k1: luminance stabiliser factor, ``C1 = (k1 * data_range) ** 2``.
+        k2: contrast stabiliser factor, ``C2 = (k2 * data_range) ** 2``.
+        padding: ``"valid"`` (complete windows, maps of ``H - s + 1``) or ``"zeros"`` (zero padding, maps of ``H``).
+
+    Returns:
+        ``(ssim_map, var_x)``, both (B, C, H', W').
+    """
+    if padding not in SSIM_PADDINGS:
+        raise ValueError(f"padding must be one of {SSIM_PADDINGS}, got {padding!r}")
+    x, y = torch.broadcast_tensors(x, y)
+    b, c, h, w = x.shape
+    size = min(window_size, h, w)
+    pad = size // 2 if padding == "zeros" else 0
+    g = _gaussian_kernel(size, sigma, x.device, x.dtype)
+    # the 2D Gaussian window is separable: filter rows then columns, every map independently; the maps are the
+    # channels of one depthwise convolution (measured 15x faster on the CPU than a batch of 1-channel maps)
+    n = 5 * b * c
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=0).reshape(1, n, h, w)
+    stack = F.conv2d(stack, g.view(1, 1, size, 1).expand(n, 1, size, 1), padding=(pad, 0), groups=n)
+    stack = F.conv2d(stack, g.view(1, 1, 1, size).expand(n, 1, 1, size), padding=(0, pad), groups=n)
+    mu_x, mu_y, e_xx, e_yy, e_xy = stack.reshape(5, b, c, *stack.shape[-2:])  # each (B, C, H', W')
+    var_x = e_xx - mu_x**2
+    var_y = e_yy - mu_y**2
+    cov = e_xy - mu_x * mu_y
+    c1 = (k1 * data_range) ** 2
+    c2 = (k2 * data_range) ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map, var_x
 
 
 def gaussian_ssim(
@@ -34,39 +98,14 @@ def gaussian_ssim(
     data_range: float = 1.0,
     k1: float = 0.01,
     k2: float = 0.03,
+    padding: str = "valid",
 ) -> torch.Tensor:
-    """Mean SSIM per image over the valid (unpadded) windows.
-
-    Args:
-        x: images (B, C, H, W).
-        y: images broadcastable to ``x``.
-        window_size: side of the Gaussian window (shrunk to the image size for smaller images).
-        sigma: standard deviation of the Gaussian window.
-        data_range: dynamic range of the intensities (1 for [0, 1]).
-        k1: luminance stabiliser factor, ``C1 = (k1 * data_range) ** 2``.
-        k2: contrast stabiliser factor, ``C2 = (k2 * data_range) ** 2``.
+    """Mean SSIM per image over the windows of :func:`ssim_maps` (same arguments).
 
     Returns:
         SSIM per image and channel, shape (B, C).
     """
-    x, y = torch.broadcast_tensors(x, y)
-    b, c, h, w = x.shape
-    size = min(window_size, h, w)
-    g = _gaussian_kernel(size, sigma, x.device, x.dtype)
-    # the 2D Gaussian window is separable: filter rows then columns, every map independently, no padding; the maps
-    # are the channels of one depthwise convolution (measured 15x faster on the CPU than a batch of 1-channel maps)
-    n = 5 * b * c
-    stack = torch.cat([x, y, x * x, y * y, x * y], dim=0).reshape(1, n, h, w)
-    stack = F.conv2d(stack, g.view(1, 1, size, 1).expand(n, 1, size, 1), groups=n)
-    stack = F.conv2d(stack, g.view(1, 1, 1, size).expand(n, 1, 1, size), groups=n)  # (1, 5*B*C, H-s+1, W-s+1)
-    mu_x, mu_y, e_xx, e_yy, e_xy = stack.reshape(5, b, c, h - size + 1, w - size + 1)
-    var_x = e_xx - mu_x**2
-    var_y = e_yy - mu_y**2
-    cov = e_xy - mu_x * mu_y
-    c1 = (k1 * data_range) ** 2
-    c2 = (k2 * data_range) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.mean(dim=(-2, -1))
+    return ssim_maps(x, y, window_size, sigma, data_range, k1, k2, padding)[0].mean(dim=(-2, -1))
 
 
 def sobel_magnitude(image: torch.Tensor) -> torch.Tensor:
@@ -92,6 +131,9 @@ class FusionLoss(_Loss):
         intensity_weight: weight of ``L1(F, max(A, B))``.
         ssim_weight: weight of ``1 - (SSIM(A, F) + SSIM(B, F)) / 2``.
         gradient_weight: weight of ``L1(|Sobel F|, max(|Sobel A|, |Sobel B|))``.
+        value_range: ``"unit"`` or ``"symmetric"`` (see :data:`VALUE_RANGES` and the module notes).
+        ssim_padding: ``"valid"`` or ``"zeros"`` (see :data:`SSIM_PADDINGS`).
+        ssim_form: ``"mean"`` or ``"max_variance"`` (see :data:`SSIM_FORMS`).
 
     Example::
 
@@ -99,11 +141,29 @@ class FusionLoss(_Loss):
         value = loss(net(sources), sources)  # sources (B, 2, H, W): [MRI, other]
     """
 
-    def __init__(self, intensity_weight: float = 1.0, ssim_weight: float = 1.0, gradient_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        intensity_weight: float = 1.0,
+        ssim_weight: float = 1.0,
+        gradient_weight: float = 1.0,
+        value_range: str = "unit",
+        ssim_padding: str = "valid",
+        ssim_form: str = "mean",
+    ) -> None:
         super().__init__()
+        for name, value, allowed in (
+            ("value_range", value_range, VALUE_RANGES),
+            ("ssim_padding", ssim_padding, SSIM_PADDINGS),
+            ("ssim_form", ssim_form, SSIM_FORMS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self.intensity_weight = float(intensity_weight)
         self.ssim_weight = float(ssim_weight)
         self.gradient_weight = float(gradient_weight)
+        self.value_range = value_range
+        self.ssim_padding = ssim_padding
+        self.ssim_form = ssim_form
 
     def components(self, fused: torch.Tensor, sources: torch.Tensor) -> dict[str, torch.Tensor]:
         """The three unweighted terms.
@@ -120,8 +180,13 @@ class FusionLoss(_Loss):
         if sources.ndim != 4 or sources.shape[1] != 2 or sources.shape[-2:] != fused.shape[-2:]:
             raise ValueError(f"sources must have shape (B, 2, H, W) matching fused, got {tuple(sources.shape)}")
         sources = sources.to(fused.dtype)
+        if self.value_range == "symmetric":
+            fused, sources = 2.0 * fused - 1.0, 2.0 * sources - 1.0
         intensity = F.l1_loss(fused, sources.amax(dim=1, keepdim=True))
-        ssim = 1.0 - gaussian_ssim(sources, fused).mean()  # mean over batch and the two sources
+        ssim_map, variance = ssim_maps(sources, fused, padding=self.ssim_padding)  # (B, 2, H', W') each
+        if self.ssim_form == "max_variance":  # per window, the source with more local structure
+            ssim_map = ssim_map.gather(1, variance.argmax(dim=1, keepdim=True))
+        ssim = 1.0 - ssim_map.mean()  # mean over batch, windows (and the two sources for "mean")
         gradient = F.l1_loss(sobel_magnitude(fused), sobel_magnitude(sources).amax(dim=1, keepdim=True))
         return {"intensity": intensity, "ssim": ssim, "gradient": gradient}
 

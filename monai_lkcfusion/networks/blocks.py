@@ -43,13 +43,15 @@ def group_count(channels: int, max_groups: int = 32) -> int:
     return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
 
 
-def get_norm(kind: str, channels: int) -> nn.Module:
+def get_norm(kind: str, channels: int, max_groups: int = 32) -> nn.Module:
     """Create a 2D normalisation layer of the given kind (all with eps 1e-5 and learnable affine parameters).
 
     Args:
         kind: one of ``"batch"`` (``BatchNorm2d``), ``"instance"`` (``InstanceNorm2d(affine=True)``),
             ``"group"`` (``GroupNorm`` with :func:`group_count` groups) or ``"layer"`` (``GroupNorm(1, C)``).
         channels: number of channels.
+        max_groups: upper bound on the GroupNorm group count (32 as released; a count equal to ``channels`` would
+            make the "group" norm a per-channel instance norm).
 
     Returns:
         the normalisation module.
@@ -62,7 +64,7 @@ def get_norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         return nn.InstanceNorm2d(channels, affine=True)
     if kind == "group":
-        return nn.GroupNorm(group_count(channels), channels)
+        return nn.GroupNorm(group_count(channels, max_groups), channels)
     if kind == "layer":
         return nn.GroupNorm(1, channels)
     raise FusionInputError(f"norm kind {kind!r} is not one of {', '.join(NORM_KINDS)}")
@@ -99,14 +101,17 @@ class ResBlock(nn.Module):
         kernel_size: odd kernel size of both convolutions ("same" zero padding).
         dropout: dropout probability before the second convolution.
         norm: normalisation kind, see :func:`get_norm`.
+        max_groups: upper bound on the GroupNorm group count, see :func:`get_norm`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dropout: float, norm: str) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, dropout: float, norm: str, max_groups: int = 32
+    ) -> None:
         super().__init__()
         pad = kernel_size // 2
-        self.norm1 = get_norm(norm, in_channels)
+        self.norm1 = get_norm(norm, in_channels, max_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size, padding=pad)
-        self.norm2 = get_norm(norm, out_channels)
+        self.norm2 = get_norm(norm, out_channels, max_groups)
         self.drop = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size, padding=pad)
         self.residual = (
@@ -131,18 +136,27 @@ class RepLKBlock(nn.Module):
         drop_path: stochastic-depth probability of the branch.
         norm: normalisation kind, see :func:`get_norm`.
         dw_ratio: inner width as a multiple of ``channels``.
+        max_groups: upper bound on the GroupNorm group count, see :func:`get_norm`.
     """
 
-    def __init__(self, channels: int, kernel_size: int, drop_path: float, norm: str, dw_ratio: float = 1.5) -> None:
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        drop_path: float,
+        norm: str,
+        dw_ratio: float = 1.5,
+        max_groups: int = 32,
+    ) -> None:
         super().__init__()
         inner = int(channels * dw_ratio)
-        self.pre_norm = get_norm(norm, channels)
+        self.pre_norm = get_norm(norm, channels, max_groups)
         self.pw1 = nn.Conv2d(channels, inner, 1, bias=False)
-        self.pw1_norm = get_norm(norm, inner)
+        self.pw1_norm = get_norm(norm, inner, max_groups)
         self.dw = nn.Conv2d(inner, inner, kernel_size, padding=kernel_size // 2, groups=inner, bias=False)
-        self.dw_norm = get_norm(norm, inner)
+        self.dw_norm = get_norm(norm, inner, max_groups)
         self.pw2 = nn.Conv2d(inner, channels, 1, bias=False)
-        self.pw2_norm = get_norm(norm, channels)
+        self.pw2_norm = get_norm(norm, channels, max_groups)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,9 +178,10 @@ class MultipathAdaptiveFusion(nn.Module):
         channels: channels ``C`` of both inputs; the output has ``2C``.
         norm: normalisation kind of the three normalisation layers, see :func:`get_norm`.
         reduction: channel reduction of the channel-attention bottleneck.
+        max_groups: upper bound on the GroupNorm group count, see :func:`get_norm`.
     """
 
-    def __init__(self, channels: int, norm: str, reduction: int = 8) -> None:
+    def __init__(self, channels: int, norm: str, reduction: int = 8, max_groups: int = 32) -> None:
         super().__init__()
         hidden = max(channels // reduction, 1)
         self.channel_attention = nn.Sequential(
@@ -176,11 +191,11 @@ class MultipathAdaptiveFusion(nn.Module):
             nn.Conv2d(hidden, channels, 1),
         )
         self.spatial_conv = nn.Conv2d(2, 1, 1)
-        self.spatial_norm = get_norm(norm, 1)
-        self.mix_norm = get_norm(norm, channels)
+        self.spatial_norm = get_norm(norm, 1, max_groups)
+        self.mix_norm = get_norm(norm, channels, max_groups)
         self.selection = nn.Conv2d(channels, 2, 1)
         self.gate_conv = nn.Conv2d(channels, channels, 1)
-        self.gate_norm = get_norm(norm, channels)
+        self.gate_norm = get_norm(norm, channels, max_groups)
         self.out_conv = nn.Conv2d(channels, 2 * channels, 1)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,8 @@ NETWORK_PRESETS: dict[str, dict[str, Any]] = {
     "ingn_3x3": {"kernel_sizes": (3, 3, 3), "middle_kernel": 3, "norm": "ingn"},
     "ingn_large": {"norm": "ingn"},
     "small": {"features": 6, "channel_mults": (1, 2, 4)},
+    # mid-size: the paper's kernels (15, 11, 5) and real GroupNorm groups (4 groups: 2, 4 and 8 channels per group)
+    "base": {"features": 8, "channel_mults": (1, 2, 4), "norm_groups": 4},
     "tiny": {"features": 4, "channel_mults": (1, 2), "kernel_sizes": (5, 3), "num_blocks": 1, "middle_kernel": 3},
 }
 """Keyword overrides of the :class:`LKCFUNet` defaults (which are the released network, preset ``"official"``)."""
@@ -149,6 +151,8 @@ class LKCFUNet(nn.Module):
         dropout: dropout probability in the stem and residual blocks, and drop-path probability of RepLK blocks.
         norm: norm scheme: a name in :data:`NORM_SCHEMES` or a ``{site: kind}`` dict (see
             :func:`resolve_norm_scheme`).
+        norm_groups: most groups of a ``"group"`` norm layer (32 as released); a layer with at most this many
+            channels gets one group per channel, which is an instance norm.
 
     Example::
 
@@ -167,6 +171,7 @@ class LKCFUNet(nn.Module):
         middle_kernel: int = 5,
         dropout: float = 0.2,
         norm: str | Mapping[str, str] = "official",
+        norm_groups: int = 32,
     ) -> None:
         super().__init__()
         if len(channel_mults) != len(kernel_sizes) or len(channel_mults) < 1:
@@ -174,6 +179,8 @@ class LKCFUNet(nn.Module):
                 f"channel_mults {tuple(channel_mults)} and kernel_sizes {tuple(kernel_sizes)} must have the same "
                 "non-zero length (one entry per level)"
             )
+        if norm_groups < 1:
+            raise FusionInputError(f"norm_groups must be at least 1, got {norm_groups}")
         if num_blocks < 1:
             raise FusionInputError(f"num_blocks must be at least 1, got {num_blocks}")
         even = [k for k in (*kernel_sizes, middle_kernel) if k % 2 == 0 or k < 1]
@@ -192,25 +199,28 @@ class LKCFUNet(nn.Module):
             "middle_kernel": middle_kernel,
             "dropout": dropout,
             "norm": scheme,
+            "norm_groups": int(norm_groups),
         }
         self.size_divisible = 2 ** (levels - 1)
         # the norm scheme travels with the weights (GroupNorm / InstanceNorm tensors alone cannot tell it)
         self.register_buffer("norm_kinds", torch.tensor([NORM_KINDS.index(scheme[site]) for site in NORM_SITES]))
+        if norm_groups != 32:  # the released layout (and every earlier file) has no such tensor
+            self.register_buffer("norm_groups", torch.tensor(int(norm_groups)))
         self.register_load_state_dict_pre_hook(_check_norm_kinds)
 
         self.stem_conv = nn.Conv2d(in_channels, features, 3, padding=1)
         self.stem = nn.Sequential(
-            get_norm(scheme["stem"], features),
+            get_norm(scheme["stem"], features, norm_groups),
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Conv2d(features, widths[0], kernel_sizes[0], padding=kernel_sizes[0] // 2),
         )
 
         def replk(channels: int, kernel: int) -> RepLKBlock:
-            return RepLKBlock(channels, kernel, drop_path=dropout, norm=scheme["replk"])
+            return RepLKBlock(channels, kernel, drop_path=dropout, norm=scheme["replk"], max_groups=norm_groups)
 
         def resblock(c_in: int, c_out: int, kernel: int) -> ResBlock:
-            return ResBlock(c_in, c_out, kernel, dropout=dropout, norm=scheme["resblock"])
+            return ResBlock(c_in, c_out, kernel, dropout=dropout, norm=scheme["resblock"], max_groups=norm_groups)
 
         encoder = []
         for level, (width, kernel) in enumerate(zip(widths, kernel_sizes)):
@@ -228,13 +238,13 @@ class LKCFUNet(nn.Module):
             n_replk = num_blocks if level > 0 else num_blocks - 1
             blocks = [resblock(2 * width, width, kernel)] + [replk(width, kernel) for _ in range(n_replk)]
             up = UpSample(width, widths[level - 1]) if level > 0 else nn.Identity()
-            fusion = MultipathAdaptiveFusion(width, norm=scheme["mafm"])
+            fusion = MultipathAdaptiveFusion(width, norm=scheme["mafm"], max_groups=norm_groups)
             decoder.append(_DecoderLevel(fusion, nn.Sequential(*blocks), up))
         self.decoder = nn.ModuleList(decoder)
 
         self.stem_skip_block = resblock(widths[0] + features, widths[0], kernel_sizes[0])
         self.head = nn.Sequential(
-            get_norm(scheme["head"], widths[0]),
+            get_norm(scheme["head"], widths[0], norm_groups),
             nn.ReLU(),
             nn.Conv2d(widths[0], out_channels, 3, padding=1),
         )

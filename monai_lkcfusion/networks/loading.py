@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from monai_lkcfusion.bundle_files import packaged_bundle
 from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.networks.blocks import NORM_KINDS
 from monai_lkcfusion.networks.convert import (
@@ -40,16 +41,20 @@ _FIELDS = {
     "num_blocks": "blocks per level",
     "middle_kernel": "middle kernel",
     "norm": "norm scheme",
+    "norm_groups": "GroupNorm groups",
 }
 
 
 def default_weights_path() -> Path:
-    """Where the trained default model lives: ``<repo>/bundle/models/model.pt`` (the package is installed editable).
+    """Where the trained default model lives: ``models/model.pt`` of the bundle installed with the package.
+
+    The bundle is the package data ``monai_lkcfusion.bundle`` (the repository's ``bundle/`` folder), found with
+    :mod:`importlib.resources`; see :func:`~monai_lkcfusion.bundle_files.packaged_bundle`.
 
     Returns:
         the path (which may not exist yet).
     """
-    return Path(__file__).resolve().parents[2] / "bundle" / "models" / "model.pt"
+    return packaged_bundle() / "models" / "model.pt"
 
 
 def _shape(state: Mapping[str, torch.Tensor], key: str, origin: str) -> tuple[int, ...]:
@@ -104,6 +109,7 @@ def infer_config(state: Mapping[str, torch.Tensor], origin: str = "state dict") 
         "num_blocks": num_blocks,
         "middle_kernel": _shape(state, "middle.0.dw.weight", origin)[-1],
         "norm": norm,
+        "norm_groups": int(state["norm_groups"]) if "norm_groups" in state else 32,
     }
 
 

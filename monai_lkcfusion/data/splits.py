@@ -1,0 +1,85 @@
+"""Patient-disjoint splits of fusion pairs: generalisation is only measured on subjects a model did not train on.
+
+A pair's *subject* is the patient (or AANLIB case) it was imaged from. In the Harvard Whole Brain Atlas folders
+(``../shared/data``, see its README) the file name tells it:
+
+- ``harvard_xg`` MRI-CT / MRI-SPECT: ``<case><3-digit slice>.png``, e.g. ``16009.png`` is slice 009 of case 16;
+- ``harvard_xg`` MRI-PET: prefixes 25, 30 and 41 are the coronal, sagittal and axial series of ONE normal FDG
+  subject, so every MRI-PET pair of that folder is one subject;
+- ``harvard_extra``: ``safusion_*`` and ``zlf_*`` pairs are one glioma patient; every other stem
+  (``ifcnn_c01`` ...) is its own case.
+
+Other folders: a datalist item may carry its own ``"subject"`` field, which always wins.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from ..errors import FusionInputError
+
+__all__ = ["HARVARD_PET_SUBJECT", "GLIOMA_SUBJECT", "harvard_subject", "split_by_subject"]
+
+HARVARD_PET_SUBJECT = "harvard-fdg-normal"
+"""The one subject of every ``harvard_xg`` MRI-PET pair (prefixes 25/30/41: three orientations)."""
+
+GLIOMA_SUBJECT = "glioma"
+"""The glioma patient of ``harvard_extra`` MRI-PET (``safusion_*``, ``zlf_*``)."""
+
+_AANLIB_NAME = re.compile(r"^(\d+)(\d{3})$")
+
+
+def harvard_subject(item: Mapping[str, object]) -> str:
+    """The subject (patient / AANLIB case) of one Harvard pair, prefixed by its task.
+
+    Args:
+        item: a datalist item with ``"mri"`` (path) and ``"task"`` (``"MRI-CT"``, ``"MRI-PET"``, ``"MRI-SPECT"``);
+            an explicit ``"subject"`` field is returned as it is.
+
+    Returns:
+        e.g. ``"MRI-SPECT/16"``, ``"MRI-PET/harvard-fdg-normal"``, ``"MRI-PET/glioma"``, ``"MRI-CT/ifcnn_c01"``.
+    """
+    if "subject" in item:
+        return str(item["subject"])
+    task = str(item.get("task", "pair"))
+    stem = Path(str(item["mri"])).name.split(".")[0]
+    match = _AANLIB_NAME.match(stem)
+    if match and task == "MRI-PET":
+        return f"{task}/{HARVARD_PET_SUBJECT}"
+    if match:
+        return f"{task}/{match.group(1)}"
+    if stem.startswith(("safusion_", "zlf_")):
+        return f"{task}/{GLIOMA_SUBJECT}"
+    return f"{task}/{stem}"
+
+
+def split_by_subject(
+    items: Sequence[Mapping[str, object]],
+    val_subjects: Sequence[str],
+    subject: Callable[[Mapping[str, object]], str] = harvard_subject,
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Split pairs so that no subject is on both sides: ``val_subjects`` validate, every other subject trains.
+
+    Args:
+        items: datalist items (see :func:`~monai_lkcfusion.data.harvard_datalist`).
+        val_subjects: subjects held out, as :func:`harvard_subject` names them (e.g. ``"MRI-PET/glioma"``).
+        subject: the rule that names an item's subject.
+
+    Returns:
+        ``(train, validation)``; each item gains a ``"subject"`` field.
+
+    Raises:
+        FusionInputError: a named validation subject has no pair in ``items`` (a typo would silently validate
+            on nothing).
+    """
+    tagged = [{**item, "subject": subject(item)} for item in items]
+    known = {item["subject"] for item in tagged}
+    missing = sorted(set(val_subjects) - known)
+    if missing:
+        raise FusionInputError(f"validation subject(s) {missing} have no pair; known subjects: {sorted(known)}")
+    held = set(val_subjects)
+    train = [item for item in tagged if item["subject"] not in held]
+    val = [item for item in tagged if item["subject"] in held]
+    return train, val

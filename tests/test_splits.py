@@ -1,0 +1,58 @@
+"""Patient-disjoint splits: no subject on both sides, the Harvard naming rules, and typos refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monai_lkcfusion.data import harvard_datalist
+from monai_lkcfusion.data.splits import GLIOMA_SUBJECT, HARVARD_PET_SUBJECT, harvard_subject, split_by_subject
+from monai_lkcfusion.errors import FusionInputError
+
+
+def _item(task: str, name: str, **extra: str) -> dict[str, str]:
+    return {"mri": f"/d/{task}/MRI/{name}", "other": f"/d/{task}/X/{name}", "task": task, **extra}
+
+
+def test_subject_rules() -> None:
+    assert harvard_subject(_item("MRI-SPECT", "16009.png")) == "MRI-SPECT/16"
+    assert harvard_subject(_item("MRI-CT", "2005.png")) == "MRI-CT/2"
+    # the three orientations of the one normal FDG subject are one subject
+    assert {harvard_subject(_item("MRI-PET", n)) for n in ("25016.png", "30025.png", "41022.png")} == {
+        f"MRI-PET/{HARVARD_PET_SUBJECT}"
+    }
+    assert harvard_subject(_item("MRI-PET", "safusion_21.png")) == f"MRI-PET/{GLIOMA_SUBJECT}"
+    assert harvard_subject(_item("MRI-PET", "zlf_012.png")) == f"MRI-PET/{GLIOMA_SUBJECT}"
+    assert harvard_subject(_item("MRI-CT", "ifcnn_c01.png")) == "MRI-CT/ifcnn_c01"
+    assert harvard_subject(_item("MRI-CT", "16009.png", subject="p7")) == "p7"  # an explicit field wins
+
+
+def test_split_is_disjoint_and_complete() -> None:
+    items = [_item("MRI-SPECT", f"{case}{s:03d}.png") for case in (3, 9, 18) for s in range(5, 9)]
+    train, val = split_by_subject(items, ["MRI-SPECT/18"])
+    assert len(train) + len(val) == len(items) and len(val) == 4
+    assert {i["subject"] for i in train}.isdisjoint({i["subject"] for i in val})
+
+
+def test_unknown_validation_subject_is_refused() -> None:
+    with pytest.raises(FusionInputError, match="MRI-SPECT/99"):
+        split_by_subject([_item("MRI-SPECT", "3005.png")], ["MRI-SPECT/99"])
+
+
+@pytest.mark.shared
+def test_harvard_folders_split_by_patient(harvard_root: Path) -> None:
+    """On the real folders: held-out cases never appear in training, and xg test/train share cases (why we split)."""
+    shared = harvard_root.parent
+    items = harvard_datalist(shared, "harvard_xg/train") + harvard_datalist(shared, "harvard_xg/test")
+    extra = shared / "harvard_extra"
+    if extra.is_dir():
+        items += harvard_datalist(shared, "harvard_extra")
+    test_cases = {harvard_subject(i) for i in harvard_datalist(harvard_root, "test")}
+    train_cases = {harvard_subject(i) for i in harvard_datalist(harvard_root, "train")}
+    assert test_cases <= train_cases  # harvard_xg/test shares every patient with train
+    held = ["MRI-SPECT/18", "MRI-CT/16"] + ([f"MRI-PET/{GLIOMA_SUBJECT}"] if extra.is_dir() else [])
+    train, val = split_by_subject(items, held)
+    assert {i["subject"] for i in val} == set(held)
+    assert not {i["subject"] for i in train} & set(held)
+    assert {Path(i["mri"]).name for i in val if i["subject"] == "MRI-SPECT/18"} >= {"18017.png", "18028.png"}
