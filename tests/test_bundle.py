@@ -3,6 +3,7 @@ configs run end to end with tiny overrides on data the tests make (and on a few 
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -110,11 +111,21 @@ def test_evaluate_json(trained: tuple[Path, Path], tmp_path: Path) -> None:
         "evaluate.json", workflow_type="infer", dataset_dir=str(data), weights=str(out / "model.pt"),
         output_dir=str(tmp_path), metrics=["EN", "Qabf", "SSIM"],
     )
-    rows = dict(line.split(",") for line in (tmp_path / "metrics.csv").read_text().split())
-    assert set(rows) == {"val_loss", "EN", "Qabf", "SSIM"}
-    assert 0 < float(rows["EN"]) <= 8 and 0 <= float(rows["Qabf"]) <= 1 and 0 < float(rows["SSIM"]) <= 2
-    per_image = (tmp_path / "val_loss_raw.csv").read_text().splitlines()
-    assert len(per_image) == 1 + 6 and per_image[1].startswith("MRI-CT/0.png")
+    with open(tmp_path / "metrics.csv", newline="") as stream:
+        pairs = list(csv.DictReader(stream))
+    assert list(pairs[0]) == ["task", "pair", "EN", "Qabf", "SSIM"]
+    assert [(r["task"], r["pair"]) for r in pairs] == [(t, f"{i}.png") for t in ("MRI-CT", "MRI-PET") for i in range(3)]
+    for r in pairs:
+        assert 0 < float(r["EN"]) <= 8 and 0 <= float(r["Qabf"]) <= 1 and 0 < float(r["SSIM"]) <= 2
+    with open(tmp_path / "summary.csv", newline="") as stream:
+        summary = list(csv.DictReader(stream))
+    assert list(summary[0]) == ["task", "metric", "n", "mean", "std"]
+    assert [(r["task"], r["metric"], r["n"]) for r in summary] == [
+        (t, m, "3") for t in ("MRI-CT", "MRI-PET") for m in ("EN", "Qabf", "SSIM")
+    ]
+    en_ct = [float(r["EN"]) for r in pairs if r["task"] == "MRI-CT"]
+    assert float(summary[0]["mean"]) == pytest.approx(np.mean(en_ct))
+    assert float(summary[0]["std"]) == pytest.approx(np.std(en_ct))
 
 
 def test_inference_json_on_demo_data(trained: tuple[Path, Path], tmp_path: Path) -> None:

@@ -7,13 +7,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
 from monai.data import DataLoader, Dataset
 from monai.transforms import Compose, ConcatItemsd, CopyItemsd, RandFlipd, RandSpatialCropd
 
-from monai_lkcfusion.engines import create_evaluator, create_trainer, export_weights, last_checkpoint
+from monai_lkcfusion.engines import (
+    bundle_config,
+    create_evaluator,
+    create_trainer,
+    export_weights,
+    last_checkpoint,
+    run_bundle_workflow,
+    train_handlers,
+    validation_handlers,
+)
 from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.networks import LKCFUNet
+
+TINY = {"preset": "tiny", "roi_size": 32, "batch_size": 2, "samples_per_image": 1, "val_fraction": 0.34}
 
 
 def _pairs(synthetic_pair: tuple[np.ndarray, np.ndarray], n: int = 4) -> list[dict]:
@@ -92,3 +105,60 @@ def test_export_weights_errors(tmp_path: Path) -> None:
     torch.save({"epoch": 3}, tmp_path / "empty.pt")
     with pytest.raises(FusionInputError, match="no network weights"):
         export_weights(tmp_path / "empty.pt", tmp_path / "out.pt")
+
+
+def _harvard_like(root: Path, n: int = 3) -> Path:
+    """A Harvard-layout folder ``train/MRI-CT/{MRI,CT}/i.png`` of random 40x36 pairs."""
+    rng = np.random.default_rng(3)
+    for folder in ("MRI", "CT"):
+        (root / "train" / "MRI-CT" / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (40, 36), dtype=np.uint8)).save(root / "train" / "MRI-CT" / folder / f"{i}.png")
+    return root
+
+
+def test_short_run_validates_at_the_end(tmp_path: Path, synthetic_pair: tuple[np.ndarray, np.ndarray]) -> None:
+    """Fewer epochs than val_interval: validation still runs after the last epoch, so a best model exists."""
+    torch.manual_seed(0)
+    net = LKCFUNet.from_preset("tiny")
+    train_loader, val_loader = _loaders(_pairs(synthetic_pair, n=2))
+    evaluator = create_evaluator(net, val_loader, best_dir=tmp_path)
+    validated = []
+    evaluator.add_event_handler(Events.COMPLETED, lambda engine: validated.append(engine.state.epoch))
+    trainer = create_trainer(net, train_loader, 2, evaluator=evaluator, val_interval=3, output_dir=tmp_path,
+                             progress=False, tensorboard=False)
+    trainer.run()
+    assert validated == [2] and (tmp_path / "best_model.pt").is_file()
+
+
+def test_train_json_short_run_and_handler_override(tmp_path: Path) -> None:
+    """train.json for 1 epoch with val_interval 2 validates, exports model.pt, and a handler can be switched off
+    by an override (here the trainer's TensorBoard: only the validation's event file is written). The run leaves
+    the process's denormal flushing off."""
+    data = _harvard_like(tmp_path / "data")
+    out = tmp_path / "run"
+    run_bundle_workflow("train.json", dataset_dir=str(data), output_dir=str(out), max_epochs=1, val_interval=2,
+                        **{"train#handlers#6#_disabled_": True}, **TINY)
+    assert (out / "best_model.pt").is_file() and (out / "model.pt").is_file()
+    assert len(list((out / "tensorboard").iterdir())) == 1
+    assert (torch.tensor([1e-40]) * 2).item() != 0.0  # a denormal survives: set_flush_denormal was not called
+
+
+def test_config_handlers_match_python_defaults(tmp_path: Path) -> None:
+    """train.json declares the same handlers, in the same order, as train_handlers()/validation_handlers()."""
+    workflow = ConfigWorkflow(config_file=str(bundle_config("train.json")), workflow_type="train",
+                              dataset_dir=str(_harvard_like(tmp_path / "data")), output_dir=str(tmp_path / "run"),
+                              early_stop_patience=2, **TINY)
+    workflow.initialize()
+    parsed = {key: workflow.parser.get_parsed_content(f"{key}#handlers") for key in ("train", "validate")}
+    net = LKCFUNet.from_preset("tiny")
+    optimizer = torch.optim.Adam(net.parameters())
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    evaluator = create_evaluator(net, [], handlers=[])
+    state = {"network": net, "optimizer": optimizer, "lr_scheduler": scheduler}
+    defaults = {
+        "train": train_handlers(tmp_path, state, scheduler, evaluator, early_stop_patience=2),
+        "validate": validation_handlers(net, tmp_path),
+    }
+    for key in parsed:
+        assert [type(h) for h in parsed[key]] == [type(h) for h in defaults[key]], key

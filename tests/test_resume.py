@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +17,9 @@ import torch
 from PIL import Image
 
 from monai_lkcfusion.cli import main
-from monai_lkcfusion.engines.trainer import last_checkpoint
+from monai_lkcfusion.engines import last_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _denormals_back() -> Iterator[None]:
-    """In-process ``lkcfusion train`` runs train.json's ``torch.set_flush_denormal(True)``; undo it afterwards."""
-    yield
-    torch.set_flush_denormal(False)
 
 
 def _dataset(root: Path, pairs: int = 24) -> Path:

@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 from .comparison import EVALUATION_METRICS, compare_methods, summarize
-from .evaluator import LOSS_METRIC, clamp_prediction, create_evaluator
+from .evaluator import clamp_prediction, create_evaluator
 from .file_fuser import FileFusionEngine, fusion_pairs
-from .trainer import CHECKPOINT_PREFIX, create_trainer, last_checkpoint
+from .handlers import (
+    CHECKPOINT_PREFIX,
+    LOSS_METRIC,
+    EpochValidationHandler,
+    LastCheckpointSaver,
+    LossProgressBar,
+    MetricTableSaver,
+    ResumeCheckpointLoader,
+    ValidationEarlyStopHandler,
+    best_model_saver,
+    last_checkpoint,
+    loss_output,
+    train_handlers,
+    validation_handlers,
+    validation_score,
+)
+from .trainer import create_trainer
 from .weights import export_weights
 from .workflow import bundle_config, run_bundle_workflow
 
 __all__ = [
     "CHECKPOINT_PREFIX",
     "EVALUATION_METRICS",
+    "EpochValidationHandler",
     "LOSS_METRIC",
     "FileFusionEngine",
+    "LastCheckpointSaver",
+    "LossProgressBar",
+    "MetricTableSaver",
+    "ResumeCheckpointLoader",
+    "ValidationEarlyStopHandler",
+    "best_model_saver",
     "bundle_config",
     "clamp_prediction",
     "compare_methods",
@@ -22,6 +45,10 @@ __all__ = [
     "export_weights",
     "fusion_pairs",
     "last_checkpoint",
+    "loss_output",
     "run_bundle_workflow",
     "summarize",
+    "train_handlers",
+    "validation_handlers",
+    "validation_score",
 ]

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import torch
 from monai.engines import SupervisedEvaluator
-from monai.handlers import CheckpointSaver, IgniteMetricHandler, StatsHandler, from_engine
+from monai.handlers import IgniteMetricHandler, from_engine
 from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import Lambdad
 
 from ..losses import FusionLoss
+from .handlers import LOSS_METRIC, validation_handlers
 
 __all__ = ["create_evaluator", "clamp_prediction", "LOSS_METRIC"]
-
-LOSS_METRIC = "val_loss"
-"""Name of the validation FusionLoss in ``engine.state.metrics`` (lower is better)."""
 
 
 def clamp_prediction() -> Lambdad:
@@ -71,12 +69,15 @@ def create_evaluator(
             255 is LKC-FUNet's own evaluator.
         inferer: how to run the network; whole images by default (the network pads to its stride).
         amp: mixed precision; default on for CUDA devices.
-        best_dir: when given, the network's state dict is saved there whenever the key metric improves
-            (with the saver's tracking state so a resumed run keeps the best so far).
+        best_dir: the training run's folder for the default handlers: the network's state dict is saved there
+            whenever the key metric improves (with the saver's tracking state so a resumed run keeps the best so
+            far) and the metrics are logged to ``best_dir/tensorboard``.
         best_filename: file name of the best checkpoint in ``best_dir``.
         resume: continue the best-model tracking of an earlier run from the checkpoint in ``best_dir``, so that
             a resumed training only replaces it with a better model.
-        handlers: extra Ignite handlers for the evaluator.
+        handlers: the evaluator's Ignite handlers instead of the defaults
+            (:func:`~monai_lkcfusion.engines.validation_handlers`: console statistics, and with ``best_dir``
+            TensorBoard and the best-model saver).
 
     Returns:
         The evaluator; ``evaluator.run()`` fills ``evaluator.state.metrics``.
@@ -88,20 +89,8 @@ def create_evaluator(
     if names:
         all_metrics[names[0]] = _fusion_metric_handler(names, ssim_data_range)
     key = {key_metric: all_metrics.pop(key_metric)}
-    val_handlers = [StatsHandler(iteration_log=False, output_transform=lambda x: None), *(handlers or [])]
-    if best_dir is not None:
-        saver = CheckpointSaver(
-            save_dir=str(best_dir),
-            save_dict={"network": network},
-            save_key_metric=True,
-            key_metric_filename=best_filename,
-            key_metric_negative_sign=lower_is_better,
-            key_metric_save_state=True,
-        )
-        best = Path(best_dir) / best_filename
-        if resume and best.is_file():
-            saver.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["checkpointer"])
-        val_handlers.append(saver)
+    if handlers is None:
+        handlers = validation_handlers(network, best_dir, key_metric, resume, best_filename)
     return SupervisedEvaluator(
         device=device,
         val_data_loader=val_loader,
@@ -111,7 +100,7 @@ def create_evaluator(
         key_val_metric=key,
         additional_metrics=all_metrics,
         metric_cmp_fn=(lambda current, best: current < best) if lower_is_better else (lambda current, best: current > best),
-        val_handlers=val_handlers,
+        val_handlers=list(handlers),
         amp=device.type == "cuda" if amp is None else amp,
         decollate=False,
     )

@@ -47,7 +47,8 @@ class FusionMetricHandler(IgniteMetricHandler):
     Attached under ``name``, ``engine.state.metrics[name]`` is the mean of ``metric_name`` (so it can be the
     evaluator's ``key_val_metric``; use a higher-is-better metric, or a ``metric_cmp_fn`` for MSE/Nabf), and
     ``engine.state.metrics[prefix + m]`` holds the mean of every metric ``m`` in ``metric_names``. With
-    ``save_details``, ``engine.state.metric_details[name]`` is the (N, len(metric_names)) per-image table.
+    ``save_details``, ``engine.state.metric_details[prefix + m]`` holds each metric's (N,) per-image values, and
+    ``engine.state.metric_details[name]``, when ``name`` is not one of them, the (N, len(metric_names)) table.
 
     Args:
         metric_name: the metric reported as this handler's value.
@@ -83,4 +84,8 @@ class FusionMetricHandler(IgniteMetricHandler):
         means: dict[str, float] = super().compute()
         for name, value in means.items():
             self._engine.state.metrics[f"{self.prefix}{name}"] = value
+        if self.save_details:
+            table = self.metric_fn.get_buffer()
+            for i, name in enumerate(self.metric_fn.metric_names):
+                self._engine.state.metric_details[f"{self.prefix}{name}"] = table[:, i]
         return means[self.metric_name]

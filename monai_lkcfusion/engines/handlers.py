@@ -1,0 +1,397 @@
+"""Ignite handlers of the training workflow and the default handler lists.
+
+The bundle's ``train.json`` declares its handlers one by one (``train#handlers``, ``validate#handlers``) so that an
+override can replace or disable any of them; :func:`train_handlers` and :func:`validation_handlers` build the same
+defaults for :func:`~monai_lkcfusion.engines.create_trainer` / :func:`~monai_lkcfusion.engines.create_evaluator`
+in Python (tests/test_engines.py checks that both lists hold the same handlers). Handlers that only one process of
+a distributed run should execute (checkpoint saver, statistics, TensorBoard, progress bar) come last in
+``train#handlers``, so that ``$@train#handlers[:4]`` keeps the ones every process needs.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.handlers import ProgressBar
+from ignite.engine import Engine, Events
+from monai.handlers import (
+    CheckpointLoader,
+    CheckpointSaver,
+    EarlyStopHandler,
+    LrScheduleHandler,
+    StatsHandler,
+    TensorBoardStatsHandler,
+    ValidationHandler,
+)
+
+from ..errors import FusionInputError
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "LOSS_METRIC",
+    "EpochValidationHandler",
+    "LastCheckpointSaver",
+    "LossProgressBar",
+    "MetricTableSaver",
+    "ResumeCheckpointLoader",
+    "ValidationEarlyStopHandler",
+    "best_model_saver",
+    "last_checkpoint",
+    "loss_output",
+    "resume_option",
+    "train_handlers",
+    "validation_handlers",
+    "validation_score",
+]
+
+CHECKPOINT_PREFIX = "checkpoint"
+"""Name of the per-epoch "last" checkpoints: ``checkpoint_epoch=N.pt`` (only the newest is kept)."""
+
+LOSS_METRIC = "val_loss"
+"""Name of the validation FusionLoss in ``engine.state.metrics`` (lower is better)."""
+
+
+def last_checkpoint(directory: str | Path) -> Path | None:
+    """The newest complete ``checkpoint_epoch=N.pt`` in ``directory``, or ``None`` when there is none.
+
+    A checkpoint cut short (the run was killed while saving it) is skipped: ``torch.save`` writes a zip archive
+    whose central directory comes last, so a partial file is not a valid zip.
+    """
+    found = []
+    for path in Path(directory).glob(f"{CHECKPOINT_PREFIX}_epoch=*.pt"):
+        match = re.search(r"epoch=(\d+)", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return next((path for _, path in sorted(found, reverse=True) if zipfile.is_zipfile(path)), None)
+
+
+def resume_option(resume: bool | str | Path) -> bool | Path:
+    """The ``resume`` setting as ``True``/``False`` or a checkpoint path.
+
+    The strings ``"true"`` and ``"false"`` (any case, as ``python -m monai.bundle run --resume true`` passes
+    them) are booleans; any other string is a checkpoint path.
+
+    Raises:
+        FusionInputError: a checkpoint path that is not a file.
+    """
+    if isinstance(resume, bool):
+        return resume
+    if str(resume).strip().lower() in ("true", "false"):
+        return str(resume).strip().lower() == "true"
+    path = Path(resume)
+    if not path.is_file():
+        raise FusionInputError(f"{path}: checkpoint to resume from not found (resume: true, false or a file)")
+    return path
+
+
+def loss_output(output: dict) -> float:
+    """The batch loss from the trainer's (non-decollated) output, for statistics and the progress bar."""
+    return float(torch.as_tensor(output["loss"]).detach())
+
+
+def validation_score(evaluator: Engine) -> float:
+    """The evaluator's key metric as a higher-is-better score (negated for ``val_loss``), for early stopping."""
+    name = evaluator.state.key_metric_name
+    value = float(evaluator.state.metrics[name])
+    return -value if name == LOSS_METRIC else value
+
+
+class EpochValidationHandler(ValidationHandler):
+    """MONAI's epoch-level ``ValidationHandler`` that also validates after the last epoch.
+
+    Validation runs every ``interval`` epochs and at the end of epoch ``max_epochs`` even when ``max_epochs`` is
+    not a multiple of ``interval``, so a short run still selects (and exports) a best model.
+
+    Args:
+        validator: the evaluator to run.
+        interval: epochs between validations.
+        exec_at_start: also validate before the first epoch.
+    """
+
+    def __init__(self, validator: Engine, interval: int, exec_at_start: bool = False) -> None:
+        super().__init__(interval=interval, validator=validator, epoch_level=True, exec_at_start=exec_at_start)
+
+    def attach(self, engine: Engine) -> None:
+        """Run the validator after every ``interval``-th epoch and after the last one."""
+
+        def due(trainer: Engine, epoch: int) -> bool:
+            return epoch % self.interval == 0 or epoch == trainer.state.max_epochs
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
+
+
+class ValidationEarlyStopHandler(EarlyStopHandler):
+    """MONAI's ``EarlyStopHandler`` listed with the trainer's handlers: it watches ``validator`` and stops the trainer.
+
+    Declared in ``train#handlers`` (it needs the trainer, which the validator's handlers cannot reference without a
+    cycle); attaching it to the trainer attaches it to ``validator``, so patience counts validations. With
+    ``patience`` 0 it does nothing, so the handler list keeps its length and order (see the module docstring).
+
+    Args:
+        validator: the evaluator whose key metric is watched.
+        patience: validations without improvement before the trainer stops; 0 disables early stopping.
+        score_function: higher-is-better score of the validator; default :func:`validation_score`.
+        min_delta: smallest change that counts as an improvement.
+    """
+
+    def __init__(
+        self,
+        validator: Engine,
+        patience: int,
+        score_function: Callable[[Engine], float] = validation_score,
+        min_delta: float = 0.0,
+    ) -> None:
+        super().__init__(patience=patience, score_function=score_function, min_delta=min_delta, epoch_level=True)
+        self.validator = validator
+
+    def attach(self, engine: Engine) -> None:
+        """Stop ``engine`` (the trainer) when the validator's score stops improving."""
+        if self.patience < 1:
+            return
+        self.set_trainer(engine)
+        super().attach(self.validator)
+
+
+class LastCheckpointSaver(CheckpointSaver):
+    """The per-epoch "last" checkpoint ``checkpoint_epoch=N.pt`` (only the newest kept), holding the trainer too.
+
+    The engine it is attached to is saved under ``"trainer"`` beside ``save_dict`` (network, optimizer, LR
+    scheduler), so that a resumed run continues at the right epoch.
+
+    Args:
+        save_dir: the run's output folder.
+        save_dict: objects with a ``state_dict()`` to save.
+    """
+
+    def __init__(self, save_dir: str | Path, save_dict: dict[str, Any]) -> None:
+        super().__init__(save_dir=str(save_dir), save_dict=dict(save_dict), save_interval=1, n_saved=1)
+
+    def attach(self, engine: Engine) -> None:
+        """Save ``engine``'s state with the others after every epoch."""
+        self.save_dict["trainer"] = engine  # the dict object the ignite Checkpoint saves from
+        super().attach(engine)
+
+
+class ResumeCheckpointLoader:
+    """Load a "last" checkpoint into the network, optimizer, LR scheduler and trainer when the trainer starts.
+
+    Args:
+        output_dir: the run's output folder.
+        load_dict: the objects saved by :class:`LastCheckpointSaver` (the trainer is added on attach).
+        resume: ``True`` resumes from the newest checkpoint in ``output_dir`` when there is one; a path resumes
+            from that checkpoint; ``False`` does nothing.
+        map_location: where to load the tensors.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        load_dict: dict[str, Any],
+        resume: bool | str | Path = False,
+        map_location: str | torch.device = "cpu",
+    ) -> None:
+        self.load_dict = dict(load_dict)
+        self.map_location = map_location
+        resume = resume_option(resume)
+        self.path = last_checkpoint(output_dir) if resume is True else resume or None
+
+    def attach(self, engine: Engine) -> None:
+        """Restore the checkpoint (if any) into ``engine`` and the other objects at ``Events.STARTED``."""
+        if self.path is None:
+            return
+        load_dict = {**self.load_dict, "trainer": engine}
+        CheckpointLoader(load_path=str(self.path), load_dict=load_dict, map_location=self.map_location).attach(engine)
+
+
+class LossProgressBar(ProgressBar):
+    """Ignite's progress bar showing the batch loss, attachable from a handler list (``attach(engine)``).
+
+    Args:
+        persist: keep the bar of each finished epoch on the screen.
+    """
+
+    def __init__(self, persist: bool = False) -> None:
+        super().__init__(persist=persist)
+
+    def attach(self, engine: Engine, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Show the progress of ``engine``'s epochs with its loss."""
+        super().attach(engine, output_transform=lambda output: {"loss": loss_output(output)})
+
+
+class MetricTableSaver:
+    """Write an evaluation's per-pair fusion metrics and their per-task summary when the evaluator completes.
+
+    Files in ``save_dir``: ``metrics.csv`` with one row per pair (``task``, ``pair``, then one column per metric)
+    and ``summary.csv`` with one row per task and metric (``task, metric, n, mean, std``; see
+    :func:`monai_lkcfusion.metrics.tables.summarize`). The values are the evaluator's per-image fusion metrics
+    (``engine.state.metric_details[metric]``, from a :class:`~monai_lkcfusion.metrics.FusionMetricHandler`);
+    the pair and task names come from the batches.
+
+    Args:
+        save_dir: the output folder.
+        metric_names: the metrics to write, in column order.
+        pair_key: batch key of the pair's name.
+        task_key: batch key of the pair's task (e.g. ``"MRI-PET"``).
+    """
+
+    def __init__(
+        self, save_dir: str | Path, metric_names: Sequence[str], pair_key: str = "name", task_key: str = "task"
+    ) -> None:
+        self.save_dir = Path(save_dir)
+        self.metric_names = list(metric_names)
+        self.pair_key = pair_key
+        self.task_key = task_key
+        self._pairs: list[tuple[str, str]] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Collect the pair names each iteration and write the tables at ``Events.COMPLETED``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._pairs.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        self._pairs.extend(zip(batch[self.task_key], batch[self.pair_key]))
+
+    def _write(self, engine: Engine) -> None:
+        from ..metrics.tables import summarize, write_table
+
+        details = engine.state.metric_details
+        missing = [name for name in self.metric_names if name not in details]
+        if missing:
+            raise FusionInputError(f"MetricTableSaver: the evaluator computed no per-image values of {missing}")
+        columns = {name: torch.as_tensor(details[name]).reshape(-1).tolist() for name in self.metric_names}
+        records = [
+            {"task": task, "pair": pair, **{name: values[i] for name, values in columns.items()}}
+            for i, (task, pair) in enumerate(self._pairs)
+        ]
+        write_table(records, self.save_dir / "metrics.csv")
+        write_table(summarize(records, self.metric_names, by=("task",)), self.save_dir / "summary.csv")
+
+
+def best_model_saver(
+    save_dir: str | Path,
+    network: torch.nn.Module,
+    key_metric: str = LOSS_METRIC,
+    resume: bool | str | Path = False,
+    filename: str = "best_model.pt",
+) -> CheckpointSaver:
+    """A validation handler saving the network's state dict whenever the key metric improves.
+
+    The file also holds the saver's tracking state; when resuming, that state is restored from an existing
+    ``save_dir/filename``, so a resumed training only replaces it with a better model.
+
+    Args:
+        save_dir: where to write ``filename``.
+        network: the network to save.
+        key_metric: ``"val_loss"`` (lower is better) or a fusion metric (higher is better).
+        resume: any true value continues the tracking of an earlier run.
+        filename: file name of the best checkpoint.
+
+    Returns:
+        A MONAI ``CheckpointSaver`` for the evaluator.
+    """
+    saver = CheckpointSaver(
+        save_dir=str(save_dir),
+        save_dict={"network": network},
+        save_key_metric=True,
+        key_metric_filename=filename,
+        key_metric_negative_sign=key_metric == LOSS_METRIC,
+        key_metric_save_state=True,
+    )
+    best = Path(save_dir) / filename
+    if resume_option(resume) and best.is_file():
+        saver.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["checkpointer"])
+    return saver
+
+
+def train_handlers(
+    output_dir: str | Path,
+    save_dict: dict[str, Any],
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    validator: Engine | None = None,
+    val_interval: int = 1,
+    early_stop_patience: int = 0,
+    resume: bool | str | Path = False,
+    device: str | torch.device = "cpu",
+    tensorboard: bool = True,
+    progress: bool = True,
+) -> list:
+    """The trainer's default handlers, in the order of ``train#handlers`` in ``bundle/configs/train.json``.
+
+    Args:
+        output_dir: checkpoints and TensorBoard logs (``output_dir/tensorboard``).
+        save_dict: ``network``, ``optimizer`` and ``lr_scheduler`` to checkpoint and resume.
+        lr_scheduler: stepped once per epoch when given.
+        validator: run every ``val_interval`` epochs and after the last epoch when given.
+        val_interval: epochs between validations.
+        early_stop_patience: validations without improvement before stopping (0 disables it).
+        resume: see :class:`ResumeCheckpointLoader`.
+        device: where the checkpoint's tensors are loaded.
+        tensorboard: log the batch loss to TensorBoard.
+        progress: show a progress bar per epoch.
+
+    Returns:
+        The handlers: validation, LR schedule, early stop, resume; then the ones a single process runs in
+        distributed training: "last" checkpoint, console statistics, TensorBoard, progress bar.
+    """
+    handlers: list = []
+    if validator is not None:
+        handlers.append(EpochValidationHandler(validator=validator, interval=val_interval))
+    if lr_scheduler is not None:
+        handlers.append(LrScheduleHandler(lr_scheduler=lr_scheduler, print_lr=False, epoch_level=True))
+    if validator is not None:
+        handlers.append(ValidationEarlyStopHandler(validator=validator, patience=early_stop_patience))
+    handlers.append(ResumeCheckpointLoader(output_dir, save_dict, resume=resume, map_location=device))
+    handlers.append(LastCheckpointSaver(output_dir, save_dict))
+    handlers.append(StatsHandler(tag_name="train_loss", output_transform=loss_output, iteration_log=False))
+    if tensorboard:
+        handlers.append(
+            TensorBoardStatsHandler(
+                log_dir=str(Path(output_dir) / "tensorboard"), tag_name="train_loss", output_transform=loss_output
+            )
+        )
+    if progress:
+        handlers.append(LossProgressBar())
+    return handlers
+
+
+def validation_handlers(
+    network: torch.nn.Module,
+    output_dir: str | Path | None = None,
+    key_metric: str = LOSS_METRIC,
+    resume: bool | str | Path = False,
+    best_filename: str = "best_model.pt",
+    tensorboard: bool = True,
+) -> list:
+    """The evaluator's default handlers, in the order of ``validate#handlers`` in ``bundle/configs/train.json``.
+
+    Args:
+        network: the network saved as the best model.
+        output_dir: the run's folder; without it only console statistics are attached.
+        key_metric: the evaluator's key metric (picks the saver's direction).
+        resume: continue the best-model tracking of an earlier run (see :func:`best_model_saver`).
+        best_filename: file name of the best model in ``output_dir``.
+        tensorboard: log the validation metrics to ``output_dir/tensorboard`` at the trainer's epoch.
+
+    Returns:
+        Console statistics, TensorBoard and the best-model saver.
+    """
+    handlers: list = [StatsHandler(iteration_log=False, output_transform=lambda x: None)]
+    if output_dir is None:
+        return handlers
+    if tensorboard:
+        handlers.append(
+            TensorBoardStatsHandler(
+                log_dir=str(Path(output_dir) / "tensorboard"), iteration_log=False, output_transform=lambda x: None
+            )
+        )
+    handlers.append(best_model_saver(output_dir, network, key_metric, resume, best_filename))
+    return handlers
