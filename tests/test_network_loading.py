@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -94,10 +95,11 @@ def test_bad_files_and_foreign_state_dicts(tmp_path):
 
 
 def test_default_weights_path_is_in_the_bundle():
+    """The default weights are package data (``monai_lkcfusion.bundle``), here the checkout's bundle/ folder."""
     path = default_weights_path()
-    assert path.parts[-3:] == ("bundle", "models", "model.pt")
-    assert (path.parents[2] / "monai_lkcfusion" / "networks" / "loading.py").is_file()
-    assert isinstance(path, Path)
+    assert isinstance(path, Path) and path.is_file()
+    assert path == Path(str(resources.files("monai_lkcfusion.bundle").joinpath("models", "model.pt")))
+    assert path.parents[1] == Path(__file__).resolve().parents[1] / "bundle"  # editable install: one copy
 
 
 def test_plain_load_state_dict_refuses_another_norm_scheme():
