@@ -11,7 +11,14 @@ import pytest
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
-from monai_lkcfusion.data import harvard_datalist, load_fusion_datalist, pair_files_by_name, write_fusion_datalist
+from monai_lkcfusion.data import (
+    harvard_datalist,
+    load_fusion_datalist,
+    match_files_by_name,
+    output_name,
+    pair_files_by_name,
+    write_fusion_datalist,
+)
 from monai_lkcfusion.errors import FusionInputError
 
 
@@ -77,3 +84,35 @@ def test_pair_files_by_name(tmp_path):
     pairs, unpaired = pair_files_by_name(tmp_path / "a", tmp_path / "b")
     assert [(m.name, o.name) for m, o in pairs] == [("x.nii.gz", "x.nii"), ("y.png", "y.png")]
     assert len(unpaired) == 2 and any("z.png" in u for u in unpaired) and any("w.png" in u for u in unpaired)
+
+
+def test_match_files_by_name_across_three_folders(tmp_path):
+    folders = {"f": ["a.png", "b.png", ".hidden.png"], "m": ["a.PNG", "b.png", "c.png"], "o": ["a.jpg"]}
+    for folder, names in folders.items():
+        (tmp_path / folder).mkdir()
+        for n in names:
+            (tmp_path / folder / n).write_bytes(b"1")
+    (tmp_path / "m" / "notes.txt").write_bytes(b"1")
+    matched, unmatched = match_files_by_name({k: tmp_path / k for k in "fmo"}, suffixes=(".png", ".jpg"))
+    assert [(m["name"], m["f"].name, m["m"].name, m["o"].name) for m in matched] == [("a", "a.png", "a.PNG", "a.jpg")]
+    assert {k: [p.name for p in v] for k, v in unmatched.items()} == {"f": ["b.png"], "m": ["b.png", "c.png"], "o": []}
+    (tmp_path / "f" / "a.jpg").write_bytes(b"1")
+    with pytest.raises(FusionInputError, match="have one name"):
+        match_files_by_name({k: tmp_path / k for k in "fmo"})
+    with pytest.raises(FusionInputError, match="no such folder"):
+        pair_files_by_name(tmp_path / "m", tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    "source, prefix, suffix, expected",
+    [
+        ("a.png", "", None, "a.png"),
+        ("A.PNG", "fused_", None, "fused_A.PNG"),
+        ("t1.nii.gz", "fused_", None, "fused_t1.nii.gz"),
+        ("t1.nii.gz", "", ".png", "t1.png"),
+        ("x.dcm", "", None, "x.nii.gz"),  # a format write_image cannot write becomes NIfTI
+        ("series_folder", "fused_", None, "fused_series_folder.nii.gz"),
+    ],
+)
+def test_output_name_is_one_rule_for_cli_and_bundle(source, prefix, suffix, expected):
+    assert output_name(source, prefix, suffix) == expected

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from monai_lkcfusion.cli import main
-from monai_lkcfusion.engines import compare_methods
+from monai_lkcfusion.apps.evaluation import compare_methods
 from monai_lkcfusion.networks import LKCFUNet
 
 
@@ -37,9 +37,18 @@ def test_evaluate_cli(tmp_path: Path) -> None:
     assert code == 0
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert len(rows) == 2 * 3 and {r["method"] for r in rows} == {"lkcfunet", "max", "mean"}
+    assert list(rows[0])[:3] == ["task", "pair", "method"] and rows[0]["task"] == "PET"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["options"]["ssim_data_range"] == 2.0
     means = summary["means"]["PET"]
+    assert summary["n"]["PET"]["max"]["SD"] == 2
+    # summary.csv: one row per task, method and metric with n, mean and std over the pairs
+    table = list(csv.DictReader((out / "summary.csv").open()))
+    assert list(table[0]) == ["task", "method", "metric", "n", "mean", "std"] and len(table) == 3 * 8
+    sd = [float(r["SD"]) for r in rows if r["method"] == "max"]
+    row = next(r for r in table if r["method"] == "max" and r["metric"] == "SD")
+    assert int(row["n"]) == 2
+    assert np.isclose(float(row["mean"]), np.mean(sd)) and np.isclose(float(row["std"]), np.std(sd))
     # pixel max keeps more source detail than pixel mean (higher SD and Qabf) on these pairs
     assert means["max"]["SD"] > means["mean"]["SD"] and means["max"]["Qabf"] > means["mean"]["Qabf"]
     first = [r for r in rows if r["method"] == "max"][0]
@@ -59,5 +68,6 @@ def test_compare_methods_without_overview_figure(tmp_path: Path) -> None:
         {"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png"), "task": "MRI-PET"} for i in range(2)
     ]
     summary = compare_methods(pairs, tmp_path / "out", methods=["max", "mean"], figure_rows=0, save_fused=False)
-    assert set(summary["MRI-PET"]) == {"max", "mean"}
+    assert {(r["task"], r["method"]) for r in summary} == {("MRI-PET", "max"), ("MRI-PET", "mean")}
+    assert all(r["n"] == 2 for r in summary)
     assert not (tmp_path / "out" / "overview.png").exists() and (tmp_path / "out" / "metrics.png").is_file()

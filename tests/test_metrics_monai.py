@@ -99,21 +99,28 @@ def _write_pairs(root, names, size=48):
 
 def test_cli_metrics_writes_table_csv_json(tmp_path, capsys):
     dirs = _write_pairs(tmp_path, ["a.png", "b.png"])
-    csv_path, json_path = tmp_path / "m.csv", tmp_path / "m.json"
+    csv_path, json_path, summary_path = tmp_path / "m.csv", tmp_path / "m.json", tmp_path / "s.csv"
     argv = ["metrics", "--fused", str(dirs["fused"]), "--mri", str(dirs["mri"]), "--other", str(dirs["other"]),
-            "--ssim-data-range", "2", "--csv", str(csv_path), "--json", str(json_path)]
+            "--ssim-data-range", "2", "--csv", str(csv_path), "--json", str(json_path), "--summary-csv",
+            str(summary_path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "a.png" in out and "b.png" in out and out.strip().splitlines()[-1].startswith("mean")
+    assert "a.png" in out and "b.png" in out
+    assert [line.split()[0] for line in out.strip().splitlines()[-3:]] == ["n", "std", "mean"]
     triple = [read_gray(dirs[k] / "b.png") for k in ("fused", "mri", "other")]
     expected = compute_fusion_metrics(*triple, ssim_data_range=2)
     document = json.loads(json_path.read_text())
     assert document["pairs"]["b.png"] == pytest.approx(expected)
     assert document["options"]["ssim_data_range"] == 2
     rows = list(csv.DictReader(csv_path.open()))
-    assert [r["pair"] for r in rows] == ["a.png", "b.png", "mean"]
+    assert [r["pair"] for r in rows] == ["a.png", "b.png"]
     assert float(rows[1]["SSIM"]) == pytest.approx(expected["SSIM"])
-    assert float(rows[2]["EN"]) == pytest.approx((document["pairs"]["a.png"]["EN"] + expected["EN"]) / 2)
+    mean_en = (document["pairs"]["a.png"]["EN"] + expected["EN"]) / 2
+    assert document["mean"]["EN"] == pytest.approx(mean_en) and document["n"]["EN"] == 2
+    summary = {r["metric"]: r for r in csv.DictReader(summary_path.open())}
+    assert list(summary) == list(expected) and float(summary["EN"]["mean"]) == pytest.approx(mean_en)
+    assert int(summary["EN"]["n"]) == 2
+    assert float(summary["EN"]["std"]) == pytest.approx(abs(document["pairs"]["a.png"]["EN"] - expected["EN"]) / 2)
 
 
 def test_cli_metrics_reports_missing_counterparts(tmp_path, capsys):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from monai_lkcfusion.errors import FusionInputError
-from monai_lkcfusion.visualize import metrics_bar_chart, overview_figure
+from monai_lkcfusion.apps.figures import metrics_bar_chart, overview_figure
 
 METRICS = {"EN": 6.123, "SD": 71.4, "SF": 12.5, "MI": 2.61, "Qabf": 0.68, "SSIM": 1.34, "MSE": 1234.5}
 
@@ -88,3 +88,17 @@ def test_bar_chart_rejects_unknown_metrics(tmp_path):
         metrics_bar_chart({"model": METRICS}, tmp_path / "x.png", metric_names=["nope"])
     with pytest.raises(FusionInputError, match="at least one method"):
         metrics_bar_chart({}, tmp_path / "x.png")
+
+
+def test_bar_chart_titles_follow_the_metrics_direction_and_draw_spread(tmp_path, monkeypatch):
+    from matplotlib.container import ErrorbarContainer
+
+    import monai_lkcfusion.apps.figures as figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.extend(fig.axes))
+    summary, spread = {"max": {"Nabf": 0.1, "MSE": 3.0, "SD": 60.0}}, {"max": {"Nabf": 0.01, "MSE": 1.0, "SD": 5.0}}
+    metrics_bar_chart(summary, tmp_path / "c.png", spread=spread)
+    titles = ["Nabf (lower is better)", "MSE (lower is better)", "SD (higher is better)"]
+    assert [ax.get_title() for ax in drawn] == titles
+    assert all(any(isinstance(c, ErrorbarContainer) for c in ax.containers) for ax in drawn)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .comparison import EVALUATION_METRICS, compare_methods, summarize
 from .evaluator import clamp_prediction, create_evaluator
 from .file_fuser import FileFusionEngine, fusion_pairs
 from .handlers import (
@@ -27,7 +26,6 @@ from .workflow import bundle_config, run_bundle_workflow
 
 __all__ = [
     "CHECKPOINT_PREFIX",
-    "EVALUATION_METRICS",
     "EpochValidationHandler",
     "LOSS_METRIC",
     "FileFusionEngine",
@@ -39,7 +37,6 @@ __all__ = [
     "best_model_saver",
     "bundle_config",
     "clamp_prediction",
-    "compare_methods",
     "create_evaluator",
     "create_trainer",
     "export_weights",
@@ -47,7 +44,6 @@ __all__ = [
     "last_checkpoint",
     "loss_output",
     "run_bundle_workflow",
-    "summarize",
     "train_handlers",
     "validation_handlers",
     "validation_score",

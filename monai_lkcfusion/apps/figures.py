@@ -16,14 +16,15 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .errors import FusionInputError
+from ..data.atomic import atomic_path
+from ..errors import FusionInputError
+from ..metrics import HIGHER_IS_BETTER
 
 __all__ = ["DEFAULT_OVERVIEW_METRICS", "overview_figure", "metrics_bar_chart"]
 
 DEFAULT_OVERVIEW_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "MI", "Qabf", "SSIM")
 """Metrics printed under each fused image unless ``metric_names`` says otherwise."""
 
-_LOWER_IS_BETTER = frozenset({"MSE"})
 _PANEL_INCHES = 2.3
 _METRICS_PER_LINE = 3
 _DPI = 110
@@ -155,11 +156,13 @@ def metrics_bar_chart(
     metric_names: Sequence[str] | None = None,
     title: str | None = None,
     n_cols: int = 4,
+    spread: Mapping[str, Any] | None = None,
 ) -> Path:
     """Draw mean metrics per method (the model vs baselines) as bars, one small panel per metric.
 
     Metrics live on different scales (EN ~ 5, SD ~ 70, Qabf < 1), so every metric gets its own y axis. In each
-    panel the bars are grouped by task when ``summary`` is grouped, and coloured by method (legend below).
+    panel the bars are grouped by task when ``summary`` is grouped, and coloured by method (legend below). Each
+    panel's title says whether higher or lower is better (:data:`monai_lkcfusion.metrics.HIGHER_IS_BETTER`).
 
     Args:
         summary: {method: {metric: mean}}, or grouped {group (e.g. task): {method: {metric: mean}}}. Methods keep
@@ -168,6 +171,7 @@ def metrics_bar_chart(
         metric_names: metrics to draw, in this order; by default every metric found, in order of appearance.
         title: optional figure title.
         n_cols: panels per row.
+        spread: the standard deviations, nested as ``summary``; drawn as error bars.
 
     Returns:
         The path written.
@@ -178,6 +182,7 @@ def metrics_bar_chart(
     if not summary:
         raise FusionInputError("metrics_bar_chart needs at least one method in the summary")
     groups = _by_group(summary)
+    errors = _by_group(spread) if spread else {}
     methods = list(dict.fromkeys(m for per_group in groups.values() for m in per_group))
     found = list(dict.fromkeys(k for per_group in groups.values() for v in per_group.values() for k in v))
     names = [n for n in (metric_names or found) if n in found]
@@ -195,8 +200,11 @@ def metrics_bar_chart(
         ax = fig.add_subplot(n_rows, n_cols, i + 1)
         for j, method in enumerate(methods):
             values = [float(groups[g].get(method, {}).get(name, np.nan)) for g in group_names]
-            ax.bar(x + (j - (len(methods) - 1) / 2) * width, values, width * 0.92, color=colours[j], label=method)
-        ax.set_title(f"{name} ({'lower' if name in _LOWER_IS_BETTER else 'higher'} is better)", fontsize=9.5)
+            yerr = [float(errors.get(g, {}).get(method, {}).get(name, np.nan)) for g in group_names] if errors else None
+            ax.bar(x + (j - (len(methods) - 1) / 2) * width, values, width * 0.92, color=colours[j], label=method,
+                   yerr=yerr, error_kw={"elinewidth": 0.8, "capsize": 2})
+        better = "higher" if HIGHER_IS_BETTER.get(name, True) else "lower"
+        ax.set_title(f"{name} ({better} is better)", fontsize=9.5)
         ax.set_xticks(x, group_names if len(group_names) > 1 else [""], fontsize=8.5)
         ax.tick_params(axis="x", length=0)
         ax.tick_params(axis="y", labelsize=8)
@@ -211,8 +219,7 @@ def metrics_bar_chart(
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path``, creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight", facecolor="white")
-    return path
+    """Write ``fig`` as a PNG at ``path`` atomically, creating parent folders and replacing an earlier figure."""
+    with atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight", facecolor="white")
+    return Path(path)

@@ -1,0 +1,101 @@
+"""The ``lkcfusion`` command line: one small module per command, each a thin front over library functions.
+
+A command module ``monai_lkcfusion/cli/<name>.py`` (command ``lkcfusion <name>`` with ``-`` for ``_``) holds ``HELP``
+(one line for ``lkcfusion --help``), ``DESCRIPTION``, an optional ``EPILOG``, ``add_arguments(parser)`` and
+``run(args) -> int``; it imports the library only inside ``run``, so that ``lkcfusion --help`` stays fast. To add
+a command, write its module and name it in :data:`COMMANDS`, which orders ``lkcfusion --help``.
+Errors a user can cause (:class:`~monai_lkcfusion.errors.FusionInputError`, missing files) are printed as one line on
+stderr with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import import_module
+
+from .. import __version__
+from ..errors import FusionInputError
+
+__all__ = ["COMMANDS", "build_parser", "main", "one_line"]
+
+COMMANDS = ("fuse", "demo", "evaluate", "metrics", "train", "export", "bundle", "label_app")
+"""The command modules, in the order of ``lkcfusion --help`` (the everyday ones first)."""
+
+_DESCRIPTION = """\
+LKC-FUNet multimodal medical image fusion: one fused image from an anatomical MRI and a second modality
+(CT, PET or SPECT), 2D slices or 3D volumes, on the MRI's grid.
+"""
+
+_EPILOG = """\
+examples:
+  lkcfusion demo -o outputs/demo                     fuse the shipped demo data
+  lkcfusion fuse mri.nii.gz pet.nii.gz -o fused.nii.gz
+  lkcfusion fuse --mri-dir MRI/ --other-dir PET/ -o fused/
+  lkcfusion evaluate --mri-dir MRI/ --other-dir PET/ -o eval/
+  lkcfusion <command> --help                         options of one command
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every command of :data:`COMMANDS`.
+
+    Returns:
+        The top-level parser; each subparser carries its runner as the ``func`` default.
+    """
+    parser = argparse.ArgumentParser(
+        prog="lkcfusion",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="<command>")
+    for name in COMMANDS:
+        command = import_module(f".{name}", __name__)
+        sub = subparsers.add_parser(
+            name.replace("_", "-"), help=command.HELP, description=command.DESCRIPTION,
+            epilog=getattr(command, "EPILOG", None),
+        )
+        command.add_arguments(sub)
+        sub.set_defaults(func=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lkcfusion`` command line.
+
+    Args:
+        argv: arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        The exit code: 0 on success, 2 for a problem with the user's input, 1 for a failed batch.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (FusionInputError, OSError) as err:  # OSError: missing, unwritable or full paths, as one line too
+        print(f"lkcfusion: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lkcfusion: interrupted", file=sys.stderr)
+        return 130
+
+
+def one_line(err: BaseException) -> str:
+    """Collapse an exception message into a single line.
+
+    Args:
+        err: the exception; an ``OSError`` with a file name is shown as ``file: reason``.
+
+    Returns:
+        The message without line breaks.
+    """
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    return " ".join(str(err).split())

@@ -1,0 +1,45 @@
+"""``lkcfusion export``: the network as TorchScript or ONNX."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import FusionInputError
+
+
+HELP = "export the network as TorchScript or ONNX"
+DESCRIPTION = (
+    "Export the fusion network: input (B, 2, H, W) [ch0 MRI, ch1 other, in [0, 1]], output "
+    "(B, 1, H, W) raw (clamp to [0, 1]); any H, W. Weights: --weights, else the bundle's model, "
+    "else (with --preset) an untrained network of that preset."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``lkcfusion export``."""
+    parser.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript", help="export format")
+    parser.add_argument("-o", "--output", required=True, help="file to write (e.g. model.ts or model.onnx)")
+    parser.add_argument("--weights",
+                        help="weights file (.pt/.pth/.safetensors, ours or official); default: the bundle's")
+    parser.add_argument("--preset",
+                        help="network preset; with --weights it must match them, alone it exports untrained")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export the network (see :func:`monai_lkcfusion.export.export_network`)."""
+    from ..export import export_network
+    from ..networks import LKCFUNet, default_weights_path, load_network
+
+    weights = args.weights or (default_weights_path() if default_weights_path().is_file() else None)
+    if weights is not None:
+        net = load_network(weights, expected=args.preset)
+        source = str(weights)
+    elif args.preset:
+        net = LKCFUNet.from_preset(args.preset)
+        source = f"untrained preset {args.preset!r}"
+    else:
+        raise FusionInputError(f"no trained weights at {default_weights_path()}: pass --weights FILE, "
+                               "or --preset NAME for an untrained net")
+    path = export_network(net, args.output, args.format)
+    print(f"wrote {args.format} model to {path} ({source})")
+    return 0

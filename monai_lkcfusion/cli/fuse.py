@@ -1,0 +1,117 @@
+"""``lkcfusion fuse``: one pair, or every pair of two folders matched by name."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from ..errors import FusionInputError
+from . import one_line
+
+HELP = "fuse an MRI with CT/PET/SPECT (a pair of files, or two folders paired by name)"
+DESCRIPTION = (
+    "Fuse an MRI with a second modality. MRI and OTHER are image files (PNG/JPG/BMP/TIFF, NIfTI, "
+    "NRRD, MHA) or DICOM series folders; OUT's extension picks the format (png/jpg, nii/nii.gz, nrrd, mha). "
+    "Colour PET/SPECT gives an RGB output, gray a gray one; volumes are resampled onto the MRI grid and the "
+    "output keeps the MRI's shape and affine. Batch mode: --mri-dir D1 --other-dir D2 -o OUTDIR writes one "
+    "output per pair with the MRI's name, continues past bad pairs and exits 1 if any failed."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``lkcfusion fuse``."""
+    parser.add_argument("mri", nargs="?", help="MRI file or DICOM series folder")
+    parser.add_argument("other", nargs="?", help="CT/PET/SPECT file or DICOM series folder")
+    parser.add_argument("-o", "--output", required=True, help="output file (single pair) or folder (batch mode)")
+    parser.add_argument("--mri-dir", help="batch mode: folder of MRIs")
+    parser.add_argument("--other-dir", help="batch mode: folder of the second modality, same names as in --mri-dir")
+    parser.add_argument("--method", default="lkcfunet", help="lkcfunet (default), max, mean, dwt or laplacian")
+    parser.add_argument("--weights", help="LKC-FUNet weights (.pt/.pth/.safetensors); default: the bundle's model")
+    parser.add_argument("--axis", type=int, help="voxel axis to slice volumes along (default: the MRI's axial axis)")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when available)")
+    parser.add_argument("--modality", help="modality of OTHER (CT, PET, SPECT, MR); default: from the file or data")
+    parser.add_argument("--resample", action="store_true", help="resize a 2D OTHER of another size to the MRI's size")
+    parser.add_argument("--mri-series", help="SeriesInstanceUID to use when the MRI folder holds several series")
+    parser.add_argument("--other-series", help="SeriesInstanceUID to use when the OTHER folder holds several series")
+    parser.add_argument("--batch-size", type=int, default=8, help="slices per network call for volumes (default 8)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them, fail)")
+    parser.add_argument("--no-optimize", action="store_true", help="skip optimize_for_inference on the network")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fuse one pair with :func:`~monai_lkcfusion.inference.fuse_files`, or two folders with the bundle's engine."""
+    from ..inference import build_predictor
+
+    batch = args.mri_dir is not None or args.other_dir is not None
+    if batch == (args.mri is not None or args.other is not None) or batch and not (args.mri_dir and args.other_dir):
+        raise FusionInputError("give either MRI OTHER -o OUT, or --mri-dir D1 --other-dir D2 -o OUTDIR")
+    if not batch and args.other is None:
+        raise FusionInputError("missing OTHER: lkcfusion fuse MRI OTHER -o OUT")
+    # load the network once (and fail early without weights), then fuse every pair with it
+    predictor = build_predictor(None, args.method, args.weights, args.device, not args.no_optimize)
+    options = {"axis": args.axis, "device": args.device, "optimize": False, "batch_size": args.batch_size,
+               "modality": args.modality, "resample": args.resample, "mri_series": args.mri_series,
+               "other_series": args.other_series}
+    return _fuse_folders(args, predictor, options) if batch else _fuse_pair(args, predictor, options)
+
+
+def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Show the warnings of one pair as one line each, and forget them."""
+    for w in caught:
+        print(f"lkcfusion: warning: {one_line(Exception(str(w.message)))}", file=sys.stderr)
+    caught.clear()
+
+
+def _fuse_pair(args: argparse.Namespace, predictor, options: dict) -> int:
+    """``lkcfusion fuse MRI OTHER -o OUT``: errors propagate (one line, exit 2)."""
+    from ..inference import fuse_files
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fuse_files(args.mri, args.other, args.output, overwrite=args.overwrite, model=predictor,
+                   progress=sys.stderr.isatty(), **options)
+    _print_warnings(caught)
+    print(f"wrote {args.output} ({args.method})")
+    return 0
+
+
+def _fuse_folders(args: argparse.Namespace, predictor, options: dict) -> int:
+    """``lkcfusion fuse --mri-dir D1 --other-dir D2 -o OUTDIR``: every pair, past bad ones; exit 1 if any failed."""
+    import logging
+
+    from ignite.engine import Events
+
+    from ..data import pair_files_by_name
+    from ..engines import FileFusionEngine
+
+    pairs, unpaired = pair_files_by_name(args.mri_dir, args.other_dir)
+    for message in unpaired:
+        print(f"lkcfusion: error: {message}", file=sys.stderr)
+    written: list[Path] = []
+    engine = FileFusionEngine([{"mri": str(m), "other": str(o)} for m, o in pairs], predictor, args.output,
+                              output_prefix="", overwrite=args.overwrite, fuse_kwargs=options)
+    engine.logger = logging.getLogger("lkcfusion.fuse")  # this command prints its own lines, below
+    engine.logger.disabled = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        @engine.on(Events.ITERATION_COMPLETED)
+        def _report(engine: FileFusionEngine) -> None:
+            _print_warnings(caught)
+            if engine.state.output is None:
+                print(f"lkcfusion: error: {engine.failures[-1]}", file=sys.stderr)
+            else:
+                written.append(engine.state.output)
+                print(f"wrote {engine.state.output} ({args.method})")
+
+        if pairs:
+            try:
+                engine.run()
+            except FusionInputError:  # the failed pairs, already printed one by one
+                if not engine.failures:
+                    raise
+    failed = len(pairs) - len(written) + len(unpaired)
+    print(f"fused {len(written)} pair(s); {failed} failed or unpaired")
+    return 1 if failed else 0

@@ -1,0 +1,66 @@
+"""``lkcfusion metrics``: the literature's fusion metrics for folders of fused images and their sources."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "score fused images against their MRI / other sources (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, ...)"
+DESCRIPTION = (
+    "Pair images by name (extension ignored) across the three folders, read them as 8-bit gray "
+    "(colour as rounded BT.601 luma), print one row per pair and the mean, std and number of pairs per metric. "
+    "Conventions: see docs/metrics.md."
+)
+EPILOG = (
+    "example: lkcfusion metrics --fused out/ --mri test/MRI-PET/MRI --other test/MRI-PET/PET "
+    "--ssim-data-range 2 --csv metrics.csv --summary-csv summary.csv"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``lkcfusion metrics``."""
+    parser.add_argument("--fused", required=True, help="folder of fused images")
+    parser.add_argument("--mri", required=True, help="folder of MRI images (same names)")
+    parser.add_argument("--other", required=True, help="folder of CT/PET/SPECT images (same names)")
+    parser.add_argument("--metrics", nargs="+", metavar="NAME",
+                        help="metrics to compute (default: EN SD SF AG MI SCD VIF Qabf SSIM CC PSNR MSE; "
+                        "extras: MS_SSIM Nabf FMI_pixel)")
+    parser.add_argument("--ssim-data-range", type=float, default=255.0,
+                        help="SSIM constant range: 255 (LKC-FUNet, default) or 2 (published CDDFuse/EMMA tables)")
+    parser.add_argument("--reduction", choices=["sum", "mean"], default="sum",
+                        help="combine MI/SSIM/VIF over the two sources (default sum, as the literature)")
+    parser.add_argument("--mi-base", choices=["e", "2"], default="e", help="MI in nats (e, default) or bits (2)")
+    parser.add_argument("--psnr-peak", choices=["max", "255"], default="max", help="PSNR peak: max(F) (default) or 255")
+    parser.add_argument("--csv", metavar="FILE", help="write one row per pair (columns pair, <metric>...) as CSV")
+    parser.add_argument("--summary-csv", metavar="FILE", help="write metric, n, mean, std per metric as CSV")
+    parser.add_argument("--json", metavar="FILE", help="write options, mean/std/n and per-pair values as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score the folders (see :func:`monai_lkcfusion.metrics.folders.score_folders`) and write the tables."""
+    import json
+    import math
+
+    from ..data import write_text
+    from ..metrics.folders import score_folders
+    from ..metrics.tables import format_table, pivot, summarize, write_table
+
+    options = {
+        "ssim_data_range": args.ssim_data_range,
+        "reduction": args.reduction,
+        "mi_base": math.e if args.mi_base == "e" else 2.0,
+        "psnr_peak": args.psnr_peak,
+    }
+    results = score_folders(args.fused, args.mri, args.other, names=args.metrics, **options)
+    rows = [{"pair": name, **values} for name, values in results.items()]
+    metric_names = list(next(iter(results.values())))
+    summary = summarize(rows, metric_names, by=())
+    stats = {stat: pivot(summary, stat, by=()) for stat in ("mean", "std", "n")}
+    print(format_table([*rows, *({"pair": stat, **stats[stat]} for stat in ("n", "std", "mean"))]))
+    if args.csv:
+        write_table(rows, args.csv)
+    if args.summary_csv:
+        write_table(summary, args.summary_csv)
+    if args.json:
+        document = {"options": {**options, "mi_base": args.mi_base}, **stats, "pairs": results}
+        write_text(args.json, json.dumps(document, indent=1), overwrite=True)
+    return 0
