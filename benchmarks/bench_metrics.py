@@ -26,7 +26,8 @@ from scipy.ndimage import uniform_filter
 from scipy.signal import convolve2d
 from sklearn.metrics import mutual_info_score
 
-from monai_lkcfusion.metrics import compute_fusion_metrics, luma_bt601
+from monai_lkcfusion.metrics import compute_fusion_metrics
+from monai_lkcfusion.metrics.folders import read_gray
 
 NAMES = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
@@ -117,8 +118,6 @@ def reference_metrics(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, 
 
 def load_triples(data: Path, pairs: int) -> tuple[np.ndarray, str]:
     """(pairs, 3, 256, 256) float32 gray triples (fused = pixel max, MRI, other) and where they came from."""
-    from PIL import Image
-
     files = sorted((data / "test").glob("*/MRI/*.png"))
     if not files:
         rng = np.random.default_rng(0)
@@ -131,8 +130,7 @@ def load_triples(data: Path, pairs: int) -> tuple[np.ndarray, str]:
     for i in range(pairs):
         mri = files[i % len(files)]
         other = next(p for p in mri.parent.parent.iterdir() if p.name != "MRI") / mri.name
-        a = luma_bt601(np.array(Image.open(mri).convert("RGB")))
-        b = luma_bt601(np.array(Image.open(other).convert("RGB")))
+        a, b = read_gray(mri), read_gray(other)
         triples.append(np.stack([np.maximum(a, b), a, b]))
     return np.stack(triples), f"Harvard test ({len(files)} pairs, cycled)"
 

@@ -22,9 +22,9 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``lkcfusion fuse``."""
+    parser.add_argument("-o", "--output", required=True, help="output file (single pair) or folder (batch mode)")
     parser.add_argument("mri", nargs="?", help="MRI file or DICOM series folder")
     parser.add_argument("other", nargs="?", help="CT/PET/SPECT file or DICOM series folder")
-    parser.add_argument("-o", "--output", required=True, help="output file (single pair) or folder (batch mode)")
     parser.add_argument("--mri-dir", help="batch mode: folder of MRIs")
     parser.add_argument("--other-dir", help="batch mode: folder of the second modality, same names as in --mri-dir")
     parser.add_argument("--method", default="lkcfunet", help="lkcfunet (default), max, mean, dwt or laplacian")
