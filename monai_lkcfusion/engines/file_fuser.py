@@ -1,4 +1,4 @@
-"""File-to-file fusion as an Ignite engine: the bundle's inference workflow over a folder of pairs."""
+"""File-to-file fusion as an Ignite engine: the bundle's inference workflow (and ``lkcfusion fuse --mri-dir``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine
+from monai.data import Dataset
+from monai.inferers import Inferer
+from monai.transforms import Compose
 
 from ..errors import FusionInputError
+from ..transforms.io import SaveFusedd
 
 __all__ = ["FileFusionEngine", "fusion_pairs"]
 
@@ -31,7 +35,8 @@ def fusion_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
     Raises:
         FusionInputError: no recognised layout, or no pair found.
     """
-    from ..data import load_fusion_datalist, pair_files_by_name
+    from ..data import load_fusion_datalist
+    from ..data.pairing import pair_files_by_name
     from ..data.samples import DEMO_DIR, demo_files
 
     root = Path(dataset_dir)
@@ -53,57 +58,82 @@ def fusion_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
     return items
 
 
-def _output_name(mri: str | Path, suffix: str | None) -> str:
-    """``fused_<mri name>`` keeping the MRI's extension unless ``suffix`` is given."""
-    from ..data import image_stem
-
-    path = Path(mri)
-    ext = suffix if suffix is not None else path.name[len(image_stem(path)) :] or ".nii.gz"
-    return f"fused_{image_stem(path)}{ext}"
-
-
 class FileFusionEngine(Engine):
-    """Fuse every pair of a datalist with :func:`monai_lkcfusion.inference.fuse_files` and save the results.
+    """Fuse every pair of a datalist with the package's inference pipeline and write the results.
 
-    Each iteration reads one pair, resamples the other modality onto the MRI grid, fuses slice by slice (3D) or
-    whole (2D), restores a colour image's chroma and writes ``output_dir/fused_<mri name>`` on the MRI's geometry.
-    ``engine.state.output`` is the written path. A pair that cannot be fused (unreadable, mismatched, no overlap,
-    unwritable) is logged and skipped; :meth:`run` fuses the others and then raises one error listing the failures.
+    Each iteration runs :func:`monai_lkcfusion.inference.fuse_dict` on one pair: ``preprocessing`` (read, scale,
+    other onto the MRI grid, luma split, pair), ``inferer`` with ``network`` (slice by slice for volumes), and
+    ``postprocessing`` (clip, background mask, chroma back). The bundle's inference.json passes these pieces
+    (``preprocessing`` as the transform of a MONAI ``Dataset``, ``postprocessing`` ending in a
+    :class:`~monai_lkcfusion.transforms.SaveFusedd`); without them they are built
+    from ``fuse_kwargs`` (the options of :func:`~monai_lkcfusion.inference.fuse`) and a writer of
+    ``output_dir/<output_prefix><mri name><ext>`` is appended. ``engine.state.output`` is the written path, or
+    ``None`` for a pair that could not be fused (unreadable, mismatched, no overlap, unwritable, existing output
+    without ``overwrite``): it is logged and skipped, and :meth:`run` fuses the others and then raises one error
+    listing the failures.
 
     Args:
-        datalist: dicts with ``"mri"`` and ``"other"`` paths.
-        predictor: ``(B, 2, H, W) -> (B, 1, H, W)`` in [0, 1], e.g. from
-            :func:`monai_lkcfusion.inference.build_predictor`.
-        output_dir: where fused images are written (replacing earlier results of the same name).
+        datalist: dicts with ``"mri"`` and ``"other"`` paths, or a MONAI ``Dataset`` of them whose ``transform``
+            is the preprocessing (applied pair by pair, so that a bad pair is reported, not fatal).
+        network: a network (optimised once, see :func:`monai_lkcfusion.inferers.build_predictor`) or a predictor
+            ``(B, 2, H, W) -> (B, 1, H, W)`` in [0, 1].
+        output_dir: where fused images are written when ``postprocessing`` is not given.
         output_suffix: output extension (e.g. ``".nii.gz"``); default the MRI's own.
-        fuse_kwargs: further arguments of :func:`~monai_lkcfusion.inference.fuse`.
+        output_prefix: put before the MRI's name (``"fused_"``; the CLI's batch mode uses ``""``).
+        overwrite: replace existing outputs (otherwise an existing output is that pair's failure).
+        fuse_kwargs: options of :func:`~monai_lkcfusion.inference.fuse` for the pieces not given.
+        preprocessing: e.g. :func:`~monai_lkcfusion.transforms.fusion_preprocessing`.
+        inferer: e.g. :class:`~monai_lkcfusion.inferers.FusionInferer`.
+        postprocessing: e.g. :func:`~monai_lkcfusion.transforms.fusion_postprocessing` plus a ``SaveFusedd``.
+
+    Raises:
+        FusionInputError: neither ``postprocessing`` nor ``output_dir`` is given.
     """
 
     def __init__(
         self,
-        datalist: Sequence[dict[str, Any]],
-        predictor: Callable[[torch.Tensor], torch.Tensor],
-        output_dir: str | Path,
+        datalist: Sequence[dict[str, Any]] | Dataset,
+        network: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
+        output_dir: str | Path | None = None,
         output_suffix: str | None = None,
+        output_prefix: str = "fused_",
+        overwrite: bool = True,
         fuse_kwargs: dict[str, Any] | None = None,
+        preprocessing: Compose | None = None,
+        inferer: Inferer | None = None,
+        postprocessing: Compose | None = None,
     ) -> None:
+        from ..inference import fusion_pipeline
+
         super().__init__(self._fuse_one)
+        if postprocessing is None and output_dir is None:
+            raise FusionInputError("FileFusionEngine: give output_dir (or a postprocessing that writes the results)")
+        if isinstance(datalist, Dataset):
+            datalist, preprocessing = datalist.data, preprocessing or datalist.transform
         self.datalist = list(datalist)
-        self.predictor = predictor
-        self.output_dir = Path(output_dir)
-        self.output_suffix = output_suffix
-        self.fuse_kwargs = dict(fuse_kwargs or {})
+        self.network, default_pre, default_inferer, default_post = fusion_pipeline(
+            model=network, **{"progress": False, **(fuse_kwargs or {})}
+        )
+        self.preprocessing = preprocessing or default_pre
+        self.inferer = inferer or default_inferer
+        self.writer = None if postprocessing is not None else SaveFusedd(
+            "pred", output_dir=output_dir, output_suffix=output_suffix, output_prefix=output_prefix,
+            overwrite=overwrite,
+        )
+        self.postprocessing = postprocessing or Compose([default_post, self.writer])
+        self.output_dir = Path(output_dir) if output_dir is not None else None
         self.failures: list[str] = []
 
     def _fuse_one(self, engine: Engine, item: dict[str, Any]) -> Path | None:
-        from ..inference import fuse_files
+        from ..inference import fuse_dict
 
-        target = self.output_dir / _output_name(item["mri"], self.output_suffix)
         try:
-            return fuse_files(
-                item["mri"], item["other"], target, overwrite=True, model=self.predictor, progress=False,
-                **self.fuse_kwargs,
-            )
+            if self.writer is not None:  # an existing output fails before any work
+                target = self.writer.saver.output_path(item["mri"])
+                if target.exists() and not self.writer.saver.overwrite:
+                    raise FusionInputError(f"{target}: output exists; pass --overwrite (overwrite=True) to replace it")
+            d = fuse_dict(item, self.network, self.preprocessing, self.inferer, self.postprocessing)
+            return Path(d["pred"].meta["saved_to"])
         except (FusionInputError, OSError) as err:  # report the bad pair and go on with the others
             self.failures.append(" ".join(str(err).split()))
             self.logger.error(self.failures[-1])
@@ -119,7 +149,8 @@ class FileFusionEngine(Engine):
             FusionInputError: after the run, when some pairs failed (the others are written).
         """
         self.failures = []
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
         state = super().run(self.datalist, max_epochs=1)
         if self.failures:
             raise FusionInputError(

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Transform
+from monai.utils import TransformBackends
+from monai.utils.type_conversion import convert_to_dst_type
 
 from ..errors import FusionInputError
 
-__all__ = ["CT_WINDOW", "PERCENTILES", "ScaleModalityd", "normalize_modality", "scale_to_unit"]
+__all__ = [
+    "CT_WINDOW",
+    "PERCENTILES",
+    "ScaleModality",
+    "ScaleModalityD",
+    "ScaleModalityDict",
+    "ScaleModalityd",
+    "known_modality",
+    "normalize_modality",
+    "scale_to_unit",
+]
 
 #: default CT window in Hounsfield units (a wide bone window: brain ~0.27, cortical bone -> 1)
 CT_WINDOW: tuple[float, float] = (-500.0, 1500.0)
@@ -84,10 +97,63 @@ def scale_to_unit(
     return scaled, {"intensity_scaling": rule, "nonfinite_voxels": nonfinite, "modality": modality}
 
 
-class ScaleModalityd(MapTransform):
-    """Dict wrapper of :func:`scale_to_unit`: reads ``modality`` and ``display_max`` from each MetaTensor's meta.
+def known_modality(modality: object) -> str | None:
+    """A file's modality (e.g. DICOM ``Modality``) when the scaling knows it (MR, CT, PT, NM, ...), else ``None``.
 
-    The record (``intensity_scaling``, ``nonfinite_voxels``) is written into the image's meta.
+    Unlike :func:`normalize_modality` this never raises: a DICOM ``"OT"`` (other) is left for the data to decide.
+    """
+    key = str(modality).strip().upper()
+    return _ALIASES.get(key)
+
+
+class ScaleModality(Transform):
+    """Array transform over :func:`scale_to_unit`: modality-aware scaling of one image to [0, 1].
+
+    The modality is, in order: the one given to the call, the one given here, the image's own (``meta["modality"]``,
+    e.g. from DICOM, when it is one the scaling knows), else decided from the data. ``display_max`` comes from the
+    image's meta (set by the readers). The record (``intensity_scaling``, ``nonfinite_voxels``, ``modality``) is
+    written into the result's meta and NaN/Inf voxels are reported with a warning.
+
+    Args:
+        modality: default modality (``"MR"``, ``"CT"``, ``"PET"``, ``"SPECT"`` or a DICOM code).
+        ct_window: HU window for CT.
+        percentiles: robust percentiles for MR/PET/SPECT.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(
+        self,
+        modality: str | None = None,
+        ct_window: Sequence[float] = CT_WINDOW,
+        percentiles: Sequence[float] = PERCENTILES,
+    ) -> None:
+        self.modality = modality
+        self.ct_window = ct_window
+        self.percentiles = percentiles
+
+    def __call__(self, img: torch.Tensor, modality: str | None = None) -> torch.Tensor:
+        """Scale ``(C, *spatial)`` to float32 [0, 1], keeping a MetaTensor's metadata and history."""
+        meta = img.meta if isinstance(img, MetaTensor) else {}
+        name = str(meta.get("filename_or_obj", "image"))
+        scaled, record = scale_to_unit(
+            torch.as_tensor(img),
+            modality=modality or self.modality or known_modality(meta.get("modality")),
+            display_max=meta.get("display_max"),
+            ct_window=self.ct_window,
+            percentiles=self.percentiles,
+            name=name,
+        )
+        if record["nonfinite_voxels"]:
+            warnings.warn(f"{name}: {record['nonfinite_voxels']} NaN/Inf voxels set to 0 before fusion", stacklevel=2)
+        out = convert_to_dst_type(scaled, img, dtype=torch.float32)[0]
+        if isinstance(out, MetaTensor):
+            out.meta.update(record)
+        return out
+
+
+class ScaleModalityd(MapTransform):
+    """Dict wrapper of :class:`ScaleModality`.
 
     Args:
         keys: image keys, usually ``("mri", "other")``.
@@ -96,6 +162,8 @@ class ScaleModalityd(MapTransform):
         percentiles: robust percentiles for MR/PET/SPECT.
         allow_missing_keys: don't raise when a key is absent.
     """
+
+    backend = ScaleModality.backend
 
     def __init__(
         self,
@@ -107,27 +175,14 @@ class ScaleModalityd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.modality = modality
-        self.ct_window = ct_window
-        self.percentiles = percentiles
+        self.scaler = ScaleModality(ct_window=ct_window, percentiles=percentiles)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            img = d[key]
-            meta = img.meta if isinstance(img, MetaTensor) else {}
             modality = self.modality.get(key) if isinstance(self.modality, Mapping) else self.modality
-            file_modality = meta.get("modality")
-            if str(file_modality).strip().upper() not in _ALIASES:  # e.g. DICOM "OT": decide from the data
-                file_modality = None
-            scaled, record = scale_to_unit(
-                img,
-                modality=modality or file_modality,
-                display_max=meta.get("display_max"),
-                ct_window=self.ct_window,
-                percentiles=self.percentiles,
-                name=str(meta.get("filename_or_obj", key)),
-            )
-            if isinstance(img, MetaTensor):
-                scaled = MetaTensor(scaled, meta={**img.meta, **record})
-            d[key] = scaled
+            d[key] = self.scaler(d[key], modality)
         return d
+
+
+ScaleModalityD = ScaleModalityDict = ScaleModalityd

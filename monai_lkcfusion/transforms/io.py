@@ -1,31 +1,104 @@
-"""Loading fusion inputs (pictures, volumes, DICOM series) as MONAI dict transforms."""
+"""Loading fusion inputs (paths, arrays, tensors) as MetaTensors and saving fused images atomically."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Transform
+from monai.utils import TransformBackends
 
-from ..data.io import read_image
+from ..data.io import read_image, write_image
+from ..data.pairing import output_name
+from ..errors import FusionInputError
 
-__all__ = ["LoadFusionImaged"]
+__all__ = [
+    "LoadFusionImage",
+    "LoadFusionImageD",
+    "LoadFusionImageDict",
+    "LoadFusionImaged",
+    "SaveFused",
+    "SaveFusedD",
+    "SaveFusedDict",
+    "SaveFusedd",
+]
+
+ImageLike = str | Path | np.ndarray | torch.Tensor
+
+
+class LoadFusionImage(Transform):
+    """Any fusion input as a channel-first float32 MetaTensor of raw values with ``spatial_dims``/``display_max``.
+
+    - a path: :func:`monai_lkcfusion.data.io.read_image` (pictures ``(1|3, H, W)`` in display row/column order,
+      unlike MONAI's ``LoadImage`` which transposes PIL images; volumes ``(1|3, X, Y, Z)`` with a RAS affine;
+      DICOM series folders);
+    - a NumPy array: ``(H, W)`` gray, ``(H, W, 3|4)`` colour picture (alpha composited on black) or ``(X, Y, Z)``;
+    - a tensor/MetaTensor ``(1|3, *spatial)``, its metadata kept.
+
+    ``display_max`` is 255 for ``uint8`` arrays and 1 for data already in [0, 1] (see :class:`ScaleModality`).
+
+    Args:
+        name: name used in error messages and as ``filename_or_obj`` of in-memory data.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, name: str = "image") -> None:
+        self.name = name
+
+    def __call__(self, value: ImageLike, series: str | None = None) -> MetaTensor:
+        """Load ``value``; ``series`` picks a SeriesInstanceUID in a DICOM folder with several series.
+
+        Raises:
+            FusionInputError: unreadable file, unsupported type or shape.
+        """
+        if isinstance(value, (str, Path)):
+            return read_image(value, series=series)
+        if isinstance(value, np.ndarray):
+            array = value
+            if array.ndim == 3 and array.shape[-1] in (3, 4):  # (H, W, 3|4) colour picture
+                alpha = array[..., 3:].astype(np.float32) / (255.0 if array.dtype == np.uint8 else 1.0)
+                array = np.moveaxis(array[..., :3] * (alpha if array.shape[-1] == 4 else 1.0), -1, 0)
+            else:
+                array = array[None]
+            tensor = torch.as_tensor(np.ascontiguousarray(array))
+            display_max = 255.0 if value.dtype == np.uint8 else None
+        elif isinstance(value, torch.Tensor):
+            tensor, display_max = value, None
+        else:
+            raise FusionInputError(
+                f"{self.name}: unsupported input type {type(value).__name__}; give a path, array or tensor"
+            )
+        if tensor.ndim not in (3, 4) or tensor.shape[0] not in (1, 3):
+            raise FusionInputError(
+                f"{self.name}: shape {tuple(value.shape)}; need (H, W), (H, W, 3), (X, Y, Z) arrays or "
+                "(1|3, *spatial) tensors"
+            )
+        img = tensor.detach().cpu() if isinstance(tensor, MetaTensor) else MetaTensor(tensor.detach().cpu())
+        img = img.float()
+        finite = img.as_tensor()[torch.isfinite(img.as_tensor())]
+        if display_max is None and finite.numel() and float(finite.min()) >= 0.0 and float(finite.max()) <= 1.0:
+            display_max = 1.0
+        img.meta.setdefault("filename_or_obj", self.name)
+        img.meta.setdefault("spatial_dims", img.ndim - 1)
+        img.meta.setdefault("display_max", display_max)
+        return img
 
 
 class LoadFusionImaged(MapTransform):
-    """Read each key's path with :func:`monai_lkcfusion.data.io.read_image` into a channel-first MetaTensor.
-
-    Pictures become ``(1|3, H, W)`` in display row/column order (unlike MONAI's ``LoadImaged``, which transposes
-    PIL images), volumes ``(1|3, X, Y, Z)`` with a RAS affine. Values are raw (see :class:`ScaleModalityd`).
-    Tensors already in the dict pass through unchanged.
+    """Dict wrapper of :class:`LoadFusionImage`; the key is the name of in-memory data.
 
     Args:
-        keys: keys holding file paths, usually ``("mri", "other")``.
+        keys: keys holding paths, arrays or tensors, usually ``("mri", "other")``.
         series: SeriesInstanceUID per key for DICOM folders with several series.
         allow_missing_keys: don't raise when a key is absent.
     """
+
+    backend = LoadFusionImage.backend
 
     def __init__(
         self,
@@ -39,6 +112,87 @@ class LoadFusionImaged(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
-            if not isinstance(d[key], (torch.Tensor, MetaTensor)):
-                d[key] = read_image(d[key], series=self.series.get(key))
+            d[key] = LoadFusionImage(name=str(key))(d[key], series=self.series.get(key))
         return d
+
+
+class SaveFused(Transform):
+    """Write a fused image atomically as ``output_dir/<prefix><name><suffix>``, named after its input.
+
+    ``<name>`` is the stem of ``meta["filename_or_obj"]`` (the MRI, whose metadata the fused image carries), the
+    extension the MRI's own when it is writable, else ``.nii.gz`` (see
+    :func:`~monai_lkcfusion.data.pairing.output_name`). Pictures, NIfTI, NRRD and MHA are written by
+    :func:`monai_lkcfusion.data.io.write_image` (temporary file + rename, so a failed write never leaves a partial
+    file); the written path is recorded as ``meta["saved_to"]``.
+
+    Args:
+        output_dir: output folder (created when missing).
+        output_suffix: output extension, e.g. ``".nii.gz"``; default the input's own.
+        output_prefix: put before the name (``"fused_"`` for the bundle, ``""`` for ``lkcfusion fuse --mri-dir``).
+        overwrite: replace an existing file of the same name (otherwise that is a :class:`FusionInputError`).
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        output_suffix: str | None = None,
+        output_prefix: str = "fused_",
+        overwrite: bool = True,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_suffix = output_suffix
+        self.output_prefix = output_prefix
+        self.overwrite = overwrite
+
+    def output_path(self, source: str | Path) -> Path:
+        """The path written for an input named ``source``."""
+        return self.output_dir / output_name(source, self.output_prefix, self.output_suffix)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """Write ``img`` (``(1|3, *spatial)`` in [0, 1] on the MRI's geometry) and return it."""
+        meta = img.meta if isinstance(img, MetaTensor) else {}
+        target = self.output_path(meta.get("filename_or_obj", "fused"))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_image(img, target, overwrite=self.overwrite)
+        if isinstance(img, MetaTensor):
+            img.meta["saved_to"] = str(target)
+        return img
+
+
+class SaveFusedd(MapTransform):
+    """Dict wrapper of :class:`SaveFused` (usually for ``"pred"``, named after the MRI whose metadata it carries).
+
+    Args:
+        keys: keys of the images to write.
+        output_dir: output folder.
+        output_suffix: output extension; default the input's own.
+        output_prefix: put before the name.
+        overwrite: replace existing files.
+        allow_missing_keys: don't raise when a key is absent.
+    """
+
+    backend = SaveFused.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | Path,
+        output_suffix: str | None = None,
+        output_prefix: str = "fused_",
+        overwrite: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.saver = SaveFused(output_dir, output_suffix, output_prefix, overwrite)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.saver(d[key])
+        return d
+
+
+LoadFusionImageD = LoadFusionImageDict = LoadFusionImaged
+SaveFusedD = SaveFusedDict = SaveFusedd

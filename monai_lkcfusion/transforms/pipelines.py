@@ -1,16 +1,23 @@
-"""Ready-made transform chains for fusion pairs."""
+"""Ready-made transform chains for fusion pairs: training loads, inference pre- and post-processing.
+
+Inference is ``fusion_preprocessing`` -> :class:`~monai_lkcfusion.inferers.FusionInferer` (on ``"image"``, giving
+``"pred"``) -> ``fusion_postprocessing``; :func:`monai_lkcfusion.inference.fuse`, the bundle's inference.json and
+:class:`~monai_lkcfusion.engines.FileFusionEngine` all run this one chain.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 
-from monai.transforms import Compose, EnsureTyped
+from monai.transforms import Compose, ConcatItemsd, EnsureTyped, ScaleIntensityRanged
 
-from .color import SplitLumad
+from .color import MergeLumad, SplitLumad
 from .intensity import ScaleModalityd
 from .io import LoadFusionImaged
+from .post import AddFusionRecordd, MaskBackgroundd
+from .spatial import ResampleToReferenced
 
-__all__ = ["fusion_load_transforms"]
+__all__ = ["fusion_load_transforms", "fusion_postprocessing", "fusion_preprocessing"]
 
 
 def fusion_load_transforms(
@@ -18,7 +25,7 @@ def fusion_load_transforms(
     modality: Mapping[Hashable, str | None] | None = None,
     split_luma: bool = True,
 ) -> Compose:
-    """Load a 2D pair from paths into float32 ``(1, H, W)`` tensors in [0, 1].
+    """Load a 2D pair from paths into float32 ``(1, H, W)`` tensors in [0, 1] (for training and evaluation).
 
     ``LoadFusionImaged`` -> ``ScaleModalityd`` -> ``SplitLumad`` (colour other -> Y, Cb/Cr under
     ``"other_cbcr"``; an MRI saved as colour is reduced to its luma too) -> ``EnsureTyped``.
@@ -36,4 +43,57 @@ def fusion_load_transforms(
     if split_luma:
         chain.append(SplitLumad(keys))
     chain.append(EnsureTyped(keys, dtype="float32"))
+    return Compose(chain)
+
+
+def fusion_preprocessing(
+    modality: str | None = None,
+    resize_2d: bool = False,
+    series: Mapping[Hashable, str | None] | None = None,
+) -> Compose:
+    """Inputs ``{"mri": ..., "other": ...}`` (paths, arrays or tensors) to the network's pair under ``"image"``.
+
+    ``LoadFusionImaged`` -> ``ScaleModalityd`` (each to [0, 1] by modality) -> ``ResampleToReferenced`` (other
+    onto the MRI grid; invertible) -> ``SplitLumad`` (luma; a colour other's chroma to ``"other_cbcr"``) ->
+    ``ConcatItemsd`` (``"image"`` = ``(2, *spatial)``, channel 0 MRI, carrying the MRI's metadata).
+
+    Args:
+        modality: modality of the other image (``"CT"``, ``"PET"``, ``"SPECT"``, ``"MR"``); default from the
+            file (DICOM) or the data.
+        resize_2d: allow resizing a 2D other image of another size to the MRI's size.
+        series: SeriesInstanceUID per key for DICOM folders with several series.
+
+    Returns:
+        The composed transform.
+    """
+    keys = ("mri", "other")
+    return Compose([
+        LoadFusionImaged(keys, series=series),
+        ScaleModalityd(keys, modality={"other": modality}),
+        ResampleToReferenced("other", ref_key="mri", resize_2d=resize_2d),
+        SplitLumad(keys),
+        ConcatItemsd(keys, name="image", dim=0),
+    ])
+
+
+def fusion_postprocessing(mask_background: bool = True, color: bool = True, preserve_luma: bool = True) -> Compose:
+    """The fused luma ``"pred"`` ``(1, *spatial)`` to the output image.
+
+    Clip to [0, 1] -> ``MaskBackgroundd`` (0 where both sources are 0) -> ``MergeLumad`` (a colour other's chroma
+    back, luma-preserving gamut mapping) -> ``AddFusionRecordd``. Append :class:`SaveFusedd` to write files.
+
+    Args:
+        mask_background: zero the output where both sources are background.
+        color: put a colour other modality's chroma back (``False``: the fused luma only, gray).
+        preserve_luma: reduce out-of-gamut chroma instead of clipping R, G, B (see ``ycbcr_to_rgb``).
+
+    Returns:
+        The composed transform.
+    """
+    chain = [ScaleIntensityRanged("pred", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True)]
+    if mask_background:
+        chain.append(MaskBackgroundd("pred", source_key="image"))
+    if color:
+        chain.append(MergeLumad("pred", chroma_key="other_cbcr", preserve_luma=preserve_luma))
+    chain.append(AddFusionRecordd("pred"))
     return Compose(chain)

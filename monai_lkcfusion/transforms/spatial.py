@@ -1,4 +1,4 @@
-"""Geometry for fusion pairs: the other modality onto the MRI grid, axial-axis lookup, slice sampling."""
+"""Geometry for fusion pairs: the other modality onto the MRI grid (invertible), axial-axis lookup, slice sampling."""
 
 from __future__ import annotations
 
@@ -9,11 +9,24 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Randomizable, ResampleToMatch
+from monai.transforms import InvertibleTransform, MapTransform, Randomizable, ResampleToMatch, Transform
+from monai.utils import TraceKeys, TransformBackends
+from monai.utils.type_conversion import convert_to_dst_type
 
 from ..errors import FusionInputError
 
-__all__ = ["RandSliced", "ResampleToReferenced", "axial_axis", "resample_to_reference"]
+__all__ = [
+    "RandSlice",
+    "RandSliceD",
+    "RandSliceDict",
+    "RandSliced",
+    "ResampleToReference",
+    "ResampleToReferenceD",
+    "ResampleToReferenceDict",
+    "ResampleToReferenced",
+    "axial_axis",
+    "resample_to_reference",
+]
 
 
 def axial_axis(affine: torch.Tensor | np.ndarray) -> int:
@@ -30,14 +43,88 @@ def axial_axis(affine: torch.Tensor | np.ndarray) -> int:
     return int(np.argmax(np.abs(directions[2])))
 
 
+class ResampleToReference(InvertibleTransform):
+    """Put an image on the grid of a reference image (the other modality onto the MRI grid); invertible.
+
+    Volumes are resampled affine-aware with MONAI's :class:`~monai.transforms.ResampleToMatch`, with zeros
+    outside the image's field of view. 2D pictures carry no geometry: equal sizes pass unchanged, a different size
+    is an error unless ``resize_2d`` asks for a bilinear resize to the reference size (never done silently). The
+    result keeps the image's own metadata (name, modality, scaling record) with the reference's affine, records
+    ``overlap_fraction`` (share of reference voxels inside the image's field of view) and pushes one entry on
+    ``applied_operations``, so :meth:`inverse` (and :class:`~monai.transforms.Invertd`) puts it back on its own grid.
+
+    Args:
+        mode: interpolation mode for volumes.
+        resize_2d: allow resizing a 2D picture of another size.
+    """
+
+    backend = ResampleToMatch.backend
+
+    def __init__(self, mode: str = "bilinear", resize_2d: bool = False) -> None:
+        self.resampler = ResampleToMatch(mode=mode, padding_mode="zeros")
+        self.resize_2d = resize_2d
+
+    def __call__(self, img: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """``(C, *spatial)`` image on the grid of ``(C', *spatial')`` ``reference``, as ``(C, *spatial')``.
+
+        Raises:
+            FusionInputError: the images have different dimensionality, a 2D size mismatch without ``resize_2d``,
+                or no overlap at all.
+        """
+        img = img if isinstance(img, MetaTensor) else MetaTensor(img)
+        reference = reference if isinstance(reference, MetaTensor) else MetaTensor(reference)
+        name = img.meta.get("filename_or_obj", "other")
+        ref_name = reference.meta.get("filename_or_obj", "mri")
+        if img.ndim != reference.ndim:
+            raise FusionInputError(f"{name}: {img.ndim - 1}D image but the MRI {ref_name} is {reference.ndim - 1}D")
+        orig_size = tuple(img.shape[1:])
+        if img.ndim == 3 and orig_size == tuple(reference.shape[1:]):
+            out, coverage, method = img.clone(), 1.0, "none"
+        elif img.ndim == 3:
+            if not self.resize_2d:
+                raise FusionInputError(
+                    f"{name}: size {orig_size} differs from the MRI's {tuple(reference.shape[1:])}; "
+                    "register/resample it to the MRI first or pass --resample (resize_2d=True)"
+                )
+            resized = F.interpolate(img.as_tensor()[None], size=tuple(reference.shape[1:]), mode="bilinear",
+                                    align_corners=False)[0]
+            out, coverage, method = convert_to_dst_type(resized, img)[0], 1.0, "resize"
+        else:
+            stacked = torch.cat([img, torch.ones_like(img[:1])])  # (C + 1, *spatial): last channel = field of view
+            moved = self.resampler(stacked, reference)
+            coverage = float((moved[-1] > 0.5).float().mean())
+            if coverage == 0.0:
+                raise FusionInputError(
+                    f"{name}: does not overlap the MRI {ref_name} in world coordinates (check the files' geometry)"
+                )
+            out = moved[:-1]
+            out.meta = dict(img.meta)  # ResampleToMatch copied the reference's meta; keep the image's own
+            self.push_transform(out, replace=True)  # our entry, holding ResampleToMatch's for the inverse
+            method = None
+        out.affine = reference.affine
+        out.meta["overlap_fraction"] = coverage
+        if method is not None:
+            self.push_transform(out, orig_size=orig_size, extra_info={"method": method})
+        return out
+
+    def inverse(self, data: torch.Tensor) -> torch.Tensor:
+        """Back onto the image's own grid (volumes: resampled; 2D: resized back or unchanged)."""
+        transform = self.pop_transform(data)
+        extra = transform[TraceKeys.EXTRA_INFO]
+        if extra.get("method") == "none":
+            return data
+        if extra.get("method") == "resize":
+            size = tuple(int(s) for s in transform[TraceKeys.ORIG_SIZE])
+            resized = F.interpolate(torch.as_tensor(data)[None], size=size, mode="bilinear", align_corners=False)[0]
+            return convert_to_dst_type(resized, data)[0]
+        data.push_applied_operation(extra)  # the ResampleToMatch entry, inverted by MONAI
+        return self.resampler.inverse(data)
+
+
 def resample_to_reference(
     img: MetaTensor, reference: MetaTensor, resize_2d: bool = False, mode: str = "bilinear"
 ) -> tuple[MetaTensor, float]:
-    """Put ``img`` on the grid of ``reference``.
-
-    Volumes are resampled affine-aware (MONAI :class:`~monai.transforms.ResampleToMatch`), with zeros outside
-    ``img``'s field of view. 2D pictures carry no geometry: equal sizes pass, different sizes are an error unless
-    ``resize_2d`` asks for a bilinear resize to the reference size.
+    """Functional form of :class:`ResampleToReference`.
 
     Args:
         img: ``(C, *spatial)`` image to move.
@@ -46,72 +133,103 @@ def resample_to_reference(
         mode: interpolation mode for volumes.
 
     Returns:
-        The resampled image (with the reference's affine) and the fraction of reference voxels covered by ``img``.
-
-    Raises:
-        FusionInputError: the images have different dimensionality, a 2D size mismatch without ``resize_2d``, or
-            no overlap at all.
+        The image on the reference grid and the fraction of reference voxels covered by ``img``.
     """
-    name = img.meta.get("filename_or_obj", "other") if isinstance(img, MetaTensor) else "other"
-    ref_name = reference.meta.get("filename_or_obj", "mri") if isinstance(reference, MetaTensor) else "mri"
-    if img.ndim != reference.ndim:
-        raise FusionInputError(f"{name}: {img.ndim - 1}D image but the MRI {ref_name} is {reference.ndim - 1}D")
-    if img.ndim == 3:
-        if img.shape[1:] == reference.shape[1:]:
-            return img, 1.0
-        if not resize_2d:
-            raise FusionInputError(
-                f"{name}: size {tuple(img.shape[1:])} differs from the MRI's {tuple(reference.shape[1:])}; "
-                "register/resample it to the MRI first or pass --resample (resize_2d=True)"
-            )
-        resized = F.interpolate(img[None].as_tensor() if isinstance(img, MetaTensor) else img[None],
-                                size=tuple(reference.shape[1:]), mode="bilinear", align_corners=False)[0]
-        return MetaTensor(resized, meta={**getattr(img, "meta", {}), "affine": reference.affine}), 1.0
-    voxels = img.as_tensor() if isinstance(img, MetaTensor) else img
-    stacked = MetaTensor(torch.cat([voxels, torch.ones_like(voxels[:1])]), affine=img.affine)  # (C + 1, ...)
-    moved = ResampleToMatch(mode=mode, padding_mode="zeros")(stacked, reference)
-    coverage = float((moved[-1] > 0.5).float().mean())
-    if coverage == 0.0:
-        raise FusionInputError(f"{name}: does not overlap the MRI {ref_name} in world coordinates (check the files' geometry)")
-    return MetaTensor(moved[:-1].as_tensor(), meta={**img.meta, "affine": reference.affine}), coverage
+    out = ResampleToReference(mode=mode, resize_2d=resize_2d)(img, reference)
+    return out, out.meta["overlap_fraction"]
 
 
-class ResampleToReferenced(MapTransform):
-    """Dict wrapper of :func:`resample_to_reference`: the ``keys`` onto the grid of ``ref_key`` (the MRI).
-
-    The covered fraction is recorded in each moved image's meta as ``overlap_fraction``.
+class ResampleToReferenced(MapTransform, InvertibleTransform):
+    """Dict wrapper of :class:`ResampleToReference`: the ``keys`` onto the grid of ``ref_key`` (the MRI).
 
     Args:
-        keys: images to move, usually ``"other"`` (and ``"other_cbcr"`` for colour).
+        keys: images to move, usually ``"other"`` (before the colour split, so chroma moves with the luma).
         ref_key: the reference image, usually ``"mri"``.
+        mode: interpolation mode for volumes.
         resize_2d: allow resizing 2D pictures of another size (never done silently).
         allow_missing_keys: don't raise when a key is absent.
     """
 
+    backend = ResampleToReference.backend
+
     def __init__(
-        self, keys: KeysCollection, ref_key: str = "mri", resize_2d: bool = False, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        ref_key: str = "mri",
+        mode: str = "bilinear",
+        resize_2d: bool = False,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.ref_key = ref_key
-        self.resize_2d = resize_2d
+        self.resampler = ResampleToReference(mode=mode, resize_2d=resize_2d)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key], coverage = resample_to_reference(d[key], d[self.ref_key], resize_2d=self.resize_2d)
-            d[key].meta["overlap_fraction"] = coverage
+            d[key] = self.resampler(d[key], d[self.ref_key])
+        return d
+
+    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.resampler.inverse(d[key])
         return d
 
 
-class RandSliced(Randomizable, MapTransform):
-    """Sample one 2D slice, at the same index for all keys, from registered volumes (for 2D training).
+class RandSlice(Randomizable, Transform):
+    """Sample one 2D slice ``(C, H, W)`` of a volume ``(C, X, Y, Z)``, among slices with enough foreground.
+
+    The slice keeps the volume's metadata and history, with a 2D affine that keeps the in-plane pixel spacing,
+    plus ``slice_axis`` and ``slice_index``.
 
     Args:
-        keys: volumes ``(C, X, Y, Z)`` on one grid, e.g. ``("mri", "other")``.
+        axis: voxel axis to slice along; ``None`` takes the axial one of the volume's affine.
+        min_foreground: sample among slices with at least this fraction of voxels > 0 (all slices if none has).
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, axis: int | None = None, min_foreground: float = 0.05) -> None:
+        self.axis = axis
+        self.min_foreground = min_foreground
+        self._axis = 0
+        self._index = 0
+
+    def randomize(self, img: torch.Tensor) -> None:
+        """Pick the axis and slice index for ``img`` (``(C, X, Y, Z)``)."""
+        affine = img.affine if isinstance(img, MetaTensor) else torch.eye(4)
+        self._axis = self.axis if self.axis is not None else axial_axis(affine)
+        in_plane = [1 + i for i in range(3) if i != self._axis]
+        foreground = (torch.as_tensor(img) > 0).float().mean(dim=(0, *in_plane)).cpu().numpy()  # (n_slices,)
+        candidates = np.flatnonzero(foreground >= self.min_foreground)
+        self._index = int(self.R.choice(candidates if candidates.size else np.arange(foreground.size)))
+
+    def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
+        """The slice ``(C, H, W)``; ``randomize=False`` reuses the last axis and index (same slice of a pair)."""
+        if randomize:
+            self.randomize(img)
+        plane = torch.as_tensor(img).select(1 + self._axis, self._index)  # (C, H, W)
+        out = convert_to_dst_type(plane, img)[0]
+        if isinstance(out, MetaTensor):
+            affine = torch.as_tensor(img.affine, dtype=torch.float64)[:3, :3]
+            spacing = torch.linalg.norm(affine[:, [i for i in range(3) if i != self._axis]], dim=0)
+            out.affine = torch.diag(torch.cat([spacing, torch.ones(1, dtype=torch.float64)]))
+            out.meta.update({"spatial_dims": 2, "slice_axis": self._axis, "slice_index": self._index})
+        return out
+
+
+class RandSliced(Randomizable, MapTransform):
+    """Dict wrapper of :class:`RandSlice`: one slice at the same index of every key (registered volumes).
+
+    Args:
+        keys: volumes ``(C, X, Y, Z)`` on one grid, e.g. ``("mri", "other")``; the first one chooses the slice.
         axis: voxel axis to slice along; ``None`` takes the axial one of the first key's affine.
-        min_foreground: keep sampling among slices whose first key has at least this fraction of voxels > 0.
+        min_foreground: sample among slices whose first key has at least this fraction of voxels > 0.
         allow_missing_keys: don't raise when a key is absent.
     """
+
+    backend = RandSlice.backend
 
     def __init__(
         self,
@@ -121,24 +239,23 @@ class RandSliced(Randomizable, MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        self.axis = axis
-        self.min_foreground = min_foreground
-        self._index = 0
+        self.slicer = RandSlice(axis=axis, min_foreground=min_foreground)
 
-    def randomize(self, candidates: np.ndarray) -> None:
-        self._index = int(self.R.choice(candidates))
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandSliced:
+        super().set_random_state(seed, state)
+        self.slicer.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: torch.Tensor) -> None:
+        self.slicer.randomize(data)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
-        first = d[self.first_key(d)]
-        axis = self.axis if self.axis is not None else axial_axis(first.affine)
-        dims = [i for i in range(3) if i != axis]
-        foreground = (torch.as_tensor(first) > 0).float().mean(dim=(0, *(1 + i for i in dims)))  # (n_slices,)
-        candidates = np.flatnonzero(foreground.cpu().numpy() >= self.min_foreground)
-        self.randomize(candidates if candidates.size else np.arange(first.shape[1 + axis]))
+        self.randomize(d[self.first_key(d)])
         for key in self.key_iterator(d):
-            img = d[key]
-            plane = torch.as_tensor(img).select(1 + axis, self._index)  # (C, H, W)
-            meta = {**getattr(img, "meta", {}), "affine": torch.eye(3), "spatial_dims": 2}
-            d[key] = MetaTensor(plane, meta={**meta, "slice_axis": axis, "slice_index": self._index})
+            d[key] = self.slicer(d[key], randomize=False)
         return d
+
+
+ResampleToReferenceD = ResampleToReferenceDict = ResampleToReferenced
+RandSliceD = RandSliceDict = RandSliced

@@ -1,0 +1,246 @@
+"""The fusion inferer: a MONAI :class:`~monai.inferers.Inferer` over one cached, optimised predictor.
+
+:class:`FusionInferer` maps the network's pair ``(B, 2, *spatial)`` (channel 0 MRI) to the fused luma
+``(B, 1, *spatial)``: a 2D slice in one piece, a large slice in overlapping tiles (MONAI's
+:class:`~monai.inferers.SlidingWindowInferer`), a volume slice by slice (MONAI's
+:class:`~monai.inferers.SliceInferer`), optionally averaged over flips (test-time augmentation).
+
+The network is turned into a predictor by :func:`build_predictor`, which is built once and reused: an optimised
+copy (:func:`~monai_lkcfusion.networks.optimize_for_inference`, seconds and gigabytes for the released network) is
+cached per network object and device, and rebuilt only when the network's parameters change in place (training
+steps, ``load_state_dict``); a weights file is loaded once while it stays the most recently used one.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+from monai.utils.type_conversion import convert_to_dst_type
+
+from .baselines import BASELINE_METHODS, fuse_baseline
+from .errors import FusionInputError
+from .transforms.spatial import axial_axis
+
+__all__ = ["FUSION_METHODS", "FusionInferer", "build_predictor", "resolve_device"]
+
+FUSION_METHODS = ("lkcfunet", *BASELINE_METHODS)
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+# network object -> {(device, ...): (parameter versions, optimised predictor)}; entries die with the network
+_OPTIMIZED: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple[tuple, Predictor]]] = (
+    weakref.WeakKeyDictionary()
+)
+# the most recently loaded weights file: (path, mtime, size, device) -> network
+_LOADED: dict[tuple, torch.nn.Module] = {}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device to run on (default CUDA when available, else CPU); an unusable one is the user's error.
+
+    Raises:
+        FusionInputError: an unknown device name, or CUDA on a machine without it.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise FusionInputError(f"--device {device}: {' '.join(str(err).split())}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise FusionInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return resolved
+
+
+def build_predictor(
+    model: torch.nn.Module | Predictor | None,
+    method: str = "lkcfunet",
+    weights: str | Path | None = None,
+    device: str | torch.device | None = None,
+    optimize: bool = True,
+) -> Predictor:
+    """A function ``(B, 2, H, W) -> (B, 1, H, W)`` in [0, 1] for a network or a baseline method.
+
+    Optimised predictors are cached: calling this again with the same network object (parameters unchanged) and
+    device returns the same predictor without optimising again; a weights file is loaded once while it is the
+    most recently used one (same path, modification time and size).
+
+    Args:
+        model: a network; a predictor made by this function (returned unchanged); ``None`` loads ``weights`` for
+            ``"lkcfunet"`` or makes the baseline ``method``.
+        method: see :data:`FUSION_METHODS`.
+        weights: weights file for ``"lkcfunet"`` (default: the bundle's ``models/model.pt``).
+        device: device of the network.
+        optimize: apply :func:`~monai_lkcfusion.networks.optimize_for_inference` to the network.
+
+    Returns:
+        The predictor, with ``fusion_method`` naming what it runs.
+
+    Raises:
+        FusionInputError: unknown method, or no weights file for ``"lkcfunet"``.
+    """
+    if model is not None and not isinstance(model, torch.nn.Module):
+        return model
+    if model is None and method in BASELINE_METHODS:
+        return _named(lambda x: fuse_baseline(x[:, :1], x[:, 1:], method), method)
+    if model is None and method != "lkcfunet":
+        raise FusionInputError(f"unknown fusion method '{method}'; choose from {', '.join(FUSION_METHODS)}")
+    device = resolve_device(device)
+    if model is None:
+        return _named(_network_predictor(_load_weights(weights, device), device, optimize), method)
+    return _named(_network_predictor(model, device, optimize), type(model).__name__)
+
+
+def _load_weights(weights: str | Path | None, device: torch.device) -> torch.nn.Module:
+    """The network of a weights file (default: the bundle's), loaded once while it is the latest one used."""
+    from .networks import default_weights_path, load_network
+
+    path = Path(weights) if weights is not None else default_weights_path()
+    if not path.is_file():
+        raise FusionInputError(
+            f"{path}: no LKC-FUNet weights file; pass --weights FILE (weights=...) or a baseline --method max"
+        )
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
+    if key not in _LOADED:
+        _LOADED.clear()  # keep one network alive, not every file ever used
+        _LOADED[key] = load_network(path, map_location=device)
+    return _LOADED[key]
+
+
+def _network_predictor(model: torch.nn.Module, device: torch.device, optimize: bool) -> Predictor:
+    """``model`` on ``device`` in eval mode (optimised and cached when ``optimize``) as a clamped predictor."""
+    net = model.to(device).eval()
+    if optimize:
+        from .networks import optimize_for_inference
+
+        versions = tuple((t.data_ptr(), t._version) for t in (*net.parameters(), *net.buffers()))
+        cached = _OPTIMIZED.setdefault(model, {}).get(str(device))
+        if cached is not None and cached[0] == versions:
+            return cached[1]
+        net = optimize_for_inference(net)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return net(x.to(device)).clamp(0.0, 1.0)
+
+    if optimize:  # the optimised copy holds no reference to ``model``, so the weak cache entry can die with it
+        _OPTIMIZED[model][str(device)] = (versions, predict)
+    return predict
+
+
+def _named(predict: Predictor, name: str) -> Predictor:
+    """Tag a predictor with the method it runs (recorded as ``fusion_method`` in the output's meta)."""
+    predict.fusion_method = name  # type: ignore[attr-defined]
+    return predict
+
+
+def _flip_ensemble(predict: Predictor) -> Predictor:
+    """The mean of ``predict`` over the four flips of the image plane (identity, left-right, up-down, both)."""
+
+    def ensemble(x: torch.Tensor) -> torch.Tensor:
+        total = predict(x)
+        for dims in ((-1,), (-2,), (-2, -1)):
+            total = total + predict(x.flip(dims)).flip(dims)
+        return total / 4.0
+
+    return ensemble
+
+
+class FusionInferer(Inferer):
+    """Fuse the network's pair ``(B, 2, *spatial)`` (channel 0 MRI, 1 other, in [0, 1]) to ``(B, 1, *spatial)``.
+
+    2D slices up to ``tile_size`` go through the network whole (it pads to its stride and crops back); larger
+    slices in overlapping tiles blended with Gaussian weights; volumes ``(B, 2, X, Y, Z)`` slice by slice along
+    ``axis``. ``network`` is an ``nn.Module`` (turned into a cached predictor by :func:`build_predictor`, so
+    calling the inferer many times with one network optimises it once) or a predictor/baseline callable.
+    The result is on the CPU and carries ``inputs``' metadata plus ``fusion_method``.
+
+    Args:
+        tile_size: largest slice side fused in one piece.
+        batch_size: slices (or tiles) per network call.
+        overlap: overlap of neighbouring tiles.
+        axis: voxel axis to slice volumes along; ``None`` takes the axial axis of ``inputs``' affine (else 2).
+        tta: test-time augmentation: average the predictions over the four flips of the image plane.
+        device: where the network runs (default CUDA when available, else CPU).
+        optimize: optimise an ``nn.Module`` for inference (see :func:`build_predictor`).
+        progress: show a progress bar over tiles/slices.
+    """
+
+    def __init__(
+        self,
+        tile_size: int = 1024,
+        batch_size: int = 8,
+        overlap: float = 0.25,
+        axis: int | None = None,
+        tta: bool = False,
+        device: str | torch.device | None = None,
+        optimize: bool = True,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or tile_size < 1:
+            raise FusionInputError(f"batch_size {batch_size} and tile_size {tile_size} must be positive (--batch-size)")
+        self.tile_size = tile_size
+        self.batch_size = batch_size
+        self.overlap = overlap
+        self.axis = axis
+        self.tta = tta
+        self.device = resolve_device(device)
+        self.optimize = optimize
+        self.progress = progress
+
+    def __call__(  # type: ignore[override]
+        self, inputs: torch.Tensor, network: torch.nn.Module | Predictor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """Fused luma ``(B, 1, *spatial)`` in [0, 1] for the pair ``inputs`` ``(B, 2, *spatial)``.
+
+        Raises:
+            FusionInputError: a volume ``axis`` other than 0, 1, 2.
+        """
+        predictor = build_predictor(network, device=self.device, optimize=self.optimize)
+        predict = _flip_ensemble(predictor) if self.tta else predictor
+        pair = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        spatial = pair.shape[2:]
+        if len(spatial) == 2 and max(spatial) <= self.tile_size:
+            fused = predict(pair).cpu()
+        else:
+            fused = self._windowed(pair, predict, self._axis(inputs) if len(spatial) == 3 else -1)
+        out = convert_to_dst_type(fused.clone(), inputs)[0]  # (B, 1, *spatial), a normal tensor again
+        if isinstance(out, MetaTensor):
+            out.meta["fusion_method"] = getattr(predictor, "fusion_method", "model")
+        return out
+
+    def _axis(self, inputs: torch.Tensor) -> int:
+        """The voxel axis to slice a volume along."""
+        if self.axis is not None:
+            if self.axis not in (0, 1, 2):
+                raise FusionInputError(f"--axis {self.axis}: a volume has axes 0, 1, 2")
+            return self.axis
+        if not isinstance(inputs, MetaTensor):
+            return 2
+        affine = inputs.affine
+        return axial_axis(affine[0] if affine.ndim == 3 else affine)
+
+    def _windowed(self, pair: torch.Tensor, predict: Predictor, axis: int) -> torch.Tensor:
+        """Tiles of a large 2D pair, or slices of a volume along ``axis``."""
+        spatial = pair.shape[2:]
+        plane = [s for i, s in enumerate(spatial) if len(spatial) == 2 or i != axis]
+        roi = tuple(min(s, self.tile_size) for s in plane)
+        options = {
+            "roi_size": roi,
+            "sw_batch_size": self.batch_size,
+            "overlap": self.overlap,
+            "mode": "constant" if list(roi) == plane else "gaussian",  # blend only where tiles overlap
+            "progress": self.progress,
+            "sw_device": self.device,
+            "device": "cpu",
+        }
+        inferer = SlidingWindowInferer(**options) if len(spatial) == 2 else SliceInferer(spatial_dim=axis, **options)
+        with torch.no_grad():
+            return inferer(pair, predict)
