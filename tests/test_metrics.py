@@ -194,3 +194,43 @@ def test_default_names_and_errors(triple):
         compute_fusion_metrics(*triple, names=["MS_SSIM"])
     with pytest.raises(FusionInputError, match="VIF needs"):
         visual_information_fidelity(*(x[:40, :40] for x in triple))
+
+
+# -- input scale and layout ---------------------------------------------------------------------------------------
+SCALE_METRICS = ["EN", "SD", "SF", "MI", "Qabf", "SSIM"]
+
+
+def test_fuse_output_is_scored_as_its_saved_picture():
+    """A (3, H, W) MetaTensor in [0, 1] from fuse() is scored like the 8-bit RGB picture it saves as, read as luma."""
+    from monai.data import MetaTensor
+
+    rng = np.random.default_rng(5)
+    rgb = rng.random((3, 48, 48)).astype(np.float32)
+    fused = MetaTensor(torch.from_numpy(rgb), meta={"fusion_method": "lkcfunet"})
+    mri, other = _texture(6), _texture(7)
+    picture = np.round(np.clip(rgb * 255, 0, 255)).astype(np.uint8)  # what writing the PNG keeps
+    expected = compute_fusion_metrics(luma_bt601(np.moveaxis(picture, 0, -1)), mri, other, names=SCALE_METRICS)
+    assert compute_fusion_metrics(fused, mri, other, names=SCALE_METRICS) == expected
+    # the same for a gray (1, H, W) output and for 8-bit channel-first sources such as read_image gives
+    gray = MetaTensor(torch.from_numpy(rgb[:1]), meta={"fusion_method": "max"})
+    expected = compute_fusion_metrics(picture[0].astype(np.float64), mri, other, names=SCALE_METRICS)
+    assert compute_fusion_metrics(gray, mri[None], torch.from_numpy(other)[None], names=SCALE_METRICS) == expected
+
+
+def test_unit_range_needs_input_scale():
+    unit = [torch.from_numpy(_texture(s) / 255.0) for s in (1, 2, 3)]
+    with pytest.raises(FusionInputError, match=r"fused: values lie in \[0, 1\].*input_scale=255"):
+        compute_fusion_metrics(*unit, names=SCALE_METRICS)
+    with pytest.raises(FusionInputError, match="mri: values lie in"):
+        compute_fusion_metrics(_texture(1), unit[1], _texture(3), names=SCALE_METRICS)
+    scaled = compute_fusion_metrics(*unit, names=SCALE_METRICS, input_scale=255)
+    assert scaled == compute_fusion_metrics(*(np.round(u.numpy() * 255) for u in unit), names=SCALE_METRICS)
+    binary = (_texture(4) > 128).astype(np.float64)  # integer values 0 and 1 are 8-bit values, not a unit range
+    assert math.isfinite(compute_fusion_metrics(binary, _texture(2), _texture(3), names=["EN"])["EN"])
+
+
+def test_layouts_that_are_not_images_are_refused():
+    image = _texture(1)
+    for shape in [(1, 8, 48, 48), (2, 48, 48), (2, 2, 48, 48)]:
+        with pytest.raises(FusionInputError, match=r"fused: expected a \(H, W\) or \(1\|3, H, W\) image"):
+            compute_fusion_metrics(np.zeros(shape), image, image, names=["EN"])

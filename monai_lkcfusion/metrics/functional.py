@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
+from monai.data import MetaTensor
 
 from ..errors import FusionInputError
 from .gradient import nabf, qabf
@@ -46,13 +48,26 @@ def compute_fusion_metrics(
     psnr_peak: str = "max",
     chunk_size: int = 1,
     cpu_threads: int | None = 1,
+    input_scale: float | None = None,
 ) -> dict[str, torch.Tensor | float]:
     """Fusion metrics of ``fused`` against the two sources, on the 8-bit gray scale [0, 255].
 
+    Each input is a gray (H, W) image, a (B, 1, H, W) batch, or a channel-first (1|3, H, W) image (the layout of
+    :func:`~monai_lkcfusion.fuse`'s 2D output), which is turned into 8-bit gray the way a saved picture is read:
+    each channel clipped to [0, 255] and rounded, colour as the rounded BT.601 luma. Values must be on the 8-bit
+    scale, except for
+
+    - ``fuse()``'s output (a MetaTensor whose meta has ``fusion_method``), which is in [0, 1] by its contract and
+      is multiplied by 255;
+    - any input when ``input_scale`` is given: every input is multiplied by it, clipped to [0, 255] and rounded.
+
+    An input without ``input_scale`` whose values all lie in [0, 1] and are not all integers is refused with a
+    :class:`~monai_lkcfusion.FusionInputError`: on [0, 1] the metrics would be meaningless numbers.
+
     Args:
-        fused: the fused image, (H, W) array/tensor or a (B, 1, H, W) batch.
-        mri: the anatomical source, same shape.
-        other: the second source (CT, PET or SPECT luma), same shape.
+        fused: the fused image.
+        mri: the anatomical source, the same size.
+        other: the second source (CT, PET or SPECT; colour as its luma), the same size.
         names: metrics to compute, from :data:`ALL_METRICS`; ``None`` gives :data:`DEFAULT_METRICS`.
         ssim_data_range: L of the SSIM / MS-SSIM constants: 255 (LKC-FUNet's evaluator) or 2 (the published
             CDDFuse/EMMA tables).
@@ -65,14 +80,16 @@ def compute_fusion_metrics(
         cpu_threads: torch intra-op threads while scoring CPU tensors, restored afterwards. The metrics run
             hundreds of small operations per image; with several threads each one waits at a thread barrier,
             which on a busy CPU made scoring 40x slower (docs/metrics.md). ``None`` keeps the current setting.
+        input_scale: factor from all three inputs' scale to [0, 255], e.g. 255 for images in [0, 1]; ``None``: the
+            inputs are 8-bit gray values except ``fuse()``'s output (see above).
 
     Returns:
         ``{name: value}`` in the order of ``names``; floats for a single (H, W) image, (B,) float64 tensors for
         a batch.
 
     Raises:
-        FusionInputError: for an unknown metric name, an unknown option, mismatched shapes, or images smaller
-            than a metric's window.
+        FusionInputError: for an unknown metric name, an unknown option, mismatched shapes, images smaller than
+            a metric's window, or an input in [0, 1] without ``input_scale``.
     """
     names = DEFAULT_METRICS if names is None else tuple(names)
     if chunk_size < 1:
@@ -80,6 +97,7 @@ def compute_fusion_metrics(
     unknown = [n for n in names if n not in ALL_METRICS]
     if unknown:
         raise FusionInputError(f"unknown metric(s) {unknown}; choose from {', '.join(ALL_METRICS)}")
+    fused, mri, other = (_gray_scale(x, n, input_scale) for x, n in ((fused, "fused"), (mri, "mri"), (other, "other")))
     (f, single), (a, _), (b, _) = as_batch(fused, "fused"), as_batch(mri, "mri"), as_batch(other, "other")
     if not f.shape == a.shape == b.shape:
         raise FusionInputError(f"fused, mri and other must have one shape, got {f.shape}, {a.shape}, {b.shape}")
@@ -101,6 +119,37 @@ def compute_fusion_metrics(
         torch.set_num_threads(threads)
     results = {name: torch.cat([c[name] for c in chunks]) for name in names}
     return {name: float(v[0]) for name, v in results.items()} if single else results
+
+
+def _gray_scale(image: ImageLike, name: str, input_scale: float | None) -> ImageLike:
+    """``image`` on the 8-bit gray scale; a (1|3, H, W) image becomes 8-bit gray (H, W) (see the caller's rules).
+
+    Raises:
+        FusionInputError: an unscaled input in [0, 1], or a shape that is not an image or a batch of images.
+    """
+    from .folders import gray8  # a picture as the evaluators read it: 8 bits per channel, colour as luma
+
+    marked = isinstance(image, MetaTensor) and "fusion_method" in image.meta  # fuse()'s output, in [0, 1]
+    scale = 255.0 if input_scale is None and marked else input_scale
+    tensor = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(np.asarray(image))
+    channel_first = tensor.ndim == 3
+    if (channel_first and tensor.shape[0] not in (1, 3)) or (tensor.ndim == 4 and tensor.shape[1] != 1):
+        raise FusionInputError(
+            f"{name}: expected a (H, W) or (1|3, H, W) image or a (B, 1, H, W) batch, got shape "
+            f"{tuple(tensor.shape)} (score a volume slice by slice)"
+        )
+    if scale is None:
+        finite = tensor[torch.isfinite(tensor)] if tensor.is_floating_point() else None
+        if finite is not None and finite.numel() and 0.0 <= float(finite.min()) and float(finite.max()) <= 1.0:
+            if bool((finite != finite.round()).any()):
+                raise FusionInputError(
+                    f"{name}: values lie in [0, 1], not on the 8-bit gray scale [0, 255] of the metrics; "
+                    "pass input_scale=255 (or multiply by 255)"
+                )
+        if not channel_first:
+            return image
+    scaled = tensor.to(torch.float64) * (1.0 if scale is None else scale)
+    return gray8(scaled) if channel_first else scaled.clamp(0.0, 255.0).round()
 
 
 def _chunk_metrics(
