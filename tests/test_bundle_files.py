@@ -3,6 +3,7 @@ bundle that uses its own ``models/model.pt`` wherever it is run from (``bundle_r
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -111,3 +112,10 @@ def test_written_bundle_uses_its_own_weights(tmp_path: Path, monkeypatch: pytest
 def test_train_requires_dataset_dir(tmp_path: Path) -> None:
     with pytest.raises(FusionInputError, match=r"dataset_dir is not set: pass --dataset_dir FOLDER"):
         run_bundle_workflow("train.json", output_dir=str(tmp_path), preset="tiny")
+
+
+def test_metadata_requires_only_published_packages() -> None:
+    """monai-lkcfusion is not on a package index: metadata.json says how to install it instead of pinning it."""
+    meta = json.loads((packaged_bundle() / "configs" / "metadata.json").read_text())
+    assert "monai-lkcfusion" not in meta["required_packages_version"] and "fire" in meta["required_packages_version"]
+    assert "monai-lkcfusion" in meta["description"] and "lkcfusion bundle DEST" in meta["description"]
