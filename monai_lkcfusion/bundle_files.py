@@ -72,7 +72,7 @@ def _workflow_config_dir() -> Path | None:
     frame = inspect.currentframe()
     while frame is not None:
         owner = frame.f_locals.get("self")
-        if isinstance(owner, workflow_type):
+        if isinstance(owner, workflow_type) and getattr(owner, "config_root_path", None) is not None:
             return Path(owner.config_root_path).absolute()
         frame = frame.f_back
     return None
