@@ -113,7 +113,8 @@ def _harvard_like(root: Path, n: int = 3) -> Path:
     for folder in ("MRI", "CT"):
         (root / "train" / "MRI-CT" / folder).mkdir(parents=True)
         for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (40, 36), dtype=np.uint8)).save(root / "train" / "MRI-CT" / folder / f"{i}.png")
+            pixels = rng.integers(0, 256, (40, 36), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "train" / "MRI-CT" / folder / f"{i}.png")
     return root
 
 

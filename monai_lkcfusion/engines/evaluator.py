@@ -84,7 +84,8 @@ def create_evaluator(
     """
     device = torch.device(device)
     lower_is_better = key_metric == LOSS_METRIC
-    all_metrics = {LOSS_METRIC: IgniteMetricHandler(loss_fn=FusionLoss(), output_transform=from_engine(["pred", "label"]))}
+    loss = IgniteMetricHandler(loss_fn=FusionLoss(), output_transform=from_engine(["pred", "label"]))
+    all_metrics = {LOSS_METRIC: loss}
     names = [m for m in dict.fromkeys([key_metric, *metrics]) if m != LOSS_METRIC]
     if names:
         all_metrics[names[0]] = _fusion_metric_handler(names, ssim_data_range)
@@ -99,7 +100,7 @@ def create_evaluator(
         postprocessing=clamp_prediction(),
         key_val_metric=key,
         additional_metrics=all_metrics,
-        metric_cmp_fn=(lambda current, best: current < best) if lower_is_better else (lambda current, best: current > best),
+        metric_cmp_fn=(lambda current, best: current < best if lower_is_better else current > best),
         val_handlers=list(handlers),
         amp=device.type == "cuda" if amp is None else amp,
         decollate=False,

@@ -1,4 +1,4 @@
-"""Ignite handlers of the training workflow and the default handler lists.
+"""Ignite handlers of the training and evaluation workflows, and the default handler lists.
 
 The bundle's ``train.json`` declares its handlers one by one (``train#handlers``, ``validate#handlers``) so that an
 override can replace or disable any of them; :func:`train_handlers` and :func:`validation_handlers` build the same
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.handlers import ProgressBar
 from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
 from monai.handlers import (
     CheckpointLoader,
     CheckpointSaver,
