@@ -91,3 +91,26 @@ def test_demo_writes_2d_and_3d(tmp_path, capsys):
     mri = read_image(demo_files()["mri_3d"])
     assert fused.shape == tuple(mri.shape[1:]) and np.allclose(fused.affine, mri.affine.numpy())
     assert Image.open(tmp_path / "fused_2d.png").mode == "RGB"
+
+
+def test_gray_background_and_tta_options(tmp_path):
+    _pair(tmp_path, "a.png", colour=True)
+    mri, pet = tmp_path / "mri" / "a.png", tmp_path / "pet" / "a.png"
+    black = np.asarray(Image.open(mri)).copy()
+    black[:5] = 0
+    Image.fromarray(black).save(mri)
+    colour = np.asarray(Image.open(pet)).copy()
+    colour[:5] = 0
+    Image.fromarray(colour).save(pet)
+    outputs = {}
+    for name, flags in (("default", []), ("gray", ["--gray"]), ("kept", ["--no-mask-background"]),
+                        ("tta", ["--tta"])):
+        outputs[name] = tmp_path / f"{name}.png"
+        assert main(["fuse", str(mri), str(pet), "-o", str(outputs[name]), "--method", "mean", *flags]) == 0
+    default, gray = np.asarray(Image.open(outputs["default"])), np.asarray(Image.open(outputs["gray"]))
+    assert default.shape == (40, 36, 3) and gray.shape == (40, 36)
+    assert (default[:5] == 0).all()  # both inputs black there
+    luma = np.round(default.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
+    assert np.abs(luma - gray).max() <= 1  # the colour output's gray level is the fused luma
+    assert np.array_equal(np.asarray(Image.open(outputs["tta"])), default)  # mean is flip-equivariant
+    assert np.array_equal(np.asarray(Image.open(outputs["kept"])), default)  # mean of two zeros is zero

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from PIL import Image
 
 from monai_lkcfusion.data import read_image
 from monai_lkcfusion.errors import FusionInputError
-from monai_lkcfusion.inference import fuse, fuse_files
+from monai_lkcfusion.inference import build_predictor, fuse, fuse_files
 from monai_lkcfusion.networks import LKCFUNet
 from monai_lkcfusion.transforms import rgb_to_ycbcr
 
@@ -169,3 +171,166 @@ def test_harvard_pet_pair_keeps_pet_chroma(harvard_root, tmp_path):
     inside = ((fused > 0.01) & (fused < 0.99)).all(0)
     assert fused.shape == (3, 256, 256) and inside.float().mean() > 0.1
     assert torch.allclose(rgb_to_ycbcr(fused)[1:, inside], rgb_to_ycbcr(pet)[1:, inside], atol=2.5 / 255)
+
+
+# -- the one pipeline against an independent reference (NumPy/SciPy/PIL, none of the package's transforms) ---------
+_TO_YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def _read_unit(path: Path) -> np.ndarray:
+    """A Harvard/demo picture as float64 in [0, 1]: (H, W) gray or (H, W, 3) RGB."""
+    return np.asarray(Image.open(path), dtype=np.float64) / 255.0
+
+
+def _reference_2d(mri_png: Path, other_png: Path, predict, mask: bool, preserve_luma: bool) -> np.ndarray:
+    """Scale, luma, fuse, clip, mask and put the chroma back, written out from the conventions in DESIGN.md."""
+    mri, other = _read_unit(mri_png), _read_unit(other_png)
+    ycc = other @ _TO_YCBCR.T + np.array([0.0, 0.5, 0.5]) if other.ndim == 3 else other[..., None]
+    fused = np.clip(predict(mri, ycc[..., 0]), 0.0, 1.0)
+    if mask:
+        fused = fused * ((mri != 0) | (ycc[..., 0] != 0))
+    if other.ndim == 2:
+        return fused[None]
+    offset = np.concatenate([np.zeros_like(ycc[..., :1]), ycc[..., 1:] - 0.5], -1) @ np.linalg.inv(_TO_YCBCR).T
+    if preserve_luma:  # largest s in [0, 1] with 0 <= Y + s * offset <= 1 for R, G and B
+        bound = np.where(offset > 0, 1.0 - fused[..., None], fused[..., None]) / np.maximum(np.abs(offset), 1e-12)
+        offset = offset * np.minimum(bound.min(-1, keepdims=True), 1.0)
+    return np.moveaxis(np.clip(fused[..., None] + offset, 0.0, 1.0), -1, 0)
+
+
+def _net_predict(net: torch.nn.Module):
+    def predict(mri: np.ndarray, other: np.ndarray) -> np.ndarray:
+        pair = torch.as_tensor(np.stack([mri, other]), dtype=torch.float32)[None]
+        with torch.no_grad():
+            return net(pair)[0, 0].double().numpy()
+
+    return predict
+
+
+def _old_behaviour(mri, other, model) -> np.ndarray:
+    """The pipeline with the two intended changes switched off: no background mask, R/G/B clipping."""
+    from monai_lkcfusion.inference import fuse_dict, fusion_pipeline
+    from monai_lkcfusion.transforms import fusion_postprocessing
+
+    network, pre, inferer, _ = fusion_pipeline(model=model, optimize=False, progress=False)
+    post = fusion_postprocessing(mask_background=False, preserve_luma=False)
+    return fuse_dict({"mri": mri, "other": other}, network, pre, inferer, post)["pred"].numpy()
+
+
+def _check_against_reference(mri_png: Path, other_png: Path, net: torch.nn.Module) -> None:
+    for model, predict in ((net, _net_predict(net)), ("max", np.maximum)):
+        kwargs = {"model": net, "optimize": False} if model is net else {"method": "max"}
+        new = fuse(mri_png, other_png, progress=False, **kwargs).numpy()
+        assert np.allclose(new, _reference_2d(mri_png, other_png, predict, True, True), atol=5e-4)  # float32 vs 64
+        old = _old_behaviour(mri_png, other_png, net if model is net else build_predictor(None, "max"))
+        assert np.allclose(old, _reference_2d(mri_png, other_png, predict, False, False), atol=5e-4)
+        luma = fuse(mri_png, other_png, progress=False, color=False, **kwargs)
+        assert luma.shape == (1, *new.shape[1:]) and not luma.meta["color"]
+        if new.shape[0] == 3:  # what a clinician sees is the fused luma, to within one gray level
+            gray = np.round(np.round(new * 255).transpose(1, 2, 0) @ _TO_YCBCR[0])
+            assert np.abs(gray - np.round(luma.numpy()[0] * 255)).max() <= 1
+        both_zero = (_read_unit(mri_png) == 0) & (np.atleast_3d(_read_unit(other_png)).max(-1) == 0)
+        assert (new[:, both_zero] == 0).all()
+
+
+def test_demo_2d_matches_reference(tiny_net):
+    from monai_lkcfusion.data import demo_files
+
+    files = demo_files()
+    _check_against_reference(files["mri_2d"], files["pet_2d"], tiny_net)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("task,other", [("MRI-PET", "PET"), ("MRI-SPECT", "SPECT"), ("MRI-CT", "CT")])
+def test_harvard_pairs_match_reference(harvard_root, task, other):
+    from monai_lkcfusion.networks import default_weights_path, load_network
+
+    net = load_network(default_weights_path()).eval()
+    for mri in sorted((harvard_root / "test" / task / "MRI").glob("*.png"))[:2]:
+        _check_against_reference(mri, harvard_root / "test" / task / other / mri.name, net)
+
+
+def test_demo_3d_matches_reference():
+    """Percentile scaling, affine-aware trilinear resampling onto the MRI grid, voxel-wise max, background mask."""
+    from scipy.ndimage import map_coordinates
+
+    from monai_lkcfusion.data import demo_files
+
+    files = demo_files()
+    mri_img, pet_img = nib.load(str(files["mri_3d"])), nib.load(str(files["pet_3d"]))
+
+    def unit(volume: np.ndarray) -> np.ndarray:
+        low, high = np.percentile(volume, [0.5, 99.5])
+        return np.clip((volume - low) / (high - low), 0.0, 1.0)
+
+    mri, pet = unit(mri_img.get_fdata()), unit(pet_img.get_fdata())
+    to_pet = np.linalg.inv(pet_img.affine) @ mri_img.affine  # MRI voxel -> PET voxel
+    grid = np.indices(mri.shape).reshape(3, -1)
+    coords = to_pet[:3, :3] @ grid + to_pet[:3, 3:]
+    moved = map_coordinates(pet, coords, order=1, mode="grid-constant", cval=0.0).reshape(mri.shape)
+    reference = np.maximum(mri, moved) * ((mri != 0) | (moved != 0))
+    fused = fuse(files["mri_3d"], files["pet_3d"], method="max", progress=False)
+    assert fused.shape == (1, *mri.shape) and np.allclose(fused.affine.numpy(), mri_img.affine, atol=1e-5)
+    assert np.abs(fused.numpy()[0] - reference).max() < 1e-4
+
+
+def test_fuse_with_a_network_optimises_it_once(monkeypatch, tiny_net):
+    import monai_lkcfusion.networks as networks
+
+    calls = []
+    real = networks.optimize_for_inference
+
+    def counting(net, *args, **kwargs):
+        calls.append(net)
+        return real(net, *args, **kwargs)
+
+    monkeypatch.setattr(networks, "optimize_for_inference", counting)
+    net = LKCFUNet.from_preset("tiny").eval()
+    mri, ct = np.random.default_rng(1).random((2, 40, 36), dtype=np.float32)
+    results = [fuse(mri, ct, model=net, device="cpu") for _ in range(3)]
+    assert len(calls) == 1 and all(np.array_equal(results[0], r) for r in results[1:])
+    with torch.no_grad():
+        next(net.parameters()).mul_(0.5)  # the network changed in place (e.g. a training step): optimise again
+    fuse(mri, ct, model=net, device="cpu")
+    assert len(calls) == 2
+
+
+def test_weights_file_is_loaded_once(monkeypatch, tmp_path):
+    import monai_lkcfusion.networks as networks
+    from monai_lkcfusion.networks import save_network
+
+    weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "tiny.pt")
+    loads = []
+    real = networks.load_network
+    monkeypatch.setattr(networks, "load_network", lambda *a, **k: loads.append(a) or real(*a, **k))
+    mri, ct = np.random.default_rng(2).random((2, 24, 20), dtype=np.float32)
+    for _ in range(2):
+        fuse(mri, ct, weights=weights, device="cpu", optimize=False)
+    assert len(loads) == 1
+
+
+def test_flip_tta_averages_over_flips():
+    seen = []
+
+    def lopsided(x: torch.Tensor) -> torch.Tensor:  # not flip-equivariant: a left-right ramp times the MRI
+        seen.append(x.clone())
+        ramp = torch.linspace(0, 1, x.shape[-1]).expand_as(x[:, :1])
+        return x[:, :1] * ramp
+
+    mri = np.random.default_rng(3).random((12, 10), dtype=np.float32) * 0.8 + 0.1  # in [0, 1]: kept as it is
+    plain = fuse(mri, mri, model=lopsided, progress=False)
+    seen.clear()
+    tta = fuse(mri, mri, model=lopsided, progress=False, tta=True)
+    assert len(seen) == 4 and torch.equal(seen[1], seen[0].flip(-1)) and torch.equal(seen[2], seen[0].flip(-2))
+    ramp = np.linspace(0, 1, 10, dtype=np.float32)
+    assert np.allclose(plain, mri * ramp) and np.allclose(tta, mri * 0.5, atol=1e-6)  # (ramp + reversed) / 2
+    assert np.array_equal(fuse(mri, mri, method="max", tta=True), fuse(mri, mri, method="max"))
+
+
+def test_background_is_exactly_zero_with_a_network(tiny_net, synthetic_pair):
+    mri, other = synthetic_pair
+    mri[:10], other[:10] = 0.0, 0.0  # a band of joint background
+    fused = fuse(mri, other, model=tiny_net, optimize=False)
+    kept = fuse(mri, other, model=tiny_net, optimize=False, mask_background=False)
+    assert (fused[:10] == 0).all() and (kept[:10] != 0).any()
+    assert np.array_equal(fused[10:], kept[10:])

@@ -114,6 +114,21 @@ def test_infer_task_returns_fused_float_volume_on_input_grid(tmp_path, tiny_weig
         task({"image": str(one_channel)})
 
 
+def test_infer_task_keeps_one_optimised_network_between_requests(tmp_path, tiny_weights, monkeypatch):
+    import monai_lkcfusion.networks as networks
+
+    calls = []
+    real = networks.optimize_for_inference
+    monkeypatch.setattr(networks, "optimize_for_inference", lambda net, *a, **k: calls.append(1) or real(net, *a, **k))
+    app = write_label_app(tmp_path / "app", weights=tiny_weights)
+    volume = tmp_path / "pair.nii.gz"
+    _two_channel_volume(volume)
+    task = _import_app_task(app, monkeypatch)(weights=str(app / "model" / "lkcfusion.safetensors"))
+    first, _ = task({"image": str(volume)})
+    second, _ = task({"image": str(volume)})
+    assert len(calls) == 1 and np.array_equal(nib.load(first).get_fdata(), nib.load(second).get_fdata())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

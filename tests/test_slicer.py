@@ -72,3 +72,21 @@ def test_slicer_module_file_is_valid_python():
                  "LKCFusionLogic(ScriptedLoadableModuleLogic)", "LKCFusionTest(ScriptedLoadableModuleTest)"):
         assert f"class {name}" in source.read_text()
     assert (MODULE / "Resources" / "Icons" / "LKCFusion.png").is_file()
+
+
+def test_repeated_runs_reuse_the_loaded_network(tmp_path, monkeypatch):
+    """Each Run click fuses with the network loaded (and optimised) by the first one, until the weights change."""
+    import monai_lkcfusion.networks as networks
+
+    weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "fresh.pt")
+    loads, optimised = [], []
+    real_load, real_optimize = networks.load_network, networks.optimize_for_inference
+    monkeypatch.setattr(networks, "load_network", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    monkeypatch.setattr(networks, "optimize_for_inference",
+                        lambda *a, **k: optimised.append(1) or real_optimize(*a, **k))
+    mri, mri_to_ras, ct, ct_to_ras = _volumes()
+    runs = [fuse_volume_arrays(mri, mri_to_ras, ct, ct_to_ras, weights=weights, device="cpu") for _ in range(3)]
+    assert len(loads) == 1 and len(optimised) == 1 and all(np.array_equal(runs[0], r) for r in runs[1:])
+    save_network(LKCFUNet.from_preset("tiny"), weights)  # new weights in the same file: loaded again
+    fuse_volume_arrays(mri, mri_to_ras, ct, ct_to_ras, weights=weights, device="cpu")
+    assert len(loads) == 2

@@ -12,6 +12,7 @@ from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.transforms import (
     MergeLumad,
     RandSliced,
+    ResampleToReferenced,
     SplitLumad,
     axial_axis,
     fusion_load_transforms,
@@ -120,6 +121,10 @@ def test_axial_axis_and_rand_slice():
     sampler.set_random_state(0)
     d = sampler({"mri": vol, "other": vol.clone() * 2})
     assert d["mri"].shape == (1, 6, 7) and d["mri"].meta["slice_index"] == 3 and float(d["other"].max()) == 2
+    spacing = torch.diag(torch.tensor([0.5, 0.8, 3.0, 1.0], dtype=torch.float64))
+    spaced = MetaTensor(vol.as_tensor().clone(), affine=spacing)
+    plane = RandSliced("mri").set_random_state(0)({"mri": spaced})["mri"]
+    assert np.allclose(plane.pixdim.numpy(), [0.5, 0.8]) and plane.meta["slice_axis"] == 2  # in-plane spacing kept
 
 
 def test_volume_pair_training_chain_on_demo_data():
@@ -136,3 +141,83 @@ def test_volume_pair_training_chain_on_demo_data():
     assert d["mri"].shape == d["other"].shape == (1, 145, 181)
     assert 0.5 < d["other"].meta["overlap_fraction"] < 1.0  # the PET grid is shifted: partial coverage
     assert float(d["mri"].max()) <= 1 and float(d["other"].max()) > 0.2
+
+
+def _gray8(rgb: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma of the 8-bit picture that ``rgb`` (3, ...) in [0, 1] is written as, rounded to a gray level."""
+    q = torch.round(rgb.double() * 255)
+    return torch.round(0.299 * q[0] + 0.587 * q[1] + 0.114 * q[2])
+
+
+def test_luma_preserving_gamut_mapping():
+    torch.manual_seed(0)
+    y, cbcr = torch.rand(1, 200, 150), torch.rand(2, 200, 150)  # many colours outside the RGB gamut
+    clipped, mapped = ycbcr_to_rgb(y, cbcr, preserve_luma=False), ycbcr_to_rgb(y, cbcr)
+    assert 0 <= float(mapped.min()) and float(mapped.max()) <= 1
+    luma8 = torch.round(y[0].double() * 255)
+    assert (_gray8(clipped) - luma8).abs().gt(1).float().mean() > 0.3  # clipping changes the luma of many pixels
+    assert (_gray8(mapped) - luma8).abs().max() <= 1  # the mapping does not
+    assert torch.allclose(rgb_to_ycbcr(mapped)[0], y[0], atol=1e-5)
+    # the hue is kept: the chroma is scaled by one factor s in [0, 1] per pixel
+    chroma_in, chroma_out = cbcr - 0.5, rgb_to_ycbcr(mapped)[1:] - 0.5
+    s = (chroma_out * chroma_in).sum(0) / (chroma_in**2).sum(0)
+    assert s.min() >= -1e-5 and s.max() <= 1 + 1e-5 and torch.allclose(chroma_out, s * chroma_in, atol=1e-4)
+    inside = ((clipped > 0) & (clipped < 1)).all(0)  # in-gamut colours are left as they are
+    assert torch.allclose(mapped[:, inside], clipped[:, inside], atol=1e-5)
+    d = MergeLumad("pred", preserve_luma=True)({"pred": MetaTensor(y, meta={"x": 1}), "other_cbcr": cbcr})
+    assert d["pred"].meta["x"] == 1 and torch.allclose(d["pred"], mapped)
+
+
+def test_mask_background_zero_where_both_sources_are_zero():
+    from monai_lkcfusion.transforms import MaskBackground, MaskBackgroundd
+
+    pair = torch.rand(2, 8, 9)
+    pair[:, :3] = 0.0  # both background
+    pair[0, 5:, :] = 0.0  # only the MRI is background: kept
+    pred = torch.rand(1, 8, 9) + 0.1
+    out = MaskBackground()(pred, pair)
+    assert (out[:, :3] == 0).all() and torch.equal(out[:, 3:], pred[:, 3:])
+    d = MaskBackgroundd("pred")({"pred": MetaTensor(pred), "image": pair})
+    assert isinstance(d["pred"], MetaTensor) and torch.equal(d["pred"], out)
+
+
+def test_array_and_dict_forms_keep_metadata_and_history():
+    from monai_lkcfusion import transforms as T
+
+    for name in ("LoadFusionImage", "ScaleModality", "ResampleToReference", "SplitLuma", "MergeLuma",
+                 "MaskBackground", "AddFusionRecord", "SaveFused", "RandSlice"):
+        array, dict_form = getattr(T, name), getattr(T, f"{name}d")
+        assert getattr(T, f"{name}D") is dict_form and getattr(T, f"{name}Dict") is dict_form
+        assert array.backend and dict_form.backend == array.backend
+    img = MetaTensor(torch.rand(3, 6, 5) * 255, meta={"filename_or_obj": "pet.png", "display_max": 255.0})
+    img.push_applied_operation({"class": "Earlier"})
+    scaled = T.ScaleModality()(img)
+    y, cbcr = T.SplitLuma()(scaled)
+    assert y.meta["filename_or_obj"] == "pet.png" and "display range" in y.meta["intensity_scaling"]
+    assert [op["class"] for op in y.applied_operations] == ["Earlier"] and cbcr.shape == (2, 6, 5)
+    assert "intensity_scaling" not in img.meta  # the input's meta is not changed
+
+
+def test_preprocessing_is_invertible_on_volumes():
+    """Invertd puts the resampled other modality back on its own grid; its metadata (not the MRI's) is kept."""
+    from monai.transforms import Invertd
+
+    from monai_lkcfusion.transforms import ScaleModality, fusion_preprocessing
+
+    mri = _volume((20, 16, 12), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    pet = _volume((12, 10, 8), (2.0, 2.0, 2.0), (-3.0, -2.0, -1.0))
+    pet.meta.update({"filename_or_obj": "pet.nii.gz", "modality": "PT"})
+    pre = fusion_preprocessing()
+    d = pre({"mri": mri, "other": pet})
+    assert d["image"].shape == (2, 20, 16, 12) and torch.equal(d["image"].affine, mri.affine)
+    other = d["other"]
+    assert other.meta["filename_or_obj"] == "pet.nii.gz" and other.meta["modality"] == "PET"
+    assert [op["class"] for op in other.applied_operations] == ["ResampleToReference"]
+    back = Invertd("other", transform=pre, orig_keys="other")(d)["other"]
+    assert back.shape == pet.shape and torch.allclose(back.affine, pet.affine) and not back.applied_operations
+    inner = (slice(None), slice(2, 10), slice(2, 8), slice(2, 6))  # away from the MRI grid's border
+    assert torch.allclose(back[inner], ScaleModality()(pet)[inner], atol=1e-4)
+    same = MetaTensor(torch.rand(1, 5, 4))
+    resizer = ResampleToReferenced("other", resize_2d=True)
+    small = resizer({"mri": MetaTensor(torch.rand(1, 10, 8)), "other": same})
+    assert small["other"].shape == (1, 10, 8) and resizer.inverse(small)["other"].shape == (1, 5, 4)

@@ -38,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="slices per network call for volumes (default 8)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them, fail)")
     parser.add_argument("--no-optimize", action="store_true", help="skip optimize_for_inference on the network")
+    parser.add_argument("--gray", action="store_true", help="write the fused luma only (no PET/SPECT colour)")
+    parser.add_argument("--no-mask-background", action="store_true",
+                        help="keep the network's output where both inputs are 0 (default: exactly 0 there)")
+    parser.add_argument("--tta", action="store_true", help="average the network over image flips (4x slower)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     predictor = build_predictor(None, args.method, args.weights, args.device, not args.no_optimize)
     options = {"axis": args.axis, "device": args.device, "optimize": False, "batch_size": args.batch_size,
                "modality": args.modality, "resample": args.resample, "mri_series": args.mri_series,
-               "other_series": args.other_series}
+               "other_series": args.other_series, "color": not args.gray,
+               "mask_background": not args.no_mask_background, "tta": args.tta}
     return _fuse_folders(args, predictor, options) if batch else _fuse_pair(args, predictor, options)
 
 

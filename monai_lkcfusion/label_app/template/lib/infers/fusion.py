@@ -52,20 +52,20 @@ class FusionInferTask(InferTask):
             config={"device": device},
         )
         self.weights = weights
-        self._networks: dict[str, Any] = {}
+        self._predictors: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def is_valid(self) -> bool:
         return True
 
-    def _network(self, device: str) -> Any:
-        """Load the network once per device."""
-        from monai_lkcfusion.networks import default_weights_path, load_network
+    def _predictor(self, device: str) -> Any:
+        """The optimised network for ``device``, built on the first request and kept for the next ones."""
+        from monai_lkcfusion.inferers import build_predictor
 
         with self._lock:
-            if device not in self._networks:
-                self._networks[device] = load_network(self.weights or default_weights_path(), map_location=device)
-            return self._networks[device]
+            if device not in self._predictors:
+                self._predictors[device] = build_predictor(None, weights=self.weights, device=device)
+            return self._predictors[device]
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         from monai_lkcfusion.data import write_image
@@ -74,7 +74,7 @@ class FusionInferTask(InferTask):
         start = time.time()
         device = str(request.get("device", self.config()["device"]))
         mri, other = read_channels(request["image"])
-        fused = fuse(mri, other, model=self._network(device), device=device, progress=False)  # (1, X, Y, Z)
+        fused = fuse(mri, other, model=self._predictor(device), device=device, progress=False)  # (1, X, Y, Z)
         path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
         write_image(fused, path, overwrite=True)
         result = {"shape": list(fused.shape[1:]), "dtype": "float32", "latency": round(time.time() - start, 3)}
