@@ -163,7 +163,8 @@ class LastCheckpointSaver(CheckpointSaver):
     """The per-epoch "last" checkpoint ``checkpoint_epoch=N.pt`` (only the newest kept), holding the trainer too.
 
     The engine it is attached to is saved under ``"trainer"`` beside ``save_dict`` (network, optimizer, LR
-    scheduler), so that a resumed run continues at the right epoch.
+    scheduler), so that a resumed run continues at the right epoch. After each save the checkpoints of earlier
+    epochs in ``save_dir`` are removed, also those an earlier (resumed) run left.
 
     Args:
         save_dir: the run's output folder.
@@ -177,6 +178,13 @@ class LastCheckpointSaver(CheckpointSaver):
         """Save ``engine``'s state with the others after every epoch."""
         self.save_dict["trainer"] = engine  # the dict object the ignite Checkpoint saves from
         super().attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._remove_earlier)
+
+    def _remove_earlier(self, engine: Engine) -> None:
+        for path in Path(self.save_dir).glob(f"{CHECKPOINT_PREFIX}_epoch=*.pt"):
+            match = re.fullmatch(rf"{CHECKPOINT_PREFIX}_epoch=(\d+)\.pt", path.name)
+            if match and int(match.group(1)) < engine.state.epoch:
+                path.unlink(missing_ok=True)
 
 
 class ResumeCheckpointLoader:
