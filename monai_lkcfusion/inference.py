@@ -26,7 +26,7 @@ from .inferers import FUSION_METHODS, FusionInferer, build_predictor
 from .transforms.io import ImageLike
 from .transforms.pipelines import fusion_postprocessing, fusion_preprocessing
 
-__all__ = ["FUSION_METHODS", "build_predictor", "fuse", "fuse_dict", "fuse_files", "fusion_pipeline"]
+__all__ = ["FUSION_METHODS", "build_predictor", "fuse", "fuse_dict", "fuse_files"]
 
 
 def fuse(
@@ -89,47 +89,13 @@ def fuse(
         FusionInputError: unreadable inputs, dimension/size/channel mismatch, no overlap, unknown method, no
             weights for ``"lkcfunet"``, an unusable device, or a batch/tile size below 1.
     """
-    pipeline = fusion_pipeline(
-        model=model, method=method, weights=weights, axis=axis, device=device, optimize=optimize,
-        batch_size=batch_size, progress=progress, modality=modality, resample=resample, tile_size=tile_size,
-        mri_series=mri_series, other_series=other_series, mask_background=mask_background, color=color, tta=tta,
-    )
-    fused = fuse_dict({"mri": mri, "other": other}, *pipeline)["pred"]
-    return _as_layout(fused, mri) if isinstance(mri, np.ndarray) else fused
-
-
-def fusion_pipeline(
-    model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
-    method: str = "lkcfunet",
-    weights: str | Path | None = None,
-    axis: int | None = None,
-    device: str | torch.device | None = None,
-    optimize: bool = True,
-    batch_size: int = 8,
-    progress: bool = True,
-    modality: str | None = None,
-    resample: bool = False,
-    tile_size: int = 1024,
-    mri_series: str | None = None,
-    other_series: str | None = None,
-    mask_background: bool = True,
-    color: bool = True,
-    tta: bool = False,
-) -> tuple[torch.nn.Module | Callable[[torch.Tensor], torch.Tensor], Compose, FusionInferer, Compose]:
-    """The pieces :func:`fuse` runs, from its options (see there): network, preprocessing, inferer, postprocessing.
-
-    ``network`` is ``model`` when given, else the predictor of ``method``/``weights`` (loaded once, see
-    :func:`~monai_lkcfusion.inferers.build_predictor`). Pass the four to :func:`fuse_dict` for each pair.
-
-    Raises:
-        FusionInputError: unknown method, no weights for ``"lkcfunet"``, an unusable device, or a batch/tile size
-            below 1.
-    """
     inferer = FusionInferer(tile_size=tile_size, batch_size=batch_size, axis=axis, tta=tta, device=device,
                             optimize=optimize, progress=progress)
     network = model if model is not None else build_predictor(None, method, weights, inferer.device, optimize)
     preprocessing = fusion_preprocessing(modality, resample, {"mri": mri_series, "other": other_series})
-    return network, preprocessing, inferer, fusion_postprocessing(mask_background=mask_background, color=color)
+    postprocessing = fusion_postprocessing(mask_background=mask_background, color=color)
+    fused = fuse_dict({"mri": mri, "other": other}, network, preprocessing, inferer, postprocessing)["pred"]
+    return _as_layout(fused, mri) if isinstance(mri, np.ndarray) else fused
 
 
 def fuse_dict(

@@ -209,12 +209,13 @@ def _net_predict(net: torch.nn.Module):
 
 def _old_behaviour(mri, other, model) -> np.ndarray:
     """The pipeline with the two intended changes switched off: no background mask, R/G/B clipping."""
-    from monai_lkcfusion.inference import fuse_dict, fusion_pipeline
-    from monai_lkcfusion.transforms import fusion_postprocessing
+    from monai_lkcfusion.inference import fuse_dict
+    from monai_lkcfusion.inferers import FusionInferer
+    from monai_lkcfusion.transforms import fusion_postprocessing, fusion_preprocessing
 
-    network, pre, inferer, _ = fusion_pipeline(model=model, optimize=False, progress=False)
     post = fusion_postprocessing(mask_background=False, preserve_luma=False)
-    return fuse_dict({"mri": mri, "other": other}, network, pre, inferer, post)["pred"].numpy()
+    pred = fuse_dict({"mri": mri, "other": other}, model, fusion_preprocessing(), FusionInferer(optimize=False), post)
+    return pred["pred"].numpy()
 
 
 def _check_against_reference(mri_png: Path, other_png: Path, net: torch.nn.Module) -> None:

@@ -10,10 +10,11 @@ import torch
 from ignite.engine import Engine
 from monai.data import Dataset
 from monai.inferers import Inferer
-from monai.transforms import Compose
 
 from ..errors import FusionInputError
-from ..transforms.io import SaveFusedd
+from ..inferers import FusionInferer
+from ..transforms.io import SaveFused
+from ..transforms.pipelines import fusion_preprocessing
 
 __all__ = ["FileFusionEngine", "fusion_pairs"]
 
@@ -61,16 +62,16 @@ def fusion_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
 class FileFusionEngine(Engine):
     """Fuse every pair of a datalist with the package's inference pipeline and write the results.
 
-    Each iteration runs :func:`monai_lkcfusion.inference.fuse_dict` on one pair: ``preprocessing`` (read, scale,
-    other onto the MRI grid, luma split, pair), ``inferer`` with ``network`` (slice by slice for volumes), and
-    ``postprocessing`` (clip, background mask, chroma back). The bundle's inference.json passes these pieces
-    (``preprocessing`` as the transform of a MONAI ``Dataset``, ``postprocessing`` ending in a
-    :class:`~monai_lkcfusion.transforms.SaveFusedd`); without them they are built
-    from ``fuse_kwargs`` (the options of :func:`~monai_lkcfusion.inference.fuse`) and a writer of
-    ``output_dir/<output_prefix><mri name><ext>`` is appended. ``engine.state.output`` is the written path, or
-    ``None`` for a pair that could not be fused (unreadable, mismatched, no overlap, unwritable, existing output
-    without ``overwrite``): it is logged and skipped, and :meth:`run` fuses the others and then raises one error
-    listing the failures.
+    Each iteration runs one pair through ``preprocessing`` (read, scale, other onto the MRI grid, luma split,
+    pair), ``inferer`` with ``network`` (slice by slice for volumes) and ``postprocessing`` (clip, background
+    mask, chroma back, write), with :func:`monai_lkcfusion.inference.fuse_dict`. The bundle's inference.json
+    passes these pieces (``preprocessing`` as the transform of a MONAI ``Dataset``, ``postprocessing`` ending in
+    a :class:`~monai_lkcfusion.transforms.SaveFusedd`); without them each pair goes through
+    :func:`~monai_lkcfusion.inference.fuse` (the same pieces, built from ``fuse_kwargs``) and is written as
+    ``output_dir/<output_prefix><mri name><ext>``. ``engine.state.output`` is the written path, or ``None`` for a
+    pair that could not be fused (unreadable, mismatched, no overlap, unwritable, existing output without
+    ``overwrite``): it is logged and skipped, and :meth:`run` fuses the others and then raises one error listing
+    the failures.
 
     Args:
         datalist: dicts with ``"mri"`` and ``"other"`` paths, or a MONAI ``Dataset`` of them whose ``transform``
@@ -80,10 +81,11 @@ class FileFusionEngine(Engine):
         output_dir: where fused images are written when ``postprocessing`` is not given.
         output_suffix: output extension (e.g. ``".nii.gz"``); default the MRI's own.
         output_prefix: put before the MRI's name (``"fused_"``; the CLI's batch mode uses ``""``).
-        overwrite: replace existing outputs (otherwise an existing output is that pair's failure).
-        fuse_kwargs: options of :func:`~monai_lkcfusion.inference.fuse` for the pieces not given.
-        preprocessing: e.g. :func:`~monai_lkcfusion.transforms.fusion_preprocessing`.
-        inferer: e.g. :class:`~monai_lkcfusion.inferers.FusionInferer`.
+        overwrite: replace existing outputs (otherwise an existing output is that pair's failure, found first).
+        fuse_kwargs: options of :func:`~monai_lkcfusion.inference.fuse` when the pieces are not given.
+        preprocessing: with ``postprocessing``: the ``Dataset``'s transform, else
+            :func:`~monai_lkcfusion.transforms.fusion_preprocessing`.
+        inferer: with ``postprocessing``: default :class:`~monai_lkcfusion.inferers.FusionInferer`.
         postprocessing: e.g. :func:`~monai_lkcfusion.transforms.fusion_postprocessing` plus a ``SaveFusedd``.
 
     Raises:
@@ -99,41 +101,35 @@ class FileFusionEngine(Engine):
         output_prefix: str = "fused_",
         overwrite: bool = True,
         fuse_kwargs: dict[str, Any] | None = None,
-        preprocessing: Compose | None = None,
+        preprocessing: Callable | None = None,
         inferer: Inferer | None = None,
-        postprocessing: Compose | None = None,
+        postprocessing: Callable | None = None,
     ) -> None:
-        from ..inference import fusion_pipeline
-
         super().__init__(self._fuse_one)
-        if postprocessing is None and output_dir is None:
-            raise FusionInputError("FileFusionEngine: give output_dir (or a postprocessing that writes the results)")
         if isinstance(datalist, Dataset):
             datalist, preprocessing = datalist.data, preprocessing or datalist.transform
+        if postprocessing is None and output_dir is None:
+            raise FusionInputError("FileFusionEngine: give output_dir (or a postprocessing that writes the results)")
         self.datalist = list(datalist)
-        self.network, default_pre, default_inferer, default_post = fusion_pipeline(
-            model=network, **{"progress": False, **(fuse_kwargs or {})}
+        self.network = network
+        self.pieces = None if postprocessing is None else (
+            preprocessing or fusion_preprocessing(), inferer or FusionInferer(), postprocessing
         )
-        self.preprocessing = preprocessing or default_pre
-        self.inferer = inferer or default_inferer
-        self.writer = None if postprocessing is not None else SaveFusedd(
-            "pred", output_dir=output_dir, output_suffix=output_suffix, output_prefix=output_prefix,
-            overwrite=overwrite,
-        )
-        self.postprocessing = postprocessing or Compose([default_post, self.writer])
-        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.fuse_kwargs = dict(fuse_kwargs or {})
+        self.writer = SaveFused(output_dir, output_suffix, output_prefix, overwrite) if output_dir else None
         self.failures: list[str] = []
 
     def _fuse_one(self, engine: Engine, item: dict[str, Any]) -> Path | None:
-        from ..inference import fuse_dict
+        from ..inference import fuse, fuse_dict
 
         try:
-            if self.writer is not None:  # an existing output fails before any work
-                target = self.writer.saver.output_path(item["mri"])
-                if target.exists() and not self.writer.saver.overwrite:
-                    raise FusionInputError(f"{target}: output exists; pass --overwrite (overwrite=True) to replace it")
-            d = fuse_dict(item, self.network, self.preprocessing, self.inferer, self.postprocessing)
-            return Path(d["pred"].meta["saved_to"])
+            if self.pieces is not None:
+                return Path(fuse_dict(item, self.network, *self.pieces)["pred"].meta["saved_to"])
+            target = self.writer.output_path(item["mri"])
+            if target.exists() and not self.writer.overwrite:  # before any work
+                raise FusionInputError(f"{target}: output exists; pass --overwrite (overwrite=True) to replace it")
+            fused = fuse(item["mri"], item["other"], model=self.network, **{"progress": False, **self.fuse_kwargs})
+            return Path(self.writer(fused).meta["saved_to"])
         except (FusionInputError, OSError) as err:  # report the bad pair and go on with the others
             self.failures.append(" ".join(str(err).split()))
             self.logger.error(self.failures[-1])
@@ -149,8 +145,8 @@ class FileFusionEngine(Engine):
             FusionInputError: after the run, when some pairs failed (the others are written).
         """
         self.failures = []
-        if self.output_dir is not None:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.writer is not None:
+            self.writer.output_dir.mkdir(parents=True, exist_ok=True)
         state = super().run(self.datalist, max_epochs=1)
         if self.failures:
             raise FusionInputError(

@@ -4,11 +4,14 @@ Array transforms with dict wrappers (``Foo``/``Food``, aliases ``FooD``/``FooDic
 :class:`LoadFusionImage`, :class:`ScaleModality`, :class:`ResampleToReference` (invertible), :class:`SplitLuma`,
 then MONAI's ``ConcatItemsd`` for the pair; after the inferer, clipping, :class:`MaskBackground`,
 :class:`MergeLuma`, :class:`AddFusionRecord` and :class:`SaveFused`. :func:`fusion_preprocessing` and
-:func:`fusion_postprocessing` compose them; :class:`RandSlice` samples 2D slices of volumes for training.
+:func:`fusion_postprocessing` compose them; :class:`RandSlice` samples 2D slices of volumes and
+:class:`RandIntensityRemap` remaps intensities for training.
 """
 
 from __future__ import annotations
 
+from . import augment, color, intensity, io, pipelines, post, spatial
+from .augment import RandIntensityRemap, RandIntensityRemapD, RandIntensityRemapd, RandIntensityRemapDict
 from .color import (
     MergeLuma,
     MergeLumaD,
@@ -67,52 +70,11 @@ from .spatial import (
 )
 
 __all__ = [
-    "CT_WINDOW",
-    "PERCENTILES",
-    "AddFusionRecord",
-    "AddFusionRecordD",
-    "AddFusionRecordDict",
-    "AddFusionRecordd",
-    "LoadFusionImage",
-    "LoadFusionImageD",
-    "LoadFusionImageDict",
-    "LoadFusionImaged",
-    "MaskBackground",
-    "MaskBackgroundD",
-    "MaskBackgroundDict",
-    "MaskBackgroundd",
-    "MergeLuma",
-    "MergeLumaD",
-    "MergeLumaDict",
-    "MergeLumad",
-    "RandSlice",
-    "RandSliceD",
-    "RandSliceDict",
-    "RandSliced",
-    "ResampleToReference",
-    "ResampleToReferenceD",
-    "ResampleToReferenceDict",
-    "ResampleToReferenced",
-    "SaveFused",
-    "SaveFusedD",
-    "SaveFusedDict",
-    "SaveFusedd",
-    "ScaleModality",
-    "ScaleModalityD",
-    "ScaleModalityDict",
-    "ScaleModalityd",
-    "SplitLuma",
-    "SplitLumaD",
-    "SplitLumaDict",
-    "SplitLumad",
-    "axial_axis",
-    "fusion_load_transforms",
-    "fusion_postprocessing",
-    "fusion_preprocessing",
-    "known_modality",
-    "normalize_modality",
-    "resample_to_reference",
-    "rgb_to_ycbcr",
-    "scale_to_unit",
-    "ycbcr_to_rgb",
+    *augment.__all__,
+    *color.__all__,
+    *intensity.__all__,
+    *io.__all__,
+    *pipelines.__all__,
+    *post.__all__,
+    *spatial.__all__,
 ]

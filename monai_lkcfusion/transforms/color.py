@@ -17,6 +17,7 @@ from monai.utils import TransformBackends
 from monai.utils.type_conversion import convert_to_dst_type
 
 from ..errors import FusionInputError
+from .base import ReferencedMapTransform
 
 __all__ = [
     "MergeLuma",
@@ -141,7 +142,7 @@ class SplitLumad(MapTransform):
         return d
 
 
-class MergeLumad(MapTransform):
+class MergeLumad(ReferencedMapTransform):
     """Dict wrapper of :class:`MergeLuma`: the fused luma under ``keys`` becomes RGB with ``chroma_key``'s Cb/Cr.
 
     When ``chroma_key`` is absent (gray other modality), the image stays gray.
@@ -156,21 +157,11 @@ class MergeLumad(MapTransform):
     backend = MergeLuma.backend
 
     def __init__(
-        self,
-        keys: KeysCollection,
-        chroma_key: str = "other_cbcr",
-        preserve_luma: bool = True,
+        self, keys: KeysCollection, chroma_key: str = "other_cbcr", preserve_luma: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.chroma_key = chroma_key
-        self.merger = MergeLuma(preserve_luma)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.merger(d[key], d.get(self.chroma_key))
-        return d
+        super().__init__(keys, MergeLuma(preserve_luma), chroma_key, ref_optional=True,
+                         allow_missing_keys=allow_missing_keys)
 
 
 SplitLumaD = SplitLumaDict = SplitLumad

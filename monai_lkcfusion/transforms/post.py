@@ -10,6 +10,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 
+from .base import ReferencedMapTransform
+
 __all__ = [
     "AddFusionRecord",
     "AddFusionRecordD",
@@ -40,7 +42,7 @@ class MaskBackground(Transform):
         return img * foreground.to(device=img.device, dtype=img.dtype)
 
 
-class MaskBackgroundd(MapTransform):
+class MaskBackgroundd(ReferencedMapTransform):
     """Dict wrapper of :class:`MaskBackground`.
 
     Args:
@@ -52,15 +54,7 @@ class MaskBackgroundd(MapTransform):
     backend = MaskBackground.backend
 
     def __init__(self, keys: KeysCollection, source_key: str = "image", allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.source_key = source_key
-        self.masker = MaskBackground()
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.masker(d[key], d[self.source_key])
-        return d
+        super().__init__(keys, MaskBackground(), source_key, allow_missing_keys=allow_missing_keys)
 
 
 class AddFusionRecord(Transform):

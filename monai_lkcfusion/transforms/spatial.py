@@ -14,6 +14,7 @@ from monai.utils import TraceKeys, TransformBackends
 from monai.utils.type_conversion import convert_to_dst_type
 
 from ..errors import FusionInputError
+from .base import ReferencedMapTransform
 
 __all__ = [
     "RandSlice",
@@ -139,7 +140,7 @@ def resample_to_reference(
     return out, out.meta["overlap_fraction"]
 
 
-class ResampleToReferenced(MapTransform, InvertibleTransform):
+class ResampleToReferenced(ReferencedMapTransform, InvertibleTransform):
     """Dict wrapper of :class:`ResampleToReference`: the ``keys`` onto the grid of ``ref_key`` (the MRI).
 
     Args:
@@ -153,27 +154,16 @@ class ResampleToReferenced(MapTransform, InvertibleTransform):
     backend = ResampleToReference.backend
 
     def __init__(
-        self,
-        keys: KeysCollection,
-        ref_key: str = "mri",
-        mode: str = "bilinear",
-        resize_2d: bool = False,
+        self, keys: KeysCollection, ref_key: str = "mri", mode: str = "bilinear", resize_2d: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.ref_key = ref_key
-        self.resampler = ResampleToReference(mode=mode, resize_2d=resize_2d)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.resampler(d[key], d[self.ref_key])
-        return d
+        super().__init__(keys, ResampleToReference(mode=mode, resize_2d=resize_2d), ref_key,
+                         allow_missing_keys=allow_missing_keys)
 
     def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.resampler.inverse(d[key])
+            d[key] = self.transform.inverse(d[key])
         return d
 
 
