@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "fuse": "inference",
     "fuse_files": "inference",
+    "FusionInferer": "inferers",
     "fuse_baseline": "baselines",
     "LKCFUNet": "networks",
     "NETWORK_PRESETS": "networks",

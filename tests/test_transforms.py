@@ -217,6 +217,14 @@ def test_preprocessing_is_invertible_on_volumes():
     assert back.shape == pet.shape and torch.allclose(back.affine, pet.affine) and not back.applied_operations
     inner = (slice(None), slice(2, 10), slice(2, 8), slice(2, 6))  # away from the MRI grid's border
     assert torch.allclose(back[inner], ScaleModality()(pet)[inner], atol=1e-4)
+    from monai_lkcfusion.inference import fuse_dict
+    from monai_lkcfusion.inferers import FusionInferer, build_predictor
+    from monai_lkcfusion.transforms import fusion_postprocessing
+
+    fused = fuse_dict({"mri": mri, "other": pet}, build_predictor(None, "max"), pre, FusionInferer(),
+                      fusion_postprocessing())
+    on_pet_grid = Invertd("pred", transform=pre, orig_keys="other")(fused)["pred"]  # the fused image on the PET grid
+    assert on_pet_grid.shape == pet.shape and torch.allclose(on_pet_grid.affine, pet.affine)
     same = MetaTensor(torch.rand(1, 5, 4))
     resizer = ResampleToReferenced("other", resize_2d=True)
     small = resizer({"mri": MetaTensor(torch.rand(1, 10, 8)), "other": same})
