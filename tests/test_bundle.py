@@ -13,7 +13,9 @@ import torch
 from monai.bundle import ConfigWorkflow, verify_net_in_out
 from PIL import Image
 
+from monai_lkcfusion.data import demo_files
 from monai_lkcfusion.engines import bundle_config, last_checkpoint, run_bundle_workflow
+from monai_lkcfusion.inference import fuse_files
 from monai_lkcfusion.networks import LKCFUNet, load_network
 
 BUNDLE = bundle_config("train.json").parents[1]
@@ -137,6 +139,9 @@ def test_inference_json_on_demo_data(trained: tuple[Path, Path], tmp_path: Path)
     )
     fused = np.asarray(Image.open(tmp_path / "fused_mri_slice.png"))
     assert fused.ndim == 3 and fused.shape[-1] == 3 and fused.std() > 0  # colour PET: chroma restored
+    files = demo_files()  # the bundle and fuse() run one pipeline: the same picture
+    same = fuse_files(files["mri_2d"], files["pet_2d"], tmp_path / "api.png", weights=out / "model.pt")
+    assert np.array_equal(np.asarray(Image.open(same)), fused)
 
 
 @pytest.mark.shared
