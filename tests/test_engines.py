@@ -139,7 +139,7 @@ def test_train_json_short_run_and_handler_override(tmp_path: Path) -> None:
     data = _harvard_like(tmp_path / "data")
     out = tmp_path / "run"
     run_bundle_workflow("train.json", dataset_dir=str(data), output_dir=str(out), max_epochs=1, val_interval=2,
-                        **{"train#handlers#6#_disabled_": True}, **TINY)
+                        **{"train#handlers#7#_disabled_": True}, **TINY)
     assert (out / "best_model.pt").is_file() and (out / "model.pt").is_file()
     assert len(list((out / "tensorboard").iterdir())) == 1
     assert (torch.tensor([1e-40]) * 2).item() != 0.0  # a denormal survives: set_flush_denormal was not called
@@ -163,3 +163,22 @@ def test_config_handlers_match_python_defaults(tmp_path: Path) -> None:
     }
     for key in parsed:
         assert [type(h) for h in parsed[key]] == [type(h) for h in defaults[key]], key
+
+
+def test_time_limit_handler_stops_on_a_whole_epoch() -> None:
+    """A 0.25 s budget stops a 0.04 s-per-epoch run early, after a complete epoch; no budget runs every epoch."""
+    import time
+
+    from ignite.engine import Engine
+
+    from monai_lkcfusion.engines import TimeLimitHandler
+
+    def run(limit: float | None) -> Engine:
+        engine = Engine(lambda e, b: time.sleep(0.02))
+        TimeLimitHandler(limit).attach(engine)
+        engine.run(range(2), max_epochs=50)
+        return engine
+
+    limited = run(0.25)
+    assert 2 <= limited.state.epoch < 10 and limited.state.iteration == 2 * limited.state.epoch
+    assert run(None).state.epoch == 50 and run(0).state.epoch == 50

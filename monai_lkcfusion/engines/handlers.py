@@ -5,12 +5,13 @@ override can replace or disable any of them; :func:`train_handlers` and :func:`v
 defaults for :func:`~monai_lkcfusion.engines.create_trainer` / :func:`~monai_lkcfusion.engines.create_evaluator`
 in Python (tests/test_engines.py checks that both lists hold the same handlers). Handlers that only one process of
 a distributed run should execute (checkpoint saver, statistics, TensorBoard, progress bar) come last in
-``train#handlers``, so that ``$@train#handlers[:4]`` keeps the ones every process needs.
+``train#handlers``, so that ``$@train#handlers[:5]`` keeps the ones every process needs.
 """
 
 from __future__ import annotations
 
 import re
+import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "LossProgressBar",
     "MetricTableSaver",
     "ResumeCheckpointLoader",
+    "TimeLimitHandler",
     "ValidationEarlyStopHandler",
     "best_model_saver",
     "last_checkpoint",
@@ -157,6 +159,40 @@ class ValidationEarlyStopHandler(EarlyStopHandler):
             return
         self.set_trainer(engine)
         super().attach(self.validator)
+
+
+class TimeLimitHandler:
+    """Stop training after the epoch that ends past ``limit_s`` seconds, or before one that would not fit.
+
+    Checked at the end of every epoch: the trainer stops when the time since it started plus the mean epoch
+    time exceeds ``limit_s``, so a run with a time budget (e.g. 10 minutes on a GPU) ends on a whole epoch, which
+    is validated (when :class:`EpochValidationHandler` validates every epoch) and exported as usual.
+
+    Args:
+        limit_s: the budget in seconds; ``None`` or a value <= 0 disables it.
+    """
+
+    def __init__(self, limit_s: float | None) -> None:
+        self.limit_s = float(limit_s) if limit_s else 0.0
+        self._start = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        """Start the clock when ``engine`` starts and check it after every epoch."""
+        if self.limit_s <= 0:
+            return
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._check)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = time.monotonic()
+        self._first_epoch = engine.state.epoch
+
+    def _check(self, engine: Engine) -> None:
+        elapsed = time.monotonic() - self._start
+        per_epoch = elapsed / max(engine.state.epoch - self._first_epoch, 1)
+        if elapsed + per_epoch > self.limit_s and engine.state.epoch < engine.state.max_epochs:
+            engine.logger.info(f"time limit {self.limit_s:.0f} s: stopping after epoch {engine.state.epoch}")
+            engine.terminate()
 
 
 class LastCheckpointSaver(CheckpointSaver):
@@ -331,6 +367,7 @@ def train_handlers(
     device: str | torch.device = "cpu",
     tensorboard: bool = True,
     progress: bool = True,
+    time_limit: float | None = None,
 ) -> list:
     """The trainer's default handlers, in the order of ``train#handlers`` in ``bundle/configs/train.json``.
 
@@ -345,9 +382,10 @@ def train_handlers(
         device: where the checkpoint's tensors are loaded.
         tensorboard: log the batch loss to TensorBoard.
         progress: show a progress bar per epoch.
+        time_limit: seconds of training after which no further epoch starts (see :class:`TimeLimitHandler`).
 
     Returns:
-        The handlers: validation, LR schedule, early stop, resume; then the ones a single process runs in
+        The handlers: validation, LR schedule, early stop, time limit, resume; then the ones a single process runs in
         distributed training: "last" checkpoint, console statistics, TensorBoard, progress bar.
     """
     handlers: list = []
@@ -357,6 +395,7 @@ def train_handlers(
         handlers.append(LrScheduleHandler(lr_scheduler=lr_scheduler, print_lr=False, epoch_level=True))
     if validator is not None:
         handlers.append(ValidationEarlyStopHandler(validator=validator, patience=early_stop_patience))
+    handlers.append(TimeLimitHandler(time_limit))
     handlers.append(ResumeCheckpointLoader(output_dir, save_dict, resume=resume, map_location=device))
     handlers.append(LastCheckpointSaver(output_dir, save_dict))
     handlers.append(StatsHandler(tag_name="train_loss", output_transform=loss_output, iteration_log=False))
