@@ -79,19 +79,22 @@ class ResampleToReference(InvertibleTransform):
         if img.ndim != reference.ndim:
             raise FusionInputError(f"{name}: {img.ndim - 1}D image but the MRI {ref_name} is {reference.ndim - 1}D")
         orig_size = tuple(img.shape[1:])
-        if img.ndim == 3 and orig_size == tuple(reference.shape[1:]):
-            out, coverage, method = img.clone(), 1.0, "none"
-        elif img.ndim == 3:
-            if not self.resize_2d:
+        if img.ndim == 3:  # a 2D picture: kept, or resized when allowed; our own entry records which
+            if orig_size == tuple(reference.shape[1:]):
+                out, method = img.clone(), "none"
+            elif self.resize_2d:
+                resized = F.interpolate(img.as_tensor()[None], size=tuple(reference.shape[1:]), mode="bilinear",
+                                        align_corners=False)[0]
+                out, method = convert_to_dst_type(resized, img)[0], "resize"
+            else:
                 raise FusionInputError(
                     f"{name}: size {orig_size} differs from the MRI's {tuple(reference.shape[1:])}; "
                     "register/resample it to the MRI first or pass --resample (resize_2d=True)"
                 )
-            resized = F.interpolate(img.as_tensor()[None], size=tuple(reference.shape[1:]), mode="bilinear",
-                                    align_corners=False)[0]
-            out, coverage, method = convert_to_dst_type(resized, img)[0], 1.0, "resize"
-        else:
-            stacked = torch.cat([img, torch.ones_like(img[:1])])  # (C + 1, *spatial): last channel = field of view
+            self.push_transform(out, orig_size=orig_size, extra_info={"method": method})
+            coverage = 1.0
+        else:  # a volume: ResampleToMatch on the image plus a field-of-view channel
+            stacked = torch.cat([img, torch.ones_like(img[:1])])  # (C + 1, *spatial)
             moved = self.resampler(stacked, reference)
             coverage = float((moved[-1] > 0.5).float().mean())
             if coverage == 0.0:
@@ -101,11 +104,8 @@ class ResampleToReference(InvertibleTransform):
             out = moved[:-1]
             out.meta = dict(img.meta)  # ResampleToMatch copied the reference's meta; keep the image's own
             self.push_transform(out, replace=True)  # our entry, holding ResampleToMatch's for the inverse
-            method = None
         out.affine = reference.affine
         out.meta["overlap_fraction"] = coverage
-        if method is not None:
-            self.push_transform(out, orig_size=orig_size, extra_info={"method": method})
         return out
 
     def inverse(self, data: torch.Tensor) -> torch.Tensor:
