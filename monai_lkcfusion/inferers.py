@@ -170,6 +170,9 @@ class FusionInferer(Inferer):
         device: where the network runs (default CUDA when available, else CPU).
         optimize: optimise an ``nn.Module`` for inference (see :func:`build_predictor`).
         progress: show a progress bar over tiles/slices.
+
+    Raises:
+        FusionInputError: a batch or tile size below 1, a ``tta`` that is not a bool, or an unusable device.
     """
 
     def __init__(
@@ -186,6 +189,8 @@ class FusionInferer(Inferer):
         super().__init__()
         if batch_size < 1 or tile_size < 1:
             raise FusionInputError(f"batch_size {batch_size} and tile_size {tile_size} must be positive (--batch-size)")
+        if not isinstance(tta, bool):  # e.g. the string "false" from a bundle command line, which would be truthy
+            raise FusionInputError(f"tta {tta!r}: give True or False (bundle command line: --tta True)")
         self.tile_size = tile_size
         self.batch_size = batch_size
         self.overlap = overlap

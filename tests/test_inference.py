@@ -326,6 +326,8 @@ def test_flip_tta_averages_over_flips():
     ramp = np.linspace(0, 1, 10, dtype=np.float32)
     assert np.allclose(plain, mri * ramp) and np.allclose(tta, mri * 0.5, atol=1e-6)  # (ramp + reversed) / 2
     assert np.array_equal(fuse(mri, mri, method="max", tta=True), fuse(mri, mri, method="max"))
+    with pytest.raises(FusionInputError, match="--tta True"):
+        fuse(mri, mri, method="max", tta="false")  # a bundle override string must not switch TTA on
 
 
 def test_background_is_exactly_zero_with_a_network(tiny_net, synthetic_pair):
