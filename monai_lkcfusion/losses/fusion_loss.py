@@ -17,6 +17,8 @@ structure term of DM-FNet-style losses: each window is compared with the source 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
@@ -90,22 +92,19 @@ def ssim_maps(
     return ssim_map, var_x
 
 
-def gaussian_ssim(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    window_size: int = 11,
-    sigma: float = 1.5,
-    data_range: float = 1.0,
-    k1: float = 0.01,
-    k2: float = 0.03,
-    padding: str = "valid",
-) -> torch.Tensor:
-    """Mean SSIM per image over the windows of :func:`ssim_maps` (same arguments).
+def gaussian_ssim(x: torch.Tensor, y: torch.Tensor, **options: Any) -> torch.Tensor:
+    """Mean SSIM per image over the windows of :func:`ssim_maps`.
+
+    Args:
+        x: images (B, C, H, W).
+        y: images broadcastable to ``x``.
+        options: the window and constants of :func:`ssim_maps` (``window_size``, ``sigma``, ``data_range``, ``k1``,
+            ``k2``, ``padding``).
 
     Returns:
         SSIM per image and channel, shape (B, C).
     """
-    return ssim_maps(x, y, window_size, sigma, data_range, k1, k2, padding)[0].mean(dim=(-2, -1))
+    return ssim_maps(x, y, **options)[0].mean(dim=(-2, -1))
 
 
 def sobel_magnitude(image: torch.Tensor) -> torch.Tensor:
