@@ -1,21 +1,129 @@
-"""The 3D Slicer module's logic (plain Python, no Slicer): Slicer-ordered arrays + IJK-to-RAS in, fused volume out."""
+"""The 3D Slicer module without Slicer: its logic driven as Slicer would, on real volumes, against ``lkcfusion fuse``.
+
+Only what cannot run here is stubbed: the ``slicer``/``qt`` modules, MRML volume nodes (voxels in Slicer's (K, J, I)
+order + IJK-to-RAS) and Slicer's ITK-based volume file I/O (NRRD/NIfTI through SimpleITK with the LPS <-> RAS
+conversion Slicer makes). The background process, the worker and the fusion are the real ones.
+"""
 
 from __future__ import annotations
 
+import importlib
+import re
 import sys
+import time
+import types
+import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
-from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.cli import main
+from monai_lkcfusion.data import demo_files
 from monai_lkcfusion.networks import LKCFUNet, save_network
 
 MODULE = Path(__file__).resolve().parents[1] / "slicer" / "LKCFusion"
-sys.path.insert(0, str(MODULE))
+LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
-from LKCFusionLib import fuse_volume_arrays  # noqa: E402
+
+class VolumeNode:
+    """A stand-in for vtkMRMLScalarVolumeNode / vtkMRMLVectorVolumeNode: voxels (K, J, I[, C]) and IJK-to-RAS."""
+
+    def __init__(self, name: str, voxels: np.ndarray, ijk_to_ras: np.ndarray) -> None:
+        self.name, self.voxels, self.ijk_to_ras = name, voxels, np.asarray(ijk_to_ras, dtype=np.float64)
+
+    def GetName(self) -> str:
+        return self.name
+
+    def SetName(self, name: str) -> None:
+        self.name = name
+
+    def GetParentTransformNode(self) -> None:
+        return None
+
+    def GetStorageNode(self) -> None:
+        return None
+
+    def IsA(self, class_name: str) -> bool:
+        return class_name == self.GetClassName()
+
+    def GetClassName(self) -> str:
+        return "vtkMRMLVectorVolumeNode" if self.voxels.ndim == 4 else "vtkMRMLScalarVolumeNode"
+
+
+def _read_volume(path: str, name: str) -> VolumeNode:
+    """What Slicer's volume reader makes of a file (ITK reads it in LPS; Slicer's IJK-to-RAS)."""
+    image = sitk.ReadImage(path)
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    ijk_to_lps[:3, 3] = image.GetOrigin()
+    return VolumeNode(name, sitk.GetArrayFromImage(image), LPS @ ijk_to_lps)
+
+
+class StorageNode:
+    """A stand-in for vtkMRMLVolumeArchetypeStorageNode: writes a node as Slicer does (ITK, LPS)."""
+
+    def SetFileName(self, path: str) -> None:
+        self.path = path
+
+    def UseCompressionOff(self) -> None:
+        pass
+
+    def WriteData(self, node: VolumeNode) -> bool:
+        ijk_to_lps = LPS @ node.ijk_to_ras
+        spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+        image = sitk.GetImageFromArray(node.voxels, isVector=node.voxels.ndim == 4)
+        image.SetSpacing(spacing.tolist())
+        image.SetDirection((ijk_to_lps[:3, :3] / spacing).flatten().tolist())
+        image.SetOrigin(ijk_to_lps[:3, 3].tolist())
+        sitk.WriteImage(image, self.path)
+        return True
+
+
+@pytest.fixture(scope="module")
+def slicer_module(tmp_path_factory):
+    """``LKCFusion.py`` imported with stand-ins for ``slicer`` and ``qt`` (restored afterwards)."""
+    temp = tmp_path_factory.mktemp("slicer_temp")
+    counter = iter(range(10_000))
+
+    def temp_directory() -> str:  # slicer.util.tempDirectory: a new folder per call
+        folder = temp / f"t{next(counter)}"
+        folder.mkdir()
+        return str(folder)
+
+    scene = types.SimpleNamespace(
+        AddNewNodeByClass=lambda cls, name=None: StorageNode(),
+        RemoveNode=lambda node: None,
+        GenerateUniqueName=lambda name: name,
+    )
+    util = types.SimpleNamespace(
+        tempDirectory=temp_directory,
+        loadVolume=lambda path, properties=None: _read_volume(path, (properties or {}).get("name", Path(path).name)),
+    )
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleWidget",
+                 "ScriptedLoadableModuleTest"):
+        setattr(scripted, name, type(name, (), {"__init__": lambda self, *a: None}))
+    slicer = types.ModuleType("slicer")
+    slicer.util, slicer.mrmlScene, slicer.ScriptedLoadableModule = util, scene, scripted
+    slicer.app = types.SimpleNamespace(processEvents=lambda: None)
+    saved = {name: sys.modules.get(name) for name in ("slicer", "slicer.ScriptedLoadableModule", "qt", "LKCFusion")}
+    sys.modules.update({"slicer": slicer, "slicer.ScriptedLoadableModule": scripted, "qt": types.ModuleType("qt")})
+    sys.path.insert(0, str(MODULE))
+    sys.modules.pop("LKCFusion", None)
+    try:
+        yield importlib.import_module("LKCFusion")
+    finally:
+        sys.path.remove(str(MODULE))
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
 
 
 @pytest.fixture(scope="module")
@@ -24,69 +132,128 @@ def tiny_weights(tmp_path_factory) -> Path:
     return save_network(LKCFUNet.from_preset("tiny"), tmp_path_factory.mktemp("w") / "tiny.pt")
 
 
-def _volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """An MRI (K, J, I) = (5, 24, 20) and a 'CT' of the same anatomy on a grid with half the in-plane resolution."""
-    k, j, i = np.mgrid[0:5, 0:24, 0:20].astype(np.float32)
-    mri = 100 + 80 * np.sin(i / 3) * np.cos(j / 4)
-    mri_to_ras = np.array([[-0.8, 0, 0, 10], [0, -0.8, 0, 20], [0, 0, 3.0, -6], [0, 0, 0, 1]])
-    ct_full = 1000.0 * (np.hypot(i - 10, j - 12) < 6)
-    ct = np.ascontiguousarray(ct_full[:, ::2, ::2])
-    ct_to_ras = mri_to_ras @ np.diag([2.0, 2.0, 1.0, 1.0])
-    return mri, mri_to_ras, ct, ct_to_ras
+@pytest.fixture(scope="module")
+def logic(slicer_module):
+    logic = slicer_module.LKCFusionLogic()
+    yield logic
+    logic.cancel()
+    logic.closeProcess()
 
 
-def test_fused_volume_lies_on_the_mri_grid(tiny_weights):
-    mri, mri_to_ras, ct, ct_to_ras = _volumes()
-    fused = fuse_volume_arrays(mri, mri_to_ras, ct, ct_to_ras, weights=tiny_weights, device="cpu")
-    assert fused.shape == mri.shape and fused.dtype == np.float32
-    assert np.isfinite(fused).all() and 0 <= fused.min() and fused.max() <= 1
+def test_module_fuses_demo_volumes_in_background_like_lkcfusion_fuse(slicer_module, logic, tiny_weights, tmp_path):
+    """Volume nodes as Slicer loads the demo files -> background job -> new node == ``lkcfusion fuse`` output."""
+    files = demo_files()
+    mri_node = _read_volume(str(files["mri_3d"]), "T1")
+    pet_node = _read_volume(str(files["pet_3d"]), "PET")
+    progress: list[tuple[int, int]] = []
+    task = logic.startFusion(mri_node, pet_node, weights=str(tiny_weights), device="cpu",
+                             onProgress=lambda t: progress.append((t.done, t.total)))
+    assert task.outputNode is None and not task.finished  # returned at once: the GUI thread is free
+    deadline = time.time() + 300
+    while logic.checkFusion():  # what the widget's QTimer does
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert not task.error, task.error
+    output = task.outputNode
+    assert output.GetName() == "T1 fused lkcfunet" and output.GetClassName() == "vtkMRMLScalarVolumeNode"
+    assert progress[-1] == (72, 72) and len(progress) == 9  # 72 axial slices, 8 per network call
+    assert not Path(task.tempDir).exists()  # temporary files removed
+
+    reference = tmp_path / "cli.nii.gz"
+    assert main(["fuse", str(files["mri_3d"]), str(files["pet_3d"]), "-o", str(reference), "--weights",
+                 str(tiny_weights), "--device", "cpu"]) == 0
+    cli = nib.load(reference)
+    np.testing.assert_array_equal(output.voxels, cli.get_fdata(dtype=np.float32).transpose(2, 1, 0))
+    np.testing.assert_allclose(output.ijk_to_ras, cli.affine, atol=1e-5)
+    np.testing.assert_allclose(output.ijk_to_ras, mri_node.ijk_to_ras, atol=1e-5)
+    assert task.result["predictor_reused"] is False
+
+    # the next run keeps the process and its loaded network
+    pid = logic.fusionProcess.pid
+    again = logic.process(mri_node, pet_node, weights=str(tiny_weights), device="cpu")
+    assert logic.fusionProcess.pid == pid and logic.task.result["predictor_reused"] is True
+    np.testing.assert_array_equal(again.voxels, output.voxels)
 
 
-@pytest.mark.parametrize("ct_step", [1, 2])
-def test_geometry_and_axis_order_with_max_baseline(ct_step):
-    """A bright, asymmetric box in the CT must land on the same MRI voxels (K, J, I), on the same or a coarser grid."""
-    mri, mri_to_ras, _, _ = _volumes()
-    mri = np.full_like(mri, 50.0)  # featureless, so the max fusion shows the CT
-    ct_full = np.full(mri.shape, -1000.0, dtype=np.float32)
-    ct_full[:, 4:12, 6:10] = 1000.0  # J 4..11, I 6..9 in every slice
-    ct = np.ascontiguousarray(ct_full[:, ::ct_step, ::ct_step])
-    ct_to_ras = mri_to_ras @ np.diag([ct_step, ct_step, 1.0, 1.0])
-    fused = fuse_volume_arrays(mri, mri_to_ras, ct, ct_to_ras, method="max", device="cpu")
-    assert fused.shape == mri.shape
-    inside, outside = fused[:, 5:11, 7:9], np.delete(fused, np.s_[2:14], axis=1)
-    assert inside.min() > outside.max() + 0.1, (inside.min(), outside.max())
+def test_module_reports_errors_and_keeps_the_process(logic):
+    mri = VolumeNode("MRI", np.full((4, 16, 16), 50, np.float32), np.eye(4))
+    far = VolumeNode("PET", np.ones((4, 16, 16), np.float32), np.eye(4))
+    far.ijk_to_ras[:3, 3] = 500.0  # no overlap with the MRI
+    with pytest.raises(RuntimeError, match="overlap"):
+        logic.process(mri, far, method="max", device="cpu")
+    assert logic.fusionProcess is not None and logic.fusionProcess.running
 
 
-def test_rejects_vector_volumes_and_bad_matrices(tiny_weights):
-    mri, mri_to_ras, ct, ct_to_ras = _volumes()
-    with pytest.raises(FusionInputError, match="scalar volume"):
-        fuse_volume_arrays(np.stack([mri] * 3, -1), mri_to_ras, ct, ct_to_ras, weights=tiny_weights)
-    with pytest.raises(FusionInputError, match="4x4"):
-        fuse_volume_arrays(mri, mri_to_ras[:3], ct, ct_to_ras, weights=tiny_weights)
+def test_module_colour_pet_gives_vector_volume(logic):
+    k, j, i = np.mgrid[0:3, 0:20, 0:24].astype(np.float32)
+    mri = VolumeNode("MRI", (100 + 50 * np.sin(i / 3)).astype(np.float32), np.diag([1.0, 1.0, 2.0, 1.0]))
+    rgb = np.stack([np.clip(i * 10, 0, 255), np.clip(j * 10, 0, 255), np.full_like(i, 30)], -1).astype(np.uint8)
+    pet = VolumeNode("PET colour", rgb, np.diag([1.0, 1.0, 2.0, 1.0]))
+    output = logic.process(mri, pet, method="max", device="cpu")
+    assert output.GetClassName() == "vtkMRMLVectorVolumeNode" and output.voxels.shape == (3, 20, 24, 3)
+    gray = logic.process(mri, pet, method="max", device="cpu", color=False)
+    assert gray.voxels.shape == (3, 20, 24)
 
 
-def test_slicer_module_file_is_valid_python():
-    source = MODULE / "LKCFusion.py"
-    compile(source.read_text(), str(source), "exec")
-    for name in ("LKCFusion(ScriptedLoadableModule)", "LKCFusionWidget(ScriptedLoadableModuleWidget)",
-                 "LKCFusionLogic(ScriptedLoadableModuleLogic)", "LKCFusionTest(ScriptedLoadableModuleTest)"):
-        assert f"class {name}" in source.read_text()
+def test_cancel_ends_the_process_and_the_next_run_starts_a_new_one(slicer_module):
+    logic = slicer_module.LKCFusionLogic()
+    files = demo_files()
+    mri_node, pet_node = _read_volume(str(files["mri_3d"]), "T1"), _read_volume(str(files["pet_3d"]), "PET")
+    finished = []
+    try:
+        task = logic.startFusion(mri_node, pet_node, device="cpu", onFinished=finished.append)  # ~20 s
+        process = logic.fusionProcess
+        deadline = time.time() + 300
+        while task.done == 0 and logic.checkFusion():  # cancel once the fusion is under way
+            assert time.time() < deadline
+            time.sleep(0.02)
+        logic.cancel()
+        assert task.cancelled and task.finished and finished == [task] and task.outputNode is None
+        assert not process.running and logic.fusionProcess is None
+        small = VolumeNode("MRI", np.full((2, 8, 8), 50, np.float32), np.eye(4))
+        assert logic.process(small, small.__class__("CT", np.ones((2, 8, 8), np.float32), np.eye(4)),
+                             method="max", device="cpu").voxels.shape == (2, 8, 8)
+        assert logic.fusionProcess.pid != process.pid
+    finally:
+        logic.closeProcess()
+
+
+def test_ui_file_has_the_widgets_the_module_uses():
+    root = ET.parse(MODULE / "Resources" / "UI" / "LKCFusion.ui").getroot()
+    names = {w.get("name") for w in root.iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "LKCFusion.py").read_text()))
+    assert used and used <= names, used - names
+    cmake = (MODULE / "CMakeLists.txt").read_text()
+    assert "Resources/UI/${MODULE_NAME}.ui" in cmake and "add_subdirectory(Testing)" in cmake
+    for script in ("dependencies.py", "process.py"):
+        assert f"${{MODULE_NAME}}Lib/{script}" in cmake
+    extension = (MODULE.parent / "CMakeLists.txt").read_text()
+    assert 'EXTENSION_ICONURL ""' not in extension and 'EXTENSION_SCREENSHOTURLS ""' not in extension
     assert (MODULE / "Resources" / "Icons" / "LKCFusion.png").is_file()
 
 
-def test_repeated_runs_reuse_the_loaded_network(tmp_path, monkeypatch):
-    """Each Run click fuses with the network loaded (and optimised) by the first one, until the weights change."""
-    import monai_lkcfusion.networks as networks
-
-    weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "fresh.pt")
-    loads, optimised = [], []
-    real_load, real_optimize = networks.load_network, networks.optimize_for_inference
-    monkeypatch.setattr(networks, "load_network", lambda *a, **k: loads.append(1) or real_load(*a, **k))
-    monkeypatch.setattr(networks, "optimize_for_inference",
-                        lambda *a, **k: optimised.append(1) or real_optimize(*a, **k))
-    mri, mri_to_ras, ct, ct_to_ras = _volumes()
-    runs = [fuse_volume_arrays(mri, mri_to_ras, ct, ct_to_ras, weights=weights, device="cpu") for _ in range(3)]
-    assert len(loads) == 1 and len(optimised) == 1 and all(np.array_equal(runs[0], r) for r in runs[1:])
-    save_network(LKCFUNet.from_preset("tiny"), weights)  # new weights in the same file: loaded again
-    fuse_volume_arrays(mri, mri_to_ras, ct, ct_to_ras, weights=weights, device="cpu")
-    assert len(loads) == 2
+def test_install_plan_keeps_slicer_packages(tmp_path):
+    sys.path.insert(0, str(MODULE))
+    try:
+        from LKCFusionLib.dependencies import install_plan
+    finally:
+        sys.path.remove(str(MODULE))
+    wheel = tmp_path / "monai_lkcfusion-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("monai_lkcfusion-0.1.0.dist-info/METADATA", "Name: monai-lkcfusion\nVersion: 0.1.0\n"
+                         "Requires-Dist: torch>=2.4\nRequires-Dist: monai==1.6.1\nRequires-Dist: numpy>=1.24\n"
+                         "Requires-Dist: onnx>=1.16; extra == \"export\"\n")
+    installed = {"numpy": "1.26.4", "torch": "2.5.1+cu121", "monai": "1.4.0", "SimpleITK": "2.4.0",
+                 "monai-lkcfusion": "0.0.9"}
+    plan = install_plan(wheel, tmp_path / "c.txt", installed)
+    assert plan.dependencies == ["-c", str(tmp_path / "c.txt"), "monai>=1.6.1", "numpy>=1.24"]  # torch: extension
+    assert plan.package == ["-c", str(tmp_path / "c.txt"), "--no-deps", "--upgrade", str(wheel)]
+    lines = plan.constraints.split()
+    assert "numpy==1.26.4" in lines and "simpleitk==2.4.0" in lines  # Slicer's own: unchanged
+    assert "torch>=2.5.1" in lines and "monai>=1.4.0" in lines  # others: never downgraded
+    assert not [line for line in lines if line.startswith("monai-lkcfusion")]
+    offline = install_plan(tmp_path, tmp_path / "c.txt", installed, offline=True)  # a folder of wheels
+    assert offline.dependencies[2:5] == ["--no-index", "--find-links", str(tmp_path)]
+    assert offline.package[-1] == str(wheel)
+    checkout = install_plan(Path(__file__).resolve().parents[1], tmp_path / "c.txt", installed)
+    assert not [r for r in checkout.dependencies if r.startswith("torch") or "==" in r]

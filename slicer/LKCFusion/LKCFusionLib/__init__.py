@@ -1,5 +1,10 @@
-"""Slicer-independent logic of the LKCFusion module (importable and testable without 3D Slicer)."""
+"""Slicer-independent parts of the LKCFusion module (importable and testable without 3D Slicer).
 
-from .logic import fuse_volume_arrays
+- :mod:`.process`: the background fusion process (``python -m monai_lkcfusion.apps.worker``) over pipes.
+- :mod:`.dependencies`: the pip calls that install ``monai-lkcfusion`` without changing Slicer's packages.
+"""
 
-__all__ = ["fuse_volume_arrays"]
+from .dependencies import InstallPlan, install_plan
+from .process import FusionProcess
+
+__all__ = ["FusionProcess", "InstallPlan", "install_plan"]

@@ -1,0 +1,147 @@
+"""The module's background fusion process: ``python -m monai_lkcfusion.apps.worker`` driven over pipes.
+
+Plain Python (no Slicer): the module's logic starts one :class:`FusionProcess`, submits jobs and polls its events
+from a ``qt.QTimer`` (so the GUI thread never waits); tests poll it in a loop. The process keeps its predictor
+between jobs; :meth:`FusionProcess.cancel` ends it (the next job starts a new one).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import subprocess
+import threading
+from typing import Any
+
+__all__ = ["FusionProcess", "WORKER_MODULE"]
+
+WORKER_MODULE = "monai_lkcfusion.apps.worker"
+"""The module the background process runs (``python -m``)."""
+
+
+class FusionProcess:
+    """A long-lived fusion worker process: :meth:`submit` jobs, :meth:`poll` the events it printed.
+
+    Args:
+        python: the Python interpreter (in Slicer: ``PythonSlicer``).
+        env: environment variables added to this process's (e.g. ``{"CUDA_VISIBLE_DEVICES": ""}``).
+    """
+
+    def __init__(self, python: str, env: dict[str, str] | None = None) -> None:
+        self.python = python
+        self.env = dict(env or {})
+        self._proc: subprocess.Popen | None = None
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._log: list[str] = []
+        self._ids = itertools.count(1)
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The process id (``None`` before the first job)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def log(self) -> str:
+        """The last lines the process wrote on standard error (library messages, tracebacks)."""
+        return "\n".join(self._log[-40:])
+
+    def start(self) -> None:
+        """Start the process (done by :meth:`submit` when needed)."""
+        if self.running:
+            return
+        self._events = queue.Queue()
+        self._log = []
+        self._proc = subprocess.Popen(
+            [self.python, "-m", WORKER_MODULE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+            env={**os.environ, **self.env},
+        )
+        threading.Thread(target=self._read_events, args=(self._proc, self._events), daemon=True).start()
+        threading.Thread(target=self._read_log, args=(self._proc, self._log), daemon=True).start()
+
+    def submit(self, job: dict[str, Any]) -> str:
+        """Send one job (the fields of ``monai_lkcfusion.apps.worker.FusionJob``); start the process if needed.
+
+        Args:
+            job: the job; an ``id`` is added when missing.
+
+        Returns:
+            The job's id (repeated in its events).
+        """
+        self.start()
+        job = {**job, "id": str(job.get("id") or next(self._ids))}
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(job) + "\n")
+        self._proc.stdin.flush()
+        return job["id"]
+
+    def poll(self) -> list[dict[str, Any]]:
+        """The events received since the last call, without waiting.
+
+        When the process has ended and its output is read, a last ``{"event": "exit", "returncode": N}`` is
+        added (a crash, or :meth:`cancel`); :meth:`log` then says why.
+        """
+        events = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return events
+
+    def cancel(self) -> None:
+        """End the process now (the job in progress is lost); the next :meth:`submit` starts a new one."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.kill()
+        proc.wait()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the process to quit after its current job and wait for it (killing it after ``timeout`` s)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.write(json.dumps({"command": "quit"}) + "\n")
+                proc.stdin.close()
+            proc.wait(timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+
+    @staticmethod
+    def _read_events(proc: subprocess.Popen, events: queue.Queue) -> None:
+        """Reader thread: parse the process's JSON lines into ``events``; an ``exit`` event at the end."""
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                event = {"event": "message", "message": line}
+            events.put(event if isinstance(event, dict) else {"event": "message", "message": line})
+        events.put({"event": "exit", "returncode": proc.wait()})
+
+    @staticmethod
+    def _read_log(proc: subprocess.Popen, log: list[str]) -> None:
+        """Reader thread: keep the process's standard error (so that a full pipe never blocks it)."""
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line.rstrip())
+            del log[:-200]
+
