@@ -7,6 +7,7 @@ MONAI Label virtual environment (``LKCFUSION_MONAILABEL_VENV``, default ``<repo>
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import time
 import types
 import urllib.error
 import urllib.request
+from email.parser import BytesParser
 from pathlib import Path
 
 import nibabel as nib
@@ -96,7 +98,38 @@ def _import_app_task(app: Path, monkeypatch):
     return FusionInferTask
 
 
-def test_infer_task_returns_fused_float_volume_on_input_grid(tmp_path, tiny_weights, monkeypatch):
+def _mri_and_pet(folder: Path) -> tuple[Path, Path, np.ndarray]:
+    """An MRI (oblique, anisotropic grid) and a 'PET' of the same anatomy on a coarser, shifted grid."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pair = folder / "pair.nii.gz"
+    affine = _two_channel_volume(pair)
+    both = nib.load(pair).get_fdata(dtype=np.float32)
+    nib.save(nib.Nifti1Image(both[..., 0], affine), str(folder / "mri.nii.gz"))
+    pet_affine = affine @ np.diag([2.0, 2.0, 1.0, 1.0])
+    pet_affine[:3, 3] += [0.4, -0.3, 0.0]
+    nib.save(nib.Nifti1Image(np.maximum(both[::2, ::2, :, 1], 0) + 10.0, pet_affine), str(folder / "pet.nii.gz"))
+    return folder / "mri.nii.gz", folder / "pet.nii.gz", affine
+
+
+def test_infer_task_fuses_two_images_like_lkcfusion_fuse(tmp_path, tiny_weights, monkeypatch):
+    """MRI + second image (any grid) -> float image on the MRI grid, the same as ``lkcfusion fuse``."""
+    app = write_label_app(tmp_path / "app", weights=tiny_weights)
+    mri, pet, affine = _mri_and_pet(tmp_path / "studies")
+    task = _import_app_task(app, monkeypatch)(weights=str(app / "model" / "lkcfusion.safetensors"))
+    for key in ("other", "label"):  # params {"other": ...} (the app resolves an ID to this path) or the upload
+        path, result = task({"image": str(mri), key: str(pet)})
+        fused = nib.load(path)
+        assert fused.shape == (20, 18, 6) and result["shape"] == [20, 18, 6] and result["channels"] == 1
+        assert fused.get_data_dtype() == np.float32
+        np.testing.assert_allclose(fused.affine, affine, atol=1e-5)
+    assert main(["fuse", str(mri), str(pet), "-o", str(tmp_path / "cli.nii.gz"), "--weights", str(tiny_weights),
+                 "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(fused.get_fdata(), nib.load(tmp_path / "cli.nii.gz").get_fdata())
+    path, _ = task({"image": str(mri), "other": str(pet), "method": "max", "mask_background": False})
+    assert not np.array_equal(nib.load(path).get_fdata(), fused.get_fdata())  # request options reach the fusion
+
+
+def test_infer_task_fuses_the_two_channels_of_one_volume(tmp_path, tiny_weights, monkeypatch):
     app = write_label_app(tmp_path / "app", weights=tiny_weights)
     volume = tmp_path / "pair.nii.gz"
     affine = _two_channel_volume(volume)
@@ -114,19 +147,21 @@ def test_infer_task_returns_fused_float_volume_on_input_grid(tmp_path, tiny_weig
         task({"image": str(one_channel)})
 
 
-def test_infer_task_keeps_one_optimised_network_between_requests(tmp_path, tiny_weights, monkeypatch):
+def test_infer_task_keeps_one_predictor_between_requests(tmp_path, tiny_weights, monkeypatch):
     import monai_lkcfusion.networks as networks
 
     calls = []
     real = networks.optimize_for_inference
     monkeypatch.setattr(networks, "optimize_for_inference", lambda net, *a, **k: calls.append(1) or real(net, *a, **k))
     app = write_label_app(tmp_path / "app", weights=tiny_weights)
-    volume = tmp_path / "pair.nii.gz"
-    _two_channel_volume(volume)
+    mri, pet, _ = _mri_and_pet(tmp_path / "studies")
     task = _import_app_task(app, monkeypatch)(weights=str(app / "model" / "lkcfusion.safetensors"))
-    first, _ = task({"image": str(volume)})
-    second, _ = task({"image": str(volume)})
-    assert len(calls) == 1 and np.array_equal(nib.load(first).get_fdata(), nib.load(second).get_fdata())
+    first, r1 = task({"image": str(mri), "other": str(pet)})
+    second, r2 = task({"image": str(tmp_path / "studies" / "pair.nii.gz")})
+    third, r3 = task({"image": str(mri), "other": str(pet)})
+    assert len(calls) == 1 and task.worker.loads == 1 and r3["predictor_loads"] == 1
+    assert (r1["predictor_reused"], r2["predictor_reused"], r3["predictor_reused"]) == (False, True, True)
+    assert np.array_equal(nib.load(first).get_fdata(), nib.load(third).get_fdata())
 
 
 def _free_port() -> int:
@@ -135,18 +170,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _multipart(fields: dict[str, tuple[str | None, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body (as ``curl -F name=@file`` / ``-F name=value`` sends it) and its content type."""
+    boundary = "lkcfusion-test-boundary"
+    body = b""
+    for name, (filename, content) in fields.items():
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _post(url: str, fields: dict[str, tuple[str | None, bytes]] | None = None) -> tuple[bytes, str]:
+    body, content_type = _multipart(fields) if fields else (b"", "application/x-www-form-urlencoded")
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return response.read(), response.headers.get("Content-Type", "")
+
+
+def _parts(body: bytes, content_type: str) -> dict[str, bytes]:
+    """The parts of MONAI Label's default (multipart) reply: ``params`` (JSON) and ``image``."""
+    message = BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+            for part in message.get_payload()}
+
+
 @pytest.mark.monailabel
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("LKCFUSION_TEST_MONAILABEL") != "1", reason="opt-in: LKCFUSION_TEST_MONAILABEL=1")
-def test_monailabel_server_fuses_volume_over_http(tmp_path, tiny_weights):
+def test_monailabel_server_fuses_two_images_over_http(tmp_path, tiny_weights):
     monailabel = VENV / "bin" / "monailabel"
     if not monailabel.is_file():
         pytest.skip(f"no MONAI Label venv at {VENV} (see docs/monailabel.md)")
     app = tmp_path / "app"
     assert main(["label-app", str(app), "--weights", str(tiny_weights)]) == 0
     studies = tmp_path / "studies"
-    studies.mkdir()
-    affine = _two_channel_volume(studies / "pair.nii.gz")
+    mri, pet, affine = _mri_and_pet(studies)
     port = _free_port()
     log = (tmp_path / "server.log").open("w")
     cmd = [str(monailabel), "start_server", "--app", str(app), "--studies", str(studies)]
@@ -165,32 +223,33 @@ def test_monailabel_server_fuses_volume_over_http(tmp_path, tiny_weights):
             except (urllib.error.URLError, ConnectionError):
                 assert time.time() < deadline, "server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:]
                 time.sleep(2)
-        # an image of the studies folder, by ID
-        request = urllib.request.Request(f"{base}/infer/lkcfusion?image=pair&output=image", data=b"", method="POST")
-        with urllib.request.urlopen(request, timeout=300) as response:
-            (tmp_path / "fused.nii.gz").write_bytes(response.read())
-        # an uploaded file (multipart form field "file"), as `curl -F file=@pair.nii.gz` sends it
-        boundary = "lkcfusion-test-boundary"
-        body = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="up.nii.gz"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode() + (studies / "pair.nii.gz").read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-        request = urllib.request.Request(
-            f"{base}/infer/lkcfusion?output=image",
-            data=body,
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=300) as response:
-            (tmp_path / "fused_upload.nii.gz").write_bytes(response.read())
+        # 1. both images by ID from the studies folder: image=mri, params={"other": "pet"}
+        t0 = time.time()
+        by_id, _ = _post(f"{base}/infer/lkcfusion?image=mri&output=image",
+                         {"params": (None, json.dumps({"other": "pet"}).encode())})
+        first_seconds = time.time() - t0
+        (tmp_path / "by_id.nii.gz").write_bytes(by_id)
+        # 2. both uploaded (file = MRI, label = PET), default multipart reply: params JSON + image
+        t0 = time.time()
+        reply, content_type = _post(f"{base}/infer/lkcfusion", {"file": ("mri.nii.gz", mri.read_bytes()),
+                                                                "label": ("pet.nii.gz", pet.read_bytes())})
+        second_seconds = time.time() - t0
+        parts = _parts(reply, content_type)
+        (tmp_path / "uploaded.nii.gz").write_bytes(parts["image"])
+        params = json.loads(parts["params"])
+        # 3. one 2-channel volume by ID, JSON only
+        two_channel, _ = _post(f"{base}/infer/lkcfusion?image=pair&output=json")
     finally:
         server.terminate()
         server.wait(timeout=60)
         log.close()
-    results = [nib.load(str(tmp_path / name)) for name in ("fused.nii.gz", "fused_upload.nii.gz")]
+    results = [nib.load(str(tmp_path / name)) for name in ("by_id.nii.gz", "uploaded.nii.gz")]
     for fused in results:
-        assert fused.shape[:3] == (20, 18, 6)
+        assert fused.shape == (20, 18, 6)  # the MRI's grid, not the PET's (10, 9, 6)
         assert fused.get_data_dtype() == np.float32
         np.testing.assert_allclose(fused.affine, affine, atol=1e-5)
         assert np.isfinite(fused.get_fdata()).all()
-    np.testing.assert_allclose(results[0].get_fdata(), results[1].get_fdata(), atol=1e-6)
+    np.testing.assert_array_equal(results[0].get_fdata(), results[1].get_fdata())
+    assert params["predictor_reused"] is True and params["predictor_loads"] == 1, params
+    assert json.loads(two_channel)["predictor_loads"] == 1
+    print(f"\nfirst request {first_seconds:.2f} s, second {second_seconds:.2f} s; server: {params}")

@@ -1,8 +1,9 @@
 """MONAI Label app: LKC-FUNet multimodal image fusion (model ``lkcfusion``), written by ``lkcfusion label-app``.
 
-Start it with ``monailabel start_server --app <this folder> --studies <folder of 2-channel NIfTI volumes>
+Start it with ``monailabel start_server --app <this folder> --studies <folder of MRI, CT/PET/SPECT volumes>
 --conf models lkcfusion``; optional ``--conf device cpu|cuda`` and ``--conf weights <file>`` (default: the
-weights copied into ``model/`` when the app was written).
+weights copied into ``model/`` when the app was written). A request names the MRI as ``image`` and the second
+image as ``params={"other": "<image ID>"}`` or uploads it as ``label`` (see docs/monailabel.md).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ MODEL_NAME = "lkcfusion"
 
 
 class LKCFusionApp(MONAILabelApp):
-    """Serves one inference task, ``lkcfusion``: a 2-channel volume (MRI, other) in, the fused volume out."""
+    """Serves one inference task, ``lkcfusion``: an MRI and a second image (or one 2-channel volume) in, the fused
+    volume out (a float image, not a label map)."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         models = [m.strip() for m in conf.get("models", MODEL_NAME).split(",") if m.strip()]
@@ -37,9 +39,19 @@ class LKCFusionApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name="LKC-FUNet multimodal image fusion",
-            description="Fuses a co-registered MRI (channel 0) with CT/PET/SPECT (channel 1) into one image",
+            description="Fuses an MRI with CT/PET/SPECT (two images, or one with two channels) into one image",
             version=monailabel.__version__,
         )
+
+    def infer(self, request: dict, datastore=None) -> dict:
+        """Resolve the second image's ID (``params={"other": ID}``) in the datastore, then run the task."""
+        other = request.get("other")
+        if isinstance(other, str) and other and not os.path.exists(other):
+            uri = (datastore or self.datastore()).get_image_uri(other)
+            if not uri or not os.path.exists(uri):
+                raise ValueError(f"other={other!r}: no such image ID in the studies folder")
+            request = {**request, "other": uri}
+        return super().infer(request, datastore)
 
     def init_infers(self) -> dict[str, InferTask]:
         task = FusionInferTask(weights=self.weights, device=self.device)

@@ -1,4 +1,15 @@
-"""The ``lkcfusion`` inference task: a co-registered 2-channel volume in, the fused volume (float) out."""
+"""The ``lkcfusion`` inference task: an MRI and a CT/PET/SPECT in, the fused image (float) out.
+
+Two images per request, as MONAI Label's ``/infer`` API can carry them:
+
+- ``image`` = the MRI (an image ID of the studies folder, or the uploaded ``file``) and the second image as
+  ``params={"other": "<image ID>"}`` (resolved by the app) or uploaded as the ``label`` form field;
+- or one co-registered 2-channel volume (channel 0 MRI, channel 1 other) as ``image``.
+
+Fusion is the package's one pipeline, run by :class:`monai_lkcfusion.apps.worker.FusionWorker` (the same call as
+``lkcfusion fuse``: the other image is resampled onto the MRI grid), which keeps one loaded predictor per server
+process.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +27,9 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 logger = logging.getLogger(__name__)
 
+OPTIONS = ("method", "color", "mask_background", "tta", "modality", "axis", "batch_size")
+"""Request parameters passed on to the fusion (see ``lkcfusion fuse --help``)."""
+
 
 def read_channels(path: str) -> tuple[MetaTensor, MetaTensor]:
     """Read a 2-channel NIfTI, (X, Y, Z, 2) or NIfTI vector (X, Y, Z, 1, 2), as MRI and other (1, X, Y, Z) images."""
@@ -24,7 +38,10 @@ def read_channels(path: str) -> tuple[MetaTensor, MetaTensor]:
     if voxels.ndim == 5 and voxels.shape[3] == 1:
         voxels = voxels[:, :, :, 0]
     if voxels.ndim != 4 or voxels.shape[3] != 2:
-        raise ValueError(f"{path}: expected 2 channels (X, Y, Z, 2) = (MRI, other), got shape {voxels.shape}")
+        raise ValueError(
+            f"{path}: expected 2 channels (X, Y, Z, 2) = (MRI, other), got shape {voxels.shape}; or send the "
+            "second image as params {\"other\": \"<image id>\"} or as the 'label' upload"
+        )
     affine = torch.as_tensor(image.affine, dtype=torch.float64)
     mri, other = (
         MetaTensor(torch.from_numpy(np.ascontiguousarray(voxels[..., c]))[None], affine=affine) for c in (0, 1)
@@ -33,10 +50,10 @@ def read_channels(path: str) -> tuple[MetaTensor, MetaTensor]:
 
 
 class FusionInferTask(InferTask):
-    """Fuse channel 0 (MRI) and channel 1 (CT/PET/SPECT) of the requested image with LKC-FUNet.
+    """Fuse the request's MRI with its second image (or the two channels of one image) with LKC-FUNet.
 
-    The result is an image, not a label map: a float32 NIfTI with the input's grid (shape and affine), which
-    ``/infer/lkcfusion?image=ID&output=image`` returns.
+    The result is an image, not a label map: a float32 NIfTI on the MRI's grid (shape and affine), values in
+    [0, 1] (a 3-component vector image for a colour PET/SPECT), returned by ``/infer/lkcfusion?output=image``.
 
     Args:
         weights: network weights file; ``None`` uses ``monai_lkcfusion``'s default (the bundle's model).
@@ -44,39 +61,43 @@ class FusionInferTask(InferTask):
     """
 
     def __init__(self, weights: str | None = None, device: str = "cpu") -> None:
+        from monai_lkcfusion.apps.worker import FusionWorker
+
         super().__init__(
             type=InferType.OTHERS,
             labels=None,
             dimension=3,
-            description="LKC-FUNet fusion of a 2-channel volume (ch0 MRI, ch1 CT/PET/SPECT); returns a float image",
+            description="LKC-FUNet fusion of an MRI with CT/PET/SPECT (2 images, or 1 image with 2 channels); "
+            "returns a float image on the MRI grid",
             config={"device": device},
         )
         self.weights = weights
-        self._predictors: dict[str, Any] = {}
+        self.worker = FusionWorker()
         self._lock = threading.Lock()
 
     def is_valid(self) -> bool:
         return True
 
-    def _predictor(self, device: str) -> Any:
-        """The optimised network for ``device``, built on the first request and kept for the next ones."""
-        from monai_lkcfusion.inferers import build_predictor
-
-        with self._lock:
-            if device not in self._predictors:
-                self._predictors[device] = build_predictor(None, weights=self.weights, device=device)
-            return self._predictors[device]
-
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        from monai_lkcfusion.data import write_image
-        from monai_lkcfusion.inference import fuse
+        from monai_lkcfusion.apps.worker import FusionJob
 
         start = time.time()
         device = str(request.get("device", self.config()["device"]))
-        mri, other = read_channels(request["image"])
-        fused = fuse(mri, other, model=self._predictor(device), device=device, progress=False)  # (1, X, Y, Z)
+        other = request.get("other") or request.get("label")
+        mri, other = (request["image"], other) if other else read_channels(request["image"])
         path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
-        write_image(fused, path, overwrite=True)
-        result = {"shape": list(fused.shape[1:]), "dtype": "float32", "latency": round(time.time() - start, 3)}
-        logger.info(f"Fused {request['image']} -> {path} {result}")
+        options = {key: request[key] for key in OPTIONS if request.get(key) is not None}
+        job = FusionJob(mri=mri, other=other, output=path, weights=self.weights, device=device, **options)
+        with self._lock:  # one predictor per server process, one fusion at a time
+            done = self.worker.run(job)
+        result = {
+            "shape": done["shape"][1:],
+            "channels": done["shape"][0],
+            "dtype": "float32",
+            "latency": round(time.time() - start, 3),
+            "predictor_reused": done["predictor_reused"],
+            "predictor_seconds": done["predictor_seconds"],
+            "predictor_loads": self.worker.loads,
+        }
+        logger.info(f"Fused {request['image']} + {other if isinstance(other, str) else 'channel 1'} -> {path} {result}")
         return path, result
