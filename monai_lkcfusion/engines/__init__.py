@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
+from .distributed import (
+    BufferBroadcastHandler,
+    all_gather_objects,
+    barrier,
+    check_replicas,
+    destroy_distributed,
+    distributed_device,
+    distributed_network,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_distributed_launch,
+    is_main_process,
+    main_process_logging,
+    shard_items,
+    state_digest,
+)
 from .evaluator import clamp_prediction, create_evaluator
 from .file_fuser import FileFusionEngine, fusion_pairs
 from .handlers import (
@@ -49,4 +66,19 @@ __all__ = [
     "train_handlers",
     "validation_handlers",
     "validation_score",
+    "BufferBroadcastHandler",
+    "all_gather_objects",
+    "barrier",
+    "check_replicas",
+    "destroy_distributed",
+    "distributed_device",
+    "distributed_network",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_distributed_launch",
+    "is_main_process",
+    "main_process_logging",
+    "shard_items",
+    "state_digest",
 ]

@@ -15,6 +15,7 @@ from ..errors import FusionInputError
 from ..inferers import FusionInferer
 from ..transforms.io import SaveFused
 from ..transforms.pipelines import fusion_preprocessing
+from .distributed import all_gather_objects, is_main_process
 
 __all__ = ["FileFusionEngine", "fusion_pairs"]
 
@@ -136,7 +137,10 @@ class FileFusionEngine(Engine):
             return None
 
     def run(self) -> Any:  # type: ignore[override]
-        """Fuse the whole datalist once.
+        """Fuse the whole datalist once, then log one summary line (``fused N of M pairs``).
+
+        In a distributed run (``multi_gpu_inference.json``: each process got its shard of the pairs) the counts and
+        failures of all processes are gathered, and rank 0 alone logs the summary and raises for failed pairs.
 
         Returns:
             The engine state.
@@ -147,10 +151,17 @@ class FileFusionEngine(Engine):
         self.failures = []
         if self.writer is not None:
             self.writer.output_dir.mkdir(parents=True, exist_ok=True)
-        state = super().run(self.datalist, max_epochs=1)
-        if self.failures:
+        state = super().run(self.datalist, max_epochs=1) if self.datalist else self.state
+        # one summary for the whole run: in a distributed run each process fused its shard, rank 0 reports all
+        counts = all_gather_objects(len(self.datalist))
+        failures = [failure for shard in all_gather_objects(self.failures) for failure in shard]
+        if not is_main_process():
+            return state
+        total = sum(counts)
+        where = f" on {len(counts)} processes ({' + '.join(map(str, counts))})" if len(counts) > 1 else ""
+        self.logger.info(f"fused {total - len(failures)} of {total} pairs{where}")
+        if failures:
             raise FusionInputError(
-                f"{len(self.failures)} of {len(self.datalist)} pairs failed (the others were written): "
-                + "; ".join(self.failures)
+                f"{len(failures)} of {total} pairs failed (the others were written): " + "; ".join(failures)
             )
         return state

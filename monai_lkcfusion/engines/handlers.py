@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.handlers import (
@@ -31,6 +32,7 @@ from monai.handlers import (
 )
 
 from ..errors import FusionInputError
+from .distributed import all_gather_objects, is_main_process
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -167,6 +169,8 @@ class TimeLimitHandler:
     Checked at the end of every epoch: the trainer stops when the time since it started plus the mean epoch
     time exceeds ``limit_s``, so a run with a time budget (e.g. 10 minutes on a GPU) ends on a whole epoch, which
     is validated (when :class:`EpochValidationHandler` validates every epoch) and exported as usual.
+    In a distributed run the processes decide together (on the slowest one's elapsed time), so all stop after the
+    same epoch.
 
     Args:
         limit_s: the budget in seconds; ``None`` or a value <= 0 disables it.
@@ -189,6 +193,8 @@ class TimeLimitHandler:
 
     def _check(self, engine: Engine) -> None:
         elapsed = time.monotonic() - self._start
+        if dist.is_initialized():  # every process stops after the same epoch: the slowest one's clock decides
+            elapsed = max(all_gather_objects(elapsed))
         per_epoch = elapsed / max(engine.state.epoch - self._first_epoch, 1)
         if elapsed + per_epoch > self.limit_s and engine.state.epoch < engine.state.max_epochs:
             engine.logger.info(f"time limit {self.limit_s:.0f} s: stopping after epoch {engine.state.epoch}")
@@ -276,7 +282,10 @@ class MetricTableSaver:
     and ``summary.csv`` with one row per task and metric (``task, metric, n, mean, std``; see
     :func:`monai_lkcfusion.metrics.tables.summarize`). The values are the evaluator's per-image fusion metrics
     (``engine.state.metric_details[metric]``, from a :class:`~monai_lkcfusion.metrics.FusionMetricHandler`);
-    the pair and task names come from the batches.
+    the pair and task names come from the batches. In a distributed evaluation (each process scoring a contiguous
+    shard, :func:`~monai_lkcfusion.engines.shard_items`) the metric values are already gathered over the processes
+    by MONAI's metric buffers; the pair names are gathered here in the same rank order, and rank 0 alone writes
+    the tables, so they equal a single-process run's. Attach it on every process.
 
     Args:
         save_dir: the output folder.
@@ -312,6 +321,11 @@ class MetricTableSaver:
         if missing:
             raise FusionInputError(f"MetricTableSaver: the evaluator computed no per-image values of {missing}")
         columns = {name: torch.as_tensor(details[name]).reshape(-1).tolist() for name in self.metric_names}
+        if dist.is_initialized():
+            pairs = [pair for shard in all_gather_objects(self._pairs) for pair in shard]
+            if not is_main_process():
+                return
+            self._pairs = pairs
         records = [
             {"task": task, "pair": pair, **{name: values[i] for name, values in columns.items()}}
             for i, (task, pair) in enumerate(self._pairs)
