@@ -24,14 +24,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", help="checkpoints, logs and model.pt (default runs/train)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output folder")
     parser.add_argument("--device", help="torch device (default: cuda when available)")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="train in N processes on this machine with torchrun and DDP (one per GPU with CUDA, "
+                        "else CPU processes); batch size is per process")
+
+
+def _command_argv(args: argparse.Namespace) -> list[str]:
+    """``train`` and the options of ``args`` as command-line arguments, without ``--nproc``."""
+    argv = ["train"]
+    for config in args.config:
+        argv += ["--config", config]
+    for option, value in (("--preset", args.preset), ("--epochs", args.epochs), ("--dataset-dir", args.dataset_dir),
+                          ("--output", args.output), ("--device", args.device)):
+        if value is not None:
+            argv += [option, str(value)]
+    if args.tasks:
+        argv += ["--tasks", *args.tasks]
+    return argv + (["--resume"] if args.resume else [])
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the bundle's training workflow (see :func:`monai_lkcfusion.engines.run_bundle_workflow`)."""
+    """Run the bundle's training workflow (see :func:`monai_lkcfusion.engines.run_bundle_workflow`).
+
+    With ``--nproc N`` (N > 1) the command starts itself in N processes with ``torchrun``; a process started by
+    ``torchrun`` (this way, or ``torchrun ... -m monai_lkcfusion train`` on several nodes) merges the bundle's
+    ``multi_gpu_train.json`` last and runs on ``cuda:<LOCAL_RANK>`` or the CPU.
+    """
     import torch
 
-    from ..engines import run_bundle_workflow
+    from ..engines import bundle_config, distributed_device, is_distributed_launch, run_bundle_workflow
 
+    configs = list(args.config)
+    device = torch.device(args.device) if args.device else None
+    if is_distributed_launch():
+        configs.append(str(bundle_config("multi_gpu_train.json")))
+        device = distributed_device(args.device) if args.device else None
+    elif args.nproc != 1:
+        from .launch import run_processes
+
+        return run_processes(_command_argv(args), args.nproc)
     overrides = {
         "preset": args.preset,
         "tasks": args.tasks,
@@ -39,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         "dataset_dir": args.dataset_dir,
         "output_dir": args.output,
         "resume": True if args.resume else None,
-        "device": torch.device(args.device) if args.device else None,
+        "device": device,
     }
-    run_bundle_workflow("train.json", args.config, "train", **{k: v for k, v in overrides.items() if v is not None})
+    run_bundle_workflow("train.json", configs, "train", **{k: v for k, v in overrides.items() if v is not None})
     return 0

@@ -1,0 +1,35 @@
+"""Start a ``lkcfusion`` command in N processes on this machine with ``torch.distributed.run`` (``torchrun``).
+
+Not a command itself: ``lkcfusion train --nproc N`` uses it. Each process runs ``python -m monai_lkcfusion
+<command> ...`` without ``--nproc``; it sees ``LOCAL_RANK``/``WORLD_SIZE`` in its environment and runs the
+distributed form of the workflow. Multi-node runs call ``torchrun`` directly (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from ..errors import FusionInputError
+
+__all__ = ["run_processes"]
+
+
+def run_processes(command_argv: Sequence[str], nproc: int) -> int:
+    """Run ``lkcfusion <command_argv>`` in ``nproc`` processes with ``torchrun --standalone`` and wait.
+
+    Args:
+        command_argv: the command and its arguments, e.g. ``["train", "--epochs", "2"]`` (no ``--nproc``).
+        nproc: processes on this machine (one per GPU with CUDA, else CPU processes with Gloo).
+
+    Returns:
+        ``torchrun``'s exit code: 0 when every process succeeded.
+
+    Raises:
+        FusionInputError: ``nproc`` is below 1.
+    """
+    if nproc < 1:
+        raise FusionInputError(f"--nproc {nproc}: give 1 or more processes")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.call([*launcher, "-m", "monai_lkcfusion", *command_argv])

@@ -1,0 +1,194 @@
+"""torch.distributed: the helpers in one process, and the bundle's multi_gpu_*.json configs and ``lkcfusion train
+--nproc`` run with ``torchrun`` in 2 CPU processes (Gloo) on a small Harvard-layout folder the tests make."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai_lkcfusion.engines import distributed
+from monai_lkcfusion.engines import (
+    BufferBroadcastHandler,
+    all_gather_objects,
+    barrier,
+    bundle_config,
+    check_replicas,
+    distributed_device,
+    init_distributed,
+    is_main_process,
+    last_checkpoint,
+    run_bundle_workflow,
+    shard_items,
+    state_digest,
+)
+from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.networks import LKCFUNet, load_network
+
+from test_bundle import _write_harvard_like
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = bundle_config("train.json").parent
+TINY = {"preset": "tiny", "roi_size": 32, "batch_size": 2, "samples_per_image": 1, "val_interval": 1, "val_fraction": 0.34}
+needs_gloo = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()), reason="no Gloo backend"
+)
+
+
+def test_shard_items_cover_every_item_once_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    for world in (1, 2, 3, 4):
+        for n in range(world, 9):
+            shards = []
+            for rank in range(world):
+                monkeypatch.setattr(distributed, "get_rank", lambda r=rank: r)
+                monkeypatch.setattr(distributed, "get_world_size", lambda w=world: w)
+                shards.append(shard_items(list(range(n))))
+            assert [i for shard in shards for i in shard] == list(range(n))
+            assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    monkeypatch.setattr(distributed, "get_world_size", lambda: 3)
+    monkeypatch.setattr(distributed, "get_rank", lambda: 2)
+    with pytest.raises(FusionInputError, match="2 item.* cannot be shared by 3 processes"):
+        shard_items([0, 1])
+    assert shard_items([0, 1], allow_empty=True) == []
+
+
+def test_helpers_in_one_process() -> None:
+    """Without torchrun every helper is the single-process identity: rank 0 of 1, nothing to synchronise."""
+    assert not init_distributed() and is_main_process()
+    assert shard_items([3, 1, 2]) == [3, 1, 2] and all_gather_objects({"a": 1}) == [{"a": 1}]
+    barrier()
+    net = LKCFUNet.from_preset("tiny")
+    BufferBroadcastHandler(net)()
+    assert distributed.distributed_network(net, "cpu") is net
+    digest = check_replicas(net)
+    copy = LKCFUNet.from_preset("tiny")
+    copy.load_state_dict(net.state_dict())
+    assert state_digest(copy) == digest
+    with torch.no_grad():
+        next(copy.parameters()).view(-1)[0] += 1e-6
+    assert state_digest(copy) != digest
+
+
+def test_distributed_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed_device("cpu") == torch.device("cpu")
+    if torch.cuda.device_count() >= 2:
+        assert distributed_device("cuda") == torch.device("cuda", 1)
+    else:
+        with pytest.raises(FusionInputError, match="needs cuda:1"):
+            distributed_device("cuda:0")
+
+
+def _torchrun(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 -m ARGS`` on the CPU (one thread per process)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", *args]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _bundle_run(configs: list[str], **overrides: str) -> list[str]:
+    """``monai.bundle run`` arguments for the bundle's ``configs`` merged in order."""
+    files = [str(CONFIGS / name) for name in configs]
+    args = ["monai.bundle", "run", "--config_file", repr(files), "--meta_file", str(CONFIGS / "metadata.json"),
+            "--logging_file", str(CONFIGS / "logging.conf")]
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def ddp_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """train.json + multi_gpu_train.json in 2 processes for 2 epochs: (dataset_dir, output_dir, digest folder).
+
+    A test-only override file adds one step to ``run``: each rank writes the digest of its network after training.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+        pytest.skip("no Gloo backend")
+    data = _write_harvard_like(tmp_path_factory.mktemp("harvard_like"), n=3, size=(64, 64))
+    out, digests = tmp_path_factory.mktemp("ddp_train"), tmp_path_factory.mktemp("digests")
+    write_digest = (
+        f"$open(r'{digests}/rank' + str(monai_lkcfusion.engines.get_rank()) + '.txt', 'w')"
+        ".write(monai_lkcfusion.engines.state_digest(@network))"
+    )
+    extra = digests.parent / "digest_run.json"
+    extra.write_text(json.dumps({"run": ["$@train#trainer.run()", write_digest]}))
+    args = _bundle_run(["train.json", "multi_gpu_train.json"], dataset_dir=data, output_dir=out, max_epochs=2, **TINY)
+    files = [str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json"), str(extra)]
+    args[args.index("--config_file") + 1] = repr(files)
+    done = _torchrun(*args)
+    assert "network identical on 2 processes" in done.stdout + done.stderr
+    return data, out, digests
+
+
+@pytest.mark.slow
+def test_ddp_train_writes_one_set_and_identical_replicas(ddp_trained: tuple[Path, Path, Path]) -> None:
+    _, out, digests = ddp_trained
+    assert sorted(p.name for p in out.iterdir()) == ["best_model.pt", "checkpoint_epoch=2.pt", "model.pt", "tensorboard"]
+    # TensorBoard: the two writers (batch loss, validation metrics) of one process only (the pid ends the name)
+    events = list((out / "tensorboard").iterdir())
+    assert len(events) == 2 and len({re.search(r"\.(\d+)\.\d+$", p.name).group(1) for p in events}) == 1
+    rank0, rank1 = ((digests / f"rank{rank}.txt").read_text() for rank in (0, 1))
+    assert rank0 == rank1
+    checkpoint = torch.load(out / "checkpoint_epoch=2.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in checkpoint["network"])
+    net = LKCFUNet.from_preset("tiny")
+    net.load_state_dict(checkpoint["network"])
+    assert state_digest(net) == rank0  # what rank 0 saved is what every rank holds
+    model = load_network(out / "model.pt")
+    assert isinstance(model, LKCFUNet) and model(torch.rand(1, 2, 40, 36)).shape == (1, 1, 40, 36)
+
+
+@pytest.mark.slow
+def test_cli_train_nproc_resumes_under_ddp(ddp_trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """``lkcfusion train --nproc 2 --resume``: torchrun, DDP, continue the 2-process run from epoch 2 to 3."""
+    data, out, _ = ddp_trained
+    preset = tmp_path / "tiny.json"
+    preset.write_text(json.dumps(TINY))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "monai_lkcfusion", "train", "--nproc", "2", "--config", str(preset),
+               "--dataset-dir", str(data), "--output", str(out), "--epochs", "3", "--resume", "--device", "cpu"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "network identical on 2 processes" in log and "Epoch [3/3]" in log and "Epoch [2/3]" not in log
+    assert f"Restored all variables from {out}/checkpoint_epoch=2.pt" in log
+    assert last_checkpoint(out).name == "checkpoint_epoch=3.pt" and not (out / "checkpoint_epoch=2.pt").exists()
+    assert len(list((out / "tensorboard").iterdir())) == 4  # one more pair of writers, rank 0's
+    load_network(out / "model.pt")
+
+
+@pytest.mark.slow
+def test_ddp_evaluate_equals_single_process(ddp_trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    data, out, _ = ddp_trained
+    common = {"dataset_dir": str(data), "weights": str(out / "model.pt"), "metrics": ["EN", "Qabf", "SSIM"]}
+    run_bundle_workflow("evaluate.json", workflow_type="infer", output_dir=str(tmp_path / "one"), **common)
+    args = _bundle_run(["evaluate.json", "multi_gpu_evaluate.json"], output_dir=tmp_path / "two",
+                       dataset_dir=data, weights=out / "model.pt", metrics="['EN','Qabf','SSIM']")
+    _torchrun(*args)
+    for table in ("metrics.csv", "summary.csv"):  # gathered over the ranks, written once, in the same order
+        assert (tmp_path / "two" / table).read_text() == (tmp_path / "one" / table).read_text()
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["metrics.csv", "summary.csv"]
+
+
+@pytest.mark.slow
+def test_ddp_batch_fusion_is_byte_identical(ddp_trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    data, out, _ = ddp_trained
+    pairs = data / "test" / "MRI-PET"
+    run_bundle_workflow("inference.json", workflow_type="infer", dataset_dir=str(pairs), weights=str(out / "model.pt"),
+                        output_dir=str(tmp_path / "one"))
+    args = _bundle_run(["inference.json", "multi_gpu_inference.json"], dataset_dir=pairs,
+                       weights=out / "model.pt", output_dir=tmp_path / "two")
+    log = _torchrun(*args)
+    one, two = sorted((tmp_path / "one").iterdir()), sorted((tmp_path / "two").iterdir())
+    assert [p.name for p in two] == [p.name for p in one] == ["fused_0.png", "fused_1.png", "fused_2.png"]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two))
+    summary = re.findall(r"fused \d+ of \d+ pairs.*", log.stdout + log.stderr)
+    assert summary == ["fused 3 of 3 pairs on 2 processes (2 + 1)"]  # every pair once, one summary
