@@ -157,7 +157,7 @@ def test_infer_task_keeps_one_predictor_between_requests(tmp_path, tiny_weights,
     mri, pet, _ = _mri_and_pet(tmp_path / "studies")
     task = _import_app_task(app, monkeypatch)(weights=str(app / "model" / "lkcfusion.safetensors"))
     first, r1 = task({"image": str(mri), "other": str(pet)})
-    second, r2 = task({"image": str(tmp_path / "studies" / "pair.nii.gz")})
+    _, r2 = task({"image": str(tmp_path / "studies" / "pair.nii.gz")})
     third, r3 = task({"image": str(mri), "other": str(pet)})
     assert len(calls) == 1 and task.worker.loads == 1 and r3["predictor_loads"] == 1
     assert (r1["predictor_reused"], r2["predictor_reused"], r3["predictor_reused"]) == (False, True, True)

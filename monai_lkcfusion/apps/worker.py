@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
@@ -225,7 +225,9 @@ def serve(requests: Iterable[str], emit: Callable[[Event], None], worker: Fusion
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 result = worker.run(
-                    job, lambda done, total: emit({"event": "progress", "id": job_id, "done": done, "total": total})
+                    job, lambda done, total, job_id=job_id: emit(
+                        {"event": "progress", "id": job_id, "done": done, "total": total}
+                    ),
                 )
             for w in caught:
                 emit({"event": "warning", "id": job_id, "message": one_line(Exception(str(w.message)))})

@@ -13,8 +13,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import qt
 import slicer
@@ -60,8 +61,8 @@ class FusionTask:
     tempDir: str
     outputPath: str
     outputName: str
-    onProgress: Optional[Callable[["FusionTask"], None]] = None
-    onFinished: Optional[Callable[["FusionTask"], None]] = None
+    onProgress: Callable[[FusionTask], None] | None = None
+    onFinished: Callable[[FusionTask], None] | None = None
     done: int = 0
     total: int = 0
     outputNode: Any = None
@@ -81,8 +82,8 @@ class LKCFusionLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.fusionProcess: Optional[FusionProcess] = None
-        self.task: Optional[FusionTask] = None
+        self.fusionProcess: FusionProcess | None = None
+        self.task: FusionTask | None = None
 
     # -- dependencies -------------------------------------------------------------------------------------------
 
@@ -162,14 +163,14 @@ class LKCFusionLogic(ScriptedLoadableModuleLogic):
         mriNode,
         otherNode,
         method: str = "lkcfunet",
-        weights: Optional[str] = None,
-        device: Optional[str] = None,
+        weights: str | None = None,
+        device: str | None = None,
         color: bool = True,
         maskBackground: bool = True,
         tta: bool = False,
-        outputName: Optional[str] = None,
-        onProgress: Optional[Callable[[FusionTask], None]] = None,
-        onFinished: Optional[Callable[[FusionTask], None]] = None,
+        outputName: str | None = None,
+        onProgress: Callable[[FusionTask], None] | None = None,
+        onFinished: Callable[[FusionTask], None] | None = None,
     ) -> FusionTask:
         """Write the two volumes to files and send the fusion job to the background process; returns at once.
 
@@ -245,7 +246,7 @@ class LKCFusionLogic(ScriptedLoadableModuleLogic):
                 task.result = event
                 try:
                     task.outputNode = self.loadResult(task.outputPath, task.outputName)
-                except Exception as err:  # noqa: BLE001 - shown to the user
+                except Exception as err:  # any reader failure is shown to the user
                     task.error = f"Could not load the fused volume: {err}"
                 self._finish(task)
                 return False
@@ -480,7 +481,7 @@ class LKCFusionTest(ScriptedLoadableModuleTest):
     def _syntheticNodes(self):
         import numpy as np
 
-        k, j, i = np.mgrid[0:12, 0:40, 0:36].astype(np.float32)
+        _, j, i = np.mgrid[0:12, 0:40, 0:36].astype(np.float32)
         mri = 100 * np.sin(i / 4) * np.cos(j / 5) + 100
         other = 1000.0 * (np.hypot(i - 18, j - 20) < 9)
         mriToRas = np.diag([0.8, 0.8, 3.0, 1.0])
@@ -516,6 +517,7 @@ class LKCFusionTest(ScriptedLoadableModuleTest):
         import subprocess
 
         import numpy as np
+
         from monai_lkcfusion.data import demo_files
 
         self.delayDisplay("Fusing the demo volumes in the module and with 'python -m monai_lkcfusion fuse'")

@@ -15,7 +15,7 @@ import subprocess
 import threading
 from typing import Any
 
-__all__ = ["FusionProcess", "WORKER_MODULE"]
+__all__ = ["WORKER_MODULE", "FusionProcess"]
 
 WORKER_MODULE = "monai_lkcfusion.apps.worker"
 """The module the background process runs (``python -m``)."""

@@ -10,14 +10,15 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from LKCFusionLib.dependencies import install_plan, installed_versions  # noqa: E402
-from LKCFusionLib.process import FusionProcess  # noqa: E402
+from LKCFusionLib.dependencies import install_plan, installed_versions
+from LKCFusionLib.process import FusionProcess
 
 
 class LKCFusionModuleTest(unittest.TestCase):
     def test_worker_matches_command_line_on_demo_volumes(self):
         import numpy as np
         import SimpleITK as sitk
+
         from monai_lkcfusion.data import demo_files
 
         files = demo_files()
