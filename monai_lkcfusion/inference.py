@@ -20,11 +20,12 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.transforms import Compose
 
-from .data.io import write_image
+from .data.io import check_output_path, image_spatial_dims, write_image
 from .errors import FusionInputError
 from .inferers import FUSION_METHODS, FusionInferer, build_predictor
 from .transforms.io import ImageLike
 from .transforms.pipelines import fusion_postprocessing, fusion_preprocessing
+from .transforms.post import describe_fusion
 
 __all__ = ["FUSION_METHODS", "build_predictor", "fuse", "fuse_dict", "fuse_files"]
 
@@ -48,6 +49,9 @@ def fuse(
     mask_background: bool = True,
     color: bool = True,
     tta: bool = False,
+    mri_modality: str | None = None,
+    allow_irregular_slices: bool = False,
+    allow_external_data: bool = False,
 ) -> MetaTensor | np.ndarray:
     """Fuse an MRI with CT, PET or SPECT; the result lies on the MRI's grid and carries its metadata.
 
@@ -79,6 +83,11 @@ def fuse(
         mask_background: set the output to 0 where both inputs are 0 after scaling.
         color: put a colour ``other``'s chroma back (``False``: the fused luma only, ``(1, *spatial)``).
         tta: average the network's output over the four flips of the image plane (4x the time).
+        mri_modality: modality of ``mri``; default the file's (DICOM), else ``"MR"``: the MRI is never CT-windowed
+            because of its values.
+        allow_irregular_slices: fuse DICOM series with missing, duplicated or unevenly spaced slices (reported
+            with the numbers as a warning; default: refused).
+        allow_external_data: let detached headers (``.nhdr``, ``.mhd``) read data files outside their folder.
 
     Returns:
         A MetaTensor ``(1|3, *spatial)`` in [0, 1] with the MRI's affine and metadata plus ``fusion_method``,
@@ -92,7 +101,8 @@ def fuse(
     inferer = FusionInferer(tile_size=tile_size, batch_size=batch_size, axis=axis, tta=tta, device=device,
                             optimize=optimize, progress=progress)
     network = model if model is not None else build_predictor(None, method, weights, inferer.device, optimize)
-    preprocessing = fusion_preprocessing(modality, resample, {"mri": mri_series, "other": other_series})
+    preprocessing = fusion_preprocessing(modality, resample, {"mri": mri_series, "other": other_series},
+                                         mri_modality, allow_irregular_slices, allow_external_data)
     postprocessing = fusion_postprocessing(mask_background=mask_background, color=color)
     fused = fuse_dict({"mri": mri, "other": other}, network, preprocessing, inferer, postprocessing)["pred"]
     return _as_layout(fused, mri) if isinstance(mri, np.ndarray) else fused
@@ -136,7 +146,12 @@ def fuse_dict(
 
 
 def fuse_files(
-    mri: str | Path, other: str | Path, output: str | Path, overwrite: bool = False, **kwargs: Any
+    mri: str | Path,
+    other: str | Path,
+    output: str | Path,
+    overwrite: bool = False,
+    report: Callable[[str], None] | None = None,
+    **kwargs: Any,
 ) -> Path:
     """Fuse two image files (or DICOM folders) and write the result atomically; the extension picks the format.
 
@@ -145,15 +160,33 @@ def fuse_files(
         other: the second modality.
         output: ``.png``/``.jpg``/``.bmp``/``.tif`` for 2D, ``.nii``/``.nii.gz``/``.nrrd``/``.mha`` for 2D or 3D.
         overwrite: replace an existing output (otherwise it is kept and this is an error, checked first).
+        report: called with one line saying how the inputs were scaled and how much of the MRI the other
+            modality covers (:func:`~monai_lkcfusion.transforms.post.describe_fusion`), e.g. ``print``.
         kwargs: passed to :func:`fuse`.
 
     Returns:
         The written path.
+
+    Raises:
+        FusionInputError: as :func:`fuse`; and before any fusion: an output that is a folder, has no writable
+            extension, is one of the inputs, exists without ``overwrite``, or is a picture format for a volume.
     """
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FusionInputError(f"{output}: output exists; pass --overwrite (overwrite=True) to replace it")
-    return write_image(fuse(mri, other, **kwargs), output, overwrite=overwrite)
+    output = check_output_path(output, overwrite, inputs=(mri, other) if all(
+        isinstance(x, (str, Path)) for x in (mri, other)) else (), spatial_dims=_spatial_dims(mri))
+    fused = fuse(mri, other, **kwargs)
+    written = write_image(fused, output, overwrite=overwrite)
+    if report is not None:
+        report(describe_fusion(fused.meta))
+    return written
+
+
+def _spatial_dims(image: ImageLike) -> int | None:
+    """2 or 3 for a path (from its header), an array or a tensor; ``None`` when unknown."""
+    if isinstance(image, (str, Path)):
+        return image_spatial_dims(image)
+    if isinstance(image, np.ndarray):
+        return 2 if image.ndim == 2 or image.ndim == 3 and image.shape[-1] in (3, 4) else 3
+    return image.ndim - 1 if isinstance(image, torch.Tensor) else None
 
 
 def _as_layout(img: MetaTensor, like: np.ndarray) -> np.ndarray:

@@ -108,8 +108,15 @@ def _load_weights(weights: str | Path | None, device: torch.device) -> torch.nn.
     stat = path.stat()
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
     if key not in _LOADED:
+        network = load_network(path, map_location=device)
+        config = getattr(network, "config", {})
+        if (config.get("in_channels"), config.get("out_channels")) not in ((2, 1), (None, None)):
+            raise FusionInputError(
+                f"{path}: weights are for {config['in_channels']} input and {config['out_channels']} output channel(s); "
+                "fusion needs 2 inputs (MRI, other) and 1 output: these are not fusion weights"
+            )
         _LOADED.clear()  # keep one network alive, not every file ever used
-        _LOADED[key] = load_network(path, map_location=device)
+        _LOADED[key] = network
     return _LOADED[key]
 
 
@@ -129,6 +136,7 @@ def _network_predictor(model: torch.nn.Module, device: torch.device, optimize: b
         with torch.no_grad():
             return net(x.to(device)).clamp(0.0, 1.0)
 
+    predict.size_divisible = int(getattr(model, "size_divisible", 4))  # type: ignore[attr-defined]
     if optimize:  # the optimised copy holds no reference to ``model``, so the weak cache entry can die with it
         _OPTIMIZED[model][str(device)] = (versions, predict)
     return predict
@@ -152,6 +160,24 @@ def _flip_ensemble(predict: Predictor) -> Predictor:
     return ensemble
 
 
+def _at_least(predict: Predictor, min_size: int) -> Predictor:
+    """``predict`` on slices padded (replicate, bottom/right) to at least ``min_size`` a side, cropped back.
+
+    Networks that halve the image several times break on tiny slices (a normalisation over one pixel at the
+    deepest level); padding makes any size from 1x1 work.
+    """
+
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if height >= min_size and width >= min_size:
+            return predict(x)
+        grown = torch.nn.functional.pad(x, [0, max(min_size - width, 0), 0, max(min_size - height, 0)],
+                                        mode="replicate")
+        return predict(grown)[..., :height, :width]
+
+    return padded
+
+
 class FusionInferer(Inferer):
     """Fuse the network's pair ``(B, 2, *spatial)`` (channel 0 MRI, 1 other, in [0, 1]) to ``(B, 1, *spatial)``.
 
@@ -169,7 +195,7 @@ class FusionInferer(Inferer):
         tta: test-time augmentation: average the predictions over the four flips of the image plane.
         device: where the network runs (default CUDA when available, else CPU).
         optimize: optimise an ``nn.Module`` for inference (see :func:`build_predictor`).
-        progress: show a progress bar over tiles/slices.
+        progress: show progress over tiles/slices: a bar on a terminal, a line every 10 s otherwise.
 
     Raises:
         FusionInputError: a batch or tile size below 1, a ``tta`` that is not a bool, or an unusable device.
@@ -206,16 +232,25 @@ class FusionInferer(Inferer):
         """Fused luma ``(B, 1, *spatial)`` in [0, 1] for the pair ``inputs`` ``(B, 2, *spatial)``.
 
         Raises:
-            FusionInputError: a volume ``axis`` other than 0, 1, 2.
+            FusionInputError: a volume ``axis`` other than 0, 1, 2, or a network output with NaN/Inf values.
         """
         predictor = build_predictor(network, device=self.device, optimize=self.optimize)
-        predict = _flip_ensemble(predictor) if self.tta else predictor
+        # a network that halves the image n times needs 2 * 2^n pixels a side (LKCFUNet: size_divisible = 2^n)
+        min_size = 2 * int(getattr(predictor, "size_divisible", getattr(network, "size_divisible", 4)))
+        predict = _at_least(_flip_ensemble(predictor) if self.tta else predictor, min_size)
         pair = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         spatial = pair.shape[2:]
         if len(spatial) == 2 and max(spatial) <= self.tile_size:
             fused = predict(pair).cpu()
         else:
-            fused = self._windowed(pair, predict, self._axis(inputs) if len(spatial) == 3 else -1)
+            name = Path(str(getattr(inputs, "meta", {}).get("filename_or_obj", "image"))).name
+            fused = self._windowed(pair, predict, self._axis(inputs) if len(spatial) == 3 else -1, name)
+        nonfinite = int((~torch.isfinite(fused)).sum())
+        if nonfinite:  # clamp keeps NaN: a broken network would give an all-black or all-NaN image
+            raise FusionInputError(
+                f"the network ({getattr(predictor, 'fusion_method', 'model')}) gave {nonfinite} NaN/Inf values of "
+                f"{fused.numel()}; its weights are broken (NaN/Inf) or do not fit: nothing was written"
+            )
         out = convert_to_dst_type(fused.clone(), inputs)[0]  # (B, 1, *spatial), a normal tensor again
         if isinstance(out, MetaTensor):
             out.meta["fusion_method"] = getattr(predictor, "fusion_method", "model")
@@ -232,8 +267,14 @@ class FusionInferer(Inferer):
         affine = inputs.affine
         return axial_axis(affine[0] if affine.ndim == 3 else affine)
 
-    def _windowed(self, pair: torch.Tensor, predict: Predictor, axis: int) -> torch.Tensor:
-        """Tiles of a large 2D pair, or slices of a volume along ``axis``."""
+    def _windowed(self, pair: torch.Tensor, predict: Predictor, axis: int, name: str = "image") -> torch.Tensor:
+        """Tiles of a large 2D pair, or slices of a volume along ``axis``, with :class:`~monai_lkcfusion.progress.
+        Progress` (a bar on a terminal, a line every 10 s otherwise) when ``progress``."""
+        from monai.data.utils import dense_patch_slices
+        from monai.inferers.utils import _get_scan_interval
+
+        from .progress import Progress
+
         spatial = pair.shape[2:]
         plane = [s for i, s in enumerate(spatial) if len(spatial) == 2 or i != axis]
         roi = tuple(min(s, self.tile_size) for s in plane)
@@ -242,10 +283,21 @@ class FusionInferer(Inferer):
             "sw_batch_size": self.batch_size,
             "overlap": self.overlap,
             "mode": "constant" if list(roi) == plane else "gaussian",  # blend only where tiles overlap
-            "progress": self.progress,
+            "progress": False,
             "sw_device": self.device,
             "device": "cpu",
         }
+        interval = _get_scan_interval(plane, roi, len(plane), (self.overlap,) * len(plane))
+        tiles = len(dense_patch_slices(plane, roi, interval))
+        total = tiles * (spatial[axis] if len(spatial) == 3 else 1) * (pair.shape[0])
+        unit = "slices" if len(spatial) == 3 and tiles == 1 else "tiles"
+        progress = Progress(total, f"fusing {name}", unit, enabled=self.progress)
+
+        def counted(x: torch.Tensor) -> torch.Tensor:
+            out = predict(x)
+            progress.update(x.shape[0])
+            return out
+
         inferer = SlidingWindowInferer(**options) if len(spatial) == 2 else SliceInferer(spatial_dim=axis, **options)
-        with torch.no_grad():
-            return inferer(pair, predict)
+        with torch.no_grad(), progress:
+            return inferer(pair, counted)

@@ -149,7 +149,7 @@ def test_missing_default_weights_and_bad_inputs(monkeypatch, tmp_path):
         fuse(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32), method="pca")
     with pytest.raises(FusionInputError, match="shape"):
         fuse(torch.rand(2, 8, 8), torch.rand(1, 8, 8), method="max")
-    with pytest.raises(FusionInputError, match="2D image but the MRI"):
+    with pytest.raises(FusionInputError, match="a 2D picture .* but the MRI"):
         fuse(torch.rand(1, 8, 8, 8), torch.rand(1, 8, 8), method="max")
 
 

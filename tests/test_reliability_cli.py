@@ -103,7 +103,7 @@ def _bad_case(name: str, d: Path) -> tuple[Path, Path, str]:
     if name == "2D sizes differ":
         return mri_png, _png(d / "small.png", _gray((30, 36), 1)), "--resample"
     if name == "2D with 3D":
-        return mri_png, mri_nii, "is 2D"
+        return mri_png, mri_nii, "is a 2D picture"
     if name == "wrong channels":
         return mri_nii, _nifti(d / "two.nii.gz", np.ones((20, 18, 8, 1, 2))), "need one 3D volume"
     if name == "4D volume":

@@ -15,6 +15,8 @@ __all__ = ["EVALUATION_METRICS", "compare_methods"]
 
 EVALUATION_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 """The metrics of the published comparison tables (CDDFuse Table 5)."""
+EVALUATION_FILES = ("metrics.csv", "summary.csv", "summary.json", "overview.png", "metrics.png", "fused")
+"""What :func:`compare_methods` writes into its output folder."""
 
 
 def compare_methods(
@@ -27,6 +29,8 @@ def compare_methods(
     device: str | torch.device | None = None,
     save_fused: bool = True,
     figure_rows: int = 4,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Fuse every pair with each method, score it and write the results.
 
@@ -50,12 +54,15 @@ def compare_methods(
         device: where the network runs.
         save_fused: also write the fused images.
         figure_rows: pairs shown in the overview figure (0: no overview figure).
+        overwrite: replace the results of an earlier evaluation in ``output_dir`` (otherwise they are kept and
+            this is an error, found before any work).
+        progress: show progress over the pairs (a bar on a terminal, a line every 10 s otherwise).
 
     Returns:
         The summary rows (as in ``summary.csv``), see :func:`monai_lkcfusion.metrics.tables.summarize`.
 
     Raises:
-        FusionInputError: no pairs, or an unknown method or metric.
+        FusionInputError: no pairs, an unknown method or metric, or earlier results without ``overwrite``.
     """
     from ..data import output_name, read_image, write_image, write_text
     from ..inference import build_predictor, fuse
@@ -64,9 +71,18 @@ def compare_methods(
     from ..metrics.tables import pivot, summarize, write_table
     from .figures import metrics_bar_chart, overview_figure
 
+    from ..progress import Progress
+
     if not pairs:
         raise FusionInputError("no (MRI, other) pairs to evaluate")
     out = Path(output_dir)
+    earlier = [out / name for name in EVALUATION_FILES if (out / name).exists()]
+    if earlier and not overwrite:
+        raise FusionInputError(
+            f"{earlier[0]}: results of an earlier evaluation are in {out}; pass --overwrite (overwrite=True) to "
+            "replace them, or choose another folder"
+        )
+    bar = Progress(len(pairs), f"evaluating {len(methods)} method(s)", "pairs", enabled=progress)
     predictors = {m: build_predictor(None, m, weights=weights, device=device) for m in methods}
     records: list[dict[str, Any]] = []
     figure: list[dict[str, Any]] = []
@@ -84,11 +100,13 @@ def compare_methods(
             fused_images[method], fused_metrics[method] = fused, scores
             if save_fused:
                 write_image(fused, out / "fused" / method / task / output_name(name, suffix=".png"), overwrite=True)
+        bar.update()
         if len(figure) < figure_rows:
             shown = read_image(pair["other"])  # colour kept
             figure.append({"mri": mri / 255.0, "other": shown / (shown.meta["display_max"] or 1.0),
                            "fused": fused_images, "metrics": fused_metrics, "name": f"{task} {name}",
                            "other_label": task})
+    bar.close()
     write_table(records, out / "metrics.csv")
     summary = summarize(records, metric_names)
     write_table(summary, out / "summary.csv")

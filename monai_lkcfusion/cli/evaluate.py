@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ssim-data-range", type=float, default=2.0,
                         help="SSIM data range: 2 as the published CDDFuse/EMMA tables (default), 255 as LKC-FUNet's")
     parser.add_argument("--device", help="torch device (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in OUT")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     summary = compare_methods(
         items, args.output, methods=[m.strip() for m in args.methods.split(",") if m.strip()], weights=args.weights,
         metric_names=[m.strip() for m in args.metrics.split(",") if m.strip()],
-        ssim_data_range=args.ssim_data_range, device=args.device,
+        ssim_data_range=args.ssim_data_range, device=args.device, overwrite=args.overwrite, progress=not args.quiet,
     )
     print(format_summary(summary))
     print(f"wrote {args.output}/metrics.csv, summary.csv, summary.json, overview.png, metrics.png ({len(items)} pairs)")

@@ -42,6 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mask-background", action="store_true",
                         help="keep the network's output where both inputs are 0 (default: exactly 0 there)")
     parser.add_argument("--tta", action="store_true", help="average the network over image flips (4x slower)")
+    parser.add_argument("--mri-modality",
+                        help="modality of MRI for its intensity scaling (default: from the file, else MR; an MRI is "
+                             "never CT-windowed unless you say --mri-modality CT)")
+    parser.add_argument("--allow-irregular-slices", action="store_true",
+                        help="fuse DICOM series with missing, duplicated or unevenly spaced slices (reported; "
+                             "default: refused)")
+    parser.add_argument("--allow-external-data", action="store_true",
+                        help="let a detached header (.nhdr/.mhd) read a data file outside its own folder")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display during long fusions")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     options = {"axis": args.axis, "device": args.device, "optimize": False, "batch_size": args.batch_size,
                "modality": args.modality, "resample": args.resample, "mri_series": args.mri_series,
                "other_series": args.other_series, "color": not args.gray,
-               "mask_background": not args.no_mask_background, "tta": args.tta}
+               "mask_background": not args.no_mask_background, "tta": args.tta, "mri_modality": args.mri_modality,
+               "allow_irregular_slices": args.allow_irregular_slices,
+               "allow_external_data": args.allow_external_data, "progress": not args.quiet}
     return _fuse_folders(args, predictor, options) if batch else _fuse_pair(args, predictor, options)
 
 
@@ -73,12 +84,13 @@ def _fuse_pair(args: argparse.Namespace, predictor, options: dict) -> int:
     """``lkcfusion fuse MRI OTHER -o OUT``: errors propagate (one line, exit 2)."""
     from ..inference import fuse_files
 
+    record: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fuse_files(args.mri, args.other, args.output, overwrite=args.overwrite, model=predictor,
-                   progress=sys.stderr.isatty(), **options)
+                   report=record.append, **options)
     _print_warnings(caught)
-    print(f"wrote {args.output} ({args.method})")
+    print(f"wrote {args.output} ({'; '.join([args.method, *record])})")
     return 0
 
 
@@ -91,6 +103,9 @@ def _fuse_folders(args: argparse.Namespace, predictor, options: dict) -> int:
     from ..data import pair_files_by_name
     from ..engines import FileFusionEngine
 
+    for folder in (args.mri_dir, args.other_dir):  # outputs are named after the MRIs: never write over the inputs
+        if Path(args.output).resolve() == Path(folder).resolve():
+            raise FusionInputError(f"{args.output}: is the input folder {folder}; write the results to another folder")
     pairs, unpaired = pair_files_by_name(args.mri_dir, args.other_dir)
     for message in unpaired:
         print(f"lkcfusion: error: {message}", file=sys.stderr)
@@ -109,7 +124,7 @@ def _fuse_folders(args: argparse.Namespace, predictor, options: dict) -> int:
                 print(f"lkcfusion: error: {engine.failures[-1]}", file=sys.stderr)
             else:
                 written.append(engine.state.output)
-                print(f"wrote {engine.state.output} ({args.method})")
+                print(f"wrote {engine.state.output} ({'; '.join([args.method, engine.last_record or ''])})")
 
         if pairs:
             try:

@@ -1,53 +1,143 @@
-"""Atomic, no-clobber writing: a file appears whole or not at all, and an existing one is kept unless asked."""
+"""Atomic, no-clobber writing: a file appears whole or not at all, and an existing one is kept unless asked.
+
+Every output is first written to a hidden temporary file beside the target, named
+``.lkcfusion-<pid>-<random>.tmp<ext>`` (``<ext>`` the target's extension, so writers that pick the format from it
+see the right one, and the name stays short whatever the target's length). When the write is complete the file is
+moved onto the target: with ``overwrite`` by :func:`os.replace`, otherwise by :func:`os.link`, which fails when the
+target exists, so two processes writing one target never both succeed (no check-then-replace race). A process
+killed mid-write (SIGKILL, power loss) leaves its temporary file behind; the next write into that folder removes
+the temporary files of processes that no longer run (:func:`remove_stale_temporaries`).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import FusionInputError
 
-__all__ = ["atomic_path", "write_text"]
+__all__ = ["TEMP_PREFIX", "atomic_path", "remove_stale_temporaries", "write_text"]
+
+TEMP_PREFIX = ".lkcfusion-"
+"""Name prefix of the temporary files (``.lkcfusion-<pid>-<random>.tmp<ext>``)."""
+_TEMP_NAME = re.compile(r"^\.lkcfusion-(\d+)-[0-9a-f]+\.tmp")
+_NAME_MAX = 255
+
+
+def _extension(name: str) -> str:
+    """The extension writers need (``.nii.gz`` kept whole), at most 16 characters."""
+    lower = name.lower()
+    for double in (".nii.gz", ".tar.gz"):
+        if lower.endswith(double):
+            return name[-len(double):]
+    suffix = os.path.splitext(name)[1]
+    return suffix if len(suffix) <= 16 else ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed writers left in ``folder`` (their process no longer runs).
+
+    Args:
+        folder: the folder to clean.
+
+    Returns:
+        The removed files.
+    """
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except OSError:
+                pass
+    return removed
+
+
+def _exists_error(path: Path) -> FusionInputError:
+    return FusionInputError(f"{path}: output exists; pass --overwrite (overwrite=True) to replace it")
 
 
 @contextmanager
 def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` and move it onto ``path`` only when the block succeeds.
 
-    The temporary file is hidden and ends with ``path``'s name, so writers that pick the format from the extension
-    (``.nii.gz``, ``.png``, ...) see the right one.
-
     Args:
         path: the final file; missing parent folders are created.
-        overwrite: replace an existing ``path``; otherwise an existing file is an error and is kept.
+        overwrite: replace an existing ``path``; otherwise an existing file is an error and is kept, also when
+            another process creates it while this one writes (the final step is an atomic :func:`os.link`).
 
     Raises:
-        FusionInputError: ``path`` exists and ``overwrite`` is False, or it cannot be written (a parent that is a
-            file, a read-only file system, a full disk); a partial file is never left behind.
+        FusionInputError: ``path`` exists (or appears meanwhile) and ``overwrite`` is False, ``path`` is a folder,
+            its name is too long, or it cannot be written (a parent that is a file, a read-only file system, a full
+            disk); a partial file is never left behind.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FusionInputError(f"{path}: is a folder; give an output file name (e.g. {path / 'fused.nii.gz'})")
+    if len(os.fsencode(path.name)) > _NAME_MAX:
+        raise FusionInputError(f"{path.name[:40]}...: output name of {len(os.fsencode(path.name))} bytes is longer "
+                               f"than file systems allow ({_NAME_MAX}); choose a shorter name")
     if path.exists() and not overwrite:
-        raise FusionInputError(f"{path}: output exists; pass --overwrite (overwrite=True) to replace it")
+        raise _exists_error(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=".", suffix=f".tmp.{path.name}", dir=path.parent)
+        remove_stale_temporaries(path.parent)
+        tmp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.tmp{_extension(path.name)}"
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except OSError as err:  # a parent that is a file, a read-only or virtual file system
         raise FusionInputError(f"{path}: cannot write here ({err.strerror or err})") from None
-    os.close(handle)
-    tmp = Path(name)
     umask = os.umask(0)
     os.umask(umask)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
+        os.chmod(tmp, 0o666 & ~umask)  # created 0600; give the file the usual permissions
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_no_clobber(tmp, path)
+    except FileExistsError:
+        raise _exists_error(path) from None
     except OSError as err:  # disk full, quota: the partial temporary file is removed below
         raise FusionInputError(f"{path}: cannot write output ({err.strerror or err}); nothing was written") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _link_no_clobber(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` only if ``path`` does not exist, atomically.
+
+    Raises:
+        FileExistsError: ``path`` exists.
+    """
+    try:
+        os.link(tmp, path)  # fails with EEXIST when the target exists, whoever created it
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        # no hard links on this file system: claim the name exclusively, then replace the empty claim
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.replace(tmp, path)
 
 
 def write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:

@@ -73,15 +73,32 @@ def load_fusion_datalist(
         The items with ``"mri"`` and ``"other"`` as absolute paths.
 
     Raises:
-        FusionInputError: the file or the section does not exist.
+        FusionInputError: the file or the section does not exist, or it is not a list of dicts with ``"mri"`` and
+            ``"other"`` paths.
     """
     path = Path(path)
     if not path.is_file():
         raise FusionInputError(f"{path}: datalist not found")
     try:
-        rows = json.loads(path.read_text())[section]
-    except (ValueError, KeyError) as err:
-        raise FusionInputError(f"{path}: no readable section '{section}' ({' '.join(str(err).split())})") from None
+        content = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FusionInputError(f"{path}: not a JSON datalist ({' '.join(str(err).split())})") from None
+    if not isinstance(content, dict):
+        raise FusionInputError(
+            f"{path}: a datalist is a JSON object of sections ({{\"{section}\": [{{\"mri\": ..., \"other\": ...}}]}}), "
+            f"not a {type(content).__name__}"
+        )
+    if section not in content:
+        raise FusionInputError(f"{path}: no section '{section}'; it has {sorted(content) or 'none'}")
+    rows = content[section]
+    if not isinstance(rows, list):
+        raise FusionInputError(f"{path}: section '{section}' is a {type(rows).__name__}, not a list of pairs")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in _PAIR_KEYS):
+            found = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise FusionInputError(
+                f"{path}: item {i} of '{section}' needs \"mri\" and \"other\" paths, it has {found}"
+            )
     base = Path(base_dir) if base_dir is not None else path.parent
     return [{**row, **{k: os.path.normpath(base / row[k]) for k in _PAIR_KEYS}} for row in rows]
 

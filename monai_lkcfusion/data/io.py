@@ -16,6 +16,8 @@ Writers choose the format from the extension and write atomically (temporary fil
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +33,11 @@ __all__ = [
     "PICTURE_SUFFIXES",
     "VOLUME_SUFFIXES",
     "WRITABLE_SUFFIXES",
+    "check_data_file_location",
+    "check_dicom_slices",
+    "check_output_path",
+    "fit_float32",
+    "image_spatial_dims",
     "image_stem",
     "image_suffix",
     "read_image",
@@ -60,24 +67,42 @@ def image_stem(path: str | Path) -> str:
     return path.name[: -len(suffix)] if suffix in PICTURE_SUFFIXES + VOLUME_SUFFIXES else path.name
 
 
-def read_image(path: str | Path, series: str | None = None) -> MetaTensor:
+def read_image(
+    path: str | Path,
+    series: str | None = None,
+    allow_irregular_slices: bool = False,
+    allow_external_data: bool = False,
+) -> MetaTensor:
     """Read a picture, a volume or a DICOM series folder as a channel-first MetaTensor of raw values.
+
+    DICOM series are checked slice by slice before they are read (see :func:`check_dicom_slices`): missing,
+    duplicated or unevenly spaced slices, and files of the folder that are not readable DICOM, are refused (or,
+    with ``allow_irregular_slices``, reported with a warning giving the numbers). Detached headers (``.nhdr``,
+    ``.mhd``, or ``.nrrd``/``.mha`` naming a data file) may only name data files inside their own folder.
+    Floating-point values beyond the float32 range are divided by a power of two (with a warning), so that they
+    are not turned into Inf.
 
     Args:
         path: file (PNG/JPEG/BMP/TIFF, NIfTI, NRRD/NHDR, MHA/MHD, single DICOM file) or a folder of one DICOM series.
         series: SeriesInstanceUID to pick when a DICOM folder holds several series.
+        allow_irregular_slices: read a DICOM series with missing, duplicated or unevenly spaced slices anyway
+            (duplicates are dropped; a warning gives the gaps and how far slices are then misplaced).
+        allow_external_data: let a detached header name a data file outside its folder.
 
     Returns:
         ``(C, H, W)`` for pictures, ``(C, X, Y, Z)`` for volumes, float32, with metadata (see module docstring).
 
     Raises:
-        FusionInputError: missing, empty, unreadable or unsupported file, mixed DICOM series, 4D series.
+        FusionInputError: missing, empty, unreadable, not a regular file or unsupported file, mixed or irregular
+            DICOM series, 4D series, a data file outside the header's folder.
     """
     path = Path(path)
     if path.is_dir():
-        return _read_dicom_series(path, series)
+        return _read_dicom_series(path, series, allow_irregular_slices)
     if not path.exists():
         raise FusionInputError(f"{path}: file not found")
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise FusionInputError(f"{path}: not a regular file (a pipe, socket or device); give an image file")
     if path.stat().st_size == 0:
         raise FusionInputError(f"{path}: empty file")
     suffix = image_suffix(path)
@@ -86,6 +111,8 @@ def read_image(path: str | Path, series: str | None = None) -> MetaTensor:
     if suffix in NIFTI_SUFFIXES:
         return _read_nifti(path)
     if suffix in ITK_SUFFIXES:
+        if not allow_external_data:
+            check_data_file_location(path)
         return _read_itk(path)
     raise FusionInputError(
         f"{path}: unsupported format '{suffix}'; use {', '.join(PICTURE_SUFFIXES + VOLUME_SUFFIXES)} "
@@ -108,12 +135,21 @@ def _read_picture(path: Path) -> MetaTensor:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        image = Image.open(path)
+    except Image.DecompressionBombError as err:  # PIL's guard: over 2 x Image.MAX_IMAGE_PIXELS
+        raise FusionInputError(
+            f"{path}: too large to decode ({' '.join(str(err).split()).split(' could be')[0].rstrip(',')}; a guard against "
+            "decompression bombs); crop or downsample it first"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise FusionInputError(f"{path}: cannot read image ({' '.join(str(err).split())})") from None
+    try:
+        with image:
             if getattr(image, "n_frames", 1) > 1:
                 raise FusionInputError(f"{path}: {image.n_frames} frames/pages; save one 2D image per file")
             image.load()
             array, display_max = _picture_array(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         if isinstance(err, FusionInputError):
             raise
         raise FusionInputError(f"{path}: cannot read image ({' '.join(str(err).split())})") from None
@@ -141,7 +177,40 @@ def _picture_array(image) -> tuple[np.ndarray, float | None]:
         return array.astype(np.float32), 255.0
     if array.dtype.kind == "u" and array.dtype.itemsize == 2 or mode.startswith("I;16"):
         return array.astype(np.float32), 65535.0
-    return array.astype(np.float32), None
+    return fit_float32(array, str(getattr(image, "filename", "image"))), None
+
+
+_FLOAT32_LIMIT = 1e30  # well inside float32 (3.4e38), so that differences and sums of values stay finite
+
+
+def fit_float32(array: np.ndarray, name: str = "image") -> np.ndarray:
+    """``array`` as float32 without turning finite values into Inf.
+
+    Values whose magnitude exceeds what float32 holds safely (``1e30``; e.g. a float64 PET in Bq with a broken
+    scale factor, or ``1e300``) would become Inf and then be set to 0. Instead the whole image is divided by a
+    power of two, which leaves its percentile scaling unchanged, and a warning gives the factor.
+
+    Args:
+        array: any real array (integers, float16/32/64).
+        name: the file, for the warning.
+
+    Returns:
+        The float32 array.
+    """
+    array = np.asarray(array)
+    if array.dtype.kind != "f" or array.size == 0:
+        return array.astype(np.float32)
+    finite = np.isfinite(array)
+    peak = float(np.abs(array[finite]).max()) if finite.any() else 0.0
+    if peak <= _FLOAT32_LIMIT:
+        return array.astype(np.float32)
+    exponent = int(np.ceil(np.log2(peak / _FLOAT32_LIMIT)))
+    warnings.warn(
+        f"{name}: values up to {peak:.3g} exceed the float32 range the pipeline uses; divided by 2^{exponent} "
+        "before scaling (percentile scaling is unaffected)",
+        stacklevel=2,
+    )
+    return np.ldexp(array, -exponent).astype(np.float32)
 
 
 def _as_volume(array: np.ndarray, affine: np.ndarray, path: Path, modality: str | None) -> MetaTensor:
@@ -164,7 +233,7 @@ def _read_nifti(path: Path) -> MetaTensor:
 
     try:
         nii = nib.load(str(path))
-        array = np.asarray(nii.dataobj, dtype=np.float32)
+        array = fit_float32(np.asanyarray(nii.dataobj), str(path))  # scaled by scl_slope, kept in range
     except Exception as err:  # nibabel raises many types for damaged files
         raise FusionInputError(f"{path}: cannot read NIfTI ({' '.join(str(err).split())})") from None
     if array.ndim == 2:
@@ -190,7 +259,7 @@ def _itk_affine(image) -> np.ndarray:
 def _from_itk(image, path: Path, modality: str | None) -> MetaTensor:
     import SimpleITK as sitk
 
-    array = sitk.GetArrayFromImage(image).astype(np.float32)  # (Z, Y, X[, C]) or (Y, X[, C])
+    array = fit_float32(sitk.GetArrayFromImage(image), str(path))  # (Z, Y, X[, C]) or (Y, X[, C])
     if image.GetDimension() == 2:
         data = array[None] if array.ndim == 2 else np.moveaxis(array[..., :3], -1, 0)  # (C, H, W)
         img = MetaTensor(torch.as_tensor(np.ascontiguousarray(data)), affine=torch.eye(3))
@@ -227,8 +296,177 @@ def _read_itk(path: Path) -> MetaTensor:
     return _from_itk(image, path, modality or None)
 
 
-def _read_dicom_series(folder: Path, series: str | None) -> MetaTensor:
-    """One DICOM series from a folder (SimpleITK/GDCM sorts the slices by position)."""
+_DATA_FILE_FIELDS = re.compile(r"^\s*(ElementDataFile\s*=|data\s*file\s*:|datafile\s*:)\s*(.*?)\s*$", re.I | re.M)
+
+
+def check_data_file_location(header: str | Path) -> None:
+    """Refuse a NRRD/MetaIO header whose data file lies outside the header's own folder.
+
+    A detached header (``.nhdr``, ``.mhd``; also a ``.nrrd``/``.mha`` with a ``data file``/``ElementDataFile``
+    field) names the file that holds its voxels; a header from elsewhere could name any file on the disk
+    (``/etc/passwd``, ``../../secret``), which would then be read and written out as pixels. Absolute names, names
+    leading out of the folder (``..``) and links to places outside it are refused. ``LOCAL`` (attached data),
+    ``LIST`` (the names follow, one a line) and ``%d`` patterns (``slice%03d.raw 1 10 1``) are understood.
+
+    Args:
+        header: the header file.
+
+    Raises:
+        FusionInputError: a data file outside the header's folder.
+    """
+    header = Path(header)
+    with open(header, "rb") as handle:
+        text = handle.read(1 << 16).decode("latin-1")
+    if image_suffix(header) in (".nrrd", ".nhdr"):
+        text = re.split(r"\r?\n\r?\n", text, maxsplit=1)[0]  # the NRRD header ends at the first empty line
+    folder = header.parent.resolve()
+    for match in _DATA_FILE_FIELDS.finditer(text):
+        value = match.group(2)
+        if value.upper() == "LOCAL" or not value:
+            continue
+        if value.upper().startswith("LIST"):
+            names = [line.strip() for line in text[match.end():].splitlines() if line.strip()]
+        else:
+            names = [value.split()[0] if "%" in value else value]
+        for name in names:
+            target = (header.parent / name).resolve()
+            if Path(name).is_absolute() or folder != target and folder not in target.parents:
+                raise FusionInputError(
+                    f"{header}: its data file '{name}' lies outside the header's folder, refused (a header can point "
+                    "at any file); put the data beside the header, or pass --allow-external-data "
+                    "(allow_external_data=True) if you trust this header"
+                )
+
+
+def _slice_position(header, name: str) -> tuple[np.ndarray, float] | None:
+    """``(slice normal, position along it)`` of a DICOM slice header, ``None`` without geometry."""
+    try:
+        orientation = np.asarray([float(v) for v in header.ImageOrientationPatient], dtype=np.float64)
+        position = np.asarray([float(v) for v in header.ImagePositionPatient], dtype=np.float64)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if orientation.shape != (6,) or position.shape != (3,):
+        return None
+    normal = np.cross(orientation[:3], orientation[3:])
+    return normal, float(position @ normal)
+
+
+def _pixel_bytes_missing(header) -> bool:
+    """Whether an uncompressed slice holds fewer pixel bytes than its header promises (a truncated file)."""
+    from pydicom.uid import UID
+
+    syntax = UID(str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2"))
+    if syntax.is_compressed or "PixelData" not in header:
+        return False
+    try:
+        needed = int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1)) * (
+            int(header.BitsAllocated) // 8
+        ) * int(header.get("NumberOfFrames", 1) or 1)
+        return len(header.PixelData) < needed
+    except (AttributeError, TypeError, ValueError):
+        return True
+
+
+def check_dicom_slices(
+    folder: str | Path, files: list[str], other_series_files: set[str] = frozenset(), allow_irregular: bool = False
+) -> tuple[list[str], list[str]]:
+    """Check the slices of one DICOM series before it is read; return the files to read and warnings.
+
+    GDCM sorts slices by position and ITK then assumes they are evenly spaced: a missing slice (deleted, or a
+    truncated/corrupt file that GDCM skips) stretches the volume and misplaces every slice after it, and a
+    duplicated file doubles a slice. So the slice positions (``ImagePositionPatient`` along the slice normal)
+    are checked: the same orientation for every slice, no two slices at one position, and even spacing within
+    5%. Files of the folder that belong to no series (not DICOM, or damaged) are named.
+
+    Args:
+        folder: the series folder.
+        files: the series' files as GDCM sorted them.
+        other_series_files: files of the folder's other (readable) series, which are not "skipped".
+        allow_irregular: accept an irregular series: duplicates are dropped and the rest is read; the returned
+            warnings give the gaps and how far slices are from their true position once read as evenly spaced.
+
+    Returns:
+        ``(files, warnings)``: the files to read, in order, and one-line warnings.
+
+    Raises:
+        FusionInputError: an irregular series without ``allow_irregular``, or no readable slice.
+    """
+    import pydicom
+
+    folder = Path(folder)
+    listed = {str(Path(f).resolve()) for f in files} | {str(Path(f).resolve()) for f in other_series_files}
+    skipped = sorted(
+        p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and str(p.resolve()) not in listed
+    )
+    problems: list[str] = []
+    slices: list[tuple[float, str, str]] = []  # (position, file, SOPInstanceUID)
+    normals: list[np.ndarray] = []
+    no_geometry = []
+    for name in files:
+        try:
+            header = pydicom.dcmread(name)
+        except Exception:  # pydicom raises many types for damaged files
+            skipped.append(Path(name).name)
+            continue
+        if _pixel_bytes_missing(header):
+            skipped.append(Path(name).name)
+            continue
+        geometry = _slice_position(header, name)
+        if geometry is None:
+            no_geometry.append(Path(name).name)
+            slices.append((float(len(slices)), name, str(header.get("SOPInstanceUID", name))))
+            continue
+        normals.append(geometry[0])
+        slices.append((geometry[1], name, str(header.get("SOPInstanceUID", name))))
+    if not slices:
+        raise FusionInputError(f"{folder}: no readable DICOM slice ({', '.join(skipped[:5])} damaged)")
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        problems.append(f"{len(skipped)} file(s) of the folder are not readable DICOM slices and were skipped: {shown}")
+    if no_geometry and len(slices) > 1:
+        problems.append(f"{len(no_geometry)} slice(s) without ImagePositionPatient/ImageOrientationPatient "
+                        f"({', '.join(no_geometry[:3])}): positions cannot be checked")
+    if normals and any(np.abs(n - normals[0]).max() > 1e-3 for n in normals):
+        problems.append("the slices have different orientations (ImageOrientationPatient)")
+    slices.sort(key=lambda item: item[0])
+    kept = [slices[0]]
+    duplicates = []
+    for item in slices[1:]:
+        if item[2] == kept[-1][2] or not no_geometry and abs(item[0] - kept[-1][0]) < 1e-3:
+            duplicates.append(f"{Path(item[1]).name} = {Path(kept[-1][1]).name} (at {item[0]:.4g} mm)")
+        else:
+            kept.append(item)
+    if duplicates:
+        problems.append(f"{len(duplicates)} duplicated slice(s): {'; '.join(duplicates[:3])}")
+    messages = []
+    if len(kept) > 2 and not no_geometry:
+        positions = np.asarray([item[0] for item in kept])
+        steps = np.diff(positions)
+        spacing = float(np.median(steps))
+        bad = np.flatnonzero(np.abs(steps - spacing) > 0.05 * spacing)
+        if bad.size:
+            where = "; ".join(
+                f"{steps[i]:.4g} mm between {Path(kept[i][1]).name} and {Path(kept[i + 1][1]).name}" for i in bad[:3]
+            )
+            missing = int(round(float(np.sum(np.maximum(steps[bad] / spacing - 1.0, 0.0)))))
+            even = np.linspace(positions[0], positions[-1], len(positions))
+            problems.append(
+                f"slices are not evenly spaced: {len(kept)} slices mostly {spacing:.4g} mm apart, but {where}"
+                + (f" (about {missing} slice(s) missing)" if missing else "")
+                + f"; read as evenly spaced, slices would be up to {np.abs(even - positions).max():.3g} mm "
+                "from their true position"
+            )
+    if problems and not allow_irregular:
+        raise FusionInputError(
+            f"{folder}: {'; '.join(problems)}; complete the series, or pass --allow-irregular-slices "
+            "(allow_irregular_slices=True) to fuse it anyway"
+        )
+    messages = [f"{folder}: {problem} (accepted: --allow-irregular-slices)" for problem in problems]
+    return [item[1] for item in kept], messages
+
+
+def _read_dicom_series(folder: Path, series: str | None, allow_irregular: bool = False) -> MetaTensor:
+    """One DICOM series from a folder (SimpleITK/GDCM sorts the slices by position, checked first)."""
     import pydicom
     import SimpleITK as sitk
 
@@ -250,7 +488,11 @@ def _read_dicom_series(folder: Path, series: str | None) -> MetaTensor:
     uid = series if series is not None else uids[0]
     if uid not in uids:
         raise FusionInputError(f"{folder}: no DICOM series {uid}; found {', '.join(uids)}")
-    files = reader.GetGDCMSeriesFileNames(str(folder), uid)
+    files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
+    others = {f for other in uids if other != uid for f in reader.GetGDCMSeriesFileNames(str(folder), other)}
+    files, messages = check_dicom_slices(folder, files, others, allow_irregular)
+    for message in messages:
+        warnings.warn(message, stacklevel=3)
     reader.SetFileNames(files)
     try:
         with _native_stderr_silenced():
@@ -259,6 +501,78 @@ def _read_dicom_series(folder: Path, series: str | None) -> MetaTensor:
         raise FusionInputError(f"{folder}: cannot read DICOM series ({' '.join(str(err).split())[:200]})") from None
     modality = pydicom.dcmread(files[0], stop_before_pixels=True).get("Modality", None)
     return _from_itk(image, folder, modality or None)
+
+
+def image_spatial_dims(path: str | Path) -> int | None:
+    """The spatial dimensions an input will be read with (2 or 3), from its header only; ``None`` if unknown.
+
+    Pictures are 2D; NIfTI files and DICOM folders are volumes (a one-slice NIfTI too); NRRD/MHA say so in
+    their header.
+    """
+    path = Path(path)
+    suffix = image_suffix(path)
+    if path.is_dir() or suffix in NIFTI_SUFFIXES:
+        return 3
+    if suffix in PICTURE_SUFFIXES:
+        return 2
+    if suffix in ITK_SUFFIXES and path.is_file():
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            with _native_stderr_silenced():
+                reader.ReadImageInformation()
+        except RuntimeError:
+            return None
+        return 2 if reader.GetDimension() == 2 else 3
+    return None
+
+
+def check_output_path(
+    path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = (), spatial_dims: int | None = None
+) -> Path:
+    """Check an output path before any (long) work, with the messages :func:`write_image` would give at the end.
+
+    Args:
+        path: the output file.
+        overwrite: an existing output may be replaced.
+        inputs: the input files or folders; the output may never be one of them (not even with ``overwrite``).
+        spatial_dims: 3 when the result will be a volume (pictures cannot hold it), 2 or ``None`` otherwise.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        FusionInputError: a folder, an extension without writer, a volume to a picture format, an input, or an
+            existing file without ``overwrite``.
+    """
+    path = Path(path)
+    suffix = image_suffix(path)
+    if len(os.fsencode(path.name)) > 255:
+        raise FusionInputError(f"{path.name[:40]}...: output name of {len(os.fsencode(path.name))} bytes is longer "
+                               "than file systems allow (255); choose a shorter name")
+    if path.is_dir():
+        raise FusionInputError(
+            f"{path}: is a folder; give an output file name (e.g. {path / ('fused' + (suffix or '.nii.gz'))}), "
+            "or use --mri-dir/--other-dir for a folder of pairs"
+        )
+    for source in inputs:
+        source = Path(source)
+        if path.resolve() == source.resolve() or path.exists() and source.exists() and os.path.samefile(path, source):
+            raise FusionInputError(f"{path}: is the input {source}; an input is never replaced, choose another output")
+        if source.is_dir() and source.resolve() in path.resolve().parents:
+            raise FusionInputError(f"{path}: lies inside the input folder {source}; write the output elsewhere")
+    if suffix not in WRITABLE_SUFFIXES:
+        raise FusionInputError(
+            f"{path}: {'no file extension' if not suffix else f'unsupported output format {suffix!r}'}; "
+            f"the extension picks the format: {', '.join(WRITABLE_SUFFIXES)}"
+        )
+    if spatial_dims == 3 and suffix in PICTURE_SUFFIXES:
+        raise FusionInputError(f"{path}: a 3D volume cannot be written as '{suffix}'; use .nii.gz, .nrrd or .mha")
+    if path.exists() and not overwrite:
+        raise FusionInputError(f"{path}: output exists; pass --overwrite (overwrite=True) to replace it")
+    return path
 
 
 def write_image(
@@ -283,8 +597,8 @@ def write_image(
         The written path.
 
     Raises:
-        FusionInputError: unsupported extension, a volume to a picture format, wrong channel count, or an
-            existing file without ``overwrite``.
+        FusionInputError: unsupported extension, a volume to a picture format, wrong channel count, NaN/Inf
+            values, or an existing file without ``overwrite``.
     """
     path = Path(path)
     suffix = image_suffix(path)
@@ -292,8 +606,12 @@ def write_image(
         affine = img.affine
     data = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
     data = np.asarray(data, dtype=np.float32)
+    check_output_path(path, overwrite=True)  # a folder or an unknown extension (existence: atomic_path)
     if data.ndim not in (3, 4) or data.shape[0] not in (1, 3):
         raise FusionInputError(f"{path}: cannot write an image of shape {data.shape}; need (1|3, *spatial)")
+    nonfinite = int(data.size - np.isfinite(data).sum())
+    if nonfinite:  # never an all-black picture or an all-NaN volume that looks like a result
+        raise FusionInputError(f"{path}: the image holds {nonfinite} NaN/Inf values of {data.size}; nothing was written")
     if suffix in PICTURE_SUFFIXES:
         if data.ndim != 3:
             raise FusionInputError(f"{path}: a 3D volume cannot be written as '{suffix}'; use .nii.gz, .nrrd or .mha")
@@ -304,8 +622,6 @@ def write_image(
         with atomic_path(path, overwrite) as tmp:
             Image.fromarray(pixels).save(tmp, format=_PIL_FORMATS[suffix])
         return path
-    if suffix not in WRITABLE_SUFFIXES:
-        raise FusionInputError(f"{path}: unsupported output format '{suffix}'; use .png/.jpg, .nii(.gz), .nrrd or .mha")
     if data.ndim == 3:
         data = data[..., None]  # a 2D image as a one-slice volume
         affine = None
@@ -347,4 +663,10 @@ def _write_itk(voxels: np.ndarray, affine: np.ndarray, path: Path) -> None:
     image.SetSpacing(spacing.tolist())
     image.SetDirection((lps[:3, :3] / spacing).flatten().tolist())
     image.SetOrigin(lps[:3, 3].tolist())
-    sitk.WriteImage(image, str(path))
+    try:
+        with _native_stderr_silenced():
+            sitk.WriteImage(image, str(path))
+    except RuntimeError as err:  # ITK reports a full disk or an unwritable file as a RuntimeError
+        text = " ".join(str(err).split())
+        reason = "No space left on device" if "space" in text.lower() else text.split("ERROR:")[-1].strip()[:200]
+        raise OSError(reason) from None

@@ -12,10 +12,12 @@ from monai.data import Dataset
 from monai.inferers import Inferer
 
 from ..errors import FusionInputError
+from .distributed import all_gather_objects, is_main_process
 from ..inferers import FusionInferer
 from ..transforms.io import SaveFused
 from ..transforms.pipelines import fusion_preprocessing
-from .distributed import all_gather_objects, is_main_process
+from ..transforms.post import describe_fusion
+from ..data.io import check_output_path
 
 __all__ = ["FileFusionEngine", "fusion_pairs"]
 
@@ -100,7 +102,7 @@ class FileFusionEngine(Engine):
         output_dir: str | Path | None = None,
         output_suffix: str | None = None,
         output_prefix: str = "fused_",
-        overwrite: bool = True,
+        overwrite: bool = False,
         fuse_kwargs: dict[str, Any] | None = None,
         preprocessing: Callable | None = None,
         inferer: Inferer | None = None,
@@ -119,17 +121,25 @@ class FileFusionEngine(Engine):
         self.fuse_kwargs = dict(fuse_kwargs or {})
         self.writer = SaveFused(output_dir, output_suffix, output_prefix, overwrite) if output_dir else None
         self.failures: list[str] = []
+        self.last_record: str | None = None  # how the last pair was scaled (describe_fusion), for reports
+
+    def _savers(self) -> list[SaveFused]:
+        """The writers of this engine: its own, or the ``SaveFusedd`` of the given post-processing."""
+        transforms = getattr(self.pieces[2], "transforms", ()) if self.pieces is not None else ()
+        return [self.writer] if self.writer is not None else [t.saver for t in transforms if hasattr(t, "saver")]
 
     def _fuse_one(self, engine: Engine, item: dict[str, Any]) -> Path | None:
         from ..inference import fuse, fuse_dict
 
         try:
             if self.pieces is not None:
-                return Path(fuse_dict(item, self.network, *self.pieces)["pred"].meta["saved_to"])
-            target = self.writer.output_path(item["mri"])
-            if target.exists() and not self.writer.overwrite:  # before any work
-                raise FusionInputError(f"{target}: output exists; pass --overwrite (overwrite=True) to replace it")
+                fused = fuse_dict(item, self.network, *self.pieces)["pred"]
+                self.last_record = describe_fusion(fused.meta)
+                return Path(fused.meta["saved_to"])
+            self.writer.claim(item["mri"])  # before any work: an existing output, a collision, the input itself
+            check_output_path(self.writer.output_path(item["mri"]), True, inputs=(item["mri"], item["other"]))
             fused = fuse(item["mri"], item["other"], model=self.network, **{"progress": False, **self.fuse_kwargs})
+            self.last_record = describe_fusion(fused.meta)
             return Path(self.writer(fused).meta["saved_to"])
         except (FusionInputError, OSError) as err:  # report the bad pair and go on with the others
             self.failures.append(" ".join(str(err).split()))
@@ -149,6 +159,8 @@ class FileFusionEngine(Engine):
             FusionInputError: after the run, when some pairs failed (the others are written).
         """
         self.failures = []
+        for saver in self._savers():
+            saver.reset()
         if self.writer is not None:
             self.writer.output_dir.mkdir(parents=True, exist_ok=True)
         state = super().run(self.datalist, max_epochs=1) if self.datalist else self.state

@@ -8,7 +8,9 @@ from typing import Any
 
 from ..errors import FusionInputError
 
-__all__ = ["bundle_config", "run_bundle_workflow"]
+__all__ = ["bundle_config", "check_literal_overrides", "run_bundle_command", "run_bundle_workflow"]
+
+_CONFIG_SYNTAX = ("$", "@", "%")  # MONAI ConfigParser: expression (Python code), reference, macro
 
 
 def bundle_config(name: str) -> Path:
@@ -25,10 +27,45 @@ def bundle_config(name: str) -> Path:
     return path
 
 
+def check_literal_overrides(overrides: dict[str, Any]) -> None:
+    """Refuse override values that MONAI's config parser would not take as data.
+
+    In a bundle config a string starting with ``$`` is a Python expression that is evaluated (``"$__import__('os')
+    .system(...)"`` runs), ``@`` a reference and ``%`` a macro. Values that come from a command line (paths, names)
+    must reach the config as data, so such values are refused here; a path that really starts with one of these
+    characters can be given as ``./$name``.
+
+    Args:
+        overrides: config id -> value (strings, numbers, lists, dicts of them).
+
+    Raises:
+        FusionInputError: naming the override and the character.
+    """
+
+    def strings(value: Any) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, (list, tuple)):
+            return [s for v in value for s in strings(v)]
+        return []
+
+    for key, value in overrides.items():
+        for text in strings(value):
+            if text.startswith(_CONFIG_SYNTAX):
+                raise FusionInputError(
+                    f"{key} {text[:60]!r}: a value starting with '{text[0]}' would be read as config code by the "
+                    f"bundle ('$' runs Python, '@' and '%' refer to other items); refused. For a path that starts "
+                    f"with it, write ./{text[:20]}"
+                )
+
+
 def run_bundle_workflow(
     config: str,
     overrides_files: Sequence[str | Path] = (),
     workflow_type: str = "train",
+    allow_expressions: bool = False,
     **overrides: Any,
 ) -> Any:
     """Initialise, run and finalise one bundle config with override files and ``id=value`` overrides.
@@ -37,6 +74,8 @@ def run_bundle_workflow(
         config: the bundle config name (``"train.json"``, ``"evaluate.json"``, ``"inference.json"``).
         overrides_files: further JSON/YAML files merged over it in order (e.g. ``configs/mri_pet.json``).
         workflow_type: ``"train"`` or ``"infer"`` (the MONAI property set checked before running).
+        allow_expressions: let override strings be config syntax (``"$..."`` Python expressions, ``"@id"``
+            references); default: refused (see :func:`check_literal_overrides`), values are data.
         overrides: config ids and their new values, e.g. ``max_epochs=10``, ``output_dir="runs/x"``.
 
     Returns:
@@ -48,6 +87,8 @@ def run_bundle_workflow(
     """
     from monai.bundle import ConfigWorkflow
 
+    if not allow_expressions:
+        check_literal_overrides(overrides)
     files = [str(bundle_config(config))]
     for extra in overrides_files:
         if not Path(extra).is_file():
@@ -93,3 +134,38 @@ def _user_error(err: RuntimeError) -> FusionInputError | None:
             return FusionInputError(f"{where}{cause.strerror or cause}")
         cause = cause.__cause__
     return None
+
+
+def run_bundle_command(argv: Sequence[str] | None = None) -> int:
+    """``python -m monai.bundle`` with the user's errors as one line: the front of ``python -m
+    monai_lkcfusion.run_bundle run --config_file ...``.
+
+    MONAI's command line shows a 60-line traceback for a missing input folder; this runs the same command and
+    prints a :class:`FusionInputError` or :class:`OSError` anywhere in the chain of causes as
+    ``lkcfusion: error: <message>`` with exit code 2. Other errors keep their traceback.
+
+    Args:
+        argv: the arguments after the program name (``run --config_file ...``); ``None`` reads ``sys.argv``.
+
+    Returns:
+        The exit code: 0, or 2 for the user's error.
+    """
+    import runpy
+    import sys
+
+    saved = sys.argv
+    sys.argv = ["python -m monai.bundle", *(sys.argv[1:] if argv is None else argv)]
+    try:
+        runpy.run_module("monai.bundle", run_name="__main__", alter_sys=False)
+    except (FusionInputError, OSError, RuntimeError) as err:
+        user = err if isinstance(err, FusionInputError) else _user_error(err if isinstance(err, RuntimeError)
+                                                                          else RuntimeError(err))
+        if isinstance(err, OSError) and user is None:
+            user = FusionInputError(f"{err.filename}: {err.strerror}" if err.filename else str(err))
+        if user is None:
+            raise
+        print(f"lkcfusion: error: {' '.join(str(user).split())}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved
+    return 0

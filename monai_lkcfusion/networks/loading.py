@@ -21,7 +21,7 @@ from monai_lkcfusion.networks.convert import (
 )
 from monai_lkcfusion.networks.lkcfunet import NORM_SCHEMES, NORM_SITES, LKCFUNet, resolve_norm_scheme
 
-__all__ = ["default_weights_path", "infer_config", "load_network", "save_network"]
+__all__ = ["check_finite_weights", "default_weights_path", "infer_config", "load_network", "save_network"]
 
 # a normalisation layer per site, used to recognise BatchNorm (running statistics) when ``norm_kinds`` is absent
 _NORM_PROBES = {
@@ -143,6 +143,40 @@ def _check_expected(found: Mapping[str, Any], expected: str | Mapping[str, Any],
         raise FusionInputError(f"{origin}: weights are for {'; '.join(diffs)}")
 
 
+def check_finite_weights(state: Mapping[str, Any], origin: str = "state dict") -> None:
+    """Refuse weights that cannot give a valid fusion: NaN/Inf values, or parameters that are not floating point.
+
+    A diverged training exports NaN weights, which fuse every image to NaN (an all-black PNG, an all-NaN NIfTI);
+    integer or boolean "weights" come from a wrong conversion and would be cast silently.
+
+    Args:
+        state: the state dict.
+        origin: file name used in the message.
+
+    Raises:
+        FusionInputError: naming how many values and tensors are affected.
+    """
+    bad_dtype = [
+        f"{k} ({str(v.dtype).replace('torch.', '')})" for k, v in state.items()
+        if isinstance(v, torch.Tensor) and not v.is_floating_point() and not k.endswith(("num_batches_tracked",
+                                                                                           "norm_kinds", "norm_groups"))
+    ]
+    if bad_dtype:
+        raise FusionInputError(
+            f"{origin}: {len(bad_dtype)} tensor(s) are not floating point, e.g. {', '.join(bad_dtype[:3])}; these "
+            "are not trained network weights (save the float state dict)"
+        )
+    counts = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items()
+              if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    broken = {k: n for k, n in counts.items() if n}
+    if broken:
+        first = next(iter(broken))
+        raise FusionInputError(
+            f"{origin}: {sum(broken.values())} NaN/Inf values in {len(broken)} of {len(counts)} tensors (e.g. "
+            f"{first}); the training that wrote them diverged: use an earlier checkpoint"
+        )
+
+
 def load_network(
     weights: str | PathLike | Mapping[str, Any],
     map_location: Any = "cpu",
@@ -166,6 +200,7 @@ def load_network(
     """
     origin = "state dict" if isinstance(weights, Mapping) else str(weights)
     state = read_state_dict(weights, map_location)
+    check_finite_weights(state, origin)
     if is_official_state_dict(state):
         config, state = convert_official_state_dict(state, origin)
     else:

@@ -57,6 +57,10 @@ from .post import (
     MaskBackgroundDict,
 )
 from .spatial import (
+    CheckMinSize,
+    CheckMinSizeD,
+    CheckMinSized,
+    CheckMinSizeDict,
     RandSlice,
     RandSliceD,
     RandSliced,

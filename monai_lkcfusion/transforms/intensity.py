@@ -23,6 +23,7 @@ __all__ = [
     "ScaleModalityDict",
     "ScaleModalityd",
     "known_modality",
+    "looks_like_ct",
     "normalize_modality",
     "scale_to_unit",
 ]
@@ -59,9 +60,10 @@ def scale_to_unit(
     """Scale raw intensities to [0, 1] by modality; NaN/Inf voxels become 0 and are counted.
 
     Rules, in order: 8-bit pictures (``display_max == 255``) are divided by 255 (they are already windowed for
-    display) and in-memory data already in [0, 1] (``display_max == 1``) is kept; CT (given, or detected by
-    values below -500) uses ``ct_window`` in HU; everything else (MR, PET, SPECT, 16-bit and float data) maps
-    the ``percentiles`` of the finite voxels to [0, 1] and clips.
+    display) and in-memory data already in [0, 1] (``display_max == 1``) is kept; CT (given, or detected when
+    ``modality`` is ``None``: see :func:`looks_like_ct`) uses ``ct_window`` in HU; everything else (MR, PET,
+    SPECT, 16-bit and float data) maps the ``percentiles`` of the finite voxels to [0, 1] and clips. Pass
+    ``"MR"`` for an MRI: it is then never CT-windowed, whatever its values (a few negative voxels, signed data).
 
     Args:
         img: raw ``(C, *spatial)`` image.
@@ -86,15 +88,35 @@ def scale_to_unit(
     modality = normalize_modality(modality)
     if display_max in (1.0, 255.0):
         low, high, rule = 0.0, display_max, f"display range / {display_max:g}"
-    elif modality == "CT" or modality is None and float(values.min()) < -500.0:
+    elif modality == "CT" or modality is None and looks_like_ct(values):
         low, high = float(ct_window[0]), float(ct_window[1])
-        rule = f"CT window [{low:g}, {high:g}] HU"
+        rule = f"CT window [{low:g}, {high:g}] HU" + ("" if modality else " (detected: air at -1000 HU)")
     else:
         low, high = (float(v) for v in np.percentile(values.cpu().numpy(), list(percentiles)))
         rule = f"{modality or 'auto'} percentiles {percentiles[0]:g}-{percentiles[1]:g} = [{low:.6g}, {high:.6g}]"
     scaled = ((data - low) / max(high - low, 1e-12)).clamp(0.0, 1.0)
     scaled = torch.where(finite, scaled, torch.zeros_like(scaled))
     return scaled, {"intensity_scaling": rule, "nonfinite_voxels": nonfinite, "modality": modality}
+
+
+def looks_like_ct(values: torch.Tensor) -> bool:
+    """Whether finite raw values look like a CT in Hounsfield units, for images of unknown modality.
+
+    A CT holds air at about -1000 HU around and inside the body: at least 1% of the voxels lie in [-1100, -900]
+    HU, no value is below -3100 HU (the lowest padding value scanners use, -3024) and none above 32767 (16-bit).
+    A few negative voxels (an MRI's interpolation undershoot), signed MR data, or float data of other units do
+    not qualify.
+
+    Args:
+        values: the finite voxel values.
+
+    Returns:
+        ``True`` when the values look like HU.
+    """
+    if values.numel() == 0 or float(values.min()) < -3100.0 or float(values.max()) > 32767.0:
+        return False
+    air = ((values >= -1100.0) & (values <= -900.0)).float().mean()
+    return float(air) >= 0.01
 
 
 def known_modality(modality: object) -> str | None:
@@ -110,7 +132,7 @@ class ScaleModality(Transform):
     """Array transform over :func:`scale_to_unit`: modality-aware scaling of one image to [0, 1].
 
     The modality is, in order: the one given to the call, the one given here, the image's own (``meta["modality"]``,
-    e.g. from DICOM, when it is one the scaling knows), else decided from the data. ``display_max`` comes from the
+    e.g. from DICOM, when it is one the scaling knows), ``fallback``, else decided from the data. ``display_max`` comes from the
     image's meta (set by the readers). The record (``intensity_scaling``, ``nonfinite_voxels``, ``modality``) is
     written into the result's meta and NaN/Inf voxels are reported with a warning.
 
@@ -118,6 +140,8 @@ class ScaleModality(Transform):
         modality: default modality (``"MR"``, ``"CT"``, ``"PET"``, ``"SPECT"`` or a DICOM code).
         ct_window: HU window for CT.
         percentiles: robust percentiles for MR/PET/SPECT.
+        fallback: modality used when neither the call, ``modality`` nor the file name one (``"MR"`` for the
+            MRI, which must never be CT-windowed by detection); ``None`` decides from the data.
     """
 
     backend = [TransformBackends.TORCH]
@@ -127,18 +151,26 @@ class ScaleModality(Transform):
         modality: str | None = None,
         ct_window: Sequence[float] = CT_WINDOW,
         percentiles: Sequence[float] = PERCENTILES,
+        fallback: str | None = None,
     ) -> None:
         self.modality = modality
         self.ct_window = ct_window
         self.percentiles = percentiles
+        self.fallback = fallback
 
-    def __call__(self, img: torch.Tensor, modality: str | None = None) -> torch.Tensor:
-        """Scale ``(C, *spatial)`` to float32 [0, 1], keeping a MetaTensor's metadata and history."""
+    def __call__(self, img: torch.Tensor, modality: str | None = None, fallback: str | None = None) -> torch.Tensor:
+        """Scale ``(C, *spatial)`` to float32 [0, 1], keeping a MetaTensor's metadata and history.
+
+        Args:
+            img: the raw image.
+            modality: its modality, overriding the one given at construction and the file's.
+            fallback: overrides the ``fallback`` given at construction.
+        """
         meta = img.meta if isinstance(img, MetaTensor) else {}
         name = str(meta.get("filename_or_obj", "image"))
         scaled, record = scale_to_unit(
             torch.as_tensor(img),
-            modality=modality or self.modality or known_modality(meta.get("modality")),
+            modality=modality or self.modality or known_modality(meta.get("modality")) or fallback or self.fallback,
             display_max=meta.get("display_max"),
             ct_window=self.ct_window,
             percentiles=self.percentiles,
@@ -157,9 +189,11 @@ class ScaleModalityd(MapTransform):
 
     Args:
         keys: image keys, usually ``("mri", "other")``.
-        modality: modality per key (a mapping) or one for all; ``None`` uses the file's (DICOM) or detects it.
+        modality: modality per key (a mapping) or one for all; ``None`` uses the file's (DICOM) or ``fallback``.
         ct_window: HU window for CT.
         percentiles: robust percentiles for MR/PET/SPECT.
+        fallback: modality per key when neither ``modality`` nor the file gives one; default ``{"mri": "MR"}``:
+            the MRI is scaled as MR (never CT-windowed because of its values), the other image is detected.
         allow_missing_keys: don't raise when a key is absent.
     """
 
@@ -171,17 +205,19 @@ class ScaleModalityd(MapTransform):
         modality: str | Mapping[Hashable, str | None] | None = None,
         ct_window: Sequence[float] = CT_WINDOW,
         percentiles: Sequence[float] = PERCENTILES,
+        fallback: Mapping[Hashable, str | None] | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.modality = modality
+        self.fallback = dict(fallback) if fallback is not None else {"mri": "MR"}
         self.scaler = ScaleModality(ct_window=ct_window, percentiles=percentiles)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
             modality = self.modality.get(key) if isinstance(self.modality, Mapping) else self.modality
-            d[key] = self.scaler(d[key], modality)
+            d[key] = self.scaler(d[key], modality, self.fallback.get(key))
         return d
 
 

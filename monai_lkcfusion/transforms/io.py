@@ -11,8 +11,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
+from monai.utils.type_conversion import convert_to_dst_type
 
-from ..data.io import read_image, write_image
+from ..data.io import check_output_path, fit_float32, read_image, write_image
 from ..data.pairing import output_name
 from ..errors import FusionInputError
 
@@ -43,12 +44,18 @@ class LoadFusionImage(Transform):
 
     Args:
         name: name used in error messages and as ``filename_or_obj`` of in-memory data.
+        allow_irregular_slices: read DICOM series with missing, duplicated or unevenly spaced slices (reported),
+            see :func:`~monai_lkcfusion.data.io.read_image`.
+        allow_external_data: let detached headers name data files outside their folder.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, name: str = "image") -> None:
+    def __init__(self, name: str = "image", allow_irregular_slices: bool = False,
+                 allow_external_data: bool = False) -> None:
         self.name = name
+        self.allow_irregular_slices = allow_irregular_slices
+        self.allow_external_data = allow_external_data
 
     def __call__(self, value: ImageLike, series: str | None = None) -> MetaTensor:
         """Load ``value``; ``series`` picks a SeriesInstanceUID in a DICOM folder with several series.
@@ -57,7 +64,8 @@ class LoadFusionImage(Transform):
             FusionInputError: unreadable file, unsupported type or shape.
         """
         if isinstance(value, (str, Path)):
-            return read_image(value, series=series)
+            return read_image(value, series=series, allow_irregular_slices=self.allow_irregular_slices,
+                              allow_external_data=self.allow_external_data)
         if isinstance(value, np.ndarray):
             array = value
             if array.ndim == 3 and array.shape[-1] in (3, 4):  # (H, W, 3|4) colour picture
@@ -65,10 +73,13 @@ class LoadFusionImage(Transform):
                 array = np.moveaxis(array[..., :3] * (alpha if array.shape[-1] == 4 else 1.0), -1, 0)
             else:
                 array = array[None]
-            tensor = torch.as_tensor(np.ascontiguousarray(array))
             display_max = 255.0 if value.dtype == np.uint8 else None
+            tensor = torch.as_tensor(np.ascontiguousarray(fit_float32(array, self.name)))
         elif isinstance(value, torch.Tensor):
             tensor, display_max = value, None
+            if value.is_floating_point() and value.dtype.itemsize > 4:  # float64 beyond float32: scale, not Inf
+                fitted = torch.as_tensor(fit_float32(value.detach().cpu().numpy(), self.name))
+                tensor = convert_to_dst_type(fitted, value)[0] if isinstance(value, MetaTensor) else fitted
         else:
             raise FusionInputError(
                 f"{self.name}: unsupported input type {type(value).__name__}; give a path, array or tensor"
@@ -95,6 +106,8 @@ class LoadFusionImaged(MapTransform):
     Args:
         keys: keys holding paths, arrays or tensors, usually ``("mri", "other")``.
         series: SeriesInstanceUID per key for DICOM folders with several series.
+        allow_irregular_slices: read DICOM series with missing, duplicated or unevenly spaced slices (reported).
+        allow_external_data: let detached headers name data files outside their folder.
         allow_missing_keys: don't raise when a key is absent.
     """
 
@@ -104,15 +117,20 @@ class LoadFusionImaged(MapTransform):
         self,
         keys: KeysCollection,
         series: Mapping[Hashable, str | None] | None = None,
+        allow_irregular_slices: bool = False,
+        allow_external_data: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.series = dict(series or {})
+        self.allow_irregular_slices = allow_irregular_slices
+        self.allow_external_data = allow_external_data
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = LoadFusionImage(name=str(key))(d[key], series=self.series.get(key))
+            loader = LoadFusionImage(str(key), self.allow_irregular_slices, self.allow_external_data)
+            d[key] = loader(d[key], series=self.series.get(key))
         return d
 
 
@@ -125,11 +143,16 @@ class SaveFused(Transform):
     :func:`monai_lkcfusion.data.io.write_image` (temporary file + rename, so a failed write never leaves a partial
     file); the written path is recorded as ``meta["saved_to"]``.
 
+    Two inputs of one run that map to one output name (``a/mri.png`` and ``b/mri.png``, or ``t1.png`` and
+    ``t1.nii.gz`` with one ``output_suffix``) never replace each other: the second is refused with a message
+    naming both (see :meth:`claim`; :meth:`reset` starts a new run). The output is never the input file itself.
+
     Args:
         output_dir: output folder (created when missing).
         output_suffix: output extension, e.g. ``".nii.gz"``; default the input's own.
         output_prefix: put before the name (``"fused_"`` for the bundle, ``""`` for ``lkcfusion fuse --mri-dir``).
-        overwrite: replace an existing file of the same name (otherwise that is a :class:`FusionInputError`).
+        overwrite: replace an existing file of the same name from an earlier run (otherwise that is a
+            :class:`FusionInputError`).
     """
 
     backend = [TransformBackends.TORCH]
@@ -139,21 +162,48 @@ class SaveFused(Transform):
         output_dir: str | Path,
         output_suffix: str | None = None,
         output_prefix: str = "fused_",
-        overwrite: bool = True,
+        overwrite: bool = False,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.output_suffix = output_suffix
         self.output_prefix = output_prefix
         self.overwrite = overwrite
+        self.claimed: dict[Path, str] = {}
 
     def output_path(self, source: str | Path) -> Path:
         """The path written for an input named ``source``."""
         return self.output_dir / output_name(source, self.output_prefix, self.output_suffix)
 
+    def reset(self) -> None:
+        """Forget the outputs of the previous run (a new run may replace them, given ``overwrite``)."""
+        self.claimed = {}
+
+    def claim(self, source: str | Path) -> Path:
+        """Reserve the output of ``source`` for this run, checked before any work.
+
+        Returns:
+            The output path.
+
+        Raises:
+            FusionInputError: another input of this run has that output name, the output is the input itself, it
+                exists without ``overwrite``, or it cannot be written in that format.
+        """
+        target = self.output_path(source)
+        key = target.resolve()
+        if key in self.claimed and self.claimed[key] != str(source):
+            raise FusionInputError(
+                f"{source}: its output {target.name} is also the output of {self.claimed[key]} in this run; rename "
+                "one of them (inputs of one name in different folders, or one name with two extensions, collide)"
+            )
+        check_output_path(target, self.overwrite or key in self.claimed, inputs=(source,))
+        self.claimed[key] = str(source)
+        return target
+
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         """Write ``img`` (``(1|3, *spatial)`` in [0, 1] on the MRI's geometry) and return it."""
         meta = img.meta if isinstance(img, MetaTensor) else {}
-        target = self.output_path(meta.get("filename_or_obj", "fused"))
+        source = meta.get("filename_or_obj", "fused")
+        target = self.claim(source)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_image(img, target, overwrite=self.overwrite)
         if isinstance(img, MetaTensor):
@@ -181,7 +231,7 @@ class SaveFusedd(MapTransform):
         output_dir: str | Path,
         output_suffix: str | None = None,
         output_prefix: str = "fused_",
-        overwrite: bool = True,
+        overwrite: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)

@@ -15,7 +15,7 @@ from .color import MergeLumad, SplitLumad
 from .intensity import ScaleModalityd
 from .io import LoadFusionImaged
 from .post import AddFusionRecordd, MaskBackgroundd
-from .spatial import ResampleToReferenced
+from .spatial import CheckMinSized, ResampleToReferenced
 
 __all__ = ["fusion_load_transforms", "fusion_postprocessing", "fusion_preprocessing"]
 
@@ -24,6 +24,7 @@ def fusion_load_transforms(
     keys: tuple[str, str] = ("mri", "other"),
     modality: Mapping[Hashable, str | None] | None = None,
     split_luma: bool = True,
+    min_size: int | None = None,
 ) -> Compose:
     """Load a 2D pair from paths into float32 ``(1, H, W)`` tensors in [0, 1] (for training and evaluation).
 
@@ -35,11 +36,15 @@ def fusion_load_transforms(
         keys: the MRI key and the other modality's key.
         modality: optional modality per key (e.g. ``{"other": "CT"}``).
         split_luma: convert colour images to luma (keep ``False`` to get RGB ``(3, H, W)``).
+        min_size: refuse images smaller than this (the training crop ``roi_size``), naming the file.
 
     Returns:
         The composed transform.
     """
-    chain = [LoadFusionImaged(keys), ScaleModalityd(keys, modality=modality)]
+    chain = [LoadFusionImaged(keys)]
+    if min_size is not None:
+        chain.append(CheckMinSized(keys, min_size))
+    chain.append(ScaleModalityd(keys, modality=modality))
     if split_luma:
         chain.append(SplitLumad(keys))
     chain.append(EnsureTyped(keys, dtype="float32"))
@@ -50,6 +55,9 @@ def fusion_preprocessing(
     modality: str | None = None,
     resize_2d: bool = False,
     series: Mapping[Hashable, str | None] | None = None,
+    mri_modality: str | None = None,
+    allow_irregular_slices: bool = False,
+    allow_external_data: bool = False,
 ) -> Compose:
     """Inputs ``{"mri": ..., "other": ...}`` (paths, arrays or tensors) to the network's pair under ``"image"``.
 
@@ -62,14 +70,18 @@ def fusion_preprocessing(
             file (DICOM) or the data.
         resize_2d: allow resizing a 2D other image of another size to the MRI's size.
         series: SeriesInstanceUID per key for DICOM folders with several series.
+        mri_modality: modality of the MRI; default the file's (DICOM), else ``"MR"`` (never detected as CT).
+        allow_irregular_slices: read DICOM series with missing, duplicated or unevenly spaced slices (reported).
+        allow_external_data: let detached headers (``.nhdr``, ``.mhd``) name data files outside their folder.
 
     Returns:
         The composed transform.
     """
     keys = ("mri", "other")
     return Compose([
-        LoadFusionImaged(keys, series=series),
-        ScaleModalityd(keys, modality={"other": modality}),
+        LoadFusionImaged(keys, series=series, allow_irregular_slices=allow_irregular_slices,
+                         allow_external_data=allow_external_data),
+        ScaleModalityd(keys, modality={"mri": mri_modality, "other": modality}),
         ResampleToReferenced("other", ref_key="mri", resize_2d=resize_2d),
         SplitLumad(keys),
         ConcatItemsd(keys, name="image", dim=0),

@@ -13,6 +13,7 @@ from monai.utils import TransformBackends
 from .base import ReferencedMapTransform
 
 __all__ = [
+    "describe_fusion",
     "AddFusionRecord",
     "AddFusionRecordD",
     "AddFusionRecordDict",
@@ -79,6 +80,24 @@ class AddFusionRecord(Transform):
             "color": img.shape[0] == 3,
         })
         return img
+
+
+def describe_fusion(meta: Mapping[str, object]) -> str:
+    """One line saying how a fused image was made, from the record of :class:`AddFusionRecord`.
+
+    Args:
+        meta: the fused image's metadata.
+
+    Returns:
+        e.g. ``"MRI scaled by MR percentiles 0.5-99.5 = [3, 812]; other (CT) by CT window [-500, 1500] HU; it
+        covers 100% of the MRI grid"``.
+    """
+    other = meta.get("other_modality")
+    overlap = meta.get("overlap_fraction", 1.0)
+    return (
+        f"MRI scaled by {meta.get('mri_intensity_scaling')}; other{f' ({other})' if other else ''} by "
+        f"{meta.get('other_intensity_scaling')}; it covers {float(overlap):.0%} of the MRI grid"
+    )
 
 
 class AddFusionRecordd(MapTransform):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Hashable, Mapping
 
 import numpy as np
@@ -17,6 +19,10 @@ from ..errors import FusionInputError
 from .base import ReferencedMapTransform
 
 __all__ = [
+    "CheckMinSize",
+    "CheckMinSizeD",
+    "CheckMinSizeDict",
+    "CheckMinSized",
     "RandSlice",
     "RandSliceD",
     "RandSliceDict",
@@ -44,6 +50,14 @@ def axial_axis(affine: torch.Tensor | np.ndarray) -> int:
     return int(np.argmax(np.abs(directions[2])))
 
 
+def _describe_grid(img: torch.Tensor) -> str:
+    """``a 2D picture (H x W)``, ``a one-slice volume (X, Y, 1)`` or ``a 3D volume (X, Y, Z)`` for messages."""
+    spatial = tuple(int(s) for s in img.shape[1:])
+    if len(spatial) == 2:
+        return f"a 2D picture ({spatial[0]} x {spatial[1]})"
+    return f"a {'one-slice ' if 1 in spatial else '3D '}volume {spatial}"
+
+
 class ResampleToReference(InvertibleTransform):
     """Put an image on the grid of a reference image (the other modality onto the MRI grid); invertible.
 
@@ -54,16 +68,21 @@ class ResampleToReference(InvertibleTransform):
     ``overlap_fraction`` (share of reference voxels inside the image's field of view) and pushes one entry on
     ``applied_operations``, so :meth:`inverse` (and :class:`~monai.transforms.Invertd`) puts it back on its own grid.
 
+    A volume that covers less than ``min_overlap`` of the reference grid is fused (the rest of the other
+    modality is 0) with a warning giving the fraction; one that does not overlap at all is an error.
+
     Args:
         mode: interpolation mode for volumes.
         resize_2d: allow resizing a 2D picture of another size.
+        min_overlap: warn when the image covers a smaller fraction of the reference grid.
     """
 
     backend = ResampleToMatch.backend
 
-    def __init__(self, mode: str = "bilinear", resize_2d: bool = False) -> None:
+    def __init__(self, mode: str = "bilinear", resize_2d: bool = False, min_overlap: float = 0.9) -> None:
         self.resampler = ResampleToMatch(mode=mode, padding_mode="zeros")
         self.resize_2d = resize_2d
+        self.min_overlap = min_overlap
 
     def __call__(self, img: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """``(C, *spatial)`` image on the grid of ``(C', *spatial')`` ``reference``, as ``(C, *spatial')``.
@@ -77,7 +96,10 @@ class ResampleToReference(InvertibleTransform):
         name = img.meta.get("filename_or_obj", "other")
         ref_name = reference.meta.get("filename_or_obj", "mri")
         if img.ndim != reference.ndim:
-            raise FusionInputError(f"{name}: {img.ndim - 1}D image but the MRI {ref_name} is {reference.ndim - 1}D")
+            raise FusionInputError(
+                f"{name}: {_describe_grid(img)} but the MRI {ref_name} is {_describe_grid(reference)}; give both as "
+                "2D pictures (PNG, TIFF, JPEG) or both as volumes (NIfTI, NRRD, MHA, DICOM)"
+            )
         orig_size = tuple(img.shape[1:])
         if img.ndim == 3:  # a 2D picture: kept, or resized when allowed; our own entry records which
             if orig_size == tuple(reference.shape[1:]):
@@ -100,6 +122,12 @@ class ResampleToReference(InvertibleTransform):
             if coverage == 0.0:
                 raise FusionInputError(
                     f"{name}: does not overlap the MRI {ref_name} in world coordinates (check the files' geometry)"
+                )
+            if coverage < self.min_overlap:
+                warnings.warn(
+                    f"{name}: covers only {coverage:.0%} of the MRI {ref_name}'s grid (overlap_fraction "
+                    f"{coverage:.3f}); outside it the other modality is taken as 0: check the registration",
+                    stacklevel=2,
                 )
             out = moved[:-1]
             out.meta = dict(img.meta)  # ResampleToMatch copied the reference's meta; keep the image's own
@@ -165,6 +193,66 @@ class ResampleToReferenced(ReferencedMapTransform, InvertibleTransform):
         for key in self.key_iterator(d):
             d[key] = self.transform.inverse(d[key])
         return d
+
+
+class CheckMinSize(Transform):
+    """Refuse an image smaller than ``min_size`` in any spatial dimension, naming its file.
+
+    Training crops ``roi_size`` patches; MONAI's random crop returns a smaller image unchanged, which then fails
+    deep inside batching or the network. This check, placed after loading, says which file is too small.
+
+    Args:
+        min_size: the smallest size per spatial dimension (an int for all).
+        what: what needs the size, for the message (e.g. ``"the training crop roi_size"``).
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, min_size: int | tuple[int, ...], what: str = "the training crop roi_size") -> None:
+        self.min_size = min_size
+        self.what = what
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """Return ``img`` ``(C, *spatial)`` unchanged when it is large enough.
+
+        Raises:
+            FusionInputError: a spatial size below ``min_size``.
+        """
+        spatial = tuple(int(v) for v in img.shape[1:])
+        need = (self.min_size,) * len(spatial) if isinstance(self.min_size, int) else tuple(self.min_size)
+        if any(s < n for s, n in zip(spatial, need)):
+            name = img.meta.get("filename_or_obj", "image") if isinstance(img, MetaTensor) else "image"
+            raise FusionInputError(
+                f"{name}: size {spatial} is smaller than {self.what} {need}; use larger images or a smaller roi_size"
+            )
+        return img
+
+
+class CheckMinSized(MapTransform):
+    """Dict wrapper of :class:`CheckMinSize`.
+
+    Args:
+        keys: image keys.
+        min_size: the smallest size per spatial dimension.
+        what: what needs the size, for the message.
+        allow_missing_keys: don't raise when a key is absent.
+    """
+
+    backend = CheckMinSize.backend
+
+    def __init__(self, keys: KeysCollection, min_size: int | tuple[int, ...],
+                 what: str = "the training crop roi_size", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.checker = CheckMinSize(min_size, what)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.checker(d[key])
+        return d
+
+
+CheckMinSizeD = CheckMinSizeDict = CheckMinSized
 
 
 class RandSlice(Randomizable, Transform):
