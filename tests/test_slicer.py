@@ -257,3 +257,32 @@ def test_install_plan_keeps_slicer_packages(tmp_path):
     assert offline.package[-1] == str(wheel)
     checkout = install_plan(Path(__file__).resolve().parents[1], tmp_path / "c.txt", installed)
     assert not [r for r in checkout.dependencies if r.startswith("torch") or "==" in r]
+
+
+def test_module_registers_like_lkcfusion_fuse_register(logic, tmp_path):
+    """Registration option of the panel = ``lkcfusion fuse --register rigid`` on the same volumes."""
+    import inspect
+
+    from monai_lkcfusion.inference import fuse
+
+    if "register" not in inspect.signature(fuse).parameters:
+        pytest.skip("fuse() has no registration in this checkout")
+    files = demo_files()
+    mri_node, pet_node = _read_volume(str(files["mri_3d"]), "T1"), _read_volume(str(files["pet_3d"]), "PET")
+    pet_node.ijk_to_ras[:3, 3] += [4.0, -3.0, 2.0]  # the PET's header is off by a few mm
+    moved = tmp_path / "pet_moved.nrrd"
+    writer = StorageNode()  # the file the user would fuse on the command line: the PET as Slicer would save it
+    writer.SetFileName(str(moved))
+    writer.WriteData(pet_node)
+    output = logic.process(mri_node, pet_node, method="max", device="cpu", register="rigid")
+    reference = tmp_path / "cli.nii.gz"
+    assert main(["fuse", str(files["mri_3d"]), str(moved), "-o", str(reference), "--method", "max",
+                 "--register", "rigid", "--device", "cpu"]) == 0
+    cli = nib.load(reference).get_fdata(dtype=np.float32).transpose(2, 1, 0)
+    # ITK's multi-threaded registration is not bit-reproducible (two identical fuse() calls differed by up to 0.02
+    # here), so the module is compared with the command line on the mean, and the registration must have helped
+    assert np.abs(output.voxels - cli).mean() < 1e-3
+    placed = _read_volume(str(files["pet_3d"]), "PET")
+    truth = logic.process(mri_node, placed, method="max", device="cpu").voxels
+    unregistered = logic.process(mri_node, pet_node, method="max", device="cpu").voxels
+    assert np.abs(output.voxels - truth).mean() < 0.5 * np.abs(unregistered - truth).mean()

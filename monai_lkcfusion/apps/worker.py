@@ -61,6 +61,8 @@ class FusionJob:
         color: keep a colour PET/SPECT's colour (``False``: the fused luma only, as ``--gray``).
         mask_background: 0 where both inputs are 0 (``False``: as ``--no-mask-background``).
         tta: flip test-time augmentation (as ``--tta``).
+        register: ``"rigid"`` or ``"affine"``: register ``other`` to the MRI before fusing (as ``--register``);
+            ``"none"``: trust the files' world coordinates.
     """
 
     mri: Any
@@ -76,6 +78,7 @@ class FusionJob:
     color: bool = True
     mask_background: bool = True
     tta: bool = False
+    register: str = "none"
 
     @classmethod
     def from_dict(cls, request: dict[str, Any]) -> FusionJob:
@@ -162,10 +165,11 @@ class FusionWorker:
             axis = job.axis if job.axis is not None else axial_axis(mri.affine) if len(spatial) == 3 else None
             total = (spatial[axis] if axis is not None else 1) * (4 if job.tta else 1)
             model = _counting(predictor, total, progress)
+        registration = {"register": job.register} if job.register != "none" else {}  # fuse()'s default otherwise
         fused = fuse(
             mri, job.other, model=model, device=job.device, optimize=False, progress=False, axis=job.axis,
             modality=job.modality, batch_size=job.batch_size, color=job.color, mask_background=job.mask_background,
-            tta=job.tta,
+            tta=job.tta, **registration,
         )
         write_image(fused, job.output, overwrite=True)
         return {

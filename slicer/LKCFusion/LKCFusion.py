@@ -168,6 +168,7 @@ class LKCFusionLogic(ScriptedLoadableModuleLogic):
         color: bool = True,
         maskBackground: bool = True,
         tta: bool = False,
+        register: str = "none",
         outputName: str | None = None,
         onProgress: Callable[[FusionTask], None] | None = None,
         onFinished: Callable[[FusionTask], None] | None = None,
@@ -186,6 +187,8 @@ class LKCFusionLogic(ScriptedLoadableModuleLogic):
             color: keep an RGB PET/SPECT's colour (vector volume result).
             maskBackground: exactly 0 where both inputs are 0.
             tta: flip test-time augmentation.
+            register: ``"rigid"`` or ``"affine"``: register the other volume to the MRI first (as
+                ``lkcfusion fuse --register``); ``"none"``: trust the volumes' positions.
             outputName: name of the new node (default ``"<MRI> fused <method>"``).
             onProgress: called with the task after each progress line.
             onFinished: called with the task when it has finished, failed or been cancelled.
@@ -215,6 +218,7 @@ class LKCFusionLogic(ScriptedLoadableModuleLogic):
             "color": bool(color),
             "mask_background": bool(maskBackground),
             "tta": bool(tta),
+            "register": register,
         }
         jobId = self.fusionProcess.submit(job)
         name = outputName or slicer.mrmlScene.GenerateUniqueName(f"{mriNode.GetName()} fused {method}")
@@ -422,6 +426,7 @@ class LKCFusionWidget(ScriptedLoadableModuleWidget):
                 color=self.ui.colorCheckBox.checked,
                 maskBackground=self.ui.maskBackgroundCheckBox.checked,
                 tta=self.ui.ttaCheckBox.checked,
+                register=self.ui.registerComboBox.currentText,
                 onProgress=self.onProgress,
                 onFinished=self.onFinished,
             )

@@ -27,7 +27,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 logger = logging.getLogger(__name__)
 
-OPTIONS = ("method", "color", "mask_background", "tta", "modality", "axis", "batch_size")
+OPTIONS = ("method", "color", "mask_background", "tta", "modality", "axis", "batch_size", "register")
 """Request parameters passed on to the fusion (see ``lkcfusion fuse --help``)."""
 
 
