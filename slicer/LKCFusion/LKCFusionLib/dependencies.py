@@ -85,7 +85,7 @@ def package_requirements(source: str | Path) -> list[str]:
     try:
         import tomllib
     except ImportError:  # Python 3.10
-        raise FileNotFoundError(f"{source}: build a wheel first (python -m build --wheel); this Python has no tomllib")
+        raise FileNotFoundError(f"{source}: build a wheel first (python -m build --wheel); no tomllib here") from None
     return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
 
 
