@@ -362,12 +362,12 @@ def test_bundle_inference_and_evaluate_keep_earlier_results(tmp_path, capsys):
     weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "tiny.pt")
     out = tmp_path / "eval"
     kwargs = {"weights": str(weights), "dataset_dir": str(root), "output_dir": str(out), "device": "$torch.device('cpu')"}
-    run_bundle_workflow("inference.json", (), "infer", allow_expressions=True, **kwargs)
+    run_bundle_workflow("inference.json", (), "infer", **kwargs)
     first = (out / "fused_a.png").stat().st_mtime_ns
     with pytest.raises(FusionInputError, match="output exists"):
-        run_bundle_workflow("inference.json", (), "infer", allow_expressions=True, **kwargs)
+        run_bundle_workflow("inference.json", (), "infer", **kwargs)
     assert (out / "fused_a.png").stat().st_mtime_ns == first
-    run_bundle_workflow("inference.json", (), "infer", allow_expressions=True, overwrite=True, **kwargs)
+    run_bundle_workflow("inference.json", (), "infer", overwrite=True, **kwargs)
     argv = ["evaluate", "--mri-dir", str(root / "MRI"), "--other-dir", str(root / "CT"), "-o", str(tmp_path / "ev"),
             "--methods", "max", "--metrics", "EN"]
     assert _run(argv, capsys)[0] == 0
@@ -404,6 +404,16 @@ def test_option_values_are_never_run_as_code(tmp_path, capsys, monkeypatch, opti
     code, _, err = _run(argv, capsys)
     _one_line_error(code, err, "would be read as config code", "./")
     assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+def test_python_overrides_from_users_can_be_kept_literal(tmp_path):
+    from monai_lkcfusion.engines import run_bundle_workflow
+
+    marker = tmp_path / "pwned"
+    with pytest.raises(FusionInputError, match="would be read as config code"):
+        run_bundle_workflow("inference.json", (), "infer", allow_expressions=False,
+                            dataset_dir=f"$__import__('pathlib').Path('{marker}').touch()")
+    assert not marker.exists()
 
 
 def test_bundle_docs_say_overrides_are_code():

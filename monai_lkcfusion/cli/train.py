@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..engines import bundle_config, distributed_device, is_distributed_launch, run_bundle_workflow
+    from ..engines.workflow import check_literal_overrides
 
+    # paths and names are data: a leading '$', '@' or '%' would make the bundle config run or resolve them
+    check_literal_overrides({"preset": args.preset, "dataset_dir": args.dataset_dir, "output_dir": args.output})
     configs = list(args.config)
     device = torch.device(args.device) if args.device else None
     if is_distributed_launch():
@@ -72,5 +75,6 @@ def run(args: argparse.Namespace) -> int:
         "resume": True if args.resume else None,
         "device": device,
     }
-    run_bundle_workflow("train.json", configs, "train", **{k: v for k, v in overrides.items() if v is not None})
+    run_bundle_workflow("train.json", configs, "train", allow_expressions=False,
+                        **{k: v for k, v in overrides.items() if v is not None})
     return 0

@@ -65,7 +65,7 @@ def run_bundle_workflow(
     config: str,
     overrides_files: Sequence[str | Path] = (),
     workflow_type: str = "train",
-    allow_expressions: bool = False,
+    allow_expressions: bool = True,
     **overrides: Any,
 ) -> Any:
     """Initialise, run and finalise one bundle config with override files and ``id=value`` overrides.
@@ -75,7 +75,8 @@ def run_bundle_workflow(
         overrides_files: further JSON/YAML files merged over it in order (e.g. ``configs/mri_pet.json``).
         workflow_type: ``"train"`` or ``"infer"`` (the MONAI property set checked before running).
         allow_expressions: let override strings be config syntax (``"$..."`` Python expressions, ``"@id"``
-            references); default: refused (see :func:`check_literal_overrides`), values are data.
+            references), as MONAI does; ``False`` for values that come from a user (the command line passes
+            ``False``): such strings are then refused (see :func:`check_literal_overrides`) and values are data.
         overrides: config ids and their new values, e.g. ``max_epochs=10``, ``output_dir="runs/x"``.
 
     Returns:
