@@ -107,12 +107,13 @@ class FusionWorker:
     """Runs :class:`FusionJob` s with the package's inference pipeline, keeping the last job's predictor.
 
     The predictor of a job (network loaded from its weights file and optimised, or a baseline) is built by
-    :func:`~monai_lkcfusion.inferers.build_predictor`, which caches it; the worker holds on to it so that the next
-    job with the same method, weights file and device reuses it instead of loading the file again.
+    :func:`~monai_lkcfusion.inferers.build_predictor` and kept: the next job with the same method, weights file
+    (same path, modification time and size) and device uses it without loading or optimising anything.
     """
 
     def __init__(self) -> None:
         self._predictor: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._key: tuple | None = None
         self.loads = 0
         """How many predictors this worker has built (1 after any number of jobs with the same model)."""
 
@@ -127,16 +128,20 @@ class FusionWorker:
             device: torch device.
 
         Returns:
-            The predictor and whether it is the one the previous job used (no loading, no optimisation).
+            The predictor and whether it is the one the previous job used (nothing loaded, nothing optimised).
+
+        Raises:
+            FusionInputError: what :func:`~monai_lkcfusion.inferers.build_predictor` raises (unknown method,
+                missing weights, unusable device).
         """
         from ..inferers import build_predictor
 
-        predictor = build_predictor(None, method, weights, device, optimize=True)
-        reused = predictor is self._predictor
-        if not reused:
-            self.loads += 1
-        self._predictor = predictor
-        return predictor, reused
+        key = _model_key(method, weights, device)
+        if self._predictor is not None and key == self._key:
+            return self._predictor, True
+        self._predictor, self._key = build_predictor(None, method, weights, device, optimize=True), key
+        self.loads += 1
+        return self._predictor, False
 
     def run(self, job: FusionJob, progress: ProgressCallback | None = None) -> Event:
         """Fuse one job and write its output (replacing an existing file), as ``lkcfusion fuse`` does.
@@ -179,6 +184,17 @@ class FusionWorker:
             "predictor_seconds": round(predictor_seconds, 3),
             "predictor_reused": reused,
         }
+
+
+def _model_key(method: str, weights: str | None, device: str | None) -> tuple:
+    """What identifies a predictor: the method, the weights file as it is now (for the network) and the device."""
+    if method != "lkcfunet":
+        return (method, device)
+    from ..networks import default_weights_path
+
+    path = Path(weights) if weights else default_weights_path()
+    stat = path.stat() if path.is_file() else None
+    return (method, str(path.resolve()), stat and (stat.st_mtime_ns, stat.st_size), device)
 
 
 def _counting(

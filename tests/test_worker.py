@@ -1,0 +1,93 @@
+"""``monai_lkcfusion.apps.worker``: the JSON-lines protocol of the background fusion process, run in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monai_lkcfusion.apps.worker import FusionJob, FusionWorker, serve
+from monai_lkcfusion.errors import FusionInputError
+
+
+def _volumes(folder: Path) -> tuple[Path, Path]:
+    """A small MRI (16, 12, 5) and a CT on the same grid, as NIfTI."""
+    x, y, _ = np.meshgrid(np.arange(16), np.arange(12), np.arange(5), indexing="ij")
+    mri = (100 + 50 * np.sin(x / 3.0) * np.cos(y / 2.0)).astype(np.float32)
+    ct = np.where(np.hypot(x - 8, y - 6) < 4, 1000.0, -1000.0).astype(np.float32)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(mri, affine), str(folder / "mri.nii.gz"))
+    nib.save(nib.Nifti1Image(ct, affine), str(folder / "ct.nii.gz"))
+    return folder / "mri.nii.gz", folder / "ct.nii.gz"
+
+
+def test_serve_runs_jobs_and_reports_each_step(tmp_path):
+    mri, ct = _volumes(tmp_path)
+    job = {"mri": str(mri), "other": str(ct), "method": "max", "device": "cpu", "batch_size": 2}
+    lines = [
+        json.dumps({**job, "id": "a", "output": str(tmp_path / "a.nii.gz")}),
+        "",
+        "not json",
+        json.dumps({**job, "id": "b", "output": str(tmp_path / "b.nii.gz"), "colour": True}),
+        json.dumps({**job, "id": "c", "other": str(tmp_path / "missing.nii.gz"), "output": str(tmp_path / "c.nii")}),
+        json.dumps({**job, "id": "d", "output": str(tmp_path / "d.nii.gz")}),
+        json.dumps({"command": "quit"}),
+        json.dumps({**job, "id": "e", "output": str(tmp_path / "e.nii.gz")}),  # after quit: not run
+    ]
+    events: list[dict] = []
+    assert serve(lines, events.append) == 0
+    assert events[0]["event"] == "ready"
+    by_id = {}
+    for event in events[1:]:
+        by_id.setdefault(event.get("id"), []).append(event["event"])
+    assert by_id["a"] == ["started", "progress", "progress", "progress", "done"]  # 5 slices, 2 per call
+    assert [e["done"] for e in events if e.get("id") == "a" and e["event"] == "progress"] == [2, 4, 5]
+    assert by_id[""] == ["error"] and "Expecting value" in next(e for e in events if e.get("id") == "")["message"]
+    assert by_id["b"] == ["error"] and "unknown field(s) colour" in next(e for e in events if e.get("id") == "b")[
+        "message"]
+    assert by_id["c"] == ["started", "error"]
+    assert "missing.nii.gz: file not found" in next(e for e in events if e.get("id") == "c" and e["event"] == "error")[
+        "message"]
+    done_a, done_d = (next(e for e in events if e.get("id") == i and e["event"] == "done") for i in "ad")
+    assert done_a["shape"] == [1, 16, 12, 5] and done_a["predictor_reused"] is False
+    assert done_d["predictor_reused"] is True  # the failed job in between did not drop the predictor
+    assert "e" not in by_id and not (tmp_path / "e.nii.gz").exists()
+    np.testing.assert_array_equal(nib.load(tmp_path / "a.nii.gz").get_fdata(), nib.load(tmp_path / "d.nii.gz").get_fdata())
+
+
+def test_worker_keeps_one_predictor_until_the_model_changes(tmp_path):
+    mri, ct = _volumes(tmp_path)
+    worker = FusionWorker()
+    results = [worker.run(FusionJob(str(mri), str(ct), str(tmp_path / f"{m}.nii.gz"), method=m, device="cpu"))
+               for m in ("max", "max", "mean", "mean")]
+    assert [r["predictor_reused"] for r in results] == [False, True, False, True] and worker.loads == 2
+
+
+def test_job_fields_are_checked():
+    with pytest.raises(FusionInputError, match="missing other, output"):
+        FusionJob.from_dict({"mri": "a.nii.gz"})
+    with pytest.raises(FusionInputError, match="unknown field"):
+        FusionJob.from_dict({"mri": "a", "other": "b", "output": "c", "weight": "w.pt"})
+    assert FusionJob.from_dict({"mri": "a", "other": "b", "output": "c", "tta": True}).tta is True
+
+
+def test_worker_loads_the_weights_file_again_when_it_changes(tmp_path):
+    import torch
+
+    from monai_lkcfusion.networks import LKCFUNet, save_network
+
+    mri, ct = _volumes(tmp_path)
+    weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "w.pt")
+    worker = FusionWorker()
+
+    def run() -> bool:
+        job = FusionJob(str(mri), str(ct), str(tmp_path / "f.nii.gz"), weights=str(weights), device="cpu")
+        return worker.run(job)["predictor_reused"]
+
+    assert [run(), run()] == [False, True]
+    torch.manual_seed(1)
+    save_network(LKCFUNet.from_preset("tiny"), weights)  # new weights in the same file
+    assert [run(), run()] == [False, True] and worker.loads == 2
