@@ -55,7 +55,8 @@ def test_serve_runs_jobs_and_reports_each_step(tmp_path):
     assert done_a["shape"] == [1, 16, 12, 5] and done_a["predictor_reused"] is False
     assert done_d["predictor_reused"] is True  # the failed job in between did not drop the predictor
     assert "e" not in by_id and not (tmp_path / "e.nii.gz").exists()
-    np.testing.assert_array_equal(nib.load(tmp_path / "a.nii.gz").get_fdata(), nib.load(tmp_path / "d.nii.gz").get_fdata())
+    first, last = (nib.load(tmp_path / f"{i}.nii.gz").get_fdata() for i in "ad")
+    np.testing.assert_array_equal(first, last)
 
 
 def test_worker_keeps_one_predictor_until_the_model_changes(tmp_path):
