@@ -286,3 +286,41 @@ def test_module_registers_like_lkcfusion_fuse_register(logic, tmp_path):
     truth = logic.process(mri_node, placed, method="max", device="cpu").voxels
     unregistered = logic.process(mri_node, pet_node, method="max", device="cpu").voxels
     assert np.abs(output.voxels - truth).mean() < 0.5 * np.abs(unregistered - truth).mean()
+
+
+def test_install_uses_the_pytorch_extension_and_constrained_pip(slicer_module, monkeypatch, tmp_path):
+    """Install / update: torch from the PyTorch extension (never pip), then two pip calls with the constraints."""
+    from importlib import metadata
+
+    logic = slicer_module.LKCFusionLogic()
+    real_version = metadata.version
+    calls: list[list[str]] = []
+    monkeypatch.setattr(sys.modules["slicer"].util, "pip_install", calls.append, raising=False)
+
+    monkeypatch.setattr(metadata, "version", lambda name: "2.1.0" if name == "torch" else real_version(name))
+    with pytest.raises(RuntimeError, match="too old"):
+        logic.installDependencies(str(MODULE.parents[1]))
+    assert not calls
+
+    def no_torch(name: str) -> str:
+        if name == "torch":
+            raise metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(metadata, "version", no_torch)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # extension not installed
+    with pytest.raises(RuntimeError, match="'PyTorch' extension"):
+        logic.installDependencies(str(MODULE.parents[1]))
+    requested = []
+
+    class PyTorchUtilsLogic:
+        def installTorch(self, askConfirmation, torchVersionRequirement):
+            requested.append(torchVersionRequirement)
+            return types.SimpleNamespace(__version__="2.5.1+cu121")
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    logic.installDependencies(str(MODULE.parents[1]))
+    assert requested == [">=2.4"] and len(calls) == 2
+    constraints = Path(calls[0][1]).read_text().split()
+    assert calls[0][0] == "-c" and calls[1][:2] == calls[0][:2] and "numpy==" + real_version("numpy") in constraints
+    assert not [a for a in calls[0] if a.startswith("torch") or "==" in a] and "--no-deps" in calls[1]

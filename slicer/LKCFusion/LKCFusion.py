@@ -109,14 +109,23 @@ class LKCFusionLogic(ScriptedLoadableModuleLogic):
             The installed torch version.
 
         Raises:
-            RuntimeError: no torch and no PyTorch extension, or the user declined.
+            RuntimeError: torch older than MINIMUM_TORCH, no torch and no PyTorch extension, or the user declined.
         """
         from importlib import metadata
 
+        from packaging.version import Version
+
         try:
-            return metadata.version("torch")
+            version = metadata.version("torch")
         except metadata.PackageNotFoundError:
-            pass
+            version = None
+        if version is not None:
+            if Version(version.split("+")[0]) < Version(MINIMUM_TORCH):
+                raise RuntimeError(
+                    f"PyTorch {version} is too old; LKC-FUNet Fusion needs >= {MINIMUM_TORCH}. Update it in the "
+                    f"'PyTorch Util' module (version requirement '>={MINIMUM_TORCH}'), restart Slicer."
+                )
+            return version
         try:
             import PyTorchUtils
         except ModuleNotFoundError:
