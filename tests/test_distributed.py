@@ -31,14 +31,10 @@ from monai_lkcfusion.engines import (
 from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.networks import LKCFUNet, load_network
 
-from test_bundle import _write_harvard_like
+from test_bundle import TINY, _write_harvard_like  # tiny preset, 32x32 crops, batch 2, validation every epoch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = bundle_config("train.json").parent
-TINY = {"preset": "tiny", "roi_size": 32, "batch_size": 2, "samples_per_image": 1, "val_interval": 1, "val_fraction": 0.34}
-needs_gloo = pytest.mark.skipif(
-    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()), reason="no Gloo backend"
-)
 
 
 def test_shard_items_cover_every_item_once_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,7 +104,8 @@ def _bundle_run(configs: list[str], **overrides: str) -> list[str]:
 def ddp_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """train.json + multi_gpu_train.json in 2 processes for 2 epochs: (dataset_dir, output_dir, digest folder).
 
-    A test-only override file adds one step to ``run``: each rank writes the digest of its network after training.
+    A test-only override file adds one step to ``run``: each rank writes the digest of its network and its last
+    ``val_loss`` after training (each rank validated a different pair, so equal values mean the metric was reduced).
     """
     if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
         pytest.skip("no Gloo backend")
@@ -116,7 +113,8 @@ def ddp_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     out, digests = tmp_path_factory.mktemp("ddp_train"), tmp_path_factory.mktemp("digests")
     write_digest = (
         f"$open(r'{digests}/rank' + str(monai_lkcfusion.engines.get_rank()) + '.txt', 'w')"
-        ".write(monai_lkcfusion.engines.state_digest(@network))"
+        ".write(monai_lkcfusion.engines.state_digest(@network) + ' '"
+        " + repr(@validate#evaluator.state.metrics['val_loss']))"
     )
     extra = digests.parent / "digest_run.json"
     extra.write_text(json.dumps({"run": ["$@train#trainer.run()", write_digest]}))
@@ -131,12 +129,14 @@ def ddp_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
 @pytest.mark.slow
 def test_ddp_train_writes_one_set_and_identical_replicas(ddp_trained: tuple[Path, Path, Path]) -> None:
     _, out, digests = ddp_trained
-    assert sorted(p.name for p in out.iterdir()) == ["best_model.pt", "checkpoint_epoch=2.pt", "model.pt", "tensorboard"]
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["best_model.pt", "checkpoint_epoch=2.pt", "model.pt", "tensorboard"]
     # TensorBoard: the two writers (batch loss, validation metrics) of one process only (the pid ends the name)
     events = list((out / "tensorboard").iterdir())
     assert len(events) == 2 and len({re.search(r"\.(\d+)\.\d+$", p.name).group(1) for p in events}) == 1
     rank0, rank1 = ((digests / f"rank{rank}.txt").read_text() for rank in (0, 1))
-    assert rank0 == rank1
+    assert rank0 == rank1  # the same network and the same val_loss on both ranks
+    rank0 = rank0.split()[0]
     checkpoint = torch.load(out / "checkpoint_epoch=2.pt", weights_only=True)
     assert not any(key.startswith("module.") for key in checkpoint["network"])
     net = LKCFUNet.from_preset("tiny")
