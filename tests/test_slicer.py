@@ -140,6 +140,7 @@ def logic(slicer_module):
     logic.closeProcess()
 
 
+@pytest.mark.slow
 def test_module_fuses_demo_volumes_in_background_like_lkcfusion_fuse(slicer_module, logic, tiny_weights, tmp_path):
     """Volume nodes as Slicer loads the demo files -> background job -> new node == ``lkcfusion fuse`` output."""
     files = demo_files()
@@ -195,6 +196,7 @@ def test_module_colour_pet_gives_vector_volume(logic):
     assert gray.voxels.shape == (3, 20, 24)
 
 
+@pytest.mark.slow
 def test_cancel_ends_the_process_and_the_next_run_starts_a_new_one(slicer_module):
     logic = slicer_module.LKCFusionLogic()
     files = demo_files()
@@ -259,6 +261,7 @@ def test_install_plan_keeps_slicer_packages(tmp_path):
     assert not [r for r in checkout.dependencies if r.startswith("torch") or "==" in r]
 
 
+@pytest.mark.slow
 def test_module_registers_like_lkcfusion_fuse_register(logic, tmp_path):
     """Registration option of the panel = ``lkcfusion fuse --register rigid`` on the same volumes."""
     import inspect

@@ -216,7 +216,8 @@ class LKCFusionLogic(ScriptedLoadableModuleLogic):
         self.writeVolume(mriNode, mriPath)
         self.writeVolume(otherNode, otherPath)
         if self.fusionProcess is None:
-            self.fusionProcess = FusionProcess(self.pythonExecutable())
+            startup = getattr(slicer.util, "startupEnvironment", None)  # the environment PythonSlicer expects
+            self.fusionProcess = FusionProcess(self.pythonExecutable(), env=startup() if startup else None)
         job = {
             "mri": mriPath,
             "other": otherPath,

@@ -13,6 +13,7 @@ import os
 import queue
 import subprocess
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["WORKER_MODULE", "FusionProcess"]
@@ -25,13 +26,17 @@ class FusionProcess:
     """A long-lived fusion worker process: :meth:`submit` jobs, :meth:`poll` the events it printed.
 
     Args:
-        python: the Python interpreter (in Slicer: ``PythonSlicer``).
-        env: environment variables added to this process's (e.g. ``{"CUDA_VISIBLE_DEVICES": ""}``).
+        python: the Python interpreter (in Slicer: ``PythonSlicer``, a launcher that sets up its environment).
+        env: the environment to start it in (in Slicer: ``slicer.util.startupEnvironment()``, as
+            ``slicer.util.launchConsoleProcess`` does); default: this process's.
+        extra_env: variables added to it (e.g. ``{"CUDA_VISIBLE_DEVICES": ""}``).
     """
 
-    def __init__(self, python: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, python: str, env: Mapping[str, str] | None = None, extra_env: Mapping[str, str] | None = None
+    ) -> None:
         self.python = python
-        self.env = dict(env or {})
+        self.env = {**(os.environ if env is None else env), **(extra_env or {})}
         self._proc: subprocess.Popen | None = None
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._log: list[str] = []
@@ -66,7 +71,8 @@ class FusionProcess:
             encoding="utf-8",
             errors="replace",
             bufsize=1,
-            env={**os.environ, **self.env},
+            env=self.env,
+            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # no console window on Windows
         )
         threading.Thread(target=self._read_events, args=(self._proc, self._events), daemon=True).start()
         threading.Thread(target=self._read_log, args=(self._proc, self._log), daemon=True).start()
