@@ -22,6 +22,7 @@ from monai.transforms import Compose
 
 from .data.io import check_output_path, image_spatial_dims, write_image
 from .errors import FusionInputError
+from .registration import save_alignment_preview
 from .inferers import FUSION_METHODS, FusionInferer, build_predictor
 from .transforms.io import ImageLike
 from .transforms.pipelines import fusion_postprocessing, fusion_preprocessing
@@ -52,6 +53,11 @@ def fuse(
     mri_modality: str | None = None,
     allow_irregular_slices: bool = False,
     allow_external_data: bool = False,
+    *,
+    register: str = "none",
+    transform: str | Path | None = None,
+    save_transform: str | Path | None = None,
+    preview: str | Path | None = None,
 ) -> MetaTensor | np.ndarray:
     """Fuse an MRI with CT, PET or SPECT; the result lies on the MRI's grid and carries its metadata.
 
@@ -88,11 +94,19 @@ def fuse(
         allow_irregular_slices: fuse DICOM series with missing, duplicated or unevenly spaced slices (reported
             with the numbers as a warning; default: refused).
         allow_external_data: let detached headers (``.nhdr``, ``.mhd``) read data files outside their folder.
+        register: ``"rigid"`` or ``"affine"``: register ``other`` to the MRI (SimpleITK, Mattes mutual information,
+            see :mod:`monai_lkcfusion.registration`) before fusing; ``"none"`` (default): trust the world coordinates.
+        transform: apply this ITK transform file (e.g. from ``save_transform``) instead of registering.
+        save_transform: write the transform found or applied as an ITK transform file (``.tfm``/``.txt``).
+        preview: write a PNG that shows the alignment (checkerboard of the MRI and the other image, and the MRI's
+            edges over the other image; volumes: three orthogonal slices), see
+            :func:`~monai_lkcfusion.registration.save_alignment_preview`.
 
     Returns:
         A MetaTensor ``(1|3, *spatial)`` in [0, 1] with the MRI's affine and metadata plus ``fusion_method``,
         ``mri_intensity_scaling``/``other_intensity_scaling``, ``other_modality``, ``overlap_fraction`` and
-        ``color``; a NumPy array in the MRI's layout when the MRI was given as a NumPy array.
+        ``color`` (and ``registration`` when registered); a NumPy array in the MRI's layout when the MRI was given
+        as a NumPy array.
 
     Raises:
         FusionInputError: unreadable inputs, dimension/size/channel mismatch, no overlap, unknown method, no
@@ -102,9 +116,13 @@ def fuse(
                             optimize=optimize, progress=progress)
     network = model if model is not None else build_predictor(None, method, weights, inferer.device, optimize)
     preprocessing = fusion_preprocessing(modality, resample, {"mri": mri_series, "other": other_series},
-                                         mri_modality, allow_irregular_slices, allow_external_data)
+                                         mri_modality, allow_irregular_slices, allow_external_data,
+                                         register=register, transform=transform, save_transform=save_transform)
     postprocessing = fusion_postprocessing(mask_background=mask_background, color=color)
-    fused = fuse_dict({"mri": mri, "other": other}, network, preprocessing, inferer, postprocessing)["pred"]
+    data = fuse_dict({"mri": mri, "other": other}, network, preprocessing, inferer, postprocessing)
+    fused = data["pred"]
+    if preview is not None:
+        save_alignment_preview(data["mri"], data["other"], preview)
     return _as_layout(fused, mri) if isinstance(mri, np.ndarray) else fused
 
 

@@ -42,6 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mask-background", action="store_true",
                         help="keep the network's output where both inputs are 0 (default: exactly 0 there)")
     parser.add_argument("--tta", action="store_true", help="average the network over image flips (4x slower)")
+    parser.add_argument("--register", choices=("none", "rigid", "affine"), default="none",
+                        help="register OTHER to the MRI first (SimpleITK, mutual information); default none: trust "
+                             "the files' world coordinates")
+    parser.add_argument("--transform", metavar="PATH",
+                        help="apply this ITK transform file (.tfm/.txt, e.g. from --save-transform) instead")
+    parser.add_argument("--save-transform", metavar="PATH",
+                        help="write the transform found as an ITK transform file (batch mode: a folder, one per pair)")
+    parser.add_argument("--preview", metavar="PNG",
+                        help="write a checkerboard / edge-overlay picture of the alignment (one pair only)")
     parser.add_argument("--mri-modality",
                         help="modality of MRI for its intensity scaling (default: from the file, else MR; an MRI is "
                              "never CT-windowed unless you say --mri-modality CT)")
@@ -70,7 +79,32 @@ def run(args: argparse.Namespace) -> int:
                "mask_background": not args.no_mask_background, "tta": args.tta, "mri_modality": args.mri_modality,
                "allow_irregular_slices": args.allow_irregular_slices,
                "allow_external_data": args.allow_external_data, "progress": not args.quiet}
+    options.update(_registration_options(args, batch))
     return _fuse_folders(args, predictor, options) if batch else _fuse_pair(args, predictor, options)
+
+
+def _registration_options(args: argparse.Namespace, batch: bool) -> dict:
+    """``fuse()`` options of --register/--transform/--save-transform/--preview; registration reports on stdout."""
+    import logging
+
+    if args.register != "none" and args.transform:
+        raise FusionInputError("give either --register or --transform, not both")
+    if batch and (args.transform or args.preview):
+        raise FusionInputError("--transform and --preview are for one pair (MRI OTHER -o OUT), not folders")
+    if args.register != "none" or args.transform:
+        print(f"registration: on ({f'applying {args.transform}' if args.transform else args.register})")
+        logger = logging.getLogger("monai_lkcfusion.registration")
+        if not any(getattr(h, "_lkcfusion_cli", False) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stdout)
+            handler._lkcfusion_cli = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    save = args.save_transform
+    if batch and save:
+        Path(save).mkdir(parents=True, exist_ok=True)
+    elif save and Path(save).exists() and not args.overwrite:
+        raise FusionInputError(f"{save}: transform file exists; pass --overwrite to replace it")
+    return {"register": args.register, "transform": args.transform, "save_transform": save, "preview": args.preview}
 
 
 def _print_warnings(caught: list[warnings.WarningMessage]) -> None:

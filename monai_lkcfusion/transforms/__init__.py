@@ -1,7 +1,8 @@
 """MONAI transforms for multimodal fusion pairs (dict keys ``"mri"`` and ``"other"``, fused output ``"pred"``).
 
 Array transforms with dict wrappers (``Foo``/``Food``, aliases ``FooD``/``FooDict``), in pipeline order:
-:class:`LoadFusionImage`, :class:`ScaleModality`, :class:`ResampleToReference` (invertible), :class:`SplitLuma`,
+:class:`LoadFusionImage`, :class:`ScaleModality`, optionally :class:`RegisterToReference` (rigid/affine, invertible),
+:class:`ResampleToReference` (invertible), :class:`SplitLuma`,
 then MONAI's ``ConcatItemsd`` for the pair; after the inferer, clipping, :class:`MaskBackground`,
 :class:`MergeLuma`, :class:`AddFusionRecord` and :class:`SaveFused`. :func:`fusion_preprocessing` and
 :func:`fusion_postprocessing` compose them; :class:`RandSlice` samples 2D slices of volumes and
@@ -10,7 +11,7 @@ then MONAI's ``ConcatItemsd`` for the pair; after the inferer, clipping, :class:
 
 from __future__ import annotations
 
-from . import augment, color, intensity, io, pipelines, post, spatial
+from . import augment, color, intensity, io, pipelines, post, registration, spatial
 from .augment import RandIntensityRemap, RandIntensityRemapD, RandIntensityRemapd, RandIntensityRemapDict
 from .color import (
     MergeLuma,
@@ -56,6 +57,7 @@ from .post import (
     MaskBackgroundd,
     MaskBackgroundDict,
 )
+from .registration import RegisterToReference, RegisterToReferenceD, RegisterToReferenced, RegisterToReferenceDict
 from .spatial import (
     CheckMinSize,
     CheckMinSizeD,
@@ -80,5 +82,6 @@ __all__ = [
     *io.__all__,
     *pipelines.__all__,
     *post.__all__,
+    *registration.__all__,
     *spatial.__all__,
 ]

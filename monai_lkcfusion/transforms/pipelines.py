@@ -8,6 +8,7 @@ Inference is ``fusion_preprocessing`` -> :class:`~monai_lkcfusion.inferers.Fusio
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 
 from monai.transforms import Compose, ConcatItemsd, EnsureTyped, ScaleIntensityRanged
 
@@ -15,6 +16,7 @@ from .color import MergeLumad, SplitLumad
 from .intensity import ScaleModalityd
 from .io import LoadFusionImaged
 from .post import AddFusionRecordd, MaskBackgroundd
+from .registration import RegisterToReferenced
 from .spatial import CheckMinSized, ResampleToReferenced
 
 __all__ = ["fusion_load_transforms", "fusion_postprocessing", "fusion_preprocessing"]
@@ -58,6 +60,10 @@ def fusion_preprocessing(
     mri_modality: str | None = None,
     allow_irregular_slices: bool = False,
     allow_external_data: bool = False,
+    *,
+    register: str = "none",
+    transform: str | Path | None = None,
+    save_transform: str | Path | None = None,
 ) -> Compose:
     """Inputs ``{"mri": ..., "other": ...}`` (paths, arrays or tensors) to the network's pair under ``"image"``.
 
@@ -73,6 +79,10 @@ def fusion_preprocessing(
         mri_modality: modality of the MRI; default the file's (DICOM), else ``"MR"`` (never detected as CT).
         allow_irregular_slices: read DICOM series with missing, duplicated or unevenly spaced slices (reported).
         allow_external_data: let detached headers (``.nhdr``, ``.mhd``) name data files outside their folder.
+        register: ``"rigid"`` or ``"affine"``: register the other image to the MRI first
+            (:class:`RegisterToReferenced`, before the resampling); ``"none"`` (default): world coordinates only.
+        transform: apply this ITK transform file instead of registering.
+        save_transform: write the transform found (or applied) to this ITK transform file (a folder: one per image).
 
     Returns:
         The composed transform.
@@ -82,6 +92,8 @@ def fusion_preprocessing(
         LoadFusionImaged(keys, series=series, allow_irregular_slices=allow_irregular_slices,
                          allow_external_data=allow_external_data),
         ScaleModalityd(keys, modality={"mri": mri_modality, "other": modality}),
+        *([RegisterToReferenced("other", ref_key="mri", kind=register, transform=transform,
+                                 save_transform=save_transform)] if register != "none" or transform else []),
         ResampleToReferenced("other", ref_key="mri", resize_2d=resize_2d),
         SplitLumad(keys),
         ConcatItemsd(keys, name="image", dim=0),

@@ -79,6 +79,8 @@ class AddFusionRecord(Transform):
             "overlap_fraction": other.meta.get("overlap_fraction", 1.0),
             "color": img.shape[0] == 3,
         })
+        if "registration" in other.meta:  # the other image was registered to the MRI (RegisterToReference)
+            meta["registration"] = other.meta["registration"]
         return img
 
 

@@ -63,7 +63,9 @@ class ResampleToReference(InvertibleTransform):
 
     Volumes are resampled affine-aware with MONAI's :class:`~monai.transforms.ResampleToMatch`, with zeros
     outside the image's field of view. 2D pictures carry no geometry: equal sizes pass unchanged, a different size
-    is an error unless ``resize_2d`` asks for a bilinear resize to the reference size (never done silently). The
+    is an error unless ``resize_2d`` asks for a bilinear resize to the reference size (never done silently); a 2D
+    image whose affine differs from the reference's (e.g. moved by :class:`RegisterToReference`) is resampled by
+    its affine like a volume. The
     result keeps the image's own metadata (name, modality, scaling record) with the reference's affine, records
     ``overlap_fraction`` (share of reference voxels inside the image's field of view) and pushes one entry on
     ``applied_operations``, so :meth:`inverse` (and :class:`~monai.transforms.Invertd`) puts it back on its own grid.
@@ -101,7 +103,7 @@ class ResampleToReference(InvertibleTransform):
                 "2D pictures (PNG, TIFF, JPEG) or both as volumes (NIfTI, NRRD, MHA, DICOM)"
             )
         orig_size = tuple(img.shape[1:])
-        if img.ndim == 3:  # a 2D picture: kept, or resized when allowed; our own entry records which
+        if img.ndim == 3 and _same_affine_2d(img, reference):  # a picture: kept or resized; our entry says which
             if orig_size == tuple(reference.shape[1:]):
                 out, method = img.clone(), "none"
             elif self.resize_2d:
@@ -115,7 +117,7 @@ class ResampleToReference(InvertibleTransform):
                 )
             self.push_transform(out, orig_size=orig_size, extra_info={"method": method})
             coverage = 1.0
-        else:  # a volume: ResampleToMatch on the image plus a field-of-view channel
+        else:  # a volume (or a 2D image placed by its affine, e.g. registered): ResampleToMatch plus a FOV channel
             stacked = torch.cat([img, torch.ones_like(img[:1])])  # (C + 1, *spatial)
             moved = self.resampler(stacked, reference)
             coverage = float((moved[-1] > 0.5).float().mean())
@@ -148,6 +150,15 @@ class ResampleToReference(InvertibleTransform):
             return convert_to_dst_type(resized, data)[0]
         data.push_applied_operation(extra)  # the ResampleToMatch entry, inverted by MONAI
         return self.resampler.inverse(data)
+
+
+def _same_affine_2d(img: MetaTensor, reference: MetaTensor) -> bool:
+    """Whether two 2D images have the same pixel-to-world map (3x3 or 4x4 affines compared in 2D)."""
+    def in_2d(affine: torch.Tensor) -> torch.Tensor:
+        affine = torch.as_tensor(affine, dtype=torch.float64)
+        return affine[[0, 1, -1]][:, [0, 1, -1]]
+
+    return bool(torch.allclose(in_2d(img.affine), in_2d(reference.affine), atol=1e-6))
 
 
 def resample_to_reference(

@@ -1,0 +1,568 @@
+"""Rigid and affine registration of the other modality to the MRI (SimpleITK, Mattes mutual information).
+
+Fusion assumes the two images show the same anatomy at the same place. :func:`register` finds the rigid (rotation
+and shift) or affine motion that aligns the second image (CT, PET, SPECT) with the MRI: multi-resolution
+gradient descent on Mattes mutual information (multi-modal), initialised from the images' world coordinates or
+their centres of mass (whichever matches better), with a fixed sampling seed so that a run is reproducible.
+2D slices and 3D volumes; a colour image is registered on its BT.601 luma.
+
+Transforms are kept as ``(n + 1) x (n + 1)`` homogeneous matrices in ITK's convention: they map a point of the MRI
+(fixed image) to the corresponding point of the other image (moving image), in ITK's physical frame (LPS
+millimetres for volumes; ``(x, y) = (column, row)`` times the pixel spacing for 2D pictures, as SimpleITK reads a
+PNG). :func:`write_transform` / :func:`read_transform` exchange them as ITK transform files (``.tfm``/``.txt``,
+readable by SimpleITK, 3D Slicer, ANTs); :func:`moved_affine` applies one to an image's affine, so that MONAI's
+affine-aware resampling (:class:`~monai_lkcfusion.transforms.ResampleToReference`) puts the image in place.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .errors import FusionInputError
+
+__all__ = [
+    "REGISTRATION_KINDS",
+    "RegistrationResult",
+    "alignment_preview",
+    "foreground_mask",
+    "itk_image",
+    "mean_displacement",
+    "moved_affine",
+    "read_transform",
+    "register",
+    "resample_image",
+    "save_alignment_preview",
+    "transform_from_matrix",
+    "transform_matrix",
+    "write_transform",
+]
+
+REGISTRATION_KINDS = ("none", "rigid", "affine")
+"""Values of ``register`` / ``--register``: no registration, rotation + shift, or a general affine map."""
+
+TRANSFORM_SUFFIXES = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
+"""ITK transform file formats SimpleITK reads and writes."""
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class RegistrationResult:
+    """What :func:`register` found, and how well.
+
+    Attributes:
+        matrix: ``(n + 1, n + 1)`` homogeneous map from MRI (fixed) points to other-image (moving) points, ITK frame.
+        kind: ``"rigid"`` or ``"affine"``.
+        metric: final Mattes mutual information at full resolution (negative; lower is a better match).
+        initial_metric: the same before optimisation (after initialisation).
+        initialization: ``"world"`` (the images' own coordinates) or ``"moments"`` (centres of mass).
+        iterations: optimiser iterations at the last (full-resolution) level.
+        stop_condition: the optimiser's reason for stopping at the last level.
+        converged: the last level stopped on a small step or gradient, not on the iteration limit.
+        overlap: fraction of the MRI's foreground inside the moved image's field of view.
+        seconds: wall time of the registration.
+        warnings: one-line warnings (not converged, small overlap, no metric improvement).
+    """
+
+    matrix: np.ndarray
+    kind: str
+    metric: float
+    initial_metric: float
+    initialization: str
+    iterations: int
+    stop_condition: str
+    converged: bool
+    overlap: float
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def as_meta(self) -> dict[str, Any]:
+        """The result as plain values for a ``MetaTensor``'s metadata (the matrix as nested lists)."""
+        return {
+            "kind": self.kind, "matrix": self.matrix.tolist(), "metric": self.metric,
+            "initial_metric": self.initial_metric, "initialization": self.initialization,
+            "iterations": self.iterations, "converged": self.converged, "overlap": self.overlap,
+            "seconds": self.seconds, "warnings": list(self.warnings),
+        }
+
+
+def _frame(ndim: int) -> np.ndarray:
+    """Change of world frame between MONAI's affines and ITK's physical space (its own inverse).
+
+    3D: RAS to LPS. 2D: (row, column) to ITK's (x, y) = (column, row), as SimpleITK reads pictures.
+    """
+    if ndim == 3:
+        return np.diag([-1.0, -1.0, 1.0, 1.0])
+    return np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _affine_nd(affine: Any, ndim: int) -> np.ndarray:
+    """An image's affine as ``(ndim + 1, ndim + 1)`` float64 (MONAI keeps 2D affines as 3x3 or 4x4)."""
+    matrix = np.asarray(torch.as_tensor(affine).detach().cpu(), dtype=np.float64)
+    if matrix.shape[0] == ndim + 1:
+        return matrix
+    out = np.eye(ndim + 1)
+    out[:ndim, :ndim] = matrix[:ndim, :ndim]
+    out[:ndim, ndim] = matrix[:ndim, -1]
+    return out
+
+
+def _luma(img: torch.Tensor) -> np.ndarray:
+    """Spatial float32 array of a ``(1|3, *spatial)`` image: the channel itself or the BT.601 luma of RGB."""
+    data = torch.as_tensor(img).detach().cpu().float()
+    if data.shape[0] == 3:
+        data = sum(w * data[c] for c, w in enumerate(_LUMA))[None]
+    return np.nan_to_num(data[0].numpy().astype(np.float32, copy=False))
+
+
+def itk_image(img: torch.Tensor) -> sitk.Image:
+    """A channel-first image (its luma for RGB) as a SimpleITK image with its geometry in ITK's frame.
+
+    Args:
+        img: ``(1|3, *spatial)`` tensor; a ``MetaTensor``'s affine gives the geometry (identity otherwise).
+
+    Returns:
+        A float32 ``sitk.Image`` whose index ``k`` is the tensor's spatial axis ``k``.
+    """
+    array = _luma(img)
+    ndim = array.ndim
+    affine = getattr(img, "affine", None)
+    world = _frame(ndim) @ (_affine_nd(affine, ndim) if affine is not None else np.eye(ndim + 1))
+    spacing = np.linalg.norm(world[:ndim, :ndim], axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.T))
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((world[:ndim, :ndim] / spacing).flatten().tolist())
+    image.SetOrigin(world[:ndim, ndim].tolist())
+    return image
+
+
+def transform_matrix(transform: sitk.Transform, ndim: int) -> np.ndarray:
+    """The homogeneous matrix of a linear SimpleITK transform (Euler, versor, similarity, affine, composite).
+
+    Args:
+        transform: the transform (fixed point to moving point).
+        ndim: 2 or 3.
+
+    Returns:
+        ``(ndim + 1, ndim + 1)`` float64 matrix.
+
+    Raises:
+        FusionInputError: the transform is not linear (a displacement field or B-spline: non-rigid).
+    """
+    origin = np.array(transform.TransformPoint((0.0,) * ndim))
+    matrix = np.eye(ndim + 1)
+    matrix[:ndim, ndim] = origin
+    for axis in range(ndim):
+        unit = np.zeros(ndim)
+        unit[axis] = 100.0
+        matrix[:ndim, axis] = (np.array(transform.TransformPoint(unit.tolist())) - origin) / 100.0
+    probe = np.array([37.0, -53.0, 71.0][:ndim])
+    if not np.allclose(transform.TransformPoint(probe.tolist()), matrix[:ndim, :ndim] @ probe + origin, atol=1e-4):
+        raise FusionInputError(
+            f"{transform.GetName()}: not a linear (rigid/affine) transform; non-rigid is not supported"
+        )
+    return matrix
+
+
+def transform_from_matrix(matrix: np.ndarray) -> sitk.AffineTransform:
+    """A SimpleITK ``AffineTransform`` from a homogeneous matrix (see :func:`transform_matrix`)."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    ndim = matrix.shape[0] - 1
+    transform = sitk.AffineTransform(ndim)
+    transform.SetMatrix(matrix[:ndim, :ndim].flatten().tolist())
+    transform.SetTranslation(matrix[:ndim, ndim].tolist())
+    return transform
+
+
+def write_transform(matrix: np.ndarray, path: str | Path, overwrite: bool = True) -> Path:
+    """Write a transform as an ITK transform file (``AffineTransform_double_N_N``), atomically.
+
+    Args:
+        matrix: homogeneous fixed-to-moving matrix in ITK's frame (:attr:`RegistrationResult.matrix`).
+        path: ``.tfm`` or ``.txt`` (ITK text), ``.mat`` (ITK/Matlab binary), ``.h5`` (HDF5).
+        overwrite: replace an existing file (otherwise that is an error).
+
+    Returns:
+        The written path.
+
+    Raises:
+        FusionInputError: an unknown extension or an unwritable path.
+    """
+    from .data.atomic import atomic_path
+
+    path = Path(path)
+    if path.suffix.lower() not in TRANSFORM_SUFFIXES:
+        raise FusionInputError(f"{path}: transform files end in {', '.join(TRANSFORM_SUFFIXES)}")
+    with atomic_path(path, overwrite) as tmp:
+        sitk.WriteTransform(transform_from_matrix(matrix), str(tmp))
+    return path
+
+
+def read_transform(path: str | Path, ndim: int) -> np.ndarray:
+    """Read a linear ITK transform file (written by :func:`write_transform`, SimpleITK, Slicer or ANTs).
+
+    Args:
+        path: the transform file.
+        ndim: the images' dimensionality (2 or 3), which the transform must have.
+
+    Returns:
+        The homogeneous fixed-to-moving matrix in ITK's frame.
+
+    Raises:
+        FusionInputError: missing or unreadable file, another dimensionality, or a non-linear transform.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FusionInputError(f"{path}: transform file not found")
+    try:
+        transform = sitk.ReadTransform(str(path))
+    except RuntimeError:
+        raise FusionInputError(f"{path}: not a readable ITK transform file") from None
+    if transform.GetDimension() != ndim:
+        raise FusionInputError(f"{path}: a {transform.GetDimension()}D transform for {ndim}D images")
+    try:
+        return transform_matrix(transform, ndim)
+    except FusionInputError as err:
+        raise FusionInputError(f"{path}: {err}") from None
+
+
+def moved_affine(affine: Any, matrix: np.ndarray) -> np.ndarray:
+    """The affine that puts an image where a registration says it belongs in the MRI's world.
+
+    A voxel ``v`` of the moving image sits at ITK point ``q = F A v``; the MRI point that corresponds to it is
+    ``M^-1 q``, so the new affine is ``F M^-1 F A`` (``F`` the change of frame, its own inverse).
+
+    Args:
+        affine: the moving image's affine (MONAI convention, index to RAS world; 2D: index to (row, column)).
+        matrix: fixed-to-moving homogeneous matrix in ITK's frame.
+
+    Returns:
+        The new ``(n + 1, n + 1)`` affine.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    ndim = matrix.shape[0] - 1
+    frame = _frame(ndim)
+    return frame @ np.linalg.inv(matrix) @ frame @ _affine_nd(affine, ndim)
+
+
+def foreground_mask(image: sitk.Image) -> np.ndarray:
+    """Boolean array (ITK index order reversed, as ``GetArrayFromImage``) of voxels above 10% of the 99th percentile."""
+    array = sitk.GetArrayViewFromImage(image)
+    positive = array[array > 0]
+    if positive.size == 0:
+        return np.zeros(array.shape, dtype=bool)
+    return array > 0.1 * float(np.percentile(positive, 99))
+
+
+def mean_displacement(matrix: np.ndarray, reference_matrix: np.ndarray, fixed: torch.Tensor) -> float:
+    """Mean distance, in voxels of ``fixed``, between two transforms' images of the MRI's foreground voxels.
+
+    How far a found registration is from a known one (tests, benchmarks) or from another run.
+
+    Args:
+        matrix: fixed-to-moving homogeneous matrix (ITK frame).
+        reference_matrix: the other one.
+        fixed: the MRI ``(1|3, *spatial)``; its foreground (:func:`foreground_mask`) gives the points.
+
+    Returns:
+        The mean Euclidean displacement difference, in voxel units of the MRI grid.
+    """
+    image = itk_image(fixed)
+    ndim = image.GetDimension()
+    index = np.argwhere(foreground_mask(image))[:, ::-1].astype(np.float64)  # ITK index order
+    grid = np.array(image.GetDirection()).reshape(ndim, ndim) * np.array(image.GetSpacing())
+    points = index @ grid.T + np.array(image.GetOrigin())
+    difference = (np.asarray(matrix) - np.asarray(reference_matrix))[:ndim]
+    shift = points @ difference[:, :ndim].T + difference[:, ndim]
+    return float(np.linalg.norm(np.linalg.solve(grid, shift.T), axis=0).mean()) if len(points) else 0.0
+
+
+def _check_images(fixed: sitk.Image, moving: sitk.Image) -> None:
+    """Refuse pairs that cannot be registered, with one line each."""
+    for name, image in (("the MRI is", fixed), ("it is", moving)):
+        array = sitk.GetArrayViewFromImage(image)
+        if float(array.max()) <= float(array.min()):
+            raise FusionInputError(f"{name} a constant image, nothing to register")
+        if min(image.GetSize()) < 8:
+            raise FusionInputError(f"{name} too small to register, size {image.GetSize()} (at least 8 per axis)")
+
+
+def _initial_transform(fixed: sitk.Image, moving: sitk.Image, kind: str, init: str) -> tuple[sitk.Transform, str]:
+    """Rigid/affine transform centred on the MRI's centre of mass: world coordinates or centres of mass."""
+    ndim = fixed.GetDimension()
+    base = (sitk.Euler3DTransform() if ndim == 3 else sitk.Euler2DTransform()) if kind == "rigid" \
+        else sitk.AffineTransform(ndim)
+    moments = sitk.CenteredTransformInitializer(fixed, moving, base, sitk.CenteredTransformInitializerFilter.MOMENTS)
+    world = sitk.Transform(moments).Downcast()
+    world.SetTranslation((0.0,) * ndim)  # same centre, no shift: the images' own coordinates
+    candidates = {"world": world, "moments": moments}
+    if init != "auto":
+        return candidates[init], init
+    method = _method(fixed, 1, (1,), (0.0,), 20_000, None, 0)
+    coarse = [_coarse(image) for image in (fixed, moving)]
+    scores = {}
+    for name, transform in candidates.items():
+        method.SetInitialTransform(transform, inPlace=False)
+        scores[name] = method.MetricEvaluate(*coarse)
+    best = min(scores, key=scores.get)
+    return candidates[best], best
+
+
+def _coarse(image: sitk.Image) -> sitk.Image:
+    """The image averaged down to about 64 voxels per axis (at most 4x), for a quick coarse search."""
+    return sitk.BinShrink(image, [min(4, max(1, size // 64)) for size in image.GetSize()])
+
+
+def _search(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, max_angle: float,
+            max_shift: float, threads: int | None) -> None:
+    """Exhaustive coarse search over the in-plane rotation and shift of a 2D rigid transform (in place).
+
+    Gradient descent on mutual information stops in local optima a few degrees or pixels away when the start is
+    off by up to 10 degrees and 10% of the field of view; a grid of 9 angles x 9 x 9 shifts on the images
+    reduced to ~64 x 64 picks the basin of the global optimum first.
+    """
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsExhaustive([4, 4, 4])
+    method.SetOptimizerScales([np.deg2rad(max_angle) / 4, max_shift / 4, max_shift / 4])
+    if threads is not None:
+        method.SetNumberOfThreads(int(threads))
+    coarse = [_coarse(image) for image in (fixed, moving)]
+    method.SetInitialTransform(transform, inPlace=True)
+    method.Execute(sitk.SmoothingRecursiveGaussian(coarse[0], coarse[0].GetSpacing()[0]),
+                   sitk.SmoothingRecursiveGaussian(coarse[1], coarse[1].GetSpacing()[0]))
+
+
+def _method(
+    fixed: sitk.Image, iterations: int, shrink: tuple[int, ...], sigmas: tuple[float, ...], max_samples: float,
+    threads: int | None, seed: int, bins: int = 32,
+) -> sitk.ImageRegistrationMethod:
+    """Mattes MI, regular-step gradient descent with physical-shift scales, linear interpolation, per-level sampling."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricUseFixedImageGradientFilter(False)  # gradients at the sample points only: fast on volumes
+    method.SetMetricUseMovingImageGradientFilter(False)
+    n_voxels = float(np.prod(fixed.GetSize()))
+    fractions = [min(1.0, max_samples / (n_voxels / f ** fixed.GetDimension())) for f in shrink]
+    if min(fractions) >= 0.5:  # small images (2D slices): every voxel, a smooth deterministic metric
+        method.SetMetricSamplingStrategy(method.NONE)
+    else:
+        method.SetMetricSamplingPercentagePerLevel(fractions, seed)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=1e-3, numberOfIterations=iterations, relaxationFactor=0.6,
+        gradientMagnitudeTolerance=1e-8,
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel(list(sigmas))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    if threads is not None:
+        method.SetNumberOfThreads(int(threads))
+    return method
+
+
+def register(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    kind: str = "rigid",
+    init: str = "auto",
+    shrink_factors: tuple[int, ...] = (4, 2, 1),
+    smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0),
+    iterations: int = 200,
+    max_samples: int = 50_000,
+    seed: int = 0,
+    num_threads: int | None = None,
+    min_overlap: float = 0.5,
+    search: bool | None = None,
+) -> RegistrationResult:
+    """Register ``moving`` (CT/PET/SPECT) to ``fixed`` (the MRI): rigid (rotation + shift) or affine.
+
+    Mattes mutual information (32 bins) on every voxel of small images (2D slices) and on ``max_samples`` random
+    points per level of larger ones (fixed ``seed``), regular-step gradient descent with scales from the physical
+    shift, a coarse-to-fine pyramid, and a rotation centre at the MRI's centre of mass. The start is the images'
+    world coordinates or the alignment of their centres of mass, whichever matches better (``init="auto"``); 2D
+    rigid registration first searches a coarse grid of rotations and shifts (``search``).
+
+    Args:
+        fixed: the MRI, ``(1|3, *spatial)`` (a ``MetaTensor``'s affine gives its geometry); 2D or 3D.
+        moving: the other image in the same form (its own grid, size and affine); RGB is registered on its luma.
+        kind: ``"rigid"`` or ``"affine"``.
+        init: ``"auto"``, ``"world"`` or ``"moments"``.
+        shrink_factors: down-sampling per pyramid level (coarse to fine).
+        smoothing_sigmas: Gaussian smoothing per level, in voxels.
+        iterations: most optimiser iterations per level.
+        max_samples: metric sample points per level (fewer when the level has fewer voxels).
+        seed: sampling seed (a run is reproducible for a given thread count).
+        num_threads: SimpleITK threads (default: SimpleITK's global default, all cores).
+        min_overlap: warn when less of the MRI's foreground lies in the moved image's field of view.
+        search: first search a coarse grid of rotations (+-12 degrees) and shifts (+-12% of the field of view);
+            2D rigid only; default on for 2D rigid (about a second), off otherwise.
+
+    Returns:
+        The :class:`RegistrationResult`.
+
+    Raises:
+        FusionInputError: an unknown ``kind``/``init``, 2D against 3D, a constant or tiny image, or no overlap.
+    """
+    if kind not in ("rigid", "affine"):
+        raise FusionInputError(f"register: unknown kind {kind!r}; use rigid or affine (or none to skip)")
+    if init not in ("auto", "world", "moments"):
+        raise FusionInputError(f"register: unknown init {init!r}; use auto, world or moments")
+    if fixed.ndim != moving.ndim:
+        raise FusionInputError(f"register: {moving.ndim - 1}D image but the MRI is {fixed.ndim - 1}D")
+    start = time.perf_counter()
+    fixed_image, moving_image = itk_image(fixed), itk_image(moving)
+    _check_images(fixed_image, moving_image)
+    transform, initialization = _initial_transform(fixed_image, moving_image, kind, init)
+    if search is None:
+        search = fixed_image.GetDimension() == 2 and kind == "rigid"
+    if search:
+        if fixed_image.GetDimension() != 2 or kind != "rigid":
+            raise FusionInputError("register: the exhaustive search is for 2D rigid registration only")
+        field_of_view = min(s * n for s, n in zip(fixed_image.GetSpacing(), fixed_image.GetSize()))
+        _search(fixed_image, moving_image, transform, 12.0, 0.12 * field_of_view, num_threads)
+    method = _method(fixed_image, iterations, tuple(shrink_factors), tuple(smoothing_sigmas), max_samples,
+                     num_threads, seed)
+    method.SetInitialTransform(transform, inPlace=True)
+    try:
+        initial_metric = method.MetricEvaluate(fixed_image, moving_image)
+        method.Execute(fixed_image, moving_image)
+        final_metric = method.MetricEvaluate(fixed_image, moving_image)
+    except RuntimeError as err:  # ITK: "All samples map outside moving image buffer", too few samples
+        raise FusionInputError(f"other image: registration failed, the images do not overlap enough "
+                               f"({' '.join(str(err).split()[-12:])})") from None
+    ndim = fixed_image.GetDimension()
+    matrix = transform_matrix(transform, ndim)
+    overlap = _overlap(fixed_image, moving_image, transform)
+    stop = method.GetOptimizerStopConditionDescription()
+    converged = "Maximum number of iterations" not in stop
+    warnings = []
+    if not converged:
+        warnings.append(f"registration did not converge ({stop.strip()}); check the result (--preview)")
+    if overlap < min_overlap:
+        warnings.append(f"only {overlap:.0%} of the MRI's foreground lies in the registered image's field of view")
+    if not final_metric < initial_metric - 1e-6 and initial_metric > -0.05:
+        warnings.append(f"mutual information stayed low ({final_metric:.3f}); the images may not show the same anatomy")
+    return RegistrationResult(
+        matrix=matrix, kind=kind, metric=float(final_metric), initial_metric=float(initial_metric),
+        initialization=initialization, iterations=int(method.GetOptimizerIteration()), stop_condition=stop.strip(),
+        converged=converged, overlap=overlap, seconds=time.perf_counter() - start, warnings=warnings,
+    )
+
+
+def _overlap(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
+    """Fraction of the fixed image's foreground that maps inside the moving image's field of view."""
+    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(moving)
+    inside = sitk.Resample(ones, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    mask = foreground_mask(fixed)
+    return float(sitk.GetArrayViewFromImage(inside)[mask].mean()) if mask.any() else 0.0
+
+
+def alignment_preview(mri: torch.Tensor, other: torch.Tensor, tiles: int = 8) -> np.ndarray:
+    """A picture for checking an alignment by eye: checkerboard (left) and the MRI's edges over the other (right).
+
+    Both images must lie on the same grid (the other one after registration and resampling onto the MRI's). In
+    the checkerboard, squares alternate between the MRI and the other image: edges that continue across squares
+    mean a good alignment. On the right, the MRI's edges (red) are drawn over the other image (gray). Volumes show
+    three slices through the middle of the MRI's foreground (one per voxel axis), side by side.
+
+    Args:
+        mri: ``(1|3, *spatial)`` in [0, 1] (RGB shown as luma).
+        other: the other image on the same grid.
+        tiles: checkerboard squares along the longer side.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB picture.
+    """
+    mri_array, other_array = _luma(mri), _luma(other)
+    if mri_array.shape != other_array.shape:
+        raise FusionInputError(f"preview: images on different grids {mri_array.shape} and {other_array.shape}")
+    if mri_array.ndim == 2:
+        planes = [(mri_array, other_array)]
+    else:
+        centre = [int(round(float(c))) for c in np.argwhere(mri_array > 0.1 * mri_array.max()).mean(axis=0)]
+        planes = [(np.take(mri_array, centre[a], axis=a), np.take(other_array, centre[a], axis=a)) for a in range(3)]
+    rows = []
+    for m, o in planes:
+        m, o = _display(m), _display(o)
+        size = max(m.shape) // tiles or 1
+        yy, xx = np.indices(m.shape)
+        board = np.where((yy // size + xx // size) % 2 == 0, m, o)
+        gradient = np.hypot(*np.gradient(m))
+        edges = gradient > max(np.percentile(gradient, 90), 1e-6)
+        overlay = np.stack([o, o, o], axis=-1)
+        overlay[edges] = (1.0, 0.0, 0.0)
+        gap = np.ones((m.shape[0], 4, 3))
+        rows.append(np.concatenate([np.stack([board] * 3, axis=-1), gap, overlay], axis=1))
+    width = max(row.shape[1] for row in rows)
+    rows = [np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=1.0) for row in rows]
+    return (np.concatenate(rows, axis=0)[:-4] * 255 + 0.5).astype(np.uint8)
+
+
+def _display(plane: np.ndarray) -> np.ndarray:
+    """A slice scaled to [0, 1] by its 99.5th percentile, shown with rows as the picture's rows."""
+    top = float(np.percentile(plane, 99.5)) if plane.size else 0.0
+    return np.clip(plane / top, 0.0, 1.0) if top > 0 else np.zeros_like(plane)
+
+
+def save_alignment_preview(mri: torch.Tensor, other: torch.Tensor, path: str | Path, overwrite: bool = True) -> Path:
+    """Write :func:`alignment_preview` as a PNG, atomically.
+
+    Args:
+        mri: the MRI ``(1|3, *spatial)``.
+        other: the other image on the MRI's grid.
+        path: the ``.png`` file.
+        overwrite: replace an existing file.
+
+    Returns:
+        The written path.
+    """
+    from PIL import Image
+
+    from .data.atomic import atomic_path
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise FusionInputError(f"{path}: the preview is a .png picture")
+    with atomic_path(path, overwrite) as tmp:
+        Image.fromarray(alignment_preview(mri, other)).save(tmp, format="PNG")
+    return path
+
+
+def resample_image(img: torch.Tensor, matrix: np.ndarray, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Resample every channel of an image through a transform (ITK convention), e.g. to move it by a known motion.
+
+    ``out(p) = img(M p)`` for each point ``p`` of the reference grid (linear interpolation, 0 outside): so moving
+    an aligned image with ``M`` makes :func:`register` find ``M^-1``. The fusion pipeline does not use this (it
+    moves the affine, see :class:`~monai_lkcfusion.transforms.RegisterToReference`); tests and simulations do.
+
+    Args:
+        img: ``(C, *spatial)`` image (a ``MetaTensor``'s affine gives its geometry).
+        matrix: homogeneous reference-to-image map in ITK's frame.
+        reference: the output grid (default: the image's own).
+
+    Returns:
+        ``(C, *spatial of reference)`` float32, a ``MetaTensor`` with the reference's affine (and the image's meta).
+    """
+    from monai.data import MetaTensor
+
+    grid = itk_image((reference if reference is not None else img)[:1])
+    transform = transform_from_matrix(matrix)
+    channels = [sitk.GetArrayFromImage(sitk.Resample(itk_image(img[c:c + 1]), grid, transform, sitk.sitkLinear, 0.0))
+                for c in range(img.shape[0])]
+    data = torch.as_tensor(np.stack([c.T for c in channels]).copy(), dtype=torch.float32)
+    source = reference if reference is not None else img
+    meta = dict(getattr(img, "meta", {}))
+    meta = {key: value for key, value in meta.items() if key != "affine"}
+    return MetaTensor(data, affine=getattr(source, "affine", None), meta=meta)

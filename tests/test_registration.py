@@ -1,0 +1,283 @@
+"""Registration of the other modality to the MRI: core, transforms, fuse(), CLI and bundle (issue 16)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd
+
+from monai_lkcfusion.cli import main
+from monai_lkcfusion.data import demo_files
+from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.inference import fuse
+from monai_lkcfusion.registration import (
+    alignment_preview,
+    foreground_mask,
+    itk_image,
+    mean_displacement,
+    moved_affine,
+    read_transform,
+    register,
+    resample_image,
+    transform_matrix,
+    write_transform,
+)
+from monai_lkcfusion.transforms import (
+    LoadFusionImage,
+    LoadFusionImaged,
+    RegisterToReference,
+    RegisterToReferenced,
+    ResampleToReference,
+    ResampleToReferenced,
+    ScaleModality,
+    ScaleModalityd,
+)
+
+
+def _load(path) -> MetaTensor:
+    return ScaleModality()(LoadFusionImage()(str(path)))
+
+
+def _rigid(ndim: int, angles, shift, centre) -> np.ndarray:
+    """ITK matrix of a rigid motion (degrees, mm/pixels) about ``centre``."""
+    motion = sitk.Euler2DTransform() if ndim == 2 else sitk.Euler3DTransform()
+    motion.SetCenter([float(c) for c in centre])
+    if ndim == 2:
+        motion.SetAngle(float(np.deg2rad(angles)))
+    else:
+        motion.SetRotation(*np.deg2rad(angles).tolist())
+    motion.SetTranslation([float(s) for s in shift])
+    return transform_matrix(motion, ndim)
+
+
+def _foreground_corr(a: torch.Tensor, b: torch.Tensor, mri: torch.Tensor) -> float:
+    mask = foreground_mask(itk_image(mri)).T
+    return float(np.corrcoef(np.asarray(a[0])[mask], np.asarray(b[0])[mask])[0, 1])
+
+
+@pytest.fixture(scope="module")
+def demo_2d() -> tuple[MetaTensor, MetaTensor]:
+    files = demo_files()
+    return _load(files["mri_2d"]), _load(files["pet_2d"])
+
+
+def test_matrix_frames_round_trip(tmp_path):
+    """Matrix <-> SimpleITK transform <-> .tfm/.txt file; moved_affine undoes itself with the inverse matrix."""
+    matrix = _rigid(3, (4.0, -3.0, 7.0), (2.0, -5.0, 1.5), (10.0, 0.0, -4.0))
+    for name in ("t.tfm", "t.txt"):
+        path = write_transform(matrix, tmp_path / name)
+        np.testing.assert_allclose(read_transform(path, 3), matrix, atol=1e-10)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    affine[:3, 3] = (-60.0, -80.0, 10.0)
+    np.testing.assert_allclose(moved_affine(moved_affine(affine, matrix), np.linalg.inv(matrix)), affine, atol=1e-9)
+    with pytest.raises(FusionInputError, match="2D transform for 3D"):
+        read_transform(write_transform(np.eye(3), tmp_path / "two.tfm"), 3)
+    with pytest.raises(FusionInputError, match="transform files end in"):
+        write_transform(matrix, tmp_path / "t.json")
+    bspline = sitk.BSplineTransformInitializer(sitk.Image([32, 32, 32], sitk.sitkFloat32), [3, 3, 3])
+    bspline.SetParameters(np.random.default_rng(0).normal(0, 3, bspline.GetNumberOfParameters()).tolist())
+    sitk.WriteTransform(bspline, str(tmp_path / "bspline.tfm"))
+    with pytest.raises(FusionInputError, match="non-rigid"):
+        read_transform(tmp_path / "bspline.tfm", 3)
+    with pytest.raises(FusionInputError, match="not found"):
+        read_transform(tmp_path / "missing.tfm", 3)
+
+
+def test_register_2d_recovers_known_motion_and_fusion_matches(demo_2d):
+    """Demo slice pair, PET moved by 8 degrees and (12, -9) px: found back within 1 px; fusion as if aligned."""
+    mri, pet = demo_2d
+    motion = _rigid(2, 8.0, (12.0, -9.0), (72.0, 90.0))
+    moved = resample_image(pet, motion)
+    result = register(mri, moved, "rigid")
+    assert result.converged and result.overlap > 0.9 and not result.warnings
+    assert result.metric < result.initial_metric
+    assert mean_displacement(result.matrix, np.linalg.inv(motion), mri) < 1.0
+    aligned = fuse(mri, pet, method="max", color=False)
+    registered = fuse(mri, moved, method="max", color=False, register="rigid")
+    assert registered.meta["registration"]["kind"] == "rigid"
+    assert _foreground_corr(registered, aligned, mri) >= 0.985
+
+
+def test_register_small_functional_region(demo_2d):
+    """A PET whose uptake is in a small region (a hot spot over a dim brain; <15% of the head above 10% of the
+    maximum) is registered back within 1 px, and its fusion matches the aligned pair's."""
+    mri, pet = demo_2d
+    yy, xx = np.mgrid[: pet.shape[1], : pet.shape[2]]
+    spot = torch.as_tensor(np.exp(-((yy - 70.0) ** 2 + (xx - 60.0) ** 2) / (2 * 9.0**2)), dtype=torch.float32)
+    small = (0.08 * pet + spot).clamp(0, 1)
+    head = torch.as_tensor(foreground_mask(itk_image(mri)).T)
+    assert float((small.max(0).values > 0.1 * small.max())[head].float().mean()) < 0.15
+    motion = _rigid(2, -6.0, (-8.0, 10.0), (72.0, 90.0))
+    moved = resample_image(small, motion)
+    result = register(mri, moved, "rigid")
+    assert mean_displacement(result.matrix, np.linalg.inv(motion), mri) < 1.0
+    aligned = fuse(mri, small, method="max", color=False)
+    registered = fuse(mri, moved, method="max", color=False, register="rigid")
+    assert _foreground_corr(registered, aligned, mri) >= 0.97
+
+
+@pytest.mark.slow
+def test_register_3d_demo_volume_recovers_known_motion():
+    """The demo PET volume (2 mm grid) moved in the world by (6, -4, 8) degrees and (7, -5, 6) mm: < 1 voxel."""
+    files = demo_files()
+    mri, pet = _load(files["mri_3d"]), _load(files["pet_3d"])
+    motion = _rigid(3, (6.0, -4.0, 8.0), (7.0, -5.0, 6.0), (0.0, -20.0, 20.0))
+    moved = pet.clone()
+    moved.affine = torch.as_tensor(moved_affine(pet.affine, np.linalg.inv(motion)))  # the head moved between scans
+    result = register(mri, moved, "rigid", num_threads=1)
+    assert result.converged
+    assert mean_displacement(result.matrix, motion, mri) < 1.0
+    aligned = fuse(mri, pet, method="max", progress=False)
+    registered = fuse(mri, moved, method="max", register="rigid", progress=False)
+    assert _foreground_corr(registered, aligned, mri) >= 0.985
+
+
+def test_affine_and_reproducible(demo_2d):
+    """Affine registration of an aligned pair stays near the identity; the same call gives the same matrix."""
+    mri, pet = demo_2d
+    first = register(mri, pet, "affine")
+    assert mean_displacement(first.matrix, np.eye(3), mri) < 1.0
+    np.testing.assert_allclose(register(mri, pet, "affine").matrix, first.matrix, atol=1e-8)  # threads' sums
+
+
+def test_transform_keeps_voxels_moves_affine_and_inverts(demo_2d):
+    """RegisterToReferenced changes the affine only (metadata record, applied_operations); Invertd restores it."""
+    mri, pet = demo_2d
+    motion = _rigid(2, 5.0, (6.0, 4.0), (72.0, 90.0))
+    moved = resample_image(pet, motion)
+    chain = Compose([RegisterToReferenced("other", kind="rigid"), ResampleToReferenced("other")])
+    out = chain({"mri": mri, "other": moved})
+    record = out["other"].meta["registration"]
+    assert record["kind"] == "rigid" and np.asarray(record["matrix"]).shape == (3, 3)
+    assert out["other"].shape[1:] == mri.shape[1:]
+    back = Invertd("other", transform=chain, orig_keys="other")(out)["other"]
+    np.testing.assert_allclose(np.asarray(back.affine, dtype=float)[[0, 1, -1]][:, [0, 1, -1]], np.eye(3), atol=1e-6)
+    assert "registration" not in back.meta
+    assert _foreground_corr(back, moved, mri) > 0.97
+    untouched = RegisterToReference("none")(moved, mri)
+    assert untouched is moved
+
+
+def test_colour_registered_on_luma_all_channels_together(demo_2d):
+    """An RGB PET moves as one: every channel is resampled with the transform found on the luma."""
+    mri, _ = demo_2d
+    rgb = _load(demo_files()["pet_2d"])
+    assert rgb.shape[0] == 3
+    motion = _rigid(2, -7.0, (5.0, 9.0), (72.0, 90.0))
+    moved = resample_image(rgb, motion)
+    registered = RegisterToReference("rigid")(moved, mri)
+    matrix = np.asarray(registered.meta["registration"]["matrix"])
+    on_grid = ResampleToReference()(registered, mri)
+    for c in range(3):  # each channel as if resampled alone with the same affine
+        alone = registered[c:c + 1].clone()
+        np.testing.assert_allclose(ResampleToReference()(alone, mri)[0], on_grid[c], atol=1e-5)
+    luma_only = register(mri, moved, "rigid").matrix
+    np.testing.assert_allclose(matrix, luma_only, atol=1e-9)
+
+
+def test_saved_transform_applies_the_same(demo_2d, tmp_path):
+    """fuse(save_transform=) then fuse(transform=) gives the same fused image as registering again."""
+    mri, pet = demo_2d
+    moved = resample_image(pet, _rigid(2, 4.0, (-7.0, 5.0), (72.0, 90.0)))
+    first = fuse(mri, moved, method="max", register="rigid", save_transform=tmp_path / "t.tfm",
+                 preview=tmp_path / "check.png")
+    again = fuse(mri, moved, method="max", transform=tmp_path / "t.tfm")
+    np.testing.assert_allclose(np.asarray(again), np.asarray(first), atol=1e-5)
+    assert again.meta["registration"]["kind"] == "file"
+    assert (tmp_path / "check.png").stat().st_size > 0
+
+
+def test_failures_are_one_line_errors(demo_2d):
+    """Constant images, 2D against 3D, unknown kinds, both a kind and a transform: FusionInputError."""
+    mri, pet = demo_2d
+    with pytest.raises(FusionInputError, match="constant image"):
+        RegisterToReference("rigid")(torch.full_like(pet, 0.3), mri)
+    with pytest.raises(FusionInputError, match="the MRI is a constant image"):
+        register(torch.zeros_like(mri), pet)
+    volume = MetaTensor(torch.rand(1, 16, 16, 16))
+    with pytest.raises(FusionInputError, match="3D image but the MRI is 2D"):
+        RegisterToReference("rigid")(volume, mri)
+    with pytest.raises(FusionInputError, match="unknown kind"):
+        RegisterToReference("bspline")
+    with pytest.raises(FusionInputError, match="not both"):
+        RegisterToReference("rigid", transform=np.eye(3))
+    with pytest.raises(FusionInputError, match="transform matrix for 2D"):
+        RegisterToReference("none", transform=np.eye(4))(pet, mri)
+
+
+def test_no_overlap_and_not_converged_warn():
+    """Volumes far apart with centres of mass forced off: an error or a small-overlap warning; no convergence."""
+    rng = np.random.default_rng(0)
+    data = torch.as_tensor(rng.random((1, 24, 24, 24)), dtype=torch.float32)
+    mri = MetaTensor(data, affine=torch.eye(4))
+    far = MetaTensor(data.clone(), affine=torch.as_tensor(np.array(
+        [[1, 0, 0, 500.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])))
+    with pytest.raises(FusionInputError, match="overlap"):
+        register(mri, far, "rigid", init="world")
+    with pytest.warns(UserWarning, match="did not converge"):
+        RegisterToReference("rigid", iterations=1, shrink_factors=(1,), smoothing_sigmas=(0.0,))(
+            MetaTensor(data.clone(), affine=torch.eye(4)), mri)
+
+
+def test_alignment_preview_shapes(demo_2d):
+    """The check picture: checkerboard + edge overlay side by side; volumes: three planes."""
+    mri, pet = demo_2d
+    picture = alignment_preview(mri, pet)
+    assert picture.dtype == np.uint8 and picture.shape == (mri.shape[1], 2 * mri.shape[2] + 4, 3)
+    volume = torch.rand(1, 20, 24, 28)
+    assert alignment_preview(volume, volume).shape[:2] == (24 + 4 + 20 + 4 + 20, 28 + 4 + 28)
+
+
+def test_cli_register_transform_preview(tmp_path, capsys):
+    """lkcfusion fuse --register rigid says so, writes the transform and the preview; --transform reuses it."""
+    files = demo_files()
+    moved = resample_image(LoadFusionImage()(str(files["pet_2d"])), _rigid(2, 6.0, (8.0, -6.0), (72.0, 90.0)))
+    from PIL import Image
+
+    other = tmp_path / "pet_moved.png"
+    Image.fromarray(np.moveaxis(np.asarray(moved.clamp(0, 255)).round().astype(np.uint8), 0, -1)).save(other)
+    code = main(["fuse", str(files["mri_2d"]), str(other), "-o", str(tmp_path / "fused.png"), "--method", "max",
+                 "--register", "rigid", "--save-transform", str(tmp_path / "t.tfm"), "--preview",
+                 str(tmp_path / "check.png")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "registration: on (rigid)" in out.out and "registered" in out.out and "converged" in out.out
+    assert (tmp_path / "t.tfm").is_file() and (tmp_path / "check.png").is_file()
+    code = main(["fuse", str(files["mri_2d"]), str(other), "-o", str(tmp_path / "again.png"), "--method", "max",
+                 "--transform", str(tmp_path / "t.tfm")])
+    assert code == 0
+    first = np.asarray(Image.open(tmp_path / "fused.png"), dtype=int)
+    again = np.asarray(Image.open(tmp_path / "again.png"), dtype=int)
+    assert np.abs(first - again).max() <= 1
+    capsys.readouterr()
+    code = main(["fuse", str(files["mri_2d"]), str(files["pet_3d"]), "-o", str(tmp_path / "x.png"), "--method",
+                 "max", "--register", "rigid"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "lkcfusion: error:" in err and "Traceback" not in err
+    code = main(["fuse", str(files["mri_2d"]), str(other), "-o", str(tmp_path / "y.png"), "--method", "max",
+                 "--register", "rigid", "--transform", str(tmp_path / "t.tfm")])
+    assert code == 2
+
+
+def test_bundle_inference_config_has_register_option():
+    """inference.json: register / transform / save_transform, RegisterToReferenced before the resampling."""
+    from monai.bundle import ConfigParser
+
+    from monai_lkcfusion.bundle_files import bundle_root
+
+    parser = ConfigParser()
+    parser.read_config(f"{bundle_root()}/configs/inference.json")
+    assert parser["register"] == "none" and parser["transform"] is None
+    parser["register"] = "rigid"
+    parser["dataset_dir"] = str(demo_files()["mri_2d"].parent)
+    chain = parser.get_parsed_content("preprocessing")
+    names = [type(t).__name__ for t in chain.transforms]
+    assert names.index("RegisterToReferenced") + 1 == names.index("ResampleToReferenced")
+    assert chain.transforms[names.index("RegisterToReferenced")].transform.kind == "rigid"
+    files = demo_files()
+    d = Compose([LoadFusionImaged(("mri", "other")), ScaleModalityd(("mri", "other"))])(
+        {"mri": str(files["mri_2d"]), "other": str(files["pet_2d"])})
+    assert "registration" in chain.transforms[names.index("RegisterToReferenced")](d)["other"].meta
