@@ -129,6 +129,7 @@ def test_regular_dicom_series_reads_without_warning(tmp_path, recwarn):
     with pytest.raises(FusionInputError, match="DICOMDIR_notes.txt"):
         read_image(series)
     (tmp_path / "ok" / "DICOMDIR_notes.txt").unlink()
+    (tmp_path / "ok" / "DICOMDIR").write_bytes(b"index of a CD export")  # not a slice, not an error
     img = read_image(series)
     assert img.shape[-1] == 12 and abs(float(img.affine[2, 2]) - 3.0) < 1e-6
     assert not [w for w in recwarn if "slice" in str(w.message)]

@@ -395,8 +395,9 @@ def check_dicom_slices(
 
     folder = Path(folder)
     listed = {str(Path(f).resolve()) for f in files} | {str(Path(f).resolve()) for f in other_series_files}
-    skipped = sorted(
-        p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and str(p.resolve()) not in listed
+    skipped = sorted(  # a DICOMDIR index is not a slice; any other file GDCM could not place is named
+        p.name for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR" and str(p.resolve()) not in listed
     )
     problems: list[str] = []
     slices: list[tuple[float, str, str]] = []  # (position, file, SOPInstanceUID)
