@@ -6,9 +6,10 @@ import argparse
 
 HELP = "write a MONAI Label app (model 'lkcfusion') to a folder"
 DESCRIPTION = (
-    "Write a ready MONAI Label app whose model 'lkcfusion' takes a co-registered 2-channel volume "
-    "(ch0 MRI, ch1 CT/PET/SPECT) and returns the fused float volume on the input grid. Serve it with "
-    "'monailabel start_server --app DEST --studies DIR --conf models lkcfusion' (see docs/monailabel.md)."
+    "Write a ready MONAI Label app whose model 'lkcfusion' takes two images per request (the MRI as 'image', the "
+    "CT/PET/SPECT as params {\"other\": ID} or the 'label' upload; or one 2-channel volume) and returns the fused "
+    "float volume on the MRI's grid. Serve it with 'monailabel start_server --app DEST --studies DIR --conf models "
+    "lkcfusion' (see docs/monailabel.md)."
 )
 
 
