@@ -388,8 +388,12 @@ class LKCFusionWidget(ScriptedLoadableModuleWidget):
         self.updateButtons()
 
     def cleanup(self):
+        """Module closed or reloaded: stop a running fusion (without touching the panel) and end the process."""
         self.timer.stop()
-        self.logic.cancel()
+        task = self.logic.task
+        if task is not None and not task.finished:
+            task.onProgress = task.onFinished = None
+            self.logic.cancel()
         self.logic.closeProcess()
 
     def updateButtons(self, *_):
