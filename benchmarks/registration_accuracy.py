@@ -43,7 +43,7 @@ from monai_lkcfusion.registration import (
     resample_image,
     transform_matrix,
 )
-from monai_lkcfusion.transforms import LoadFusionImage, ScaleModality
+from monai_lkcfusion.transforms import LoadFusionImage, ResampleToReference, ScaleModality
 
 HARVARD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "harvard_xg" / "test"
 
@@ -87,7 +87,7 @@ def evaluate_pair(mri: torch.Tensor, other: torch.Tensor, motion: np.ndarray, vo
     kwargs = {"method": method, "color": False, "progress": False}
     fused_aligned = fuse(mri, other, **kwargs)
     fused_registered = fuse(mri, moved, register="rigid", **kwargs)
-    array = np.asarray(other.max(0).values)
+    array = np.asarray((ResampleToReference()(other, mri) if volume else other).max(0).values)
     cover_mask = foreground_mask(itk_image(mri)).T
     return {
         "err": mean_displacement(found.matrix, truth, mri),
