@@ -281,3 +281,30 @@ def test_bundle_inference_config_has_register_option():
     d = Compose([LoadFusionImaged(("mri", "other")), ScaleModalityd(("mri", "other"))])(
         {"mri": str(files["mri_2d"]), "other": str(files["pet_2d"])})
     assert "registration" in chain.transforms[names.index("RegisterToReferenced")](d)["other"].meta
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["MRI-CT", "MRI-PET", "MRI-SPECT"])
+def test_real_pairs_come_back(harvard_root, task):
+    """Real Harvard slices moved by 7 degrees and (15, -12) px come back within 1 px of where registration puts the
+    unmoved pair (the full evaluation, 72 pairs: benchmarks/registration_accuracy.py and docs/registration.md)."""
+    name = {"MRI-CT": "16013.png", "MRI-PET": "25038.png", "MRI-SPECT": "15009.png"}[task]
+    folder = harvard_root / "test" / task
+    mri, other = _load(folder / "MRI" / name), _load(folder / task.split("-")[1] / name)
+    motion = _rigid(2, 7.0, (15.0, -12.0), (127.5, 127.5))
+    found = register(mri, resample_image(other, motion), "rigid")
+    unmoved = register(mri, other, "rigid")
+    assert found.converged
+    assert mean_displacement(found.matrix, np.linalg.inv(motion) @ unmoved.matrix, mri) < 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="mutual information puts the unmoved Harvard PET 2-3 px from the atlas alignment "
+                          "(docs/registration.md): the issue's < 1 px target against the atlas is not met")
+def test_real_pet_pair_matches_atlas_alignment(harvard_root):
+    """The issue's target on a real pair: the known motion itself within 1 px (fails on the atlas's PET)."""
+    folder = harvard_root / "test" / "MRI-PET"
+    mri, other = _load(folder / "MRI" / "25038.png"), _load(folder / "PET" / "25038.png")
+    motion = _rigid(2, 7.0, (15.0, -12.0), (127.5, 127.5))
+    found = register(mri, resample_image(other, motion), "rigid")
+    assert mean_displacement(found.matrix, np.linalg.inv(motion), mri) < 1.0
