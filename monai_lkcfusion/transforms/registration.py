@@ -16,7 +16,14 @@ from monai.transforms import InvertibleTransform
 from monai.utils import TraceKeys, TransformBackends
 
 from ..errors import FusionInputError
-from ..registration import REGISTRATION_KINDS, moved_affine, read_transform, register, write_transform
+from ..registration import (
+    REGISTRATION_KINDS,
+    TRANSFORM_SUFFIXES,
+    moved_affine,
+    read_transform,
+    register,
+    write_transform,
+)
 from .base import ReferencedMapTransform
 
 __all__ = [
@@ -46,8 +53,8 @@ class RegisterToReference(InvertibleTransform):
             ``"affine"``.
         transform: apply this transform instead of registering: an ITK transform file (``.tfm``/``.txt``/...) or a
             fixed-to-moving homogeneous matrix in ITK's frame.
-        save_transform: write the transform (found or given) as an ITK transform file here; an existing folder
-            gets ``<image name>.tfm``.
+        save_transform: write the transform (found or given) as an ITK transform file here; a folder (an existing
+            one, or a path without a transform extension such as ``.tfm``, created) gets ``<image name>.tfm``.
         register_kwargs: further options of :func:`~monai_lkcfusion.registration.register` (``iterations``,
             ``max_samples``, ``seed``, ``num_threads``, ...).
     """
@@ -110,7 +117,7 @@ class RegisterToReference(InvertibleTransform):
         matrix = np.asarray(record["matrix"], dtype=np.float64)
         if self.save_transform is not None:
             target = Path(self.save_transform)
-            if target.is_dir():
+            if target.is_dir() or target.suffix.lower() not in TRANSFORM_SUFFIXES:  # a folder: one file per image
                 target = target / f"{Path(str(name)).name.split('.')[0]}.tfm"
             write_transform(matrix, target)
             record["saved_to"] = str(target)
