@@ -6,9 +6,9 @@ from collections.abc import Callable, Hashable, Mapping
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import InvertibleTransform, MapTransform
 
-__all__ = ["ReferencedMapTransform"]
+__all__ = ["InvertibleReferencedMapTransform", "ReferencedMapTransform"]
 
 
 class ReferencedMapTransform(MapTransform):
@@ -40,4 +40,14 @@ class ReferencedMapTransform(MapTransform):
         reference = d.get(self.ref_key) if self.ref_optional else d[self.ref_key]
         for key in self.key_iterator(d):
             d[key] = self.transform(d[key], reference)
+        return d
+
+
+class InvertibleReferencedMapTransform(ReferencedMapTransform, InvertibleTransform):
+    """A :class:`ReferencedMapTransform` whose array transform is invertible: ``inverse`` undoes it per key."""
+
+    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.transform.inverse(d[key])
         return d

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from ..registration import (
     register,
     write_transform,
 )
-from .base import ReferencedMapTransform
+from .base import InvertibleReferencedMapTransform
 
 __all__ = [
     "RegisterToReference",
@@ -150,7 +149,7 @@ class RegisterToReference(InvertibleTransform):
         return out
 
 
-class RegisterToReferenced(ReferencedMapTransform, InvertibleTransform):
+class RegisterToReferenced(InvertibleReferencedMapTransform):
     """Dict wrapper of :class:`RegisterToReference`: align ``keys`` (the other image) with ``ref_key`` (the MRI).
 
     Put it after ``ScaleModalityd`` and before ``ResampleToReferenced`` (which then resamples all channels of a
@@ -180,12 +179,6 @@ class RegisterToReferenced(ReferencedMapTransform, InvertibleTransform):
     ) -> None:
         super().__init__(keys, RegisterToReference(kind, transform, save_transform, **register_kwargs), ref_key,
                          allow_missing_keys=allow_missing_keys)
-
-    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform.inverse(d[key])
-        return d
 
 
 RegisterToReferenceD = RegisterToReferenceDict = RegisterToReferenced

@@ -16,7 +16,7 @@ from monai.utils import TraceKeys, TransformBackends
 from monai.utils.type_conversion import convert_to_dst_type
 
 from ..errors import FusionInputError
-from .base import ReferencedMapTransform
+from .base import InvertibleReferencedMapTransform
 
 __all__ = [
     "CheckMinSize",
@@ -179,7 +179,7 @@ def resample_to_reference(
     return out, out.meta["overlap_fraction"]
 
 
-class ResampleToReferenced(ReferencedMapTransform, InvertibleTransform):
+class ResampleToReferenced(InvertibleReferencedMapTransform):
     """Dict wrapper of :class:`ResampleToReference`: the ``keys`` onto the grid of ``ref_key`` (the MRI).
 
     Args:
@@ -198,12 +198,6 @@ class ResampleToReferenced(ReferencedMapTransform, InvertibleTransform):
     ) -> None:
         super().__init__(keys, ResampleToReference(mode=mode, resize_2d=resize_2d), ref_key,
                          allow_missing_keys=allow_missing_keys)
-
-    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform.inverse(d[key])
-        return d
 
 
 class CheckMinSize(Transform):
