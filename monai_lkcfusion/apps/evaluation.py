@@ -67,7 +67,8 @@ def compare_methods(
     from ..data import output_name, read_image, write_image, write_text
     from ..inference import build_predictor, fuse
     from ..metrics import compute_fusion_metrics
-    from ..metrics.folders import gray8, read_gray
+    from ..metrics.folders import read_gray
+    from ..metrics.utils import gray8
     from ..metrics.tables import pivot, summarize, write_table
     from .figures import metrics_bar_chart, overview_figure
 

@@ -36,6 +36,7 @@ __all__ = [
     "check_data_file_location",
     "check_dicom_slices",
     "check_output_path",
+    "composite_on_black",
     "fit_float32",
     "image_spatial_dims",
     "image_stem",
@@ -154,15 +155,28 @@ def _read_picture(path: Path) -> MetaTensor:
             raise
         raise FusionInputError(f"{path}: cannot read image ({' '.join(str(err).split())})") from None
     if array.ndim == 3:
-        alpha = array.shape[-1] in (2, 4)
-        if alpha:  # composite on black
-            array = array[..., :-1] * (array[..., -1:] / display_max if display_max else array[..., -1:])
+        if array.shape[-1] in (2, 4):  # gray or colour with alpha
+            array = composite_on_black(array, display_max)
         if array.shape[-1] == 1 or np.all(array == array[..., :1]):
             array = array[..., 0]
     data = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)  # (C, H, W)
     img = MetaTensor(torch.as_tensor(np.ascontiguousarray(data), dtype=torch.float32), affine=torch.eye(3))
     img.meta.update(_meta(path, 2, data.shape[0] == 3, display_max, None))
     return img
+
+
+def composite_on_black(array: np.ndarray, alpha_max: float | None) -> np.ndarray:
+    """Composite pixels with alpha on black.
+
+    Args:
+        array: ``(..., C)`` pixels whose last channel is alpha.
+        alpha_max: the alpha of full opacity (255 for 8-bit pictures); ``None`` when alpha is already in [0, 1].
+
+    Returns:
+        ``(..., C - 1)``: the other channels times ``alpha / alpha_max``.
+    """
+    alpha = array[..., -1:]
+    return array[..., :-1] * (alpha / alpha_max if alpha_max else alpha)
 
 
 def _picture_array(image) -> tuple[np.ndarray, float | None]:

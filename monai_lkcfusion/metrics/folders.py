@@ -12,31 +12,9 @@ import torch
 from ..data import PICTURE_SUFFIXES, image_stem, match_files_by_name, read_image
 from ..errors import FusionInputError
 from .functional import DEFAULT_METRICS, compute_fusion_metrics
-from .utils import luma_bt601
+from .utils import gray8
 
-__all__ = ["gray8", "read_gray", "score_folders"]
-
-
-def gray8(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """The 8-bit gray image the literature's evaluators score, of a ``(1|3, H, W)`` image on the scale [0, 255].
-
-    Values are clipped and rounded to 8 bits per channel (as when the image is saved); colour becomes its rounded
-    BT.601 luma.
-
-    Args:
-        image: channel-first gray or RGB image with values in [0, 255].
-
-    Returns:
-        (H, W) float32 array with integer values in [0, 255].
-
-    Raises:
-        FusionInputError: a shape other than ``(1|3, H, W)``.
-    """
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim != 3 or array.shape[0] not in (1, 3):
-        raise FusionInputError(f"expected a (1|3, H, W) image, got shape {array.shape}")
-    array = np.round(np.clip(array.astype(np.float32), 0.0, 255.0))
-    return luma_bt601(np.moveaxis(array, 0, -1)) if array.shape[0] == 3 else array[0]
+__all__ = ["read_gray", "score_folders"]
 
 
 def read_gray(path: str | Path) -> np.ndarray:

@@ -23,7 +23,7 @@ from .statistics import (
     sum_of_correlations_of_differences,
 )
 from .structural import multiscale_structural_similarity, structural_similarity
-from .utils import ImageLike, as_batch
+from .utils import ImageLike, as_batch, gray8
 from .vif import visual_information_fidelity
 
 __all__ = ["compute_fusion_metrics", "DEFAULT_METRICS", "EXTRA_METRICS", "ALL_METRICS", "HIGHER_IS_BETTER"]
@@ -127,8 +127,6 @@ def _gray_scale(image: ImageLike, name: str, input_scale: float | None) -> Image
     Raises:
         FusionInputError: an unscaled input in [0, 1], or a shape that is not an image or a batch of images.
     """
-    from .folders import gray8  # a picture as the evaluators read it: 8 bits per channel, colour as luma
-
     marked = isinstance(image, MetaTensor) and "fusion_method" in image.meta  # fuse()'s output, in [0, 1]
     scale = 255.0 if input_scale is None and marked else input_scale
     tensor = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(np.asarray(image))

@@ -22,6 +22,7 @@ __all__ = [
     "as_batch",
     "reduce_sources",
     "pearson",
+    "gray8",
     "luma_bt601",
 ]
 
@@ -103,3 +104,25 @@ def luma_bt601(rgb: np.ndarray) -> np.ndarray:
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     luma = b * np.float32(0.114) + g * np.float32(0.587) + r * np.float32(0.299)
     return np.round(luma).astype(np.float32)
+
+
+def gray8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The 8-bit gray image the literature's evaluators score, of a ``(1|3, H, W)`` image on the scale [0, 255].
+
+    Values are clipped and rounded to 8 bits per channel (as when the image is saved); colour becomes its rounded
+    BT.601 luma.
+
+    Args:
+        image: channel-first gray or RGB image with values in [0, 255].
+
+    Returns:
+        (H, W) float32 array with integer values in [0, 255].
+
+    Raises:
+        FusionInputError: a shape other than ``(1|3, H, W)``.
+    """
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim != 3 or array.shape[0] not in (1, 3):
+        raise FusionInputError(f"expected a (1|3, H, W) image, got shape {array.shape}")
+    array = np.round(np.clip(array.astype(np.float32), 0.0, 255.0))
+    return luma_bt601(np.moveaxis(array, 0, -1)) if array.shape[0] == 3 else array[0]

@@ -13,7 +13,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 from monai.utils.type_conversion import convert_to_dst_type
 
-from ..data.io import check_output_path, fit_float32, read_image, write_image
+from ..data.io import check_output_path, composite_on_black, fit_float32, read_image, write_image
 from ..data.pairing import output_name
 from ..errors import FusionInputError
 
@@ -69,8 +69,9 @@ class LoadFusionImage(Transform):
         if isinstance(value, np.ndarray):
             array = value
             if array.ndim == 3 and array.shape[-1] in (3, 4):  # (H, W, 3|4) colour picture
-                alpha = array[..., 3:].astype(np.float32) / (255.0 if array.dtype == np.uint8 else 1.0)
-                array = np.moveaxis(array[..., :3] * (alpha if array.shape[-1] == 4 else 1.0), -1, 0)
+                if array.shape[-1] == 4:
+                    array = composite_on_black(array.astype(np.float32), 255.0 if value.dtype == np.uint8 else None)
+                array = np.moveaxis(array, -1, 0)
             else:
                 array = array[None]
             display_max = 255.0 if value.dtype == np.uint8 else None
