@@ -178,7 +178,8 @@ class TimeLimitHandler:
 
     def __init__(self, limit_s: float | None) -> None:
         self.limit_s = float(limit_s) if limit_s else 0.0
-        self._start = 0.0
+        self._start = 0.0  # the clock and the epoch at Events.STARTED (a resumed run starts past epoch 0)
+        self._first_epoch = 0
 
     def attach(self, engine: Engine) -> None:
         """Start the clock when ``engine`` starts and check it after every epoch."""
