@@ -58,6 +58,8 @@ def fuse(
     transform: str | Path | None = None,
     save_transform: str | Path | None = None,
     preview: str | Path | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
 ) -> MetaTensor | np.ndarray:
     """Fuse an MRI with CT, PET or SPECT; the result lies on the MRI's grid and carries its metadata.
 
@@ -101,6 +103,9 @@ def fuse(
         preview: write a PNG that shows the alignment (checkerboard of the MRI and the other image, and the MRI's
             edges over the other image; volumes: three orthogonal slices), see
             :func:`~monai_lkcfusion.registration.save_alignment_preview`.
+        workers: slices (or tiles) fused concurrently on the CPU (default: one per available core); see
+            :func:`~monai_lkcfusion.inferers.worker_policy`.
+        threads: intra-op threads per worker (default 1).
 
     Returns:
         A MetaTensor ``(1|3, *spatial)`` in [0, 1] with the MRI's affine and metadata plus ``fusion_method``,
@@ -110,10 +115,10 @@ def fuse(
 
     Raises:
         FusionInputError: unreadable inputs, dimension/size/channel mismatch, no overlap, unknown method, no
-            weights for ``"lkcfunet"``, an unusable device, or a batch/tile size below 1.
+            weights for ``"lkcfunet"``, an unusable device, or a batch/tile size or worker/thread count below 1.
     """
     inferer = FusionInferer(tile_size=tile_size, batch_size=batch_size, axis=axis, tta=tta, device=device,
-                            optimize=optimize, progress=progress)
+                            optimize=optimize, progress=progress, workers=workers, threads=threads)
     network = model if model is not None else build_predictor(None, method, weights, inferer.device, optimize)
     preprocessing = fusion_preprocessing(modality, resample, {"mri": mri_series, "other": other_series},
                                          mri_modality, allow_irregular_slices, allow_external_data,

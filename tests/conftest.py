@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# measured-choice caches (monai_lkcfusion.networks.calibration) of this test run, never the user's own; set before
+# anything is imported so that subprocesses (CLI, bundle runs) inherit it
+os.environ.setdefault("LKCFUSION_CACHE_DIR", tempfile.mkdtemp(prefix="lkcfusion-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LKCFUSION_SHARED", REPO.parent / "shared"))

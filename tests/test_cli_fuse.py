@@ -114,3 +114,13 @@ def test_gray_background_and_tta_options(tmp_path):
     assert np.abs(luma - gray).max() <= 1  # the colour output's gray level is the fused luma
     assert np.array_equal(np.asarray(Image.open(outputs["tta"])), default)  # mean is flip-equivariant
     assert np.array_equal(np.asarray(Image.open(outputs["kept"])), default)  # mean of two zeros is zero
+
+
+@pytest.mark.parametrize("option", [["--workers", "0"], ["--threads", "-2"]])
+def test_bad_worker_counts_are_one_line_errors(tmp_path, capsys, option):
+    _pair(tmp_path, "a.png")
+    args = [str(tmp_path / "mri" / "a.png"), str(tmp_path / "pet" / "a.png"), "-o", str(tmp_path / "f.png")]
+    assert main(["fuse", *args, "--method", "max", *option]) == 2
+    err = capsys.readouterr().err
+    assert option[0] in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "f.png").exists()

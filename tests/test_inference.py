@@ -337,3 +337,44 @@ def test_background_is_exactly_zero_with_a_network(tiny_net, synthetic_pair):
     kept = fuse(mri, other, model=tiny_net, optimize=False, mask_background=False)
     assert (fused[:10] == 0).all() and (kept[:10] != 0).any()
     assert np.array_equal(fused[10:], kept[10:])
+
+
+def test_worker_policy():
+    from monai_lkcfusion.inferers import worker_policy
+    from monai_lkcfusion.machine import available_cores
+
+    cpu, cores = torch.device("cpu"), available_cores()
+    assert worker_policy(None, None, cpu) == (cores, 1)  # one single-thread worker per core
+    assert worker_policy(None, 2, cpu) == (max(1, cores // 2), 2)
+    assert worker_policy(3, None, cpu) == (3, max(1, cores // 3))
+    assert worker_policy(1, None, cpu) == (1, None)  # one worker: PyTorch's own thread count (the plain path)
+    assert worker_policy(4, 4, cpu) == (4, 4)  # both given: as asked
+    assert worker_policy(None, None, torch.device("meta")) == (1, None)  # not the CPU: one worker, threads untouched
+    for bad in ({"workers": 0}, {"threads": -1}, {"workers": 1.5}, {"threads": True}):
+        with pytest.raises(FusionInputError, match="whole number"):
+            worker_policy(bad.get("workers"), bad.get("threads"), cpu)
+
+
+def test_volume_with_workers_matches_one_worker(tiny_net):
+    """Slices fused by concurrent workers: the same volume as one worker, PyTorch's thread count restored after."""
+    from monai_lkcfusion.inferers import FusionInferer
+
+    rng = np.random.default_rng(3)
+    pair = torch.from_numpy(rng.random((1, 2, 40, 36, 11), dtype=np.float32))  # 11 slices: uneven chunks
+    before = torch.get_num_threads()
+    one = FusionInferer(batch_size=4, device="cpu", workers=1)(pair, tiny_net)
+    assert torch.get_num_threads() == before
+    seen: list[int] = []
+
+    def net(x: torch.Tensor) -> torch.Tensor:  # records the thread count each chunk runs with
+        seen.append(torch.get_num_threads())
+        assert not torch.is_grad_enabled()
+        return tiny_net(x).clamp(0.0, 1.0)
+
+    three = FusionInferer(batch_size=4, device="cpu", workers=3, threads=1, optimize=False)(pair, net)
+    assert torch.get_num_threads() == before and set(seen) == {1}
+    assert len(seen) > 3  # batches of 4 slices went out in chunks
+    assert three.shape == one.shape == (1, 1, 40, 36, 11)
+    assert torch.allclose(three, one, atol=1e-4)
+    optimised = FusionInferer(batch_size=4, device="cpu", workers=2)(pair, tiny_net)
+    assert torch.allclose(optimised, one, atol=1e-4)

@@ -90,20 +90,20 @@ def test_fold_batch_norm_exact():
 
 
 @pytest.mark.parametrize(
-    ("preset", "overrides", "shape", "autotune"),
+    ("preset", "overrides", "shape", "calibrate"),
     [
         ("tiny", {}, (3, 2, 37, 53), False),
         ("official", NARROW_LARGE, (3, 2, 37, 53), False),
-        ("official", NARROW_LARGE, (1, 2, 32, 32), True),  # also times the candidates
+        ("official", NARROW_LARGE, (1, 2, 32, 32), True),  # also times the candidates and the memory formats
     ],
 )
-def test_optimized_matches_plain(preset, overrides, shape, autotune):
+def test_optimized_matches_plain(preset, overrides, shape, calibrate):
     torch.manual_seed(0)
     net = _randomise_batch_norms(LKCFUNet.from_preset(preset, **overrides)).eval()
     x = torch.rand(*shape)
     with torch.no_grad():
         ref = net(x)
-    fast = optimize_for_inference(net, autotune=autotune)
+    fast = optimize_for_inference(net, calibrate=calibrate)
     assert isinstance(fast, InferenceNetwork)
     first, second = fast(x), fast(x)  # first call tunes, second uses the plans
     assert first.shape == ref.shape == (shape[0], 1, *shape[2:])
@@ -118,13 +118,13 @@ def test_optimized_large_kernels_use_fft_when_forced():
     x = torch.rand(2, 2, 40, 40)
     with torch.no_grad():
         ref = net(x)
-    fast = optimize_for_inference(net, fft_sizes=(32,), autotune=False)
+    fast = optimize_for_inference(net, fft_sizes=(32,), calibrate=False)
     tuned = [m for m in fast.modules() if isinstance(m, LargeKernelConv2d)]
     assert tuned and all(m.kernel_size >= 7 for m in tuned)
     # a cost model whose only FFT size is 32 still picks the direct path for some layers; force FFT everywhere
     for module in tuned:
         module.fft_sizes = (32,)
-        module.plans = {(2, h, w, "cpu"): 32 for h, w in ((40, 40), (20, 20), (10, 10))}
+        module.plans = {(2, h, w, "cpu", "channels_last"): 32 for h, w in ((40, 40), (20, 20), (10, 10))}
     out = fast(x)
     assert all(len(m.fft) == 1 for m in tuned)
     assert _relative_error(out, ref) < 1e-4

@@ -37,7 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--other-series", help="SeriesInstanceUID to use when the OTHER folder holds several series")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per network call for volumes (default 8)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them, fail)")
-    parser.add_argument("--no-optimize", action="store_true", help="skip optimize_for_inference on the network")
+    parser.add_argument("--no-optimize", action="store_true",
+                        help="the plain reference path: the network as trained (no optimize_for_inference), one "
+                             "worker with PyTorch's own thread count unless --workers/--threads say otherwise")
+    parser.add_argument("--workers", type=int,
+                        help="slices fused at once on the CPU (default: one per available core)")
+    parser.add_argument("--threads", type=int,
+                        help="PyTorch threads per worker (default 1: measured fastest, and steady on a busy CPU)")
     parser.add_argument("--gray", action="store_true", help="write the fused luma only (no PET/SPECT colour)")
     parser.add_argument("--no-mask-background", action="store_true",
                         help="keep the network's output where both inputs are 0 (default: exactly 0 there)")
@@ -73,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
         raise FusionInputError("missing OTHER: lkcfusion fuse MRI OTHER -o OUT")
     # load the network once (and fail early without weights), then fuse every pair with it
     predictor = build_predictor(None, args.method, args.weights, args.device, not args.no_optimize)
+    plain = args.no_optimize and args.workers is None and args.threads is None
     options = {"axis": args.axis, "device": args.device, "optimize": False, "batch_size": args.batch_size,
+               "workers": 1 if plain else args.workers, "threads": args.threads,
                "modality": args.modality, "resample": args.resample, "mri_series": args.mri_series,
                "other_series": args.other_series, "color": not args.gray,
                "mask_background": not args.no_mask_background, "tta": args.tta, "mri_modality": args.mri_modality,

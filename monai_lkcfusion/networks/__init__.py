@@ -23,10 +23,16 @@ from .convert import (
 from .fft_training import SpectralConv2d, spectral_conv2d, use_spectral_convolutions
 from .lkcfunet import NETWORK_PRESETS, NORM_SCHEMES, NORM_SITES, LKCFUNet, resolve_norm_scheme
 from .loading import default_weights_path, infer_config, load_network, save_network
-from .optimize import optimize_for_inference, retain_freed_memory
+from .calibration import ChoiceCache, cache_dir, fastest
+from .optimize import PLAN_CACHE, network_signature, optimize_for_inference, retain_freed_memory
 
 __all__ = [
     "NETWORK_PRESETS",
+    "PLAN_CACHE",
+    "ChoiceCache",
+    "cache_dir",
+    "fastest",
+    "network_signature",
     "NORM_KINDS",
     "NORM_SCHEMES",
     "NORM_SITES",

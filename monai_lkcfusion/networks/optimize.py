@@ -3,7 +3,9 @@
 :func:`optimize_for_inference` copies the network (the original keeps training on the plain path, with exact
 gradients), puts the copy in eval mode, folds BatchNorm layers into the convolutions they follow where that is
 exact, and replaces every large-kernel convolution with a :class:`LargeKernelConv2d` that chooses, for each input
-shape, between the direct convolution and tiled FFT convolutions of several tile sizes.
+shape, between the direct convolution and tiled FFT convolutions of several tile sizes. The choices (per layer and
+input shape, and the network's memory format) are measured on the machine at first use and cached on disk
+(:mod:`~monai_lkcfusion.networks.calibration`), with a cost model as the fallback.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import copy
 import ctypes
 import ctypes.util
+import hashlib
 import math
-import time
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
@@ -20,20 +23,34 @@ from torch import nn
 
 from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.networks.blocks import MultipathAdaptiveFusion
+from monai_lkcfusion.networks.calibration import ChoiceCache, fastest
 from monai_lkcfusion.networks.fft_conv import FFTConv2d, fft_conv_supported, tile_layout
 
-__all__ = ["InferenceNetwork", "LargeKernelConv2d", "fold_batch_norm", "optimize_for_inference", "retain_freed_memory"]
+__all__ = [
+    "PLAN_CACHE",
+    "InferenceNetwork",
+    "LargeKernelConv2d",
+    "fold_batch_norm",
+    "network_signature",
+    "optimize_for_inference",
+    "retain_freed_memory",
+]
 
 DEFAULT_FFT_SIZES = (16, 24, 32, 48, 64, 80)
 """Tile (FFT) sizes tried for large-kernel convolutions; sizes not above the kernel size are skipped."""
 
-# Relative per-operation costs of the cost model that ranks the candidates (measured on a 2-core AVX-512 CPU, in
-# units of one dense channels-last direct-convolution multiply-add).
+# Relative per-operation costs of the cost model (measured on a 2-core AMD EPYC with AVX-512, in units of one dense
+# channels-last direct-convolution multiply-add). It decides alone only without calibration; with calibration it
+# only shortlists the FFT tile sizes worth timing (the direct convolution is always timed).
 _COST_FFT = 24.0  # per (tile pixel x log2 of the tile area) of one channel's forward or inverse FFT, with tiling
 _COST_MIX = 14.0  # per complex multiply-add of the per-frequency channel mixing
 _COST_DEPTHWISE_DIRECT = 100.0  # per multiply-add of a direct depthwise convolution
-_SHORTLIST = 1.5  # time every candidate whose modelled cost is within this factor of the cheapest
+_SHORTLIST = 4.0  # time every tile size whose modelled cost is within this factor of the cheapest
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+PLAN_CACHE = ChoiceCache("inference_plans")
+"""Measured per-layer and per-network choices of :func:`optimize_for_inference`, per machine."""
+_PLANNING = threading.RLock()  # one calibration at a time: timings of two would disturb each other
 
 
 def retain_freed_memory() -> bool:
@@ -92,35 +109,45 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
-    """Seconds for one call of ``fn(x)``."""
-    start = time.perf_counter()
-    fn(x)
-    _synchronize(x.device)
-    return time.perf_counter() - start
+def _timed_call(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
+    """``fn(x)`` as a function without arguments that waits for the device, for :func:`fastest`."""
+
+    def call() -> None:
+        fn(x)
+        _synchronize(x.device)
+
+    return call
+
+
+def _format_name(x: torch.Tensor) -> str:
+    return "channels_last" if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else "contiguous"
 
 
 class LargeKernelConv2d(nn.Module):
-    """A large-kernel convolution that runs, per input shape, the cheapest of direct and tiled FFT convolution.
+    """A large-kernel convolution that runs, per input shape, the fastest of direct and tiled FFT convolution.
 
-    On the first input of a given (batch, height, width, device) the candidates (the direct convolution and
-    :class:`~monai_lkcfusion.networks.fft_conv.FFTConv2d` with each tile size) are ranked by a cost model; with
-    ``autotune`` those within a factor 1.5 of the cheapest are timed once and the fastest wins. The choice is used for
-    every later input of that shape. Kernel spectra are kept only for the tile sizes in use.
+    On the first input of a given (batch, height, width, device, memory format) the candidates are the direct
+    convolution and :class:`~monai_lkcfusion.networks.fft_conv.FFTConv2d` with each tile size whose modelled cost
+    is within a factor 4 of the cheapest. With ``calibrate`` they are timed on that input (once per machine: the
+    winner is kept in ``cache``, keyed by the CPU, torch version, thread count, layer and shape); without it the cost
+    model's cheapest is taken. The choice is used for every later input of that shape, and the output has the input's
+    memory format. Kernel spectra are kept only for the tile sizes in use.
 
     Args:
         conv: the convolution (see :func:`~monai_lkcfusion.networks.fft_conv.fft_conv_supported`).
         fft_sizes: tile sizes to consider.
-        autotune: time the shortlisted candidates; ``False`` takes the cost model's cheapest without timing.
+        calibrate: time the candidates (cached per machine); ``False`` trusts the cost model.
         max_spectra_mb: tile sizes whose kernel spectra would exceed this many MB are not considered.
+        cache: where measured choices are kept (default :data:`PLAN_CACHE`).
     """
 
     def __init__(
         self,
         conv: nn.Conv2d,
         fft_sizes: Sequence[int],
-        autotune: bool = False,
+        calibrate: bool = True,
         max_spectra_mb: float = 1024.0,
+        cache: ChoiceCache | None = None,
     ) -> None:
         super().__init__()
         self.conv = conv
@@ -128,9 +155,10 @@ class LargeKernelConv2d(nn.Module):
         self.fft_sizes = tuple(
             n for n in fft_sizes if n > self.kernel_size and self.spectra_bytes(n) <= max_spectra_mb * 2**20
         )
-        self.autotune = autotune
+        self.calibrate = calibrate
+        self.cache = cache if cache is not None else PLAN_CACHE
         self.fft = nn.ModuleDict()  # str(tile size) -> FFTConv2d, only those chosen for some shape
-        self.plans: dict[tuple[int, int, int, str], int] = {}  # input shape -> tile size (0 = direct)
+        self.plans: dict[tuple[int, int, int, str, str], int] = {}  # input shape, format -> tile size (0 = direct)
 
     def extra_repr(self) -> str:
         return f"fft_sizes={self.fft_sizes}, plans={self.plans}"
@@ -173,39 +201,91 @@ class LargeKernelConv2d(nn.Module):
             self.fft[key] = FFTConv2d(self.conv, fft_size).to(self.conv.weight.device)
         return self.fft[key]
 
+    def _run(self, fft_size: int, x: torch.Tensor) -> torch.Tensor:
+        out = self._candidate(fft_size)(x)
+        if fft_size and _format_name(x) == "contiguous":
+            return out.contiguous()  # FFTConv2d writes channels-last
+        return out
+
+    def cache_key(self, x: torch.Tensor) -> str:
+        """The key of this layer's measured choice for inputs like ``x`` (layer, shape, format, device, threads)."""
+        conv, (batch, _, height, width) = self.conv, x.shape
+        return (
+            f"conv {conv.in_channels}->{conv.out_channels} groups {conv.groups} k {self.kernel_size} "
+            f"bias {conv.bias is not None} | input {batch}x{height}x{width} {_format_name(x)} {x.device.type} | "
+            f"{torch.get_num_threads()} threads | sizes {','.join(map(str, self.fft_sizes))}"
+        )
+
     def _plan(self, x: torch.Tensor) -> int:
         batch, _, height, width = x.shape
-        costs = {n: self.modelled_cost(batch, height, width, n) for n in (0, *self.fft_sizes)}
-        cheapest = min(costs.values())
-        shortlist = sorted(n for n, cost in costs.items() if cost <= _SHORTLIST * cheapest)
-        if not self.autotune or len(shortlist) == 1:
+        costs = {n: self.modelled_cost(batch, height, width, n) for n in self.fft_sizes}
+        if not self.calibrate or not costs:
+            costs[0] = self.modelled_cost(batch, height, width, 0)
             return min(costs, key=costs.__getitem__)
-        timings = {n: _time_once(self._candidate(n), x) for n in shortlist}
-        best = min(timings, key=timings.__getitem__)
+        cheapest = min(costs.values())
+        shortlist = [0, *sorted(n for n, cost in costs.items() if cost <= _SHORTLIST * cheapest)]
+        key = self.cache_key(x)
+        cached = self.cache.get(key)
+        if isinstance(cached, int) and cached in shortlist:
+            return cached
+        with torch.no_grad():
+            best = int(fastest({str(n): _timed_call(lambda t, n=n: self._run(n, t), x) for n in shortlist}))
+        self.cache.put(key, best)
         in_use = {str(n) for n in (*self.plans.values(), best)}
-        for key in [key for key in self.fft if key not in in_use]:
-            del self.fft[key]
+        for name in [name for name in self.fft if name not in in_use]:
+            del self.fft[name]
         return best
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolve ``x`` (B, C_in, H, W) -> (B, C_out, H, W) with the plan for its shape."""
-        key = (x.shape[0], x.shape[2], x.shape[3], str(x.device))
+        """Convolve ``x`` (B, C_in, H, W) -> (B, C_out, H, W) with the plan for its shape, in ``x``'s memory format."""
+        key = (x.shape[0], x.shape[2], x.shape[3], str(x.device), _format_name(x))
         if key not in self.plans:
-            self.plans[key] = self._plan(x)
-        return self._candidate(self.plans[key])(x)
+            with _PLANNING:
+                if key not in self.plans:
+                    self.plans[key] = self._plan(x)
+        return self._run(self.plans[key], x)
+
+
+_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 class InferenceNetwork(nn.Module):
-    """Wraps an optimised copy of a network: eval mode only, every call without autograd.
+    """Wraps an optimised copy of a network: eval mode only, every call without autograd, in the faster memory format.
+
+    With ``memory_format="auto"`` the first call times the network in channels-last and in contiguous (NCHW) memory
+    format on its input (channels-last suits wide layers and the FFT convolutions, NCHW narrow ones and GroupNorm;
+    which wins depends on the CPU) and keeps the faster for every later call; the choice is cached per machine,
+    network, input shape and thread count in ``cache``.
 
     Args:
         module: the optimised network.
+        memory_format: ``"auto"``, ``"channels_last"`` or ``"contiguous"``.
+        signature: identifies the network's architecture in cache keys (see :func:`optimize_for_inference`).
+        cache: where the measured format is kept (default :data:`PLAN_CACHE`).
+
+    Raises:
+        FusionInputError: an unknown ``memory_format``.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        memory_format: str = "channels_last",
+        signature: str = "",
+        cache: ChoiceCache | None = None,
+    ) -> None:
         super().__init__()
+        if memory_format not in ("auto", *_FORMATS):
+            raise FusionInputError(f"memory_format {memory_format!r}: choose auto, channels_last or contiguous")
         self.module = module
+        self.memory_format = memory_format
+        self.signature = signature
+        self.cache = cache if cache is not None else PLAN_CACHE
         self.size_divisible = getattr(module, "size_divisible", 1)
+        self._chosen = "" if memory_format == "auto" else memory_format  # the format every call runs in
+        self._weights = ""  # the format the weights are in now
+        if self._chosen:
+            self._convert(self._chosen)
 
     def train(self, mode: bool = True) -> InferenceNetwork:
         """Only eval mode is allowed: train the original network, then optimise it again.
@@ -217,11 +297,43 @@ class InferenceNetwork(nn.Module):
             raise FusionInputError("an optimize_for_inference() network is inference only; train the original net")
         return super().train(False)
 
+    def _convert(self, name: str) -> None:
+        if name != self._weights:
+            self.module.to(memory_format=_FORMATS[name])
+            self._weights = name
+
+    def _run(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        self._convert(name)
+        with torch.no_grad():
+            return self.module(x.contiguous(memory_format=_FORMATS[name]) if x.dim() == 4 else x)
+
+    def _choose_format(self, x: torch.Tensor) -> str:
+        """The faster memory format for inputs like ``x``: cached, or measured now (each candidate also plans its
+        large-kernel layers for that format)."""
+        key = (
+            f"network {self.signature} | input {'x'.join(map(str, x.shape))} {x.device.type} | "
+            f"{torch.get_num_threads()} threads"
+        )
+        cached = self.cache.get(key)
+        if cached in _FORMATS:
+            return str(cached)
+        best = fastest({name: _timed_call(lambda t, name=name: self._run(t, name), x) for name in _FORMATS})
+        self.cache.put(key, best)
+        return best
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the optimised network without autograd; same inputs and outputs as the original."""
-        with torch.no_grad():
-            out = self.module(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
-        return out.contiguous()
+        if not self._chosen and x.dim() == 4:
+            with _PLANNING:
+                if not self._chosen:
+                    self._chosen = self._choose_format(x)
+        return self._run(x, self._chosen or "channels_last").contiguous()
+
+
+def network_signature(net: nn.Module) -> str:
+    """A short hash of a network's architecture (its module tree and parameter shapes, not their values)."""
+    shapes = ";".join(f"{name}:{tuple(t.shape)}" for name, t in (*net.named_parameters(), *net.named_buffers()))
+    return hashlib.sha1(f"{net!r}|{shapes}".encode()).hexdigest()[:16]
 
 
 def optimize_for_inference(
@@ -229,20 +341,23 @@ def optimize_for_inference(
     enabled: bool = True,
     fft_sizes: Sequence[int] = DEFAULT_FFT_SIZES,
     min_kernel_size: int = 7,
-    autotune: bool = False,
+    calibrate: bool = True,
     max_spectra_mb: float = 1024.0,
     retain_memory: bool = True,
+    memory_format: str | None = None,
 ) -> nn.Module:
     """An inference-only copy of ``net`` that computes the same function faster, on the device ``net`` is on.
 
-    The copy is in eval mode, runs without autograd and keeps its activations channels-last (faster for the
-    direct convolutions on the CPU and the layout the FFT convolutions work in; inputs and outputs keep the usual
-    shapes and are returned contiguous). BatchNorm layers that follow a 1x1 convolution in the
-    fusion modules are folded into it (exact), and every stride-1 "same" convolution, dense or depthwise, with a
-    kernel of at least ``min_kernel_size`` becomes an :class:`LargeKernelConv2d` that picks, on the first input of
-    each shape, the cheapest of the direct convolution and tiled FFT convolutions (by a cost model measured on a
-    2-core AVX-512 CPU, optionally confirmed by timing), and builds the kernel spectra it needs then, so the first
-    call with a new input shape is slower. ``net`` itself is not changed.
+    The copy is in eval mode and runs without autograd. BatchNorm layers that follow a 1x1 convolution in the fusion
+    modules are folded into it (exact), and every stride-1 "same" convolution, dense or depthwise, with a kernel of
+    at least ``min_kernel_size`` becomes an :class:`LargeKernelConv2d` that runs, per input shape, the fastest of the
+    direct convolution and tiled FFT convolutions. With ``calibrate`` (default) the choices, per layer and input
+    shape, and the network's memory format (channels-last or NCHW) are timed on the first input of each shape and
+    cached on disk per machine (CPU model, extensions, torch version, thread count), so they are measured once per
+    kind of machine and never taken from another CPU; without it a cost model decides (constants measured on one
+    CPU) and the network runs channels-last. The first call with a new input shape builds kernel spectra (and, when
+    not cached, measures), so it is slower. ``net`` itself is not changed; inputs and outputs keep the usual shapes
+    and the output is contiguous.
 
     Args:
         net: a network such as :class:`~monai_lkcfusion.networks.LKCFUNet` (any ``nn.Module`` works; only its
@@ -251,14 +366,19 @@ def optimize_for_inference(
             switch for callers.
         fft_sizes: tile (FFT) sizes to consider.
         min_kernel_size: convolutions with smaller kernels stay direct.
-        autotune: also time the shortlisted candidates on the first input of each shape (slow on a busy CPU: the
-            released network needs minutes to tune); by default the cost model alone decides.
+        calibrate: measure the per-layer choices and the memory format on this machine (cached); ``False`` uses
+            the cost model and channels-last.
         max_spectra_mb: per-layer memory cap of the cached kernel spectra (tile sizes above it are skipped).
         retain_memory: for a network on the CPU, call :func:`retain_freed_memory` (process-wide), which halves the
             optimised forward's time on the released network by avoiding page faults on every new activation.
+        memory_format: ``"channels_last"``, ``"contiguous"`` or ``"auto"`` (measured); default ``"auto"`` with
+            ``calibrate``, else ``"channels_last"``.
 
     Returns:
         the optimised network (an :class:`InferenceNetwork`), or the plain eval-mode copy.
+
+    Raises:
+        FusionInputError: an unknown ``memory_format``.
 
     Example::
 
@@ -268,6 +388,7 @@ def optimize_for_inference(
     plain = copy.deepcopy(net).eval()
     if not enabled:
         return plain
+    signature = network_signature(plain)
     plain.requires_grad_(False)
     if retain_memory and all(p.device.type == "cpu" for p in plain.parameters()):
         retain_freed_memory()
@@ -275,6 +396,7 @@ def optimize_for_inference(
     for parent in list(plain.modules()):
         for name, child in list(parent.named_children()):
             if fft_conv_supported(child) and child.kernel_size[0] >= min_kernel_size:
-                large = LargeKernelConv2d(child, fft_sizes, autotune=autotune, max_spectra_mb=max_spectra_mb)
+                large = LargeKernelConv2d(child, fft_sizes, calibrate=calibrate, max_spectra_mb=max_spectra_mb)
                 setattr(parent, name, large)
-    return InferenceNetwork(plain.to(memory_format=torch.channels_last)).eval()
+    chosen = memory_format or ("auto" if calibrate else "channels_last")
+    return InferenceNetwork(plain, memory_format=chosen, signature=signature).eval()
