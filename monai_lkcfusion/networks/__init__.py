@@ -20,7 +20,19 @@ from .convert import (
     read_state_dict,
     unwrap_state_dict,
 )
-from .fft_training import SpectralConv2d, spectral_conv2d, use_spectral_convolutions
+from .fft_training import (
+    SPECTRAL_POLICIES,
+    TIMINGS_CACHE,
+    ConvCase,
+    ConvTiming,
+    LayerChoice,
+    SpectralConv2d,
+    prefers_spectral,
+    spectral_conv2d,
+    spectral_layer_choice,
+    time_convolution,
+    use_spectral_convolutions,
+)
 from .lkcfunet import NETWORK_PRESETS, NORM_SCHEMES, NORM_SITES, LKCFUNet, resolve_norm_scheme
 from .loading import default_weights_path, infer_config, load_network, save_network
 from .calibration import ChoiceCache, cache_dir, fastest
@@ -36,8 +48,13 @@ __all__ = [
     "NORM_KINDS",
     "NORM_SCHEMES",
     "NORM_SITES",
+    "SPECTRAL_POLICIES",
+    "TIMINGS_CACHE",
+    "ConvCase",
+    "ConvTiming",
     "DropPath",
     "LKCFUNet",
+    "LayerChoice",
     "MultipathAdaptiveFusion",
     "RepLKBlock",
     "ResBlock",
@@ -53,11 +70,14 @@ __all__ = [
     "load_official_checkpoint",
     "official_config",
     "optimize_for_inference",
+    "prefers_spectral",
     "read_state_dict",
     "resolve_norm_scheme",
     "retain_freed_memory",
     "save_network",
     "spectral_conv2d",
+    "spectral_layer_choice",
+    "time_convolution",
     "unwrap_state_dict",
     "use_spectral_convolutions",
 ]
