@@ -1,32 +1,41 @@
-"""Time 3D fusion of a 256x256x100 MRI/PET volume pair on this machine's CPU.
+"""Fuse a 256x256x100 MRI/PET volume pair through ``lkcfusion fuse``: the fast path against the plain one, on a quiet
+CPU and with other CPU-bound jobs competing for it.
 
-Wall time depends on what else runs on the machine, so the process CPU time (all threads) is reported too;
-on an idle machine the wall time is about ``cpu_seconds / torch_threads``. The "small" LKC-FUNet preset fuses the 100 axial slices through ``monai_lkcfusion.inference.fuse`` (NIfTI files
-in, the PET on a coarser shifted grid so the resampling is timed too). Trained weights are used when
-``--weights`` (or the bundle's model) exists, otherwise random weights (the speed is the same).
+Each run is a fresh ``lkcfusion fuse`` process (start-up, NIfTI reading, resampling onto the MRI grid, the network,
+writing), with the shipped default model unless ``--weights`` says otherwise:
 
-    .venv/bin/python benchmarks/bench_volume.py [--preset small] [--batch-size 8] [--repeats 2] [--no-optimize]
+- ``plain``: ``--no-optimize``: the network as trained, one worker, PyTorch's default thread count;
+- ``fast``: the default: ``optimize_for_inference`` (choices measured once per machine and cached; a first run fills
+  the cache and is reported apart) and one single-thread worker per core.
+
+With ``--load N`` (default 2) both are run again while N other processes, two PyTorch threads each, multiply
+matrices in a loop. The fast outputs are compared with the plain ones (maximum difference over the output range).
+
+    .venv/bin/python benchmarks/bench_volume.py [--shape 256 256 100] [--repeats 2] [--load 2] [--weights FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
 
-from monai_lkcfusion.inference import fuse_files
-from monai_lkcfusion.networks import LKCFUNet, default_weights_path, load_network
+from monai_lkcfusion.machine import machine_summary
+
+LOAD_JOB = (
+    "import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\nwhile True:\n    b = a @ a\n"
+)
 
 
-def _write_pair(folder: Path, shape: tuple[int, int, int]) -> tuple[Path, Path]:
+def write_pair(folder: Path, shape: tuple[int, int, int]) -> tuple[Path, Path]:
+    """A synthetic head-like MRI and a coarser, shifted PET volume (so that resampling is timed too)."""
     rng = np.random.default_rng(0)
     grid = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij")
     radius = np.sqrt(sum(g**2 for g in grid))
@@ -44,40 +53,55 @@ def _write_pair(folder: Path, shape: tuple[int, int, int]) -> tuple[Path, Path]:
     return paths
 
 
+def fuse_seconds(pair: tuple[Path, Path], out: Path, options: list[str], weights: str | None) -> float:
+    """Wall seconds of one ``lkcfusion fuse`` process."""
+    command = [sys.executable, "-m", "monai_lkcfusion", "fuse", str(pair[0]), str(pair[1]), "-o", str(out),
+               "--overwrite", "--quiet", "--device", "cpu", *options, *(["--weights", weights] if weights else [])]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--weights", help="weights file (default: the bundle's model if present, else random)")
     parser.add_argument("--shape", type=int, nargs=3, default=(256, 256, 100))
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--no-optimize", action="store_true")
+    parser.add_argument("--load", type=int, default=2, help="competing processes (2 threads each); 0: none")
+    parser.add_argument("--weights", help="weights file (default: the bundle's model)")
     args = parser.parse_args()
 
-    weights = Path(args.weights) if args.weights else default_weights_path()
-    if weights.is_file():
-        net, source = load_network(weights), str(weights)
-    else:
-        torch.manual_seed(0)
-        net, source = LKCFUNet.from_preset(args.preset).eval(), f"random weights, preset {args.preset!r}"
-    times, cpu_times = [], []
+    print(f"before: {machine_summary()}")
+    paths = {"plain": ["--no-optimize"], "fast": []}
     with tempfile.TemporaryDirectory() as tmp:
-        mri, pet = _write_pair(Path(tmp), tuple(args.shape))
-        for i in range(args.repeats):
-            start, cpu_start = time.perf_counter(), time.process_time()
-            fuse_files(mri, pet, Path(tmp) / f"fused{i}.nii.gz", model=net, optimize=not args.no_optimize,
-                       device="cpu", batch_size=args.batch_size, progress=False)
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-        shape = nib.load(str(Path(tmp) / "fused0.nii.gz")).shape
-    print(json.dumps({
-        "volume": list(args.shape), "output_shape": list(shape), "model": source,
-        "parameters": sum(p.numel() for p in net.parameters()), "optimize": not args.no_optimize,
-        "batch_size": args.batch_size, "seconds": [round(t, 2) for t in times], "best_s": round(min(times), 2),
-        "cpu_seconds": [round(t, 2) for t in cpu_times],
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-    }, indent=2))
+        folder = Path(tmp)
+        pair = write_pair(folder, tuple(args.shape))
+        first = fuse_seconds(pair, folder / "first.nii.gz", paths["fast"], args.weights)
+        print(f"fast path, first run (fills the measured-choice cache if it was empty): {first:.1f} s")
+        quiet: dict[str, list[float]] = {name: [] for name in paths}
+        for _ in range(args.repeats):
+            for name, options in paths.items():
+                quiet[name].append(fuse_seconds(pair, folder / f"{name}.nii.gz", options, args.weights))
+        plain = nib.load(str(folder / "plain.nii.gz")).get_fdata()
+        fast = nib.load(str(folder / "fast.nii.gz")).get_fdata()
+        diff = np.abs(fast - plain).max() / max(plain.max() - plain.min(), 1e-12)
+        best = {name: min(times) for name, times in quiet.items()}
+        print(f"quiet, {args.shape[0]}x{args.shape[1]}x{args.shape[2]} volume, best of {args.repeats}: "
+              f"plain {best['plain']:.1f} s, fast {best['fast']:.1f} s: {best['plain'] / best['fast']:.2f}x; "
+              f"max difference {diff:.1e} of the range")
+        if args.load:
+            jobs = [subprocess.Popen([sys.executable, "-c", LOAD_JOB], env={**os.environ, "OMP_NUM_THREADS": "2"})
+                    for _ in range(args.load)]
+            try:
+                time.sleep(3)
+                loaded = {name: fuse_seconds(pair, folder / f"{name}_loaded.nii.gz", options, args.weights)
+                          for name, options in paths.items()}
+                print(f"during: {machine_summary()}")
+            finally:
+                for job in jobs:
+                    job.kill()
+            print(f"with {args.load} competing processes (2 threads each): "
+                  + ", ".join(f"{name} {t:.1f} s ({t / best[name]:.1f}x its quiet time)" for name, t in loaded.items()))
+    print(f"after: {machine_summary()}")
 
 
 if __name__ == "__main__":
