@@ -2,12 +2,13 @@
 
 For each preset (default: ``official`` and ``small``) and each path (plain eager fp32, optimised), a fresh
 subprocess builds the network from the same seed, times a 256x256 slice (best of ``--repeats``; the optimised path
-after one first call, timed separately, that plans the layers and builds the kernel spectra) and a volume of
+after one first call, timed separately, that measures the layer choices (with an empty measured-choice cache,
+as on a new machine, unless ``--keep-cache``) and builds the kernel spectra) and a volume of
 ``--volume-slices`` slices fused in batches of ``--batch-size``, and reports its peak RSS. A plain volume whose
 per-slice estimate exceeds ``--max-volume-seconds`` is extrapolated from the slice time instead of run (marked in
 the table). The table, with the multiply-accumulate count of the network, this machine's measured fp32/bf16 matmul
-peaks and the maximum output difference, is printed and written into ``docs/performance.md`` between the
-``bench_inference`` markers.
+peaks, the CPU model, its extensions and the load, and the maximum output difference, is printed and written into
+``docs/performance.md`` between the ``bench_inference`` markers.
 
     .venv/bin/python benchmarks/bench_inference.py [--presets official small] [--volume-slices 64] [--no-doc]
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from monai_lkcfusion.machine import machine_summary
 from monai_lkcfusion.networks import LKCFUNet, optimize_for_inference
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
@@ -120,11 +121,11 @@ def table(args: argparse.Namespace, rows: dict, out_dir: Path) -> str:
     """The results as a Markdown section."""
     f32, bf16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     lines = [
-        f"Measured on {platform.processor() or platform.machine()} with {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, on {time.strftime('%Y-%m-%d %H:%M')}; "
+        f"Measured on {time.strftime('%Y-%m-%d %H:%M')}: {machine_summary()} (at the end); "
         f"`{' '.join(sys.argv)}`. Measured matmul peak (4096^3): fp32 {f32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s. "
-        f"Load average {os.getloadavg()[0]:.1f} at the end; times are the best of the repeats, each path in a fresh "
-        "process (the optimised one with `retain_freed_memory()`, the plain one with the default allocator).",
+        "Times are the best of the repeats, each path in a fresh process (the optimised one with "
+        "`retain_freed_memory()`, the plain one with the default allocator)"
+        + ("." if args.keep_cache else "; the optimised first call measured every choice (empty cache)."),
         "",
         f"| preset | conv GMAC / {args.size}^2 slice | path | slice s | speed-up | volume ({args.volume_slices} "
         f"slices, batch {args.batch_size}) s | speed-up | first call s | peak RSS MB | max diff / range |",
@@ -156,6 +157,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-volume-seconds", type=float, default=600.0)
     parser.add_argument("--no-doc", action="store_true", help="print the table without writing docs/performance.md")
+    parser.add_argument("--keep-cache", action="store_true",
+                        help="use this machine's measured-choice cache (default: an empty one, as on a new machine)")
     parser.add_argument("--worker", nargs=3, metavar=("PRESET", "OPTIMIZED", "OUT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -163,12 +166,14 @@ def main() -> None:
         preset, optimized, out_dir = args.worker
         print(json.dumps(worker(preset, optimized == "1", args, Path(out_dir))))
         return
+    print(machine_summary(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ} if args.keep_cache else {**os.environ, "LKCFUSION_CACHE_DIR": str(Path(tmp) / "cache")}
         rows = {}
         for preset in args.presets:
             for optimized in (False, True):
                 command = [sys.executable, __file__, "--worker", preset, str(int(optimized)), tmp, *sys.argv[1:]]
-                done = subprocess.run(command, check=True, capture_output=True, text=True)
+                done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
                 rows[(preset, optimized)] = json.loads(done.stdout.strip().splitlines()[-1])
                 print(preset, "optimised" if optimized else "plain", rows[(preset, optimized)], flush=True)
         section = table(args, rows, Path(tmp))

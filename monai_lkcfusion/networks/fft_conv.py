@@ -170,8 +170,9 @@ class FFTConv2d(nn.Module):
         padded[:, pad : pad + height, pad : pad + width] = x.permute(0, 2, 3, 1)  # (B, H', W', C_in)
         tiles = padded.unfold(1, n, step).unfold(2, n, step)  # (B, rows, cols, C_in, N, N) view
         count = batch * rows * cols
-        tiles = tiles.permute(0, 1, 2, 4, 5, 3).reshape(count, n, n, c_in)  # (T, N, N, C_in)
-        spec = _rfft2(tiles, (1, 2))  # (T, N, N // 2 + 1, C_in)
+        # the FFT reads the overlapping tiles straight from the padded image (a strided view, no tile copy)
+        spec = _rfft2(tiles.permute(0, 1, 2, 4, 5, 3), (3, 4))  # (B, rows, cols, N, N // 2 + 1, C_in)
+        spec = spec.view(count, n, n // 2 + 1, c_in)  # (T, N, N // 2 + 1, C_in)
         if self.depthwise:
             mixed = spec.mul_(self.spectra)  # (T, N, N // 2 + 1, C)
             if self.bias is not None:  # a constant per channel: added to the zero-frequency bin

@@ -46,6 +46,7 @@ _COST_FFT = 24.0  # per (tile pixel x log2 of the tile area) of one channel's fo
 _COST_MIX = 14.0  # per complex multiply-add of the per-frequency channel mixing
 _COST_DEPTHWISE_DIRECT = 100.0  # per multiply-add of a direct depthwise convolution
 _SHORTLIST = 4.0  # time every tile size whose modelled cost is within this factor of the cheapest
+_DIRECT_SHORTLIST = 8.0  # time a dense direct convolution modelled within this factor of the cheapest FFT
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 PLAN_CACHE = ChoiceCache("inference_plans")
@@ -126,9 +127,9 @@ def _format_name(x: torch.Tensor) -> str:
 class LargeKernelConv2d(nn.Module):
     """A large-kernel convolution that runs, per input shape, the fastest of direct and tiled FFT convolution.
 
-    On the first input of a given (batch, height, width, device, memory format) the candidates are the direct
-    convolution and :class:`~monai_lkcfusion.networks.fft_conv.FFTConv2d` with each tile size whose modelled cost
-    is within a factor 4 of the cheapest. With ``calibrate`` they are timed on that input (once per machine: the
+    On the first input of a given (batch, height, width, device, memory format) the candidates are
+    :class:`~monai_lkcfusion.networks.fft_conv.FFTConv2d` with each tile size whose modelled cost is within a factor 4
+    of the cheapest, and the direct convolution (for a dense layer only if modelled within a factor 8). With ``calibrate`` they are timed on that input (once per machine: the
     winner is kept in ``cache``, keyed by the CPU, torch version, thread count, layer and shape); without it the cost
     model's cheapest is taken. The choice is used for every later input of that shape, and the output has the input's
     memory format. Kernel spectra are kept only for the tile sizes in use.
@@ -223,7 +224,13 @@ class LargeKernelConv2d(nn.Module):
             costs[0] = self.modelled_cost(batch, height, width, 0)
             return min(costs, key=costs.__getitem__)
         cheapest = min(costs.values())
-        shortlist = [0, *sorted(n for n, cost in costs.items() if cost <= _SHORTLIST * cheapest)]
+        shortlist = sorted(n for n, cost in costs.items() if cost <= _SHORTLIST * cheapest)
+        # the direct convolution is timed too, unless it is a dense layer the model puts far behind (the model is
+        # close for dense layers, but not for depthwise ones, whose direct speed varies most between CPUs)
+        if self.conv.groups > 1 or self.modelled_cost(batch, height, width, 0) <= _DIRECT_SHORTLIST * cheapest:
+            shortlist.insert(0, 0)
+        if len(shortlist) == 1:
+            return shortlist[0]
         key = self.cache_key(x)
         cached = self.cache.get(key)
         if isinstance(cached, int) and cached in shortlist:
