@@ -69,14 +69,17 @@ def _rfft2(x: torch.Tensor, dims: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(scipy.fft.rfft2(x.detach().numpy(), axes=dims, workers=torch.get_num_threads()))
 
 
-def _irfft2(spec: torch.Tensor, size: int, dims: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`_rfft2` to ``size x size`` real outputs; ``spec`` may be overwritten."""
+def _irfft2(spec: torch.Tensor, size: int, dims: tuple[int, int], first_row: int = 0) -> torch.Tensor:
+    """Inverse of :func:`_rfft2` to real outputs of ``size`` columns and rows ``first_row:size`` (overlap-save keeps
+    only those); ``spec`` may be overwritten."""
     if spec.device.type != "cpu":
-        return torch.fft.irfft2(spec, s=(size, size), dim=dims)
+        return torch.fft.irfft2(spec, s=(size, size), dim=dims).narrow(dims[0], first_row, size - first_row)
     workers = torch.get_num_threads()
-    # two 1D passes with overwrite: measured faster than scipy's irfft2, which copies its input first
+    # two 1D passes with overwrite (measured faster than scipy's irfft2, which copies its input first); the second
+    # transforms only the rows that are kept
     half = scipy.fft.ifft(spec.numpy(), axis=dims[0], workers=workers, overwrite_x=True)
-    return torch.from_numpy(scipy.fft.irfft(half, n=size, axis=dims[1], workers=workers, overwrite_x=True))
+    rows = half[(slice(None),) * dims[0] + (slice(first_row, None),)]
+    return torch.from_numpy(scipy.fft.irfft(rows, n=size, axis=dims[1], workers=workers, overwrite_x=True))
 
 
 def _untile(tiles: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -177,13 +180,13 @@ class FFTConv2d(nn.Module):
             mixed = spec.mul_(self.spectra)  # (T, N, N // 2 + 1, C)
             if self.bias is not None:  # a constant per channel: added to the zero-frequency bin
                 mixed[:, 0, 0] += self.bias * (n * n)
-            y = _irfft2(mixed, n, (1, 2))  # (T, N, N, C)
-            valid = y[:, k - 1 :, k - 1 :].view(batch, rows, cols, step, step, -1).permute(0, 1, 3, 2, 4, 5)
+            y = _irfft2(mixed, n, (1, 2), first_row=k - 1)  # (T, step, N, C)
+            valid = y[:, :, k - 1 :].view(batch, rows, cols, step, step, -1).permute(0, 1, 3, 2, 4, 5)
         else:
             # per frequency, (T, C_in) @ (C_in, C_out): the left side is a strided view of the spectra
             mixed = torch.bmm(spec.reshape(count, -1, c_in).transpose(0, 1), self.spectra)  # (F, T, C_out)
             if self.bias is not None:
                 mixed[0] += self.bias * (n * n)
-            y = _irfft2(mixed.view(n, n // 2 + 1, count, -1), n, (0, 1))  # (N, N, T, C_out)
-            valid = y[k - 1 :, k - 1 :].view(step, step, batch, rows, cols, -1).permute(2, 3, 0, 4, 1, 5)
+            y = _irfft2(mixed.view(n, n // 2 + 1, count, -1), n, (0, 1), first_row=k - 1)  # (step, N, T, C_out)
+            valid = y[:, k - 1 :].view(step, step, batch, rows, cols, -1).permute(2, 3, 0, 4, 1, 5)
         return _untile(valid, height, width)  # valid: (B, rows, step, cols, step, C_out)
