@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from scipy.ndimage import uniform_filter
 from scipy.signal import convolve2d
 from sklearn.metrics import mutual_info_score
 
+from monai_lkcfusion.machine import machine_summary
 from monai_lkcfusion.metrics import compute_fusion_metrics
 from monai_lkcfusion.metrics.folders import read_gray
 
@@ -144,6 +146,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=1, help="images per vectorised step")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/harvard_xg")
     args = parser.parse_args()
+    print(f"machine: {machine_summary()}")
     triples, source = load_triples(args.data, args.pairs)
     batch = torch.from_numpy(triples.astype(np.float64))
     f, a, b = batch[:, :1], batch[:, 1:2], batch[:, 2:3]
@@ -167,6 +170,7 @@ def main() -> None:
     print(f"reference (per image, NumPy/SciPy): {t_ref:.2f} s ({t_ref / args.pairs * 1000:.0f} ms/pair)")
     print(f"batched (monai_lkcfusion.metrics):  {t_ours:.2f} s ({t_ours / args.pairs * 1000:.1f} ms/pair)")
     print(f"speed-up: {t_ref / t_ours:.1f}x (best of {args.repeats}); max relative difference {worst:.1e}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min)")
 
 
 if __name__ == "__main__":

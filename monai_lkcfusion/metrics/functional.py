@@ -137,17 +137,32 @@ def _gray_scale(image: ImageLike, name: str, input_scale: float | None) -> Image
             f"{tuple(tensor.shape)} (score a volume slice by slice)"
         )
     if scale is None:
-        finite = tensor[torch.isfinite(tensor)] if tensor.is_floating_point() else None
-        if finite is not None and finite.numel() and 0.0 <= float(finite.min()) and float(finite.max()) <= 1.0:
-            if bool((finite != finite.round()).any()):
-                raise FusionInputError(
-                    f"{name}: values lie in [0, 1], not on the 8-bit gray scale [0, 255] of the metrics; "
-                    "pass input_scale=255 (or multiply by 255)"
-                )
+        if _unit_range_fractions(tensor):
+            raise FusionInputError(
+                f"{name}: values lie in [0, 1], not on the 8-bit gray scale [0, 255] of the metrics; "
+                "pass input_scale=255 (or multiply by 255)"
+            )
         if not channel_first:
             return image
     scaled = tensor.to(torch.float64) * (1.0 if scale is None else scale)
     return gray8(scaled) if channel_first else scaled.clamp(0.0, 255.0).round()
+
+
+def _unit_range_fractions(tensor: torch.Tensor) -> bool:
+    """Whether the finite values of a floating-point ``tensor`` all lie in [0, 1] and are not all integers.
+
+    One min/max pass decides for the usual 8-bit or finite input; only a non-finite value needs the masked copy.
+    """
+    if not tensor.is_floating_point() or not tensor.numel():
+        return False
+    lo, hi = (float(v) for v in torch.aminmax(tensor))
+    finite = tensor
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        finite = tensor[torch.isfinite(tensor)]
+        if not finite.numel():
+            return False
+        lo, hi = (float(v) for v in torch.aminmax(finite))
+    return 0.0 <= lo and hi <= 1.0 and bool((finite != finite.round()).any())
 
 
 def _chunk_metrics(

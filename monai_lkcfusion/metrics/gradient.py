@@ -36,13 +36,14 @@ def qabf(fused: torch.Tensor, mri: torch.Tensor, other: torch.Tensor) -> torch.T
         (B,) float64 tensor, or a float for a single image.
     """
     b = fused.shape[0]
-    gx, gy = sobel_gradients(torch.cat([fused, mri, other]).float(), "constant")  # (3B, 1, H, W) each, float32 as the reference
+    # (3B, 1, H, W) each, float32 as the reference
+    gx, gy = sobel_gradients(torch.cat([fused, mri, other]).float(), "constant")
     strength = torch.sqrt(gx * gx + gy * gy)
     angle = torch.where(gx == 0, math.pi / 2, torch.atan(gy / torch.where(gx == 0, 1.0, gx)))
     g_f, g_s = strength[:b], strength[b:].reshape(2, b, *strength.shape[1:])
     a_f, a_s = angle[:b], angle[b:].reshape(2, b, *angle.shape[1:])
-    ratio = torch.where(g_s > g_f, g_f / torch.where(g_s > 0, g_s, 1.0), g_s / torch.where(g_f > 0, g_f, 1.0))
-    ratio = torch.where(g_s == g_f, g_f.expand_as(g_s), ratio)
+    # min / max of the two strengths; where they are equal (0 / 0 included) the reference takes g_F
+    ratio = torch.where(g_s == g_f, g_f, torch.minimum(g_s, g_f) / torch.maximum(g_s, g_f))
     alignment = 1 - (a_s - a_f).abs() / (math.pi / 2)
     q = _sigmoid_gain(ratio, 0.9994, -15.0, 0.5) * _sigmoid_gain(alignment, 0.9879, -22.0, 0.8)  # (2, B, 1, H, W)
     num = (q * g_s).double().sum(dim=(0, 2, 3, 4))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -20,6 +21,13 @@ def _plogp(p: torch.Tensor) -> torch.Tensor:
     return p * torch.log(torch.where(p > 0, p, 1.0))
 
 
+@functools.lru_cache(maxsize=4)
+def _count_log_count(n: int, device: torch.device) -> torch.Tensor:
+    """(n + 1,) float64 table of c log c (natural log) for the counts c = 0..n, with 0 log 0 = 0."""
+    counts = torch.arange(n + 1, dtype=torch.float64, device=device)
+    return _plogp(counts)
+
+
 def _pairwise_mutual_information(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mutual information (nats) of each row pair of ``a`` and ``b``, (P, N) each, over their distinct values.
 
@@ -28,7 +36,8 @@ def _pairwise_mutual_information(a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     """
     p, n = a.shape
     both = torch.cat([a, b])
-    if bool(((both == both.round()) & (both >= 0) & (both <= 255)).all()):
+    lo, hi = (float(v) for v in torch.aminmax(both))
+    if 0 <= lo and hi <= 255 and torch.equal(both, both.round()):
         inverse, k = both.to(torch.int64), 256  # 8-bit images: the levels are the labels
     else:
         levels, inverse = torch.unique(both, return_inverse=True)
@@ -36,10 +45,11 @@ def _pairwise_mutual_information(a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     la, lb = inverse[:p], inverse[p:]  # (P, N) labels in [0, K)
     if p * k * k <= _DENSE_BINS:
         keys = (torch.arange(p, device=a.device).unsqueeze(1) * k + la) * k + lb
-        joint = torch.bincount(keys.reshape(-1), minlength=p * k * k).reshape(p, k, k).to(torch.float64) / n
-        pa, pb = joint.sum(dim=2), joint.sum(dim=1)
-        mi = _plogp(joint).sum(dim=(1, 2)) - _plogp(pa).sum(dim=1) - _plogp(pb).sum(dim=1)
-        return mi.clamp_min(0.0)
+        joint = torch.bincount(keys.reshape(-1), minlength=p * k * k).reshape(p, k, k)  # (P, K, K) counts
+        # MI = log n + (sum c_ab log c_ab - sum c_a log c_a - sum c_b log c_b) / n over the counts c
+        table = _count_log_count(n, a.device)
+        total = table[joint].sum(dim=(1, 2)) - table[joint.sum(dim=2)].sum(dim=1) - table[joint.sum(dim=1)].sum(dim=1)
+        return (math.log(n) + total / n).clamp_min(0.0)
     values = []
     for row_a, row_b in zip(la, lb):
         keys, counts = torch.unique(row_a * k + row_b, return_counts=True)

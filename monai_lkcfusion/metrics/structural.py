@@ -13,21 +13,39 @@ __all__ = ["structural_similarity", "multiscale_structural_similarity", "MS_SSIM
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
-def _box_mean(images: torch.Tensor, size: int) -> torch.Tensor:
+def _window_sum(planes: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Sums of ``size`` consecutive values along ``dim`` over the 'valid' region, by doubling (7 values: 4 adds).
+
+    Sums of blocks of 1, 2, 4, ... values are added for the set bits of ``size``; the order of the additions
+    differs from a left-to-right sum, which does not matter where the sums are exact (see :func:`_box_mean`).
+    """
+    n = planes.shape[dim] - size + 1
+    block, width, offset = planes, 1, 0  # block[i] = sum of planes[i : i + width]
+    total = None
+    while True:
+        if size & width:
+            part = block.narrow(dim, offset, n)
+            total = part.clone() if total is None else total.add_(part)
+            offset += width
+        if 2 * width > size:
+            return total
+        length = block.shape[dim] - width
+        block = block.narrow(dim, 0, length) + block.narrow(dim, width, length)
+        width *= 2
+
+
+def _box_mean(planes: torch.Tensor, size: int) -> torch.Tensor:
     """Uniform ``size`` x ``size`` mean over the 'valid' region of float32 planes (..., H, W).
 
     Like ``scipy.ndimage.uniform_filter`` on float32: one pass per axis (rows first), each summed in float64 and
-    stored as float32.
+    divided by ``size`` in float64, stored as float32. The second pass's float64 sums of float32 means are exact.
+    Integer planes below 2^24 / ``size`` (8-bit images, their squares and products) have exact float32 sums too,
+    and a float32 division of exact operands rounds as the float64 division rounded to float32 does, so their
+    first pass runs in float32 with the same result.
     """
-    out = images
-    for dim in (-2, -1):
-        wide = out.double()
-        n = wide.shape[dim] - size + 1
-        total = wide.narrow(dim, 0, n).clone()
-        for offset in range(1, size):
-            total += wide.narrow(dim, offset, n)
-        out = (total / size).float()
-    return out
+    integer = bool(planes.abs().amax() * size < 2**24) and torch.equal(planes, planes.round())
+    first = _window_sum(planes if integer else planes.double(), size, -2).div_(size).float()
+    return _window_sum(first.double(), size, -1).div_(size).float()
 
 
 def _ssim_per_source(fused: torch.Tensor, sources: torch.Tensor, data_range: float, window: int) -> torch.Tensor:

@@ -20,20 +20,95 @@ def _gaussian_1d(scale: int, dtype: torch.dtype, device: torch.device) -> torch.
     return g / g.sum()
 
 
-def _filter_valid(images: torch.Tensor, kernel_1d: torch.Tensor) -> torch.Tensor:
-    """Correlate (..., H, W) planes with ``outer(kernel_1d, kernel_1d)``, keeping the 'valid' region.
+def _fft_length(n: int) -> int:
+    """The smallest 2^a 3^b >= ``n``: an FFT length without large prime factors."""
+    length = n
+    while True:
+        rest = length
+        for factor in (2, 3):
+            while rest % factor == 0:
+                rest //= factor
+        if rest == 1:
+            return length
+        length += 1
 
-    Computed as a float64 circular convolution by FFT at the image size: the wrapped-around part is exactly the
-    border that 'valid' drops. The round-off (about 1e-16 of the largest squared value, below 1e-10 for centred
-    8-bit images) only matters next to VIF's 1e-10 thresholds, where every term it could change is that small.
+
+def _filter_fft(real: torch.Tensor, imag: torch.Tensor, kernel_1d: torch.Tensor) -> torch.Tensor:
+    """Correlate two stacks of (..., h, w) planes with ``outer(kernel_1d, kernel_1d)`` by FFT, 'valid' region.
+
+    The stacks are the real and imaginary parts of one complex float64 circular convolution (the kernel is real,
+    so the parts do not mix), at a zero-padded fast FFT length: the wrapped-around part is exactly the border
+    that 'valid' drops. The round-off is about 1e-16 of the largest value of a plane, wherever the pixel is.
+
+    Returns:
+        (..., h - k + 1, w - k + 1) complex planes: filtered ``real`` + i filtered ``imag``, k = ``kernel_1d.numel()``.
     """
-    h, w = images.shape[-2:]
+    h, w = real.shape[-2:]
     k = kernel_1d.numel()
+    size = (_fft_length(h), _fft_length(w))
     flipped = kernel_1d.flip(0)
-    padded = torch.zeros(h, w, dtype=images.dtype, device=images.device)
-    padded[:k, :k] = torch.outer(flipped, flipped)
-    filtered = torch.fft.irfft2(torch.fft.rfft2(images) * torch.fft.rfft2(padded), s=(h, w))
-    return filtered[..., k - 1 :, k - 1 :]
+    kernel = torch.fft.fft(flipped, n=size[0]).unsqueeze(1) * torch.fft.fft(flipped, n=size[1]).unsqueeze(0)
+    filtered = torch.fft.ifft2(torch.fft.fft2(torch.complex(real, imag), s=size) * kernel)
+    return filtered[..., k - 1 : h, k - 1 : w]
+
+
+def _filter_direct(planes: torch.Tensor, kernel_1d: torch.Tensor, step: int = 1) -> torch.Tensor:
+    """Correlate (..., h, w) planes with ``outer(kernel_1d, kernel_1d)``, keeping every ``step``-th 'valid' pixel.
+
+    Weighted sums of shifted slices, one axis at a time (rows first, so that ``step`` drops rows before the
+    second pass): the round-off of a pixel is relative to its own window's values, as in ``convolve2d``, and a
+    window of zeros gives exactly 0.
+
+    Returns:
+        (..., (h - k) // step + 1, (w - k) // step + 1) filtered planes, k = ``kernel_1d.numel()``.
+    """
+    k = kernel_1d.numel()
+    weights = kernel_1d.tolist()
+    out = planes
+    for dim in (planes.ndim - 2, planes.ndim - 1):
+        n = (out.shape[dim] - k) // step + 1
+        index = [slice(None)] * out.ndim
+
+        def shifted(offset: int) -> torch.Tensor:
+            index[dim] = slice(offset, offset + step * (n - 1) + 1, step)
+            return out[tuple(index)]
+
+        total = shifted(0) * weights[0]
+        for offset in range(1, k):
+            total.add_(shifted(offset), alpha=weights[offset])
+        out = total
+    return out
+
+
+def _scale_terms(
+    mu: torch.Tensor, sq: torch.Tensor, cross: torch.Tensor, noise_var: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VIF's numerator and denominator sums of one scale from the local means of the moment planes.
+
+    Args:
+        mu: (B, 3, h, w) local means of MRI, other, F.
+        sq: (B, 3, h, w) local means of their squares.
+        cross: (B, 2, h, w) local means of MRI * F and other * F.
+        noise_var: the HVS noise variance sigma_n^2.
+
+    Returns:
+        Numerator and denominator, (B, 2) each (one column per source).
+    """
+    mu1, mu2 = mu[:, :2], mu[:, 2:]
+    sigma1_sq = (sq[:, :2] - mu1 * mu1).clamp_min(0.0)  # (B, 2, h, w)
+    sigma2_sq = (sq[:, 2:] - mu2 * mu2).clamp_min(0.0)  # (B, 1, h, w)
+    sigma12 = cross - mu1 * mu2
+    # the reference's clipping, in its order: flat reference, then flat distorted image, then negative gain
+    flat_ref, flat_dist = sigma1_sq < _EPS, sigma2_sq < _EPS
+    g = sigma12 / (sigma1_sq + _EPS)
+    sv_sq = torch.where(flat_dist, 0.0, torch.where(flat_ref, sigma2_sq, sigma2_sq - g * sigma12))
+    g = torch.where(flat_ref | flat_dist, 0.0, g)
+    sv_sq = torch.where(g < 0, sigma2_sq, sv_sq).clamp_min(_EPS)
+    g = g.clamp_min(0.0)
+    sigma1_sq = torch.where(flat_ref, 0.0, sigma1_sq)
+    num = torch.log10(1 + g * g * sigma1_sq / (sv_sq + noise_var)).sum(dim=(2, 3))
+    den = torch.log10(1 + sigma1_sq / noise_var).sum(dim=(2, 3))
+    return num, den
 
 
 @batched_metric
@@ -46,6 +121,12 @@ def visual_information_fidelity(
     (sigma N/5), 'valid' filtering, downsampling by 2 after filtering at scales 2-4, sigma_n^2 = ``noise_var``,
     and the same clipping of the local gains/variances (eps 1e-10). A reference with no local variance at any
     scale (0/0) gives 1, as in that code.
+
+    The first, largest scale is filtered by FFT, on images centred on their mean (a constant image gives exactly
+    0): the local variances of 8-bit images are 0 or far above the 1e-10 thresholds, so the FFT's round-off (about
+    1e-16 of a plane's largest value) moves none across them. The filtered, downsampled images of the later scales
+    have Gaussian-tail variances near 1e-10, so they are filtered directly, with round-off relative to each
+    window's own values as in the reference.
 
     Args:
         fused: (B, 1, H, W) batch or (H, W) image on [0, 255], H and W at least 41.
@@ -60,31 +141,18 @@ def visual_information_fidelity(
     if min(fused.shape[-2:]) < 41:  # room for the four scales' 'valid' windows
         raise FusionInputError(f"VIF needs images of at least 41x41 pixels, got {tuple(fused.shape[-2:])}")
     images = torch.cat([mri, other, fused], dim=1)  # (B, 3, H, W): two references, one distorted image
-    num = torch.zeros(images.shape[0], 2, dtype=torch.float64, device=images.device)
-    den = torch.zeros_like(num)
-    for scale in range(1, 5):
+    win = _gaussian_1d(1, images.dtype, images.device)
+    c = images - images.mean(dim=(2, 3), keepdim=True)  # (co)variances do not change with an offset
+    # means of the images and MRI * F (real), of their squares and other * F (imaginary): (B, 4, h, w) each
+    stats = _filter_fft(torch.cat([c, c[:, :1] * c[:, 2:]], 1), torch.cat([c * c, c[:, 1:2] * c[:, 2:]], 1), win)
+    cross = torch.stack([stats.real[:, 3], stats.imag[:, 3]], dim=1)
+    num, den = _scale_terms(stats.real[:, :3], stats.imag[:, :3], cross, noise_var)  # (B, 2) each
+    for scale in range(2, 5):
         win = _gaussian_1d(scale, images.dtype, images.device)
-        if scale > 1:
-            images = _filter_valid(images, win)[..., ::2, ::2]
-        # (co)variances do not change with an offset: centring each image keeps the FFT round-off at the scale of
-        # its contrast (a constant image gives exactly 0), not of its brightness
-        centred = images - images.mean(dim=(2, 3), keepdim=True)
-        ref, dist = centred[:, :2], centred[:, 2:]
-        stats = _filter_valid(torch.cat([centred, centred * centred, ref * dist], dim=1), win)  # (B, 8, h, w)
-        mu, sq, cross = stats[:, :3], stats[:, 3:6], stats[:, 6:]
-        mu1, mu2 = mu[:, :2], mu[:, 2:]
-        sigma1_sq = (sq[:, :2] - mu1 * mu1).clamp_min(0.0)  # (B, 2)
-        sigma2_sq = (sq[:, 2:] - mu2 * mu2).clamp_min(0.0)  # (B, 1)
-        sigma12 = cross - mu1 * mu2
-        # the reference's clipping, in its order: flat reference, then flat distorted image, then negative gain
-        flat_ref, flat_dist = sigma1_sq < _EPS, sigma2_sq < _EPS
-        g = sigma12 / (sigma1_sq + _EPS)
-        sv_sq = torch.where(flat_dist, 0.0, torch.where(flat_ref, sigma2_sq, sigma2_sq - g * sigma12))
-        g = torch.where(flat_ref | flat_dist, 0.0, g)
-        sv_sq = torch.where(g < 0, sigma2_sq, sv_sq).clamp_min(_EPS)
-        g = g.clamp_min(0.0)
-        sigma1_sq = torch.where(flat_ref, 0.0, sigma1_sq)
-        num += torch.log10(1 + g * g * sigma1_sq / (sv_sq + noise_var)).sum(dim=(2, 3))
-        den += torch.log10(1 + sigma1_sq / noise_var).sum(dim=(2, 3))
+        images = _filter_direct(images, win, step=2)
+        products = images[:, :2] * images[:, 2:]
+        stats = _filter_direct(torch.cat([images, images * images, products], dim=1), win)  # (B, 8, h, w)
+        scale_num, scale_den = _scale_terms(stats[:, :3], stats[:, 3:6], stats[:, 6:], noise_var)
+        num, den = num + scale_num, den + scale_den
     vif = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 1.0)  # den = 0 implies num = 0
     return reduce_sources(vif, reduction)

@@ -1,0 +1,138 @@
+"""The fast paths of the batched metrics against straightforward per-image NumPy/SciPy evaluators.
+
+VIF filters its first scale by FFT and the later scales directly, SSIM sums integer images in float32, and MI
+counts with a table of c log c: each is compared with the literature's way of computing the metric, on images
+made here (with black backgrounds, where VIF's 1e-10 thresholds decide) and on Harvard pairs when present.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import uniform_filter
+from scipy.signal import convolve2d
+from sklearn.metrics import mutual_info_score
+
+from monai_lkcfusion.metrics import mutual_information, structural_similarity, visual_information_fidelity
+from monai_lkcfusion.metrics.folders import read_gray
+from monai_lkcfusion.metrics.structural import _box_mean
+from monai_lkcfusion.metrics.vif import _fft_length
+
+
+def _vif_reference(ref: np.ndarray, dist: np.ndarray) -> float:
+    """``vifp_mscale`` with full 2D windows and ``convolve2d``, as in the literature's evaluator."""
+    num = den = 0.0
+    for scale in range(1, 5):
+        n = 2 ** (5 - scale) + 1
+        half = (n - 1) / 2
+        yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+        win = np.exp(-(xx * xx + yy * yy) / (2 * (n / 5.0) ** 2))
+        win /= win.sum()
+        if scale > 1:
+            ref = convolve2d(ref, win, mode="valid")[::2, ::2]
+            dist = convolve2d(dist, win, mode="valid")[::2, ::2]
+        mu1, mu2 = convolve2d(ref, win, mode="valid"), convolve2d(dist, win, mode="valid")
+        s1 = np.maximum(convolve2d(ref * ref, win, mode="valid") - mu1 * mu1, 0)
+        s2 = np.maximum(convolve2d(dist * dist, win, mode="valid") - mu2 * mu2, 0)
+        s12 = convolve2d(ref * dist, win, mode="valid") - mu1 * mu2
+        g = s12 / (s1 + 1e-10)
+        sv = s2 - g * s12
+        flat = s1 < 1e-10
+        g[flat], sv[flat], s1[flat] = 0, s2[flat], 0
+        g[s2 < 1e-10], sv[s2 < 1e-10] = 0, 0
+        sv[g < 0] = s2[g < 0]
+        g[g < 0] = 0
+        sv[sv <= 1e-10] = 1e-10
+        num += np.sum(np.log10(1 + g * g * s1 / (sv + 2)))
+        den += np.sum(np.log10(1 + s1 / 2))
+    return 1.0 if den == 0 else num / den
+
+
+def _ssim_reference(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
+    """scikit-image's SSIM defaults on float32 images (7x7 ``uniform_filter``, sample covariance)."""
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    ux, uy = uniform_filter(x, 7), uniform_filter(y, 7)
+    uxx, uyy, uxy = uniform_filter(x * x, 7), uniform_filter(y * y, 7), uniform_filter(x * y, 7)
+    c = 49 / 48
+    vx, vy, vxy = c * (uxx - ux * ux), c * (uyy - uy * uy), c * (uxy - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return float(s[3:-3, 3:-3].mean(dtype=np.float64))
+
+
+def _labels(image: np.ndarray) -> np.ndarray:
+    """The flattened image as integer labels, one per distinct value (what ``mutual_info_score`` bins by)."""
+    return np.unique(image, return_inverse=True)[1].ravel()
+
+
+def _scan_like(seed: int, size: int = 96) -> np.ndarray:
+    """An 8-bit slice-like image: a textured disc on a black background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    inside = (yy - size / 2) ** 2 + (xx - size / 2 - 3 * seed) ** 2 < (size / 3) ** 2
+    texture = 110 + 90 * np.sin(xx / (2 + seed)) * np.cos(yy / 4) + rng.normal(0, 15, (size, size))
+    return np.where(inside, np.clip(np.round(texture), 0, 255), 0.0)
+
+
+def _triples(offset: float = 0.0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    triples = []
+    for seed in range(3):
+        a, b = _scan_like(seed) + offset, _scan_like(seed + 3)
+        triples.append((np.maximum(a, b), a, b))
+    return triples
+
+
+def _compare(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rel: float) -> None:
+    f, a, b = (torch.from_numpy(np.stack([t[i] for t in triples])[:, None].astype(np.float64)) for i in range(3))
+    vif = visual_information_fidelity(f, a, b)
+    ssim = {r: structural_similarity(f, a, b, data_range=r) for r in (255.0, 2.0)}
+    mi = mutual_information(f, a, b)
+    for i, (fi, ai, bi) in enumerate(triples):
+        assert float(vif[i]) == pytest.approx(_vif_reference(ai, fi) + _vif_reference(bi, fi), rel=rel)
+        for r, values in ssim.items():
+            expected = _ssim_reference(fi, ai, r) + _ssim_reference(fi, bi, r)
+            assert float(values[i]) == pytest.approx(expected, rel=rel), r
+        expected_mi = mutual_info_score(_labels(fi), _labels(ai)) + mutual_info_score(_labels(fi), _labels(bi))
+        assert float(mi[i]) == pytest.approx(expected_mi, rel=1e-12)
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.25])
+def test_fast_paths_match_reference_on_made_up_scans(offset):
+    """8-bit scans (SSIM's float32 sums, MI's count table) and off-grid values (the general paths)."""
+    _compare(_triples(offset), rel=1e-6)
+
+
+@pytest.mark.shared
+def test_fast_paths_match_reference_on_harvard(harvard_root):
+    files = sorted((harvard_root / "test").glob("*/MRI/*.png"))[::8]
+    if not files:
+        pytest.skip("no Harvard test pairs")
+    triples = []
+    for mri in files:
+        other = next(p for p in mri.parent.parent.iterdir() if p.name != "MRI") / mri.name
+        a, b = read_gray(mri).astype(np.float64), read_gray(other).astype(np.float64)
+        triples.append((np.maximum(a, b), a, b))
+    _compare(triples, rel=1e-6)
+
+
+def test_box_mean_float32_sums_equal_float64_sums():
+    """Integer planes take float32 first-pass sums; they round exactly as the float64 sums of the general path."""
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (2, 3, 40, 40)).astype(np.float32))
+    planes = torch.cat([images, images * images, images[:, :1] * images[:, 1:]], dim=1)  # (2, 8, 40, 40)
+    too_large = torch.full_like(planes[:, :1], 2.0**22)  # float32 sums of 7 would round: the float64 path
+    general = _box_mean(torch.cat([planes, too_large], dim=1), 7)[:, :-1]
+    assert torch.equal(_box_mean(planes, 7), general)
+    expected = np.stack([[uniform_filter(p, 7)[3:-3, 3:-3] for p in batch] for batch in planes.numpy()])
+    torch.testing.assert_close(general, torch.from_numpy(expected), rtol=2e-7, atol=0)
+
+
+def test_fft_lengths_and_odd_sizes():
+    """FFT lengths have only the factors 2 and 3; odd, non-square images (61x67 -> 64x72) keep VIF exact."""
+    assert [_fft_length(n) for n in (1, 29, 41, 124, 240, 256, 997)] == [1, 32, 48, 128, 243, 256, 1024]
+    assert all(_fft_length(n) >= n for n in range(1, 300))
+    a, b = _scan_like(0)[:61, :67], _scan_like(4)[:61, :67]
+    f = np.maximum(a, b)
+    expected = _vif_reference(a, f) + _vif_reference(b, f)
+    assert visual_information_fidelity(f, a, b) == pytest.approx(expected, rel=1e-6)
