@@ -82,8 +82,8 @@ def _irfft2(spec: torch.Tensor, size: int, dims: tuple[int, int], first_row: int
     return torch.from_numpy(scipy.fft.irfft(rows, n=size, axis=dims[1], workers=workers, overwrite_x=True))
 
 
-def _untile(tiles: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Assemble valid tile outputs into a channels-last image, dropping the part beyond ``height x width``.
+def _untile(tiles: torch.Tensor, height: int, width: int, channels_last: bool = True) -> torch.Tensor:
+    """Assemble valid tile outputs into an image, dropping the part beyond ``height x width``.
 
     Args:
         tiles: (B, rows, step, cols, step, C) view of the valid outputs of every tile.
@@ -91,10 +91,13 @@ def _untile(tiles: torch.Tensor, height: int, width: int) -> torch.Tensor:
         width: output width (``<= cols * step``).
 
     Returns:
-        (B, C, height, width) tensor in channels-last memory format.
+        (B, C, height, width) tensor, channels-last or (``channels_last=False``) contiguous.
     """
     batch, rows, step, cols, _, channels = tiles.shape
-    out = tiles.new_empty((batch, height, width, channels))
+    if channels_last:
+        out = tiles.new_empty((batch, height, width, channels))
+    else:  # the same (B, H, W, C) indexing over a contiguous (B, C, H, W) tensor: one strided copy, no conversion
+        out = tiles.new_empty((batch, channels, height, width)).permute(0, 2, 3, 1)
     # whole tiles and the last (cropped) tile along each axis: every piece is a plain view of ``out``
     row_parts = [(slice(0, rows - 1), 0, (rows - 1) * step), (slice(rows - 1, rows), (rows - 1) * step, height)]
     col_parts = [(slice(0, cols - 1), 0, (cols - 1) * step), (slice(cols - 1, cols), (cols - 1) * step, width)]
@@ -112,8 +115,8 @@ class FFTConv2d(nn.Module):
     """Inference-only drop-in for a "same" ``nn.Conv2d`` computed by tiled overlap-save FFT convolution.
 
     Dense convolutions mix channels per frequency with a batched complex matrix product; depthwise ones multiply each
-    channel's spectrum by its kernel's spectrum. The output is channels-last (the memory format
-    ``optimize_for_inference`` runs the network in); any input memory format is accepted.
+    channel's spectrum by its kernel's spectrum. Any input memory format is accepted; the output is contiguous for a
+    contiguous input, else channels-last.
 
     Args:
         conv: the convolution to replace; see :func:`fft_conv_supported`. Its weights are copied (not shared).
@@ -158,7 +161,8 @@ class FFTConv2d(nn.Module):
             x: (B, C_in, H, W), any memory format.
 
         Returns:
-            (B, C_out, H, W) channels-last, equal to the replaced convolution's output up to rounding.
+            (B, C_out, H, W), contiguous for a contiguous input, else channels-last; equal to the replaced
+            convolution's output up to rounding.
         """
         batch, c_in, height, width = x.shape
         n, k = self.fft_size, self.kernel_size
@@ -189,4 +193,5 @@ class FFTConv2d(nn.Module):
                 mixed[0] += self.bias * (n * n)
             y = _irfft2(mixed.view(n, n // 2 + 1, count, -1), n, (0, 1), first_row=k - 1)  # (step, N, T, C_out)
             valid = y[:, k - 1 :].view(step, step, batch, rows, cols, -1).permute(2, 3, 0, 4, 1, 5)
-        return _untile(valid, height, width)  # valid: (B, rows, step, cols, step, C_out)
+        channels_last = not x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+        return _untile(valid, height, width, channels_last)  # valid: (B, rows, step, cols, step, C_out)
