@@ -48,7 +48,7 @@ def _filter_fft(real: torch.Tensor, imag: torch.Tensor, kernel_1d: torch.Tensor)
     size = (_fft_length(h), _fft_length(w))
     flipped = kernel_1d.flip(0)
     kernel = torch.fft.fft(flipped, n=size[0]).unsqueeze(1) * torch.fft.fft(flipped, n=size[1]).unsqueeze(0)
-    filtered = torch.fft.ifft2(torch.fft.fft2(torch.complex(real, imag), s=size) * kernel)
+    filtered = torch.fft.ifft2(torch.fft.fft2(torch.complex(real, imag), s=size).mul_(kernel))
     return filtered[..., k - 1 : h, k - 1 : w]
 
 
@@ -81,33 +81,40 @@ def _filter_direct(planes: torch.Tensor, kernel_1d: torch.Tensor, step: int = 1)
 
 
 def _scale_terms(
-    mu: torch.Tensor, sq: torch.Tensor, cross: torch.Tensor, noise_var: float
+    mu1: torch.Tensor,
+    mu2: torch.Tensor,
+    sq1: torch.Tensor,
+    sq2: torch.Tensor,
+    cross: torch.Tensor,
+    noise_var: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """VIF's numerator and denominator sums of one scale from the local means of the moment planes.
 
+    The reference's clipping (flat reference, then flat distorted image, then negative gain, then the floor of
+    the residual variance) leaves a gain of 0 wherever one of its conditions holds, and a gain of 0 makes the
+    numerator term log10(1 + 0) = 0 whatever the residual variance. So the gain is zeroed where the reference
+    zeroes it and the residual variance is kept only in the form the remaining pixels use: same values, in a few
+    in-place passes.
+
     Args:
-        mu: (B, 3, h, w) local means of MRI, other, F.
-        sq: (B, 3, h, w) local means of their squares.
+        mu1: (B, 2, h, w) local means of MRI and other (the references).
+        mu2: (B, 1, h, w) local means of F (the distorted image).
+        sq1: (B, 2, h, w) local means of MRI^2 and other^2.
+        sq2: (B, 1, h, w) local means of F^2.
         cross: (B, 2, h, w) local means of MRI * F and other * F.
         noise_var: the HVS noise variance sigma_n^2.
 
     Returns:
         Numerator and denominator, (B, 2) each (one column per source).
     """
-    mu1, mu2 = mu[:, :2], mu[:, 2:]
-    sigma1_sq = (sq[:, :2] - mu1 * mu1).clamp_min(0.0)  # (B, 2, h, w)
-    sigma2_sq = (sq[:, 2:] - mu2 * mu2).clamp_min(0.0)  # (B, 1, h, w)
-    sigma12 = cross - mu1 * mu2
-    # the reference's clipping, in its order: flat reference, then flat distorted image, then negative gain
-    flat_ref, flat_dist = sigma1_sq < _EPS, sigma2_sq < _EPS
-    g = sigma12 / (sigma1_sq + _EPS)
-    sv_sq = torch.where(flat_dist, 0.0, torch.where(flat_ref, sigma2_sq, sigma2_sq - g * sigma12))
-    g = torch.where(flat_ref | flat_dist, 0.0, g)
-    sv_sq = torch.where(g < 0, sigma2_sq, sv_sq).clamp_min(_EPS)
-    g = g.clamp_min(0.0)
-    sigma1_sq = torch.where(flat_ref, 0.0, sigma1_sq)
-    num = torch.log10(1 + g * g * sigma1_sq / (sv_sq + noise_var)).sum(dim=(2, 3))
-    den = torch.log10(1 + sigma1_sq / noise_var).sum(dim=(2, 3))
+    sigma1_sq = torch.sub(sq1, mu1 * mu1).clamp_min_(0.0)  # (B, 2, h, w)
+    sigma2_sq = torch.sub(sq2, mu2 * mu2).clamp_min_(0.0)  # (B, 1, h, w)
+    sigma12 = torch.sub(cross, mu1 * mu2)  # (B, 2, h, w)
+    sigma1_sq.masked_fill_(sigma1_sq < _EPS, 0.0)  # flat reference: no gain, no reference information
+    gain = torch.div(sigma12, sigma1_sq + _EPS).clamp_min_(0.0).mul_(sigma2_sq >= _EPS)  # 0: flat F or g < 0
+    sv_sq = torch.sub(sigma2_sq, gain * sigma12).clamp_min_(_EPS).add_(noise_var)  # (B, 2, h, w)
+    num = gain.mul_(gain).mul_(sigma1_sq).div_(sv_sq).add_(1.0).log10_().sum(dim=(2, 3))
+    den = torch.div(sigma1_sq, noise_var).add_(1.0).log10_().sum(dim=(2, 3))
     return num, den
 
 
@@ -143,16 +150,20 @@ def visual_information_fidelity(
     images = torch.cat([mri, other, fused], dim=1)  # (B, 3, H, W): two references, one distorted image
     win = _gaussian_1d(1, images.dtype, images.device)
     c = images - images.mean(dim=(2, 3), keepdim=True)  # (co)variances do not change with an offset
-    # means of the images and MRI * F (real), of their squares and other * F (imaginary): (B, 4, h, w) each
-    stats = _filter_fft(torch.cat([c, c[:, :1] * c[:, 2:]], 1), torch.cat([c * c, c[:, 1:2] * c[:, 2:]], 1), win)
-    cross = torch.stack([stats.real[:, 3], stats.imag[:, 3]], dim=1)
-    num, den = _scale_terms(stats.real[:, :3], stats.imag[:, :3], cross, noise_var)  # (B, 2) each
+    squares = c * c  # (B, 3, H, W)
+    real = torch.cat([c[:, :2], c[:, :2] * c[:, 2:]], dim=1)  # (B, 4, H, W): MRI, other, MRI * F, other * F
+    imag = torch.cat([squares[:, :2], c[:, 2:], squares[:, 2:]], dim=1)  # (B, 4, H, W): MRI^2, other^2, F, F^2
+    stats = _filter_fft(real, imag, win)  # (B, 4, h, w) complex: every plane's local means
+    mu1, cross, sq1 = stats.real[:, :2], stats.real[:, 2:], stats.imag[:, :2]
+    num, den = _scale_terms(mu1, stats.imag[:, 2:3], sq1, stats.imag[:, 3:], cross, noise_var)  # (B, 2) each
     for scale in range(2, 5):
         win = _gaussian_1d(scale, images.dtype, images.device)
         images = _filter_direct(images, win, step=2)
         products = images[:, :2] * images[:, 2:]
-        stats = _filter_direct(torch.cat([images, images * images, products], dim=1), win)  # (B, 8, h, w)
-        scale_num, scale_den = _scale_terms(stats[:, :3], stats[:, 3:6], stats[:, 6:], noise_var)
+        # (B, 8, h, w): means of MRI, other, F, their squares, MRI * F, other * F
+        stats = _filter_direct(torch.cat([images, images * images, products], dim=1), win)
+        mu1, mu2, sq1, sq2, cross = stats.split((2, 1, 2, 1, 2), dim=1)
+        scale_num, scale_den = _scale_terms(mu1, mu2, sq1, sq2, cross, noise_var)
         num, den = num + scale_num, den + scale_den
     vif = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 1.0)  # den = 0 implies num = 0
     return reduce_sources(vif, reduction)
