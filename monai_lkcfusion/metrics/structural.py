@@ -18,23 +18,41 @@ def _window_sum(planes: torch.Tensor, size: int, dim: int) -> torch.Tensor:
 
     Sums of blocks of 1, 2, 4, ... values are added for the set bits of ``size``; the order of the additions
     differs from a left-to-right sum, which does not matter where the sums are exact (see :func:`_box_mean`).
+
+    Returns:
+        A new tensor, or for ``size`` a power of 2 a view of the block sums (``size`` 1: of ``planes``).
     """
     n = planes.shape[dim] - size + 1
     block, width, offset = planes, 1, 0  # block[i] = sum of planes[i : i + width]
-    total = None
+    parts = []  # the block sums that make up the window, narrowed to the 'valid' length
     while True:
         if size & width:
-            part = block.narrow(dim, offset, n)
-            total = part.clone() if total is None else total.add_(part)
+            parts.append(block.narrow(dim, offset, n))
             offset += width
         if 2 * width > size:
-            return total
+            break
         length = block.shape[dim] - width
         block = block.narrow(dim, 0, length) + block.narrow(dim, width, length)
         width *= 2
+    if len(parts) == 1:
+        return parts[0]
+    total = torch.add(parts[-1], parts[-2])
+    for part in reversed(parts[:-2]):
+        total.add_(part)
+    return total
 
 
-def _box_mean(planes: torch.Tensor, size: int) -> torch.Tensor:
+def _exact_float32_sums(images: torch.Tensor, size: int) -> bool:
+    """Whether float32 sums of ``size`` values of ``images``, their squares and products are exact.
+
+    They are for integer images with ``size`` * max|value|^2 below 2^24 (8-bit images: 7 * 255^2); a product of
+    two images is at most the larger square, so checking the images is checking every moment plane.
+    """
+    lo, hi = (float(v) for v in torch.aminmax(images))
+    return max(-lo, hi) ** 2 * size < 2**24 and torch.equal(images, images.round())
+
+
+def _box_mean(planes: torch.Tensor, size: int, integer: bool | None = None) -> torch.Tensor:
     """Uniform ``size`` x ``size`` mean over the 'valid' region of float32 planes (..., H, W).
 
     Like ``scipy.ndimage.uniform_filter`` on float32: one pass per axis (rows first), each summed in float64 and
@@ -42,10 +60,24 @@ def _box_mean(planes: torch.Tensor, size: int) -> torch.Tensor:
     Integer planes below 2^24 / ``size`` (8-bit images, their squares and products) have exact float32 sums too,
     and a float32 division of exact operands rounds as the float64 division rounded to float32 does, so their
     first pass runs in float32 with the same result.
+
+    Args:
+        planes: (..., H, W) float32 planes.
+        size: the window size.
+        integer: whether the planes are such integer planes (see :func:`_exact_float32_sums`); ``None``: check.
+
+    Returns:
+        (..., H - size + 1, W - size + 1) float32 means.
     """
-    integer = bool(planes.abs().amax() * size < 2**24) and torch.equal(planes, planes.round())
-    first = _window_sum(planes if integer else planes.double(), size, -2).div_(size).float()
-    return _window_sum(first.double(), size, -1).div_(size).float()
+    if integer is None:
+        integer = bool(planes.abs().amax() * size < 2**24) and torch.equal(planes, planes.round())
+    first_sums = _window_sum(planes if integer else planes.double(), size, -2)
+    if integer:  # float32 quotients of the exact float32 sums, stored as float64 for the second pass
+        first = torch.div(first_sums, size, out=first_sums.new_empty(first_sums.shape, dtype=torch.float64))
+    else:  # float64 quotients rounded to float32
+        first = torch.div(first_sums, size, out=planes.new_empty(first_sums.shape)).double()
+    sums = _window_sum(first, size, -1)
+    return torch.div(sums, size, out=planes.new_empty(sums.shape))  # float64 quotients rounded to float32
 
 
 def _ssim_per_source(fused: torch.Tensor, sources: torch.Tensor, data_range: float, window: int) -> torch.Tensor:
@@ -55,9 +87,15 @@ def _ssim_per_source(fused: torch.Tensor, sources: torch.Tensor, data_range: flo
     K1 = 0.01, K2 = 0.03) in float32 as it computes for float32 images; the mean is over the pixels at least
     window // 2 from the border, where the window lies inside the image.
     """
-    s = sources.shape[1]
-    x, y = fused.float(), sources.float()
-    means = _box_mean(torch.cat([x, x * x, y, y * y, x * y], dim=1), window)  # (B, 2 + 3S, h, w)
+    b, s = sources.shape[:2]
+    images = torch.cat([fused, sources], dim=1).float()  # (B, 1 + S, H, W)
+    x, y = images[:, :1], images[:, 1:]
+    planes = images.new_empty(b, 2 + 3 * s, *images.shape[2:])  # x, x^2, y, y^2, x y
+    planes[:, :1], planes[:, 2 : 2 + s] = x, y
+    torch.mul(x, x, out=planes[:, 1:2])
+    torch.mul(y, y, out=planes[:, 2 + s : 2 + 2 * s])
+    torch.mul(x, y, out=planes[:, 2 + 2 * s :])
+    means = _box_mean(planes, window, _exact_float32_sums(images, window))  # (B, 2 + 3S, h, w)
     ux, uxx = means[:, :1], means[:, 1:2]
     uy, uyy, uxy = means[:, 2 : 2 + s], means[:, 2 + s : 2 + 2 * s], means[:, 2 + 2 * s :]
     cov_norm = window * window / (window * window - 1.0)
