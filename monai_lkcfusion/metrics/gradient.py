@@ -13,8 +13,8 @@ from .utils import batched_metric
 __all__ = ["qabf", "nabf"]
 
 def _sigmoid_gain(x: torch.Tensor, top: float, slope: float, centre: float) -> torch.Tensor:
-    """top / (1 + exp(slope * (x - centre)))."""
-    return top / (1 + torch.exp(slope * (x - centre)))
+    """top / (1 + exp(slope * (x - centre))), as torch divides a number by a tensor: top * (1 / (...))."""
+    return (x - centre).mul_(slope).exp_().add_(1.0).reciprocal_().mul_(top)
 
 
 @batched_metric
@@ -36,18 +36,20 @@ def qabf(fused: torch.Tensor, mri: torch.Tensor, other: torch.Tensor) -> torch.T
         (B,) float64 tensor, or a float for a single image.
     """
     b = fused.shape[0]
-    # (3B, 1, H, W) each, float32 as the reference
-    gx, gy = sobel_gradients(torch.cat([fused, mri, other]).float(), "constant")
-    strength = torch.sqrt(gx * gx + gy * gy)
-    angle = torch.where(gx == 0, math.pi / 2, torch.atan(gy / torch.where(gx == 0, 1.0, gx)))
+    images = fused.new_empty((3 * b, *fused.shape[1:]), dtype=torch.float32)  # float32 as the reference
+    for i, image in enumerate((fused, mri, other)):
+        images[i * b : (i + 1) * b] = image
+    gx, gy = sobel_gradients(images, "constant")  # (3B, 1, H, W) each
+    strength = (gx * gx).add_(gy * gy).sqrt_()
+    angle = torch.div(gy, gx).atan_().masked_fill_(gx == 0, math.pi / 2)
     g_f, g_s = strength[:b], strength[b:].reshape(2, b, *strength.shape[1:])
     a_f, a_s = angle[:b], angle[b:].reshape(2, b, *angle.shape[1:])
     # min / max of the two strengths; where they are equal (0 / 0 included) the reference takes g_F
-    ratio = torch.where(g_s == g_f, g_f, torch.minimum(g_s, g_f) / torch.maximum(g_s, g_f))
-    alignment = 1 - (a_s - a_f).abs() / (math.pi / 2)
-    q = _sigmoid_gain(ratio, 0.9994, -15.0, 0.5) * _sigmoid_gain(alignment, 0.9879, -22.0, 0.8)  # (2, B, 1, H, W)
-    num = (q * g_s).double().sum(dim=(0, 2, 3, 4))
-    den = g_s.double().sum(dim=(0, 2, 3, 4))
+    ratio = torch.where(g_s == g_f, g_f, torch.minimum(g_s, g_f).div_(torch.maximum(g_s, g_f)))
+    alignment = (a_s - a_f).abs_().div_(math.pi / 2).neg_().add_(1.0)  # 1 - |a_s - a_f| / (pi / 2)
+    q = _sigmoid_gain(ratio, 0.9994, -15.0, 0.5).mul_(_sigmoid_gain(alignment, 0.9879, -22.0, 0.8))
+    num = q.mul_(g_s).sum(dim=(0, 2, 3, 4), dtype=torch.float64)  # q: (2, B, 1, H, W)
+    den = g_s.sum(dim=(0, 2, 3, 4), dtype=torch.float64)
     return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 1.0)
 
 
