@@ -12,7 +12,7 @@ the libraries print goes to standard error)::
     -> {"id": "1", "mri": "mri.nrrd", "other": "pet.nrrd", "output": "fused.nrrd", "method": "lkcfunet"}
     <- {"event": "ready", "pid": 1234}                                  (once, after start-up)
     <- {"event": "started", "id": "1"}
-    <- {"event": "progress", "id": "1", "done": 8, "total": 72}          (slices fused so far)
+    <- {"event": "progress", "id": "1", "done": 8, "total": 72}          (slices fused so far, after each call)
     <- {"event": "done", "id": "1", "output": "fused.nrrd", "shape": [1, 145, 181, 72], "seconds": 4.2,
         "predictor_seconds": 1.9, "predictor_reused": false}
     <- {"event": "error", "id": "1", "message": "pet.nrrd: file not found"}
@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -148,7 +149,8 @@ class FusionWorker:
 
         Args:
             job: what to fuse.
-            progress: called with ``(slices done, slices in all)`` after each network call.
+            progress: called with ``(slices done, slices in all)`` after each network call (one slice per call
+                on the CPU, where slice workers fuse one slice each).
 
         Returns:
             ``{"output", "shape", "seconds", "predictor_seconds", "predictor_reused"}``.
@@ -200,14 +202,20 @@ def _model_key(method: str, weights: str | None, device: str | None) -> tuple:
 def _counting(
     predictor: Callable[[torch.Tensor], torch.Tensor], total: int, progress: ProgressCallback
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``predictor`` reporting the slices it has fused so far (capped at ``total``) after each call."""
+    """``predictor`` reporting the slices it has fused so far (capped at ``total``) after each call.
+
+    The fusion's slice workers call it from several threads (one slice each): counting and reporting hold a lock,
+    so no slice is lost and reports are not interleaved.
+    """
     done = 0
+    lock = threading.Lock()
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         nonlocal done
         out = predictor(x)
-        done += int(x.shape[0])
-        progress(min(done, total), total)
+        with lock:
+            done += int(x.shape[0])
+            progress(min(done, total), total)
         return out
 
     predict.fusion_method = getattr(predictor, "fusion_method", "model")  # type: ignore[attr-defined]
