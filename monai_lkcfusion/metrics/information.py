@@ -28,36 +28,48 @@ def _count_log_count(n: int, device: torch.device) -> torch.Tensor:
     return _plogp(counts)
 
 
-def _pairwise_mutual_information(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mutual information (nats) of each row pair of ``a`` and ``b``, (P, N) each, over their distinct values.
+def _is_8bit(images: torch.Tensor) -> bool:
+    """Whether every value of ``images`` is an integer in [0, 255]."""
+    lo, hi = (float(v) for v in torch.aminmax(images))
+    return 0 <= lo and hi <= 255 and torch.equal(images, images.round())
+
+
+def _mutual_information_per_source(fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """Mutual information (nats) of (B, N) ``fused`` with each of the (B, S, N) ``sources`` over distinct values.
 
     Every distinct value is its own histogram bin (as ``sklearn.metrics.mutual_info_score`` does for labels),
     so 8-bit images give 256-level histograms and other values are never binned together.
+
+    Returns:
+        (B, S) float64 tensor.
     """
-    p, n = a.shape
-    both = torch.cat([a, b])
-    lo, hi = (float(v) for v in torch.aminmax(both))
-    if 0 <= lo and hi <= 255 and torch.equal(both, both.round()):
-        inverse, k = both.to(torch.int64), 256  # 8-bit images: the levels are the labels
+    b, s, n = sources.shape
+    p = b * s  # one joint histogram per (image, source) pair
+    if _is_8bit(fused) and _is_8bit(sources):
+        k = 256  # 8-bit images: the levels are the labels
+        # bin of each pixel in the (P, K, K) histograms: exact integers in float64, converted once
+        offsets = torch.arange(p, dtype=torch.float64, device=fused.device).view(b, s, 1) * (k * k)
+        keys = (fused.unsqueeze(1) * k + sources).add_(offsets).to(torch.int64)  # (B, S, N)
     else:
-        levels, inverse = torch.unique(both, return_inverse=True)
+        levels, inverse = torch.unique(torch.cat([fused.unsqueeze(1), sources], dim=1), return_inverse=True)
         k = levels.numel()
-    la, lb = inverse[:p], inverse[p:]  # (P, N) labels in [0, K)
+        la, lb = inverse[:, :1], inverse[:, 1:]  # (B, 1, N), (B, S, N) labels in [0, K)
+        offsets = torch.arange(p, device=fused.device).view(b, s, 1) * (k * k)
+        keys = (la * k + lb).add_(offsets)  # (B, S, N)
     if p * k * k <= _DENSE_BINS:
-        keys = (torch.arange(p, device=a.device).unsqueeze(1) * k + la) * k + lb
         joint = torch.bincount(keys.reshape(-1), minlength=p * k * k).reshape(p, k, k)  # (P, K, K) counts
         # MI = log n + (sum c_ab log c_ab - sum c_a log c_a - sum c_b log c_b) / n over the counts c
-        table = _count_log_count(n, a.device)
+        table = _count_log_count(n, fused.device)
         total = table[joint].sum(dim=(1, 2)) - table[joint.sum(dim=2)].sum(dim=1) - table[joint.sum(dim=1)].sum(dim=1)
-        return (math.log(n) + total / n).clamp_min(0.0)
+        return (math.log(n) + total / n).clamp_min(0.0).reshape(b, s)
     values = []
-    for row_a, row_b in zip(la, lb):
-        keys, counts = torch.unique(row_a * k + row_b, return_counts=True)
+    for row in keys.reshape(p, n) % (k * k):  # label of F * K + label of the source
+        pair_keys, counts = torch.unique(row, return_counts=True)
         pab = counts.to(torch.float64) / n
-        pa = torch.bincount(row_a, minlength=k).to(torch.float64)[keys // k] / n
-        pb = torch.bincount(row_b, minlength=k).to(torch.float64)[keys % k] / n
+        pa = torch.bincount(row // k, minlength=k).to(torch.float64)[pair_keys // k] / n
+        pb = torch.bincount(row % k, minlength=k).to(torch.float64)[pair_keys % k] / n
         values.append((pab * (torch.log(pab) - torch.log(pa) - torch.log(pb))).sum().clamp_min(0.0))
-    return torch.stack(values)
+    return torch.stack(values).reshape(b, s)
 
 
 @batched_metric
@@ -76,10 +88,8 @@ def mutual_information(
     Returns:
         (B,) float64 tensor, or a float for a single image.
     """
-    b = fused.shape[0]
-    flat_f = fused.flatten(1).repeat(2, 1)  # (2B, N): fused against MRI, then against other
-    flat_s = torch.cat([mri.flatten(1), other.flatten(1)])
-    mi = _pairwise_mutual_information(flat_f, flat_s).reshape(2, b).T / math.log(base)  # (B, 2)
+    sources = torch.cat([mri, other], dim=1).flatten(2)  # (B, 2, N)
+    mi = _mutual_information_per_source(fused.flatten(1), sources) / math.log(base)  # (B, 2)
     return reduce_sources(mi, reduction)
 
 
