@@ -412,7 +412,9 @@ def register(
         num_threads: SimpleITK threads (default: SimpleITK's global default, all cores).
         min_overlap: warn when less of the MRI's foreground lies in the moved image's field of view.
         search: first search a coarse grid of rotations (+-12 degrees) and shifts (+-12% of the field of view);
-            2D rigid only; default on for 2D rigid (about a second), off otherwise.
+            2D rigid only; default on for 2D rigid (about a second), off otherwise. With ``init="auto"`` the
+            search and the pyramid run from both starts (world and centres of mass) and the better final
+            metric wins.
 
     Returns:
         The :class:`RegistrationResult`.
@@ -432,22 +434,30 @@ def register(
     transform, initialization = _initial_transform(fixed_image, moving_image, kind, init)
     if search is None:
         search = fixed_image.GetDimension() == 2 and kind == "rigid"
+    starts = [(transform, initialization)]
     if search:
         if fixed_image.GetDimension() != 2 or kind != "rigid":
             raise FusionInputError("register: the exhaustive search is for 2D rigid registration only")
+        if init == "auto":  # the better start on the coarse metric is not always the better end (partial slices)
+            starts.append(_initial_transform(fixed_image, moving_image, kind,
+                                             "moments" if initialization == "world" else "world"))
         field_of_view = min(s * n for s, n in zip(fixed_image.GetSpacing(), fixed_image.GetSize()))
-        _search(fixed_image, moving_image, transform, 12.0, 0.12 * field_of_view, num_threads)
-    method = _method(fixed_image, iterations, tuple(shrink_factors), tuple(smoothing_sigmas), max_samples,
-                     num_threads, seed)
-    method.SetInitialTransform(transform, inPlace=True)
+        for candidate, _ in starts:
+            _search(fixed_image, moving_image, candidate, 12.0, 0.12 * field_of_view, num_threads)
     evaluate = _method(fixed_image, 1, (1,), (0.0,), 20_000, num_threads, seed)
     coarse = [_coarse(image) for image in (fixed_image, moving_image)]
     try:
         evaluate.SetInitialTransform(transform, inPlace=False)
         initial_metric = evaluate.MetricEvaluate(*coarse)
-        method.Execute(fixed_image, moving_image)
-        evaluate.SetInitialTransform(transform, inPlace=False)
-        final_metric = evaluate.MetricEvaluate(*coarse)
+        runs = []
+        for candidate, name in starts:
+            method = _method(fixed_image, iterations, tuple(shrink_factors), tuple(smoothing_sigmas), max_samples,
+                             num_threads, seed)
+            method.SetInitialTransform(candidate, inPlace=True)
+            method.Execute(fixed_image, moving_image)
+            evaluate.SetInitialTransform(candidate, inPlace=False)
+            runs.append((evaluate.MetricEvaluate(*coarse), candidate, name, method))
+        final_metric, transform, initialization, method = min(runs, key=lambda run: run[0])
     except RuntimeError as err:  # ITK: "All samples map outside moving image buffer", too few samples
         raise FusionInputError(f"other image: registration failed, the images do not overlap enough "
                                f"({' '.join(str(err).split()[-12:])})") from None
