@@ -149,11 +149,16 @@ def visual_information_fidelity(
         raise FusionInputError(f"VIF needs images of at least 41x41 pixels, got {tuple(fused.shape[-2:])}")
     images = torch.cat([mri, other, fused], dim=1)  # (B, 3, H, W): two references, one distorted image
     win = _gaussian_1d(1, images.dtype, images.device)
-    c = images - images.mean(dim=(2, 3), keepdim=True)  # (co)variances do not change with an offset
-    squares = c * c  # (B, 3, H, W)
-    real = torch.cat([c[:, :2], c[:, :2] * c[:, 2:]], dim=1)  # (B, 4, H, W): MRI, other, MRI * F, other * F
-    imag = torch.cat([squares[:, :2], c[:, 2:], squares[:, 2:]], dim=1)  # (B, 4, H, W): MRI^2, other^2, F, F^2
-    stats = _filter_fft(real, imag, win)  # (B, 4, h, w) complex: every plane's local means
+    # the moment planes of the images centred on their means ((co)variances do not change with an offset), as
+    # real parts MRI, other, MRI * F, other * F and imaginary parts MRI^2, other^2, F, F^2: (B, 8, H, W)
+    planes = images.new_empty(images.shape[0], 8, *images.shape[2:])
+    means = images.mean(dim=(2, 3), keepdim=True)  # (B, 3, 1, 1)
+    torch.sub(images[:, :2], means[:, :2], out=planes[:, :2])
+    torch.sub(images[:, 2:], means[:, 2:], out=planes[:, 6:7])
+    torch.mul(planes[:, :2], planes[:, 6:7], out=planes[:, 2:4])
+    torch.mul(planes[:, :2], planes[:, :2], out=planes[:, 4:6])
+    torch.mul(planes[:, 6:7], planes[:, 6:7], out=planes[:, 7:])
+    stats = _filter_fft(planes[:, :4], planes[:, 4:], win)  # (B, 4, h, w) complex: every plane's local means
     mu1, cross, sq1 = stats.real[:, :2], stats.real[:, 2:], stats.imag[:, :2]
     num, den = _scale_terms(mu1, stats.imag[:, 2:3], sq1, stats.imag[:, 3:], cross, noise_var)  # (B, 2) each
     for scale in range(2, 5):
