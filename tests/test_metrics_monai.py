@@ -130,3 +130,17 @@ def test_cli_metrics_reports_missing_counterparts(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "b.png (no other image)" in err and "Traceback" not in err
+
+
+def test_metatensor_inputs_score_like_plain_tensors():
+    """Images that arrive as MetaTensors (MONAI pipelines, bundle evaluation) score exactly like plain tensors."""
+    from monai.data import MetaTensor
+
+    gen = torch.Generator().manual_seed(0)
+    mri, other = (torch.randint(0, 256, (2, 1, 48, 44), generator=gen).float() for _ in range(2))
+    fused = torch.maximum(mri, other)
+    plain = compute_fusion_metrics(fused, mri, other)
+    meta = compute_fusion_metrics(*(MetaTensor(t) for t in (fused, mri, other)))
+    assert plain.keys() == meta.keys()
+    for name, value in plain.items():
+        assert torch.equal(torch.as_tensor(meta[name]).as_subclass(torch.Tensor), torch.as_tensor(value)), name

@@ -90,7 +90,7 @@ def _ssim_per_source(fused: torch.Tensor, sources: torch.Tensor, data_range: flo
     b, s = sources.shape[:2]
     images = torch.cat([fused, sources], dim=1).float()  # (B, 1 + S, H, W)
     x, y = images[:, :1], images[:, 1:]
-    planes = images.new_empty(b, 2 + 3 * s, *images.shape[2:])  # x, x^2, y, y^2, x y
+    planes = images.new_empty((b, 2 + 3 * s, *images.shape[2:]))  # x, x^2, y, y^2, x y
     planes[:, :1], planes[:, 2 : 2 + s] = x, y
     torch.mul(x, x, out=planes[:, 1:2])
     torch.mul(y, y, out=planes[:, 2 + s : 2 + 2 * s])

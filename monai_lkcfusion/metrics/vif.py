@@ -151,7 +151,7 @@ def visual_information_fidelity(
     win = _gaussian_1d(1, images.dtype, images.device)
     # the moment planes of the images centred on their means ((co)variances do not change with an offset), as
     # real parts MRI, other, MRI * F, other * F and imaginary parts MRI^2, other^2, F, F^2: (B, 8, H, W)
-    planes = images.new_empty(images.shape[0], 8, *images.shape[2:])
+    planes = images.new_empty((images.shape[0], 8, *images.shape[2:]))
     means = images.mean(dim=(2, 3), keepdim=True)  # (B, 3, 1, 1)
     torch.sub(images[:, :2], means[:, :2], out=planes[:, :2])
     torch.sub(images[:, 2:], means[:, 2:], out=planes[:, 6:7])
