@@ -7,11 +7,13 @@ made here (with black backgrounds, where VIF's 1e-10 thresholds decide) and on H
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from scipy.ndimage import uniform_filter
-from scipy.signal import convolve2d
 from sklearn.metrics import mutual_info_score
 
 from monai_lkcfusion.metrics import mutual_information, structural_similarity, visual_information_fidelity
@@ -19,46 +21,9 @@ from monai_lkcfusion.metrics.folders import read_gray
 from monai_lkcfusion.metrics.structural import _box_mean
 from monai_lkcfusion.metrics.vif import _fft_length
 
-
-def _vif_reference(ref: np.ndarray, dist: np.ndarray) -> float:
-    """``vifp_mscale`` with full 2D windows and ``convolve2d``, as in the literature's evaluator."""
-    num = den = 0.0
-    for scale in range(1, 5):
-        n = 2 ** (5 - scale) + 1
-        half = (n - 1) / 2
-        yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
-        win = np.exp(-(xx * xx + yy * yy) / (2 * (n / 5.0) ** 2))
-        win /= win.sum()
-        if scale > 1:
-            ref = convolve2d(ref, win, mode="valid")[::2, ::2]
-            dist = convolve2d(dist, win, mode="valid")[::2, ::2]
-        mu1, mu2 = convolve2d(ref, win, mode="valid"), convolve2d(dist, win, mode="valid")
-        s1 = np.maximum(convolve2d(ref * ref, win, mode="valid") - mu1 * mu1, 0)
-        s2 = np.maximum(convolve2d(dist * dist, win, mode="valid") - mu2 * mu2, 0)
-        s12 = convolve2d(ref * dist, win, mode="valid") - mu1 * mu2
-        g = s12 / (s1 + 1e-10)
-        sv = s2 - g * s12
-        flat = s1 < 1e-10
-        g[flat], sv[flat], s1[flat] = 0, s2[flat], 0
-        g[s2 < 1e-10], sv[s2 < 1e-10] = 0, 0
-        sv[g < 0] = s2[g < 0]
-        g[g < 0] = 0
-        sv[sv <= 1e-10] = 1e-10
-        num += np.sum(np.log10(1 + g * g * s1 / (sv + 2)))
-        den += np.sum(np.log10(1 + s1 / 2))
-    return 1.0 if den == 0 else num / den
-
-
-def _ssim_reference(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
-    """scikit-image's SSIM defaults on float32 images (7x7 ``uniform_filter``, sample covariance)."""
-    x, y = x.astype(np.float32), y.astype(np.float32)
-    ux, uy = uniform_filter(x, 7), uniform_filter(y, 7)
-    uxx, uyy, uxy = uniform_filter(x * x, 7), uniform_filter(y * y, 7), uniform_filter(x * y, 7)
-    c = 49 / 48
-    vx, vy, vxy = c * (uxx - ux * ux), c * (uyy - uy * uy), c * (uxy - ux * uy)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return float(s[3:-3, 3:-3].mean(dtype=np.float64))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from reference_evaluator import ssim as _ssim_reference  # noqa: E402  (the per-image reference, shared)
+from reference_evaluator import vif as _vif_reference  # noqa: E402
 
 
 def _labels(image: np.ndarray) -> np.ndarray:
