@@ -13,6 +13,7 @@ steps, ``load_state_dict``); a weights file is loaded once while it stays the mo
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -158,7 +159,8 @@ def worker_policy(workers: int | None, threads: int | None, device: torch.device
     Intel Xeon CPUs, two one-thread workers fuse a volume faster than one two-thread worker, and unlike two threads on
     one slice (whose OpenMP barriers wait for a descheduled thread) they keep their share of the CPU when other jobs
     compete for it (docs/performance.md). Given one of the two, the other fills the available cores; the product
-    never exceeds them unless both are given. ``workers=1`` alone leaves PyTorch's thread count as it is (the plain
+    never exceeds them unless both are given. Under ``torchrun`` the cores are shared out among the processes of
+    the machine (``LOCAL_WORLD_SIZE``). ``workers=1`` alone leaves PyTorch's thread count as it is (the plain
     reference path of ``lkcfusion fuse --no-optimize``). On CUDA there is one worker and the thread count is not
     changed.
 
@@ -178,7 +180,8 @@ def worker_policy(workers: int | None, threads: int | None, device: torch.device
             raise FusionInputError(f"--{name} {value!r}: give a whole number of at least 1")
     if device.type != "cpu":
         return 1, None
-    cores = available_cores()
+    # processes started together on this machine (torchrun's LOCAL_WORLD_SIZE) share its cores
+    cores = max(1, available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
     if workers is None:
         threads = threads or 1
         return max(1, cores // threads), threads

@@ -339,10 +339,11 @@ def test_background_is_exactly_zero_with_a_network(tiny_net, synthetic_pair):
     assert np.array_equal(fused[10:], kept[10:])
 
 
-def test_worker_policy():
+def test_worker_policy(monkeypatch):
     from monai_lkcfusion.inferers import worker_policy
     from monai_lkcfusion.machine import available_cores
 
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     cpu, cores = torch.device("cpu"), available_cores()
     assert worker_policy(None, None, cpu) == (cores, 1)  # one single-thread worker per core
     assert worker_policy(None, 2, cpu) == (max(1, cores // 2), 2)
@@ -350,6 +351,8 @@ def test_worker_policy():
     assert worker_policy(1, None, cpu) == (1, None)  # one worker: PyTorch's own thread count (the plain path)
     assert worker_policy(4, 4, cpu) == (4, 4)  # both given: as asked
     assert worker_policy(None, None, torch.device("meta")) == (1, None)  # not the CPU: one worker, threads untouched
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores + 1))  # more torchrun processes on this machine than cores
+    assert worker_policy(None, None, cpu) == (1, 1)
     for bad in ({"workers": 0}, {"threads": -1}, {"workers": 1.5}, {"threads": True}):
         with pytest.raises(FusionInputError, match="whole number"):
             worker_policy(bad.get("workers"), bad.get("threads"), cpu)
