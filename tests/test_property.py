@@ -241,3 +241,13 @@ def test_readers_on_corrupted_bytes(kind, tmp_path_factory):
         assert _finite_unit(scaled)
 
     check()
+
+
+def test_header_data_file_name_with_nul_byte_is_one_line_error(tmp_path):
+    """A damaged MetaImage header whose data-file field holds binary junk with a NUL byte: refused in one line."""
+    header = tmp_path / "vol.mhd"
+    header.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 2 2 2\nElementType = MET_FLOAT\n"
+                       b"ElementDataFile = LOCAL\x0b\x07\x00junk\n")
+    with pytest.raises(FusionInputError, match="NUL byte") as err:
+        read_image(header)
+    assert str(header) in str(err.value) and "\n" not in str(err.value)

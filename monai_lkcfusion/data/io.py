@@ -343,6 +343,8 @@ def check_data_file_location(header: str | Path) -> None:
         else:
             names = [value.split()[0] if "%" in value else value]
         for name in names:
+            if "\x00" in name:  # no file system allows it: a damaged header (e.g. binary data in the field)
+                raise FusionInputError(f"{header}: corrupt header: its data file name holds a NUL byte")
             target = (header.parent / name).resolve()
             if Path(name).is_absolute() or folder != target and folder not in target.parents:
                 raise FusionInputError(
