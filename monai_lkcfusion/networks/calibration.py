@@ -19,9 +19,11 @@ import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import torch
+
 from monai_lkcfusion.machine import machine_key
 
-__all__ = ["ChoiceCache", "cache_dir", "fastest"]
+__all__ = ["ChoiceCache", "cache_dir", "fastest", "synchronize"]
 
 CACHE_ENV = "LKCFUSION_CACHE_DIR"
 """Environment variable naming the cache folder (default ``$XDG_CACHE_HOME/monai-lkcfusion`` or
@@ -96,6 +98,12 @@ class ChoiceCache:
                 if not self._warned:
                     warnings.warn(f"{self.path}: measured choices are not cached ({err}); set {CACHE_ENV}", stacklevel=2)
                     self._warned = True
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously), so that a timing is complete."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def fastest(candidates: Mapping[str, Callable[[], object]], repeats: int = 3, margin: float = 1.25) -> str:

@@ -20,7 +20,7 @@ import scipy.fft
 import torch
 from torch import nn
 
-__all__ = ["FFTConv2d", "fft_conv_supported", "tile_layout"]
+__all__ = ["FFTConv2d", "fft_conv_supported", "large_kernel_convolutions", "tile_layout"]
 
 
 def fft_conv_supported(conv: nn.Module) -> bool:
@@ -45,6 +45,18 @@ def fft_conv_supported(conv: nn.Module) -> bool:
         and conv.padding == (k_h // 2, k_w // 2)
         and conv.padding_mode == "zeros"
     )
+
+
+def large_kernel_convolutions(net: nn.Module, min_kernel_size: int) -> list[tuple[str, nn.Module, str, nn.Conv2d]]:
+    """The convolutions of ``net`` that :func:`fft_conv_supported` accepts, with a kernel of at least
+    ``min_kernel_size``: ``(qualified name, parent module, attribute name, conv)`` each, in network order (a list, so
+    the caller may replace them while going through it)."""
+    return [
+        (f"{parent_name}.{name}" if parent_name else name, parent, name, conv)
+        for parent_name, parent in net.named_modules()
+        for name, conv in parent.named_children()
+        if fft_conv_supported(conv) and conv.kernel_size[0] >= min_kernel_size
+    ]
 
 
 def tile_layout(length: int, kernel_size: int, fft_size: int) -> tuple[int, int]:

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from monai_lkcfusion.networks.calibration import ChoiceCache
-from monai_lkcfusion.networks.fft_conv import fft_conv_supported
+from monai_lkcfusion.networks.calibration import ChoiceCache, synchronize
+from monai_lkcfusion.networks.fft_conv import large_kernel_convolutions
 
 __all__ = [
     "SPECTRAL_POLICIES",
@@ -238,20 +238,14 @@ def time_convolution(case: ConvCase, repeats: int = 2, decisive_ratio: float = 4
     best = [math.inf, math.inf]
     for _ in range(repeats):
         for index, conv in enumerate(paths):
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             torch.autograd.grad(conv(), inputs, grad_output)
-            _synchronize(device)
+            synchronize(device)
             best[index] = min(best[index], time.perf_counter() - start)
         if max(best) >= decisive_ratio * min(best):
             break
     return ConvTiming(*best)
-
-
-def _synchronize(device: torch.device) -> None:
-    """Wait for the device's queued kernels (CUDA runs them asynchronously), so that timings are complete."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _cached_timing(entry: object) -> ConvTiming | None:
@@ -261,17 +255,6 @@ def _cached_timing(entry: object) -> ConvTiming | None:
     except (TypeError, KeyError, ValueError):
         return None
     return timing if all(math.isfinite(s) and s > 0 for s in timing) else None
-
-
-def _candidates(net: nn.Module, min_kernel_size: int) -> list[tuple[str, nn.Module, str, nn.Conv2d]]:
-    """``(qualified name, parent, attribute name, conv)`` of each convolution the FFT path supports with a kernel of
-    at least ``min_kernel_size``, in network order."""
-    return [
-        (f"{parent_name}.{name}" if parent_name else name, parent, name, conv)
-        for parent_name, parent in net.named_modules()
-        for name, conv in parent.named_children()
-        if fft_conv_supported(conv) and conv.kernel_size[0] >= min_kernel_size
-    ]
 
 
 def _input_shapes(net: nn.Module, sample_shape: Sequence[int], convs: dict[str, nn.Module]) -> dict[str, tuple]:
@@ -331,7 +314,7 @@ def spectral_layer_choice(
     Returns:
         ``{qualified layer name: LayerChoice}`` for every candidate layer the sample pass reached, in network order.
     """
-    convs = {name: conv for name, _, _, conv in _candidates(net, min_kernel_size)}
+    convs = {name: conv for name, _, _, conv in large_kernel_convolutions(net, min_kernel_size)}
     shapes = _input_shapes(net, sample_shape, convs) if convs else {}
     cases = {name: ConvCase.of(conv, shapes[name]) for name, conv in convs.items() if name in shapes}
     store = ChoiceCache(TIMINGS_CACHE) if cache and cases else None
@@ -399,7 +382,7 @@ def use_spectral_convolutions(
             raise ValueError("policy 'measured' needs sample_shape, the (B, C, H, W) of a training batch")
         choice = spectral_layer_choice(net, sample_shape, min_kernel_size, min_speedup, max_spectrum_mib, timer, cache)
         selected = {name for name, layer in choice.items() if layer.spectral}
-    for name, parent, attribute, conv in _candidates(net, min_kernel_size):
+    for name, parent, attribute, conv in large_kernel_convolutions(net, min_kernel_size):
         if selected is not None and name not in selected:
             continue
         spectral = SpectralConv2d(

@@ -23,8 +23,8 @@ from torch import nn
 
 from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.networks.blocks import MultipathAdaptiveFusion
-from monai_lkcfusion.networks.calibration import ChoiceCache, fastest
-from monai_lkcfusion.networks.fft_conv import FFTConv2d, fft_conv_supported, tile_layout
+from monai_lkcfusion.networks.calibration import ChoiceCache, fastest, synchronize
+from monai_lkcfusion.networks.fft_conv import FFTConv2d, large_kernel_convolutions, tile_layout
 
 __all__ = [
     "PLAN_CACHE",
@@ -41,7 +41,7 @@ DEFAULT_FFT_SIZES = (16, 24, 32, 48, 64, 80)
 
 # Relative per-operation costs of the cost model (measured on a 2-core AMD EPYC with AVX-512, in units of one dense
 # channels-last direct-convolution multiply-add). It decides alone only without calibration; with calibration it
-# only shortlists the FFT tile sizes worth timing (the direct convolution is always timed).
+# only shortlists the candidates worth timing (see LargeKernelConv2d).
 _COST_FFT = 24.0  # per (tile pixel x log2 of the tile area) of one channel's forward or inverse FFT, with tiling
 _COST_MIX = 14.0  # per complex multiply-add of the per-frequency channel mixing
 _COST_DEPTHWISE_DIRECT = 100.0  # per multiply-add of a direct depthwise convolution
@@ -105,17 +105,12 @@ def _fold_fusion_norms(net: nn.Module) -> None:
                 setattr(module, norm_name, nn.Identity())
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed_call(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
     """``fn(x)`` as a function without arguments that waits for the device, for :func:`fastest`."""
 
     def call() -> None:
         fn(x)
-        _synchronize(x.device)
+        synchronize(x.device)
 
     return call
 
@@ -129,9 +124,9 @@ class LargeKernelConv2d(nn.Module):
 
     On the first input of a given (batch, height, width, device, memory format) the candidates are
     :class:`~monai_lkcfusion.networks.fft_conv.FFTConv2d` with each tile size whose modelled cost is within a factor 4
-    of the cheapest, and the direct convolution (for a dense layer only if modelled within a factor 8). With ``calibrate`` they are timed on that input (once per machine: the
-    winner is kept in ``cache``, keyed by the CPU, torch version, thread count, layer and shape); without it the cost
-    model's cheapest is taken. The choice is used for every later input of that shape, and the output has the input's
+    of the cheapest, and the direct convolution (for a dense layer only if modelled within a factor 8). With
+    ``calibrate`` they are timed on that input (once per machine: the winner is kept in ``cache``, keyed by the CPU,
+    torch version, thread count, layer and shape); without it the cost model's cheapest is taken. The choice is used for every later input of that shape, and the output has the input's
     memory format. Kernel spectra are kept only for the tile sizes in use.
 
     Args:
@@ -202,12 +197,6 @@ class LargeKernelConv2d(nn.Module):
             self.fft[key] = FFTConv2d(self.conv, fft_size).to(self.conv.weight.device)
         return self.fft[key]
 
-    def _run(self, fft_size: int, x: torch.Tensor) -> torch.Tensor:
-        out = self._candidate(fft_size)(x)
-        if fft_size and _format_name(x) == "contiguous":
-            return out.contiguous()  # FFTConv2d writes channels-last
-        return out
-
     def cache_key(self, x: torch.Tensor) -> str:
         """The key of this layer's measured choice for inputs like ``x`` (layer, shape, format, device, threads)."""
         conv, (batch, _, height, width) = self.conv, x.shape
@@ -236,7 +225,7 @@ class LargeKernelConv2d(nn.Module):
         if isinstance(cached, int) and cached in shortlist:
             return cached
         with torch.no_grad():
-            best = int(fastest({str(n): _timed_call(lambda t, n=n: self._run(n, t), x) for n in shortlist}))
+            best = int(fastest({str(n): _timed_call(self._candidate(n), x) for n in shortlist}))
         self.cache.put(key, best)
         in_use = {str(n) for n in (*self.plans.values(), best)}
         for name in [name for name in self.fft if name not in in_use]:
@@ -250,7 +239,7 @@ class LargeKernelConv2d(nn.Module):
             with _PLANNING:
                 if key not in self.plans:
                     self.plans[key] = self._plan(x)
-        return self._run(self.plans[key], x)
+        return self._candidate(self.plans[key])(x)
 
 
 _FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
@@ -400,10 +389,7 @@ def optimize_for_inference(
     if retain_memory and all(p.device.type == "cpu" for p in plain.parameters()):
         retain_freed_memory()
     _fold_fusion_norms(plain)
-    for parent in list(plain.modules()):
-        for name, child in list(parent.named_children()):
-            if fft_conv_supported(child) and child.kernel_size[0] >= min_kernel_size:
-                large = LargeKernelConv2d(child, fft_sizes, calibrate=calibrate, max_spectra_mb=max_spectra_mb)
-                setattr(parent, name, large)
+    for _, parent, name, conv in large_kernel_convolutions(plain, min_kernel_size):
+        setattr(parent, name, LargeKernelConv2d(conv, fft_sizes, calibrate=calibrate, max_spectra_mb=max_spectra_mb))
     chosen = memory_format or ("auto" if calibrate else "channels_last")
     return InferenceNetwork(plain, memory_format=chosen, signature=signature).eval()
