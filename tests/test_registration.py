@@ -306,11 +306,11 @@ def test_real_partial_slice_keeps_the_better_start(harvard_root):
     mri, other = _load(folder / "MRI" / "16003.png"), _load(folder / "CT" / "16003.png")
     motion = _rigid(2, 1.3, (-3.5, -20.8), (127.5, 127.5))
     found = register(mri, resample_image(other, motion), "rigid")
-    unmoved = register(mri, other, "rigid")
     assert found.initialization == "world"
-    # the centre-of-mass start ended 53 px off; the better end is 1.0-1.4 px from the unmoved pair's own optimum
-    # (SimpleITK's thread count changes the last digits of the metric, so the bound leaves room for that)
-    assert mean_displacement(found.matrix, np.linalg.inv(motion) @ unmoved.matrix, mri) < 2.5
+    # the centre-of-mass start ended 53 px off; the better end is 1.32 px from the known motion (1, 2 or all
+    # threads), the offset of this patient's atlas pair (docs/registration.md). The unmoved pair's own registration
+    # is no reference: run inside the whole suite it ended 0.6-2.9 px from identity.
+    assert mean_displacement(found.matrix, np.linalg.inv(motion), mri) < 2.5
 
 
 @pytest.mark.slow
