@@ -120,3 +120,26 @@ def test_loss_options_follow_their_definitions() -> None:
 def test_loss_option_names_are_checked() -> None:
     with pytest.raises(ValueError, match="value_range"):
         FusionLoss(value_range="minus-one")
+
+
+def test_intensity_sigma_compares_base_layers_only() -> None:
+    """intensity_sigma: fine detail added to pixel max costs (almost) nothing; a shift of the base layer costs."""
+    from monai_lkcfusion.losses import gaussian_blur
+
+    torch.manual_seed(0)
+    sources = torch.rand(2, 2, 48, 48)
+    top = sources.amax(dim=1, keepdim=True)
+    checker = (torch.arange(48).view(-1, 1) + torch.arange(48)).remainder(2).float() * 0.2 - 0.1  # +-0.1, finest
+    base, pixel = FusionLoss(intensity_sigma=2.0), FusionLoss()
+
+    def cost(loss: FusionLoss, fused: torch.Tensor) -> float:  # what the change adds to the intensity term
+        return float(loss.components(fused, sources)["intensity"] - loss.components(top, sources)["intensity"])
+
+    assert cost(pixel, top + checker) == pytest.approx(0.1, rel=1e-4)
+    assert abs(cost(base, top + checker)) < 0.002
+    assert cost(base, top + 0.1) > 0.05
+    # the blur is a normalised Gaussian over complete windows (sigma 2: 13x13)
+    flat = torch.full((1, 1, 20, 30), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, 2.0), torch.full((1, 1, 8, 18), 0.3))
+    with pytest.raises(ValueError, match="intensity_sigma"):
+        FusionLoss(intensity_sigma=-1.0)

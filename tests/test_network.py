@@ -172,3 +172,33 @@ def test_base_preset_has_real_groups_and_roundtrips(tmp_path) -> None:
     assert torch.allclose(back.eval()(x), net.eval()(x))
     # the released layout keeps its tensors: no extra buffer for the default 32 groups
     assert "norm_groups" not in LKCFUNet.from_preset("small").state_dict()
+
+
+def test_max_residual_output_starts_at_pixel_max_and_roundtrips(tmp_path) -> None:
+    """'max_residual': output = max of the inputs + head; as_max_residual keeps the features and starts at pixel max."""
+    from monai_lkcfusion.networks import as_max_residual, load_network, save_network
+
+    torch.manual_seed(0)
+    direct = LKCFUNet.from_preset("tiny").eval()
+    x = torch.rand(2, 2, 37, 29)  # odd sizes: the max is taken before padding and added after cropping
+    residual = as_max_residual(direct)
+    assert residual.config == {**direct.config, "output_mode": "max_residual"} and not residual.training
+    with torch.no_grad():
+        assert torch.equal(residual(x), x.amax(dim=1, keepdim=True))
+        torch.nn.init.normal_(residual.head[-1].weight, std=0.1)
+        seen = []
+        hook = residual.head[-1].register_forward_hook(lambda module, args, out: seen.append(out))
+        fused = residual(x)
+        hook.remove()
+        correction = seen[0][..., : x.shape[-2], : x.shape[-1]]  # the head's (padded) output, cropped
+        assert correction.abs().max() > 0.01
+        torch.testing.assert_close(fused, x.amax(dim=1, keepdim=True) + correction)
+    back = load_network(save_network(residual, tmp_path / "residual.pt"))
+    assert back.config["output_mode"] == "max_residual"
+    with torch.no_grad():
+        torch.testing.assert_close(back.eval()(x), residual(x))
+    assert "output_mode" not in direct.state_dict()  # files of the released layout are unchanged
+    with pytest.raises(FusionInputError, match="already 'max_residual'"):
+        as_max_residual(residual)
+    with pytest.raises(FusionInputError, match="output_mode 'sum' is not one of"):
+        LKCFUNet.from_preset("tiny", output_mode="sum")

@@ -2,7 +2,8 @@
 
 The fused image ``F`` is pulled toward the two sources ``A`` (MRI) and ``B`` (other modality) by three terms:
 
-* intensity: ``L1(F, max(A, B))``;
+* intensity: ``L1(F, max(A, B))``, or with ``intensity_sigma > 0`` on the base layers: ``L1(G * F, max(G * A, G * B))``
+  with ``G`` a Gaussian of that sigma (complete windows only);
 * structure: ``1 - (SSIM(A, F) + SSIM(B, F)) / 2`` with an 11x11 Gaussian window (sigma 1.5), data range 1 and
   ``(K1, K2) = (0.01, 0.03)``;
 * gradient: ``L1(|Sobel F|, max(|Sobel A|, |Sobel B|))`` with ``|Sobel x| = |Gx| + |Gy|`` (zero padding).
@@ -17,6 +18,7 @@ structure term of DM-FNet-style losses: each window is compared with the source 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -25,7 +27,9 @@ from torch.nn.modules.loss import _Loss
 
 from monai_lkcfusion.filters import sobel_gradients
 
-__all__ = ["FusionLoss", "SSIM_FORMS", "SSIM_PADDINGS", "VALUE_RANGES", "sobel_magnitude", "gaussian_ssim"]
+__all__ = [
+    "FusionLoss", "SSIM_FORMS", "SSIM_PADDINGS", "VALUE_RANGES", "gaussian_blur", "gaussian_ssim", "sobel_magnitude"
+]
 
 VALUE_RANGES = ("unit", "symmetric")
 """Intensity range the loss sees: [0, 1] as given, or mapped to [-1, 1] as the released data loader does."""
@@ -107,6 +111,24 @@ def gaussian_ssim(x: torch.Tensor, y: torch.Tensor, **options: Any) -> torch.Ten
     return ssim_maps(x, y, **options)[0].mean(dim=(-2, -1))
 
 
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian filtering of every channel over complete windows (side ``2 * ceil(3 sigma) + 1``, no padding).
+
+    Args:
+        image: images (B, C, H, W), each side at least the window's.
+        sigma: standard deviation in pixels, positive.
+
+    Returns:
+        Filtered images (B, C, H - s + 1, W - s + 1).
+    """
+    size = 2 * math.ceil(3.0 * sigma) + 1
+    g = _gaussian_kernel(size, sigma, image.device, image.dtype)
+    b, c, h, w = image.shape
+    planes = image.reshape(b * c, 1, h, w)
+    planes = F.conv2d(F.conv2d(planes, g.view(1, 1, size, 1)), g.view(1, 1, 1, size))
+    return planes.reshape(b, c, *planes.shape[-2:])
+
+
 def sobel_magnitude(image: torch.Tensor) -> torch.Tensor:
     """Sobel gradient magnitude ``|Gx| + |Gy|`` of every channel, zero padded to the input size.
 
@@ -133,6 +155,8 @@ class FusionLoss(_Loss):
         value_range: ``"unit"`` or ``"symmetric"`` (see :data:`VALUE_RANGES` and the module notes).
         ssim_padding: ``"valid"`` or ``"zeros"`` (see :data:`SSIM_PADDINGS`).
         ssim_form: ``"mean"`` or ``"max_variance"`` (see :data:`SSIM_FORMS`).
+        intensity_sigma: 0 for the released pixel-wise intensity term, else the Gaussian sigma (pixels) of the base
+            layers it compares (see the module notes).
 
     Example::
 
@@ -148,6 +172,7 @@ class FusionLoss(_Loss):
         value_range: str = "unit",
         ssim_padding: str = "valid",
         ssim_form: str = "mean",
+        intensity_sigma: float = 0.0,
     ) -> None:
         super().__init__()
         for name, value, allowed in (
@@ -157,6 +182,9 @@ class FusionLoss(_Loss):
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if intensity_sigma < 0:
+            raise ValueError(f"intensity_sigma must be 0 or positive, got {intensity_sigma}")
+        self.intensity_sigma = float(intensity_sigma)
         self.intensity_weight = float(intensity_weight)
         self.ssim_weight = float(ssim_weight)
         self.gradient_weight = float(gradient_weight)
@@ -181,7 +209,11 @@ class FusionLoss(_Loss):
         sources = sources.to(fused.dtype)
         if self.value_range == "symmetric":
             fused, sources = 2.0 * fused - 1.0, 2.0 * sources - 1.0
-        intensity = F.l1_loss(fused, sources.amax(dim=1, keepdim=True))
+        if self.intensity_sigma > 0:  # base layers (B, 1|2, H - s + 1, W - s + 1)
+            intensity = F.l1_loss(gaussian_blur(fused, self.intensity_sigma),
+                                  gaussian_blur(sources, self.intensity_sigma).amax(dim=1, keepdim=True))
+        else:
+            intensity = F.l1_loss(fused, sources.amax(dim=1, keepdim=True))
         ssim_map, variance = ssim_maps(sources, fused, padding=self.ssim_padding)  # (B, 2, H', W') each
         if self.ssim_form == "max_variance":  # per window, the source with more local structure
             ssim_map = ssim_map.gather(1, variance.argmax(dim=1, keepdim=True))

@@ -33,7 +33,15 @@ from .fft_training import (
     time_convolution,
     use_spectral_convolutions,
 )
-from .lkcfunet import NETWORK_PRESETS, NORM_SCHEMES, NORM_SITES, LKCFUNet, resolve_norm_scheme
+from .lkcfunet import (
+    NETWORK_PRESETS,
+    NORM_SCHEMES,
+    NORM_SITES,
+    OUTPUT_MODES,
+    LKCFUNet,
+    as_max_residual,
+    resolve_norm_scheme,
+)
 from .loading import default_weights_path, infer_config, load_network, save_network
 from .calibration import ChoiceCache, cache_dir, fastest
 from .optimize import PLAN_CACHE, network_signature, optimize_for_inference, retain_freed_memory
@@ -48,12 +56,14 @@ __all__ = [
     "NORM_KINDS",
     "NORM_SCHEMES",
     "NORM_SITES",
+    "OUTPUT_MODES",
     "SPECTRAL_POLICIES",
     "TIMINGS_CACHE",
     "ConvCase",
     "ConvTiming",
     "DropPath",
     "LKCFUNet",
+    "as_max_residual",
     "LayerChoice",
     "MultipathAdaptiveFusion",
     "RepLKBlock",

@@ -23,7 +23,15 @@ from monai_lkcfusion.networks.blocks import (
     get_norm,
 )
 
-__all__ = ["NETWORK_PRESETS", "NORM_SCHEMES", "NORM_SITES", "LKCFUNet", "resolve_norm_scheme"]
+__all__ = [
+    "NETWORK_PRESETS", "NORM_SCHEMES", "NORM_SITES", "OUTPUT_MODES", "LKCFUNet", "as_max_residual",
+    "resolve_norm_scheme",
+]
+
+OUTPUT_MODES = ("direct", "max_residual")
+"""What the head's output is: ``"direct"`` the fused image itself (the paper), ``"max_residual"`` a correction
+added to the pixel-wise maximum of the input channels (the fused image starts from pixel-max fusion, the
+intensity loss's own target, and the network learns what to change)."""
 
 NORM_SITES = ("stem", "resblock", "replk", "mafm", "head")
 """Where a norm scheme chooses the normalisation: the stem (before its large-kernel conv), the dense residual
@@ -153,6 +161,8 @@ class LKCFUNet(nn.Module):
             :func:`resolve_norm_scheme`).
         norm_groups: most groups of a ``"group"`` norm layer (32 as released); a layer with at most this many
             channels gets one group per channel, which is an instance norm.
+        output_mode: one of :data:`OUTPUT_MODES`: ``"direct"`` (as released) or ``"max_residual"`` (output =
+            pixel-wise max of the input channels + head; every output channel gets the same max).
 
     Example::
 
@@ -172,6 +182,7 @@ class LKCFUNet(nn.Module):
         dropout: float = 0.2,
         norm: str | Mapping[str, str] = "official",
         norm_groups: int = 32,
+        output_mode: str = "direct",
     ) -> None:
         super().__init__()
         if len(channel_mults) != len(kernel_sizes) or len(channel_mults) < 1:
@@ -183,6 +194,8 @@ class LKCFUNet(nn.Module):
             raise FusionInputError(f"norm_groups must be at least 1, got {norm_groups}")
         if num_blocks < 1:
             raise FusionInputError(f"num_blocks must be at least 1, got {num_blocks}")
+        if output_mode not in OUTPUT_MODES:
+            raise FusionInputError(f"output_mode {output_mode!r} is not one of {', '.join(OUTPUT_MODES)}")
         even = [k for k in (*kernel_sizes, middle_kernel) if k % 2 == 0 or k < 1]
         if even:
             raise FusionInputError(f"kernel sizes must be odd and positive, got {even}")
@@ -200,12 +213,16 @@ class LKCFUNet(nn.Module):
             "dropout": dropout,
             "norm": scheme,
             "norm_groups": int(norm_groups),
+            "output_mode": output_mode,
         }
         self.size_divisible = 2 ** (levels - 1)
         # the norm scheme travels with the weights (GroupNorm / InstanceNorm tensors alone cannot tell it)
         self.register_buffer("norm_kinds", torch.tensor([NORM_KINDS.index(scheme[site]) for site in NORM_SITES]))
         if norm_groups != 32:  # the released layout (and every earlier file) has no such tensor
             self.register_buffer("norm_groups", torch.tensor(int(norm_groups)))
+        self.max_residual = output_mode == "max_residual"
+        if self.max_residual:  # stored so that loading rebuilds the same output (files without it are "direct")
+            self.register_buffer("output_mode", torch.tensor(OUTPUT_MODES.index(output_mode)))
         self.register_load_state_dict_pre_hook(_check_norm_kinds)
 
         self.stem_conv = nn.Conv2d(in_channels, features, 3, padding=1)
@@ -274,9 +291,10 @@ class LKCFUNet(nn.Module):
             x: (B, in_channels, H, W), for fusion channel 0 = MRI and channel 1 = other modality, in [0, 1].
 
         Returns:
-            (B, out_channels, H, W) raw network output.
+            (B, out_channels, H, W) raw network output (``"max_residual"``: already added to the input's max).
         """
         height, width = x.shape[-2], x.shape[-1]
+        base = x.amax(dim=1, keepdim=True) if self.max_residual else None  # (B, 1, H, W)
         pad_h = (self.size_divisible - height % self.size_divisible) % self.size_divisible
         pad_w = (self.size_divisible - width % self.size_divisible) % self.size_divisible
         x = F.pad(x, [0, pad_w, 0, pad_h], mode="replicate")  # unconditional: keeps ONNX export shape-generic
@@ -290,5 +308,31 @@ class LKCFUNet(nn.Module):
         for i, level in enumerate(self.decoder):
             x = level(x, skips[len(skips) - 1 - i])
         x = self.stem_skip_block(torch.cat((x, f0), dim=1))  # (B, C_0 + features, H, W) -> (B, C_0, H, W)
-        x = self.head(x)
-        return x[:, :, :height, :width]
+        x = self.head(x)[:, :, :height, :width]
+        return x + base if base is not None else x
+
+
+def as_max_residual(network: LKCFUNet) -> LKCFUNet:
+    """A ``"max_residual"`` copy of a ``"direct"`` network that starts as pixel-max fusion.
+
+    All weights are kept except the head's last convolution, which is zeroed: the new network's output is exactly
+    the pixel-wise maximum of its input channels until training changes it, and the trained features are there
+    for it to learn from.
+
+    Args:
+        network: a trained or new ``"direct"`` network.
+
+    Returns:
+        a new network on the same device, in the same train/eval mode.
+
+    Raises:
+        FusionInputError: if ``network`` is already ``"max_residual"``.
+    """
+    if network.config["output_mode"] != "direct":
+        raise FusionInputError(f"the network's output mode is already {network.config['output_mode']!r}")
+    residual = LKCFUNet(**{**network.config, "output_mode": "max_residual"}).to(network.stem_conv.weight.device)
+    residual.load_state_dict({**network.state_dict(), "output_mode": residual.output_mode})
+    with torch.no_grad():
+        residual.head[-1].weight.zero_()  # (out, C_0, 3, 3)
+        residual.head[-1].bias.zero_()
+    return residual.train(network.training)

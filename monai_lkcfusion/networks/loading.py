@@ -19,7 +19,7 @@ from monai_lkcfusion.networks.convert import (
     list_names,
     read_state_dict,
 )
-from monai_lkcfusion.networks.lkcfunet import NORM_SCHEMES, NORM_SITES, LKCFUNet, resolve_norm_scheme
+from monai_lkcfusion.networks.lkcfunet import NORM_SCHEMES, NORM_SITES, OUTPUT_MODES, LKCFUNet, resolve_norm_scheme
 
 __all__ = ["check_finite_weights", "default_weights_path", "infer_config", "load_network", "save_network"]
 
@@ -42,6 +42,7 @@ _FIELDS = {
     "middle_kernel": "middle kernel",
     "norm": "norm scheme",
     "norm_groups": "GroupNorm groups",
+    "output_mode": "output mode",
 }
 
 
@@ -110,6 +111,7 @@ def infer_config(state: Mapping[str, torch.Tensor], origin: str = "state dict") 
         "middle_kernel": _shape(state, "middle.0.dw.weight", origin)[-1],
         "norm": norm,
         "norm_groups": int(state["norm_groups"]) if "norm_groups" in state else 32,
+        "output_mode": OUTPUT_MODES[int(state["output_mode"])] if "output_mode" in state else "direct",
     }
 
 
@@ -159,7 +161,8 @@ def check_finite_weights(state: Mapping[str, Any], origin: str = "state dict") -
     bad_dtype = [
         f"{k} ({str(v.dtype).replace('torch.', '')})" for k, v in state.items()
         if isinstance(v, torch.Tensor) and not v.is_floating_point() and not k.endswith(("num_batches_tracked",
-                                                                                           "norm_kinds", "norm_groups"))
+                                                                                           "norm_kinds", "norm_groups",
+                                                                                           "output_mode"))
     ]
     if bad_dtype:
         raise FusionInputError(
