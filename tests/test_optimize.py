@@ -97,6 +97,7 @@ def test_fold_batch_norm_exact():
         ("tiny", {}, (3, 2, 37, 53), False),
         ("official", NARROW_LARGE, (3, 2, 37, 53), False),
         ("official", NARROW_LARGE, (1, 2, 32, 32), True),  # also times the candidates and the memory formats
+        ("official", {**NARROW_LARGE, "output_mode": "max_residual"}, (2, 2, 37, 53), False),
     ],
 )
 def test_optimized_matches_plain(preset, overrides, shape, calibrate):
