@@ -73,19 +73,10 @@ def ssim_maps(
     Returns:
         ``(ssim_map, var_x)``, both (B, C, H', W').
     """
-    if padding not in SSIM_PADDINGS:
-        raise ValueError(f"padding must be one of {SSIM_PADDINGS}, got {padding!r}")
     x, y = torch.broadcast_tensors(x, y)
     b, c, h, w = x.shape
     size = min(window_size, h, w)
-    pad = size // 2 if padding == "zeros" else 0
-    g = _gaussian_kernel(size, sigma, x.device, x.dtype)
-    # the 2D Gaussian window is separable: filter rows then columns, every map independently; the maps are the
-    # channels of one depthwise convolution (measured 15x faster on the CPU than a batch of 1-channel maps)
-    n = 5 * b * c
-    stack = torch.cat([x, y, x * x, y * y, x * y], dim=0).reshape(1, n, h, w)
-    stack = F.conv2d(stack, g.view(1, 1, size, 1).expand(n, 1, size, 1), padding=(pad, 0), groups=n)
-    stack = F.conv2d(stack, g.view(1, 1, 1, size).expand(n, 1, 1, size), padding=(0, pad), groups=n)
+    stack = gaussian_blur(torch.cat([x, y, x * x, y * y, x * y], dim=0), sigma, size, padding)  # (5B, C, H', W')
     mu_x, mu_y, e_xx, e_yy, e_xy = stack.reshape(5, b, c, *stack.shape[-2:])  # each (B, C, H', W')
     var_x = e_xx - mu_x**2
     var_y = e_yy - mu_y**2
@@ -111,21 +102,32 @@ def gaussian_ssim(x: torch.Tensor, y: torch.Tensor, **options: Any) -> torch.Ten
     return ssim_maps(x, y, **options)[0].mean(dim=(-2, -1))
 
 
-def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian filtering of every channel over complete windows (side ``2 * ceil(3 sigma) + 1``, no padding).
+def gaussian_blur(
+    image: torch.Tensor, sigma: float, window_size: int | None = None, padding: str = "valid"
+) -> torch.Tensor:
+    """Separable Gaussian filtering of every channel of every image.
 
     Args:
-        image: images (B, C, H, W), each side at least the window's.
+        image: images (B, C, H, W).
         sigma: standard deviation in pixels, positive.
+        window_size: odd side of the window; ``None``: ``2 * ceil(3 sigma) + 1``.
+        padding: ``"valid"`` (complete windows: maps of ``H - s + 1``) or ``"zeros"`` (zero padding, maps of ``H``).
 
     Returns:
-        Filtered images (B, C, H - s + 1, W - s + 1).
+        Filtered images (B, C, H', W').
     """
-    size = 2 * math.ceil(3.0 * sigma) + 1
+    if padding not in SSIM_PADDINGS:
+        raise ValueError(f"padding must be one of {SSIM_PADDINGS}, got {padding!r}")
+    size = 2 * math.ceil(3.0 * sigma) + 1 if window_size is None else window_size
+    pad = size // 2 if padding == "zeros" else 0
     g = _gaussian_kernel(size, sigma, image.device, image.dtype)
     b, c, h, w = image.shape
-    planes = image.reshape(b * c, 1, h, w)
-    planes = F.conv2d(F.conv2d(planes, g.view(1, 1, size, 1)), g.view(1, 1, 1, size))
+    # every (image, channel) plane is a channel of one depthwise convolution: measured 15x faster on the CPU than a
+    # batch of 1-channel planes
+    n = b * c
+    planes = image.reshape(1, n, h, w)
+    planes = F.conv2d(planes, g.view(1, 1, size, 1).expand(n, 1, size, 1), padding=(pad, 0), groups=n)
+    planes = F.conv2d(planes, g.view(1, 1, 1, size).expand(n, 1, 1, size), padding=(0, pad), groups=n)
     return planes.reshape(b, c, *planes.shape[-2:])
 
 
