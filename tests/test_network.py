@@ -198,6 +198,10 @@ def test_max_residual_output_starts_at_pixel_max_and_roundtrips(tmp_path) -> Non
     with torch.no_grad():
         torch.testing.assert_close(back.eval()(x), residual(x))
     assert "output_mode" not in direct.state_dict()  # files of the released layout are unchanged
+    # a preset names the layers, not the output mode; a config that names the mode is checked on it
+    assert load_network(tmp_path / "residual.pt", expected="tiny").config["output_mode"] == "max_residual"
+    with pytest.raises(FusionInputError, match="output mode max_residual, the requested network has direct"):
+        load_network(tmp_path / "residual.pt", expected={"output_mode": "direct"})
     with pytest.raises(FusionInputError, match="already 'max_residual'"):
         as_max_residual(residual)
     with pytest.raises(FusionInputError, match="output_mode 'sum' is not one of"):

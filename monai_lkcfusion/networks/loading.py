@@ -123,11 +123,15 @@ def _describe(value: Any) -> str:
 
 
 def _check_expected(found: Mapping[str, Any], expected: str | Mapping[str, Any], origin: str) -> None:
-    """Raise if the architecture of the weights differs from an expected preset name or config."""
+    """Raise if the architecture of the weights differs from an expected preset name or config.
+
+    A preset fixes the layers (widths, kernels, norms), not the output mode: weights of preset ``"small"`` trained
+    as ``"max_residual"`` are still ``"small"``. A config that names ``output_mode`` is checked on it.
+    """
     found = {**found, "norm": resolve_norm_scheme(found["norm"])}
     if isinstance(expected, str):
         with torch.device("meta"):
-            wanted = LKCFUNet.from_preset(expected).config
+            wanted = {k: v for k, v in LKCFUNet.from_preset(expected).config.items() if k != "output_mode"}
         label = f"preset {expected!r}"
     else:
         unknown = sorted(set(expected) - set(_FIELDS) - {"dropout"})
@@ -193,7 +197,8 @@ def load_network(
             LKC-FUNet checkpoints (keys ``model.init_conv.weight``, ...) are recognised and converted.
         map_location: device for the network.
         expected: optional preset name or :class:`LKCFUNet` keyword arguments the weights must match; architecture
-            fields given there that differ from the weights raise an error naming them.
+            fields given there that differ from the weights raise an error naming them (a preset name does not fix
+            the output mode, see :data:`~monai_lkcfusion.networks.OUTPUT_MODES`).
 
     Returns:
         the network in eval mode.
