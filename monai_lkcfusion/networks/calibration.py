@@ -54,7 +54,6 @@ class ChoiceCache:
         self.name = name
         self.folder = Path(folder) if folder is not None else None
         self._memory: dict[str, object] = {}
-        self._loaded = False
         self._lock = threading.Lock()
         self._warned = False
 
@@ -74,12 +73,15 @@ class ChoiceCache:
         return content if isinstance(content, dict) else {}
 
     def get(self, key: str) -> object | None:
-        """The cached value of ``key`` on this machine, or ``None``."""
+        """The cached value of ``key`` on this machine, or ``None``.
+
+        A key not in memory is looked up on disk again, so a long-lived process uses what other processes measured
+        after it first read the file (two processes fusing the same input then run the same plans).
+        """
         with self._lock:
-            if not self._loaded:
+            if key not in self._memory:
                 section = self._read().get(machine_key(), {})
                 self._memory.update(section if isinstance(section, dict) else {})
-                self._loaded = True
             return self._memory.get(key)
 
     def put(self, key: str, value: object) -> None:
