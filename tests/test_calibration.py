@@ -32,6 +32,9 @@ def test_cache_round_trip_per_machine(tmp_path, monkeypatch):
     # a long-lived process (the Slicer worker, a server) sees what another one measured after it read the file: both
     # then run the same plans (a measured choice that differs between processes changes the output's rounding)
     assert cache.get("other") == "contiguous"
+    ChoiceCache("plans", tmp_path).put("layer", 16)  # another process measured the same key differently
+    assert cache.get("third") is None and cache.get("layer") == 48  # a re-read keeps the choice this process runs
+    ChoiceCache("plans", tmp_path).put("layer", 48)
     content = json.loads((tmp_path / "plans.json").read_text())
     assert content == {machine.machine_key(): {"layer": 48, "other": "contiguous"}}
     monkeypatch.setattr(calibration, "machine_key", lambda: "another CPU")

@@ -81,7 +81,8 @@ class ChoiceCache:
         with self._lock:
             if key not in self._memory:
                 section = self._read().get(machine_key(), {})
-                self._memory.update(section if isinstance(section, dict) else {})
+                # this process's own choices stay as they are (its networks already run them)
+                self._memory = {**(section if isinstance(section, dict) else {}), **self._memory}
             return self._memory.get(key)
 
     def put(self, key: str, value: object) -> None:
