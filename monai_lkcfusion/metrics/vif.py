@@ -10,6 +10,9 @@ from .utils import batched_metric, reduce_sources
 __all__ = ["visual_information_fidelity"]
 
 _EPS = 1e-10
+# most outputs per block of the banded products in :func:`_filter_axis`, and the fewest it looks at to avoid a tail
+_FILTER_BLOCK = 16
+_FILTER_BLOCK_MIN = 8
 
 
 def _gaussian_1d(scale: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -20,64 +23,73 @@ def _gaussian_1d(scale: int, dtype: torch.dtype, device: torch.device) -> torch.
     return g / g.sum()
 
 
-def _fft_length(n: int) -> int:
-    """The smallest 2^a 3^b >= ``n``: an FFT length without large prime factors."""
-    length = n
-    while True:
-        rest = length
-        for factor in (2, 3):
-            while rest % factor == 0:
-                rest //= factor
-        if rest == 1:
-            return length
-        length += 1
+def _band_matrix(kernel_1d: torch.Tensor, rows: int, step: int) -> torch.Tensor:
+    """(rows, step * (rows - 1) + k) matrix: row i holds ``kernel_1d`` from column ``step * i``, zeros elsewhere."""
+    k = kernel_1d.numel()
+    width = step * (rows - 1) + k
+    band = kernel_1d.new_zeros((rows, width))
+    band.as_strided((rows, k), (width + step, 1)).copy_(kernel_1d.expand(rows, k))
+    return band
 
 
-def _filter_fft(real: torch.Tensor, imag: torch.Tensor, kernel_1d: torch.Tensor) -> torch.Tensor:
-    """Correlate two stacks of (..., h, w) planes with ``outer(kernel_1d, kernel_1d)`` by FFT, 'valid' region.
+def _filter_axis(planes: torch.Tensor, kernel_1d: torch.Tensor, dim: int, step: int = 1) -> torch.Tensor:
+    """Correlate (..., H, W) planes with ``kernel_1d`` along ``dim`` (-2 or -1), 'valid', every ``step``-th output.
 
-    The stacks are the real and imaginary parts of one complex float64 circular convolution (the kernel is real,
-    so the parts do not mix), at a zero-padded fast FFT length: the wrapped-around part is exactly the border
-    that 'valid' drops. The round-off is about 1e-16 of the largest value of a plane, wherever the pixel is.
+    Each output is the sum of its k products in kernel order (zero products add nothing), so the round-off of a
+    value is relative to its own window's values, as in ``convolve2d``; sums of integers below 2^53 are exact.
+    The outputs are computed in blocks of at most :data:`_FILTER_BLOCK` as products with a small band matrix,
+    reading the planes in place: a few BLAS calls instead of k passes over the planes.
+
+    Args:
+        planes: (..., H, W) planes, of ``kernel_1d``'s dtype.
+        kernel_1d: (k,) filter weights.
+        dim: the filtered axis, -2 (rows) or -1 (columns).
+        step: keep every ``step``-th 'valid' output.
 
     Returns:
-        (..., h - k + 1, w - k + 1) complex planes: filtered ``real`` + i filtered ``imag``, k = ``kernel_1d.numel()``.
+        (..., n, W) for ``dim`` -2 or (..., H, n) for -1, contiguous, n = (size - k) // ``step`` + 1.
     """
-    h, w = real.shape[-2:]
+    x = planes.contiguous()
+    h, w = x.shape[-2:]
     k = kernel_1d.numel()
-    size = (_fft_length(h), _fft_length(w))
-    flipped = kernel_1d.flip(0)
-    kernel = torch.fft.fft(flipped, n=size[0]).unsqueeze(1) * torch.fft.fft(flipped, n=size[1]).unsqueeze(0)
-    filtered = torch.fft.ifft2(torch.fft.fft2(torch.complex(real, imag), s=size).mul_(kernel))
-    return filtered[..., k - 1 : h, k - 1 : w]
+    size = h if dim == -2 else w
+    n = (size - k) // step + 1
+    # a block size that divides n if one is near, so that no tail is left
+    m = next((d for d in range(_FILTER_BLOCK, _FILTER_BLOCK_MIN - 1, -1) if n % d == 0), min(_FILTER_BLOCK, n))
+    blocks, rest = divmod(n, m)
+    band = _band_matrix(kernel_1d, m, step)  # (m, K): the weights of m consecutive outputs
+    tail = band[:rest, : step * (rest - 1) + k]  # the last ``rest`` outputs, if any
+    start = blocks * m * step  # first input of the tail
+    if dim == -1:  # rows of all planes at once: (R, K) windows of each block times band^T
+        rows = x.reshape(-1, w)  # (R, W)
+        out = x.new_empty((*x.shape[:-1], n))
+        flat = out.view(-1, n)  # (R, n)
+        windows = rows.as_strided((blocks, rows.shape[0], band.shape[1]), (m * step, w, 1))
+        torch.bmm(windows, band.T.expand(blocks, -1, -1), out=flat.as_strided((blocks, flat.shape[0], m), (m, n, 1)))
+        if rest:
+            flat[:, blocks * m :] = rows[:, start : start + tail.shape[1]] @ tail.T
+        return out
+    planes_3d = x.reshape(-1, h, w)  # (P, H, W): one plane at a time, band times (K, W) windows of rows
+    out = x.new_empty((*x.shape[:-2], n, w))
+    for plane, target in zip(planes_3d, out.view(-1, n, w)):
+        windows = plane.as_strided((blocks, band.shape[1], w), (m * step * w, w, 1))
+        torch.bmm(band.expand(blocks, -1, -1), windows, out=target[: blocks * m].view(blocks, m, w))
+        if rest:
+            target[blocks * m :] = tail @ plane[start : start + tail.shape[1]]
+    return out
 
 
-def _filter_direct(planes: torch.Tensor, kernel_1d: torch.Tensor, step: int = 1) -> torch.Tensor:
+def _filter(planes: torch.Tensor, kernel_1d: torch.Tensor, step: int = 1) -> torch.Tensor:
     """Correlate (..., h, w) planes with ``outer(kernel_1d, kernel_1d)``, keeping every ``step``-th 'valid' pixel.
 
-    Weighted sums of shifted slices, one axis at a time (rows first, so that ``step`` drops rows before the
-    second pass): the round-off of a pixel is relative to its own window's values, as in ``convolve2d``, and a
-    window of zeros gives exactly 0.
+    One axis at a time, rows first (so that ``step`` drops rows before the second pass), each output the sum of
+    its window's products (:func:`_filter_axis`): the round-off of a pixel is relative to its own window's
+    values, as in ``convolve2d``, and a window of zeros gives exactly 0.
 
     Returns:
         (..., (h - k) // step + 1, (w - k) // step + 1) filtered planes, k = ``kernel_1d.numel()``.
     """
-    k = kernel_1d.numel()
-    weights = kernel_1d.tolist()
-    out = planes
-    for dim in (planes.ndim - 2, planes.ndim - 1):
-        n = (out.shape[dim] - k) // step + 1
-        index = [slice(None)] * out.ndim
-
-        def shifted(offset: int) -> torch.Tensor:
-            index[dim] = slice(offset, offset + step * (n - 1) + 1, step)
-            return out[tuple(index)]
-
-        total = shifted(0) * weights[0]
-        for offset in range(1, k):
-            total.add_(shifted(offset), alpha=weights[offset])
-        out = total
-    return out
+    return _filter_axis(_filter_axis(planes, kernel_1d, -2, step), kernel_1d, -1, step)
 
 
 def _scale_terms(
@@ -129,11 +141,8 @@ def visual_information_fidelity(
     and the same clipping of the local gains/variances (eps 1e-10). A reference with no local variance at any
     scale (0/0) gives 1, as in that code.
 
-    The first, largest scale is filtered by FFT, on images centred on their mean (a constant image gives exactly
-    0): the local variances of 8-bit images are 0 or far above the 1e-10 thresholds, so the FFT's round-off (about
-    1e-16 of a plane's largest value) moves none across them. The filtered, downsampled images of the later scales
-    have Gaussian-tail variances near 1e-10, so they are filtered directly, with round-off relative to each
-    window's own values as in the reference.
+    Every scale is filtered directly, one axis at a time, with round-off relative to each window's own values as
+    in the reference: the 1e-10 thresholds decide on the same kind of values (a black window gives exactly 0).
 
     Args:
         fused: (B, 1, H, W) batch or (H, W) image on [0, 255], H and W at least 41.
@@ -148,25 +157,18 @@ def visual_information_fidelity(
     if min(fused.shape[-2:]) < 41:  # room for the four scales' 'valid' windows
         raise FusionInputError(f"VIF needs images of at least 41x41 pixels, got {tuple(fused.shape[-2:])}")
     images = torch.cat([mri, other, fused], dim=1)  # (B, 3, H, W): two references, one distorted image
-    win = _gaussian_1d(1, images.dtype, images.device)
-    # the moment planes of the images centred on their means ((co)variances do not change with an offset), as
-    # real parts MRI, other, MRI * F, other * F and imaginary parts MRI^2, other^2, F, F^2: (B, 8, H, W)
-    planes = images.new_empty((images.shape[0], 8, *images.shape[2:]))
-    means = images.mean(dim=(2, 3), keepdim=True)  # (B, 3, 1, 1)
-    torch.sub(images[:, :2], means[:, :2], out=planes[:, :2])
-    torch.sub(images[:, 2:], means[:, 2:], out=planes[:, 6:7])
-    torch.mul(planes[:, :2], planes[:, 6:7], out=planes[:, 2:4])
-    torch.mul(planes[:, :2], planes[:, :2], out=planes[:, 4:6])
-    torch.mul(planes[:, 6:7], planes[:, 6:7], out=planes[:, 7:])
-    stats = _filter_fft(planes[:, :4], planes[:, 4:], win)  # (B, 4, h, w) complex: every plane's local means
-    mu1, cross, sq1 = stats.real[:, :2], stats.real[:, 2:], stats.imag[:, :2]
-    num, den = _scale_terms(mu1, stats.imag[:, 2:3], sq1, stats.imag[:, 3:], cross, noise_var)  # (B, 2) each
-    for scale in range(2, 5):
+    b = images.shape[0]
+    num = den = images.new_zeros((b, 2))
+    for scale in range(1, 5):
         win = _gaussian_1d(scale, images.dtype, images.device)
-        images = _filter_direct(images, win, step=2)
-        products = images[:, :2] * images[:, 2:]
-        # (B, 8, h, w): means of MRI, other, F, their squares, MRI * F, other * F
-        stats = _filter_direct(torch.cat([images, images * images, products], dim=1), win)
+        if scale > 1:
+            images = _filter(images, win, step=2)
+        # the moment planes MRI, other, F, MRI^2, other^2, F^2, MRI * F, other * F: (B, 8, h, w)
+        planes = images.new_empty((b, 8, *images.shape[2:]))
+        planes[:, :3] = images
+        torch.mul(images, images, out=planes[:, 3:6])
+        torch.mul(images[:, :2], images[:, 2:], out=planes[:, 6:])
+        stats = _filter(planes, win)
         mu1, mu2, sq1, sq2, cross = stats.split((2, 1, 2, 1, 2), dim=1)
         scale_num, scale_den = _scale_terms(mu1, mu2, sq1, sq2, cross, noise_var)
         num, den = num + scale_num, den + scale_den
