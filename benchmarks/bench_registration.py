@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
@@ -23,6 +22,7 @@ from monai.data import MetaTensor
 from monai.transforms import ResampleToMatch
 
 from monai_lkcfusion.data import demo_files
+from monai_lkcfusion.machine import machine_summary
 from monai_lkcfusion.registration import mean_displacement, moved_affine, register, transform_matrix
 from monai_lkcfusion.transforms import LoadFusionImage, ScaleModality
 
@@ -58,8 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     mri, pet, truth = make_pair(tuple(args.shape))
     threads = args.threads or sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; SimpleITK "
-          f"{sitk.Version.VersionString()} with {threads} thread(s); load average {os.getloadavg()[0]:.2f}")
+    print(f"machine: {machine_summary()}; SimpleITK {sitk.Version.VersionString()} with {threads} thread(s)")
     print(f"MRI {tuple(mri.shape[1:])}, PET {tuple(pet.shape[1:])} (2 mm), {args.kind}")
     for repeat in range(args.repeats):
         wall, cpu = time.perf_counter(), time.process_time()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ import torch
 
 from monai_lkcfusion.data import demo_files
 from monai_lkcfusion.inference import fuse
+from monai_lkcfusion.machine import machine_summary
 from monai_lkcfusion.networks import default_weights_path
 from monai_lkcfusion.registration import (
     foreground_mask,
@@ -110,6 +112,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the per-pair results here")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    print(f"machine: {machine_summary()}")
     method = "lkcfunet" if default_weights_path().is_file() else "max"
     load, scale = LoadFusionImage(), ScaleModality()
     rng = np.random.default_rng(args.seed)
@@ -144,6 +147,7 @@ def main() -> None:
     if small:
         print(f"small functional region (cover < 0.5): n={len(small)} corr min {min(r['corr'] for r in small):.4f} "
               f"recover max {max(r['recover'] for r in small):.3f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
