@@ -99,11 +99,15 @@ def test_corrupt_and_empty_weights(tmp_path, capsys):
     cut_pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
+    junk = tmp_path / "junk.pt"  # not a zip and not a pickle: corrupt, not "Python objects"
+    junk.write_bytes(b"garbage, not weights")
     for weights, problem in ((cut, "cannot read weights"), (cut_pt, "cannot read weights"),
-                             (empty, "cannot read weights"), (tmp_path / "none.pt", "no LKC-FUNet weights file")):
+                             (empty, "cannot read weights"), (junk, "cannot read weights"),
+                             (tmp_path / "none.pt", "no LKC-FUNet weights file")):
         assert main(["fuse", str(mri), str(ct), "-o", str(tmp_path / "f.png"), "--weights", str(weights)]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and f"{weights}: {problem}" in err, err
+        assert "Python objects" not in err, err
     assert not (tmp_path / "f.png").exists()
 
 

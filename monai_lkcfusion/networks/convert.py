@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from os import PathLike
 from typing import Any
@@ -108,11 +109,22 @@ def read_state_dict(source: str | PathLike | Mapping[str, Any], map_location: An
     except Exception as e:  # unpickling refused, corrupt file, wrong format
         detail = (str(e).strip().splitlines() or ["empty or truncated file"])[0]
         if "Weights only load failed" in detail:  # torch's hint to retry unsafely is not advice we pass on
-            detail = "it holds Python objects besides tensors, which are never unpickled; save a plain state dict"
+            detail = (
+                "it holds Python objects besides tensors, which are never unpickled; save a plain state dict"
+                if _is_pickle(path)
+                else "not a PyTorch weights file, or a corrupt one; give a .pt/.pth state dict or .safetensors"
+            )
         raise FusionInputError(f"{path}: cannot read weights ({type(e).__name__}: {detail})") from e
     if not isinstance(loaded, Mapping):
         raise FusionInputError(f"{path}: holds a {type(loaded).__name__}, not a state dict")
     return unwrap_state_dict(loaded, path)
+
+
+def _is_pickle(path: str) -> bool:
+    """Whether ``path`` is a ``torch.save`` zip archive or a bare pickle (protocol 2+ starts with ``0x80``)."""
+    with open(path, "rb") as f:
+        head = f.read(1)
+    return head == b"\x80" or zipfile.is_zipfile(path)
 
 
 def unwrap_state_dict(checkpoint: Mapping[str, Any], origin: str = "checkpoint") -> dict[str, torch.Tensor]:
