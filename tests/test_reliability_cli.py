@@ -96,6 +96,9 @@ def _bad_case(name: str, d: Path) -> tuple[Path, Path, str]:
         (d / "nodicom").mkdir()
         (d / "nodicom" / "readme.txt").write_text("x")
         return d / "nodicom", mri_nii, "no DICOM series"
+    if name == "empty folder beside a picture":  # the folder's problem, not "a volume cannot be a .png"
+        (d / "empty").mkdir()
+        return d / "empty", mri_png, "no DICOM series"
     if name == "volumes do not overlap":
         far = np.eye(4)
         far[:3, 3] = [500.0, 0.0, 0.0]
@@ -123,7 +126,8 @@ def _bad_case(name: str, d: Path) -> tuple[Path, Path, str]:
 BAD_CASES = [
     "missing file", "truncated PNG", "truncated NIfTI", "truncated NIfTI.gz", "truncated MHA", "empty file",
     "not an image",
-    "unsupported format", "mixed DICOM series", "folder without DICOM", "volumes do not overlap", "2D sizes differ",
+    "unsupported format", "mixed DICOM series", "folder without DICOM", "empty folder beside a picture",
+    "volumes do not overlap", "2D sizes differ",
     "2D with 3D", "wrong channels", "4D volume", "all-NaN NIfTI", "all-NaN float TIFF", "multi-page TIFF",
 ]
 
@@ -132,8 +136,8 @@ BAD_CASES = [
 def test_bad_input_exit_2_one_line_no_output(case, tmp_path, capfd):
     """``capfd`` also sees what C++ readers (ITK, GDCM) print on file descriptor 2."""
     mri, other, problem = _bad_case(case, tmp_path)
-    bad = mri if case in ("mixed DICOM series", "folder without DICOM") else other
-    out = tmp_path / "out" / ("fused.png" if mri.suffix == ".png" else "fused.nii.gz")
+    bad = mri if mri.is_dir() else other
+    out = tmp_path / "out" / ("fused.png" if ".png" in (mri.suffix, other.suffix) else "fused.nii.gz")
     code, _, err = _fuse([str(mri), str(other), "-o", str(out), "--method", "max"], capfd)
     assert code == 2, err
     lines = err.strip().splitlines()

@@ -482,14 +482,21 @@ def check_dicom_slices(
     return [item[1] for item in kept], messages
 
 
+def dicom_series_ids(folder: str | Path) -> list[str]:
+    """The DICOM series instance UIDs that GDCM finds in ``folder`` (empty for a folder without DICOM)."""
+    import SimpleITK as sitk
+
+    with _native_stderr_silenced():  # GDCM prints multi-line warnings for folders without DICOM
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
 def _read_dicom_series(folder: Path, series: str | None, allow_irregular: bool = False) -> MetaTensor:
     """One DICOM series from a folder (SimpleITK/GDCM sorts the slices by position, checked first)."""
     import pydicom
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
-    with _native_stderr_silenced():  # GDCM prints multi-line warnings for folders without DICOM
-        uids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    uids = dicom_series_ids(folder)
     if not uids:
         raise FusionInputError(f"{folder}: folder holds no DICOM series")
     if series is None and len(uids) > 1:
@@ -523,12 +530,14 @@ def _read_dicom_series(folder: Path, series: str | None, allow_irregular: bool =
 def image_spatial_dims(path: str | Path) -> int | None:
     """The spatial dimensions an input will be read with (2 or 3), from its header only; ``None`` if unknown.
 
-    Pictures are 2D; NIfTI files and DICOM folders are volumes (a one-slice NIfTI too); NRRD/MHA say so in
-    their header.
+    Pictures are 2D; NIfTI files and folders holding a DICOM series are volumes (a one-slice NIfTI too);
+    NRRD/MHA say so in their header. A folder without DICOM is unknown (its reader names the problem).
     """
     path = Path(path)
     suffix = image_suffix(path)
-    if path.is_dir() or suffix in NIFTI_SUFFIXES:
+    if path.is_dir():
+        return 3 if dicom_series_ids(path) else None
+    if suffix in NIFTI_SUFFIXES:
         return 3
     if suffix in PICTURE_SUFFIXES:
         return 2
