@@ -482,7 +482,7 @@ def check_dicom_slices(
     return [item[1] for item in kept], messages
 
 
-def dicom_series_ids(folder: str | Path) -> list[str]:
+def _dicom_series_ids(folder: str | Path) -> list[str]:
     """The DICOM series instance UIDs that GDCM finds in ``folder`` (empty for a folder without DICOM)."""
     import SimpleITK as sitk
 
@@ -496,7 +496,7 @@ def _read_dicom_series(folder: Path, series: str | None, allow_irregular: bool =
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
-    uids = dicom_series_ids(folder)
+    uids = _dicom_series_ids(folder)
     if not uids:
         raise FusionInputError(f"{folder}: folder holds no DICOM series")
     if series is None and len(uids) > 1:
@@ -536,7 +536,7 @@ def image_spatial_dims(path: str | Path) -> int | None:
     path = Path(path)
     suffix = image_suffix(path)
     if path.is_dir():
-        return 3 if dicom_series_ids(path) else None
+        return 3 if _dicom_series_ids(path) else None
     if suffix in NIFTI_SUFFIXES:
         return 3
     if suffix in PICTURE_SUFFIXES:
