@@ -132,6 +132,24 @@ def test_cli_metrics_reports_missing_counterparts(tmp_path, capsys):
     assert "b.png (no other image)" in err and "Traceback" not in err
 
 
+def test_cli_metrics_scores_three_files(tmp_path, capsys):
+    """Three files score that one triple whatever their names; files mixed with folders, or a missing path, refuse."""
+    dirs = _write_pairs(tmp_path, ["a.png", "b.png"])
+    (dirs["other"] / "b.png").rename(dirs["other"] / "pet_b.png")
+    json_path = tmp_path / "one.json"
+    files = [str(dirs["fused"] / "b.png"), str(dirs["mri"] / "b.png"), str(dirs["other"] / "pet_b.png")]
+    argv = ["metrics", "--fused", files[0], "--mri", files[1], "--other", files[2], "--json", str(json_path)]
+    assert main(argv) == 0
+    triple = [read_gray(path) for path in files]
+    assert json.loads(json_path.read_text())["pairs"] == {"b.png": pytest.approx(compute_fusion_metrics(*triple))}
+    capsys.readouterr()
+    assert main(["metrics", "--fused", files[0], "--mri", str(dirs["mri"]), "--other", files[2]]) == 2
+    assert "not a mix (fused file, mri folder, other file)" in capsys.readouterr().err
+    assert main(["metrics", "--fused", str(tmp_path / "nope.png"), "--mri", files[1], "--other", files[2]]) == 2
+    err = capsys.readouterr().err
+    assert "nope.png: no such file or folder" in err and len(err.strip().splitlines()) == 1
+
+
 def test_metatensor_inputs_score_like_plain_tensors():
     """Images that arrive as MetaTensors (MONAI pipelines, bundle evaluation) score exactly like plain tensors."""
     from monai.data import MetaTensor

@@ -6,7 +6,7 @@ import argparse
 
 HELP = "score fused images against their MRI / other sources (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, ...)"
 DESCRIPTION = (
-    "Pair images by name (extension ignored) across the three folders, read them as 8-bit gray "
+    "Pair images by name (extension ignored) across the three folders (or score three files), read them as 8-bit gray "
     "(colour as rounded BT.601 luma), print one row per pair and the mean, std and number of pairs per metric. "
     "Conventions: see docs/metrics.md."
 )
@@ -18,9 +18,9 @@ EPILOG = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``lkcfusion metrics``."""
-    parser.add_argument("--fused", required=True, help="folder of fused images")
-    parser.add_argument("--mri", required=True, help="folder of MRI images (same names)")
-    parser.add_argument("--other", required=True, help="folder of CT/PET/SPECT images (same names)")
+    parser.add_argument("--fused", required=True, help="folder of fused images, or one fused image")
+    parser.add_argument("--mri", required=True, help="folder of MRI images (same names), or one MRI image")
+    parser.add_argument("--other", required=True, help="folder of CT/PET/SPECT images (same names), or one such image")
     parser.add_argument("--metrics", nargs="+", metavar="NAME",
                         help="metrics to compute (default: EN SD SF AG MI SCD VIF Qabf SSIM CC PSNR MSE; "
                         "extras: MS_SSIM Nabf FMI_pixel)")

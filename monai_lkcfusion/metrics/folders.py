@@ -47,12 +47,13 @@ def score_folders(
 ) -> dict[str, dict[str, float]]:
     """Metrics of every fused image against the MRI and other image of the same name.
 
-    Images are paired by name as :func:`~monai_lkcfusion.data.match_files_by_name` does (extension ignored).
+    Images are paired by name as :func:`~monai_lkcfusion.data.match_files_by_name` does (extension ignored). Three
+    files instead of three folders score that one triple, whatever the names.
 
     Args:
-        fused_dir: folder of fused images.
-        mri_dir: folder of MRI images.
-        other_dir: folder of the second modality's images.
+        fused_dir: folder of fused images, or one fused image.
+        mri_dir: folder of MRI images, or one MRI image.
+        other_dir: folder of the second modality's images, or one such image.
         names: metrics (default: ``DEFAULT_METRICS``).
         batch_size: images scored per batch (same-size images only).
         options: passed to :func:`compute_fusion_metrics` (``ssim_data_range``, ``reduction``, ...).
@@ -61,17 +62,11 @@ def score_folders(
         ``{fused file name: {metric: value}}`` sorted by name.
 
     Raises:
-        FusionInputError: no fused images, a fused image without an MRI/other counterpart (all listed), or a
-            size mismatch within a pair.
+        FusionInputError: no fused images, a fused image without an MRI/other counterpart (all listed), files
+            mixed with folders, or a size mismatch within a pair.
     """
     folders = {"fused": fused_dir, "mri": mri_dir, "other": other_dir}
-    matched, unmatched = match_files_by_name(folders, PICTURE_SUFFIXES)
-    if not matched and not unmatched["fused"]:
-        raise FusionInputError(f"{fused_dir}: no images ({', '.join(PICTURE_SUFFIXES)})")
-    if unmatched["fused"]:
-        mris = {m["name"] for m in matched} | {image_stem(p) for p in unmatched["mri"]}
-        missing = [f"{p.name} (no {'MRI' if image_stem(p) not in mris else 'other'} image)" for p in unmatched["fused"]]
-        raise FusionInputError(f"{len(missing)} fused image(s) without a counterpart: {', '.join(missing)}")
+    matched = _triples(folders)
     names = tuple(DEFAULT_METRICS if names is None else names)
     results: dict[str, dict[str, float]] = {}
     by_shape: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
@@ -89,3 +84,24 @@ def score_folders(
             for i, (name, _) in enumerate(chunk):
                 results[name] = {m: float(values[m][i]) for m in names}
     return dict(sorted(results.items()))
+
+
+def _triples(sources: dict[str, str | Path]) -> list[dict[str, Path | str]]:
+    """The (fused, mri, other) files to score: three files as one triple, or three folders matched by name."""
+    for path in sources.values():
+        if not Path(path).exists():
+            raise FusionInputError(f"{path}: no such file or folder")
+    is_file = {key: Path(path).is_file() for key, path in sources.items()}
+    if all(is_file.values()):
+        return [{"name": image_stem(sources["fused"]), **{key: Path(path) for key, path in sources.items()}}]
+    if any(is_file.values()):
+        kinds = ", ".join(f"{key} {'file' if found else 'folder'}" for key, found in is_file.items())
+        raise FusionInputError(f"give three image files or three folders, not a mix ({kinds})")
+    matched, unmatched = match_files_by_name(sources, PICTURE_SUFFIXES)
+    if not matched and not unmatched["fused"]:
+        raise FusionInputError(f"{sources['fused']}: no images ({', '.join(PICTURE_SUFFIXES)})")
+    if unmatched["fused"]:
+        mris = {m["name"] for m in matched} | {image_stem(p) for p in unmatched["mri"]}
+        missing = [f"{p.name} (no {'MRI' if image_stem(p) not in mris else 'other'} image)" for p in unmatched["fused"]]
+        raise FusionInputError(f"{len(missing)} fused image(s) without a counterpart: {', '.join(missing)}")
+    return matched
