@@ -20,6 +20,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.transforms import Compose
 
+from .data.atomic import check_writable
 from .data.io import check_output_path, image_spatial_dims, write_image
 from .errors import FusionInputError
 from .registration import save_alignment_preview
@@ -115,8 +116,12 @@ def fuse(
 
     Raises:
         FusionInputError: unreadable inputs, dimension/size/channel mismatch, no overlap, unknown method, no
-            weights for ``"lkcfunet"``, an unusable device, or a batch/tile size or worker/thread count below 1.
+            weights for ``"lkcfunet"``, an unusable device, a batch/tile size or worker/thread count below 1, or a
+            ``save_transform``/``preview`` place that cannot be written (checked first).
     """
+    for target in (save_transform, preview):  # written after the (long) work: fail now, not then
+        if target is not None:
+            check_writable(target)
     inferer = FusionInferer(tile_size=tile_size, batch_size=batch_size, axis=axis, tta=tta, device=device,
                             optimize=optimize, progress=progress, workers=workers, threads=threads)
     network = model if model is not None else build_predictor(None, method, weights, inferer.device, optimize)

@@ -334,6 +334,40 @@ def test_unwritable_output_location(tmp_path, capsys):
         assert code == 2 and f"{out}: cannot write here" in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_unwritable_places_refused_before_any_work(tmp_path, monkeypatch):
+    """The output, --save-transform and --preview places are probed first, so no registration or long volume runs
+    for a result that cannot be written: below a file, in /proc, and (with mount rights) on a read-only file system,
+    which permission bits (ignored by root) would not show."""
+    import monai_lkcfusion.inference as inference
+
+    def never(*args, **kwargs):
+        raise AssertionError("the pair was read and fused before the place was checked")
+
+    monkeypatch.setattr(inference, "fuse_dict", never)
+    mri = _nifti(tmp_path / "mri.nii.gz", _volume())
+    (tmp_path / "a_file").write_text("x")
+    places = {tmp_path / "a_file" / "sub": "Not a directory", Path("/proc/lkcfusion_test"): "No such file"}
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    mounted = not subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(read_only)],
+                                 capture_output=True).returncode
+    if mounted:
+        places[read_only] = "Read-only file system"
+    try:
+        for place, reason in places.items():
+            calls = [lambda: inference.fuse_files(mri, mri, place / "f.nii.gz", method="max"),
+                     lambda: inference.fuse(mri, mri, method="max", register="rigid", save_transform=place / "t.tfm"),
+                     lambda: inference.fuse(mri, mri, method="max", preview=place / "p.png")]
+            for call in calls:
+                with pytest.raises(FusionInputError, match=f"cannot write here \\({reason}"):
+                    call()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mri.nii.gz", "ro"]  # no probe left behind
+        assert not mounted or list(read_only.iterdir()) == []
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(read_only)], check=True)
+
+
 def test_disk_full_on_a_small_file_system(tmp_path, capsys):
     """A real full disk: a 64 KiB tmpfs (needs root and mount rights; skipped otherwise)."""
     mount = tmp_path / "small"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import FusionInputError
 
-__all__ = ["TEMP_PREFIX", "atomic_path", "remove_stale_temporaries", "write_text"]
+__all__ = ["TEMP_PREFIX", "atomic_path", "check_writable", "remove_stale_temporaries", "write_text"]
 
 TEMP_PREFIX = ".lkcfusion-"
 """Name prefix of the temporary files (``.lkcfusion-<pid>-<random>.tmp<ext>``)."""
@@ -72,6 +72,34 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
             except OSError:
                 pass
     return removed
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail before any long work when ``path`` could not be written, with the message the writer would give.
+
+    A hidden temporary file is created and deleted in the folder ``path`` would be written to: ``path`` itself when
+    it is an existing folder, else the nearest existing folder above it (missing folders are created only when
+    the result is written). This finds what permission bits cannot tell: read-only and virtual file systems, and a
+    path through a file.
+
+    Args:
+        path: the file (or folder of files) to be written.
+
+    Raises:
+        FusionInputError: ``<path>: cannot write here (<reason>)``.
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists() and folder != folder.parent:  # stops at an existing folder or the root
+        folder = folder.parent
+    probe = folder / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        probe.unlink()
+    except OSError as err:
+        raise FusionInputError(f"{path}: cannot write here ({err.strerror or err})") from None
 
 
 def _exists_error(path: Path) -> FusionInputError:

@@ -27,7 +27,7 @@ import torch
 from monai.data import MetaTensor
 
 from ..errors import FusionInputError
-from .atomic import atomic_path
+from .atomic import atomic_path, check_writable
 
 __all__ = [
     "PICTURE_SUFFIXES",
@@ -570,8 +570,8 @@ def check_output_path(
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        FusionInputError: a folder, an extension without writer, a volume to a picture format, an input, or an
-            existing file without ``overwrite``.
+        FusionInputError: a folder, an extension without writer, a volume to a picture format, an input, an
+            existing file without ``overwrite``, or a place that cannot be written (:func:`check_writable`).
     """
     path = Path(path)
     suffix = image_suffix(path)
@@ -598,6 +598,7 @@ def check_output_path(
         raise FusionInputError(f"{path}: a 3D volume cannot be written as '{suffix}'; use .nii.gz, .nrrd or .mha")
     if path.exists() and not overwrite:
         raise FusionInputError(f"{path}: output exists; pass --overwrite (overwrite=True) to replace it")
+    check_writable(path)
     return path
 
 
