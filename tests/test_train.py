@@ -37,3 +37,23 @@ def test_train_cli_and_resume(tmp_path: Path) -> None:
 
 def test_train_cli_missing_config(tmp_path: Path) -> None:
     assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
+
+
+def test_gpu_recipe_needs_no_earlier_weights() -> None:
+    """The GPU recipe (benchmarks/train_gpu.py) layers over the shipped model's configs and builds its network from a
+    random start that fuses as pixel max, with AMP and direct convolutions on CUDA; nothing under runs/ is read."""
+    from monai.bundle import ConfigParser
+
+    from monai_lkcfusion.engines import bundle_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    names = ["default_model_disjoint", "default_model_residual", "default_model_residual_continue", "default_model_gpu"]
+    parser = ConfigParser()
+    parser.read_config([bundle_config("train.json"), *(configs / f"{name}.json" for name in names)])
+    assert parser.get_parsed_content("init_weights") is None and parser["time_limit"] == 540
+    assert parser.get_parsed_content("spectral_convolutions") is False  # the config's device is CUDA
+    net = parser.get_parsed_content("network_def").eval()
+    assert net.config["output_mode"] == "max_residual" and net.config["dropout"] == 0.2
+    pair = torch.rand(2, 2, 64, 48)
+    with torch.no_grad():
+        assert torch.equal(net(pair), pair.amax(dim=1, keepdim=True))

@@ -1,0 +1,105 @@
+"""Train the shipped recipe on one CUDA GPU within ten minutes, then score the weights on the held-out subjects.
+
+One command for a machine with a GPU (issue 13, "ready for a GPU"): ``lkcfusion train`` with the stage-7 recipe
+from a random start (``configs/default_model_gpu.json`` layered over the configs of the shipped model: mixed
+precision, direct convolutions, batch 16, a 540 s training limit, needs no earlier weights), then
+``compare_methods`` on the subjects that ``configs/default_model_disjoint.json`` holds out (never trained on), against
+pixel max, with the count the project ships by (metrics above pixel max by at least 0.5%, MRI-PET and MRI-SPECT).
+Writes, under ``--output``: ``train.log`` (the trainer's log), ``model.pt`` (the best weights on validation),
+``eval/`` (``summary.json``, ``metrics.csv``, figures) and ``report.txt`` (what is printed here).
+
+    .venv/bin/python benchmarks/train_gpu.py --dataset-dir ../shared/data -o runs/default_model_gpu [--preset small]
+        [--device cuda] [--time-limit 540]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from monai_lkcfusion.apps.evaluation import compare_methods
+from monai_lkcfusion.data import harvard_datalist, split_by_subject
+from monai_lkcfusion.machine import machine_summary
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = ["default_model_disjoint.json", "default_model_residual.json", "default_model_residual_continue.json",
+          "default_model_gpu.json"]
+METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+MARGIN = 1.005
+
+
+def device_summary(device: str) -> str:
+    """The accelerator's name and memory, or the CPU line."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.device(device))
+        return f"GPU {props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}"
+    return machine_summary()
+
+
+def train(args: argparse.Namespace, output: Path) -> float:
+    """Run ``lkcfusion train`` with the recipe; its output goes to ``output/train.log``. Returns the wall seconds."""
+    recipe = [str(REPO / "configs" / name) for name in RECIPE]
+    limit = output / "time_limit.json"
+    limit.write_text(json.dumps({"time_limit": args.time_limit}))
+    command = [sys.executable, "-m", "monai_lkcfusion", "train", *(f"--config={c}" for c in [*recipe, str(limit)]),
+               "--dataset-dir", args.dataset_dir, "-o", str(output), "--device", args.device, "--preset", args.preset]
+    start = time.perf_counter()
+    with open(output / "train.log", "w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return time.perf_counter() - start
+
+
+def score(args: argparse.Namespace, output: Path) -> dict:
+    """Means per task and method of the new weights and pixel max on the held-out subjects."""
+    held_out = json.loads((REPO / "configs" / "default_model_disjoint.json").read_text())["val_subjects"]
+    items = [i for split in ("harvard_xg/train", "harvard_xg/test", "harvard_extra")
+             for i in harvard_datalist(args.dataset_dir, split)]
+    _, validation = split_by_subject(items, held_out)
+    compare_methods(validation, output / "eval", methods=("lkcfunet", "max"), weights=output / "model.pt",
+                    device=args.device, save_fused=False, figure_rows=2, overwrite=True)
+    return json.loads((output / "eval" / "summary.json").read_text())["means"]
+
+
+def report(means: dict) -> list[str]:
+    """One line per task: the model's means, and the metrics above pixel max by the margin."""
+    lines, count = [], 0
+    for task, by_method in sorted(means.items()):
+        model, pixel_max = by_method["lkcfunet"], by_method["max"]
+        wins = [m for m in METRICS if model[m] > MARGIN * pixel_max[m]]
+        count += len(wins) if task in ("MRI-PET", "MRI-SPECT") else 0
+        values = " ".join(f"{m} {model[m]:.3f} ({model[m] / pixel_max[m]:.3f}x max)" for m in METRICS)
+        lines.append(f"{task}: {values}; above pixel max by 0.5%: {len(wins)} {wins}")
+    lines.append(f"MRI-PET + MRI-SPECT metrics above pixel max by 0.5%: {count} of 16 (the shipped 0.3.1: 11)")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset-dir", default="../shared/data", help="holds harvard_xg/ and harvard_extra/")
+    parser.add_argument("-o", "--output", default="runs/default_model_gpu")
+    parser.add_argument("--preset", default="small", help="network preset (small: the shipped one; base)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--time-limit", type=float, default=540.0, help="training seconds (no epoch starts past it)")
+    args = parser.parse_args()
+
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    lines = [f"device: {device_summary(args.device)}"]
+    seconds = train(args, output)
+    weights = output / "model.pt"
+    lines.append(f"trained {args.preset} in {seconds:.0f} s (limit {args.time_limit:.0f} s of training), "
+                 f"weights {weights.stat().st_size / 2**20:.2f} MB; log: {output / 'train.log'}")
+    lines += report(score(args, output))
+    text = "\n".join(lines)
+    print(text)
+    (output / "report.txt").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
