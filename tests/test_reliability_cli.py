@@ -40,6 +40,12 @@ def _nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Pa
     return path
 
 
+def _nifti_raw(path: Path, data: np.ndarray) -> Path:
+    """A NIfTI of ``data``'s own type (complex, RGB24), unlike :func:`_nifti`'s float32."""
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    return path
+
+
 def _volume(seed=0, shape=(20, 18, 8)) -> np.ndarray:
     return np.random.default_rng(seed).random(shape).astype(np.float32) * 100
 
@@ -116,6 +122,13 @@ def _bad_case(name: str, d: Path) -> tuple[Path, Path, str]:
     if name == "all-NaN float TIFF":
         Image.fromarray(np.full((40, 36), np.nan, np.float32)).save(d / "nan.tif")
         return mri_png, d / "nan.tif", "no finite voxel"
+    if name == "complex NIfTI":  # the imaginary part would be dropped without a word
+        return mri_nii, _nifti_raw(d / "complex.nii.gz", _volume(1) + 1j * _volume(2)), "complex values"
+    if name == "complex NRRD":
+        import SimpleITK as sitk
+
+        sitk.WriteImage(sitk.GetImageFromArray((_volume(1) + 1j).astype(np.complex64)), str(d / "complex.nrrd"))
+        return mri_nii, d / "complex.nrrd", "complex values"
     if name == "multi-page TIFF":
         pages = [Image.fromarray(_gray(seed=s)) for s in range(2)]
         pages[0].save(d / "pages.tif", save_all=True, append_images=pages[1:])
@@ -129,6 +142,7 @@ BAD_CASES = [
     "unsupported format", "mixed DICOM series", "folder without DICOM", "empty folder beside a picture",
     "volumes do not overlap", "2D sizes differ",
     "2D with 3D", "wrong channels", "4D volume", "all-NaN NIfTI", "all-NaN float TIFF", "multi-page TIFF",
+    "complex NIfTI", "complex NRRD",
 ]
 
 
@@ -202,6 +216,14 @@ def test_python_api_raises_fusion_input_error(tmp_path):
         fuse(np.full((8, 8), np.nan, np.float32), np.ones((8, 8), np.float32), method="max")
     with pytest.raises(FusionInputError, match="shape"):
         fuse(torch.rand(2, 8, 8), torch.rand(1, 8, 8), method="max")
+    values = np.ones((8, 8), np.float32)
+    bad = {"complex values": [values + 1j, torch.ones(1, 8, 8, dtype=torch.complex64)],
+           "data type of kind .* is not numeric": [np.full((8, 8), None), np.full((8, 8), "a")],
+           r"empty image \(shape \(0, 8\)\)": [np.ones((0, 8), np.float32)]}
+    for problem, inputs in bad.items():
+        for image in inputs:
+            with pytest.raises(FusionInputError, match=f"mri: {problem}"):
+                fuse(image, values if isinstance(image, np.ndarray) else torch.ones(1, 8, 8), method="max")
 
 
 def test_bad_input_through_the_installed_command(tmp_path):
@@ -253,6 +275,22 @@ def test_nan_inf_voxels_masked_and_reported(tmp_path, capsys):
     assert code == 0
     assert "holes.nii.gz: 3 NaN/Inf voxels set to 0" in err and len(err.strip().splitlines()) == 1
     assert np.isfinite(nib.load(str(tmp_path / "f.nii.gz")).get_fdata()).all()
+
+
+def test_rgb24_nifti_is_a_colour_volume(tmp_path):
+    """NIfTI's RGB24 voxels (one structured value each) read as a colour volume, 2D and 3D, not as an error."""
+    from monai_lkcfusion.data import read_image
+
+    for shape in ((20, 18, 8), (20, 18)):
+        rgb = np.zeros(shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        rgb["R"], rgb["B"] = 200, 7
+        rgb["G"] = np.arange(shape[1], dtype=np.uint8)[:, None] if len(shape) == 3 else np.arange(shape[1])
+        img = read_image(_nifti_raw(tmp_path / "rgb.nii.gz", rgb))
+        assert tuple(img.shape) == (3, 20, 18, shape[2] if len(shape) == 3 else 1) and img.meta["color"]
+        assert img[0].unique().tolist() == [200.0] and img[2].unique().tolist() == [7.0]
+        assert img[1, 0, :, 0].tolist() == list(range(shape[1]))
+    fused = fuse(_nifti(tmp_path / "mri.nii.gz", _volume(shape=(20, 18, 1))), tmp_path / "rgb.nii.gz", method="max")
+    assert tuple(fused.shape) == (3, 20, 18, 1)
 
 
 def test_negative_ct_anisotropic_oblique_volumes(tmp_path, capsys):

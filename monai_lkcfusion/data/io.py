@@ -37,6 +37,7 @@ __all__ = [
     "check_dicom_slices",
     "check_output_path",
     "composite_on_black",
+    "check_voxel_values",
     "fit_float32",
     "image_spatial_dims",
     "image_stem",
@@ -197,6 +198,25 @@ def _picture_array(image) -> tuple[np.ndarray, float | None]:
 _FLOAT32_LIMIT = 1e30  # well inside float32 (3.4e38), so that differences and sums of values stay finite
 
 
+def check_voxel_values(kind: str, shape: tuple[int, ...], name: str = "image") -> None:
+    """Refuse data that has no single real number per voxel, instead of casting it to something else.
+
+    Args:
+        kind: the NumPy dtype kind (``"f"``, ``"i"``, ``"u"``, ``"b"``; ``"c"`` complex, ``"O"``, ``"U"``, ``"V"``...).
+        shape: the data's shape.
+        name: the file or input, for the message.
+
+    Raises:
+        FusionInputError: complex values (the imaginary part would be dropped), a non-numeric type, or no voxels.
+    """
+    if kind == "c":
+        raise FusionInputError(f"{name}: complex values; pass a real image, e.g. the magnitude np.abs(image)")
+    if kind not in "biuf":
+        raise FusionInputError(f"{name}: data type of kind {kind!r} is not numeric; pass integers or floats")
+    if 0 in shape:
+        raise FusionInputError(f"{name}: empty image (shape {tuple(shape)})")
+
+
 def fit_float32(array: np.ndarray, name: str = "image") -> np.ndarray:
     """``array`` as float32 without turning finite values into Inf.
 
@@ -205,14 +225,18 @@ def fit_float32(array: np.ndarray, name: str = "image") -> np.ndarray:
     power of two, which leaves its percentile scaling unchanged, and a warning gives the factor.
 
     Args:
-        array: any real array (integers, float16/32/64).
+        array: any real array (bool, integers, float16/32/64).
         name: the file, for the warning.
 
     Returns:
         The float32 array.
+
+    Raises:
+        FusionInputError: complex, non-numeric or empty data (:func:`check_voxel_values`).
     """
     array = np.asarray(array)
-    if array.dtype.kind != "f" or array.size == 0:
+    check_voxel_values(array.dtype.kind, array.shape, name)
+    if array.dtype.kind != "f":
         return array.astype(np.float32)
     finite = np.isfinite(array)
     peak = float(np.abs(array[finite]).max()) if finite.any() else 0.0
@@ -247,9 +271,13 @@ def _read_nifti(path: Path) -> MetaTensor:
 
     try:
         nii = nib.load(str(path))
-        array = fit_float32(np.asanyarray(nii.dataobj), str(path))  # scaled by scl_slope, kept in range
+        raw = np.asanyarray(nii.dataobj)  # scaled by scl_slope
     except Exception as err:  # nibabel raises many types for damaged files
         raise FusionInputError(f"{path}: cannot read NIfTI ({' '.join(str(err).split())})") from None
+    if raw.dtype.names:  # RGB24 / RGBA32 voxels: a colour image, as a NIfTI vector image (X, Y, Z, 1, 3)
+        raw = raw.reshape(raw.shape + (1,) * (3 - raw.ndim))
+        raw = np.stack([raw[channel] for channel in raw.dtype.names[:3]], axis=-1)[:, :, :, None]
+    array = fit_float32(raw, str(path))  # kept in float32's range
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim == 4 and array.shape[3] == 1:
@@ -273,6 +301,8 @@ def _itk_affine(image) -> np.ndarray:
 def _from_itk(image, path: Path, modality: str | None) -> MetaTensor:
     import SimpleITK as sitk
 
+    if "complex" in image.GetPixelIDTypeAsString():  # NumPy would see two real components per voxel
+        check_voxel_values("c", image.GetSize(), str(path))
     array = fit_float32(sitk.GetArrayFromImage(image), str(path))  # (Z, Y, X[, C]) or (Y, X[, C])
     if image.GetDimension() == 2:
         data = array[None] if array.ndim == 2 else np.moveaxis(array[..., :3], -1, 0)  # (C, H, W)

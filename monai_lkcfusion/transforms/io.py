@@ -13,7 +13,14 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 from monai.utils.type_conversion import convert_to_dst_type
 
-from ..data.io import check_output_path, composite_on_black, fit_float32, read_image, write_image
+from ..data.io import (
+    check_output_path,
+    check_voxel_values,
+    composite_on_black,
+    fit_float32,
+    read_image,
+    write_image,
+)
 from ..data.pairing import output_name
 from ..errors import FusionInputError
 
@@ -66,6 +73,9 @@ class LoadFusionImage(Transform):
         if isinstance(value, (str, Path)):
             return read_image(value, series=series, allow_irregular_slices=self.allow_irregular_slices,
                               allow_external_data=self.allow_external_data)
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            kind = value.dtype.kind if isinstance(value, np.ndarray) else "c" if value.is_complex() else "f"
+            check_voxel_values(kind, tuple(value.shape), self.name)
         if isinstance(value, np.ndarray):
             array = value
             if array.ndim == 3 and array.shape[-1] in (3, 4):  # (H, W, 3|4) colour picture
