@@ -53,6 +53,19 @@ def test_picture_round_trip(tmp_path):
         write_image(torch.rand(1, 4, 4, 4), tmp_path / "v.png")
 
 
+def test_jpeg_output_keeps_the_gray_levels(tmp_path):
+    """A fused colour slice written as JPEG (lossy) reads back within 2 gray levels of the PNG (exact): PIL's
+    default quality and quarter-resolution chroma moved them by up to ~40 on this real PET slice."""
+    from monai_lkcfusion.data import demo_files
+    from monai_lkcfusion.inference import fuse
+    from monai_lkcfusion.metrics.utils import gray8
+
+    files = demo_files()
+    fused = fuse(files["mri_2d"], files["pet_2d"], method="max")  # (3, H, W): colour, sharp edges
+    exact, lossy = (gray8(read_image(write_image(fused, tmp_path / f"f{suffix}"))) for suffix in (".png", ".jpg"))
+    assert fused.shape[0] == 3 and np.abs(lossy - exact).max() <= 2
+
+
 def test_existing_output_kept_and_atomic(tmp_path):
     target = tmp_path / "out.png"
     target.write_bytes(b"precious")
