@@ -150,6 +150,21 @@ def test_cli_metrics_scores_three_files(tmp_path, capsys):
     assert "nope.png: no such file or folder" in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_metrics_refuses_volumes_and_16_bit_pictures(tmp_path, capsys):
+    """Only 8-bit 2D pictures are scored (as the literature's evaluators read them); anything else is named."""
+    import nibabel as nib
+
+    dirs = _write_pairs(tmp_path, ["a.png"])
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 4), np.float32), np.eye(4)), str(tmp_path / "v.nii.gz"))
+    Image.fromarray(np.full((48, 48), 40000, np.uint16)).save(tmp_path / "deep.png")
+    for fused, problem in ((tmp_path / "v.nii.gz", "a 3D volume"), (tmp_path / "deep.png", "not an 8-bit picture")):
+        argv = ["metrics", "--fused", str(fused), "--mri", str(dirs["mri"] / "a.png"), "--other",
+                str(dirs["other"] / "a.png")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{fused}: {problem}" in err and len(err.strip().splitlines()) == 1
+
+
 def test_metatensor_inputs_score_like_plain_tensors():
     """Images that arrive as MetaTensors (MONAI pipelines, bundle evaluation) score exactly like plain tensors."""
     from monai.data import MetaTensor

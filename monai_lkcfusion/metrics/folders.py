@@ -29,10 +29,14 @@ def read_gray(path: str | Path) -> np.ndarray:
         (H, W) float32 array with integer values in [0, 255].
 
     Raises:
-        FusionInputError: a missing, unreadable or truncated file, or a 16-bit/float image, named in the message.
+        FusionInputError: a missing, unreadable or truncated file, a volume, or a 16-bit/float image, named in the
+            message.
     """
     image = read_image(path)
-    if image.meta["spatial_dims"] != 2 or image.meta["display_max"] != 255.0:
+    if image.meta["spatial_dims"] != 2:
+        raise FusionInputError(f"{path}: a 3D volume; the metrics score 2D 8-bit pictures, as the literature's "
+                               "evaluators do (save slices as PNG)")
+    if image.meta["display_max"] != 255.0:
         raise FusionInputError(f"{path}: not an 8-bit picture; save images as 8-bit gray or RGB")
     return gray8(image)
 
