@@ -16,12 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data.atomic import atomic_path, check_writable
 from .errors import FusionInputError
 
-__all__ = ["EXPORT_FORMATS", "export_metadata", "export_network"]
+__all__ = ["EXPORT_FORMATS", "EXPORT_SUFFIXES", "export_format", "export_metadata", "export_network"]
 
 EXPORT_FORMATS: tuple[str, ...] = ("torchscript", "onnx")
 """Formats understood by :func:`export_network`."""
+
+EXPORT_SUFFIXES: dict[str, str] = {".ts": "torchscript", ".pt": "torchscript", ".pth": "torchscript",
+                                   ".onnx": "onnx"}
+"""File extensions that name an export format."""
 
 _ONNX_OPSET = 18
 
@@ -43,30 +48,58 @@ def export_metadata(net: nn.Module) -> dict[str, str]:
     }
 
 
-def export_network(net: nn.Module, path: str | PathLike, format: str = "torchscript") -> Path:
-    """Export ``net`` (put in eval mode, on the CPU) to ``path``.
+def export_format(path: str | PathLike, format: str | None = None) -> str:
+    """The format an export to ``path`` is written in: ``format``, else the one its extension names.
+
+    Args:
+        path: the output file.
+        format: one of :data:`EXPORT_FORMATS`, or ``None`` to take it from the extension (:data:`EXPORT_SUFFIXES`).
+
+    Returns:
+        ``"torchscript"`` or ``"onnx"``.
+
+    Raises:
+        FusionInputError: an unknown ``format``; no ``format`` and an extension that names none; or an extension
+            that names the other format (a ``.onnx`` file holding TorchScript would be silently wrong).
+    """
+    suffix = Path(path).suffix.lower()
+    named = EXPORT_SUFFIXES.get(suffix)
+    if format is not None and format not in EXPORT_FORMATS:
+        raise FusionInputError(f"--format {format!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    if format is None and named is None:
+        raise FusionInputError(f"{path}: the extension {suffix or '(none)'!r} names no export format; "
+                               f"use {', '.join(EXPORT_SUFFIXES)}, or pass --format")
+    if format is not None and named is not None and named != format:
+        raise FusionInputError(f"{path}: the extension {suffix} says {named}, --format says {format}; make them agree "
+                               "(or drop --format)")
+    return format or named
+
+
+def export_network(net: nn.Module, path: str | PathLike, format: str | None = None) -> Path:
+    """Export ``net`` (put in eval mode, on the CPU) to ``path``, written atomically.
 
     Args:
         net: the fusion network, e.g. :class:`~monai_lkcfusion.networks.LKCFUNet`.
-        path: output file (``.ts``/``.pt`` for TorchScript, ``.onnx`` for ONNX); parent folders are created.
-        format: one of :data:`EXPORT_FORMATS`.
+        path: output file (``.ts``/``.pt``/``.pth`` for TorchScript, ``.onnx`` for ONNX); parent folders are
+            created; an existing file is replaced.
+        format: one of :data:`EXPORT_FORMATS`; default: the one the extension names (:func:`export_format`).
 
     Returns:
         The path written.
 
     Raises:
-        FusionInputError: for an unknown ``format``.
+        FusionInputError: see :func:`export_format`; a place that cannot be written (checked before exporting).
     """
-    if format not in EXPORT_FORMATS:
-        raise FusionInputError(f"--format {format!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    format = export_format(path, format)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path)
     net = net.cpu().eval()
     metadata = export_metadata(net)
-    if format == "torchscript":
-        torch.jit.save(torch.jit.script(net), str(path), _extra_files={"lkcfusion.json": json.dumps(metadata)})
-    else:
-        _export_onnx(net, path, metadata)
+    with atomic_path(path, overwrite=True) as tmp:
+        if format == "torchscript":
+            torch.jit.save(torch.jit.script(net), str(tmp), _extra_files={"lkcfusion.json": json.dumps(metadata)})
+        else:
+            _export_onnx(net, tmp, metadata)
     return path
 
 

@@ -78,6 +78,29 @@ def test_cli_export_errors(tmp_path, tiny_net, capsys):
     assert err.count("lkcfusion: error:") == 2 and "Traceback" not in err
     with pytest.raises(FusionInputError, match="--format"):
         export_network(tiny_net, tmp_path / "m.bin", "tflite")
+    bad = {("-o", "m.xyz"): "extension '.xyz' names no export format",
+           ("--format", "torchscript", "-o", "m.onnx"): "the extension .onnx says onnx, --format says torchscript",
+           ("-o", "/proc/lkcfusion/m.ts"): "cannot write here"}
+    for argv, problem in bad.items():
+        argv = [str(tmp_path / a) if a.startswith("m.") else a for a in argv]
+        assert main(["export", *argv, "--weights", str(weights)]) == 2
+        err = capsys.readouterr().err
+        assert problem in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pt"]  # nothing written, no temporary left
+
+
+def test_cli_export_format_from_the_extension(tmp_path, tiny_net):
+    """``-o model.onnx`` writes ONNX (it used to write TorchScript under that name), ``.ts``/``.pt`` TorchScript."""
+    onnx = pytest.importorskip("onnx")
+    weights = save_network(tiny_net, tmp_path / "tiny.pt")
+    for name in ("model.onnx", "model.ts", "scripted.pt"):
+        assert main(["export", "-o", str(tmp_path / name), "--weights", str(weights)]) == 0
+    onnx.checker.check_model(onnx.load(str(tmp_path / "model.onnx")))
+    x = torch.rand(1, 2, 23, 31)
+    for name in ("model.ts", "scripted.pt"):
+        with torch.no_grad():
+            out = torch.jit.load(str(tmp_path / name))(x).numpy()
+        np.testing.assert_allclose(out, _reference(tiny_net, x), atol=1e-4, rtol=0)
 
 
 def test_monai_bundle_ckpt_export_matches_network(tmp_path, tiny_net):

@@ -17,7 +17,8 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``lkcfusion export``."""
-    parser.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript", help="export format")
+    parser.add_argument("--format", choices=("torchscript", "onnx"),
+                        help="export format (default: from the output's extension: .ts/.pt/.pth TorchScript, .onnx ONNX)")
     parser.add_argument("-o", "--output", required=True, help="file to write (e.g. model.ts or model.onnx)")
     parser.add_argument("--weights",
                         help="weights file (.pt/.pth/.safetensors, ours or official); default: the bundle's")
@@ -27,9 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export the network (see :func:`monai_lkcfusion.export.export_network`)."""
-    from ..export import export_network
+    from ..export import export_format, export_network
     from ..networks import LKCFUNet, default_weights_path, load_network
 
+    format = export_format(args.output, args.format)  # before loading anything
     weights = args.weights or (default_weights_path() if default_weights_path().is_file() else None)
     if weights is not None:
         net = load_network(weights, expected=args.preset)
@@ -40,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise FusionInputError(f"no trained weights at {default_weights_path()}: pass --weights FILE, "
                                "or --preset NAME for an untrained net")
-    path = export_network(net, args.output, args.format)
-    print(f"wrote {args.format} model to {path} ({source})")
+    path = export_network(net, args.output, format)
+    print(f"wrote {format} model to {path} ({source})")
     return 0
