@@ -39,6 +39,15 @@ def test_train_cli_missing_config(tmp_path: Path) -> None:
     assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
 
 
+def test_train_cli_refuses_no_epochs(tmp_path: Path, capsys) -> None:
+    """``--epochs 0`` (or below) is refused in one line before anything runs (it ended in a traceback)."""
+    for epochs in ("0", "-3"):
+        assert main(["train", "--epochs", epochs, "--dataset-dir", str(tmp_path), "-o", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert f"--epochs {epochs}: give 1 or more epochs" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_gpu_recipe_needs_no_earlier_weights() -> None:
     """The GPU recipe (benchmarks/train_gpu.py) layers over the shipped model's configs and builds its network from a
     random start that fuses as pixel max, with AMP and direct convolutions on CUDA; nothing under runs/ is read."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import FusionInputError
+
 HELP = "train LKC-FUNet on Harvard-layout pairs (the bundle's train.json)"
 DESCRIPTION = (
     "Train with bundle/configs/train.json on MONAI engines: FusionLoss, random crops + flips, "
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from ..engines import bundle_config, distributed_device, is_distributed_launch, run_bundle_workflow
     from ..engines.workflow import check_literal_overrides
 
+    if args.epochs is not None and args.epochs < 1:
+        raise FusionInputError(f"--epochs {args.epochs}: give 1 or more epochs")
     # paths and names are data: a leading '$', '@' or '%' would make the bundle config run or resolve them
     check_literal_overrides({"preset": args.preset, "dataset_dir": args.dataset_dir, "output_dir": args.output})
     configs = list(args.config)
