@@ -586,7 +586,11 @@ def image_spatial_dims(path: str | Path) -> int | None:
 
 
 def check_output_path(
-    path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = (), spatial_dims: int | None = None
+    path: str | Path,
+    overwrite: bool = False,
+    inputs: tuple[str | Path, ...] = (),
+    spatial_dims: int | None = None,
+    probe: bool = True,
 ) -> Path:
     """Check an output path before any (long) work, with the messages :func:`write_image` would give at the end.
 
@@ -595,6 +599,8 @@ def check_output_path(
         overwrite: an existing output may be replaced.
         inputs: the input files or folders; the output may never be one of them (not even with ``overwrite``).
         spatial_dims: 3 when the result will be a volume (pictures cannot hold it), 2 or ``None`` otherwise.
+        probe: also check that the place can be written (:func:`check_writable`); a writer that writes at once
+            (:func:`write_image`) leaves it to its own atomic write.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -628,7 +634,8 @@ def check_output_path(
         raise FusionInputError(f"{path}: a 3D volume cannot be written as '{suffix}'; use .nii.gz, .nrrd or .mha")
     if path.exists() and not overwrite:
         raise FusionInputError(f"{path}: output exists; pass --overwrite (overwrite=True) to replace it")
-    check_writable(path)
+    if probe:
+        check_writable(path)
     return path
 
 
@@ -664,7 +671,7 @@ def write_image(
         affine = img.affine
     data = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
     data = np.asarray(data, dtype=np.float32)
-    check_output_path(path, overwrite=True)  # a folder or an unknown extension (existence: atomic_path)
+    check_output_path(path, overwrite=True, probe=False)  # a folder or an unknown extension (the rest: atomic_path)
     if data.ndim not in (3, 4) or data.shape[0] not in (1, 3):
         raise FusionInputError(f"{path}: cannot write an image of shape {data.shape}; need (1|3, *spatial)")
     nonfinite = int(data.size - np.isfinite(data).sum())
