@@ -18,7 +18,8 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``lkcfusion export``."""
     parser.add_argument("--format", choices=("torchscript", "onnx"),
-                        help="export format (default: from the output's extension: .ts/.pt/.pth TorchScript, .onnx ONNX)")
+                        help="export format (default: from the output's extension: .ts/.pt/.pth TorchScript, "
+                        ".onnx ONNX)")
     parser.add_argument("-o", "--output", required=True, help="file to write (e.g. model.ts or model.onnx)")
     parser.add_argument("--weights",
                         help="weights file (.pt/.pth/.safetensors, ours or official); default: the bundle's")

@@ -685,7 +685,8 @@ def write_image(
         from PIL import Image
 
         with atomic_path(path, overwrite) as tmp:
-            Image.fromarray(pixels).save(tmp, format=_PIL_FORMATS[suffix], **_PIL_OPTIONS.get(_PIL_FORMATS[suffix], {}))
+            pil_format = _PIL_FORMATS[suffix]
+            Image.fromarray(pixels).save(tmp, format=pil_format, **_PIL_OPTIONS.get(pil_format, {}))
         return path
     if data.ndim == 3:
         data = data[..., None]  # a 2D image as a one-slice volume
