@@ -33,6 +33,7 @@ from .intensity import (
     ScaleModalityd,
     ScaleModalityDict,
     known_modality,
+    looks_like_ct,
     normalize_modality,
     scale_to_unit,
 )
@@ -56,6 +57,7 @@ from .post import (
     MaskBackgroundD,
     MaskBackgroundd,
     MaskBackgroundDict,
+    describe_fusion,
 )
 from .registration import RegisterToReference, RegisterToReferenceD, RegisterToReferenced, RegisterToReferenceDict
 from .spatial import (
