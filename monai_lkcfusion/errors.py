@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FusionInputError"]
+__all__ = ["FusionInputError", "as_flag"]
 
 
 class FusionInputError(ValueError):
@@ -11,3 +11,24 @@ class FusionInputError(ValueError):
     The message names the offending file or option and the problem in one line, for example
     ``"mri.nii.gz: file not found"``.
     """
+
+
+def as_flag(value: object, option: str) -> bool:
+    """An on/off setting as a bool: ``True``/``False``, or the strings ``"true"``/``"false"`` in any case, which is
+    what ``python -m monai.bundle run --overwrite false`` passes (a non-empty string would otherwise count as on).
+
+    Args:
+        value: the setting.
+        option: its name, for the message.
+
+    Returns:
+        the bool.
+
+    Raises:
+        FusionInputError: anything else (e.g. ``"no"``, ``0``, ``None``).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise FusionInputError(f"{option} {value!r}: give true or false")

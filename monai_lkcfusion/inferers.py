@@ -27,7 +27,7 @@ from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.utils.type_conversion import convert_to_dst_type
 
 from .baselines import BASELINE_METHODS, fuse_baseline
-from .errors import FusionInputError
+from .errors import FusionInputError, as_flag
 from .machine import available_cores
 from .transforms.spatial import axial_axis
 
@@ -282,8 +282,8 @@ class FusionInferer(Inferer):
         threads: intra-op threads per worker (default: 1, or the cores left per worker when ``workers`` is given).
 
     Raises:
-        FusionInputError: a batch or tile size below 1, a worker or thread count below 1, a ``tta`` that is not a
-            bool, or an unusable device.
+        FusionInputError: a batch or tile size below 1, a worker or thread count below 1, a ``tta`` other than
+            true or false (see :func:`~monai_lkcfusion.errors.as_flag`), or an unusable device.
     """
 
     def __init__(
@@ -300,15 +300,14 @@ class FusionInferer(Inferer):
         threads: int | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or tile_size < 1:
-            raise FusionInputError(f"batch_size {batch_size} and tile_size {tile_size} must be positive (--batch-size)")
-        if not isinstance(tta, bool):  # e.g. the string "false" from a bundle command line, which would be truthy
-            raise FusionInputError(f"tta {tta!r}: give True or False (bundle command line: --tta True)")
+        for option, value in (("batch_size (--batch-size)", batch_size), ("tile_size", tile_size)):
+            if value < 1:
+                raise FusionInputError(f"{option} {value}: give 1 or more")
         self.tile_size = tile_size
         self.batch_size = batch_size
         self.overlap = overlap
         self.axis = axis
-        self.tta = tta
+        self.tta = as_flag(tta, "tta")
         self.device = resolve_device(device)
         self.optimize = optimize
         self.progress = progress

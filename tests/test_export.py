@@ -70,6 +70,16 @@ def test_cli_export_from_weights(tmp_path, tiny_net):
         np.testing.assert_allclose(torch.jit.load(str(out))(x).numpy(), _reference(tiny_net, x), atol=1e-4, rtol=0)
 
 
+def test_cli_export_untrained_preset(tmp_path, capsys):
+    """--preset alone exports that preset's untrained network, also when the bundle's weights are installed."""
+    out = tmp_path / "tiny.ts"
+    assert main(["export", "-o", str(out), "--preset", "tiny"]) == 0
+    assert "untrained preset 'tiny'" in capsys.readouterr().out
+    exported = torch.jit.load(str(out), map_location="cpu")
+    assert sum(p.numel() for p in exported.parameters()) == sum(
+        p.numel() for p in LKCFUNet.from_preset("tiny").parameters())
+
+
 def test_cli_export_errors(tmp_path, tiny_net, capsys):
     weights = save_network(tiny_net, tmp_path / "tiny.pt")
     assert main(["export", "-o", str(tmp_path / "m.ts"), "--weights", str(weights), "--preset", "small"]) == 2

@@ -70,6 +70,21 @@ def test_gray_any_size_in_equals_out(tmp_path, tiny_net):
     assert fuse(mri, ct[:200], method="max", resample=True).shape == (250, 230)
 
 
+def test_eight_bit_picture_same_as_file_array_or_tensor(tmp_path, tiny_net):
+    """An 8-bit picture is scaled by its display range whichever way it comes: file, uint8 array, uint8 tensor."""
+    rng = np.random.default_rng(1)
+    mri = rng.integers(0, 211, (40, 36), dtype=np.uint8)  # not reaching 255: percentile scaling would differ
+    ct = rng.integers(0, 200, (40, 36), dtype=np.uint8)
+    Image.fromarray(mri).save(tmp_path / "m.png")
+    Image.fromarray(ct).save(tmp_path / "c.png")
+    from_file = fuse(tmp_path / "m.png", tmp_path / "c.png", model=tiny_net, optimize=False)
+    from_array = fuse(mri, ct, model=tiny_net, optimize=False)
+    from_tensor = fuse(torch.from_numpy(mri)[None], torch.from_numpy(ct)[None], model=tiny_net, optimize=False)
+    assert "display range / 255" in from_tensor.meta["mri_intensity_scaling"]
+    assert np.array_equal(from_array, from_file.numpy()[0])
+    assert torch.equal(from_tensor.as_tensor(), from_file.as_tensor())
+
+
 def _nifti(path, shape, spacing, origin, values):
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = origin
@@ -326,8 +341,10 @@ def test_flip_tta_averages_over_flips():
     ramp = np.linspace(0, 1, 10, dtype=np.float32)
     assert np.allclose(plain, mri * ramp) and np.allclose(tta, mri * 0.5, atol=1e-6)  # (ramp + reversed) / 2
     assert np.array_equal(fuse(mri, mri, method="max", tta=True), fuse(mri, mri, method="max"))
-    with pytest.raises(FusionInputError, match="--tta True"):
-        fuse(mri, mri, method="max", tta="false")  # a bundle override string must not switch TTA on
+    seen.clear()  # a bundle override string "false" must not switch TTA on (a non-empty string is truthy)
+    assert np.array_equal(fuse(mri, mri, model=lopsided, progress=False, tta="false"), plain) and len(seen) == 1
+    with pytest.raises(FusionInputError, match="tta 'no': give true or false"):
+        fuse(mri, mri, method="max", tta="no")
 
 
 def test_background_is_exactly_zero_with_a_network(tiny_net, synthetic_pair):

@@ -229,6 +229,29 @@ def test_unit_range_needs_input_scale():
     assert math.isfinite(compute_fusion_metrics(binary, _texture(2), _texture(3), names=["EN"])["EN"])
 
 
+def test_fuse_array_output_and_bad_values_are_handled(tmp_path):
+    """fuse()'s NumPy output (gray (H, W) or colour (H, W, 3), in [0, 1]) is refused with a fix that works, never
+    scored after scaling the 8-bit sources too; NaN, a zero SSIM range or a negative scale are refused."""
+    from monai_lkcfusion import fuse
+
+    mri, other = _texture(1).astype(np.uint8), _texture(2).astype(np.uint8)
+    fused = fuse(mri, other, method="max")  # (H, W) float32 in [0, 1]
+    with pytest.raises(FusionInputError, match=r"fused: values lie in \[0, 1\].*multiply it by 255"):
+        compute_fusion_metrics(fused, mri, other, names=SCALE_METRICS)
+    with pytest.raises(FusionInputError, match="mri: values up to .* far beyond 255"):
+        compute_fusion_metrics(fused, mri, other, names=SCALE_METRICS, input_scale=255)
+    expected = compute_fusion_metrics(np.round(fused * 255), mri, other, names=SCALE_METRICS)
+    assert compute_fusion_metrics(fused * 255, mri, other, names=SCALE_METRICS) == expected
+    colour = np.stack([fused * 255] * 3, axis=-1)  # a channel-last picture whose luma is the gray image
+    assert compute_fusion_metrics(colour, mri, other, names=SCALE_METRICS) == expected
+    holed = (fused * 255).copy()
+    holed[3, 4] = np.nan
+    for kwargs, needle in (({}, "fused: 1 NaN/Inf values"), ({"ssim_data_range": 0}, "ssim_data_range 0: give a"),
+                           ({"input_scale": -1}, "input_scale -1: give a positive")):
+        with pytest.raises(FusionInputError, match=needle):
+            compute_fusion_metrics(holed if not kwargs else fused * 255, mri, other, names=["EN", "SSIM"], **kwargs)
+
+
 def test_layouts_that_are_not_images_are_refused():
     image = _texture(1)
     for shape in [(1, 8, 48, 48), (2, 48, 48), (2, 2, 48, 48)]:

@@ -53,6 +53,17 @@ def test_fusion_metric_without_rounding_scores_raw_values():
     assert metric.aggregate()["SD"] == pytest.approx(float(expected))
 
 
+def test_fusion_metric_refuses_unit_range_without_input_scale():
+    """With the default input_scale=1, network outputs in [0, 1] would be rounded to 0/1 and scored as nonsense."""
+    torch.manual_seed(0)
+    mri, other = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    with pytest.raises(FusionInputError, match="pass input_scale=255"):
+        FusionMetric(metric_names=["EN"])(y_pred=torch.maximum(mri, other), y=torch.cat([mri, other], 1))
+    metric = FusionMetric(metric_names=["EN"], input_scale=255.0)
+    metric(y_pred=torch.maximum(mri, other), y=torch.cat([mri, other], 1))
+    assert metric.aggregate()["EN"] > 6.0  # random 8-bit values: near 8 bits
+
+
 def test_fusion_metric_checks_shapes_and_names():
     fused, sources = _batch(3)
     with pytest.raises(FusionInputError, match="y \\(B, 2, H, W\\)"):

@@ -368,7 +368,14 @@ def test_bundle_inference_and_evaluate_keep_earlier_results(tmp_path, capsys):
     with pytest.raises(FusionInputError, match="output exists"):
         run_bundle_workflow("inference.json", (), "infer", **kwargs)
     assert (out / "fused_a.png").stat().st_mtime_ns == first
-    run_bundle_workflow("inference.json", (), "infer", overwrite=True, **kwargs)
+    # `python -m monai.bundle run ... --overwrite false` passes the string "false", which must not mean "on"
+    with pytest.raises(FusionInputError, match="output exists"):
+        run_bundle_workflow("inference.json", (), "infer", overwrite="false", **kwargs)
+    with pytest.raises(FusionInputError, match="overwrite 'no': give true or false"):
+        run_bundle_workflow("inference.json", (), "infer", overwrite="no", **kwargs)
+    assert (out / "fused_a.png").stat().st_mtime_ns == first
+    run_bundle_workflow("inference.json", (), "infer", overwrite="True", **kwargs)
+    assert (out / "fused_a.png").stat().st_mtime_ns != first
     argv = ["evaluate", "--mri-dir", str(root / "MRI"), "--other-dir", str(root / "CT"), "-o", str(tmp_path / "ev"),
             "--methods", "max", "--metrics", "EN"]
     assert _run(argv, capsys)[0] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -131,6 +132,25 @@ def test_optimized_large_kernels_use_fft_when_forced():
     out = fast(x)
     assert all(len(m.fft) == 1 for m in tuned)
     assert _relative_error(out, ref) < 1e-4
+
+
+def test_torchscript_network_runs_through_fuse(tmp_path):
+    """A TorchScript file (as `lkcfusion export` writes) is a network ``fuse`` takes with its defaults: nothing to
+    rewrite, run as it is, same output as the module it was made from."""
+    from monai_lkcfusion.inference import fuse
+
+    torch.manual_seed(0)
+    net = LKCFUNet.from_preset("tiny").eval()
+    torch.jit.script(net).save(str(tmp_path / "m.ts"))
+    scripted = torch.jit.load(str(tmp_path / "m.ts"), map_location="cpu")
+    fast = optimize_for_inference(scripted)
+    x = torch.rand(1, 2, 36, 28)
+    out = fast(x)
+    assert isinstance(fast, InferenceNetwork) and not out.requires_grad
+    with torch.no_grad():
+        assert torch.allclose(out, net(x), atol=1e-6)
+    pair = np.random.default_rng(0).random((2, 36, 28), dtype=np.float32)
+    assert np.allclose(fuse(pair[0], pair[1], model=scripted), fuse(pair[0], pair[1], model=net), atol=1e-5)
 
 
 def test_training_path_untouched():

@@ -47,3 +47,23 @@ def test_bundle_inference_config_reports_bad_pairs(tmp_path):
         run_bundle_workflow("inference.json", (), "infer", weights=str(weights), dataset_dir=str(root),
                             output_dir=str(tmp_path / "out"), device=torch.device("cpu"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fused_a.png", "fused_c.png"]
+
+
+def test_bundle_inference_reports_files_without_a_partner(tmp_path):
+    """An MRI without a partner (and a CT without one) is a failed pair of the run, as in ``lkcfusion fuse
+    --mri-dir``: named in the final error, never skipped in silence; a run where nothing is written says so."""
+    root = _folder(tmp_path / "data")
+    for name in ("b.png", "d.png"):
+        (root / "CT" / name).unlink()
+    (root / "MRI" / "c.png").rename(root / "MRI" / "e.png")  # now c.png is a CT without its MRI, e.png the reverse
+    weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "tiny.pt")
+    kwargs = {"weights": str(weights), "dataset_dir": str(root), "device": torch.device("cpu")}
+    with pytest.raises(FusionInputError, match=r"4 of 5 pairs failed \(the others were written\)") as raised:
+        run_bundle_workflow("inference.json", (), "infer", output_dir=str(tmp_path / "out"), **kwargs)
+    for name in ("MRI/b.png", "MRI/d.png", "MRI/e.png"):
+        assert f"{root / name}: no partner in {root / 'CT'}" in str(raised.value)
+    assert f"{root / 'CT' / 'c.png'}: no partner in {root / 'MRI'}" in str(raised.value)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["fused_a.png"]
+    (root / "CT" / "a.png").write_bytes(b"broken")
+    with pytest.raises(FusionInputError, match=r"5 of 5 pairs failed \(none was written\)"):
+        run_bundle_workflow("inference.json", (), "infer", output_dir=str(tmp_path / "out2"), **kwargs)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from monai_lkcfusion.metrics.tables import format_summary, format_table, pivot, summarize, write_table
+from monai_lkcfusion.metrics.tables import format_summary, format_table, json_text, pivot, summarize, write_table
 
 RECORDS = [
     {"task": "MRI-CT", "pair": "a.png", "method": "max", "EN": 5.0, "SD": 60.0},
@@ -29,6 +29,24 @@ def test_summarize_counts_finite_values_per_group_and_metric():
     assert pivot(overall, "mean", by=()) == {"EN": pytest.approx(16 / 3)}
     empty = summarize([{"task": "t", "method": "m", "EN": math.nan}], ["EN"])[0]
     assert empty["n"] == 0 and math.isnan(empty["mean"]) and math.isnan(empty["std"])
+
+
+def test_infinite_scores_are_counted_and_json_stays_standard():
+    """An infinite score (PSNR of identical images) counts and makes the mean infinite; NaN alone is left out;
+    JSON has null where a number is not finite (strict readers refuse NaN/Infinity)."""
+    import json
+
+    records = [{"PSNR": math.inf}, {"PSNR": 30.0}, {"PSNR": math.nan}, {"PSNR": -math.inf}]
+    assert summarize(records[:2], ["PSNR"], by=())[0]["n"] == 2
+    assert summarize(records[:2], ["PSNR"], by=())[0]["mean"] == math.inf
+    mixed = summarize(records, ["PSNR"], by=())[0]
+    assert mixed["n"] == 3 and math.isnan(mixed["mean"]) and math.isnan(mixed["std"])
+
+    def strict(token):
+        raise ValueError(token)
+
+    text = json_text({"mean": {"PSNR": math.inf, "EN": 1.5}, "pairs": [math.nan, (2.0, -math.inf)]})
+    assert json.loads(text, parse_constant=strict) == {"mean": {"PSNR": None, "EN": 1.5}, "pairs": [None, [2.0, None]]}
 
 
 def test_write_table_round_trips_and_keeps_an_existing_file_on_request(tmp_path):

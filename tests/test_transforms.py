@@ -229,3 +229,51 @@ def test_preprocessing_is_invertible_on_volumes():
     resizer = ResampleToReferenced("other", resize_2d=True)
     small = resizer({"mri": MetaTensor(torch.rand(1, 10, 8)), "other": same})
     assert small["other"].shape == (1, 10, 8) and resizer.inverse(small)["other"].shape == (1, 5, 4)
+
+
+def _pairs_on_disk(tmp_path, kind: str) -> list[dict[str, str]]:
+    """Two gray MRI / colour PET picture pairs, or two MRI / CT-in-HU NIfTI volume pairs, made here."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(2):
+        if kind == "png":
+            mri, other = tmp_path / f"m{i}.png", tmp_path / f"p{i}.png"
+            Image.fromarray(rng.integers(0, 255, (24, 32), dtype=np.uint8)).save(mri)
+            Image.fromarray(_pet_rgb(24, 32)).save(other)
+        else:
+            mri, other = tmp_path / f"m{i}.nii.gz", tmp_path / f"c{i}.nii.gz"
+            nib.save(nib.Nifti1Image(rng.normal(500, 100, (16, 20, 6)).astype(np.float32), np.eye(4)), mri)
+            ct = np.full((10, 12, 4), -1000, np.int16)
+            ct[2:6, 3:7] = 40
+            nib.save(nib.Nifti1Image(ct, np.diag([2.0, 2.0, 2.0, 1.0])), other)
+        items.append({"mri": str(mri), "other": str(other)})
+    return items
+
+
+@pytest.mark.parametrize("kind", ["png", "nifti"])
+def test_pipelines_collate_in_a_monai_dataloader(tmp_path, kind):
+    """The ready-made chains (and the documented training chain) batch in a MONAI DataLoader: no metadata value
+    that MONAI's collate cannot handle (it refuses ``None``)."""
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose, RandFlipd, RandSpatialCropd
+
+    from monai_lkcfusion.transforms import LoadFusionImaged, ScaleModalityd, fusion_preprocessing
+
+    items = _pairs_on_disk(tmp_path, kind)
+    chains = {"preprocessing": fusion_preprocessing()}
+    if kind == "png":
+        chains["load"] = fusion_load_transforms()
+        chains["training"] = Compose([fusion_load_transforms(), RandSpatialCropd(("mri", "other"), (16, 16)),
+                                      RandFlipd(("mri", "other"), prob=0.5, spatial_axis=1)])
+    else:
+        chains["volume training"] = Compose([LoadFusionImaged(("mri", "other")), ScaleModalityd(("mri", "other")),
+                                             ResampleToReferenced("other"), RandSliced(("mri", "other")),
+                                             SplitLumad("other")])
+    for name, chain in chains.items():
+        batch = next(iter(DataLoader(Dataset(items, chain), batch_size=2, num_workers=0)))
+        key = "image" if name == "preprocessing" else "mri"
+        assert batch[key].shape[0] == 2, name
+        if kind == "nifti" and name == "preprocessing":
+            assert batch["other"].meta["modality"] == ["CT", "CT"]  # detected from the HU values, and recorded

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,7 @@ def compare_methods(
     from ..metrics import compute_fusion_metrics
     from ..metrics.folders import read_gray
     from ..metrics.utils import gray8
-    from ..metrics.tables import pivot, summarize, write_table
+    from ..metrics.tables import json_text, pivot, summarize, write_table
     from .figures import metrics_bar_chart, overview_figure
 
     from ..progress import Progress
@@ -104,7 +103,7 @@ def compare_methods(
         bar.update()
         if len(figure) < figure_rows:
             shown = read_image(pair["other"])  # colour kept
-            figure.append({"mri": mri / 255.0, "other": shown / (shown.meta["display_max"] or 1.0),
+            figure.append({"mri": mri / 255.0, "other": shown / (shown.meta.get("display_max", 1.0)),
                            "fused": fused_images, "metrics": fused_metrics, "name": f"{task} {name}",
                            "other_label": task})
     bar.close()
@@ -114,7 +113,7 @@ def compare_methods(
     options = {"ssim_data_range": ssim_data_range, "gray": "8-bit BT.601 luma, rounded",
                "weights": str(weights or "bundle default")}
     stats = {key: pivot(summary, stat) for key, stat in (("means", "mean"), ("std", "std"), ("n", "n"))}
-    write_text(out / "summary.json", json.dumps({"options": options, **stats}, indent=2), overwrite=True)
+    write_text(out / "summary.json", json_text({"options": options, **stats}, indent=2), overwrite=True)
     if figure:
         overview_figure(figure, out / "overview.png", metric_names=metric_names, title="MRI | other | fused per method")
     metrics_bar_chart(stats["means"], out / "metrics.png", metric_names=metric_names, spread=stats["std"])

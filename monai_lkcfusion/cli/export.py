@@ -10,8 +10,8 @@ from ..errors import FusionInputError
 HELP = "export the network as TorchScript or ONNX"
 DESCRIPTION = (
     "Export the fusion network: input (B, 2, H, W) [ch0 MRI, ch1 other, in [0, 1]], output "
-    "(B, 1, H, W) raw (clamp to [0, 1]); any H, W. Weights: --weights, else the bundle's model, "
-    "else (with --preset) an untrained network of that preset."
+    "(B, 1, H, W) raw (clamp to [0, 1]); any H, W. Weights: --weights (checked against --preset if given); "
+    "--preset alone: an untrained network of that preset; neither: the bundle's model."
 )
 
 
@@ -33,13 +33,13 @@ def run(args: argparse.Namespace) -> int:
     from ..networks import LKCFUNet, default_weights_path, load_network
 
     format = export_format(args.output, args.format)  # before loading anything
-    weights = args.weights or (default_weights_path() if default_weights_path().is_file() else None)
-    if weights is not None:
-        net = load_network(weights, expected=args.preset)
-        source = str(weights)
-    elif args.preset:
+    if args.preset and not args.weights:  # a preset alone: its untrained network, never the bundle's weights
         net = LKCFUNet.from_preset(args.preset)
         source = f"untrained preset {args.preset!r}"
+    elif args.weights or default_weights_path().is_file():
+        weights = args.weights or default_weights_path()
+        net = load_network(weights, expected=args.preset)
+        source = str(weights)
     else:
         raise FusionInputError(f"no trained weights at {default_weights_path()}: pass --weights FILE, "
                                "or --preset NAME for an untrained net")

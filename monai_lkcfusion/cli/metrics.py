@@ -37,12 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score the folders (see :func:`monai_lkcfusion.metrics.folders.score_folders`) and write the tables."""
-    import json
     import math
 
     from ..data import write_text
     from ..metrics.folders import score_folders
-    from ..metrics.tables import format_table, pivot, summarize, write_table
+    from ..metrics.tables import format_table, json_text, pivot, summarize, write_table
 
     options = {
         "ssim_data_range": args.ssim_data_range,
@@ -62,5 +61,5 @@ def run(args: argparse.Namespace) -> int:
         write_table(summary, args.summary_csv)
     if args.json:
         document = {"options": {**options, "mi_base": args.mi_base}, **stats, "pairs": results}
-        write_text(args.json, json.dumps(document, indent=1), overwrite=True)
+        write_text(args.json, json_text(document), overwrite=True)
     return 0

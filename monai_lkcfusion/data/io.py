@@ -8,8 +8,8 @@ Every reader returns a channel-first :class:`~monai.data.MetaTensor` of raw floa
 - volumes (NIfTI, NRRD, MHA, DICOM): ``(C, X, Y, Z)`` in voxel-index order with a 4x4 RAS ``affine``
   (ITK's LPS geometry converted as MONAI's ``ITKReader`` does).
 
-Metadata recorded: ``filename_or_obj``, ``modality`` (from DICOM, else ``None``), ``color``, ``display_max``
-(255 or 65535 for integer pictures, used by the intensity scaling) and ``spatial_dims``.
+Metadata recorded: ``filename_or_obj``, ``color``, ``spatial_dims``, and where known ``modality`` (from DICOM) and
+``display_max`` (255 or 65535 for integer pictures, used by the intensity scaling); unknown ones are left out.
 Writers choose the format from the extension and write atomically (temporary file + :func:`os.replace`).
 """
 
@@ -123,13 +123,10 @@ def read_image(
 
 
 def _meta(path: Path, spatial_dims: int, color: bool, display_max: float | None, modality: str | None) -> dict:
-    return {
-        "filename_or_obj": str(path),
-        "spatial_dims": spatial_dims,
-        "color": color,
-        "display_max": display_max,
-        "modality": modality,
-    }
+    """A reader's metadata; unknown values (``None``) are left out, as MONAI's collate cannot batch them."""
+    known = {"display_max": display_max, "modality": modality}
+    return {"filename_or_obj": str(path), "spatial_dims": spatial_dims, "color": color,
+            **{key: value for key, value in known.items() if value is not None}}
 
 
 def _read_picture(path: Path) -> MetaTensor:

@@ -29,12 +29,14 @@ def fusion_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
 
     Recognised layouts, in order: a ``datalist.json`` (section ``"test"``, MONAI decathlon style); an ``MRI/``
     folder beside one of ``CT/``, ``PET/``, ``SPECT/``, ``other/`` (paired by file name); the package's demo folder.
+    A file of the two folders without a partner is listed too, as ``{"unpaired": "<file>: no partner in <folder>"}``,
+    which :class:`FileFusionEngine` reports as a failed pair (as ``lkcfusion fuse --mri-dir`` does), never skips.
 
     Args:
         dataset_dir: the folder.
 
     Returns:
-        Dicts with ``"mri"`` and ``"other"`` paths.
+        Dicts with ``"mri"`` and ``"other"`` paths (and ``"unpaired"`` ones after them).
 
     Raises:
         FusionInputError: no recognised layout, or no pair found.
@@ -48,8 +50,8 @@ def fusion_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
         items = load_fusion_datalist(root / "datalist.json", section="test")
     elif (root / "MRI").is_dir() and any((root / name).is_dir() for name in _OTHER_FOLDERS):
         other = next(root / name for name in _OTHER_FOLDERS if (root / name).is_dir())
-        pairs, _ = pair_files_by_name(root / "MRI", other)
-        items = [{"mri": str(m), "other": str(o)} for m, o in pairs]
+        pairs, unpaired = pair_files_by_name(root / "MRI", other)
+        items = [{"mri": str(m), "other": str(o)} for m, o in pairs] + [{"unpaired": text} for text in unpaired]
     elif root.resolve() == DEMO_DIR.resolve():
         files = demo_files()
         items = [{"mri": str(files[f"mri_{d}"]), "other": str(files[f"pet_{d}"])} for d in ("2d", "3d")]
@@ -57,7 +59,7 @@ def fusion_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
         raise FusionInputError(
             f"{root}: expected datalist.json or MRI/ beside one of {', '.join(_OTHER_FOLDERS)}/ (paired by name)"
         )
-    if not items:
+    if not any("mri" in item for item in items):
         raise FusionInputError(f"{root}: no (MRI, other) pairs found")
     return items
 
@@ -132,6 +134,8 @@ class FileFusionEngine(Engine):
         from ..inference import fuse, fuse_dict
 
         try:
+            if "unpaired" in item:  # a file of the dataset folder without a partner (fusion_pairs)
+                raise FusionInputError(item["unpaired"])
             if self.pieces is not None:
                 fused = fuse_dict(item, self.network, *self.pieces)["pred"]
                 self.last_record = describe_fusion(fused.meta)
@@ -173,7 +177,6 @@ class FileFusionEngine(Engine):
         where = f" on {len(counts)} processes ({' + '.join(map(str, counts))})" if len(counts) > 1 else ""
         self.logger.info(f"fused {total - len(failures)} of {total} pairs{where}")
         if failures:
-            raise FusionInputError(
-                f"{len(failures)} of {total} pairs failed (the others were written): " + "; ".join(failures)
-            )
+            written = "none was written" if len(failures) == total else "the others were written"
+            raise FusionInputError(f"{len(failures)} of {total} pairs failed ({written}): " + "; ".join(failures))
         return state

@@ -31,7 +31,7 @@ from monai.handlers import (
     ValidationHandler,
 )
 
-from ..errors import FusionInputError
+from ..errors import FusionInputError, as_flag
 from .distributed import all_gather_objects, is_main_process
 
 __all__ = [
@@ -83,10 +83,8 @@ def resume_option(resume: bool | str | Path) -> bool | Path:
     Raises:
         FusionInputError: a checkpoint path that is not a file.
     """
-    if isinstance(resume, bool):
-        return resume
-    if str(resume).strip().lower() in ("true", "false"):
-        return str(resume).strip().lower() == "true"
+    if isinstance(resume, bool) or str(resume).strip().lower() in ("true", "false"):
+        return as_flag(resume, "resume")
     path = Path(resume)
     if not path.is_file():
         raise FusionInputError(f"{path}: checkpoint to resume from not found (resume: true, false or a file)")

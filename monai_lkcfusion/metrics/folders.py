@@ -36,7 +36,7 @@ def read_gray(path: str | Path) -> np.ndarray:
     if image.meta["spatial_dims"] != 2:
         raise FusionInputError(f"{path}: a 3D volume; the metrics score 2D 8-bit pictures, as the literature's "
                                "evaluators do (save slices as PNG)")
-    if image.meta["display_max"] != 255.0:
+    if image.meta.get("display_max") != 255.0:
         raise FusionInputError(f"{path}: not an 8-bit picture; save images as 8-bit gray or RGB")
     return gray8(image)
 

@@ -89,11 +89,15 @@ def compute_fusion_metrics(
 
     Raises:
         FusionInputError: for an unknown metric name, an unknown option, mismatched shapes, images smaller than
-            a metric's window, or an input in [0, 1] without ``input_scale``.
+            a metric's window, NaN/Inf values, an input in [0, 1] without ``input_scale``, or an input that
+            ``input_scale`` would push far beyond 255 (it applies to all three inputs).
     """
     names = DEFAULT_METRICS if names is None else tuple(names)
     if chunk_size < 1:
         raise FusionInputError(f"chunk_size: expected a positive number of images, got {chunk_size}")
+    for option, value in (("ssim_data_range", ssim_data_range), ("input_scale", input_scale)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise FusionInputError(f"{option} {value}: give a positive number")
     unknown = [n for n in names if n not in ALL_METRICS]
     if unknown:
         raise FusionInputError(f"unknown metric(s) {unknown}; choose from {', '.join(ALL_METRICS)}")
@@ -130,7 +134,12 @@ def _gray_scale(image: ImageLike, name: str, input_scale: float | None) -> Image
     marked = isinstance(image, MetaTensor) and "fusion_method" in image.meta  # fuse()'s output, in [0, 1]
     scale = 255.0 if input_scale is None and marked else input_scale
     tensor = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(np.asarray(image))
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == 3 and image.shape[0] not in (1, 3):
+        tensor = tensor.movedim(-1, 0)  # a channel-last (H, W, 3) colour picture, as fuse() returns for arrays
     channel_first = tensor.ndim == 3
+    nonfinite = int((~torch.isfinite(tensor)).sum()) if tensor.is_floating_point() else 0
+    if nonfinite:
+        raise FusionInputError(f"{name}: {nonfinite} NaN/Inf values; the metrics need finite images")
     if (channel_first and tensor.shape[0] not in (1, 3)) or (tensor.ndim == 4 and tensor.shape[1] != 1):
         raise FusionInputError(
             f"{name}: expected a (H, W) or (1|3, H, W) image or a (B, 1, H, W) batch, got shape "
@@ -139,12 +148,17 @@ def _gray_scale(image: ImageLike, name: str, input_scale: float | None) -> Image
     if scale is None:
         if _unit_range_fractions(tensor):
             raise FusionInputError(
-                f"{name}: values lie in [0, 1], not on the 8-bit gray scale [0, 255] of the metrics; "
-                "pass input_scale=255 (or multiply by 255)"
+                f"{name}: values lie in [0, 1], not on the 8-bit gray scale [0, 255] of the metrics; multiply it by "
+                "255 (e.g. fuse()'s NumPy output), or pass input_scale=255 when all three inputs are in [0, 1]"
             )
         if not channel_first:
             return image
     scaled = tensor.to(torch.float64) * (1.0 if scale is None else scale)
+    if scale is not None and scaled.numel() and float(scaled.max()) > 2 * 255.0:
+        raise FusionInputError(
+            f"{name}: values up to {float(tensor.max()):g} times input_scale={scale:g} lie far beyond 255: "
+            "input_scale applies to all three inputs; bring the ones in [0, 1] to [0, 255] yourself instead"
+        )
     return gray8(scaled) if channel_first else scaled.clamp(0.0, 255.0).round()
 
 

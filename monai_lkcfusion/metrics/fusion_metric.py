@@ -9,7 +9,7 @@ import torch
 from monai.metrics import CumulativeIterationMetric
 
 from ..errors import FusionInputError
-from .functional import ALL_METRICS, DEFAULT_METRICS, compute_fusion_metrics
+from .functional import ALL_METRICS, DEFAULT_METRICS, _unit_range_fractions, compute_fusion_metrics
 
 __all__ = ["FusionMetric"]
 
@@ -24,7 +24,8 @@ class FusionMetric(CumulativeIterationMetric):
 
     Args:
         metric_names: metrics to compute, from ``ALL_METRICS``; ``None`` gives ``DEFAULT_METRICS``.
-        input_scale: factor from the inputs' intensity scale to [0, 255].
+        input_scale: factor from the inputs' intensity scale to [0, 255]; with the default 1, inputs in [0, 1]
+            (network outputs) are refused rather than rounded to 0 and 1.
         round_to_uint8: clamp to [0, 255] and round before scoring.
         ssim_data_range: see :func:`~monai_lkcfusion.metrics.compute_fusion_metrics`.
         reduction: ``"sum"`` or ``"mean"`` over the two sources for MI, SSIM, MS-SSIM and VIF.
@@ -60,6 +61,11 @@ class FusionMetric(CumulativeIterationMetric):
         }
 
     def _to_gray(self, image: torch.Tensor) -> torch.Tensor:
+        if self.input_scale == 1.0 and _unit_range_fractions(image):  # rounding [0, 1] to 0/1 would score nonsense
+            raise FusionInputError(
+                "FusionMetric: values lie in [0, 1], not on the 8-bit gray scale [0, 255] of the metrics; "
+                "pass input_scale=255"
+            )
         gray = image.detach().to(torch.float64) * self.input_scale
         return gray.clamp(0, 255).round() if self.round_to_uint8 else gray
 

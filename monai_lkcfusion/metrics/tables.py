@@ -2,14 +2,17 @@
 
 A *record* is one scored pair: identifying columns (e.g. ``task``, ``pair``, ``method``) and one value per metric.
 A *summary row* is one group and metric: ``{*group columns, "metric", "n", "mean", "std"}``, where ``n`` counts the
-finite values (a NaN score is left out and not counted) and ``std`` is the population standard deviation (ddof 0,
-as MONAI's ``MetricsSaver``). Tables are written as CSV with :func:`write_table` (atomically).
+values that are not NaN (a NaN score is left out and not counted; an infinite one, e.g. the PSNR of identical
+images, is counted and makes the mean infinite) and ``std`` is the population standard deviation (ddof 0, as
+MONAI's ``MetricsSaver``). Tables are written as CSV with :func:`write_table` (atomically); :func:`json_text` gives
+standard JSON (non-finite numbers as ``null``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +22,7 @@ import numpy as np
 
 from ..data.atomic import write_text
 
-__all__ = ["SUMMARY_COLUMNS", "format_summary", "format_table", "pivot", "summarize", "write_table"]
+__all__ = ["SUMMARY_COLUMNS", "format_summary", "format_table", "json_text", "pivot", "summarize", "write_table"]
 
 SUMMARY_COLUMNS = ("metric", "n", "mean", "std")
 """The columns a summary row has after its group columns."""
@@ -36,7 +39,8 @@ def summarize(
         by: the columns that form a group (groups keep the order of their first record); ``()``: one group.
 
     Returns:
-        One row per group and metric: ``{*by, "metric", "n", "mean", "std"}`` (mean and std are NaN when n is 0).
+        One row per group and metric: ``{*by, "metric", "n", "mean", "std"}`` (mean and std are NaN when n is 0;
+        with an infinite value the mean is infinite and the std NaN).
     """
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for record in records:
@@ -45,10 +49,35 @@ def summarize(
     for group, members in groups.items():
         for metric in metric_names:
             values = np.asarray([float(r[metric]) for r in members], dtype=np.float64)
-            values = values[np.isfinite(values)]
-            mean, std = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
+            values = values[~np.isnan(values)]
+            with np.errstate(invalid="ignore"):  # inf - inf in the std of an infinite score: NaN, as documented
+                mean, std = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
             rows.append({**dict(zip(by, group)), "metric": metric, "n": int(values.size), "mean": mean, "std": std})
     return rows
+
+
+def json_text(document: Any, indent: int = 1) -> str:
+    """``document`` as standard JSON: NaN and infinite floats become ``null`` (``json.dumps`` would write the
+    non-standard ``NaN``/``Infinity``, which other JSON readers refuse).
+
+    Args:
+        document: dicts, lists and scalars (e.g. a summary from :func:`pivot`).
+        indent: indentation.
+
+    Returns:
+        The JSON text.
+    """
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, Mapping):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(document), indent=indent, allow_nan=False)
 
 
 def pivot(summary: Sequence[Mapping[str, Any]], value: str = "mean", by: Sequence[str] = ("task", "method")) -> dict:

@@ -352,12 +352,13 @@ def optimize_for_inference(
     cached on disk per machine (CPU model, extensions, torch version, thread count), so they are measured once per
     kind of machine and never taken from another CPU; without it a cost model decides (constants measured on one
     CPU) and the network runs channels-last. The first call with a new input shape builds kernel spectra (and, when
-    not cached, measures), so it is slower. ``net`` itself is not changed; inputs and outputs keep the usual shapes
-    and the output is contiguous.
+    not cached, measures), so it is slower. ``net`` itself is not changed (a TorchScript module is put in eval
+    mode); inputs and outputs keep the usual shapes and the output is contiguous.
 
     Args:
         net: a network such as :class:`~monai_lkcfusion.networks.LKCFUNet` (any ``nn.Module`` works; only its
-            ``nn.Conv2d`` layers and MAFM modules are rewritten).
+            ``nn.Conv2d`` layers and MAFM modules are rewritten; a TorchScript module is not copied, only put in
+            eval mode, and run as it is without autograd).
         enabled: ``False`` returns a plain eval-mode copy (same interface, no rewriting), for comparisons and as a
             switch for callers.
         fft_sizes: tile (FFT) sizes to consider.
@@ -381,6 +382,8 @@ def optimize_for_inference(
         fast = optimize_for_inference(LKCFUNet.from_preset("official").eval())
         fused = fast(pair)  # (B, 2, H, W) -> (B, 1, H, W), as the original
     """
+    if enabled and isinstance(net, torch.jit.ScriptModule):  # compiled (`lkcfusion export`): nothing to rewrite,
+        return InferenceNetwork(net.eval(), memory_format="contiguous")  # and a deep copy's parameters are not leaves
     plain = copy.deepcopy(net).eval()
     if not enabled:
         return plain

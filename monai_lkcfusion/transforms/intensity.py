@@ -74,7 +74,8 @@ def scale_to_unit(
         name: name used in error messages (the file).
 
     Returns:
-        The scaled float32 image and a record with ``intensity_scaling`` (what was done) and ``nonfinite_voxels``.
+        The scaled float32 image and a record with ``intensity_scaling`` (what was done), ``nonfinite_voxels`` and,
+        when known (given, or CT detected), ``modality``.
 
     Raises:
         FusionInputError: no finite voxel at all.
@@ -91,12 +92,16 @@ def scale_to_unit(
     elif modality == "CT" or modality is None and looks_like_ct(values):
         low, high = float(ct_window[0]), float(ct_window[1])
         rule = f"CT window [{low:g}, {high:g}] HU" + ("" if modality else " (detected: air at -1000 HU)")
+        modality = "CT"
     else:
         low, high = (float(v) for v in np.percentile(values.cpu().numpy(), list(percentiles)))
         rule = f"{modality or 'auto'} percentiles {percentiles[0]:g}-{percentiles[1]:g} = [{low:.6g}, {high:.6g}]"
     scaled = ((data - low) / max(high - low, 1e-12)).clamp(0.0, 1.0)
     scaled = torch.where(finite, scaled, torch.zeros_like(scaled))
-    return scaled, {"intensity_scaling": rule, "nonfinite_voxels": nonfinite, "modality": modality}
+    record: dict[str, object] = {"intensity_scaling": rule, "nonfinite_voxels": nonfinite}
+    if modality is not None:  # MONAI's collate cannot batch None
+        record["modality"] = modality
+    return scaled, record
 
 
 def looks_like_ct(values: torch.Tensor) -> bool:

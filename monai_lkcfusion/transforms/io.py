@@ -22,7 +22,7 @@ from ..data.io import (
     write_image,
 )
 from ..data.pairing import output_name
-from ..errors import FusionInputError
+from ..errors import FusionInputError, as_flag
 
 __all__ = [
     "LoadFusionImage",
@@ -47,7 +47,8 @@ class LoadFusionImage(Transform):
     - a NumPy array: ``(H, W)`` gray, ``(H, W, 3|4)`` colour picture (alpha composited on black) or ``(X, Y, Z)``;
     - a tensor/MetaTensor ``(1|3, *spatial)``, its metadata kept.
 
-    ``display_max`` is 255 for ``uint8`` arrays and 1 for data already in [0, 1] (see :class:`ScaleModality`).
+    ``display_max`` is 255 for ``uint8`` arrays and tensors and 1 for data already in [0, 1] (see
+    :class:`ScaleModality`); otherwise it is absent.
 
     Args:
         name: name used in error messages and as ``filename_or_obj`` of in-memory data.
@@ -87,7 +88,7 @@ class LoadFusionImage(Transform):
             display_max = 255.0 if value.dtype == np.uint8 else None
             tensor = torch.as_tensor(np.ascontiguousarray(fit_float32(array, self.name)))
         elif isinstance(value, torch.Tensor):
-            tensor, display_max = value, None
+            tensor, display_max = value, 255.0 if value.dtype == torch.uint8 else None
             if value.is_floating_point() and value.dtype.itemsize > 4:  # float64 beyond float32: scale, not Inf
                 fitted = torch.as_tensor(fit_float32(value.detach().cpu().numpy(), self.name))
                 tensor = convert_to_dst_type(fitted, value)[0] if isinstance(value, MetaTensor) else fitted
@@ -107,7 +108,8 @@ class LoadFusionImage(Transform):
             display_max = 1.0
         img.meta.setdefault("filename_or_obj", self.name)
         img.meta.setdefault("spatial_dims", img.ndim - 1)
-        img.meta.setdefault("display_max", display_max)
+        if display_max is not None:  # unknown stays absent: MONAI's collate cannot batch None
+            img.meta.setdefault("display_max", display_max)
         return img
 
 
@@ -178,7 +180,7 @@ class SaveFused(Transform):
         self.output_dir = Path(output_dir)
         self.output_suffix = output_suffix
         self.output_prefix = output_prefix
-        self.overwrite = overwrite
+        self.overwrite = as_flag(overwrite, "overwrite")
         self.claimed: dict[Path, str] = {}
 
     def output_path(self, source: str | Path) -> Path:

@@ -72,13 +72,14 @@ class AddFusionRecord(Transform):
         meta = img.meta
         for key in ("intensity_scaling", "nonfinite_voxels"):
             meta.pop(key, None)
-        meta.update({
+        record = {
             "mri_intensity_scaling": mri.meta.get("intensity_scaling"),
             "other_intensity_scaling": other.meta.get("intensity_scaling"),
             "other_modality": other.meta.get("modality"),
             "overlap_fraction": other.meta.get("overlap_fraction", 1.0),
             "color": img.shape[0] == 3,
-        })
+        }
+        meta.update({key: value for key, value in record.items() if value is not None})  # collate cannot batch None
         if "registration" in other.meta:  # the other image was registered to the MRI (RegisterToReference)
             meta["registration"] = other.meta["registration"]
         return img
