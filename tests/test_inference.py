@@ -398,3 +398,31 @@ def test_volume_with_workers_matches_one_worker(tiny_net):
     assert torch.allclose(three, one, atol=1e-4)
     optimised = FusionInferer(batch_size=4, device="cpu", workers=2)(pair, tiny_net)
     assert torch.allclose(optimised, one, atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_eight_bit_colour_volume_keeps_its_colours(tmp_path, suffix):
+    """An 8-bit pseudo-colour PET volume (RGB24 NIfTI, uint8 vector NRRD) is scaled by its display range, as the
+    same colours in a PNG are: fused with a black MRI, the colours come back unchanged (no hue shift)."""
+    import SimpleITK as sitk
+
+    rgb = np.zeros((12, 10, 4, 3), np.uint8)
+    rgb[...] = (0, 0, 140)  # dark blue body
+    rgb[4:8, 3:7] = (250, 60, 10)  # hot spot: red
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    mri = tmp_path / "mri.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((12, 10, 4), np.float32), affine), str(mri))
+    pet = tmp_path / f"pet{suffix}"
+    if suffix == ".nii.gz":
+        rgb24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
+        nib.save(nib.Nifti1Image(rgb.view(rgb24)[..., 0], affine), str(pet))
+    else:  # ITK vector image: (Z, Y, X, 3) array, LPS geometry equal to the RAS affine above
+        image = sitk.GetImageFromArray(np.ascontiguousarray(rgb.transpose(2, 1, 0, 3)), isVector=True)
+        image.SetSpacing((2.0, 2.0, 3.0))
+        image.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+        sitk.WriteImage(image, str(pet))
+    fused = fuse(mri, pet, method="max")  # (3, X, Y, Z) in [0, 1]
+    assert fused.shape == (3, 12, 10, 4) and "display range / 255" in fused.meta["other_intensity_scaling"]
+    colours = fused.permute(1, 2, 3, 0).numpy() * 255.0
+    assert np.abs(colours[5, 4, 1] - (250, 60, 10)).max() <= 2.0
+    assert np.abs(colours[0, 0, 0] - (0, 0, 140)).max() <= 2.0

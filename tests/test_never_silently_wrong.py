@@ -101,11 +101,20 @@ def _damage(folder: Path, how: str) -> str:
             float(ds.ImagePositionPatient[2]) + 1.4]
         ds.save_as(files[7])
         return "not evenly spaced"
+    if how == "gantry tilt":  # a tilted CT: each slice 3 mm on along z and 3 * tan(15 deg) = 0.8 mm on along y
+        import pydicom
+
+        for f in files:
+            ds = pydicom.dcmread(f)
+            x, y, z = (float(v) for v in ds.ImagePositionPatient)
+            ds.ImagePositionPatient = [x, y + (z - 10.0) * np.tan(np.radians(15.0)), z]
+            ds.save_as(f)
+        return "gantry tilt of about 15 degrees"
     raise ValueError(how)
 
 
 DICOM_DAMAGE = ["4 slices deleted", "first inner slice deleted", "truncated file", "random bytes", "duplicated file",
-                "moved slice"]
+                "moved slice", "gantry tilt"]
 
 
 @pytest.mark.parametrize("how", DICOM_DAMAGE)

@@ -248,8 +248,15 @@ def fit_float32(array: np.ndarray, name: str = "image") -> np.ndarray:
     return np.ldexp(array, -exponent).astype(np.float32)
 
 
-def _as_volume(array: np.ndarray, affine: np.ndarray, path: Path, modality: str | None) -> MetaTensor:
-    """``(X, Y, Z)`` voxels, or ``(X, Y, Z, 3|4)`` colour vectors, and a RAS affine as a ``(C, X, Y, Z)`` MetaTensor."""
+def _as_volume(array: np.ndarray, affine: np.ndarray, path: Path, modality: str | None,
+               eight_bit: bool = False) -> MetaTensor:
+    """``(X, Y, Z)`` voxels, or ``(X, Y, Z, 3|4)`` colour vectors, and a RAS affine as a ``(C, X, Y, Z)`` MetaTensor.
+
+    An 8-bit colour volume (``eight_bit``: stored as uint8, e.g. an RGB24 NIfTI of a pseudo-coloured PET) is a
+    rendered picture: it gets ``display_max`` 255 as 8-bit colour pictures do, so that the intensity scaling keeps
+    its colours (percentiles would clip the brightest channel and shift the hue); gray volumes are scaled by
+    percentiles whatever their type.
+    """
     if array.ndim == 4 and array.shape[-1] in (3, 4):
         data = np.moveaxis(array[..., :3], -1, 0)
     elif array.ndim == 3:
@@ -259,7 +266,8 @@ def _as_volume(array: np.ndarray, affine: np.ndarray, path: Path, modality: str 
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise FusionInputError(f"{path}: invalid geometry (singular or non-finite affine)")
     img = MetaTensor(torch.as_tensor(np.ascontiguousarray(data), dtype=torch.float32), affine=torch.as_tensor(affine))
-    img.meta.update(_meta(path, 3, data.shape[0] == 3, None, modality))
+    colour = data.shape[0] == 3
+    img.meta.update(_meta(path, 3, colour, 255.0 if colour and eight_bit else None, modality))
     return img
 
 
@@ -283,7 +291,7 @@ def _read_nifti(path: Path) -> MetaTensor:
         raise FusionInputError(f"{path}: 4D volume with {array.shape[3]} frames; extract one 3D frame first")
     if array.ndim == 5 and array.shape[3] == 1:
         array = array[:, :, :, 0]  # NIfTI vector image (X, Y, Z, 1, C)
-    return _as_volume(array, np.asarray(nii.affine, dtype=np.float64), path, None)
+    return _as_volume(array, np.asarray(nii.affine, dtype=np.float64), path, None, raw.dtype == np.uint8)
 
 
 def _itk_affine(image) -> np.ndarray:
@@ -300,7 +308,8 @@ def _from_itk(image, path: Path, modality: str | None) -> MetaTensor:
 
     if "complex" in image.GetPixelIDTypeAsString():  # NumPy would see two real components per voxel
         check_voxel_values("c", image.GetSize(), str(path))
-    array = fit_float32(sitk.GetArrayFromImage(image), str(path))  # (Z, Y, X[, C]) or (Y, X[, C])
+    stored = sitk.GetArrayFromImage(image)  # (Z, Y, X[, C]) or (Y, X[, C])
+    array = fit_float32(stored, str(path))
     if image.GetDimension() == 2:
         data = array[None] if array.ndim == 2 else np.moveaxis(array[..., :3], -1, 0)  # (C, H, W)
         img = MetaTensor(torch.as_tensor(np.ascontiguousarray(data)), affine=torch.eye(3))
@@ -309,7 +318,7 @@ def _from_itk(image, path: Path, modality: str | None) -> MetaTensor:
     if image.GetDimension() != 3:
         raise FusionInputError(f"{path}: {image.GetDimension()}D image; need one 2D image or 3D volume")
     array = np.moveaxis(array, (0, 1, 2), (2, 1, 0)) if array.ndim == 3 else array.transpose(2, 1, 0, 3)
-    return _as_volume(array, _itk_affine(image), path, modality)
+    return _as_volume(array, _itk_affine(image), path, modality, stored.dtype == np.uint8)
 
 
 @contextmanager
@@ -381,8 +390,8 @@ def check_data_file_location(header: str | Path) -> None:
                 )
 
 
-def _slice_position(header, name: str) -> tuple[np.ndarray, float] | None:
-    """``(slice normal, position along it)`` of a DICOM slice header, ``None`` without geometry."""
+def _slice_position(header, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(slice normal, ImagePositionPatient)`` of a DICOM slice header, ``None`` without geometry."""
     try:
         orientation = np.asarray([float(v) for v in header.ImageOrientationPatient], dtype=np.float64)
         position = np.asarray([float(v) for v in header.ImagePositionPatient], dtype=np.float64)
@@ -390,8 +399,7 @@ def _slice_position(header, name: str) -> tuple[np.ndarray, float] | None:
         return None
     if orientation.shape != (6,) or position.shape != (3,):
         return None
-    normal = np.cross(orientation[:3], orientation[3:])
-    return normal, float(position @ normal)
+    return np.cross(orientation[:3], orientation[3:]), position
 
 
 def _pixel_bytes_missing(header) -> bool:
@@ -415,11 +423,13 @@ def check_dicom_slices(
 ) -> tuple[list[str], list[str]]:
     """Check the slices of one DICOM series before it is read; return the files to read and warnings.
 
-    GDCM sorts slices by position and ITK then assumes they are evenly spaced: a missing slice (deleted, or a
-    truncated/corrupt file that GDCM skips) stretches the volume and misplaces every slice after it, and a
-    duplicated file doubles a slice. So the slice positions (``ImagePositionPatient`` along the slice normal)
-    are checked: the same orientation for every slice, no two slices at one position, and even spacing within
-    5%. Files of the folder that belong to no series (not DICOM, or damaged) are named.
+    GDCM sorts slices by position and ITK then assumes they are evenly spaced and stacked along the slice normal: a
+    missing slice (deleted, or a truncated/corrupt file that GDCM skips) stretches the volume and misplaces every
+    slice after it, a duplicated file doubles a slice, and a gantry-tilted CT (slices shifted in their plane from
+    one to the next) is read as an orthogonal stack, every slice shifted. So the slice positions
+    (``ImagePositionPatient``) are checked: the same orientation for every slice, no two slices at one position, even
+    spacing along the normal within 5%, and no shift in the slice plane beyond 0.01 of the distance along the normal
+    (about half a degree of tilt). Files of the folder that belong to no series (not DICOM, or damaged) are named.
 
     Args:
         folder: the series folder.
@@ -443,7 +453,8 @@ def check_dicom_slices(
         if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR" and str(p.resolve()) not in listed
     )
     problems: list[str] = []
-    slices: list[tuple[float, str, str]] = []  # (position, file, SOPInstanceUID)
+    slices: list[tuple[float, str, str]] = []  # (position along the normal, file, SOPInstanceUID)
+    corners: dict[str, np.ndarray] = {}  # file -> ImagePositionPatient
     normals: list[np.ndarray] = []
     no_geometry = []
     for name in files:
@@ -461,7 +472,8 @@ def check_dicom_slices(
             slices.append((float(len(slices)), name, str(header.get("SOPInstanceUID", name))))
             continue
         normals.append(geometry[0])
-        slices.append((geometry[1], name, str(header.get("SOPInstanceUID", name))))
+        corners[name] = geometry[1]
+        slices.append((float(geometry[1] @ geometry[0]), name, str(header.get("SOPInstanceUID", name))))
     if not slices:
         raise FusionInputError(f"{folder}: no readable DICOM slice ({', '.join(skipped[:5])} damaged)")
     if skipped:
@@ -499,6 +511,17 @@ def check_dicom_slices(
                 + (f" (about {missing} slice(s) missing)" if missing else "")
                 + f"; read as evenly spaced, slices would be up to {np.abs(even - positions).max():.3g} mm "
                 "from their true position"
+            )
+    if len(kept) > 1 and not no_geometry:
+        offsets = np.asarray([corners[item[1]] - corners[kept[0][1]] for item in kept])  # (S, 3) from the first
+        along = offsets @ normals[0]
+        shift = np.linalg.norm(offsets - along[:, None] * normals[0], axis=1)  # in-plane part of each offset
+        if shift.max() > max(0.01 * np.abs(along).max(), 0.01):
+            tilt = float(np.degrees(np.arctan2(shift[-1], abs(along[-1]))))
+            problems.append(
+                f"the slices are shifted in their plane from one to the next (gantry tilt of about {tilt:.3g} "
+                f"degrees); read as an orthogonal stack, slices would be up to {shift.max():.3g} mm from their true "
+                "position (resample the series to remove the tilt first)"
             )
     if problems and not allow_irregular:
         raise FusionInputError(
