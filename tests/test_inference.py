@@ -426,3 +426,48 @@ def test_eight_bit_colour_volume_keeps_its_colours(tmp_path, suffix):
     colours = fused.permute(1, 2, 3, 0).numpy() * 255.0
     assert np.abs(colours[5, 4, 1] - (250, 60, 10)).max() <= 2.0
     assert np.abs(colours[0, 0, 0] - (0, 0, 140)).max() <= 2.0
+
+
+def test_two_dimensional_itk_files_keep_their_geometry(tmp_path):
+    """2D MHA/NRRD files carry spacing, origin and direction: they are one-slice volumes (as a 2D NIfTI is), so
+    the other image is placed in world coordinates and the output keeps the MRI's plane, not its pixel indices."""
+    import SimpleITK as sitk
+
+    mri = np.zeros((40, 36), np.float32)  # (rows y, columns x)
+    mri[:10] = 500.0  # a band along the first rows
+    image = sitk.GetImageFromArray(mri)
+    image.SetSpacing((0.7, 0.9))
+    image.SetOrigin((-12.0, 30.0))
+    sitk.WriteImage(image, str(tmp_path / "mri.mha"))
+    pet = np.zeros((40, 36), np.float32)
+    pet[20, 10] = 1000.0  # world x = -20 + 10 * 1.4 = -6, y = 20 + 20 * 1.2 = 44
+    moved = sitk.GetImageFromArray(pet)
+    moved.SetSpacing((1.4, 1.2))
+    moved.SetOrigin((-20.0, 20.0))
+    sitk.WriteImage(moved, str(tmp_path / "pet.nrrd"))
+    for suffix in (".mha", ".nii.gz"):
+        out = fuse_files(tmp_path / "mri.mha", tmp_path / "pet.nrrd", tmp_path / f"f{suffix}", method="max")
+        fused = sitk.ReadImage(str(out))
+        assert fused.GetSize() == (36, 40, 1)
+        assert np.allclose(fused.GetSpacing()[:2], (0.7, 0.9), atol=1e-6)
+        assert np.allclose(fused.GetOrigin()[:2], (-12.0, 30.0), atol=1e-6)
+        array = sitk.GetArrayFromImage(fused)[0]  # (rows, columns) as in the MRI
+        assert array[:10].min() > 0.5 and array[12:].max() < 0.9  # the band stays in the first rows
+        spot = np.unravel_index(np.argmax(np.where(np.arange(40)[:, None] >= 12, array, 0)), array.shape)
+        x, y = fused.TransformIndexToPhysicalPoint((int(spot[1]), int(spot[0]), 0))[:2]
+        assert abs(x + 6.0) <= 1.0 and abs(y - 44.0) <= 1.0  # the PET spot at its world position
+
+
+def test_picture_written_as_volume_is_not_transposed(tmp_path):
+    """A 2D picture written to NIfTI/NRRD/MHA follows ITK's layout for pictures (x along the columns)."""
+    import SimpleITK as sitk
+
+    picture = np.zeros((30, 20), np.uint8)
+    picture[:5] = 200  # the first rows
+    Image.fromarray(picture).save(tmp_path / "m.png")
+    for suffix in (".nii.gz", ".mha"):
+        out = fuse_files(tmp_path / "m.png", tmp_path / "m.png", tmp_path / f"f{suffix}", method="max")
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m.png")))
+        written = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))[0]
+        assert written.shape == reference.shape == (30, 20)
+        assert np.array_equal(written > 0.5, reference > 100)

@@ -310,11 +310,9 @@ def _from_itk(image, path: Path, modality: str | None) -> MetaTensor:
         check_voxel_values("c", image.GetSize(), str(path))
     stored = sitk.GetArrayFromImage(image)  # (Z, Y, X[, C]) or (Y, X[, C])
     array = fit_float32(stored, str(path))
-    if image.GetDimension() == 2:
-        data = array[None] if array.ndim == 2 else np.moveaxis(array[..., :3], -1, 0)  # (C, H, W)
-        img = MetaTensor(torch.as_tensor(np.ascontiguousarray(data)), affine=torch.eye(3))
-        img.meta.update(_meta(path, 2, data.shape[0] == 3, None, modality))
-        return img
+    if image.GetDimension() == 2:  # a one-slice volume with its geometry, as a 2D NIfTI is (world coordinates)
+        array = array[None]  # (1, Y, X[, C])
+        image = sitk.JoinSeries(image)  # 3D geometry: the plane's spacing, origin and direction, z 1 mm
     if image.GetDimension() != 3:
         raise FusionInputError(f"{path}: {image.GetDimension()}D image; need one 2D image or 3D volume")
     array = np.moveaxis(array, (0, 1, 2), (2, 1, 0)) if array.ndim == 3 else array.transpose(2, 1, 0, 3)
@@ -580,28 +578,18 @@ def _read_dicom_series(folder: Path, series: str | None, allow_irregular: bool =
 def image_spatial_dims(path: str | Path) -> int | None:
     """The spatial dimensions an input will be read with (2 or 3), from its header only; ``None`` if unknown.
 
-    Pictures are 2D; NIfTI files and folders holding a DICOM series are volumes (a one-slice NIfTI too);
-    NRRD/MHA say so in their header. A folder without DICOM is unknown (its reader names the problem).
+    Pictures are 2D; NIfTI, NRRD and MHA files and folders holding a DICOM series are volumes (a one-slice or
+    2D file too: it carries a geometry, kept by reading it as a one-slice volume). A folder without DICOM is
+    unknown (its reader names the problem).
     """
     path = Path(path)
     suffix = image_suffix(path)
     if path.is_dir():
         return 3 if _dicom_series_ids(path) else None
-    if suffix in NIFTI_SUFFIXES:
+    if suffix in NIFTI_SUFFIXES or suffix in ITK_SUFFIXES and path.is_file():
         return 3
     if suffix in PICTURE_SUFFIXES:
         return 2
-    if suffix in ITK_SUFFIXES and path.is_file():
-        import SimpleITK as sitk
-
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            with _native_stderr_silenced():
-                reader.ReadImageInformation()
-        except RuntimeError:
-            return None
-        return 2 if reader.GetDimension() == 2 else 3
     return None
 
 
@@ -708,9 +696,9 @@ def write_image(
             pil_format = _PIL_FORMATS[suffix]
             Image.fromarray(pixels).save(tmp, format=pil_format, **_PIL_OPTIONS.get(pil_format, {}))
         return path
-    if data.ndim == 3:
-        data = data[..., None]  # a 2D image as a one-slice volume
-        affine = None
+    if data.ndim == 3:  # a 2D picture (C, H, W) as a one-slice volume, as ITK stores pictures: x along the columns,
+        data = np.swapaxes(data, 1, 2)[..., None]  # y along the rows, LPS identity (what a viewer shows upright)
+        affine = _LPS_TO_RAS
     matrix = np.eye(4) if affine is None else np.asarray(torch.as_tensor(affine).cpu(), dtype=np.float64)
     if matrix.shape != (4, 4):
         matrix = np.eye(4)
