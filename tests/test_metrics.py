@@ -157,6 +157,7 @@ def test_constant_images_give_no_nan(value):
         assert not any(math.isnan(v) for v in values.values()), values
     flat = compute_fusion_metrics(const, const, const, names=["VIF", "CC", "SCD", "MI", "PSNR", "FMI_pixel", "Nabf"])
     assert flat == {"VIF": 2.0, "CC": 0.0, "SCD": 0.0, "MI": 0.0, "PSNR": math.inf, "FMI_pixel": 1.0, "Nabf": 0.0}
+    assert math.copysign(1.0, compute_fusion_metrics(const, const, const, names=["EN"])["EN"]) == 1.0  # not -0.0
     assert visual_information_fidelity(texture, const, const) == 2.0  # references without variance: 0/0 -> 1 each
     assert visual_information_fidelity(const, texture, texture) == 0.0  # nothing of the texture kept
     # zero padding gives a non-zero image edges at its border; an all-zero triple has no edges at all: 0/0 -> 1

@@ -41,7 +41,7 @@ def entropy(fused: torch.Tensor) -> torch.Tensor:
     offsets = torch.arange(b, device=fused.device).unsqueeze(1) * 256
     hist = torch.bincount((levels + offsets).reshape(-1), minlength=b * 256).reshape(b, 256).to(torch.float64)
     p = hist / levels.shape[1]
-    return -(p * torch.log2(torch.where(p > 0, p, 1.0))).sum(dim=1)
+    return 0.0 - (p * torch.log2(torch.where(p > 0, p, 1.0))).sum(dim=1)  # 0.0 - x: a constant image gives 0, not -0
 
 
 @batched_metric
