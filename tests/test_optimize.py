@@ -150,7 +150,8 @@ def test_torchscript_network_runs_through_fuse(tmp_path):
     with torch.no_grad():
         assert torch.allclose(out, net(x), atol=1e-6)
     pair = np.random.default_rng(0).random((2, 36, 28), dtype=np.float32)
-    assert np.allclose(fuse(pair[0], pair[1], model=scripted), fuse(pair[0], pair[1], model=net), atol=1e-5)
+    plain = fuse(pair[0], pair[1], model=net, optimize=False)  # direct convolutions, as the scripted module runs
+    assert np.allclose(fuse(pair[0], pair[1], model=scripted), plain, atol=1e-5)
 
 
 def test_training_path_untouched():
