@@ -157,6 +157,10 @@ def transform_matrix(transform: sitk.Transform, ndim: int) -> np.ndarray:
     Raises:
         FusionInputError: the transform is not linear (a displacement field or B-spline: non-rigid).
     """
+    if not transform.IsLinear():  # by type: a B-spline whose grid misses the probe points below would look linear
+        raise FusionInputError(
+            f"{transform.GetName()}: not a linear (rigid/affine) transform; non-rigid is not supported"
+        )
     origin = np.array(transform.TransformPoint((0.0,) * ndim))
     matrix = np.eye(ndim + 1)
     matrix[:ndim, ndim] = origin
@@ -311,7 +315,13 @@ def _initial_transform(fixed: sitk.Image, moving: sitk.Image, kind: str, init: s
     scores = {}
     for name, transform in candidates.items():
         method.SetInitialTransform(transform, inPlace=False)
-        scores[name] = method.MetricEvaluate(*coarse)
+        try:
+            scores[name] = method.MetricEvaluate(*coarse)
+        except RuntimeError:  # ITK: no sample of the MRI maps into the other image from this start
+            continue
+    if not scores:
+        raise FusionInputError("other image: registration failed, the images do not overlap from either start "
+                               "(world coordinates or centres of mass); check that both show the same anatomy")
     best = min(scores, key=scores.get)
     return candidates[best], best
 

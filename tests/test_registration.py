@@ -222,6 +222,51 @@ def test_no_overlap_and_not_converged_warn():
             MetaTensor(data.clone(), affine=torch.eye(4)), mri)
 
 
+def test_non_linear_transform_files_are_refused_by_type(tmp_path):
+    """A B-spline whose control grid lies away from the points a linearity probe would try is still refused."""
+    grid = sitk.Image([16, 16, 16], sitk.sitkFloat32)
+    grid.SetOrigin((100.0, 100.0, 100.0))
+    bspline = sitk.BSplineTransformInitializer(grid, [4, 4, 4])
+    bspline.SetParameters((np.random.default_rng(0).normal(0, 3, len(bspline.GetParameters()))).tolist())
+    sitk.WriteTransform(bspline, str(tmp_path / "bs.tfm"))
+    with pytest.raises(FusionInputError, match="not a linear"):
+        read_transform(tmp_path / "bs.tfm", 3)
+    sitk.WriteTransform(sitk.CompositeTransform([sitk.Euler3DTransform(), sitk.ScaleTransform(3)]),
+                        str(tmp_path / "linear.tfm"))
+    assert np.allclose(read_transform(tmp_path / "linear.tfm", 3), np.eye(4))
+
+
+def test_far_apart_volumes_register_from_centres_of_mass(tmp_path, capsys, monkeypatch):
+    """With init "auto", a start that does not overlap at all (world coordinates 500 mm apart) is skipped, not a
+    traceback: the centres-of-mass start registers the pair; with no start overlapping, one line."""
+    import nibabel as nib
+
+    z, y, x = np.mgrid[0:24, 0:24, 0:24]
+    blob = ((x - 12) ** 2 + (y - 10) ** 2 + (z - 12) ** 2 < 60).astype(np.float32)
+    data = blob + np.random.default_rng(0).random((24, 24, 24)).astype(np.float32) * 0.2
+    shifted = np.eye(4)
+    shifted[0, 3] = 500.0
+    mri = MetaTensor(torch.as_tensor(data)[None], affine=torch.eye(4))
+    result = register(mri, MetaTensor(torch.as_tensor(data)[None], affine=torch.as_tensor(shifted)), "rigid")
+    assert result.initialization == "moments" and result.overlap > 0.9
+    assert abs(abs(result.matrix[0, 3]) - 500.0) < 1.0  # the 500 mm between the two files' origins
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "mri.nii.gz"))
+    nib.save(nib.Nifti1Image(data, shifted), str(tmp_path / "far.nii.gz"))
+    argv = ["fuse", str(tmp_path / "mri.nii.gz"), str(tmp_path / "far.nii.gz"), "-o", str(tmp_path / "f.nii.gz"),
+            "--method", "max", "--register", "rigid"]
+    assert main(argv) == 0 and "Traceback" not in capsys.readouterr().err
+
+    def no_overlap(*args, **kwargs):
+        raise RuntimeError("All samples map outside moving image buffer")
+
+    monkeypatch.setattr(sitk.ImageRegistrationMethod, "MetricEvaluate", no_overlap)
+    with pytest.raises(FusionInputError, match="do not overlap from either start"):
+        register(mri, MetaTensor(torch.as_tensor(data)[None], affine=torch.as_tensor(shifted)), "rigid")
+    assert main([*argv, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "do not overlap from either start" in err and len(err.strip().splitlines()) == 1
+
+
 def test_alignment_preview_shapes(demo_2d):
     """The check picture: checkerboard + edge overlay side by side; volumes: three planes."""
     mri, pet = demo_2d
