@@ -77,6 +77,36 @@ def test_job_fields_are_checked():
     with pytest.raises(FusionInputError, match="unknown field"):
         FusionJob.from_dict({"mri": "a", "other": "b", "output": "c", "weight": "w.pt"})
     assert FusionJob.from_dict({"mri": "a", "other": "b", "output": "c", "tta": True}).tta is True
+    base = {"mri": "a", "other": "b", "output": "c"}
+    for field, value, needle in (("axis", 7, "a volume has axes 0, 1, 2"), ("batch_size", "8", "give a whole number"),
+                                 ("batch_size", 0, "give 1 or more"), ("tta", "yes", "give true or false"),
+                                 ("axis", True, "give a whole number"), ("method", 3, "give a string")):
+        with pytest.raises(FusionInputError, match=needle):
+            FusionJob.from_dict({**base, field: value})
+    assert FusionJob.from_dict({**base, "axis": None, "weights": None}).axis is None
+
+
+def test_a_job_that_fails_unexpectedly_does_not_stop_the_worker(tmp_path, monkeypatch):
+    """Whatever one job raises is its error event; the jobs after it still run."""
+    mri, ct = _volumes(tmp_path)
+    job = {"mri": str(mri), "other": str(ct), "method": "max", "device": "cpu"}
+    lines = [json.dumps({**job, "id": "bad", "axis": 7, "output": str(tmp_path / "a.nii.gz")}),
+             json.dumps({**job, "id": "boom", "output": str(tmp_path / "b.nii.gz")}),
+             json.dumps({**job, "id": "good", "output": str(tmp_path / "c.nii.gz")})]
+    real_run = FusionWorker.run
+
+    def run(self, job, progress=None):
+        if job.id == "boom":
+            raise IndexError("tuple index out of range")
+        return real_run(self, job, progress)
+
+    monkeypatch.setattr(FusionWorker, "run", run)
+    events: list[dict] = []
+    assert serve(lines, events.append) == 0
+    errors = {e["id"]: e["message"] for e in events if e["event"] == "error"}
+    assert "axis 7: a volume has axes 0, 1, 2" in errors["bad"]
+    assert errors["boom"] == "IndexError: tuple index out of range"
+    assert any(e["event"] == "done" and e["id"] == "good" for e in events) and (tmp_path / "c.nii.gz").exists()
 
 
 def test_worker_loads_the_weights_file_again_when_it_changes(tmp_path):

@@ -92,7 +92,7 @@ class FusionJob:
             The job.
 
         Raises:
-            FusionInputError: a missing required field or an unknown one.
+            FusionInputError: a missing required field, an unknown one, or a value of the wrong type or range.
         """
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(request) - names)
@@ -101,7 +101,24 @@ class FusionJob:
         missing = [name for name in ("mri", "other", "output") if not request.get(name)]
         if missing:
             raise FusionInputError(f"job: missing {', '.join(missing)}")
+        for name, value in request.items():
+            kind = _FIELD_TYPES.get(name)
+            optional = name in ("weights", "device", "axis", "modality")
+            if kind is None or value is None and optional:
+                continue
+            if not isinstance(value, kind) or kind is int and isinstance(value, bool):
+                wanted = {int: "a whole number", bool: "true or false", str: "a string"}[kind]
+                raise FusionInputError(f"job: {name} {value!r}: give {wanted}")
+        if request.get("axis") not in (None, 0, 1, 2):
+            raise FusionInputError(f"job: axis {request['axis']}: a volume has axes 0, 1, 2")
+        if request.get("batch_size", 1) < 1:
+            raise FusionInputError(f"job: batch_size {request['batch_size']}: give 1 or more")
         return cls(**request)
+
+
+_FIELD_TYPES = {"output": str, "id": str, "method": str, "weights": str, "device": str, "axis": int, "modality": str,
+                "batch_size": int, "color": bool, "mask_background": bool, "tta": bool, "register": str}
+"""The JSON type of each field of a :class:`FusionJob` request (``mri``/``other``: anything ``fuse`` takes)."""
 
 
 class FusionWorker:
@@ -260,8 +277,10 @@ def serve(requests: Iterable[str], emit: Callable[[Event], None], worker: Fusion
             for w in caught:
                 emit({"event": "warning", "id": job_id, "message": one_line(Exception(str(w.message)))})
             emit({"event": "done", "id": job_id, **result})
-        except (FusionInputError, OSError, ValueError, RuntimeError) as err:  # one job failed; the worker goes on
-            emit({"event": "error", "id": job_id, "message": one_line(err)})
+        except Exception as err:  # noqa: BLE001 - any failure of one job is its error event; the worker goes on
+            expected = isinstance(err, (FusionInputError, OSError))
+            emit({"event": "error", "id": job_id, "message": one_line(err) if expected
+                  else f"{type(err).__name__}: {one_line(err)}"})
     return 0
 
 
