@@ -71,3 +71,32 @@ def test_compare_methods_without_overview_figure(tmp_path: Path) -> None:
     assert {(r["task"], r["method"]) for r in summary} == {("MRI-PET", "max"), ("MRI-PET", "mean")}
     assert all(r["n"] == 2 for r in summary)
     assert not (tmp_path / "out" / "overview.png").exists() and (tmp_path / "out" / "metrics.png").is_file()
+
+
+def test_pairs_of_two_sizes_are_refused_with_a_fix_evaluate_has(tmp_path: Path, capsys) -> None:
+    """A pair of two sizes cannot be scored pixel by pixel: one line that does not suggest a --resample option
+    `lkcfusion evaluate` does not have."""
+    for folder, size in (("MRI", (40, 36)), ("CT", (30, 36))):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full(size, 90, np.uint8)).save(tmp_path / folder / "a.png")
+    argv = ["evaluate", "--mri-dir", str(tmp_path / "MRI"), "--other-dir", str(tmp_path / "CT"), "-o",
+            str(tmp_path / "out"), "--methods", "max", "--metrics", "EN"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "an evaluation scores pairs on one grid" in err and "--resample" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_flush_denormal_false_is_off_in_every_training_config() -> None:
+    """`--flush_denormal false` from `python -m monai.bundle run` is the string "false": off in both configs."""
+    from monai.bundle import ConfigParser
+
+    from monai_lkcfusion.engines import bundle_config
+
+    for files in (["train.json"], ["train.json", "multi_gpu_train.json"]):
+        parser = ConfigParser()
+        parser.read_config([bundle_config(name) for name in files])
+        parser["flush_denormal"] = "false"
+        steps = parser["initialize"]
+        index = next(i for i, step in enumerate(steps) if "flush_denormal" in step)
+        assert parser.get_parsed_content(f"initialize#{index}") is False, files

@@ -14,7 +14,7 @@ from monai_lkcfusion.engines import last_checkpoint
 from monai_lkcfusion.networks import load_network
 
 
-def test_train_cli_and_resume(tmp_path: Path) -> None:
+def test_train_cli_and_resume(tmp_path: Path, capsys) -> None:
     rng = np.random.default_rng(2)
     for i in range(4):
         for folder in ("MRI", "CT"):
@@ -33,6 +33,23 @@ def test_train_cli_and_resume(tmp_path: Path) -> None:
     assert last_checkpoint(out).name == "checkpoint_epoch=2.pt"
     net = load_network(out / "model.pt")
     assert net(torch.rand(1, 2, 24, 24)).shape == (1, 1, 24, 24)
+    # user mistakes found by hand: one line each, exit 2, nothing trained (they ended in tracebacks, or trained every
+    # epoch and then failed for want of a validation pair)
+    mistakes = {("--epochs", "1", "--resume"): "the run is at epoch 2 already; to resume it give --epochs 2",
+                ("--tasks", "MRI-PET", "-o", str(tmp_path / "r2")): "no training pairs found",
+                ("--config", str(tmp_path / "few.json"), "-o", str(tmp_path / "r3")): "leave no validation",
+                ("--device", "cuda", "-o", str(tmp_path / "r4")): "--device cuda: CUDA is not available"}
+    (tmp_path / "few.json").write_text(json.dumps({"val_fraction": 0.05}))
+    for extra, needle in mistakes.items():
+        if extra[:2] == ("--device", "cuda") and torch.cuda.is_available():
+            continue
+        capsys.readouterr()
+        assert main([*args, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("lkcfusion: error:")]
+        assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err, err
+    assert last_checkpoint(out).name == "checkpoint_epoch=2.pt"
+    assert not any((tmp_path / name / "checkpoint_epoch=1.pt").exists() for name in ("r2", "r3", "r4"))
 
 
 def test_train_cli_missing_config(tmp_path: Path) -> None:

@@ -90,6 +90,11 @@ def compare_methods(
         name = str(pair.get("name", Path(pair["mri"]).name))
         task = str(pair.get("task", Path(pair["other"]).parent.name))
         mri, other = read_gray(pair["mri"]), read_gray(pair["other"])
+        if mri.shape != other.shape:  # the metrics compare pixel by pixel: both sources must be one grid
+            raise FusionInputError(
+                f"{pair['other']}: size {tuple(other.shape)} differs from the MRI's {tuple(mri.shape)}; an evaluation "
+                "scores pairs on one grid: resample or register it to the MRI first"
+            )
         fused_images, fused_metrics = {}, {}
         for method, predictor in predictors.items():
             fused = fuse(pair["mri"], pair["other"], model=predictor, progress=False)  # (1|3, H, W) in [0, 1]

@@ -52,17 +52,16 @@ def run(args: argparse.Namespace) -> int:
     ``torchrun`` (this way, or ``torchrun ... -m monai_lkcfusion train`` on several nodes) merges the bundle's
     ``multi_gpu_train.json`` last and runs on ``cuda:<LOCAL_RANK>`` or the CPU.
     """
-    import torch
-
     from ..engines import bundle_config, distributed_device, is_distributed_launch, run_bundle_workflow
     from ..engines.workflow import check_literal_overrides
+    from ..inferers import resolve_device
 
     if args.epochs is not None and args.epochs < 1:
         raise FusionInputError(f"--epochs {args.epochs}: give 1 or more epochs")
     # paths and names are data: a leading '$', '@' or '%' would make the bundle config run or resolve them
     check_literal_overrides({"preset": args.preset, "dataset_dir": args.dataset_dir, "output_dir": args.output})
     configs = list(args.config)
-    device = torch.device(args.device) if args.device else None
+    device = resolve_device(args.device) if args.device else None  # an unusable device: one line, before anything
     if is_distributed_launch():
         configs.append(str(bundle_config("multi_gpu_train.json")))
         device = distributed_device(args.device) if args.device else None

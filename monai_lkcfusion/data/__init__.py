@@ -8,7 +8,7 @@ from .harvard import HARVARD_TASKS, harvard_datalist
 from .io import PICTURE_SUFFIXES, VOLUME_SUFFIXES, WRITABLE_SUFFIXES, image_stem, read_image, write_image
 from .pairing import files_by_name, match_files_by_name, output_name, pair_files_by_name
 from .samples import DEMO_DIR, demo_files
-from .splits import GLIOMA_SUBJECT, HARVARD_PET_SUBJECT, harvard_subject, split_by_subject
+from .splits import GLIOMA_SUBJECT, HARVARD_PET_SUBJECT, harvard_subject, split_by_fraction, split_by_subject
 
 __all__ = [
     "DEMO_DIR",
@@ -30,6 +30,7 @@ __all__ = [
     "output_name",
     "pair_files_by_name",
     "read_image",
+    "split_by_fraction",
     "split_by_subject",
     "write_fusion_datalist",
     "write_image",

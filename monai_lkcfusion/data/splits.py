@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import FusionInputError
 
-__all__ = ["HARVARD_PET_SUBJECT", "GLIOMA_SUBJECT", "harvard_subject", "split_by_subject"]
+__all__ = ["HARVARD_PET_SUBJECT", "GLIOMA_SUBJECT", "harvard_subject", "split_by_fraction", "split_by_subject"]
 
 HARVARD_PET_SUBJECT = "harvard-fdg-normal"
 """The one subject of every ``harvard_xg`` MRI-PET pair (prefixes 25/30/41: three orientations)."""
@@ -82,4 +82,39 @@ def split_by_subject(
     held = set(val_subjects)
     train = [item for item in tagged if item["subject"] not in held]
     val = [item for item in tagged if item["subject"] in held]
+    return train, val
+
+
+def split_by_fraction(
+    items: Sequence[Mapping[str, object]], val_fraction: float, seed: int = 0
+) -> tuple[list[Mapping[str, object]], list[Mapping[str, object]]]:
+    """A random split stratified by task (MONAI's ``partition_dataset_classes``), refusing a side without pairs.
+
+    Not patient-disjoint (see :func:`split_by_subject` for that): the bundle's quick default.
+
+    Args:
+        items: datalist items with a ``"task"`` field.
+        val_fraction: share of the pairs that validate, in (0, 1).
+        seed: shuffling seed.
+
+    Returns:
+        ``(train, validation)``.
+
+    Raises:
+        FusionInputError: no pairs at all (check the dataset folder and the tasks), a fraction outside (0, 1), or
+            too few pairs for both sides (training would run every epoch and then fail for want of validation).
+    """
+    from monai.data import partition_dataset_classes
+
+    if not items:
+        raise FusionInputError("no training pairs found: check --dataset-dir (dataset_dir) and --tasks (tasks)")
+    if not 0.0 < val_fraction < 1.0:
+        raise FusionInputError(f"val_fraction {val_fraction}: give a share between 0 and 1")
+    train, val = partition_dataset_classes(list(items), [item["task"] for item in items],
+                                           ratios=[1.0 - val_fraction, val_fraction], shuffle=True, seed=seed)
+    if not train or not val:
+        raise FusionInputError(
+            f"{len(items)} pair(s) leave {'no validation' if train else 'nothing to train on'} at val_fraction "
+            f"{val_fraction:g}: add pairs or change val_fraction"
+        )
     return train, val

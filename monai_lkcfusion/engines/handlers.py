@@ -252,9 +252,23 @@ class ResumeCheckpointLoader:
         self.path = last_checkpoint(output_dir) if resume is True else resume or None
 
     def attach(self, engine: Engine) -> None:
-        """Restore the checkpoint (if any) into ``engine`` and the other objects at ``Events.STARTED``."""
+        """Restore the checkpoint (if any) into ``engine`` and the other objects at ``Events.STARTED``.
+
+        Raises (when the run starts):
+            FusionInputError: the checkpoint is further than the run's ``max_epochs`` (``--epochs``).
+        """
         if self.path is None:
             return
+        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}_epoch=(\d+)\.pt", Path(self.path).name)
+
+        def check_epochs(engine: Engine) -> None:  # before the loader, whose Ignite error would be a traceback
+            if match and int(match.group(1)) > engine.state.max_epochs:
+                raise FusionInputError(
+                    f"{self.path}: the run is at epoch {match.group(1)} already; to resume it give --epochs "
+                    f"{match.group(1)} or more (max_epochs), or start a new run in another folder"
+                )
+
+        engine.add_event_handler(Events.STARTED, check_epochs)
         load_dict = {**self.load_dict, "trainer": engine}
         CheckpointLoader(load_path=str(self.path), load_dict=load_dict, map_location=self.map_location).attach(engine)
 
