@@ -202,3 +202,37 @@ def test_ddp_batch_fusion_is_byte_identical(one_thread, ddp_trained: tuple[Path,
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two))
     summary = re.findall(r"fused \d+ of \d+ pairs.*", log.stdout + log.stderr)
     assert summary == ["fused 3 of 3 pairs on 2 processes (2 + 1)"]  # every pair once, one summary
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+def test_launcher_passes_sigterm_on(monkeypatch):
+    """A SIGTERM to `lkcfusion train --nproc N` reaches torchrun (here a stand-in child that exits 7 on it), so no
+    worker trains on after the command has ended."""
+    import signal
+    import threading
+    import time
+
+    from monai_lkcfusion.cli import launch
+
+    child = ("import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+             "print('ready', flush=True)\ntime.sleep(60)")
+    real_popen = subprocess.Popen
+    started = threading.Event()
+
+    def popen(argv, **kwargs):
+        process = real_popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+        process.stdout.readline()  # the child's handler is in place
+        started.set()
+        return process
+
+    monkeypatch.setattr(launch.subprocess, "Popen", popen)
+    before = signal.getsignal(signal.SIGTERM)
+    def stop_the_command() -> None:  # as a scheduler would, once the launcher waits
+        if started.wait(30):
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_the_command, daemon=True).start()
+    start = time.perf_counter()
+    assert launch.run_processes(["train"], 2) == 7
+    assert time.perf_counter() - start < 30 and signal.getsignal(signal.SIGTERM) == before

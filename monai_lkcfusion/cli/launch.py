@@ -7,6 +7,7 @@ distributed form of the workflow. Multi-node runs call ``torchrun`` directly (do
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,9 @@ def run_processes(command_argv: Sequence[str], nproc: int) -> int:
         command_argv: the command and its arguments, e.g. ``["train", "--epochs", "2"]`` (no ``--nproc``).
         nproc: processes on this machine (one per GPU with CUDA, else CPU processes with Gloo).
 
+    A SIGTERM or SIGHUP to this process (a job scheduler's stop, a closed terminal) is passed on to ``torchrun``,
+    which stops its workers: they must not train on, and write into the run folder, after the command has ended.
+
     Returns:
         ``torchrun``'s exit code: 0 when every process succeeded.
 
@@ -32,4 +36,12 @@ def run_processes(command_argv: Sequence[str], nproc: int) -> int:
     if nproc < 1:
         raise FusionInputError(f"--nproc {nproc}: give 1 or more processes")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return subprocess.call([*launcher, "-m", "monai_lkcfusion", *command_argv])
+    process = subprocess.Popen([*launcher, "-m", "monai_lkcfusion", *command_argv])
+    forwarded = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {number: signal.signal(number, lambda received, _: process.send_signal(received))
+                for number in forwarded}
+    try:
+        return process.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
