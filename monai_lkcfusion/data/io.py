@@ -586,10 +586,21 @@ def image_spatial_dims(path: str | Path) -> int | None:
     suffix = image_suffix(path)
     if path.is_dir():
         return 3 if _dicom_series_ids(path) else None
-    if suffix in NIFTI_SUFFIXES or suffix in ITK_SUFFIXES and path.is_file():
+    if suffix in NIFTI_SUFFIXES:
         return 3
     if suffix in PICTURE_SUFFIXES:
         return 2
+    if suffix in ITK_SUFFIXES and path.is_file():
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            with _native_stderr_silenced():
+                reader.ReadImageInformation()
+        except RuntimeError:
+            return None  # unreadable: its reader names the problem, not the output format
+        return 3
     return None
 
 
