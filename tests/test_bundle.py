@@ -81,7 +81,8 @@ def test_metadata_required_fields() -> None:
 def test_required_properties(config: str, workflow_type: str, trained: tuple[Path, Path]) -> None:
     data, out = trained
     # train: the tiny Harvard-like data; inference: its default, the shipped demo data
-    overrides = {"dataset_dir": str(data), "preset": "tiny"} if workflow_type == "train" else {}
+    overrides = {"dataset_dir": str(data), "preset": "tiny", "val_fraction": TINY["val_fraction"]} \
+        if workflow_type == "train" else {}  # 6 pairs: the default 0.1 would leave no validation pair (refused)
     workflow = ConfigWorkflow(
         config_file=str(bundle_config(config)), meta_file=str(bundle_config("metadata.json")),
         workflow_type=workflow_type, weights=str(out / "model.pt"), **overrides,
