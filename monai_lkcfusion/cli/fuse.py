@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -91,10 +92,21 @@ def run(args: argparse.Namespace) -> int:
     return _fuse_folders(args, predictor, options) if batch else _fuse_pair(args, predictor, options)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Log lines to the ``sys.stdout`` of the moment: a handler made once per process must not keep writing to the
+    stream of its first call when ``main()`` runs again with stdout replaced (a notebook cell, a test's capture)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; the current sys.stdout is always used
+        pass
+
+
 def _registration_options(args: argparse.Namespace, batch: bool) -> dict:
     """``fuse()`` options of --register/--transform/--save-transform/--preview; registration reports on stdout."""
-    import logging
-
     if args.register != "none" and args.transform:
         raise FusionInputError("give either --register or --transform, not both")
     if batch and (args.transform or args.preview):
@@ -102,10 +114,8 @@ def _registration_options(args: argparse.Namespace, batch: bool) -> dict:
     if args.register != "none" or args.transform:
         print(f"registration: on ({f'applying {args.transform}' if args.transform else args.register})")
         logger = logging.getLogger("monai_lkcfusion.registration")
-        if not any(getattr(h, "_lkcfusion_cli", False) for h in logger.handlers):
-            handler = logging.StreamHandler(sys.stdout)
-            handler._lkcfusion_cli = True  # type: ignore[attr-defined]
-            logger.addHandler(handler)
+        if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+            logger.addHandler(_StdoutHandler())
         logger.setLevel(logging.INFO)
     save = args.save_transform
     if batch and save:
@@ -138,7 +148,6 @@ def _fuse_pair(args: argparse.Namespace, predictor, options: dict) -> int:
 
 def _fuse_folders(args: argparse.Namespace, predictor, options: dict) -> int:
     """``lkcfusion fuse --mri-dir D1 --other-dir D2 -o OUTDIR``: every pair, past bad ones; exit 1 if any failed."""
-    import logging
 
     from ignite.engine import Events
 
