@@ -117,6 +117,7 @@ def _registration_options(args: argparse.Namespace, batch: bool) -> dict:
         if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
             logger.addHandler(_StdoutHandler())
         logger.setLevel(logging.INFO)
+        logger.propagate = False  # printed once, here: not again by handlers a bundle's logging.conf gave the root
     save = args.save_transform
     if batch and save:
         Path(save).mkdir(parents=True, exist_ok=True)
