@@ -50,6 +50,13 @@ def test_train_cli_and_resume(tmp_path: Path, capsys) -> None:
         assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err, err
     assert last_checkpoint(out).name == "checkpoint_epoch=2.pt"
     assert not any((tmp_path / name / "checkpoint_epoch=1.pt").exists() for name in ("r2", "r3", "r4"))
+    damaged = tmp_path / "r5"  # its only checkpoint cut short: --resume must not start over and overwrite it
+    damaged.mkdir()
+    (damaged / "checkpoint_epoch=2.pt").write_bytes((out / "checkpoint_epoch=2.pt").read_bytes()[:1000])
+    capsys.readouterr()
+    assert main([*args[:-1], str(damaged), "--epochs", "3", "--resume"]) == 2
+    assert "no complete checkpoint to resume from" in capsys.readouterr().err
+    assert (damaged / "checkpoint_epoch=2.pt").stat().st_size == 1000 and not (damaged / "model.pt").exists()
 
 
 def test_train_cli_missing_config(tmp_path: Path) -> None:

@@ -237,6 +237,9 @@ class ResumeCheckpointLoader:
         resume: ``True`` resumes from the newest checkpoint in ``output_dir`` when there is one; a path resumes
             from that checkpoint; ``False`` does nothing.
         map_location: where to load the tensors.
+
+    Raises:
+        FusionInputError: ``resume`` is ``True`` and ``output_dir`` holds checkpoints, none of them complete.
     """
 
     def __init__(
@@ -250,6 +253,11 @@ class ResumeCheckpointLoader:
         self.map_location = map_location
         resume = resume_option(resume)
         self.path = last_checkpoint(output_dir) if resume is True else resume or None
+        if resume is True and self.path is None and any(Path(output_dir).glob(f"{CHECKPOINT_PREFIX}_epoch=*.pt")):
+            raise FusionInputError(  # starting over would silently retrain and overwrite them
+                f"{output_dir}: no complete checkpoint to resume from (every {CHECKPOINT_PREFIX}_epoch=N.pt is cut "
+                "short or damaged); delete them to start a new run there"
+            )
 
     def attach(self, engine: Engine) -> None:
         """Restore the checkpoint (if any) into ``engine`` and the other objects at ``Events.STARTED``.
