@@ -93,3 +93,19 @@ def test_bad_files_give_one_line_errors(tmp_path):
         with pytest.raises(FusionInputError, match=message) as info:
             read_image(tmp_path / name)
         assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".MHA", ".Mha", ".Nii.Gz", ".NII", ".Nrrd", ".PNG", ".Jpg"])
+def test_upper_and_mixed_case_extensions_are_written_whole(tmp_path, suffix):
+    """The extension picks the format whatever its case; ``F.MHA`` was left empty (ITK wrote the temporary file's
+    ``.MHA`` name as a ``.mhd`` header and a ``.raw`` beside it) and ``.Nii.Gz`` too (nibabel refused it), while the
+    write reported success."""
+    volume = suffix.lower() not in (".png", ".jpg")
+    data = torch.rand(1, 6, 5, 4) if volume else torch.rand(1, 6, 5)
+    img = MetaTensor(data, affine=torch.as_tensor(_oblique_affine())) if volume else data
+    path = write_image(img, tmp_path / f"F{suffix}")
+    back = read_image(path)
+    assert path.name == f"F{suffix}" and path.stat().st_size > 0
+    assert back.shape == data.shape
+    assert torch.allclose(back / (1 if volume else 255), data, atol=1e-6 if volume else 0.03)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"F{suffix}"]  # nothing left beside it

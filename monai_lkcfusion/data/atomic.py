@@ -30,12 +30,16 @@ _NAME_MAX = 255
 
 
 def _extension(name: str) -> str:
-    """The extension writers need (``.nii.gz`` kept whole), at most 16 characters."""
+    """The extension writers need, in lower case (``.nii.gz`` kept whole), at most 16 characters.
+
+    Lower case because writers choose the format from it and some only know the lower-case names (ITK writes a
+    ``.MHA`` as a ``.mhd`` header with a ``.raw`` file beside it, nibabel refuses ``.Nii.Gz``).
+    """
     lower = name.lower()
     for double in (".nii.gz", ".tar.gz"):
         if lower.endswith(double):
-            return name[-len(double):]
-    suffix = os.path.splitext(name)[1]
+            return double
+    suffix = os.path.splitext(lower)[1]
     return suffix if len(suffix) <= 16 else ""
 
 

@@ -271,11 +271,23 @@ def _as_volume(array: np.ndarray, affine: np.ndarray, path: Path, modality: str 
     return img
 
 
-def _read_nifti(path: Path) -> MetaTensor:
+def _load_nifti(path: Path):
+    """The nibabel image of a NIfTI-1/2 file, also when its extension is not lower case (which nibabel misreads)."""
+    import gzip
+
     import nibabel as nib
 
+    if path.name.endswith(image_suffix(path)):
+        return nib.load(str(path))
+    with (gzip.open if image_suffix(path) == ".nii.gz" else open)(path, "rb") as stream:
+        data = stream.read()
+    nifti2 = 540 in (int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big"))  # sizeof_hdr
+    return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(data)
+
+
+def _read_nifti(path: Path) -> MetaTensor:
     try:
-        nii = nib.load(str(path))
+        nii = _load_nifti(path)
         raw = np.asanyarray(nii.dataobj)  # scaled by scl_slope
     except Exception as err:  # nibabel raises many types for damaged files
         raise FusionInputError(f"{path}: cannot read NIfTI ({' '.join(str(err).split())})") from None
@@ -332,12 +344,17 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+_ITK_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO",
+           ".dcm": "GDCMImageIO"}
+"""ITK reader of each extension, named because ITK only recognises the lower-case ones (``.MHA`` is unreadable)."""
+
+
 def _read_itk(path: Path) -> MetaTensor:
     import SimpleITK as sitk
 
     try:
         with _native_stderr_silenced():
-            image = sitk.ReadImage(str(path))
+            image = sitk.ReadImage(str(path), imageIO=_ITK_IO[image_suffix(path)])
     except RuntimeError as err:
         raise FusionInputError(f"{path}: cannot read image ({' '.join(str(err).split())[:200]})") from None
     modality = image.GetMetaData("0008|0060").strip() if image.HasMetaDataKey("0008|0060") else None
@@ -595,6 +612,7 @@ def image_spatial_dims(path: str | Path) -> int | None:
 
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
+        reader.SetImageIO(_ITK_IO[suffix])
         try:
             with _native_stderr_silenced():
                 reader.ReadImageInformation()
