@@ -629,3 +629,21 @@ def test_volume_fusion_reports_progress(tmp_path, capsys, monkeypatch):
     code, _, err = _run(["fuse", str(mri), str(other), "-o", str(tmp_path / "g.nii.gz"), "--method", "max",
                          "--quiet"], capsys)
     assert code == 0 and "fusing" not in err
+
+
+def test_dicom_series_with_a_rescale_slope_per_slice_keeps_fractions(tmp_path):
+    """PET scanners write one RescaleSlope per slice; ITK took the pixel type of one slice (slope 1: integers) and
+    rounded every other slice's values (SUV 20.5 read as 20, a whole SUV lost)."""
+    import pydicom
+
+    rng = np.random.default_rng(3)
+    suv = rng.uniform(0.1, 20.5, (6, 16, 12))  # (Z, rows, cols)
+    suv[0] = 0.0  # an empty first slice, written with slope 1 as scanners do
+    write_series(tmp_path / "pet", np.zeros_like(suv), modality="PT", description="PET")
+    for k, name in enumerate(sorted((tmp_path / "pet").iterdir())):
+        ds = pydicom.dcmread(name)
+        ds.RescaleSlope, ds.RescaleIntercept = (suv[k].max() / 60000 if suv[k].max() > 0 else 1.0), 0
+        ds.PixelData = np.round(suv[k] / ds.RescaleSlope).astype(np.uint16).tobytes()
+        ds.save_as(name)
+    volume = read_image(tmp_path / "pet")[0].numpy()  # (X, Y, Z)
+    assert np.abs(volume - suv.transpose(2, 1, 0)).max() < 1e-3

@@ -555,6 +555,17 @@ def _dicom_series_ids(folder: str | Path) -> list[str]:
         return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
+def _rescales(files: list[str]) -> set[tuple[float, float]]:
+    """The distinct (RescaleSlope, RescaleIntercept) of DICOM files (PET scanners write one per slice)."""
+    import pydicom
+
+    found = set()
+    for name in files:
+        header = pydicom.dcmread(name, stop_before_pixels=True, specific_tags=["RescaleSlope", "RescaleIntercept"])
+        found.add((float(header.get("RescaleSlope", 1) or 1), float(header.get("RescaleIntercept", 0) or 0)))
+    return found
+
+
 def _read_dicom_series(folder: Path, series: str | None, allow_irregular: bool = False) -> MetaTensor:
     """One DICOM series from a folder (SimpleITK/GDCM sorts the slices by position, checked first)."""
     import pydicom
@@ -583,6 +594,8 @@ def _read_dicom_series(folder: Path, series: str | None, allow_irregular: bool =
     for message in messages:
         warnings.warn(message, stacklevel=3)
     reader.SetFileNames(files)
+    if len(_rescales(files)) > 1:  # ITK takes the pixel type of one slice: integers would round the others
+        reader.SetOutputPixelType(sitk.sitkFloat32)
     try:
         with _native_stderr_silenced():
             image = reader.Execute()
