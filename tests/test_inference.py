@@ -267,7 +267,8 @@ def test_harvard_pairs_match_reference(harvard_root, task, other):
 
 
 def test_demo_3d_matches_reference():
-    """Percentile scaling, affine-aware trilinear resampling onto the MRI grid, voxel-wise max, background mask."""
+    """Percentile scaling, affine-aware trilinear resampling onto the MRI grid (edges kept within the PET's field of
+    view, 0 outside), voxel-wise max, background mask."""
     from scipy.ndimage import map_coordinates
 
     from monai_lkcfusion.data import demo_files
@@ -283,7 +284,9 @@ def test_demo_3d_matches_reference():
     to_pet = np.linalg.inv(pet_img.affine) @ mri_img.affine  # MRI voxel -> PET voxel
     grid = np.indices(mri.shape).reshape(3, -1)
     coords = to_pet[:3, :3] @ grid + to_pet[:3, 3:]
-    moved = map_coordinates(pet, coords, order=1, mode="grid-constant", cval=0.0).reshape(mri.shape)
+    # inside the PET's field of view (voxel centres +- half a voxel) its edge values are kept, outside it is 0
+    inside = np.all((coords > -0.5) & (coords < np.array(pet.shape)[:, None] - 0.5), axis=0)
+    moved = (map_coordinates(pet, coords, order=1, mode="nearest") * inside).reshape(mri.shape)
     reference = np.maximum(mri, moved) * ((mri != 0) | (moved != 0))
     fused = fuse(files["mri_3d"], files["pet_3d"], method="max", progress=False)
     assert fused.shape == (1, *mri.shape) and np.allclose(fused.affine.numpy(), mri_img.affine, atol=1e-5)

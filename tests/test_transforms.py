@@ -277,3 +277,21 @@ def test_pipelines_collate_in_a_monai_dataloader(tmp_path, kind):
         assert batch[key].shape[0] == 2, name
         if kind == "nifti" and name == "preprocessing":
             assert batch["other"].meta["modality"] == ["CT", "CT"]  # detected from the HU values, and recorded
+
+
+def test_resampling_keeps_edge_values_inside_the_field_of_view():
+    """A constant PET of 8 mm voxels whose extent (centres +- half a voxel) covers the MRI grid exactly: every MRI
+    voxel gets the full value, as ITK's linear interpolation gives (zero padding faded the outer 4 mm to 0.56 and a
+    corner to 0.18, and counted 5% of the grid as uncovered); one voxel further out is 0."""
+    from monai_lkcfusion.transforms import resample_to_reference
+
+    mri = MetaTensor(torch.rand(1, 64, 64, 16), affine=torch.eye(4, dtype=torch.float64))
+    pet_affine = torch.diag(torch.tensor([8.0, 8.0, 8.0, 1.0], dtype=torch.float64))
+    pet_affine[:3, 3] = 3.5  # voxel 0 spans -0.5..7.5 mm: the PET covers -0.5..63.5 mm, the MRI centres 0..63
+    pet = MetaTensor(torch.full((1, 8, 8, 2), 7.0), affine=pet_affine)
+    moved, coverage = resample_to_reference(pet, mri)
+    assert coverage == 1.0 and torch.equal(moved.as_tensor(), torch.full((1, 64, 64, 16), 7.0))
+    shifted = pet_affine.clone()
+    shifted[0, 3] += 1.0  # now MRI column x = 0 lies outside the PET's extent
+    moved, coverage = resample_to_reference(MetaTensor(pet.as_tensor(), affine=shifted), mri)
+    assert (moved[0, 0] == 0).all() and (moved[0, 1:] == 7.0).all() and coverage == 63 / 64

@@ -61,8 +61,9 @@ def _describe_grid(img: torch.Tensor) -> str:
 class ResampleToReference(InvertibleTransform):
     """Put an image on the grid of a reference image (the other modality onto the MRI grid); invertible.
 
-    Volumes are resampled affine-aware with MONAI's :class:`~monai.transforms.ResampleToMatch`, with zeros
-    outside the image's field of view. 2D pictures carry no geometry: equal sizes pass unchanged, a different size
+    Volumes are resampled affine-aware with MONAI's :class:`~monai.transforms.ResampleToMatch`: inside the image's
+    field of view (its voxels' extent, centres +- half a voxel, as ITK reads it) the edge voxels keep their values
+    (no fade towards the zeros beyond), outside it the result is 0. 2D pictures carry no geometry: equal sizes pass unchanged, a different size
     is an error unless ``resize_2d`` asks for a bilinear resize to the reference size (never done silently); a 2D
     image whose affine differs from the reference's (e.g. moved by :class:`RegisterToReference`) is resampled by
     its affine like a volume. The
@@ -82,7 +83,8 @@ class ResampleToReference(InvertibleTransform):
     backend = ResampleToMatch.backend
 
     def __init__(self, mode: str = "bilinear", resize_2d: bool = False, min_overlap: float = 0.9) -> None:
-        self.resampler = ResampleToMatch(mode=mode, padding_mode="zeros")
+        self.resampler = ResampleToMatch(mode=mode, padding_mode="border")
+        self.field_of_view = ResampleToMatch(mode="nearest", padding_mode="zeros")
         self.resize_2d = resize_2d
         self.min_overlap = min_overlap
 
@@ -118,9 +120,8 @@ class ResampleToReference(InvertibleTransform):
             self.push_transform(out, orig_size=orig_size, extra_info={"method": method})
             coverage = 1.0
         else:  # a volume (or a 2D image placed by its affine, e.g. registered): ResampleToMatch plus a FOV channel
-            stacked = torch.cat([img, torch.ones_like(img[:1])])  # (C + 1, *spatial)
-            moved = self.resampler(stacked, reference)
-            coverage = float((moved[-1] > 0.5).float().mean())
+            inside = self.field_of_view(torch.ones_like(img[:1]), reference)[0] > 0.5  # (*spatial'): nearest voxel
+            coverage = float(inside.float().mean())
             if coverage == 0.0:
                 raise FusionInputError(
                     f"{name}: does not overlap the MRI {ref_name} in world coordinates (check the files' geometry)"
@@ -131,7 +132,7 @@ class ResampleToReference(InvertibleTransform):
                     f"{coverage:.3f}); outside it the other modality is taken as 0: check the registration",
                     stacklevel=2,
                 )
-            out = moved[:-1]
+            out = self.resampler(img, reference) * inside  # (C, *spatial'), edges kept, 0 outside
             out.meta = dict(img.meta)  # ResampleToMatch copied the reference's meta; keep the image's own
             self.push_transform(out, replace=True)  # our entry, holding ResampleToMatch's for the inverse
         out.affine = reference.affine
