@@ -182,3 +182,46 @@ def test_time_limit_handler_stops_on_a_whole_epoch() -> None:
     limited = run(0.25)
     assert 2 <= limited.state.epoch < 10 and limited.state.iteration == 2 * limited.state.epoch
     assert run(None).state.epoch == 50 and run(0).state.epoch == 50
+
+
+@pytest.mark.parametrize("key_metric, smaller_wins", [("val_loss", True), ("MSE", True), ("Nabf", True),
+                                                      ("Qabf", False), ("SSIM", False)])
+def test_key_metric_direction_is_the_metrics_own(tmp_path, key_metric, smaller_wins) -> None:
+    """MSE and Nabf are lower-is-better: the evaluator, the best-model saver and early stopping kept the worse model
+    for them (only ``val_loss`` was treated as lower-is-better)."""
+    from types import SimpleNamespace
+
+    from monai_lkcfusion.engines import best_model_saver, validation_score
+
+    net = LKCFUNet.from_preset("tiny")
+    evaluator = create_evaluator(net, [], key_metric=key_metric, handlers=[])
+    saver = best_model_saver(tmp_path, net, key_metric=key_metric)
+    scores = {}
+    for value in (0.1, 0.2):
+        engine = SimpleNamespace(state=SimpleNamespace(key_metric_name=key_metric, metrics={key_metric: value}))
+        scores[value] = (saver._key_metric_checkpoint.score_function(engine), validation_score(engine))
+    assert evaluator.metric_cmp_fn(0.1, 0.2) is smaller_wins
+    assert (scores[0.1][0] > scores[0.2][0]) is smaller_wins and (scores[0.1][1] > scores[0.2][1]) is smaller_wins
+
+
+def test_val_loss_is_the_training_loss_of_the_bundle(tmp_path) -> None:
+    """``val_loss`` picks best_model.pt: it must be the loss the run trains on (the shipped recipes weight the terms
+    2:1:2 with a max-variance SSIM), not a default FusionLoss 1:1:1."""
+    from monai_lkcfusion.losses import FusionLoss
+
+    workflow = ConfigWorkflow(config_file=str(bundle_config("train.json")), workflow_type="train",
+                              dataset_dir=str(_harvard_like(tmp_path / "data")), output_dir=str(tmp_path / "run"),
+                              **TINY)
+    workflow.initialize()
+    workflow.parser["loss"]["intensity_weight"] = 5.0
+    workflow.parser["loss"]["ssim_form"] = "max_variance"
+    loss = workflow.parser.get_parsed_content("loss", lazy=False)
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator", lazy=False)
+    evaluator.run()
+    batches = list(workflow.parser.get_parsed_content("validate#dataloader"))
+    assert len(batches) == 1  # one batch: val_loss is that batch's loss
+    with torch.no_grad():
+        pred = evaluator.network.eval()(batches[0]["image"]).clamp(0, 1)
+        expected, default = float(loss(pred, batches[0]["label"])), float(FusionLoss()(pred, batches[0]["label"]))
+    assert evaluator.state.metrics["val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert abs(expected - default) > 1e-3

@@ -36,6 +36,7 @@ from .handlers import (
     loss_output,
     train_handlers,
     validation_handlers,
+    lower_is_better,
     validation_score,
 )
 from .trainer import create_trainer
@@ -65,6 +66,7 @@ __all__ = [
     "run_bundle_workflow",
     "train_handlers",
     "validation_handlers",
+    "lower_is_better",
     "validation_score",
     "BufferBroadcastHandler",
     "all_gather_objects",

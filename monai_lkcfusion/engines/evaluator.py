@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import Lambdad
 
 from ..losses import FusionLoss
-from .handlers import LOSS_METRIC, validation_handlers
+from .handlers import LOSS_METRIC, lower_is_better, validation_handlers
 
 __all__ = ["create_evaluator", "clamp_prediction", "LOSS_METRIC"]
 
@@ -44,6 +44,7 @@ def create_evaluator(
     device: str | torch.device = "cpu",
     key_metric: str = LOSS_METRIC,
     metrics: Sequence[str] = (),
+    loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ssim_data_range: float = 2.0,
     inferer: Inferer | None = None,
     amp: bool | None = None,
@@ -55,16 +56,18 @@ def create_evaluator(
     """Build an evaluator that fuses whole images and scores them.
 
     The loader yields dicts with ``image`` = ``label`` = the sources (B, 2, H, W) in [0, 1]. The output ``pred``
-    (B, 1, H, W) is clamped to [0, 1]; ``val_loss`` is the :class:`~monai_lkcfusion.losses.FusionLoss` and each
+    (B, 1, H, W) is clamped to [0, 1]; ``val_loss`` is the training loss (``loss_function``) and each
     name in ``metrics`` a fusion metric on the 8-bit gray scale (``monai_lkcfusion.metrics``).
 
     Args:
         network: the fusion network.
         val_loader: validation data.
         device: where to run.
-        key_metric: ``"val_loss"`` (lower is better) or a fusion metric name (higher is better) used to pick the
-            best model.
+        key_metric: ``"val_loss"`` or a fusion metric name, used to pick the best model; lower is better for
+            ``val_loss``, ``MSE`` and ``Nabf`` (:func:`~monai_lkcfusion.engines.lower_is_better`), higher for the rest.
         metrics: further fusion metric names to compute and log (e.g. ``("Qabf", "SSIM")``).
+        loss_function: ``(pred, sources) -> loss`` of ``val_loss``: pass the training loss, so that the best model is
+            chosen on the objective it was trained for (default :class:`~monai_lkcfusion.losses.FusionLoss` 1:1:1).
         ssim_data_range: SSIM data range of the fusion metrics: 2 reproduces the published CDDFuse/EMMA tables,
             255 is LKC-FUNet's own evaluator.
         inferer: how to run the network; whole images by default (the network pads to its stride).
@@ -83,8 +86,8 @@ def create_evaluator(
         The evaluator; ``evaluator.run()`` fills ``evaluator.state.metrics``.
     """
     device = torch.device(device)
-    lower_is_better = key_metric == LOSS_METRIC
-    loss = IgniteMetricHandler(loss_fn=FusionLoss(), output_transform=from_engine(["pred", "label"]))
+    lower = lower_is_better(key_metric)
+    loss = IgniteMetricHandler(loss_fn=loss_function or FusionLoss(), output_transform=from_engine(["pred", "label"]))
     all_metrics = {LOSS_METRIC: loss}
     names = [m for m in dict.fromkeys([key_metric, *metrics]) if m != LOSS_METRIC]
     if names:
@@ -100,7 +103,7 @@ def create_evaluator(
         postprocessing=clamp_prediction(),
         key_val_metric=key,
         additional_metrics=all_metrics,
-        metric_cmp_fn=(lambda current, best: current < best if lower_is_better else current > best),
+        metric_cmp_fn=(lambda current, best: current < best if lower else current > best),
         val_handlers=list(handlers),
         amp=device.type == "cuda" if amp is None else amp,
         decollate=False,

@@ -32,6 +32,7 @@ from monai.handlers import (
 )
 
 from ..errors import FusionInputError, as_flag
+from ..metrics.functional import HIGHER_IS_BETTER
 from .distributed import all_gather_objects, is_main_process
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "best_model_saver",
     "last_checkpoint",
     "loss_output",
+    "lower_is_better",
     "resume_option",
     "train_handlers",
     "validation_handlers",
@@ -58,6 +60,11 @@ CHECKPOINT_PREFIX = "checkpoint"
 
 LOSS_METRIC = "val_loss"
 """Name of the validation FusionLoss in ``engine.state.metrics`` (lower is better)."""
+
+
+def lower_is_better(key_metric: str) -> bool:
+    """Whether a smaller value of ``key_metric`` is better: ``val_loss``, ``MSE`` and ``Nabf``."""
+    return key_metric == LOSS_METRIC or not HIGHER_IS_BETTER.get(key_metric, True)
 
 
 def last_checkpoint(directory: str | Path) -> Path | None:
@@ -97,10 +104,10 @@ def loss_output(output: dict) -> float:
 
 
 def validation_score(evaluator: Engine) -> float:
-    """The evaluator's key metric as a higher-is-better score (negated for ``val_loss``), for early stopping."""
+    """The evaluator's key metric as a higher-is-better score (negated when lower is better), for early stopping."""
     name = evaluator.state.key_metric_name
     value = float(evaluator.state.metrics[name])
-    return -value if name == LOSS_METRIC else value
+    return -value if lower_is_better(name) else value
 
 
 class EpochValidationHandler(ValidationHandler):
@@ -370,7 +377,7 @@ def best_model_saver(
     Args:
         save_dir: where to write ``filename``.
         network: the network to save.
-        key_metric: ``"val_loss"`` (lower is better) or a fusion metric (higher is better).
+        key_metric: ``"val_loss"`` or a fusion metric; its direction is :func:`lower_is_better`.
         resume: any true value continues the tracking of an earlier run.
         filename: file name of the best checkpoint.
 
@@ -382,7 +389,7 @@ def best_model_saver(
         save_dict={"network": network},
         save_key_metric=True,
         key_metric_filename=filename,
-        key_metric_negative_sign=key_metric == LOSS_METRIC,
+        key_metric_negative_sign=lower_is_better(key_metric),
         key_metric_save_state=True,
     )
     best = Path(save_dir) / filename
