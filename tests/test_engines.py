@@ -184,6 +184,22 @@ def test_time_limit_handler_stops_on_a_whole_epoch() -> None:
     assert run(None).state.epoch == 50 and run(0).state.epoch == 50
 
 
+def test_time_limit_counts_only_the_epochs_of_a_resumed_run() -> None:
+    """A run resumed at epoch 20 (the checkpoint is loaded after the time handler starts its clock): the epoch time
+    was the elapsed time over all 20+ epochs, so the run went on well past its budget."""
+    import time
+
+    from ignite.engine import Engine, Events
+
+    from monai_lkcfusion.engines import TimeLimitHandler
+
+    engine = Engine(lambda e, b: time.sleep(0.05))
+    TimeLimitHandler(0.32).attach(engine)
+    engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "epoch", 20))  # as the resume loader does
+    engine.run(range(2), max_epochs=100)  # 0.1 s per epoch: after 2 epochs 0.2 + 0.1 fits, after 3 it would not
+    assert 21 <= engine.state.epoch <= 23
+
+
 @pytest.mark.parametrize("key_metric, smaller_wins", [("val_loss", True), ("MSE", True), ("Nabf", True),
                                                       ("Qabf", False), ("SSIM", False)])
 def test_key_metric_direction_is_the_metrics_own(tmp_path, key_metric, smaller_wins) -> None:

@@ -140,3 +140,32 @@ def test_too_small_disk_fails_before_training(tmp_path, capsys):
         assert "Epoch[1]" not in captured.out + captured.err and not list((mount / "run").glob("*.pt"))
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def _tiny_run(tmp_path: Path, **overrides):
+    from monai_lkcfusion.engines import run_bundle_workflow
+
+    data = tmp_path / "data" if (tmp_path / "data").is_dir() else _dataset(tmp_path / "data", pairs=8)
+    return run_bundle_workflow("train.json", (), "train", preset="tiny", dataset_dir=str(data), roi_size=16,
+                               batch_size=2, samples_per_image=1, val_fraction=0.25, device=torch.device("cpu"),
+                               output_dir=str(tmp_path / "run"), **overrides)
+
+
+def test_resume_with_more_epochs_stretches_the_lr_schedule(tmp_path):
+    """``--resume --epochs 5`` after 2 epochs of a cosine schedule (``T_max = @max_epochs``): the checkpoint restored
+    ``T_max = 2``, so the rate ran past the cosine's end and climbed back to the starting rate."""
+    first = _tiny_run(tmp_path, max_epochs=2)
+    end_of_first = first.parser.get_parsed_content("optimizer").param_groups[0]["lr"]
+    resumed = _tiny_run(tmp_path, max_epochs=5, resume=True)
+    scheduler = resumed.parser.get_parsed_content("lr_scheduler")
+    assert scheduler.T_max == 5 and scheduler.last_epoch == 5
+    assert resumed.parser.get_parsed_content("optimizer").param_groups[0]["lr"] <= end_of_first
+
+
+def test_time_limit_stop_validates_and_exports(tmp_path):
+    """A time limit that stops after epoch 1 with validation every 2 epochs: that epoch was never validated, so no
+    best_model.pt existed and the run ended in "checkpoint not found" without a model."""
+    _tiny_run(tmp_path, max_epochs=4, val_interval=2, time_limit=0.001)
+    run = tmp_path / "run"
+    assert (run / "checkpoint_epoch=1.pt").is_file() and (run / "model.pt").is_file()
+    assert (run / "best_model.pt").is_file()

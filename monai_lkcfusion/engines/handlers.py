@@ -113,8 +113,9 @@ def validation_score(evaluator: Engine) -> float:
 class EpochValidationHandler(ValidationHandler):
     """MONAI's epoch-level ``ValidationHandler`` that also validates after the last epoch.
 
-    Validation runs every ``interval`` epochs and at the end of epoch ``max_epochs`` even when ``max_epochs`` is
-    not a multiple of ``interval``, so a short run still selects (and exports) a best model.
+    Validation runs every ``interval`` epochs, at the end of epoch ``max_epochs`` even when ``max_epochs`` is
+    not a multiple of ``interval``, and when the trainer is stopped early (time limit, ``terminate()``) after an
+    epoch it did not validate, so a short or cut run still selects (and exports) a best model.
 
     Args:
         validator: the evaluator to run.
@@ -132,8 +133,18 @@ class EpochValidationHandler(ValidationHandler):
             return epoch % self.interval == 0 or epoch == trainer.state.max_epochs
 
         engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self)
+        engine.add_event_handler(Events.TERMINATE, self._validate_last_epoch)
         if self.exec_at_start:
             engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Validate the network as ``engine`` (the trainer) has it now."""
+        super().__call__(engine)
+        self._validated_epoch = engine.state.epoch
+
+    def _validate_last_epoch(self, engine: Engine) -> None:
+        if getattr(self, "_validated_epoch", None) != engine.state.epoch:
+            self(engine)
 
 
 class ValidationEarlyStopHandler(EarlyStopHandler):
@@ -183,25 +194,30 @@ class TimeLimitHandler:
 
     def __init__(self, limit_s: float | None) -> None:
         self.limit_s = float(limit_s) if limit_s else 0.0
-        self._start = 0.0  # the clock and the epoch at Events.STARTED (a resumed run starts past epoch 0)
-        self._first_epoch = 0
+        self._start = 0.0  # the clock at Events.STARTED and the epoch this run started from (resumed: past 0)
+        self._first_epoch: int | None = None
 
     def attach(self, engine: Engine) -> None:
         """Start the clock when ``engine`` starts and check it after every epoch."""
         if self.limit_s <= 0:
             return
         engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._check)
 
     def _started(self, engine: Engine) -> None:
         self._start = time.monotonic()
-        self._first_epoch = engine.state.epoch
+        self._first_epoch = None
+
+    def _epoch_started(self, engine: Engine) -> None:
+        if self._first_epoch is None:  # here, not at STARTED: a resumed run's epoch is restored after this handler
+            self._first_epoch = engine.state.epoch - 1
 
     def _check(self, engine: Engine) -> None:
         elapsed = time.monotonic() - self._start
         if dist.is_initialized():  # every process stops after the same epoch: the slowest one's clock decides
             elapsed = max(all_gather_objects(elapsed))
-        per_epoch = elapsed / max(engine.state.epoch - self._first_epoch, 1)
+        per_epoch = elapsed / max(engine.state.epoch - (self._first_epoch or 0), 1)
         if elapsed + per_epoch > self.limit_s and engine.state.epoch < engine.state.max_epochs:
             engine.logger.info(f"time limit {self.limit_s:.0f} s: stopping after epoch {engine.state.epoch}")
             engine.terminate()
@@ -235,8 +251,17 @@ class LastCheckpointSaver(CheckpointSaver):
                 path.unlink(missing_ok=True)
 
 
+_SCHEDULE_POSITION = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial")
+"""LR scheduler state a resumed run takes from its checkpoint; the rest (``T_max``, ``eta_min``...) is the run's."""
+
+
 class ResumeCheckpointLoader:
     """Load a "last" checkpoint into the network, optimizer, LR scheduler and trainer when the trainer starts.
+
+    An LR scheduler takes its position (``last_epoch``, step count, last rates) from the checkpoint and keeps its
+    settings from the resumed run's configuration: ``--resume --epochs 80`` with ``T_max = @max_epochs`` stretches
+    the schedule to 80 epochs, where restoring the old ``T_max`` ran the cosine past its end and back up to the
+    starting rate.
 
     Args:
         output_dir: the run's output folder.
@@ -284,8 +309,21 @@ class ResumeCheckpointLoader:
                 )
 
         engine.add_event_handler(Events.STARTED, check_epochs)
+        schedulers = [obj for obj in self.load_dict.values() if isinstance(obj, torch.optim.lr_scheduler.LRScheduler)]
+        settings: list[dict[str, Any]] = []
+
+        def keep_settings(engine: Engine) -> None:
+            settings[:] = [{k: v for k, v in sched.state_dict().items() if k not in _SCHEDULE_POSITION}
+                           for sched in schedulers]
+
+        def restore_settings(engine: Engine) -> None:  # the checkpoint gave the position; the run gives the rest
+            for sched, own in zip(schedulers, settings):
+                sched.__dict__.update(own)
+
+        engine.add_event_handler(Events.STARTED, keep_settings)
         load_dict = {**self.load_dict, "trainer": engine}
         CheckpointLoader(load_path=str(self.path), load_dict=load_dict, map_location=self.map_location).attach(engine)
+        engine.add_event_handler(Events.STARTED, restore_settings)
 
 
 class LossProgressBar(ProgressBar):
