@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -474,3 +475,21 @@ def test_picture_written_as_volume_is_not_transposed(tmp_path):
         written = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))[0]
         assert written.shape == reference.shape == (30, 20)
         assert np.array_equal(written > 0.5, reference > 100)
+
+
+def test_numpy_volume_of_four_slices_is_not_silently_a_picture():
+    """A float (X, Y, 4) volume has an RGBA picture's shape: it was composited as colour without a word (one slice
+    lost as alpha). It is now warned, and the (1, X, Y, Z) tensor the warning suggests is fused as a volume."""
+    x, y = np.meshgrid(np.arange(32), np.arange(30), indexing="ij")
+    mri = np.stack([(300 + 50 * k + 500 * np.sin(x / 5) ** 2) * ((x - 16) ** 2 + (y - 15) ** 2 < 150)
+                    for k in range(4)], -1).astype(np.float32)
+    pet = np.stack([np.exp(-((x - 10) ** 2 + (y - 18) ** 2) / 40) * 1000 * (k + 1) for k in range(4)], -1)
+    with pytest.warns(UserWarning, match=r"read as a colour picture .* pass a \(1, X, Y, Z\) tensor"):
+        fuse(mri, pet.astype(np.float32), method="max", progress=False)
+    volume = fuse(torch.as_tensor(mri)[None], torch.as_tensor(pet, dtype=torch.float32)[None], method="max",
+                  progress=False)
+    assert tuple(volume.shape) == (1, 32, 30, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an 8-bit picture is what the shape means: no warning
+        fuse((np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8),
+             (np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8), method="max", progress=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
@@ -44,7 +45,8 @@ class LoadFusionImage(Transform):
     - a path: :func:`monai_lkcfusion.data.io.read_image` (pictures ``(1|3, H, W)`` in display row/column order,
       unlike MONAI's ``LoadImage`` which transposes PIL images; volumes ``(1|3, X, Y, Z)`` with a RAS affine;
       DICOM series folders);
-    - a NumPy array: ``(H, W)`` gray, ``(H, W, 3|4)`` colour picture (alpha composited on black) or ``(X, Y, Z)``;
+    - a NumPy array: ``(H, W)`` gray, ``(H, W, 3|4)`` colour picture (alpha composited on black; warned unless
+      ``uint8``, as it may be a volume of 3 or 4 slices: pass those as a ``(1, X, Y, Z)`` tensor) or ``(X, Y, Z)``;
     - a tensor/MetaTensor ``(1|3, *spatial)``, its metadata kept.
 
     ``display_max`` is 255 for ``uint8`` arrays and tensors and 1 for data already in [0, 1] (see
@@ -80,6 +82,13 @@ class LoadFusionImage(Transform):
         if isinstance(value, np.ndarray):
             array = value
             if array.ndim == 3 and array.shape[-1] in (3, 4):  # (H, W, 3|4) colour picture
+                if value.dtype != np.uint8:  # pictures come as uint8; this may be a volume of 3 or 4 slices
+                    warnings.warn(
+                        f"{self.name}: a {value.dtype} array of shape {tuple(value.shape)} is read as a colour picture "
+                        f"(H, W, {value.shape[-1]}); for a volume of {value.shape[-1]} slices pass a (1, X, Y, Z) "
+                        "tensor or a NIfTI file",
+                        stacklevel=2,
+                    )
                 if array.shape[-1] == 4:
                     array = composite_on_black(array.astype(np.float32), 255.0 if value.dtype == np.uint8 else None)
                 array = np.moveaxis(array, -1, 0)
