@@ -295,3 +295,17 @@ def test_resampling_keeps_edge_values_inside_the_field_of_view():
     shifted[0, 3] += 1.0  # now MRI column x = 0 lies outside the PET's extent
     moved, coverage = resample_to_reference(MetaTensor(pet.as_tensor(), affine=shifted), mri)
     assert (moved[0, 0] == 0).all() and (moved[0, 1:] == 7.0).all() and coverage == 63 / 64
+
+
+def test_percentile_window_of_a_sparse_or_constant_image_is_not_silent():
+    """A PET with uptake in 0.1% of its voxels has equal 0.5/99.5 percentiles (0, 0): every non-zero SUV became 1
+    (binarised); a constant MRI became 0. Now the sparse one keeps its ratios (full range) and both are warned."""
+    from monai_lkcfusion.transforms import scale_to_unit
+
+    pet = torch.zeros(1, 32, 32, 8)
+    pet[0, 10:14, 10:14, 3:5] = torch.linspace(1, 20, 32).reshape(4, 4, 2)
+    with pytest.warns(UserWarning, match="percentiles are equal"):
+        scaled, record = scale_to_unit(pet, "PET", name="pet.nii.gz")
+    assert torch.allclose(scaled, pet / 20) and "full range [0, 20]" in record["intensity_scaling"]
+    with pytest.warns(UserWarning, match="constant image"):
+        scale_to_unit(torch.full((1, 8, 8, 4), 500.0), "MR", name="mri.nii.gz")

@@ -62,7 +62,8 @@ def scale_to_unit(
     Rules, in order: 8-bit pictures (``display_max == 255``) are divided by 255 (they are already windowed for
     display) and in-memory data already in [0, 1] (``display_max == 1``) is kept; CT (given, or detected when
     ``modality`` is ``None``: see :func:`looks_like_ct`) uses ``ct_window`` in HU; everything else (MR, PET,
-    SPECT, 16-bit and float data) maps the ``percentiles`` of the finite voxels to [0, 1] and clips. Pass
+    SPECT, 16-bit and float data) maps the ``percentiles`` of the finite voxels to [0, 1] and clips (when they are
+    equal, e.g. a PET masked to a small region, the full range instead, warned; a constant image becomes 0, warned). Pass
     ``"MR"`` for an MRI: it is then never CT-windowed, whatever its values (a few negative voxels, signed data).
 
     Args:
@@ -96,6 +97,15 @@ def scale_to_unit(
     else:
         low, high = (float(v) for v in np.percentile(values.cpu().numpy(), list(percentiles)))
         rule = f"{modality or 'auto'} percentiles {percentiles[0]:g}-{percentiles[1]:g} = [{low:.6g}, {high:.6g}]"
+        if high <= low:  # most voxels share one value (a masked PET, a constant image): no window to scale by
+            low, high = float(values.min()), float(values.max())
+            if high > low:
+                rule = f"{modality or 'auto'} full range [{low:.6g}, {high:.6g}] (percentiles equal)"
+                warnings.warn(f"{name}: its {percentiles[0]:g}-{percentiles[1]:g} percentiles are equal (most voxels "
+                              f"share one value); scaled by its full range [{low:.6g}, {high:.6g}] instead",
+                              stacklevel=2)
+            else:
+                warnings.warn(f"{name}: constant image (every voxel {low:.6g}): no contrast, taken as 0", stacklevel=2)
     scaled = ((data - low) / max(high - low, 1e-12)).clamp(0.0, 1.0)
     scaled = torch.where(finite, scaled, torch.zeros_like(scaled))
     record: dict[str, object] = {"intensity_scaling": rule, "nonfinite_voxels": nonfinite}
