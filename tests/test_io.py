@@ -109,3 +109,19 @@ def test_upper_and_mixed_case_extensions_are_written_whole(tmp_path, suffix):
     assert back.shape == data.shape
     assert torch.allclose(back / (1 if volume else 255), data, atol=1e-6 if volume else 0.03)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"F{suffix}"]  # nothing left beside it
+
+
+@pytest.mark.parametrize("unit, mm", [("meter", 1000.0), ("micron", 0.001), ("mm", 1.0), ("unknown", 1.0)])
+def test_nifti_spatial_units_are_read_as_millimetres(tmp_path, unit, mm):
+    """``xyzt_units`` metres were read as millimetres: a PET on the MRI's grid stored in metres covered "0%" of it
+    (0.001 mm voxels) and was fused anyway; ITK converts to mm, and so do we. Outputs say mm."""
+    affine = _oblique_affine()
+    stored = affine.copy()
+    stored[:3] /= mm  # the same geometry in the file's unit
+    nii = nib.Nifti1Image(np.random.default_rng(0).random((5, 4, 3)).astype(np.float32), stored)
+    nii.header.set_xyzt_units(unit)
+    nib.save(nii, str(tmp_path / "a.nii.gz"))
+    img = read_image(tmp_path / "a.nii.gz")
+    assert np.allclose(img.affine.numpy()[:3], affine[:3], atol=1e-6)
+    out = nib.load(str(write_image(img, tmp_path / "b.nii.gz")))
+    assert out.header.get_xyzt_units()[0] == "mm" and np.allclose(out.affine, affine, atol=1e-5)

@@ -303,7 +303,13 @@ def _read_nifti(path: Path) -> MetaTensor:
         raise FusionInputError(f"{path}: 4D volume with {array.shape[3]} frames; extract one 3D frame first")
     if array.ndim == 5 and array.shape[3] == 1:
         array = array[:, :, :, 0]  # NIfTI vector image (X, Y, Z, 1, C)
-    return _as_volume(array, np.asarray(nii.affine, dtype=np.float64), path, None, raw.dtype == np.uint8)
+    affine = np.asarray(nii.affine, dtype=np.float64)
+    affine[:3] *= _NIFTI_MM.get(nii.header.get_xyzt_units()[0], 1.0)  # in millimetres, as ITK reads it
+    return _as_volume(array, affine, path, None, raw.dtype == np.uint8)
+
+
+_NIFTI_MM = {"meter": 1000.0, "micron": 0.001}
+"""Millimetres per NIfTI spatial unit other than mm (``xyzt_units``; "unknown" is taken as mm, as ITK does)."""
 
 
 def _itk_affine(image) -> np.ndarray:
@@ -767,6 +773,7 @@ def _write_nifti(voxels: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nii = nib.Nifti1Image(voxels, affine)
     nii.header.set_qform(affine, code=1)
     nii.header.set_sform(affine, code=1)
+    nii.header.set_xyzt_units("mm")  # the affine is in millimetres (inputs in metres or microns are converted)
     if voxels.ndim == 5:
         nii.header.set_intent("vector")
     nib.save(nii, str(path))
