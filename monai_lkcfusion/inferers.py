@@ -29,7 +29,7 @@ from monai.utils.type_conversion import convert_to_dst_type
 from .baselines import BASELINE_METHODS, fuse_baseline
 from .errors import FusionInputError, as_flag
 from .machine import available_cores
-from .transforms.spatial import axial_axis
+from .transforms.spatial import slicing_axis
 
 __all__ = ["FUSION_METHODS", "FusionInferer", "build_predictor", "resolve_device", "worker_policy"]
 
@@ -352,10 +352,10 @@ class FusionInferer(Inferer):
             if self.axis not in (0, 1, 2):
                 raise FusionInputError(f"--axis {self.axis}: a volume has axes 0, 1, 2")
             return self.axis
-        if not isinstance(inputs, MetaTensor):
-            return 2
-        affine = inputs.affine
-        return axial_axis(affine[0] if affine.ndim == 3 else affine)
+        affine = inputs.affine if isinstance(inputs, MetaTensor) else None
+        if affine is not None and affine.ndim == 3:
+            affine = affine[0]
+        return slicing_axis(affine, tuple(inputs.shape[-3:]))
 
     def _windowed(self, pair: torch.Tensor, predict: Predictor, axis: int, name: str = "image") -> torch.Tensor:
         """Tiles of a large 2D pair, or slices of a volume along ``axis``, with :class:`~monai_lkcfusion.progress.

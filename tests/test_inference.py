@@ -493,3 +493,17 @@ def test_numpy_volume_of_four_slices_is_not_silently_a_picture():
         warnings.simplefilter("error")  # an 8-bit picture is what the shape means: no warning
         fuse((np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8),
              (np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8), method="max", progress=False)
+
+
+def test_single_sagittal_slice_is_fused_in_its_own_plane(tmp_path):
+    """A one-slice sagittal NIfTI (1, Y, Z) was cut along the axial axis into 64 strips one pixel wide: the network
+    never saw the image. It is now fused in its plane, as the same slice given as a 2D array."""
+    rng = np.random.default_rng(1)
+    mri = (rng.random((40, 48)) * 400 + 100).astype(np.float32)
+    pet = (np.exp(-((np.arange(40)[:, None] - 20) ** 2 + (np.arange(48) - 12) ** 2) / 30) * 900).astype(np.float32)
+    for name, data in (("m", mri), ("p", pet)):
+        nib.save(nib.Nifti1Image(data[None], np.eye(4)), str(tmp_path / f"{name}.nii.gz"))  # (1, Y, Z): sagittal
+    net = LKCFUNet.from_preset("tiny").eval()
+    volume = fuse(tmp_path / "m.nii.gz", tmp_path / "p.nii.gz", model=net, color=False, progress=False)
+    picture = fuse(mri, pet, model=net, color=False, progress=False)
+    assert volume.shape == (1, 1, 40, 48) and np.abs(volume[0, 0].numpy() - np.asarray(picture)).max() < 1e-4

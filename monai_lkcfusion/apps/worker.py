@@ -177,7 +177,7 @@ class FusionWorker:
         """
         from ..data import read_image, write_image
         from ..inference import fuse
-        from ..transforms.spatial import axial_axis
+        from ..transforms.spatial import slicing_axis
 
         start = time.perf_counter()
         predictor, reused = self.predictor(job.method, job.weights, job.device)
@@ -186,7 +186,7 @@ class FusionWorker:
         model = predictor
         if progress is not None:
             spatial = tuple(mri.shape[1:])
-            axis = job.axis if job.axis is not None else axial_axis(mri.affine) if len(spatial) == 3 else None
+            axis = job.axis if job.axis is not None else slicing_axis(mri.affine, spatial) if len(spatial) == 3 else None
             total = (spatial[axis] if axis is not None else 1) * (4 if job.tta else 1)
             model = _counting(predictor, total, progress)
         registration = {"register": job.register} if job.register != "none" else {}  # fuse()'s default otherwise

@@ -75,6 +75,7 @@ from .spatial import (
     ResampleToReferenceDict,
     axial_axis,
     resample_to_reference,
+    slicing_axis,
 )
 
 __all__ = [

@@ -33,6 +33,7 @@ __all__ = [
     "ResampleToReferenced",
     "axial_axis",
     "resample_to_reference",
+    "slicing_axis",
 ]
 
 
@@ -48,6 +49,24 @@ def axial_axis(affine: torch.Tensor | np.ndarray) -> int:
     matrix = np.asarray(torch.as_tensor(affine).cpu(), dtype=np.float64)[:3, :3]
     directions = matrix / np.linalg.norm(matrix, axis=0, keepdims=True)
     return int(np.argmax(np.abs(directions[2])))
+
+
+def slicing_axis(affine: torch.Tensor | np.ndarray | None, spatial_shape: tuple[int, ...]) -> int:
+    """The voxel axis to cut a volume into 2D slices along.
+
+    Args:
+        affine: 4x4 voxel-to-world (RAS) affine, or ``None`` when unknown.
+        spatial_shape: the volume's ``(X, Y, Z)``.
+
+    Returns:
+        A one-voxel-thick axis when the volume has one (a single slice in any orientation, e.g. a sagittal
+        ``(1, Y, Z)`` file, which :func:`axial_axis` would cut into one-pixel-wide strips), else :func:`axial_axis`
+        (axis 2 without an affine).
+    """
+    thin = [i for i, size in enumerate(spatial_shape) if size == 1]
+    if thin:
+        return thin[-1]
+    return axial_axis(affine) if affine is not None else 2
 
 
 def _describe_grid(img: torch.Tensor) -> str:
@@ -282,8 +301,8 @@ class RandSlice(Randomizable, Transform):
 
     def randomize(self, img: torch.Tensor) -> None:
         """Pick the axis and slice index for ``img`` (``(C, X, Y, Z)``)."""
-        affine = img.affine if isinstance(img, MetaTensor) else torch.eye(4)
-        self._axis = self.axis if self.axis is not None else axial_axis(affine)
+        affine = img.affine if isinstance(img, MetaTensor) else None
+        self._axis = self.axis if self.axis is not None else slicing_axis(affine, tuple(img.shape[1:]))
         in_plane = [1 + i for i in range(3) if i != self._axis]
         foreground = (torch.as_tensor(img) > 0).float().mean(dim=(0, *in_plane)).cpu().numpy()  # (n_slices,)
         candidates = np.flatnonzero(foreground >= self.min_foreground)
