@@ -124,3 +124,30 @@ def test_bad_worker_counts_are_one_line_errors(tmp_path, capsys, option):
     err = capsys.readouterr().err
     assert option[0] in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "f.png").exists()
+
+
+def test_batch_of_mhd_raw_pairs_counts_each_image_once(tmp_path, capsys):
+    """A .mhd header with its .raw data beside it is one image: the .raw was reported as an unpaired entry and the
+    run exited 1 although every pair was fused."""
+    import SimpleITK as sitk
+
+    for folder, value in (("mri", 300.0), ("pet", 20.0)):
+        (tmp_path / folder).mkdir()
+        image = sitk.GetImageFromArray((np.random.default_rng(0).random((4, 16, 16)) * value).astype(np.float32))
+        sitk.WriteImage(image, str(tmp_path / folder / "case1.mhd"))
+    assert (tmp_path / "mri" / "case1.raw").is_file()
+    code = main(["fuse", "--mri-dir", str(tmp_path / "mri"), "--other-dir", str(tmp_path / "pet"),
+                 "-o", str(tmp_path / "out"), "--method", "max"])
+    out = capsys.readouterr().out
+    assert code == 0 and "fused 1 pair(s); 0 failed or unpaired" in out
+    assert (tmp_path / "out" / "case1.nii.gz").is_file()
+
+
+def test_batch_of_empty_folders_is_an_error(tmp_path, capsys):
+    """Two empty folders (a mistyped path in a script) printed "fused 0 pair(s)" and exited 0."""
+    (tmp_path / "MRI").mkdir()
+    (tmp_path / "PET").mkdir()
+    code = main(["fuse", "--mri-dir", str(tmp_path / "MRI"), "--other-dir", str(tmp_path / "PET"),
+                 "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no images to fuse" in err and "Traceback" not in err

@@ -159,6 +159,8 @@ def _fuse_folders(args: argparse.Namespace, predictor, options: dict) -> int:
         if Path(args.output).resolve() == Path(folder).resolve():
             raise FusionInputError(f"{args.output}: is the input folder {folder}; write the results to another folder")
     pairs, unpaired = pair_files_by_name(args.mri_dir, args.other_dir)
+    if not pairs and not unpaired:  # a mistyped folder must not look like a successful run
+        raise FusionInputError(f"{args.mri_dir} and {args.other_dir}: no images to fuse (both folders are empty)")
     for message in unpaired:
         print(f"lkcfusion: error: {message}", file=sys.stderr)
     written: list[Path] = []

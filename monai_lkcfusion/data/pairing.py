@@ -17,6 +17,20 @@ from .io import WRITABLE_SUFFIXES, image_stem, image_suffix
 __all__ = ["files_by_name", "match_files_by_name", "output_name", "pair_files_by_name"]
 
 
+_DETACHED_DATA = (".raw", ".zraw", ".raw.gz")
+"""Extensions of the data files that a detached header (``.mhd``, ``.nhdr``) beside them names."""
+
+
+def _is_header_data(name: str, names: set[str]) -> bool:
+    """Whether the lower-case file ``name`` is the data file of a ``.mhd``/``.nhdr`` header of the same stem in a
+    folder holding ``names`` (then it is part of that image, not an entry of its own)."""
+    for extension in _DETACHED_DATA:
+        if name.endswith(extension):
+            stem = name[: -len(extension)]
+            return f"{stem}.mhd" in names or f"{stem}.nhdr" in names
+    return False
+
+
 def files_by_name(folder: str | Path, suffixes: Sequence[str] | None = None) -> dict[str, Path]:
     """The entries of one folder keyed by their name without image extension, sorted by that name.
 
@@ -26,7 +40,8 @@ def files_by_name(folder: str | Path, suffixes: Sequence[str] | None = None) -> 
             keeps every file and sub-folder.
 
     Returns:
-        ``{stem: path}`` sorted by stem.
+        ``{stem: path}`` sorted by stem; the data file of a detached header (``a.raw`` beside ``a.mhd``) is part
+        of that image, not an entry.
 
     Raises:
         FusionInputError: ``folder`` is not a folder, or two of its entries share a name (``a.png`` and ``a.jpg``).
@@ -35,8 +50,11 @@ def files_by_name(folder: str | Path, suffixes: Sequence[str] | None = None) -> 
     if not folder.is_dir():
         raise FusionInputError(f"{folder}: no such folder")
     entries: dict[str, Path] = {}
+    names = {path.name.lower() for path in folder.iterdir()}
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or suffixes is not None and image_suffix(path) not in suffixes:
+            continue
+        if _is_header_data(path.name.lower(), names):
             continue
         stem = image_stem(path)
         if stem in entries:
