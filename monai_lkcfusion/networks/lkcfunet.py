@@ -57,7 +57,7 @@ NETWORK_PRESETS: dict[str, dict[str, Any]] = {
     "ingn_3x3": {"kernel_sizes": (3, 3, 3), "middle_kernel": 3, "norm": "ingn"},
     "ingn_large": {"norm": "ingn"},
     "small": {"features": 6, "channel_mults": (1, 2, 4)},
-    # mid-size: the paper's kernels (15, 11, 5) and real GroupNorm groups (4 groups: 2, 4 and 8 channels per group)
+    # mid-size: the paper's kernels (15, 11, 5) and real GroupNorm groups (4 groups of 2-16 channels)
     "base": {"features": 8, "channel_mults": (1, 2, 4), "norm_groups": 4},
     "tiny": {"features": 4, "channel_mults": (1, 2), "kernel_sizes": (5, 3), "num_blocks": 1, "middle_kernel": 3},
 }
