@@ -241,3 +241,36 @@ def test_val_loss_is_the_training_loss_of_the_bundle(tmp_path) -> None:
         expected, default = float(loss(pred, batches[0]["label"])), float(FusionLoss()(pred, batches[0]["label"]))
     assert evaluator.state.metrics["val_loss"] == pytest.approx(expected, rel=1e-5)
     assert abs(expected - default) > 1e-3
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("batch_size", 0, "batch_size 0: needs a whole number"),
+    ("samples_per_image", 0, "samples_per_image 0"),
+    ("val_interval", 0, "val_interval 0"),
+    ("learning_rate", "abc", "learning_rate 'abc': needs a positive number"),
+    ("learning_rate", -1, "learning_rate -1"),
+    ("device", "gpu7", "device 'gpu7': not a device"),
+    ("loss#ssim_form", "maxvar", "ssim_form must be one of"),
+])
+def test_bad_training_settings_are_one_line_before_anything_is_built(tmp_path, monkeypatch, setting, value, message):
+    """Each ended in a traceback (MONAI's "Failed to instantiate"), val_interval 0 only after a whole epoch."""
+    import monai_lkcfusion.networks as networks
+    from monai_lkcfusion.engines import run_bundle_workflow
+
+    built = []
+    real = networks.LKCFUNet.from_preset
+    monkeypatch.setattr(networks.LKCFUNet, "from_preset", lambda *a, **k: built.append(1) or real(*a, **k))
+    settings = {**TINY, "max_epochs": 1, "device": "cpu", setting: value}
+    with pytest.raises(FusionInputError, match=message):
+        run_bundle_workflow("train.json", (), "train", dataset_dir=str(_harvard_like(tmp_path / "data")),
+                            output_dir=str(tmp_path / "run"), **settings)
+    assert not (tmp_path / "run" / "model.pt").exists() and (setting.startswith("loss") or not built)
+
+
+def test_device_given_as_a_name_trains(tmp_path):
+    """``--device cpu`` on ``python -m monai.bundle run`` arrives as a string: ``@device.type`` raised."""
+    from monai_lkcfusion.engines import run_bundle_workflow
+
+    run_bundle_workflow("train.json", (), "train", dataset_dir=str(_harvard_like(tmp_path / "data")),
+                        output_dir=str(tmp_path / "run"), device="cpu", **{**TINY, "max_epochs": 1})
+    assert (tmp_path / "run" / "model.pt").is_file()

@@ -41,7 +41,7 @@ from .handlers import (
 )
 from .trainer import create_trainer
 from .weights import export_weights
-from .workflow import bundle_config, run_bundle_workflow
+from .workflow import bundle_config, check_training_settings, run_bundle_workflow
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -56,6 +56,7 @@ __all__ = [
     "ValidationEarlyStopHandler",
     "best_model_saver",
     "bundle_config",
+    "check_training_settings",
     "clamp_prediction",
     "create_evaluator",
     "create_trainer",

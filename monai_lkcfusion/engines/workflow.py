@@ -2,15 +2,57 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import FusionInputError
 
-__all__ = ["bundle_config", "check_literal_overrides", "run_bundle_command", "run_bundle_workflow"]
+__all__ = [
+    "bundle_config",
+    "check_literal_overrides",
+    "check_training_settings",
+    "run_bundle_command",
+    "run_bundle_workflow",
+]
 
 _CONFIG_SYNTAX = ("$", "@", "%")  # MONAI ConfigParser: expression (Python code), reference, macro
+
+
+def check_training_settings(
+    batch_size: Any,
+    samples_per_image: Any,
+    learning_rate: Any,
+    max_epochs: Any,
+    val_interval: Any,
+    device: Any,
+) -> None:
+    """Refuse training settings a run cannot use, before the data and the network are built (train.json's first
+    ``initialize`` step), where they otherwise end in a traceback, some after a whole epoch (``val_interval`` 0).
+
+    Args:
+        batch_size, samples_per_image, max_epochs, val_interval: whole numbers >= 1.
+        learning_rate: a finite number > 0.
+        device: a ``torch.device`` or a name such as ``"cpu"``, ``"cuda:0"``.
+
+    Raises:
+        FusionInputError: ``<setting> <value>: <what it needs>``.
+    """
+    import torch
+
+    for name, value in (("batch_size", batch_size), ("samples_per_image", samples_per_image),
+                        ("max_epochs", max_epochs), ("val_interval", val_interval)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FusionInputError(f"{name} {value!r}: needs a whole number of at least 1")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not (
+        math.isfinite(learning_rate) and learning_rate > 0
+    ):
+        raise FusionInputError(f"learning_rate {learning_rate!r}: needs a positive number, e.g. 0.0002")
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise FusionInputError(f"device {device!r}: not a device; use cpu, cuda or cuda:N") from None
 
 
 def bundle_config(name: str) -> Path:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
+from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.filters import sobel_gradients
 
 __all__ = [
@@ -117,7 +118,7 @@ def gaussian_blur(
         Filtered images (B, C, H', W').
     """
     if padding not in SSIM_PADDINGS:
-        raise ValueError(f"padding must be one of {SSIM_PADDINGS}, got {padding!r}")
+        raise FusionInputError(f"padding must be one of {SSIM_PADDINGS}, got {padding!r}")
     size = 2 * math.ceil(3.0 * sigma) + 1 if window_size is None else window_size
     pad = size // 2 if padding == "zeros" else 0
     g = _gaussian_kernel(size, sigma, image.device, image.dtype)
@@ -183,9 +184,9 @@ class FusionLoss(_Loss):
             ("ssim_form", ssim_form, SSIM_FORMS),
         ):
             if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+                raise FusionInputError(f"{name} must be one of {allowed}, got {value!r}")
         if intensity_sigma < 0:
-            raise ValueError(f"intensity_sigma must be 0 or positive, got {intensity_sigma}")
+            raise FusionInputError(f"intensity_sigma must be 0 or positive, got {intensity_sigma}")
         self.intensity_sigma = float(intensity_sigma)
         self.intensity_weight = float(intensity_weight)
         self.ssim_weight = float(ssim_weight)
