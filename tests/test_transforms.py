@@ -309,3 +309,18 @@ def test_percentile_window_of_a_sparse_or_constant_image_is_not_silent():
     assert torch.allclose(scaled, pet / 20) and "full range [0, 20]" in record["intensity_scaling"]
     with pytest.warns(UserWarning, match="constant image"):
         scale_to_unit(torch.full((1, 8, 8, 4), 500.0), "MR", name="mri.nii.gz")
+
+
+@pytest.mark.parametrize("padding", [-1024.0, -3024.0, -32768.0])
+def test_ct_with_padding_outside_the_reconstruction_circle_is_windowed_as_ct(padding):
+    """-32768 padding (the 16-bit minimum) hid the CT: percentile scaling mapped soft tissue to 0.97 and air to 0.94."""
+    from monai_lkcfusion.transforms import scale_to_unit
+
+    ct = torch.full((1, 64, 64, 4), -1000.0)  # air
+    ct[0, 16:48, 16:48] = 40.0  # soft tissue
+    ct[0, 28:36, 28:36] = 1200.0  # bone
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    ct[0][((yy - 31.5) ** 2 + (xx - 31.5) ** 2) > 31.5**2] = padding  # outside the circle
+    scaled, record = scale_to_unit(ct)
+    assert record["modality"] == "CT" and "CT window" in record["intensity_scaling"]
+    assert float(scaled[0, 20, 20, 0]) == pytest.approx((40 + 500) / 2000)

@@ -118,9 +118,10 @@ def looks_like_ct(values: torch.Tensor) -> bool:
     """Whether finite raw values look like a CT in Hounsfield units, for images of unknown modality.
 
     A CT holds air at about -1000 HU around and inside the body: at least 1% of the voxels lie in [-1100, -900]
-    HU, no value is below -3100 HU (the lowest padding value scanners use, -3024) and none above 32767 (16-bit).
-    A few negative voxels (an MRI's interpolation undershoot), signed MR data, or float data of other units do
-    not qualify.
+    HU, no value is below -3100 HU (the lowest air-like padding value scanners use, -3024) other than the 16-bit
+    minimum -32768 (padding outside the reconstruction circle, ignored) and none above 32767 (16-bit). A few
+    negative voxels (an MRI's interpolation undershoot), signed MR data, or float data of other units do not
+    qualify.
 
     Args:
         values: the finite voxel values.
@@ -128,6 +129,7 @@ def looks_like_ct(values: torch.Tensor) -> bool:
     Returns:
         ``True`` when the values look like HU.
     """
+    values = values[values != -32768.0]  # padding
     if values.numel() == 0 or float(values.min()) < -3100.0 or float(values.max()) > 32767.0:
         return False
     air = ((values >= -1100.0) & (values <= -900.0)).float().mean()
