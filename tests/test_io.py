@@ -38,6 +38,8 @@ def test_nifti_reader_matches_nibabel(tmp_path):
     nib.save(nib.Nifti1Image(arr, _oblique_affine()), str(tmp_path / "a.nii.gz"))
     img = read_image(tmp_path / "a.nii.gz")
     assert np.allclose(img[0].numpy(), arr) and img.meta["spatial_dims"] == 3
+    nib.save(nib.Nifti1Image(arr[:, :, :, None, None], _oblique_affine()), str(tmp_path / "v.nii.gz"))
+    assert np.allclose(read_image(tmp_path / "v.nii.gz")[0].numpy(), arr)  # (X, Y, Z, 1, 1): a 1-vector is gray
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.eye(4)), str(tmp_path / "t.nii.gz"))
     with pytest.raises(FusionInputError, match="3 frames"):
         read_image(tmp_path / "t.nii.gz")

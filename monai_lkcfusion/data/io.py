@@ -303,6 +303,8 @@ def _read_nifti(path: Path) -> MetaTensor:
         raise FusionInputError(f"{path}: 4D volume with {array.shape[3]} frames; extract one 3D frame first")
     if array.ndim == 5 and array.shape[3] == 1:
         array = array[:, :, :, 0]  # NIfTI vector image (X, Y, Z, 1, C)
+        if array.shape[3] == 1:  # of one component: gray
+            array = array[..., 0]
     affine = np.asarray(nii.affine, dtype=np.float64)
     affine[:3] *= _NIFTI_MM.get(nii.header.get_xyzt_units()[0], 1.0)  # in millimetres, as ITK reads it
     return _as_volume(array, affine, path, None, raw.dtype == np.uint8)
