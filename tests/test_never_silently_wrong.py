@@ -518,6 +518,20 @@ def test_bad_datalists_are_one_line(tmp_path, content, needle):
         fusion_pairs(tmp_path)
 
 
+def test_dataset_dir_with_two_second_modality_folders_is_refused(tmp_path):
+    """MRI/ beside PET/ and CT/: the bundle silently paired the MRIs with CT/ (the first in its list) and ignored
+    PET/, or said "no pairs found" when only PET/ matched."""
+    from monai_lkcfusion.engines import fusion_pairs
+
+    for folder in ("MRI", "PET", "CT"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / folder / "a.png")
+    with pytest.raises(FusionInputError, match="CT/, PET/: keep one second-modality folder"):
+        fusion_pairs(tmp_path)
+    shutil.rmtree(tmp_path / "CT")
+    assert [Path(item["other"]).parent.name for item in fusion_pairs(tmp_path)] == ["PET"]
+
+
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nii.gz"])
 def test_full_disk_while_writing_itk_formats(tmp_path, monkeypatch, suffix):
     import SimpleITK as sitk

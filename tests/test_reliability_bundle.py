@@ -67,3 +67,23 @@ def test_bundle_inference_reports_files_without_a_partner(tmp_path):
     (root / "CT" / "a.png").write_bytes(b"broken")
     with pytest.raises(FusionInputError, match=r"5 of 5 pairs failed \(none was written\)"):
         run_bundle_workflow("inference.json", (), "infer", output_dir=str(tmp_path / "out2"), **kwargs)
+
+
+def test_bundle_inference_refuses_an_existing_output_before_fusing_it(tmp_path, monkeypatch):
+    """An existing output without overwrite was found only when writing, after the pair had been fused (a volume's
+    whole network time lost); it is now that pair's failure before any work, as in ``lkcfusion fuse``."""
+    import monai_lkcfusion.inference as inference
+
+    root = _folder(tmp_path / "data")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "fused_a.png").write_bytes(b"earlier result")
+    fused = []
+    real = inference.fuse_dict
+    monkeypatch.setattr(inference, "fuse_dict", lambda item, *a, **k: fused.append(Path(item["mri"]).name)
+                        or real(item, *a, **k))
+    weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "tiny.pt")
+    with pytest.raises(FusionInputError, match="fused_a.png: output exists"):
+        run_bundle_workflow("inference.json", (), "infer", weights=str(weights), dataset_dir=str(root),
+                            output_dir=str(tmp_path / "out"), device=torch.device("cpu"))
+    assert "a.png" not in fused and "c.png" in fused
+    assert (tmp_path / "out" / "fused_a.png").read_bytes() == b"earlier result"

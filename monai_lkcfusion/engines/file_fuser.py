@@ -28,7 +28,8 @@ def fusion_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
     """List the (MRI, other) pairs of a folder for inference.
 
     Recognised layouts, in order: a ``datalist.json`` (section ``"test"``, MONAI decathlon style); an ``MRI/``
-    folder beside one of ``CT/``, ``PET/``, ``SPECT/``, ``other/`` (paired by file name); the package's demo folder.
+    folder beside one of ``CT/``, ``PET/``, ``SPECT/``, ``other/`` (paired by file name; two of them are refused as
+    ambiguous); the package's demo folder.
     A file of the two folders without a partner is listed too, as ``{"unpaired": "<file>: no partner in <folder>"}``,
     which :class:`FileFusionEngine` reports as a failed pair (as ``lkcfusion fuse --mri-dir`` does), never skips.
 
@@ -39,7 +40,7 @@ def fusion_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
         Dicts with ``"mri"`` and ``"other"`` paths (and ``"unpaired"`` ones after them).
 
     Raises:
-        FusionInputError: no recognised layout, or no pair found.
+        FusionInputError: no recognised layout, two second-modality folders, or no pair found.
     """
     from ..data import load_fusion_datalist
     from ..data.pairing import pair_files_by_name
@@ -49,7 +50,13 @@ def fusion_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
     if (root / "datalist.json").is_file():
         items = load_fusion_datalist(root / "datalist.json", section="test")
     elif (root / "MRI").is_dir() and any((root / name).is_dir() for name in _OTHER_FOLDERS):
-        other = next(root / name for name in _OTHER_FOLDERS if (root / name).is_dir())
+        found = [name for name in _OTHER_FOLDERS if (root / name).is_dir()]
+        if len(found) > 1:  # which one the user means is not ours to guess
+            raise FusionInputError(
+                f"{root}: MRI/ beside {', '.join(f'{name}/' for name in found)}: keep one second-modality folder per "
+                "dataset_dir (or list the pairs in datalist.json)"
+            )
+        other = root / found[0]
         pairs, unpaired = pair_files_by_name(root / "MRI", other)
         items = [{"mri": str(m), "other": str(o)} for m, o in pairs] + [{"unpaired": text} for text in unpaired]
     elif root.resolve() == DEMO_DIR.resolve():
@@ -137,6 +144,8 @@ class FileFusionEngine(Engine):
             if "unpaired" in item:  # a file of the dataset folder without a partner (fusion_pairs)
                 raise FusionInputError(item["unpaired"])
             if self.pieces is not None:
+                for saver in self._savers():  # before any work: an existing output without overwrite
+                    check_output_path(saver.output_path(item["mri"]), saver.overwrite, inputs=(item["mri"],))
                 fused = fuse_dict(item, self.network, *self.pieces)["pred"]
                 self.last_record = describe_fusion(fused.meta)
                 return Path(fused.meta["saved_to"])
