@@ -10,6 +10,7 @@ the bundle's :class:`~monai_lkcfusion.engines.FileFusionEngine` does).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,20 @@ def fuse(
     return _as_layout(fused, mri) if isinstance(mri, np.ndarray) else fused
 
 
+def _warn_if_swapped(d: Mapping[Hashable, Any]) -> None:
+    """Warn when the "MRI" is strongly coloured and the other image gray: a pseudo-colour PET/SPECT given first (the
+    MRI's colour is dropped, so the fused image would be gray)."""
+    chroma = d.get("mri_cbcr")
+    if chroma is None or "other_cbcr" in d:
+        return
+    if float((torch.as_tensor(chroma) - 0.5).abs().mean()) > 0.005:  # Cb/Cr centred on 0.5: gray RGB has 0
+        warnings.warn(
+            f"{getattr(d.get('mri'), 'meta', {}).get('filename_or_obj', 'mri')}: the MRI is in colour and the other image is gray: if the first is a pseudo-colour "
+            "PET/SPECT, the arguments are swapped (give the MRI first); the MRI's colour is not kept",
+            stacklevel=3,
+        )
+
+
 def fuse_dict(
     data: Mapping[Hashable, Any],
     network: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
@@ -162,6 +177,7 @@ def fuse_dict(
     """
     try:
         d = preprocessing(dict(data))
+        _warn_if_swapped(d)
         d["pred"] = inferer(d["image"][None], network)[0]  # (1, *spatial)
         return postprocessing(d)
     except RuntimeError as err:

@@ -507,3 +507,18 @@ def test_single_sagittal_slice_is_fused_in_its_own_plane(tmp_path):
     volume = fuse(tmp_path / "m.nii.gz", tmp_path / "p.nii.gz", model=net, color=False, progress=False)
     picture = fuse(mri, pet, model=net, color=False, progress=False)
     assert volume.shape == (1, 1, 40, 48) and np.abs(volume[0, 0].numpy() - np.asarray(picture)).max() < 1e-4
+
+
+def test_swapped_arguments_are_warned(tmp_path):
+    """A pseudo-colour PET given as the MRI (and the MRI as the other image) was fused in gray without a word."""
+    from monai_lkcfusion.data import demo_files
+
+    files = demo_files()
+    with pytest.warns(UserWarning, match="the arguments are swapped"):
+        fuse(files["pet_2d"], files["mri_2d"], method="max", progress=False)
+    gray_rgb = np.repeat(np.asarray(Image.open(files["mri_2d"]).convert("L"))[..., None], 3, axis=2)
+    Image.fromarray(gray_rgb).save(tmp_path / "mri_rgb.png")  # an MRI saved as RGB: gray, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fuse(files["mri_2d"], files["pet_2d"], method="max", progress=False)
+        fuse(tmp_path / "mri_rgb.png", files["mri_2d"], method="max", progress=False)
