@@ -134,10 +134,12 @@ def test_fusion_loss_finite(batch, h, w, kind, seed):
     gen = torch.Generator().manual_seed(seed)
     make = {"rand": lambda s: torch.rand(s, generator=gen), "const": lambda s: torch.full(s, 0.3),
             "binary": lambda s: (torch.rand(s, generator=gen) > 0.5).float()}[kind]
-    fused = make((batch, 1, h, w)).requires_grad_()
-    loss = FusionLoss()(fused, make((batch, 2, h, w)))
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(fused.grad).all()
+    sources = make((batch, 2, h, w))
+    for options in ({}, {"intensity_sigma": 2.0, "ssim_form": "max_variance"}):  # blur windows shrink like SSIM's
+        fused = make((batch, 1, h, w)).requires_grad_()
+        loss = FusionLoss(**options)(fused, sources)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(fused.grad).all()
 
 
 # -- metrics ------------------------------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ def gaussian_blur(
     Args:
         image: images (B, C, H, W).
         sigma: standard deviation in pixels, positive.
-        window_size: odd side of the window; ``None``: ``2 * ceil(3 sigma) + 1``.
+        window_size: side of the window; ``None``: ``2 * ceil(3 sigma) + 1``, at most the image's smaller side.
         padding: ``"valid"`` (complete windows: maps of ``H - s + 1``) or ``"zeros"`` (zero padding, maps of ``H``).
 
     Returns:
@@ -119,10 +119,10 @@ def gaussian_blur(
     """
     if padding not in SSIM_PADDINGS:
         raise FusionInputError(f"padding must be one of {SSIM_PADDINGS}, got {padding!r}")
-    size = 2 * math.ceil(3.0 * sigma) + 1 if window_size is None else window_size
+    b, c, h, w = image.shape
+    size = min(2 * math.ceil(3.0 * sigma) + 1, h, w) if window_size is None else window_size
     pad = size // 2 if padding == "zeros" else 0
     g = _gaussian_kernel(size, sigma, image.device, image.dtype)
-    b, c, h, w = image.shape
     # every (image, channel) plane is a channel of one depthwise convolution: measured 15x faster on the CPU than a
     # batch of 1-channel planes
     n = b * c
