@@ -324,3 +324,12 @@ def test_ct_with_padding_outside_the_reconstruction_circle_is_windowed_as_ct(pad
     scaled, record = scale_to_unit(ct)
     assert record["modality"] == "CT" and "CT window" in record["intensity_scaling"]
     assert float(scaled[0, 20, 20, 0]) == pytest.approx((40 + 500) / 2000)
+
+
+def test_rand_sliced_missing_keys_and_mismatched_grids():
+    """``allow_missing_keys`` with no key present raised ``KeyError ()``; volumes of different slice counts an
+    ``IndexError`` (or slices from different places)."""
+    sampler = RandSliced(("mri", "other"), allow_missing_keys=True)
+    assert sampler({"label": 1}) == {"label": 1}
+    with pytest.raises(FusionInputError, match="one slice index needs volumes on one grid"):
+        sampler({"mri": torch.rand(1, 8, 8, 6), "other": torch.rand(1, 8, 8, 3)})

@@ -354,8 +354,16 @@ class RandSliced(Randomizable, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
-        self.randomize(d[self.first_key(d)])
+        first = self.first_key(d)
+        if first == []:  # no key present (allow_missing_keys): nothing to slice
+            return d
+        self.randomize(d[first])
         for key in self.key_iterator(d):
+            if d[key].shape[1:] != d[first].shape[1:]:
+                raise FusionInputError(
+                    f"RandSliced: '{key}' has the grid {tuple(d[key].shape[1:])}, '{first}' "
+                    f"{tuple(d[first].shape[1:])}; one slice index needs volumes on one grid (resample them first)"
+                )
             d[key] = self.slicer(d[key], randomize=False)
         return d
 
