@@ -355,7 +355,7 @@ class RandSliced(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         first = self.first_key(d)
-        if first == []:  # no key present (allow_missing_keys): nothing to slice
+        if first not in d:  # no key present (allow_missing_keys): nothing to slice
             return d
         self.randomize(d[first])
         for key in self.key_iterator(d):
