@@ -358,11 +358,12 @@ class RandSliced(Randomizable, MapTransform):
         if first not in d:  # no key present (allow_missing_keys): nothing to slice
             return d
         self.randomize(d[first])
+        grid = tuple(d[first].shape[1:])
         for key in self.key_iterator(d):
-            if d[key].shape[1:] != d[first].shape[1:]:
+            if tuple(d[key].shape[1:]) != grid:
                 raise FusionInputError(
-                    f"RandSliced: '{key}' has the grid {tuple(d[key].shape[1:])}, '{first}' "
-                    f"{tuple(d[first].shape[1:])}; one slice index needs volumes on one grid (resample them first)"
+                    f"RandSliced: '{key}' has the grid {tuple(d[key].shape[1:])}, '{first}' {grid}; one slice index "
+                    "needs volumes on one grid (resample them first)"
                 )
             d[key] = self.slicer(d[key], randomize=False)
         return d
