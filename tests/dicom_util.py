@@ -36,3 +36,42 @@ def write_series(folder: Path, volume: np.ndarray, origin_lps=(-50.0, -60.0, 10.
         ds.PixelData = plane.astype(np.uint16).tobytes()
         ds.save_as(ds.filename, enforce_file_format=True)
     return uid
+
+
+def write_enhanced(path: Path, volume: np.ndarray, origin_lps=(10.0, -20.0, 30.0), spacing: float = 3.0,
+                   orientation=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0)) -> np.ndarray:
+    """Write ``volume`` (X = columns, Y = rows, Z = frames) as one enhanced multi-frame MR file; returns the RAS
+    affine it describes."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row, col = np.array(orientation[:3]), np.array(orientation[3:])
+    normal = np.cross(row, col)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.PatientID = "MR", generate_uid(), generate_uid(), "1"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = volume.shape[1], volume.shape[0], volume.shape[2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    measures, plane, shared = Dataset(), Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness, measures.SpacingBetweenSlices = [1.0, 1.0], spacing, spacing
+    plane.ImageOrientationPatient = list(orientation)
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = Sequence([measures]), Sequence([plane])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for k in range(volume.shape[2]):
+        frame, position = Dataset(), Dataset()
+        position.ImagePositionPatient = [float(v) for v in np.array(origin_lps) + spacing * k * normal]
+        frame.PlanePositionSequence = Sequence([position])
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.PixelData = np.ascontiguousarray(volume.astype(np.int16).transpose(2, 1, 0)).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = row, col, spacing * normal, origin_lps
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine

@@ -661,3 +661,15 @@ def test_dicom_series_with_a_rescale_slope_per_slice_keeps_fractions(tmp_path):
         ds.save_as(name)
     volume = read_image(tmp_path / "pet")[0].numpy()  # (X, Y, Z)
     assert np.abs(volume - suv.transpose(2, 1, 0)).max() < 1e-3
+
+
+def test_folder_holding_one_enhanced_multiframe_file_reads_as_that_file(tmp_path):
+    """A folder with one enhanced multi-frame DICOM was refused as "4D image" while the file itself read fine."""
+    from dicom_util import write_enhanced
+
+    volume = np.random.default_rng(0).integers(0, 1000, (12, 10, 5))
+    expected = write_enhanced(tmp_path / "enh" / "mr.dcm", volume)
+    for source in (tmp_path / "enh", tmp_path / "enh" / "mr.dcm"):
+        img = read_image(source)
+        assert img.shape == (1, 12, 10, 5) and np.allclose(img.affine.numpy(), expected, atol=1e-4)
+        assert np.array_equal(img[0].numpy(), volume)

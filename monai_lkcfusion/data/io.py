@@ -601,6 +601,8 @@ def _read_dicom_series(folder: Path, series: str | None, allow_irregular: bool =
     files, messages = check_dicom_slices(folder, files, others, allow_irregular)
     for message in messages:
         warnings.warn(message, stacklevel=3)
+    if len(files) == 1:  # one file: a single slice, or an enhanced multi-frame volume (frames read as a volume)
+        return _read_itk(Path(files[0]))
     reader.SetFileNames(files)
     if len(_rescales(files)) > 1:  # ITK takes the pixel type of one slice: integers would round the others
         reader.SetOutputPixelType(sitk.sitkFloat32)
