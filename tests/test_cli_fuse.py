@@ -151,3 +151,17 @@ def test_batch_of_empty_folders_is_an_error(tmp_path, capsys):
                  "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "no images to fuse" in err and "Traceback" not in err
+
+
+def test_batch_arguments_that_are_files_say_so(tmp_path, capsys):
+    """``--mri-dir`` naming a file said "no such folder"; ``-o`` naming an existing file said only "File exists"."""
+    for folder in ("MRI", "PET"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / folder / "a.png")
+    (tmp_path / "existing.png").write_bytes(b"x")
+    cases = {("--mri-dir", str(tmp_path / "MRI" / "a.png"), "-o", str(tmp_path / "out")): "is a file, not a folder",
+             ("--mri-dir", str(tmp_path / "MRI"), "-o", str(tmp_path / "existing.png")): "-o names the output folder"}
+    for (flag, mri, out_flag, out), message in cases.items():
+        code = main(["fuse", flag, mri, "--other-dir", str(tmp_path / "PET"), out_flag, out, "--method", "max"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err

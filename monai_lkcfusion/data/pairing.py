@@ -47,6 +47,8 @@ def files_by_name(folder: str | Path, suffixes: Sequence[str] | None = None) -> 
         FusionInputError: ``folder`` is not a folder, or two of its entries share a name (``a.png`` and ``a.jpg``).
     """
     folder = Path(folder)
+    if folder.is_file():
+        raise FusionInputError(f"{folder}: is a file, not a folder of images (one pair: lkcfusion fuse MRI OTHER -o OUT)")
     if not folder.is_dir():
         raise FusionInputError(f"{folder}: no such folder")
     entries: dict[str, Path] = {}
