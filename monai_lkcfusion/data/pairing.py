@@ -48,7 +48,7 @@ def files_by_name(folder: str | Path, suffixes: Sequence[str] | None = None) -> 
     """
     folder = Path(folder)
     if folder.is_file():
-        raise FusionInputError(f"{folder}: is a file, not a folder of images (one pair: lkcfusion fuse MRI OTHER -o OUT)")
+        raise FusionInputError(f"{folder}: is a file, not a folder of images")
     if not folder.is_dir():
         raise FusionInputError(f"{folder}: no such folder")
     entries: dict[str, Path] = {}
