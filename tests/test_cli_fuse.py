@@ -165,3 +165,13 @@ def test_batch_arguments_that_are_files_say_so(tmp_path, capsys):
         code = main(["fuse", flag, mri, "--other-dir", str(tmp_path / "PET"), out_flag, out, "--method", "max"])
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_folder_of_pictures_as_the_mri_points_at_batch_mode(tmp_path, capsys):
+    """A folder of PNGs given as the MRI was "folder holds no DICOM series", with no word about --mri-dir."""
+    (tmp_path / "MRI").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "MRI" / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "ct.png")
+    code = main(["fuse", str(tmp_path / "MRI"), str(tmp_path / "ct.png"), "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 image file(s)" in err and "--mri-dir/--other-dir" in err and "Traceback" not in err
