@@ -52,8 +52,9 @@ def files_by_name(folder: str | Path, suffixes: Sequence[str] | None = None) -> 
     if not folder.is_dir():
         raise FusionInputError(f"{folder}: no such folder")
     entries: dict[str, Path] = {}
-    names = {path.name.lower() for path in folder.iterdir()}
-    for path in sorted(folder.iterdir()):
+    paths = sorted(folder.iterdir())
+    names = {path.name.lower() for path in paths}
+    for path in paths:
         if path.name.startswith(".") or suffixes is not None and image_suffix(path) not in suffixes:
             continue
         if _is_header_data(path.name.lower(), names):
