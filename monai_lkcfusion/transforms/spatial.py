@@ -82,10 +82,10 @@ class ResampleToReference(InvertibleTransform):
 
     Volumes are resampled affine-aware with MONAI's :class:`~monai.transforms.ResampleToMatch`: inside the image's
     field of view (its voxels' extent, centres +- half a voxel, as ITK reads it) the edge voxels keep their values
-    (no fade towards the zeros beyond), outside it the result is 0. 2D pictures carry no geometry: equal sizes pass unchanged, a different size
-    is an error unless ``resize_2d`` asks for a bilinear resize to the reference size (never done silently); a 2D
-    image whose affine differs from the reference's (e.g. moved by :class:`RegisterToReference`) is resampled by
-    its affine like a volume. The
+    (no fade towards the zeros beyond), outside it the result is 0. 2D pictures carry no geometry: equal sizes pass
+    unchanged, a different size is an error unless ``resize_2d`` asks for a bilinear resize to the reference size
+    (never done silently); a 2D image whose affine differs from the reference's (e.g. moved by
+    :class:`RegisterToReference`) is resampled by its affine like a volume. The
     result keeps the image's own metadata (name, modality, scaling record) with the reference's affine, records
     ``overlap_fraction`` (share of reference voxels inside the image's field of view) and pushes one entry on
     ``applied_operations``, so :meth:`inverse` (and :class:`~monai.transforms.Invertd`) puts it back on its own grid.
