@@ -42,6 +42,27 @@ def test_gradients_flow_and_batch_vectorised() -> None:
     assert torch.allclose(value, per_sample.mean(), atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("form", ["mean", "max_variance"])
+def test_loss_is_float32_under_mixed_precision(dtype: torch.dtype, form: str) -> None:
+    """Inside autocast (AMP training) the loss and its gradient are the float32 ones, also on black background,
+    where a float16 SSIM denominator underflows and gave inf/NaN gradients."""
+    torch.manual_seed(0)
+    sources = torch.zeros(2, 2, 64, 64)
+    sources[:, :, 16:48, 16:48] = torch.rand(2, 2, 32, 32)  # a body on a black background
+    start = (sources.amax(dim=1, keepdim=True) + 0.05 * torch.randn(2, 1, 64, 64)).clamp(0, 1)
+    loss = FusionLoss(intensity_sigma=2.0, ssim_form=form)
+    reference = start.clone().requires_grad_()
+    loss(reference, sources).backward()
+    mixed = start.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=dtype):
+        value = loss(mixed.to(dtype), sources.to(dtype))  # a network's output under autocast is half precision
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(mixed.grad).all()
+    assert torch.allclose(value, loss(start, sources), rtol=1e-2)
+    assert torch.nn.functional.cosine_similarity(mixed.grad.flatten(), reference.grad.flatten(), dim=0) > 0.99
+
+
 def test_weights_are_configurable() -> None:
     torch.manual_seed(1)
     sources, fused = torch.rand(2, 2, 24, 24), torch.rand(2, 1, 24, 24)
