@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from monai_lkcfusion.cli import main
-from monai_lkcfusion.engines import last_checkpoint
+from monai_lkcfusion.engines import LastCheckpointSaver, export_weights, last_checkpoint
+from monai_lkcfusion.errors import FusionInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,6 +83,26 @@ def test_checkpoint_cut_short_is_skipped(tmp_path):
     assert last_checkpoint(tmp_path).name == "checkpoint_epoch=4.pt"
     (tmp_path / "checkpoint_epoch=4.pt").write_bytes(b"")
     assert last_checkpoint(tmp_path) is None
+
+
+def test_every_nth_checkpoint_is_kept_and_exports(tmp_path):
+    """keep_checkpoint_interval 2 over 5 epochs keeps epochs 2, 4 and the newest (5); their weights export."""
+    keep = tmp_path / "keep.json"
+    keep.write_text(json.dumps({"keep_checkpoint_interval": 2}))
+    out = tmp_path / "run"
+    assert main([*_train_args(tmp_path, out, epochs=5, resume=False), "--config", str(keep)]) == 0
+    kept = sorted(p.name for p in out.glob("checkpoint_epoch=*.pt"))
+    assert kept == ["checkpoint_epoch=2.pt", "checkpoint_epoch=4.pt", "checkpoint_epoch=5.pt"]
+    weights = [export_weights(out / name, tmp_path / f"{name}.weights") for name in kept]
+    second, fourth = (torch.load(w, map_location="cpu", weights_only=True) for w in weights[:2])
+    assert second.keys() == fourth.keys() and any(not torch.equal(second[k], fourth[k]) for k in second)
+    assert last_checkpoint(out).name == "checkpoint_epoch=5.pt"
+
+
+def test_keep_interval_that_is_not_a_count_is_refused(tmp_path):
+    for bad in (-1, 1.5, True):
+        with pytest.raises(FusionInputError, match="keep_interval"):
+            LastCheckpointSaver(tmp_path, {}, keep_interval=bad)
 
 
 def _error_lines(err: str) -> list[str]:

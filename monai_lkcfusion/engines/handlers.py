@@ -224,19 +224,26 @@ class TimeLimitHandler:
 
 
 class LastCheckpointSaver(CheckpointSaver):
-    """The per-epoch "last" checkpoint ``checkpoint_epoch=N.pt`` (only the newest kept), holding the trainer too.
+    """The per-epoch "last" checkpoint ``checkpoint_epoch=N.pt`` (the newest kept), holding the trainer too.
 
     The engine it is attached to is saved under ``"trainer"`` beside ``save_dict`` (network, optimizer, LR
     scheduler), so that a resumed run continues at the right epoch. After each save the checkpoints of earlier
-    epochs in ``save_dir`` are removed, also those an earlier (resumed) run left.
+    epochs in ``save_dir`` are removed, also those an earlier (resumed) run left, except every ``keep_interval``-th
+    epoch's: those stay for choosing an epoch afterwards by other measures than the validation loss (export one
+    with :func:`~monai_lkcfusion.engines.export_weights`).
 
     Args:
         save_dir: the run's output folder.
         save_dict: objects with a ``state_dict()`` to save.
+        keep_interval: keep the checkpoints of epochs divisible by it; 0 keeps only the newest.
     """
 
-    def __init__(self, save_dir: str | Path, save_dict: dict[str, Any]) -> None:
-        super().__init__(save_dir=str(save_dir), save_dict=dict(save_dict), save_interval=1, n_saved=1)
+    def __init__(self, save_dir: str | Path, save_dict: dict[str, Any], keep_interval: int = 0) -> None:
+        if isinstance(keep_interval, bool) or not isinstance(keep_interval, int) or keep_interval < 0:
+            raise FusionInputError(f"keep_interval {keep_interval!r}: give a whole number of epochs >= 0 (0: off)")
+        # n_saved=None: ignite keeps every file it writes, and _remove_earlier decides which ones go
+        super().__init__(save_dir=str(save_dir), save_dict=dict(save_dict), save_interval=1, n_saved=None)
+        self.keep_interval = keep_interval
 
     def attach(self, engine: Engine) -> None:
         """Save ``engine``'s state with the others after every epoch."""
@@ -247,7 +254,8 @@ class LastCheckpointSaver(CheckpointSaver):
     def _remove_earlier(self, engine: Engine) -> None:
         for path in Path(self.save_dir).glob(f"{CHECKPOINT_PREFIX}_epoch=*.pt"):
             match = re.fullmatch(rf"{CHECKPOINT_PREFIX}_epoch=(\d+)\.pt", path.name)
-            if match and int(match.group(1)) < engine.state.epoch:
+            epoch = int(match.group(1)) if match else engine.state.epoch
+            if epoch < engine.state.epoch and not (self.keep_interval and epoch % self.keep_interval == 0):
                 path.unlink(missing_ok=True)
 
 
@@ -448,6 +456,7 @@ def train_handlers(
     tensorboard: bool = True,
     progress: bool = True,
     time_limit: float | None = None,
+    keep_checkpoint_interval: int = 0,
 ) -> list:
     """The trainer's default handlers, in the order of ``train#handlers`` in ``bundle/configs/train.json``.
 
@@ -463,6 +472,7 @@ def train_handlers(
         tensorboard: log the batch loss to TensorBoard.
         progress: show a progress bar per epoch.
         time_limit: seconds of training after which no further epoch starts (see :class:`TimeLimitHandler`).
+        keep_checkpoint_interval: keep every N-th epoch's checkpoint too (see :class:`LastCheckpointSaver`).
 
     Returns:
         The handlers: validation, LR schedule, early stop, time limit, resume; then the ones a single process runs in
@@ -477,7 +487,7 @@ def train_handlers(
         handlers.append(ValidationEarlyStopHandler(validator=validator, patience=early_stop_patience))
     handlers.append(TimeLimitHandler(time_limit))
     handlers.append(ResumeCheckpointLoader(output_dir, save_dict, resume=resume, map_location=device))
-    handlers.append(LastCheckpointSaver(output_dir, save_dict))
+    handlers.append(LastCheckpointSaver(output_dir, save_dict, keep_checkpoint_interval))
     handlers.append(StatsHandler(tag_name="train_loss", output_transform=loss_output, iteration_log=False))
     if tensorboard:
         handlers.append(
