@@ -5,11 +5,14 @@ from a random start (``configs/default_model_gpu.json`` layered over the configs
 precision, direct convolutions, batch 16, a 540 s training limit, needs no earlier weights), then
 ``compare_methods`` on the subjects that ``configs/default_model_disjoint.json`` holds out (never trained on), against
 pixel max, with the count the project ships by (metrics above pixel max by at least 0.5%, MRI-PET and MRI-SPECT).
-Writes, under ``--output``: ``train.log`` (the trainer's log), ``model.pt`` (the best weights on validation),
-``eval/`` (``summary.json``, ``metrics.csv``, figures) and ``report.txt`` (what is printed here).
+Several presets (``--preset small base``) train at the same time, one process each on the same GPU.
+Writes, under ``--output``, per preset: ``PRESET/train.log`` (the trainer's log), ``PRESET/model.pt`` (the best
+weights by validation loss), ``PRESET/checkpoint_epoch=N.pt`` (every ``--keep-interval``-th epoch, to choose an
+epoch by the held-out metrics afterwards) and ``PRESET/eval/`` (``summary.json``, ``metrics.csv``, figures); and
+``report.txt`` (what is printed here).
 
     .venv/bin/python benchmarks/train_gpu.py --dataset-dir ../shared/data -o runs/default_model_gpu [--preset small]
-        [--device cuda] [--time-limit 540]
+        [--device cuda] [--time-limit 540] [--max-epochs 30] [--keep-interval 0] [--no-score] [--config FILE]
 """
 
 from __future__ import annotations
@@ -43,20 +46,31 @@ def device_summary(device: str) -> str:
 
 
 def train(args: argparse.Namespace, output: Path) -> float:
-    """Run ``lkcfusion train`` with the recipe; its output goes to ``output/train.log``. Returns the wall seconds."""
+    """Run ``lkcfusion train`` with the recipe, one process per preset at the same time, each logging to
+    ``output/PRESET/train.log``. Returns the wall seconds until the last one ends."""
     recipe = [str(REPO / "configs" / name) for name in RECIPE]
-    limit = output / "time_limit.json"
-    limit.write_text(json.dumps({"time_limit": args.time_limit}))
-    command = [sys.executable, "-m", "monai_lkcfusion", "train", *(f"--config={c}" for c in [*recipe, str(limit)]),
-               "--dataset-dir", args.dataset_dir, "-o", str(output), "--device", args.device, "--preset", args.preset]
+    settings = output / "run_settings.json"
+    settings.write_text(json.dumps({"time_limit": args.time_limit, "max_epochs": args.max_epochs,
+                                    "keep_checkpoint_interval": args.keep_interval}))
     start = time.perf_counter()
-    with open(output / "train.log", "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    runs = []
+    for preset in args.preset:
+        (output / preset).mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "monai_lkcfusion", "train",
+                   *(f"--config={c}" for c in [*recipe, str(settings), *args.config]), "--dataset-dir", args.dataset_dir,
+                   "-o", str(output / preset), "--device", args.device, "--preset", preset]
+        log = open(output / preset / "train.log", "w")
+        runs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, preset))
+    for process, log, preset in runs:
+        process.wait()
+        log.close()
+        if process.returncode:
+            raise SystemExit(f"training {preset} failed (exit {process.returncode}): see {log.name}")
     return time.perf_counter() - start
 
 
 def score(args: argparse.Namespace, output: Path) -> dict:
-    """Means per task and method of the new weights and pixel max on the held-out subjects."""
+    """Means per task and method of the weights in ``output`` and pixel max on the held-out subjects."""
     held_out = json.loads((REPO / "configs" / "default_model_disjoint.json").read_text())["val_subjects"]
     items = [i for split in ("harvard_xg/train", "harvard_xg/test", "harvard_extra")
              for i in harvard_datalist(args.dataset_dir, split)]
@@ -83,23 +97,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset-dir", default="../shared/data", help="holds harvard_xg/ and harvard_extra/")
     parser.add_argument("-o", "--output", default="runs/default_model_gpu")
-    parser.add_argument("--preset", default="small", help="network preset (small: the shipped one; base)")
+    parser.add_argument("--preset", nargs="+", default=["small"],
+                        help="network preset(s), trained at the same time (small: the shipped one; base)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--time-limit", type=float, default=540.0, help="training seconds (no epoch starts past it)")
+    parser.add_argument("--max-epochs", type=int, default=30, help="epochs of the cosine schedule (time allowing)")
+    parser.add_argument("--keep-interval", type=int, default=0, help="keep every N-th epoch's checkpoint (0: none)")
+    parser.add_argument("--no-score", action="store_true", help="train only (score the weights elsewhere)")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="further train.json override file(s), layered last")
     args = parser.parse_args()
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     lines = [f"device: {device_summary(args.device)}"]
     seconds = train(args, output)
-    weights = output / "model.pt"
-    lines.append(f"trained {args.preset} in {seconds:.0f} s (limit {args.time_limit:.0f} s of training), "
-                 f"weights {weights.stat().st_size / 2**20:.2f} MB; log: {output / 'train.log'}")
-    lines += report(score(args, output))
+    for preset in args.preset:
+        weights = output / preset / "model.pt"
+        lines.append(f"trained {preset} in {seconds:.0f} s (limit {args.time_limit:.0f} s of training, presets "
+                     f"{' '.join(args.preset)} at the same time), weights {weights.stat().st_size / 2**20:.2f} MB; "
+                     f"log: {output / preset / 'train.log'}")
+        if not args.no_score:
+            lines += report(score(args, output / preset))
     text = "\n".join(lines)
     print(text)
     (output / "report.txt").write_text(text + "\n")
-
 
 if __name__ == "__main__":
     main()
