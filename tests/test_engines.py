@@ -251,6 +251,7 @@ def test_val_loss_is_the_training_loss_of_the_bundle(tmp_path) -> None:
     ("learning_rate", -1, "learning_rate -1"),
     ("device", "gpu7", "device 'gpu7': not a device"),
     ("loss#ssim_form", "maxvar", "ssim_form must be one of"),
+    ("cudnn_benchmark", "yes", "cudnn_benchmark 'yes': give true or false"),
 ])
 def test_bad_training_settings_are_one_line_before_anything_is_built(tmp_path, monkeypatch, setting, value, message):
     """Each ended in a traceback (MONAI's "Failed to instantiate"), val_interval 0 only after a whole epoch."""

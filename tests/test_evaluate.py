@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -100,3 +101,28 @@ def test_flush_denormal_false_is_off_in_every_training_config() -> None:
         steps = parser["initialize"]
         index = next(i for i, step in enumerate(steps) if "flush_denormal" in step)
         assert parser.get_parsed_content(f"initialize#{index}") is False, files
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), ("false", False), (False, False)])
+def test_cudnn_benchmark_setting_in_every_training_config(value: object, expected: bool) -> None:
+    """`cudnn_benchmark` (on in configs/default_model_gpu.json) sets cuDNN's algorithm search after set_determinism,
+    which turns it off; "false" from the command line is off."""
+    from monai.bundle import ConfigParser
+
+    from monai_lkcfusion.engines import bundle_config
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        for files in (["train.json"], ["train.json", "multi_gpu_train.json"]):
+            parser = ConfigParser()
+            parser.read_config([bundle_config(name) for name in files])
+            parser["cudnn_benchmark"] = value
+            steps = parser["initialize"]
+            determinism = next(i for i, step in enumerate(steps) if "set_determinism" in step)
+            index = next(i for i, step in enumerate(steps) if "cudnn_benchmark" in step)
+            assert index > determinism, files
+            torch.backends.cudnn.benchmark = not expected
+            parser.get_parsed_content(f"initialize#{index}")
+            assert torch.backends.cudnn.benchmark is expected, files
+    finally:
+        torch.backends.cudnn.benchmark = before
