@@ -7,8 +7,8 @@ as on a new machine, unless ``--keep-cache``) and builds the kernel spectra) and
 ``--volume-slices`` slices fused in batches of ``--batch-size``, and reports its peak RSS. A plain volume whose
 per-slice estimate exceeds ``--max-volume-seconds`` is extrapolated from the slice time instead of run (marked in
 the table). The table, with the multiply-accumulate count of the network, this machine's measured fp32 matmul peak
-(and bf16 where the CPU has bf16 instructions), the CPU model, its extensions and the load, and the maximum output difference, is printed and written into
-``docs/performance.md`` between the ``bench_inference`` markers.
+(and bf16 where the CPU has bf16 instructions), the CPU model, its extensions and the load, and the maximum output
+difference, is printed and written into ``docs/performance.md`` between the ``bench_inference`` markers.
 
     .venv/bin/python benchmarks/bench_inference.py [--presets official small] [--volume-slices 64] [--no-doc]
 """

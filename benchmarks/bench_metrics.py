@@ -2,8 +2,9 @@
 
 The per-image reference (``reference_evaluator.py`` beside this script) follows the literature's evaluator
 (CDDFuse ``utils/Evaluator.py``): one image triple at a time, float32 images, ``scipy.signal.convolve2d`` with full
-2D windows, ``sklearn`` MI, a ``scipy.ndimage.uniform_filter`` SSIM. It scores the 9 main metrics (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM);
-the batched implementation scores the same 9 on the whole batch in one call. Both results are compared.
+2D windows, ``sklearn`` MI, a ``scipy.ndimage.uniform_filter`` SSIM. It scores the 9 main metrics (EN, SD, SF, AG,
+MI, SCD, VIF, Qabf, SSIM); the batched implementation scores the same 9 on the whole batch in one call. Both results
+are compared.
 
 Usage::
 

@@ -56,9 +56,10 @@ def train(args: argparse.Namespace, output: Path) -> float:
     runs = []
     for preset in args.preset:
         (output / preset).mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "monai_lkcfusion", "train",
-                   *(f"--config={c}" for c in [*recipe, str(settings), *args.config]), "--dataset-dir", args.dataset_dir,
-                   "-o", str(output / preset), "--device", args.device, "--preset", preset]
+        configs = [*recipe, str(settings), *args.config]
+        command = [sys.executable, "-m", "monai_lkcfusion", "train", *(f"--config={c}" for c in configs),
+                   "--dataset-dir", args.dataset_dir, "-o", str(output / preset), "--device", args.device,
+                   "--preset", preset]
         log = open(output / preset / "train.log", "w")
         runs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, preset))
     for process, log, preset in runs:
@@ -122,6 +123,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     (output / "report.txt").write_text(text + "\n")
+
 
 if __name__ == "__main__":
     main()

@@ -61,6 +61,7 @@ def test_loss_is_float32_under_mixed_precision(dtype: torch.dtype, form: str) ->
     assert value.dtype == torch.float32 and torch.isfinite(mixed.grad).all()
     assert torch.allclose(value, loss(start, sources), rtol=1e-2)
     assert torch.nn.functional.cosine_similarity(mixed.grad.flatten(), reference.grad.flatten(), dim=0) > 0.99
+    assert loss(start.double(), sources.double()).dtype == torch.float64  # wider inputs keep their precision
 
 
 def test_weights_are_configurable() -> None:

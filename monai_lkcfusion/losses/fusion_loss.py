@@ -15,7 +15,7 @@ the window to the image size (``ssim_padding="zeros"``: dark borders enter every
 (``"unit"``, ``"valid"``) are [0, 1] intensities and only complete windows. ``ssim_form="max_variance"`` is the
 structure term of DM-FNet-style losses: each window is compared with the source of larger local variance only.
 
-The loss is always computed in float32, also inside ``torch.autocast`` (mixed-precision training): in float16 the
+The loss is computed in float32 at least, also inside ``torch.autocast`` (mixed-precision training): in float16 the
 SSIM denominator ``(mu_x^2 + mu_y^2 + C1)(var_x + var_y + C2)`` is about 1e-7 on black background, below float16's
 smallest normal number, and the gradients became inf/NaN (a CUDA run with AMP diverged from it).
 """
@@ -213,8 +213,9 @@ class FusionLoss(_Loss):
             raise ValueError(f"fused must have shape (B, 1, H, W), got {tuple(fused.shape)}")
         if sources.ndim != 4 or sources.shape[1] != 2 or sources.shape[-2:] != fused.shape[-2:]:
             raise ValueError(f"sources must have shape (B, 2, H, W) matching fused, got {tuple(sources.shape)}")
-        with torch.autocast(device_type=fused.device.type, enabled=False):  # float32 terms (see the module notes)
-            return self._components(fused.float(), sources.float())
+        dtype = torch.promote_types(fused.dtype, torch.float32)  # float32 at least (see the module notes)
+        with torch.autocast(device_type=fused.device.type, enabled=False):
+            return self._components(fused.to(dtype), sources.to(dtype))
 
     def _components(self, fused: torch.Tensor, sources: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.value_range == "symmetric":
