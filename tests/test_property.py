@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -253,3 +254,17 @@ def test_header_data_file_name_with_nul_byte_is_one_line_error(tmp_path):
     with pytest.raises(FusionInputError, match="NUL byte") as err:
         read_image(header)
     assert str(header) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_scale_to_unit_of_a_span_past_float32() -> None:
+    """Found by the property test above: -3.39e38 and 1.28e36 span more than float32 holds, which gave NaN."""
+    array = np.array([[1.28056035e36, -3.39001796e38]], dtype=np.float32)
+    scaled, _ = scale_to_unit(torch.as_tensor(array.astype(np.float64))[None])
+    assert _finite_unit(scaled) and scaled.dtype == torch.float32
+    assert scaled[0, 0, 0] == 1.0 and scaled[0, 0, 1] == 0.0
+    ramp = np.linspace(-3e38, 3e38, 201, dtype=np.float32).reshape(1, 201)  # percentiles 0.5-99.5 apart by 6e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither NumPy's overflow nor "percentiles are equal"
+        scaled, record = scale_to_unit(torch.as_tensor(ramp)[None])
+    assert _finite_unit(scaled) and "percentiles 0.5-99.5" in record["intensity_scaling"]
+    assert abs(float(scaled[0, 0, 100]) - 0.5) < 1e-6 and scaled[0, 0, 0] == 0.0 and scaled[0, 0, -1] == 1.0

@@ -95,7 +95,8 @@ def scale_to_unit(
         rule = f"CT window [{low:g}, {high:g}] HU" + ("" if modality else " (detected: air at -1000 HU)")
         modality = "CT"
     else:
-        low, high = (float(v) for v in np.percentile(values.cpu().numpy(), list(percentiles)))
+        # in float64: NumPy interpolates float32 percentiles in float32, which overflows for spans past 3.4e38
+        low, high = (float(v) for v in np.percentile(values.cpu().numpy().astype(np.float64), list(percentiles)))
         rule = f"{modality or 'auto'} percentiles {percentiles[0]:g}-{percentiles[1]:g} = [{low:.6g}, {high:.6g}]"
         if high <= low:  # most voxels share one value (a masked PET, a constant image): no window to scale by
             low, high = float(values.min()), float(values.max())
@@ -106,7 +107,10 @@ def scale_to_unit(
                               stacklevel=2)
             else:
                 warnings.warn(f"{name}: constant image (every voxel {low:.6g}): no contrast, taken as 0", stacklevel=2)
-    scaled = ((data - low) / max(high - low, 1e-12)).clamp(0.0, 1.0)
+    span = max(high - low, 1e-12)
+    # a span past float32's range (values near +-3.4e38) would become Inf in float32 and give NaN: divide in float64
+    wide = data.double() if span > torch.finfo(torch.float32).max else data
+    scaled = ((wide - low) / span).clamp(0.0, 1.0).to(torch.float32)
     scaled = torch.where(finite, scaled, torch.zeros_like(scaled))
     record: dict[str, object] = {"intensity_scaling": rule, "nonfinite_voxels": nonfinite}
     if modality is not None:  # MONAI's collate cannot batch None
