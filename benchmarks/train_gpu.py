@@ -8,11 +8,13 @@ pixel max, with the count the project ships by (metrics above pixel max by at le
 Several presets (``--preset small base``) train at the same time, one process each on the same GPU.
 Writes, under ``--output``, per preset: ``PRESET/train.log`` (the trainer's log), ``PRESET/model.pt`` (the best
 weights by validation loss), ``PRESET/checkpoint_epoch=N.pt`` (every ``--keep-interval``-th epoch, to choose an
-epoch by the held-out metrics afterwards) and ``PRESET/eval/`` (``summary.json``, ``metrics.csv``, figures); and
-``report.txt`` (what is printed here).
+epoch by the held-out metrics: each is scored too, as ``PRESET/weights_epochNNN.pt``) and ``PRESET/eval/WEIGHTS/``
+(``summary.json``, ``metrics.csv``, figures); and ``report.txt`` (what is printed here). ``--no-score`` trains
+only (e.g. on a GPU machine); ``--score-only`` scores such a run's folder afterwards (e.g. on a CPU).
 
     .venv/bin/python benchmarks/train_gpu.py --dataset-dir ../shared/data -o runs/default_model_gpu [--preset small]
-        [--device cuda] [--time-limit 540] [--max-epochs 30] [--keep-interval 0] [--no-score] [--config FILE]
+        [--device cuda] [--time-limit 540] [--max-epochs 30] [--keep-interval 0] [--no-score | --score-only]
+        [--config FILE]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 
 from monai_lkcfusion.apps.evaluation import compare_methods
 from monai_lkcfusion.data import harvard_datalist, split_by_subject
+from monai_lkcfusion.engines import CHECKPOINT_PREFIX, export_weights
 from monai_lkcfusion.machine import machine_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,15 +73,25 @@ def train(args: argparse.Namespace, output: Path) -> float:
     return time.perf_counter() - start
 
 
-def score(args: argparse.Namespace, output: Path) -> dict:
-    """Means per task and method of the weights in ``output`` and pixel max on the held-out subjects."""
+def score(args: argparse.Namespace, weights: Path, eval_dir: Path) -> dict:
+    """Means per task and method of ``weights`` and pixel max on the held-out subjects (tables in ``eval_dir``)."""
     held_out = json.loads((REPO / "configs" / "default_model_disjoint.json").read_text())["val_subjects"]
     items = [i for split in ("harvard_xg/train", "harvard_xg/test", "harvard_extra")
              for i in harvard_datalist(args.dataset_dir, split)]
     _, validation = split_by_subject(items, held_out)
-    compare_methods(validation, output / "eval", methods=("lkcfunet", "max"), weights=output / "model.pt",
-                    device=args.device, save_fused=False, figure_rows=2, overwrite=True)
-    return json.loads((output / "eval" / "summary.json").read_text())["means"]
+    compare_methods(validation, eval_dir, methods=("lkcfunet", "max"), weights=weights, device=args.device,
+                    save_fused=False, figure_rows=2, overwrite=True)
+    return json.loads((eval_dir / "summary.json").read_text())["means"]
+
+
+def candidates(run: Path) -> list[tuple[str, Path]]:
+    """The weights of a preset's run to score: ``model.pt`` (best validation loss) and every kept epoch, exported
+    from its ``checkpoint_epoch=N.pt`` to ``weights_epochNNN.pt``."""
+    found = [("best validation loss (model.pt)", run / "model.pt")]
+    for checkpoint in sorted(run.glob(f"{CHECKPOINT_PREFIX}_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[1])):
+        epoch = int(checkpoint.stem.split("=")[1])
+        found.append((f"epoch {epoch}", export_weights(checkpoint, run / f"weights_epoch{epoch:03d}.pt")))
+    return found
 
 
 def report(means: dict) -> list[str]:
@@ -104,7 +117,10 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=540.0, help="training seconds (no epoch starts past it)")
     parser.add_argument("--max-epochs", type=int, default=30, help="epochs of the cosine schedule (time allowing)")
     parser.add_argument("--keep-interval", type=int, default=0, help="keep every N-th epoch's checkpoint (0: none)")
-    parser.add_argument("--no-score", action="store_true", help="train only (score the weights elsewhere)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--no-score", action="store_true", help="train only (score the weights elsewhere)")
+    mode.add_argument("--score-only", action="store_true",
+                      help="score the weights of an earlier run in --output (e.g. trained elsewhere with --no-score)")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="further train.json override file(s), layered last")
     args = parser.parse_args()
@@ -112,14 +128,17 @@ def main() -> None:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     lines = [f"device: {device_summary(args.device)}"]
-    seconds = train(args, output)
-    for preset in args.preset:
-        weights = output / preset / "model.pt"
-        lines.append(f"trained {preset} in {seconds:.0f} s (limit {args.time_limit:.0f} s of training, presets "
-                     f"{' '.join(args.preset)} at the same time), weights {weights.stat().st_size / 2**20:.2f} MB; "
-                     f"log: {output / preset / 'train.log'}")
-        if not args.no_score:
-            lines += report(score(args, output / preset))
+    if not args.score_only:
+        seconds = train(args, output)
+        for preset in args.preset:
+            weights = output / preset / "model.pt"
+            lines.append(f"trained {preset} in {seconds:.0f} s (limit {args.time_limit:.0f} s of training, presets "
+                         f"{' '.join(args.preset)} at the same time), weights {weights.stat().st_size / 2**20:.2f} MB; "
+                         f"log: {output / preset / 'train.log'}")
+    for preset in [] if args.no_score else args.preset:
+        for label, weights in candidates(output / preset):
+            lines.append(f"{preset}, {label}:")
+            lines += report(score(args, weights, output / preset / "eval" / weights.stem))
     text = "\n".join(lines)
     print(text)
     (output / "report.txt").write_text(text + "\n")

@@ -85,6 +85,7 @@ def test_gpu_recipe_needs_no_earlier_weights() -> None:
     parser.read_config([bundle_config("train.json"), *(configs / f"{name}.json" for name in names)])
     assert parser.get_parsed_content("init_weights") is None and parser["time_limit"] == 540
     assert parser.get_parsed_content("spectral_convolutions") is False  # the config's device is CUDA
+    assert parser["cudnn_benchmark"] is True  # set_determinism turned cuDNN's algorithm search off
     net = parser.get_parsed_content("network_def").eval()
     assert net.config["output_mode"] == "max_residual" and net.config["dropout"] == 0.2
     pair = torch.rand(2, 2, 64, 48)
