@@ -27,6 +27,7 @@ def check_training_settings(
     max_epochs: Any,
     val_interval: Any,
     device: Any,
+    keep_checkpoint_interval: Any = 0,
 ) -> None:
     """Refuse training settings a run cannot use, before the data and the network are built (train.json's first
     ``initialize`` step), where they otherwise end in a traceback, some after a whole epoch (``val_interval`` 0).
@@ -35,6 +36,7 @@ def check_training_settings(
         batch_size, samples_per_image, max_epochs, val_interval: whole numbers >= 1.
         learning_rate: a finite number > 0.
         device: a ``torch.device`` or a name such as ``"cpu"``, ``"cuda:0"``.
+        keep_checkpoint_interval: a whole number >= 0 (0: only the newest checkpoint is kept).
 
     Raises:
         FusionInputError: ``<setting> <value>: <what it needs>``.
@@ -45,6 +47,9 @@ def check_training_settings(
                         ("max_epochs", max_epochs), ("val_interval", val_interval)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise FusionInputError(f"{name} {value!r}: needs a whole number of at least 1")
+    value = keep_checkpoint_interval
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FusionInputError(f"keep_checkpoint_interval {value!r}: needs a whole number of epochs, 0 (off) or more")
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not (
         math.isfinite(learning_rate) and learning_rate > 0
     ):
