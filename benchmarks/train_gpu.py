@@ -30,7 +30,7 @@ import torch
 
 from monai_lkcfusion.apps.evaluation import compare_methods
 from monai_lkcfusion.data import harvard_datalist, split_by_subject
-from monai_lkcfusion.engines import CHECKPOINT_PREFIX, export_weights
+from monai_lkcfusion.engines import checkpoint_epochs, export_weights
 from monai_lkcfusion.machine import machine_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,11 +87,10 @@ def score(args: argparse.Namespace, weights: Path, eval_dir: Path) -> dict:
 def candidates(run: Path) -> list[tuple[str, Path]]:
     """The weights of a preset's run to score: ``model.pt`` (best validation loss) and every kept epoch, exported
     from its ``checkpoint_epoch=N.pt`` to ``weights_epochNNN.pt``."""
-    found = [("best validation loss (model.pt)", run / "model.pt")]
-    for checkpoint in sorted(run.glob(f"{CHECKPOINT_PREFIX}_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[1])):
-        epoch = int(checkpoint.stem.split("=")[1])
-        found.append((f"epoch {epoch}", export_weights(checkpoint, run / f"weights_epoch{epoch:03d}.pt")))
-    return found
+    return [("best validation loss (model.pt)", run / "model.pt")] + [
+        (f"epoch {epoch}", export_weights(checkpoint, run / f"weights_epoch{epoch:03d}.pt"))
+        for epoch, checkpoint in checkpoint_epochs(run)
+    ]
 
 
 def report(means: dict) -> list[str]:

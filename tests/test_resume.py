@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from monai_lkcfusion.cli import main
-from monai_lkcfusion.engines import LastCheckpointSaver, export_weights, last_checkpoint
+from monai_lkcfusion.engines import LastCheckpointSaver, checkpoint_epochs, export_weights, last_checkpoint
 from monai_lkcfusion.errors import FusionInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +93,7 @@ def test_every_nth_checkpoint_is_kept_and_exports(tmp_path):
     assert main([*_train_args(tmp_path, out, epochs=5, resume=False), "--config", str(keep)]) == 0
     kept = sorted(p.name for p in out.glob("checkpoint_epoch=*.pt"))
     assert kept == ["checkpoint_epoch=2.pt", "checkpoint_epoch=4.pt", "checkpoint_epoch=5.pt"]
+    assert [epoch for epoch, _ in checkpoint_epochs(out)] == [2, 4, 5]
     weights = [export_weights(out / name, tmp_path / f"{name}.weights") for name in kept]
     second, fourth = (torch.load(w, map_location="cpu", weights_only=True) for w in weights[:2])
     assert second.keys() == fourth.keys() and any(not torch.equal(second[k], fourth[k]) for k in second)

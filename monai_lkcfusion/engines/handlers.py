@@ -46,6 +46,7 @@ __all__ = [
     "TimeLimitHandler",
     "ValidationEarlyStopHandler",
     "best_model_saver",
+    "checkpoint_epochs",
     "last_checkpoint",
     "loss_output",
     "lower_is_better",
@@ -67,18 +68,23 @@ def lower_is_better(key_metric: str) -> bool:
     return key_metric == LOSS_METRIC or not HIGHER_IS_BETTER.get(key_metric, True)
 
 
+def checkpoint_epochs(directory: str | Path) -> list[tuple[int, Path]]:
+    """The ``checkpoint_epoch=N.pt`` files in ``directory`` as ``(N, path)``, oldest epoch first."""
+    found = []
+    for path in Path(directory).glob(f"{CHECKPOINT_PREFIX}_epoch=*.pt"):
+        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}_epoch=(\d+)\.pt", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
 def last_checkpoint(directory: str | Path) -> Path | None:
     """The newest complete ``checkpoint_epoch=N.pt`` in ``directory``, or ``None`` when there is none.
 
     A checkpoint cut short (the run was killed while saving it) is skipped: ``torch.save`` writes a zip archive
     whose central directory comes last, so a partial file is not a valid zip.
     """
-    found = []
-    for path in Path(directory).glob(f"{CHECKPOINT_PREFIX}_epoch=*.pt"):
-        match = re.search(r"epoch=(\d+)", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return next((path for _, path in sorted(found, reverse=True) if zipfile.is_zipfile(path)), None)
+    return next((path for _, path in reversed(checkpoint_epochs(directory)) if zipfile.is_zipfile(path)), None)
 
 
 def resume_option(resume: bool | str | Path) -> bool | Path:
@@ -252,9 +258,7 @@ class LastCheckpointSaver(CheckpointSaver):
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._remove_earlier)
 
     def _remove_earlier(self, engine: Engine) -> None:
-        for path in Path(self.save_dir).glob(f"{CHECKPOINT_PREFIX}_epoch=*.pt"):
-            match = re.fullmatch(rf"{CHECKPOINT_PREFIX}_epoch=(\d+)\.pt", path.name)
-            epoch = int(match.group(1)) if match else engine.state.epoch
+        for epoch, path in checkpoint_epochs(self.save_dir):
             if epoch < engine.state.epoch and not (self.keep_interval and epoch % self.keep_interval == 0):
                 path.unlink(missing_ok=True)
 
