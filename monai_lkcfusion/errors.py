@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FusionInputError", "as_flag"]
+__all__ = ["FusionInputError", "as_count", "as_flag"]
 
 
 class FusionInputError(ValueError):
@@ -32,3 +32,25 @@ def as_flag(value: object, option: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
     raise FusionInputError(f"{option} {value!r}: give true or false")
+
+
+def as_count(value: object, option: str, minimum: int = 1, unit: str = "") -> int:
+    """A count setting as an int: a whole number of at least ``minimum`` (``bool`` and ``"2"`` are not counts).
+
+    Args:
+        value: the setting.
+        option: its name as the user wrote it, for the message (e.g. ``"batch_size"``, ``"--workers"``).
+        minimum: the smallest allowed value (0 where 0 means "off").
+        unit: what is counted, for the message (e.g. ``"epochs"``).
+
+    Returns:
+        the int.
+
+    Raises:
+        FusionInputError: ``<option> <value>: give a whole number [of <unit>] of at least <minimum>``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        counted = f" of {unit}" if unit else ""
+        off = " (0: off)" if minimum == 0 else ""
+        raise FusionInputError(f"{option} {value!r}: give a whole number{counted} of at least {minimum}{off}")
+    return value

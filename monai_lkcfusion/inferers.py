@@ -27,7 +27,7 @@ from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.utils.type_conversion import convert_to_dst_type
 
 from .baselines import BASELINE_METHODS, fuse_baseline
-from .errors import FusionInputError, as_flag
+from .errors import FusionInputError, as_count, as_flag
 from .machine import available_cores
 from .transforms.spatial import slicing_axis
 
@@ -176,8 +176,8 @@ def worker_policy(workers: int | None, threads: int | None, device: torch.device
         FusionInputError: a count below 1.
     """
     for name, value in (("workers", workers), ("threads", threads)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise FusionInputError(f"--{name} {value!r}: give a whole number of at least 1")
+        if value is not None:
+            as_count(value, f"--{name}")
     if device.type != "cpu":
         return 1, None
     # processes started together on this machine (torchrun's LOCAL_WORLD_SIZE) share its cores

@@ -244,7 +244,7 @@ def test_val_loss_is_the_training_loss_of_the_bundle(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("setting, value, message", [
-    ("batch_size", 0, "batch_size 0: needs a whole number"),
+    ("batch_size", 0, "batch_size 0: give a whole number of at least 1"),
     ("samples_per_image", 0, "samples_per_image 0"),
     ("val_interval", 0, "val_interval 0"),
     ("learning_rate", "abc", "learning_rate 'abc': needs a positive number"),
@@ -252,8 +252,8 @@ def test_val_loss_is_the_training_loss_of_the_bundle(tmp_path) -> None:
     ("device", "gpu7", "device 'gpu7': not a device"),
     ("loss#ssim_form", "maxvar", "ssim_form must be one of"),
     ("cudnn_benchmark", "yes", "cudnn_benchmark 'yes': give true or false"),
-    ("keep_checkpoint_interval", -1, "keep_checkpoint_interval -1: needs a whole number of epochs"),
-    ("keep_checkpoint_interval", "2", "keep_checkpoint_interval '2': needs a whole number of epochs"),
+    ("keep_checkpoint_interval", -1, "keep_checkpoint_interval -1: give a whole number of epochs of at least 0"),
+    ("keep_checkpoint_interval", "2", "keep_checkpoint_interval '2': give a whole number of epochs"),
 ])
 def test_bad_training_settings_are_one_line_before_anything_is_built(tmp_path, monkeypatch, setting, value, message):
     """Each ended in a traceback (MONAI's "Failed to instantiate"), val_interval 0 only after a whole epoch."""

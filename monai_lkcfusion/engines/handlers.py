@@ -31,7 +31,7 @@ from monai.handlers import (
     ValidationHandler,
 )
 
-from ..errors import FusionInputError, as_flag
+from ..errors import FusionInputError, as_count, as_flag
 from ..metrics.functional import HIGHER_IS_BETTER
 from .distributed import all_gather_objects, is_main_process
 
@@ -245,8 +245,7 @@ class LastCheckpointSaver(CheckpointSaver):
     """
 
     def __init__(self, save_dir: str | Path, save_dict: dict[str, Any], keep_interval: int = 0) -> None:
-        if isinstance(keep_interval, bool) or not isinstance(keep_interval, int) or keep_interval < 0:
-            raise FusionInputError(f"keep_interval {keep_interval!r}: give a whole number of epochs >= 0 (0: off)")
+        as_count(keep_interval, "keep_interval", minimum=0, unit="epochs")
         # n_saved=None: ignite keeps every file it writes, and _remove_earlier decides which ones go
         super().__init__(save_dir=str(save_dir), save_dict=dict(save_dict), save_interval=1, n_saved=None)
         self.keep_interval = keep_interval

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import FusionInputError
+from ..errors import FusionInputError, as_count
 
 __all__ = [
     "bundle_config",
@@ -45,11 +45,8 @@ def check_training_settings(
 
     for name, value in (("batch_size", batch_size), ("samples_per_image", samples_per_image),
                         ("max_epochs", max_epochs), ("val_interval", val_interval)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise FusionInputError(f"{name} {value!r}: needs a whole number of at least 1")
-    value = keep_checkpoint_interval
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise FusionInputError(f"keep_checkpoint_interval {value!r}: needs a whole number of epochs, 0 (off) or more")
+        as_count(value, name)
+    as_count(keep_checkpoint_interval, "keep_checkpoint_interval", minimum=0, unit="epochs")
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not (
         math.isfinite(learning_rate) and learning_rate > 0
     ):

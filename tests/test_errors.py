@@ -1,0 +1,30 @@
+"""Setting parsers shared by the bundle configs, the engines and the CLI: one rule each, one-line messages."""
+
+import pytest
+
+from monai_lkcfusion.errors import FusionInputError, as_count, as_flag
+
+
+@pytest.mark.parametrize("value, minimum", [(1, 1), (7, 1), (0, 0), (3, 0)])
+def test_as_count_accepts_whole_numbers_from_the_minimum(value, minimum):
+    assert as_count(value, "n", minimum=minimum) == value
+
+
+@pytest.mark.parametrize("value, minimum", [(0, 1), (-1, 0), (True, 0), ("2", 1), (2.0, 1), (None, 0)])
+def test_as_count_refuses_what_is_not_a_count_in_one_line(value, minimum):
+    with pytest.raises(FusionInputError) as raised:
+        as_count(value, "keep_checkpoint_interval", minimum=minimum, unit="epochs")
+    message = str(raised.value)
+    assert message.startswith(f"keep_checkpoint_interval {value!r}: give a whole number of epochs of at least {minimum}")
+    assert "\n" not in message and ("(0: off)" in message) == (minimum == 0)
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), (False, False), ("TRUE", True), (" false ", False)])
+def test_as_flag_reads_bools_and_their_names(value, expected):
+    assert as_flag(value, "tta") is expected
+
+
+@pytest.mark.parametrize("value", ["no", 0, 1, None, "yes"])
+def test_as_flag_refuses_anything_else(value):
+    with pytest.raises(FusionInputError, match=r"tta .*: give true or false"):
+        as_flag(value, "tta")
