@@ -6,7 +6,11 @@ The fused image ``F`` is pulled toward the two sources ``A`` (MRI) and ``B`` (ot
   with ``G`` a Gaussian of that sigma (complete windows only);
 * structure: ``1 - (SSIM(A, F) + SSIM(B, F)) / 2`` with an 11x11 Gaussian window (sigma 1.5), data range 1 and
   ``(K1, K2) = (0.01, 0.03)``;
-* gradient: ``L1(|Sobel F|, max(|Sobel A|, |Sobel B|))`` with ``|Sobel x| = |Gx| + |Gy|`` (zero padding).
+* gradient: ``L1(|Sobel F|, max(|Sobel A|, |Sobel B|))`` with ``|Sobel x| = |Gx| + |Gy|`` (zero padding);
+* edge (not in the released loss, off by default): ``1 - Q`` with ``Q`` the differentiable Qabf edge preservation
+  of both sources (:func:`monai_lkcfusion.metrics.edge_preservation`): F's Sobel edges should match each source's
+  in strength and orientation where that source has edges. The gradient term instead asks for the larger of the
+  two strengths at every pixel, stronger edges than either source where both have some.
 
 Two details of the released training are options, because its code disagrees with a plain reading of the paper:
 its data loader scales images to [-1, 1] (``value_range="symmetric"``: the two L1 terms double against the
@@ -31,6 +35,7 @@ from torch.nn.modules.loss import _Loss
 
 from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.filters import sobel_gradients
+from monai_lkcfusion.metrics.gradient import edge_preservation
 
 __all__ = [
     "FusionLoss", "SSIM_FORMS", "SSIM_PADDINGS", "VALUE_RANGES", "gaussian_blur", "gaussian_ssim", "sobel_magnitude"
@@ -150,7 +155,7 @@ def sobel_magnitude(image: torch.Tensor) -> torch.Tensor:
 
 
 class FusionLoss(_Loss):
-    """Unsupervised image-fusion loss of LKC-FUNet: intensity + SSIM + gradient, weighted.
+    """Unsupervised image-fusion loss of LKC-FUNet: intensity + SSIM + gradient (+ edge preservation), weighted.
 
     Called as ``loss(fused, sources)`` so that MONAI's ``SupervisedTrainer`` can use the source pair as its
     label. With the default weights 1:1:1 it is the released training loss.
@@ -159,6 +164,7 @@ class FusionLoss(_Loss):
         intensity_weight: weight of ``L1(F, max(A, B))``.
         ssim_weight: weight of ``1 - (SSIM(A, F) + SSIM(B, F)) / 2``.
         gradient_weight: weight of ``L1(|Sobel F|, max(|Sobel A|, |Sobel B|))``.
+        edge_weight: weight of ``1 - Qabf(F; A, B)`` in its differentiable form (0: the released loss).
         value_range: ``"unit"`` or ``"symmetric"`` (see :data:`VALUE_RANGES` and the module notes).
         ssim_padding: ``"valid"`` or ``"zeros"`` (see :data:`SSIM_PADDINGS`).
         ssim_form: ``"mean"`` or ``"max_variance"`` (see :data:`SSIM_FORMS`).
@@ -176,6 +182,7 @@ class FusionLoss(_Loss):
         intensity_weight: float = 1.0,
         ssim_weight: float = 1.0,
         gradient_weight: float = 1.0,
+        edge_weight: float = 0.0,
         value_range: str = "unit",
         ssim_padding: str = "valid",
         ssim_form: str = "mean",
@@ -191,23 +198,26 @@ class FusionLoss(_Loss):
                 raise FusionInputError(f"{name} must be one of {allowed}, got {value!r}")
         if intensity_sigma < 0:
             raise FusionInputError(f"intensity_sigma must be 0 or positive, got {intensity_sigma}")
+        if edge_weight < 0:
+            raise FusionInputError(f"edge_weight must be 0 or positive, got {edge_weight}")
         self.intensity_sigma = float(intensity_sigma)
         self.intensity_weight = float(intensity_weight)
         self.ssim_weight = float(ssim_weight)
         self.gradient_weight = float(gradient_weight)
+        self.edge_weight = float(edge_weight)
         self.value_range = value_range
         self.ssim_padding = ssim_padding
         self.ssim_form = ssim_form
 
     def components(self, fused: torch.Tensor, sources: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The three unweighted terms.
+        """The unweighted terms.
 
         Args:
             fused: fused images (B, 1, H, W).
             sources: source images (B, 2, H, W), channel 0 MRI and channel 1 the other modality.
 
         Returns:
-            Scalars ``{"intensity", "ssim", "gradient"}``.
+            Scalars ``{"intensity", "ssim", "gradient", "edge"}``.
         """
         if fused.ndim != 4 or fused.shape[1] != 1:
             raise ValueError(f"fused must have shape (B, 1, H, W), got {tuple(fused.shape)}")
@@ -230,10 +240,11 @@ class FusionLoss(_Loss):
             ssim_map = ssim_map.gather(1, variance.argmax(dim=1, keepdim=True))
         ssim = 1.0 - ssim_map.mean()  # mean over batch, windows (and the two sources for "mean")
         gradient = F.l1_loss(sobel_magnitude(fused), sobel_magnitude(sources).amax(dim=1, keepdim=True))
-        return {"intensity": intensity, "ssim": ssim, "gradient": gradient}
+        edge = 1.0 - edge_preservation(fused, sources).mean()
+        return {"intensity": intensity, "ssim": ssim, "gradient": gradient, "edge": edge}
 
     def forward(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of the three terms.
+        """Weighted sum of the terms.
 
         Args:
             fused: fused images (B, 1, H, W).
@@ -247,4 +258,5 @@ class FusionLoss(_Loss):
             self.intensity_weight * terms["intensity"]
             + self.ssim_weight * terms["ssim"]
             + self.gradient_weight * terms["gradient"]
+            + self.edge_weight * terms["edge"]
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .functional import ALL_METRICS, DEFAULT_METRICS, EXTRA_METRICS, HIGHER_IS_BETTER, compute_fusion_metrics
 from .fusion_metric import FusionMetric
-from .gradient import nabf, qabf
+from .gradient import edge_preservation, nabf, qabf
 from .handlers import FusionMetricHandler, fusion_output_transform
 from .information import feature_mutual_information, mutual_information
 from .statistics import (
@@ -31,6 +31,7 @@ __all__ = [
     "average_gradient",
     "compute_fusion_metrics",
     "correlation_coefficient",
+    "edge_preservation",
     "entropy",
     "feature_mutual_information",
     "fusion_output_transform",
