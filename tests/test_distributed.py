@@ -236,3 +236,27 @@ def test_launcher_passes_sigterm_on(monkeypatch):
     start = time.perf_counter()
     assert launch.run_processes(["train"], 2) == 7
     assert time.perf_counter() - start < 30 and signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.parametrize("config, dataset, message", [
+    ({"batch_size": 0}, "data", "batch_size 0: give a whole number of at least 1"),
+    ({"keep_checkpoint_interval": "2"}, "data", "keep_checkpoint_interval '2': give a whole number"),
+    (None, "data", "config file not found"),
+    ({}, "nowhere", "nowhere/train: no such folder"),
+])
+def test_cli_train_nproc_refuses_bad_input_before_torchrun(tmp_path, monkeypatch, capsys, config, dataset, message):
+    """Every process would refuse the same input: `lkcfusion train --nproc 2` says it once, exit 2, and starts no
+    torchrun (which printed its own ChildFailedError traceback and exited 1)."""
+    from monai_lkcfusion.cli import launch, main
+
+    data = tmp_path / "data"
+    _write_harvard_like(data)
+    override = tmp_path / "override.json"
+    if config is not None:
+        override.write_text(json.dumps({**TINY, **config}))
+    monkeypatch.setattr(launch.subprocess, "Popen", lambda *a, **k: pytest.fail("torchrun was started"))
+    code = main(["train", "--nproc", "2", "--config", str(override), "--dataset-dir", str(tmp_path / dataset),
+                 "--output", str(tmp_path / "run"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("lkcfusion: error:") and message in err[-1], err
+    assert not (tmp_path / "run").exists()

@@ -52,7 +52,13 @@ def run(args: argparse.Namespace) -> int:
     ``torchrun`` (this way, or ``torchrun ... -m monai_lkcfusion train`` on several nodes) merges the bundle's
     ``multi_gpu_train.json`` last and runs on ``cuda:<LOCAL_RANK>`` or the CPU.
     """
-    from ..engines import bundle_config, distributed_device, is_distributed_launch, run_bundle_workflow
+    from ..engines import (
+        bundle_config,
+        check_bundle_workflow,
+        distributed_device,
+        is_distributed_launch,
+        run_bundle_workflow,
+    )
     from ..engines.workflow import check_literal_overrides
     from ..inferers import resolve_device
 
@@ -65,10 +71,6 @@ def run(args: argparse.Namespace) -> int:
     if is_distributed_launch():
         configs.append(str(bundle_config("multi_gpu_train.json")))
         device = distributed_device(args.device) if args.device else None
-    elif args.nproc != 1:
-        from .launch import run_processes
-
-        return run_processes(_command_argv(args), args.nproc)
     overrides = {
         "preset": args.preset,
         "tasks": args.tasks,
@@ -78,6 +80,12 @@ def run(args: argparse.Namespace) -> int:
         "resume": True if args.resume else None,
         "device": device,
     }
-    run_bundle_workflow("train.json", configs, "train", allow_expressions=False,
-                        **{k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.nproc != 1 and not is_distributed_launch():
+        from .launch import run_processes
+
+        # every process would refuse the same settings or data: one line here instead of N and torchrun's traceback
+        check_bundle_workflow("train.json", configs, allow_expressions=False, **overrides)
+        return run_processes(_command_argv(args), args.nproc)
+    run_bundle_workflow("train.json", configs, "train", allow_expressions=False, **overrides)
     return 0

@@ -42,7 +42,7 @@ from .handlers import (
 )
 from .trainer import create_trainer
 from .weights import export_weights
-from .workflow import bundle_config, check_training_settings, run_bundle_workflow
+from .workflow import bundle_config, check_bundle_workflow, check_training_settings, run_bundle_workflow
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -57,6 +57,7 @@ __all__ = [
     "ValidationEarlyStopHandler",
     "best_model_saver",
     "bundle_config",
+    "check_bundle_workflow",
     "check_training_settings",
     "checkpoint_epochs",
     "clamp_prediction",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,47 @@ def run_bundle_workflow(
         FusionInputError: an override file is missing, the config lacks required properties, or the run failed on
             the user's input or an unwritable/full output folder.
     """
+    workflow = _config_workflow(config, overrides_files, workflow_type, allow_expressions, overrides)
+    with _user_errors():  # check_properties instantiates the workflow's components, run and finalize evaluate
+        workflow.initialize()
+        missing = workflow.check_properties()
+        if missing:
+            raise FusionInputError(f"{config}: missing required bundle properties {missing}")
+        workflow.run()
+        workflow.finalize()
+    return workflow
+
+
+def check_bundle_workflow(
+    config: str,
+    overrides_files: Sequence[str | Path] = (),
+    ids: Sequence[str] = ("initialize#0", "split"),
+    allow_expressions: bool = True,
+    **overrides: Any,
+) -> None:
+    """Evaluate a few items of a bundle config, as :func:`run_bundle_workflow` would, without running it: what a
+    launcher checks before it starts processes that would each fail on the same input (``lkcfusion train
+    --nproc N`` before ``torchrun``).
+
+    Args:
+        config, overrides_files, allow_expressions, overrides: as for :func:`run_bundle_workflow`.
+        ids: the config items to evaluate; train.json's defaults are its settings check (the first ``initialize``
+            item) and the data ``split`` (the dataset folder is listed and paired, nothing is loaded).
+
+    Raises:
+        FusionInputError: as :func:`run_bundle_workflow`, for the files and these items.
+    """
+    workflow = _config_workflow(config, overrides_files, "train", allow_expressions, overrides)
+    with _user_errors():
+        for item in ids:
+            workflow.parser.get_parsed_content(item)
+
+
+def _config_workflow(
+    config: str, overrides_files: Sequence[str | Path], workflow_type: str, allow_expressions: bool,
+    overrides: dict[str, Any],
+) -> Any:
+    """The ``ConfigWorkflow`` of the bundle config ``config`` with the override files and values (nothing run)."""
     from monai.bundle import ConfigWorkflow
 
     if not allow_expressions:
@@ -140,7 +182,7 @@ def run_bundle_workflow(
             raise FusionInputError(f"{extra}: config file not found")
         files.append(str(extra))
     try:
-        workflow = ConfigWorkflow(
+        return ConfigWorkflow(
             config_file=files,
             meta_file=str(bundle_config("metadata.json")),
             logging_file=str(bundle_config("logging.conf")),
@@ -149,19 +191,18 @@ def run_bundle_workflow(
         )
     except ValueError as err:  # not JSON/YAML, or a syntax error in it
         raise FusionInputError(f"{', '.join(files)}: cannot read config ({' '.join(str(err).split())})") from None
-    try:  # check_properties instantiates the workflow's components, run and finalize evaluate expressions
-        workflow.initialize()
-        missing = workflow.check_properties()
-        if missing:
-            raise FusionInputError(f"{config}: missing required bundle properties {missing}")
-        workflow.run()
-        workflow.finalize()
-    except RuntimeError as err:  # MONAI wraps errors of config items; surface the user's one in a line
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """MONAI wraps errors of config items in RuntimeError: surface the user's one (see :func:`_user_error`)."""
+    try:
+        yield
+    except RuntimeError as err:
         user = _user_error(err)
         if user is None:
             raise
         raise user from None
-    return workflow
 
 
 def _user_error(err: RuntimeError) -> FusionInputError | None:
