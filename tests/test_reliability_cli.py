@@ -461,3 +461,19 @@ def test_metrics_and_evaluate_name_a_corrupt_file(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "b.png: cannot read image" in err, (argv[0], err)
+
+
+@pytest.mark.parametrize("option, example", [("--csv", "metrics.csv"), ("--summary-csv", "summary.csv"),
+                                             ("--json", "metrics.json")])
+def test_metrics_output_that_is_a_folder_is_refused_before_scoring(tmp_path, capsys, option, example):
+    """`lkcfusion metrics --csv FOLDER` scored every pair, printed the table, then failed suggesting 'fused.nii.gz'."""
+    for folder in ("mri", "ct", "fused"):
+        (tmp_path / folder).mkdir()
+        _png(tmp_path / folder / "a.png", _gray((48, 48), seed=len(folder)))
+    (tmp_path / "tables").mkdir()
+    code = main(["metrics", "--fused", str(tmp_path / "fused"), "--mri", str(tmp_path / "mri"),
+                 "--other", str(tmp_path / "ct"), option, str(tmp_path / "tables")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "", captured.out  # nothing scored or printed
+    assert captured.err.strip() == (f"lkcfusion: error: {tmp_path / 'tables'}: is a folder; give a file name "
+                                    f"(e.g. {tmp_path / 'tables' / example})")

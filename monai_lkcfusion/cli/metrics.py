@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     """Score the folders (see :func:`monai_lkcfusion.metrics.folders.score_folders`) and write the tables."""
     import math
 
-    from ..data import write_text
+    from ..data import check_output_file, write_text
     from ..metrics.folders import score_folders
     from ..metrics.tables import format_table, json_text, pivot, summarize, write_table
 
@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         "mi_base": math.e if args.mi_base == "e" else 2.0,
         "psnr_peak": args.psnr_peak,
     }
+    for path, example in ((args.csv, "metrics.csv"), (args.summary_csv, "summary.csv"), (args.json, "metrics.json")):
+        if path:  # before the scoring, not after it
+            check_output_file(path, example)
     results = score_folders(args.fused, args.mri, args.other, names=args.metrics, **options)
     rows = [{"pair": name, **values} for name, values in results.items()]
     metric_names = list(next(iter(results.values())))

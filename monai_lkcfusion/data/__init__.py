@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .atomic import atomic_path, check_writable, write_text
+from .atomic import atomic_path, check_output_file, check_writable, write_text
 from .datalist import load_fusion_datalist, write_fusion_datalist
 from .harvard import HARVARD_TASKS, harvard_datalist
 from .io import PICTURE_SUFFIXES, VOLUME_SUFFIXES, WRITABLE_SUFFIXES, image_stem, read_image, write_image
@@ -19,6 +19,7 @@ __all__ = [
     "VOLUME_SUFFIXES",
     "WRITABLE_SUFFIXES",
     "atomic_path",
+    "check_output_file",
     "check_writable",
     "demo_files",
     "files_by_name",

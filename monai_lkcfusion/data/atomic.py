@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import FusionInputError
 
-__all__ = ["TEMP_PREFIX", "atomic_path", "check_writable", "remove_stale_temporaries", "write_text"]
+__all__ = ["TEMP_PREFIX", "atomic_path", "check_output_file", "check_writable", "remove_stale_temporaries", "write_text"]
 
 TEMP_PREFIX = ".lkcfusion-"
 """Name prefix of the temporary files (``.lkcfusion-<pid>-<random>.tmp<ext>``)."""
@@ -106,6 +106,27 @@ def check_writable(path: str | Path) -> None:
         raise FusionInputError(f"{path}: cannot write here ({err.strerror or err})") from None
 
 
+def check_output_file(path: str | Path, example: str) -> Path:
+    """Fail before any long work when the file ``path`` could not be written: a folder, or a place that cannot be
+    written (:func:`check_writable`).
+
+    Args:
+        path: the file to be written later (a table, a report).
+        example: a file name of the right kind, suggested inside ``path`` when it is a folder (e.g. ``"metrics.csv"``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        FusionInputError: ``<path>: is a folder; give a file name (e.g. <path>/<example>)`` or ``cannot write here``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise FusionInputError(f"{path}: is a folder; give a file name (e.g. {path / example})")
+    check_writable(path)
+    return path
+
+
 def _exists_error(path: Path) -> FusionInputError:
     return FusionInputError(f"{path}: output exists; pass --overwrite (overwrite=True) to replace it")
 
@@ -126,7 +147,7 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     if path.is_dir():
-        raise FusionInputError(f"{path}: is a folder; give an output file name (e.g. {path / 'fused.nii.gz'})")
+        raise FusionInputError(f"{path}: is a folder; give an output file name")
     if len(os.fsencode(path.name)) > _NAME_MAX:
         raise FusionInputError(f"{path.name[:40]}...: output name of {len(os.fsencode(path.name))} bytes is longer "
                                f"than file systems allow ({_NAME_MAX}); choose a shorter name")
