@@ -91,3 +91,34 @@ def test_gpu_recipe_needs_no_earlier_weights() -> None:
     pair = torch.rand(2, 2, 64, 48)
     with torch.no_grad():
         assert torch.equal(net(pair), pair.amax(dim=1, keepdim=True))
+
+
+def test_whole_slices_of_two_sizes_are_one_line(tmp_path: Path, capfd) -> None:
+    """Whole-slice training (no crop) on pairs of two sizes: a one-line error naming the sizes, exit 2, and no
+    traceback, also none logged by MONAI's StatsHandler (it was a collate RuntimeError traceback, exit 1)."""
+    rng = np.random.default_rng(3)
+    for i, size in enumerate([(40, 48), (40, 48), (32, 32), (32, 32), (40, 48), (32, 32)]):
+        for folder in ("MRI", "CT"):
+            path = tmp_path / "data" / "train" / "MRI-CT" / folder / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(path)
+    whole_slices = [
+        "@load_transforms",
+        {"_target_": "ConcatItemsd", "keys": ["mri", "other"], "name": "image", "dim": 0},
+        {"_target_": "SelectItemsd", "keys": ["image"]},
+        {"_target_": "EnsureTyped", "keys": "image", "track_meta": False},
+        {"_target_": "CopyItemsd", "keys": "image", "names": "label"},
+    ]
+    config = tmp_path / "whole.json"
+    config.write_text(json.dumps({"preset": "tiny", "roi_size": 32, "batch_size": 6, "val_fraction": 0.34,
+                                  "val_interval": 1,
+                                  "train#preprocessing#transforms": whole_slices,
+                                  "train_batch_shape": "$(@batch_size, 2, 40, 48)"}))
+    code = main(["train", "--config", str(config), "--dataset-dir", str(tmp_path / "data"), "-o", str(tmp_path / "run"),
+                 "--epochs", "1", "--device", "cpu"])
+    err = capfd.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        "lkcfusion: error: a batch holds samples of sizes 32x32, 40x48: whole-slice training and validation need pairs "
+        "of one size (and square slices with RandRotate90d); crop them (roi_size with RandSpatialCropSamplesd), resize "
+        "the pairs, or use batch_size 1")

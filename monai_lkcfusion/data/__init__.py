@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .atomic import atomic_path, check_output_file, check_writable, write_text
+from .collate import collate_same_size
 from .datalist import load_fusion_datalist, write_fusion_datalist
 from .harvard import HARVARD_TASKS, harvard_datalist
 from .io import PICTURE_SUFFIXES, VOLUME_SUFFIXES, WRITABLE_SUFFIXES, image_stem, read_image, write_image
@@ -21,6 +22,7 @@ __all__ = [
     "atomic_path",
     "check_output_file",
     "check_writable",
+    "collate_same_size",
     "demo_files",
     "files_by_name",
     "harvard_datalist",

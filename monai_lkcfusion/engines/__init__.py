@@ -25,6 +25,7 @@ from .handlers import (
     CHECKPOINT_PREFIX,
     LOSS_METRIC,
     EpochValidationHandler,
+    ExceptionRaiser,
     LastCheckpointSaver,
     LossProgressBar,
     MetricTableSaver,
@@ -47,6 +48,7 @@ from .workflow import bundle_config, check_bundle_workflow, check_training_setti
 __all__ = [
     "CHECKPOINT_PREFIX",
     "EpochValidationHandler",
+    "ExceptionRaiser",
     "LOSS_METRIC",
     "FileFusionEngine",
     "LastCheckpointSaver",

@@ -12,7 +12,7 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import Lambdad
 
 from ..losses import FusionLoss
-from .handlers import LOSS_METRIC, lower_is_better, validation_handlers
+from .handlers import LOSS_METRIC, ExceptionRaiser, lower_is_better, validation_handlers
 
 __all__ = ["create_evaluator", "clamp_prediction", "LOSS_METRIC"]
 
@@ -104,7 +104,7 @@ def create_evaluator(
         key_val_metric=key,
         additional_metrics=all_metrics,
         metric_cmp_fn=(lambda current, best: current < best if lower else current > best),
-        val_handlers=list(handlers),
+        val_handlers=[ExceptionRaiser(), *handlers],  # first: see ExceptionRaiser
         amp=device.type == "cuda" if amp is None else amp,
         decollate=False,
     )

@@ -39,6 +39,7 @@ __all__ = [
     "CHECKPOINT_PREFIX",
     "LOSS_METRIC",
     "EpochValidationHandler",
+    "ExceptionRaiser",
     "LastCheckpointSaver",
     "LossProgressBar",
     "MetricTableSaver",
@@ -114,6 +115,22 @@ def validation_score(evaluator: Engine) -> float:
     name = evaluator.state.key_metric_name
     value = float(evaluator.state.metrics[name])
     return -value if lower_is_better(name) else value
+
+
+class ExceptionRaiser:
+    """An engine's first ``EXCEPTION_RAISED`` handler: raises the exception on, before MONAI's ``StatsHandler``
+    logs it with its traceback. Ignite stops at the first handler that raises, so a user's error in a run (a
+    :class:`~monai_lkcfusion.errors.FusionInputError`, e.g. a batch of pairs of different sizes) ends as the one line
+    the command line prints, and a bug still shows its traceback where it is raised. ``create_trainer`` and
+    ``create_evaluator`` attach it before their handlers.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``engine``'s ``EXCEPTION_RAISED`` event (call before the other handlers attach)."""
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+
+    def __call__(self, engine: Engine, error: Exception) -> None:
+        raise error
 
 
 class EpochValidationHandler(ValidationHandler):

@@ -12,7 +12,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 
 from ..errors import FusionInputError
 from ..losses import FusionLoss
-from .handlers import last_checkpoint, resume_option, train_handlers
+from .handlers import ExceptionRaiser, last_checkpoint, resume_option, train_handlers
 
 __all__ = ["create_trainer"]
 
@@ -134,7 +134,7 @@ def create_trainer(
         optimizer=optimizer,
         loss_function=loss_function or FusionLoss(),
         epoch_length=epoch_length,
-        train_handlers=list(handlers),
+        train_handlers=[ExceptionRaiser(), *handlers],  # first: see ExceptionRaiser
         amp=device.type == "cuda" if amp is None else amp,
         decollate=False,
     )
