@@ -15,7 +15,8 @@ def test_as_count_refuses_what_is_not_a_count_in_one_line(value, minimum):
     with pytest.raises(FusionInputError) as raised:
         as_count(value, "keep_checkpoint_interval", minimum=minimum, unit="epochs")
     message = str(raised.value)
-    assert message.startswith(f"keep_checkpoint_interval {value!r}: give a whole number of epochs of at least {minimum}")
+    expected = f"keep_checkpoint_interval {value!r}: give a whole number of epochs of at least {minimum}"
+    assert message.startswith(expected)
     assert "\n" not in message and ("(0: off)" in message) == (minimum == 0)
 
 

@@ -200,11 +200,12 @@ def test_edge_preservation_tracks_qabf_on_harvard(harvard_root: Path) -> None:
     pairs = []
     for task, other_dir in (("MRI-CT", "CT"), ("MRI-PET", "PET"), ("MRI-SPECT", "SPECT")):
         for path in sorted((harvard_root / "test" / task / "MRI").glob("*.png"))[:2]:
-            pairs.append((np.round(_gray(path) * 255.0), np.round(_gray(path.parent.parent / other_dir / path.name) * 255.0)))
+            other = path.parent.parent / other_dir / path.name
+            pairs.append((np.round(_gray(path) * 255.0), np.round(_gray(other) * 255.0)))
     _check_edge_preservation_tracks_qabf(pairs)
 
 
-def test_edge_term_is_weighted_and_pulls_toward_the_sources_edges(synthetic_pair: tuple[np.ndarray, np.ndarray]) -> None:
+def test_edge_term_is_weighted_and_pulls_toward_the_sources_edges(synthetic_pair: tuple[np.ndarray, ...]) -> None:
     """edge_weight adds 1 - Qabf; its gradient is finite (also where F or a source is flat) and a step along it
     raises the edge preservation of a blurred fusion."""
     from scipy.ndimage import gaussian_filter
@@ -216,7 +217,8 @@ def test_edge_term_is_weighted_and_pulls_toward_the_sources_edges(synthetic_pair
     blurred = torch.from_numpy(gaussian_filter(np.maximum(mri, other), 1.5)).float()[None, None]
     blurred[..., :8, :] = 0.0  # a flat band: zero strength in F
     terms = FusionLoss().components(blurred, sources)
-    assert torch.allclose(FusionLoss(edge_weight=3.0)(blurred, sources), FusionLoss()(blurred, sources) + 3.0 * terms["edge"])
+    weighted = FusionLoss(edge_weight=3.0)(blurred, sources)
+    assert torch.allclose(weighted, FusionLoss()(blurred, sources) + 3.0 * terms["edge"])
     fused = blurred.clone().requires_grad_()
     (1.0 - edge_preservation(fused, sources).mean()).backward()
     assert torch.isfinite(fused.grad).all() and fused.grad.abs().sum() > 0

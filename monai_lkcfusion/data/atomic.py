@@ -21,7 +21,9 @@ from pathlib import Path
 
 from ..errors import FusionInputError
 
-__all__ = ["TEMP_PREFIX", "atomic_path", "check_output_file", "check_writable", "remove_stale_temporaries", "write_text"]
+__all__ = [
+    "TEMP_PREFIX", "atomic_path", "check_output_file", "check_writable", "remove_stale_temporaries", "write_text"
+]
 
 TEMP_PREFIX = ".lkcfusion-"
 """Name prefix of the temporary files (``.lkcfusion-<pid>-<random>.tmp<ext>``)."""
