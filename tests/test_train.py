@@ -122,3 +122,21 @@ def test_whole_slices_of_two_sizes_are_one_line(tmp_path: Path, capfd) -> None:
         "lkcfusion: error: a batch holds samples of sizes 32x32, 40x48: whole-slice training and validation need pairs "
         "of one size (and square slices with RandRotate90d); crop them (roi_size with RandSpatialCropSamplesd), resize "
         "the pairs, or use batch_size 1")
+
+
+def test_edge_recipe_layers_the_edge_term_on_the_stage_7_loss() -> None:
+    """configs/default_model_edge.json (stage 8, docs/RESULTS.md) over the stage-7 stack: the same loss with the
+    edge-preservation term at weight 4, every epoch's checkpoint kept; its starting weights come from runs/."""
+    from monai.bundle import ConfigParser
+
+    from monai_lkcfusion.engines import bundle_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    names = ["default_model_disjoint", "default_model_residual", "default_model_residual_continue", "default_model_edge"]
+    parser = ConfigParser()
+    parser.read_config([bundle_config("train.json"), *(configs / f"{name}.json" for name in names)])
+    loss = parser.get_parsed_content("loss")
+    assert (loss.intensity_weight, loss.ssim_weight, loss.gradient_weight, loss.edge_weight) == (2.0, 1.0, 2.0, 4.0)
+    assert loss.intensity_sigma == 2.0 and loss.ssim_form == "max_variance"
+    assert parser["keep_checkpoint_interval"] == 1 and parser["max_epochs"] == 3
+    assert parser["init_weights"] == "runs/bundle_0.3.1_model.pt"
