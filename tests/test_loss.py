@@ -226,3 +226,16 @@ def test_edge_term_is_weighted_and_pulls_toward_the_sources_edges(synthetic_pair
     assert float(edge_preservation(stepped, sources)) > float(edge_preservation(blurred, sources))
     with pytest.raises(Exception, match="edge_weight"):
         FusionLoss(edge_weight=-1.0)
+
+
+def test_edge_term_is_computed_only_when_it_is_weighted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At edge_weight 0 (the released loss) the edge term, a third of the loss's time on whole slices, is not
+    computed; the value is the weighted sum of the other terms, exactly."""
+    import monai_lkcfusion.losses.fusion_loss as module
+
+    torch.manual_seed(2)
+    sources, fused = torch.rand(2, 2, 32, 32), torch.rand(2, 1, 32, 32)
+    terms = FusionLoss().components(fused, sources)
+    monkeypatch.setattr(module, "edge_preservation", lambda *a: pytest.fail("edge term computed at weight 0"))
+    value = FusionLoss(intensity_weight=2.0, gradient_weight=0.5)(fused, sources)
+    assert torch.equal(value, 2.0 * terms["intensity"] + terms["ssim"] + 0.5 * terms["gradient"])
