@@ -251,6 +251,7 @@ def test_val_loss_is_the_training_loss_of_the_bundle(tmp_path) -> None:
     ("learning_rate", -1, "learning_rate -1"),
     ("device", "gpu7", "device 'gpu7': not a device"),
     ("loss#ssim_form", "maxvar", "ssim_form must be one of"),
+    ("loss#edge_weight", "abc", "edge_weight must be 0 or positive, got 'abc'"),
     ("cudnn_benchmark", "yes", "cudnn_benchmark 'yes': give true or false"),
     ("keep_checkpoint_interval", -1, "keep_checkpoint_interval -1: give a whole number of epochs of at least 0"),
     ("keep_checkpoint_interval", "2", "keep_checkpoint_interval '2': give a whole number of epochs"),

@@ -239,3 +239,15 @@ def test_edge_term_is_computed_only_when_it_is_weighted(monkeypatch: pytest.Monk
     monkeypatch.setattr(module, "edge_preservation", lambda *a: pytest.fail("edge term computed at weight 0"))
     value = FusionLoss(intensity_weight=2.0, gradient_weight=0.5)(fused, sources)
     assert torch.equal(value, 2.0 * terms["intensity"] + terms["ssim"] + 0.5 * terms["gradient"])
+
+
+@pytest.mark.parametrize("option", ["intensity_weight", "ssim_weight", "gradient_weight", "edge_weight",
+                                    "intensity_sigma"])
+@pytest.mark.parametrize("value", [-1.0, "abc", float("nan"), True])
+def test_numeric_options_that_are_not_numbers_of_0_or_more_are_refused(option, value) -> None:
+    """A string from a config (`"loss#edge_weight": "abc"`) ended in a TypeError traceback; a negative or NaN
+    weight was taken."""
+    from monai_lkcfusion.errors import FusionInputError
+
+    with pytest.raises(FusionInputError, match=f"^{option} must be 0 or positive, got "):
+        FusionLoss(**{option: value})

@@ -196,10 +196,11 @@ class FusionLoss(_Loss):
         ):
             if value not in allowed:
                 raise FusionInputError(f"{name} must be one of {allowed}, got {value!r}")
-        if intensity_sigma < 0:
-            raise FusionInputError(f"intensity_sigma must be 0 or positive, got {intensity_sigma}")
-        if edge_weight < 0:
-            raise FusionInputError(f"edge_weight must be 0 or positive, got {edge_weight}")
+        for name, value in (("intensity_weight", intensity_weight), ("ssim_weight", ssim_weight),
+                            ("gradient_weight", gradient_weight), ("edge_weight", edge_weight),
+                            ("intensity_sigma", intensity_sigma)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise FusionInputError(f"{name} must be 0 or positive, got {value!r}")
         self.intensity_sigma = float(intensity_sigma)
         self.intensity_weight = float(intensity_weight)
         self.ssim_weight = float(ssim_weight)
