@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["FusionInputError", "as_count", "as_flag"]
+from collections.abc import Sequence
+
+__all__ = ["FusionInputError", "as_count", "as_flag", "list_names"]
 
 
 class FusionInputError(ValueError):
@@ -54,3 +56,17 @@ def as_count(value: object, option: str, minimum: int = 1, unit: str = "") -> in
         off = " (0: off)" if minimum == 0 else ""
         raise FusionInputError(f"{option} {value!r}: give a whole number{counted} of at least {minimum}{off}")
     return value
+
+
+def list_names(names: Sequence[str], limit: int = 5) -> str:
+    """Format names for an error message: the first ``limit`` of them, then ``"and N more"``.
+
+    Args:
+        names: the names to list.
+        limit: how many to show.
+
+    Returns:
+        e.g. ``"a, b, c and 7 more"``.
+    """
+    shown = ", ".join(names[:limit])
+    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown

@@ -301,8 +301,7 @@ class FusionInferer(Inferer):
     ) -> None:
         super().__init__()
         for option, value in (("batch_size (--batch-size)", batch_size), ("tile_size", tile_size)):
-            if value < 1:
-                raise FusionInputError(f"{option} {value}: give 1 or more")
+            as_count(value, option)
         self.tile_size = tile_size
         self.batch_size = batch_size
         self.overlap = overlap

@@ -14,7 +14,7 @@ from PIL import Image
 from monai_lkcfusion.cli import main
 from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.metrics import FusionMetric, FusionMetricHandler, compute_fusion_metrics
-from monai_lkcfusion.metrics.folders import read_gray
+from monai_lkcfusion.metrics.folders import read_gray, score_folders
 
 NAMES = ("EN", "MI", "SSIM", "Qabf", "VIF", "PSNR")
 
@@ -141,6 +141,27 @@ def test_cli_metrics_reports_missing_counterparts(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "b.png (no other image)" in err and "Traceback" not in err
+
+
+def test_cli_metrics_warns_of_pairs_without_a_fused_image(tmp_path, capsys):
+    """Pairs not fused are not scored, and the mean is then over fewer pairs than the folders hold: one warning line
+    names them (they were skipped silently); an MRI without its other image is no pair and is not named."""
+    names = [f"p{i}.png" for i in range(8)]
+    dirs = _write_pairs(tmp_path, names)
+    for name in names[1:]:
+        (dirs["fused"] / name).unlink()
+    (dirs["other"] / names[-1]).unlink()
+    argv = ["metrics", "--fused", str(dirs["fused"]), "--mri", str(dirs["mri"]), "--other", str(dirs["other"])]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [
+        "lkcfusion: warning: 6 MRI/other pair(s) have no fused image and are not scored: p1, p2, p3, p4, p5 and 1 more"]
+    assert out.strip().splitlines()[-3].split()[:2] == ["n", "1"]
+    with pytest.warns(UserWarning, match="6 MRI/other pair"):
+        assert list(score_folders(dirs["fused"], dirs["mri"], dirs["other"])) == ["p0.png"]
+    for name in names[1:-1]:
+        (dirs["fused"] / name).write_bytes((dirs["fused"] / names[0]).read_bytes())
+    assert main(argv) == 0 and capsys.readouterr().err == ""
 
 
 def test_cli_metrics_scores_three_files(tmp_path, capsys):

@@ -162,7 +162,7 @@ def test_bad_input_exit_2_one_line_no_output(case, tmp_path, capfd):
 
 @pytest.mark.parametrize("option, problem", [
     (["--device", "cuda"], "CUDA is not available"), (["--device", "tpu9"], "--device tpu9"),
-    (["--batch-size", "0"], "batch_size (--batch-size) 0: give 1 or more"),
+    (["--batch-size", "0"], "batch_size (--batch-size) 0: give a whole number of at least 1"),
     (["--axis", "4"], "a volume has axes 0, 1, 2"),
     (["--modality", "XR"], "unknown modality 'XR'"), (["--method", "pca"], "unknown fusion method 'pca'"),
 ])

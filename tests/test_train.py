@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -68,7 +69,19 @@ def test_train_cli_refuses_no_epochs(tmp_path: Path, capsys) -> None:
     for epochs in ("0", "-3"):
         assert main(["train", "--epochs", epochs, "--dataset-dir", str(tmp_path), "-o", str(tmp_path / "run")]) == 2
         err = capsys.readouterr().err
-        assert f"--epochs {epochs}: give 1 or more epochs" in err and len(err.strip().splitlines()) == 1
+        assert f"--epochs {epochs}: give a whole number of epochs of at least 1" in err
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("nproc", ["0", "-2"])
+def test_train_cli_refuses_no_processes_before_reading_the_config(tmp_path: Path, capsys, nproc: str) -> None:
+    """``--nproc 0`` is the count that is wrong, whatever the config holds: it is named first, in one line, and nothing
+    is read or written (the message was about the config when that was wrong too)."""
+    code = main(["train", "--nproc", nproc, "--config", str(tmp_path / "missing.json"), "--dataset-dir", str(tmp_path),
+                 "-o", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"lkcfusion: error: --nproc {nproc}: give a whole number of processes of at least 1"]
     assert not (tmp_path / "run").exists()
 
 

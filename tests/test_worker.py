@@ -79,8 +79,9 @@ def test_job_fields_are_checked():
     assert FusionJob.from_dict({"mri": "a", "other": "b", "output": "c", "tta": True}).tta is True
     base = {"mri": "a", "other": "b", "output": "c"}
     for field, value, needle in (("axis", 7, "a volume has axes 0, 1, 2"), ("batch_size", "8", "give a whole number"),
-                                 ("batch_size", 0, "give 1 or more"), ("tta", "yes", "give true or false"),
-                                 ("axis", True, "give a whole number"), ("method", 3, "give a string")):
+                                 ("batch_size", 0, "batch_size 0: give a whole number of at least 1"),
+                                 ("tta", "yes", "give true or false"), ("axis", True, "give a whole number"),
+                                 ("method", 3, "give a string")):
         with pytest.raises(FusionInputError, match=needle):
             FusionJob.from_dict({**base, field: value})
     assert FusionJob.from_dict({**base, "axis": None, "weights": None}).axis is None

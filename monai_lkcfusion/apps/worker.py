@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from ..errors import FusionInputError
+from ..errors import FusionInputError, as_count
 
 __all__ = ["FusionJob", "FusionWorker", "main", "serve"]
 
@@ -111,8 +111,8 @@ class FusionJob:
                 raise FusionInputError(f"job: {name} {value!r}: give {wanted}")
         if request.get("axis") not in (None, 0, 1, 2):
             raise FusionInputError(f"job: axis {request['axis']}: a volume has axes 0, 1, 2")
-        if request.get("batch_size", 1) < 1:
-            raise FusionInputError(f"job: batch_size {request['batch_size']}: give 1 or more")
+        if "batch_size" in request:
+            as_count(request["batch_size"], "job: batch_size")
         return cls(**request)
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from importlib import import_module
 
 from .. import __version__
 from ..errors import FusionInputError
 
-__all__ = ["COMMANDS", "build_parser", "main", "one_line"]
+__all__ = ["COMMANDS", "build_parser", "main", "one_line", "print_warnings"]
 
 COMMANDS = ("fuse", "demo", "evaluate", "metrics", "train", "export", "bundle", "label_app")
 """The command modules, in the order of ``lkcfusion --help`` (the everyday ones first)."""
@@ -85,6 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lkcfusion: interrupted", file=sys.stderr)
         return 130
+
+
+def print_warnings(messages: Iterable[str | warnings.WarningMessage]) -> None:
+    """Show warnings as the CLI does: one ``lkcfusion: warning: ...`` line each, on stderr.
+
+    Args:
+        messages: warning texts, or warnings caught with ``warnings.catch_warnings(record=True)``.
+    """
+    for message in messages:
+        text = str(message.message) if isinstance(message, warnings.WarningMessage) else message
+        print(f"lkcfusion: warning: {one_line(Exception(text))}", file=sys.stderr)
 
 
 def one_line(err: BaseException) -> str:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from . import print_warnings
 
 HELP = "compare LKC-FUNet with baselines on a folder of pairs (CSV, JSON, figures)"
 DESCRIPTION = (
@@ -40,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.tables import format_summary
 
     pairs, unpaired = pair_files_by_name(args.mri_dir, args.other_dir)
-    for message in unpaired:
-        print(f"warning: {message}", file=sys.stderr)
+    print_warnings(unpaired)
     task = Path(args.other_dir).name
     items = [{"mri": str(m), "other": str(o), "name": m.name, "task": task} for m, o in pairs]
     summary = compare_methods(

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import FusionInputError
-from . import one_line
+from . import print_warnings
 
 HELP = "fuse an MRI with CT/PET/SPECT (a pair of files, or two folders paired by name)"
 DESCRIPTION = (
@@ -126,13 +126,6 @@ def _registration_options(args: argparse.Namespace, batch: bool) -> dict:
     return {"register": args.register, "transform": args.transform, "save_transform": save, "preview": args.preview}
 
 
-def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
-    """Show the warnings of one pair as one line each, and forget them."""
-    for w in caught:
-        print(f"lkcfusion: warning: {one_line(Exception(str(w.message)))}", file=sys.stderr)
-    caught.clear()
-
-
 def _fuse_pair(args: argparse.Namespace, predictor, options: dict) -> int:
     """``lkcfusion fuse MRI OTHER -o OUT``: errors propagate (one line, exit 2)."""
     from ..inference import fuse_files
@@ -142,7 +135,7 @@ def _fuse_pair(args: argparse.Namespace, predictor, options: dict) -> int:
         warnings.simplefilter("always")
         fuse_files(args.mri, args.other, args.output, overwrite=args.overwrite, model=predictor,
                    report=record.append, **options)
-    _print_warnings(caught)
+    print_warnings(caught)
     print(f"wrote {args.output} ({'; '.join([args.method, *record])})")
     return 0
 
@@ -175,7 +168,8 @@ def _fuse_folders(args: argparse.Namespace, predictor, options: dict) -> int:
 
         @engine.on(Events.ITERATION_COMPLETED)
         def _report(engine: FileFusionEngine) -> None:
-            _print_warnings(caught)
+            print_warnings(caught)
+            caught.clear()
             if engine.state.output is None:
                 print(f"lkcfusion: error: {engine.failures[-1]}", file=sys.stderr)
             else:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from ..errors import FusionInputError
+from ..errors import as_count
 
 __all__ = ["run_processes"]
 
@@ -31,10 +31,9 @@ def run_processes(command_argv: Sequence[str], nproc: int) -> int:
         ``torchrun``'s exit code: 0 when every process succeeded.
 
     Raises:
-        FusionInputError: ``nproc`` is below 1.
+        FusionInputError: ``nproc`` is not a whole number of at least 1.
     """
-    if nproc < 1:
-        raise FusionInputError(f"--nproc {nproc}: give 1 or more processes")
+    as_count(nproc, "--nproc", unit="processes")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     process = subprocess.Popen([*launcher, "-m", "monai_lkcfusion", *command_argv])
     forwarded = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]

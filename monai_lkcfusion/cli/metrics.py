@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import warnings
+
+from . import print_warnings
 
 HELP = "score fused images against their MRI / other sources (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, ...)"
 DESCRIPTION = (
@@ -52,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
     for path, example in ((args.csv, "metrics.csv"), (args.summary_csv, "summary.csv"), (args.json, "metrics.json")):
         if path:  # before the scoring, not after it
             check_output_file(path, example)
-    results = score_folders(args.fused, args.mri, args.other, names=args.metrics, **options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = score_folders(args.fused, args.mri, args.other, names=args.metrics, **options)
+    print_warnings(caught)
     rows = [{"pair": name, **values} for name, values in results.items()]
     metric_names = list(next(iter(results.values())))
     summary = summarize(rows, metric_names, by=())

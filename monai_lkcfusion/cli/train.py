@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import FusionInputError
+from ..errors import as_count
 
 HELP = "train LKC-FUNet on Harvard-layout pairs (the bundle's train.json)"
 DESCRIPTION = (
@@ -62,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
     from ..engines.workflow import check_literal_overrides
     from ..inferers import resolve_device
 
-    if args.epochs is not None and args.epochs < 1:
-        raise FusionInputError(f"--epochs {args.epochs}: give 1 or more epochs")
+    if args.epochs is not None:
+        as_count(args.epochs, "--epochs", unit="epochs")
+    as_count(args.nproc, "--nproc", unit="processes")  # before the config is read: nothing to read for a bad count
     # paths and names are data: a leading '$', '@' or '%' would make the bundle config run or resolve them
     check_literal_overrides({"preset": args.preset, "dataset_dir": args.dataset_dir, "output_dir": args.output})
     configs = list(args.config)

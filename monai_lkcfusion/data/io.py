@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from ..errors import FusionInputError
+from ..errors import FusionInputError, list_names
 from .atomic import atomic_path, check_writable
 
 __all__ = [
@@ -500,8 +500,8 @@ def check_dicom_slices(
     if not slices:
         raise FusionInputError(f"{folder}: no readable DICOM slice ({', '.join(skipped[:5])} damaged)")
     if skipped:
-        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        problems.append(f"{len(skipped)} file(s) of the folder are not readable DICOM slices and were skipped: {shown}")
+        problems.append(f"{len(skipped)} file(s) of the folder are not readable DICOM slices and were skipped: "
+                        f"{list_names(skipped)}")
     if no_geometry and len(slices) > 1:
         problems.append(f"{len(no_geometry)} slice(s) without ImagePositionPatient/ImageOrientationPatient "
                         f"({', '.join(no_geometry[:3])}): positions cannot be checked")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from ..data import PICTURE_SUFFIXES, image_stem, match_files_by_name, read_image
-from ..errors import FusionInputError
+from ..errors import FusionInputError, list_names
 from .functional import DEFAULT_METRICS, compute_fusion_metrics
 from .utils import gray8
 
@@ -108,4 +109,8 @@ def _triples(sources: dict[str, str | Path]) -> list[dict[str, Path | str]]:
         mris = {m["name"] for m in matched} | {image_stem(p) for p in unmatched["mri"]}
         missing = [f"{p.name} (no {'MRI' if image_stem(p) not in mris else 'other'} image)" for p in unmatched["fused"]]
         raise FusionInputError(f"{len(missing)} fused image(s) without a counterpart: {', '.join(missing)}")
+    unfused = sorted({image_stem(p) for p in unmatched["mri"]} & {image_stem(p) for p in unmatched["other"]})
+    if unfused:  # a mean over some of the pairs is not the mean over the folder: say so
+        warnings.warn(f"{len(unfused)} MRI/other pair(s) have no fused image and are not scored: "
+                      f"{list_names(unfused)}", stacklevel=3)
     return matched

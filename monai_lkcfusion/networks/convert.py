@@ -16,13 +16,12 @@ from typing import Any
 
 import torch
 
-from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.errors import FusionInputError, list_names
 from monai_lkcfusion.networks.lkcfunet import LKCFUNet
 
 __all__ = [
     "convert_official_state_dict",
     "is_official_state_dict",
-    "list_names",
     "load_official_checkpoint",
     "official_config",
     "read_state_dict",
@@ -59,20 +58,6 @@ _MAFM = {
 }
 _WRAPPER_KEYS = ("state_dict", "model", "network", "net", "model_state_dict")
 _PREFIXES = ("module.", "model.")
-
-
-def list_names(names: list[str], limit: int = 5) -> str:
-    """Format names for an error message: the first ``limit`` of them, then ``"and N more"``.
-
-    Args:
-        names: the names to list.
-        limit: how many to show.
-
-    Returns:
-        e.g. ``"a, b, c and 7 more"``.
-    """
-    shown = ", ".join(names[:limit])
-    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
 
 
 def read_state_dict(source: str | PathLike | Mapping[str, Any], map_location: Any = "cpu") -> dict[str, torch.Tensor]:

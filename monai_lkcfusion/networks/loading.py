@@ -11,12 +11,11 @@ from typing import Any
 import torch
 
 from monai_lkcfusion.bundle_files import packaged_bundle
-from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.errors import FusionInputError, list_names
 from monai_lkcfusion.networks.blocks import NORM_KINDS
 from monai_lkcfusion.networks.convert import (
     convert_official_state_dict,
     is_official_state_dict,
-    list_names,
     read_state_dict,
 )
 from monai_lkcfusion.networks.lkcfunet import NORM_SCHEMES, NORM_SITES, OUTPUT_MODES, LKCFUNet, resolve_norm_scheme
