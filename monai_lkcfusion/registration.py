@@ -17,6 +17,8 @@ affine-aware resampling (:class:`~monai_lkcfusion.transforms.ResampleToReference
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .errors import FusionInputError
+from .errors import FusionInputError, as_count
 
 __all__ = [
     "REGISTRATION_KINDS",
@@ -310,7 +312,7 @@ def _initial_transform(fixed: sitk.Image, moving: sitk.Image, kind: str, init: s
     candidates = {"world": world, "moments": moments}
     if init != "auto":
         return candidates[init], init
-    method = _method(fixed, 1, (1,), (0.0,), 20_000, None, 1)
+    method = _method(fixed, 1, (1,), (0.0,), 20_000, 1)
     coarse = [_coarse(image) for image in (fixed, moving)]
     scores = {}
     for name, transform in candidates.items():
@@ -332,7 +334,7 @@ def _coarse(image: sitk.Image) -> sitk.Image:
 
 
 def _search(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, max_angle: float,
-            max_shift: float, threads: int | None) -> None:
+            max_shift: float) -> None:
     """Exhaustive coarse search over the in-plane rotation and shift of a 2D rigid transform (in place).
 
     Gradient descent on mutual information stops in local optima a few degrees or pixels away when the start is
@@ -344,8 +346,6 @@ def _search(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, ma
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsExhaustive([4, 4, 4])
     method.SetOptimizerScales([np.deg2rad(max_angle) / 4, max_shift / 4, max_shift / 4])
-    if threads is not None:
-        method.SetNumberOfThreads(int(threads))
     coarse = [_coarse(image) for image in (fixed, moving)]
     method.SetInitialTransform(transform, inPlace=True)
     method.Execute(sitk.SmoothingRecursiveGaussian(coarse[0], coarse[0].GetSpacing()[0]),
@@ -354,7 +354,7 @@ def _search(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, ma
 
 def _method(
     fixed: sitk.Image, iterations: int, shrink: tuple[int, ...], sigmas: tuple[float, ...], max_samples: float,
-    threads: int | None, seed: int, bins: int = 32,
+    seed: int, bins: int = 32,
 ) -> sitk.ImageRegistrationMethod:
     """Mattes MI, regular-step gradient descent with physical-shift scales, linear interpolation, per-level sampling."""
     method = sitk.ImageRegistrationMethod()
@@ -380,9 +380,26 @@ def _method(
     method.SetShrinkFactorsPerLevel(list(shrink))
     method.SetSmoothingSigmasPerLevel(list(sigmas))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    if threads is not None:
-        method.SetNumberOfThreads(int(threads))
     return method
+
+
+@contextmanager
+def _sitk_threads(threads: int | None) -> Iterator[None]:
+    """SimpleITK's global default thread count set to ``threads`` (``None``: left as it is) inside the block.
+
+    A registration method's own ``SetNumberOfThreads`` does not reach every filter it runs: with it at 1 and the
+    global default at 2, two identical calls ended up to 3.9 mm apart on a 2D slice. Only the global default makes
+    one thread mean one thread.
+    """
+    if threads is None:
+        yield
+        return
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(as_count(threads, "register: num_threads"))
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
 def register(
@@ -395,7 +412,7 @@ def register(
     iterations: int = 200,
     max_samples: int = 50_000,
     seed: int = 1,
-    num_threads: int | None = None,
+    num_threads: int | None = 1,
     min_overlap: float = 0.5,
     search: bool | None = None,
 ) -> RegistrationResult:
@@ -417,9 +434,11 @@ def register(
         iterations: most optimiser iterations per level.
         max_samples: metric sample points at full resolution (40% of it on the coarser levels, where most
             iterations happen; all voxels when a level has fewer).
-        seed: sampling seed, at least 1 (SimpleITK takes 0 as "seed from the clock"); the same call gives the
-            same transform up to the rounding of multi-threaded sums.
-        num_threads: SimpleITK threads (default: SimpleITK's global default, all cores).
+        seed: sampling seed, at least 1 (SimpleITK takes 0 as "seed from the clock").
+        num_threads: SimpleITK threads for every filter of the call. The default, 1, makes the same call give the
+            same transform bit for bit; with more, the order of multi-threaded sums varies and the optimiser can
+            take another path (2D slices: repeats differed by up to a few tenths of a pixel, sometimes more).
+            ``None``: SimpleITK's global default (all cores).
         min_overlap: warn when less of the MRI's foreground lies in the moved image's field of view.
         search: first search a coarse grid of rotations (+-12 degrees) and shifts (+-12% of the field of view);
             2D rigid only; default on for 2D rigid (about a second), off otherwise. With ``init="auto"`` the
@@ -438,56 +457,58 @@ def register(
         raise FusionInputError(f"register: unknown init {init!r}; use auto, world or moments")
     if fixed.ndim != moving.ndim:
         raise FusionInputError(f"register: {moving.ndim - 1}D image but the MRI is {fixed.ndim - 1}D")
-    start = time.perf_counter()
-    fixed_image, moving_image = itk_image(fixed), itk_image(moving)
-    _check_images(fixed_image, moving_image)
-    transform, initialization = _initial_transform(fixed_image, moving_image, kind, init)
-    if search is None:
-        search = fixed_image.GetDimension() == 2 and kind == "rigid"
-    starts = [(transform, initialization)]
-    if search:
-        if fixed_image.GetDimension() != 2 or kind != "rigid":
-            raise FusionInputError("register: the exhaustive search is for 2D rigid registration only")
-        if init == "auto":  # the better start on the coarse metric is not always the better end (partial slices)
-            starts.append(_initial_transform(fixed_image, moving_image, kind,
-                                             "moments" if initialization == "world" else "world"))
-        field_of_view = min(s * n for s, n in zip(fixed_image.GetSpacing(), fixed_image.GetSize()))
-        for candidate, _ in starts:
-            _search(fixed_image, moving_image, candidate, 12.0, 0.12 * field_of_view, num_threads)
-    evaluate = _method(fixed_image, 1, (1,), (0.0,), 20_000, num_threads, seed)
-    coarse = [_coarse(image) for image in (fixed_image, moving_image)]
-    try:
-        evaluate.SetInitialTransform(transform, inPlace=False)
-        initial_metric = evaluate.MetricEvaluate(*coarse)
-        runs = []
-        for candidate, name in starts:
-            method = _method(fixed_image, iterations, tuple(shrink_factors), tuple(smoothing_sigmas), max_samples,
-                             num_threads, seed)
-            method.SetInitialTransform(candidate, inPlace=True)
-            method.Execute(fixed_image, moving_image)
-            evaluate.SetInitialTransform(candidate, inPlace=False)
-            runs.append((evaluate.MetricEvaluate(*coarse), candidate, name, method))
-        final_metric, transform, initialization, method = min(runs, key=lambda run: run[0])
-    except RuntimeError as err:  # ITK: "All samples map outside moving image buffer", too few samples
-        raise FusionInputError(f"other image: registration failed, the images do not overlap enough "
-                               f"({' '.join(str(err).split()[-12:])})") from None
-    ndim = fixed_image.GetDimension()
-    matrix = transform_matrix(transform, ndim)
-    overlap = _overlap(fixed_image, moving_image, transform)
-    stop = method.GetOptimizerStopConditionDescription()
-    converged = "Maximum number of iterations" not in stop
-    warnings = []
-    if not converged:
-        warnings.append(f"registration did not converge ({stop.strip()}); check the result (--preview)")
-    if overlap < min_overlap:
-        warnings.append(f"only {overlap:.0%} of the MRI's foreground lies in the registered image's field of view")
-    if not final_metric < initial_metric - 1e-6 and initial_metric > -0.05:
-        warnings.append(f"mutual information stayed low ({final_metric:.3f}); the images may not show the same anatomy")
-    return RegistrationResult(
-        matrix=matrix, kind=kind, metric=float(final_metric), initial_metric=float(initial_metric),
-        initialization=initialization, iterations=int(method.GetOptimizerIteration()), stop_condition=stop.strip(),
-        converged=converged, overlap=overlap, seconds=time.perf_counter() - start, warnings=warnings,
-    )
+    with _sitk_threads(num_threads):  # every SimpleITK filter of the call, not only the methods'
+        start = time.perf_counter()
+        fixed_image, moving_image = itk_image(fixed), itk_image(moving)
+        _check_images(fixed_image, moving_image)
+        transform, initialization = _initial_transform(fixed_image, moving_image, kind, init)
+        if search is None:
+            search = fixed_image.GetDimension() == 2 and kind == "rigid"
+        starts = [(transform, initialization)]
+        if search:
+            if fixed_image.GetDimension() != 2 or kind != "rigid":
+                raise FusionInputError("register: the exhaustive search is for 2D rigid registration only")
+            if init == "auto":  # the better start on the coarse metric is not always the better end (partial slices)
+                starts.append(_initial_transform(fixed_image, moving_image, kind,
+                                                 "moments" if initialization == "world" else "world"))
+            field_of_view = min(s * n for s, n in zip(fixed_image.GetSpacing(), fixed_image.GetSize()))
+            for candidate, _ in starts:
+                _search(fixed_image, moving_image, candidate, 12.0, 0.12 * field_of_view)
+        evaluate = _method(fixed_image, 1, (1,), (0.0,), 20_000, seed)
+        coarse = [_coarse(image) for image in (fixed_image, moving_image)]
+        try:
+            evaluate.SetInitialTransform(transform, inPlace=False)
+            initial_metric = evaluate.MetricEvaluate(*coarse)
+            runs = []
+            for candidate, name in starts:
+                method = _method(fixed_image, iterations, tuple(shrink_factors), tuple(smoothing_sigmas), max_samples,
+                                 seed)
+                method.SetInitialTransform(candidate, inPlace=True)
+                method.Execute(fixed_image, moving_image)
+                evaluate.SetInitialTransform(candidate, inPlace=False)
+                runs.append((evaluate.MetricEvaluate(*coarse), candidate, name, method))
+            final_metric, transform, initialization, method = min(runs, key=lambda run: run[0])
+        except RuntimeError as err:  # ITK: "All samples map outside moving image buffer", too few samples
+            raise FusionInputError(f"other image: registration failed, the images do not overlap enough "
+                                   f"({' '.join(str(err).split()[-12:])})") from None
+        ndim = fixed_image.GetDimension()
+        matrix = transform_matrix(transform, ndim)
+        overlap = _overlap(fixed_image, moving_image, transform)
+        stop = method.GetOptimizerStopConditionDescription()
+        converged = "Maximum number of iterations" not in stop
+        warnings = []
+        if not converged:
+            warnings.append(f"registration did not converge ({stop.strip()}); check the result (--preview)")
+        if overlap < min_overlap:
+            warnings.append(f"only {overlap:.0%} of the MRI's foreground lies in the registered image's field of view")
+        if not final_metric < initial_metric - 1e-6 and initial_metric > -0.05:
+            warnings.append(f"mutual information stayed low ({final_metric:.3f}); the images may not show the same "
+                            "anatomy")
+        return RegistrationResult(
+            matrix=matrix, kind=kind, metric=float(final_metric), initial_metric=float(initial_metric),
+            initialization=initialization, iterations=int(method.GetOptimizerIteration()), stop_condition=stop.strip(),
+            converged=converged, overlap=overlap, seconds=time.perf_counter() - start, warnings=warnings,
+        )
 
 
 def _overlap(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
