@@ -302,6 +302,26 @@ def test_alignment_preview_shapes(demo_2d):
     assert alignment_preview(volume, volume).shape[:2] == (24 + 4 + 20 + 4 + 20, 28 + 4 + 28)
 
 
+@pytest.mark.parametrize("options, named", [
+    (["--preview", "p.png"], "--preview is for one pair"),
+    (["--transform", "t.tfm"], "--transform is for one pair"),
+    (["--transform", "t.tfm", "--preview", "p.png"], "--transform and --preview are for one pair"),
+])
+def test_cli_single_pair_options_on_folders_name_what_was_given(tmp_path, capsys, options, named):
+    """Folders of pairs with --preview or --transform: one line naming the option(s) given (it named both always)."""
+    from PIL import Image
+
+    for folder in ("MRI", "PET"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((16, 16), 90, np.uint8)).save(tmp_path / folder / "a.png")
+    argv = ["fuse", "--mri-dir", str(tmp_path / "MRI"), "--other-dir", str(tmp_path / "PET"), "-o",
+            str(tmp_path / "out"), "--method", "max", *options]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"lkcfusion: error: {named} (MRI OTHER -o OUT), not folders"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_register_transform_preview(tmp_path, capsys):
     """lkcfusion fuse --register rigid says so, writes the transform and the preview; --transform reuses it."""
     files = demo_files()

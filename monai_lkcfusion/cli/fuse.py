@@ -109,8 +109,10 @@ def _registration_options(args: argparse.Namespace, batch: bool) -> dict:
     """``fuse()`` options of --register/--transform/--save-transform/--preview; registration reports on stdout."""
     if args.register != "none" and args.transform:
         raise FusionInputError("give either --register or --transform, not both")
-    if batch and (args.transform or args.preview):
-        raise FusionInputError("--transform and --preview are for one pair (MRI OTHER -o OUT), not folders")
+    single = [option for option, value in (("--transform", args.transform), ("--preview", args.preview)) if value]
+    if batch and single:
+        raise FusionInputError(f"{' and '.join(single)} {'is' if len(single) == 1 else 'are'} for one pair "
+                               "(MRI OTHER -o OUT), not folders")
     if args.register != "none" or args.transform:
         print(f"registration: on ({f'applying {args.transform}' if args.transform else args.register})")
         logger = logging.getLogger("monai_lkcfusion.registration")
