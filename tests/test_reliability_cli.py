@@ -176,6 +176,27 @@ def test_bad_options_exit_2_one_line(option, problem, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option, problem", [
+    (["--batch-size", "0"], "batch_size (--batch-size) 0: give a whole number of at least 1"),
+    (["--workers", "0"], "--workers 0: give a whole number of at least 1"),
+    (["--threads", "-1"], "--threads -1: give a whole number of at least 1"),
+])
+def test_bad_shared_options_on_folders_are_one_line_before_any_pair(option, problem, tmp_path, capsys):
+    """An option every pair shares is refused once, exit 2, before any pair: on folders it failed each pair with the
+    same line (24 lines on the Harvard MRI-PET test folder) and exited 1."""
+    from PIL import Image
+
+    for folder in ("MRI", "PET"):
+        (tmp_path / folder).mkdir()
+        for name in ("a.png", "b.png", "c.png"):
+            Image.fromarray(np.full((16, 16), 90, np.uint8)).save(tmp_path / folder / name)
+    out = tmp_path / "out"
+    argv = ["--mri-dir", str(tmp_path / "MRI"), "--other-dir", str(tmp_path / "PET"), "-o", str(out), "--method", "max"]
+    code, _, err = _fuse([*argv, *option], capsys)
+    assert code == 2 and err.strip().splitlines() == [f"lkcfusion: error: {problem}"], err
+    assert not out.exists()
+
+
 def test_other_commands_turn_os_errors_into_one_line(tmp_path, capsys):
     from monai_lkcfusion.networks import LKCFUNet, save_network
 

@@ -72,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fuse one pair with :func:`~monai_lkcfusion.inference.fuse_files`, or two folders with the bundle's engine."""
     from ..inference import build_predictor
+    from ..inferers import FusionInferer
 
     batch = args.mri_dir is not None or args.other_dir is not None
     if batch == (args.mri is not None or args.other is not None) or batch and not (args.mri_dir and args.other_dir):
@@ -89,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
                "allow_irregular_slices": args.allow_irregular_slices,
                "allow_external_data": args.allow_external_data, "progress": not args.quiet}
     options.update(_registration_options(args, batch))
+    # the options every pair shares are refused once here, not once per pair of a folder (exit 1, N lines)
+    FusionInferer(batch_size=args.batch_size, device=args.device, workers=options["workers"], threads=args.threads)
     return _fuse_folders(args, predictor, options) if batch else _fuse_pair(args, predictor, options)
 
 
