@@ -21,11 +21,11 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.transforms import Compose
 
-from .data.atomic import check_writable
+from .data.atomic import check_not_input, check_output_file, check_writable
 from .data.io import check_output_path, image_spatial_dims, write_image
 from .errors import FusionInputError
-from .registration import save_alignment_preview
 from .inferers import FUSION_METHODS, FusionInferer, build_predictor
+from .registration import save_alignment_preview
 from .transforms.io import ImageLike
 from .transforms.pipelines import fusion_postprocessing, fusion_preprocessing
 from .transforms.post import describe_fusion
@@ -215,8 +215,11 @@ def fuse_files(
         FusionInputError: as :func:`fuse`; and before any fusion: an output that is a folder, has no writable
             extension, is one of the inputs, exists without ``overwrite``, or is a picture format for a volume.
     """
-    output = check_output_path(output, overwrite, inputs=(mri, other) if all(
-        isinstance(x, (str, Path)) for x in (mri, other)) else (), spatial_dims=_spatial_dims(mri))
+    inputs = (mri, other) if all(isinstance(x, (str, Path)) for x in (mri, other)) else ()
+    output = check_output_path(output, overwrite, inputs=inputs, spatial_dims=_spatial_dims(mri))
+    if kwargs.get("preview") is not None:  # a picture written after the work: never over an input or the result
+        check_output_file(kwargs["preview"], "preview.png", inputs=inputs, overwrite=overwrite)
+        check_not_input(kwargs["preview"], [output], kind="output")
     fused = fuse(mri, other, **kwargs)
     written = write_image(fused, output, overwrite=overwrite)
     if report is not None:

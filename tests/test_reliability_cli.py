@@ -197,6 +197,41 @@ def test_bad_shared_options_on_folders_are_one_line_before_any_pair(option, prob
     assert not out.exists()
 
 
+def test_no_command_writes_over_its_inputs(tmp_path, capsys):
+    """A preview, a metrics table, an exported model or an evaluation is never written over (or into) the command's
+    inputs: each wrote there with exit 0 (the MRI became a preview or CSV text, the trained weights a TorchScript
+    archive, evaluate filled the MRI folder). Now one line, exit 2, and the inputs are unchanged."""
+    from PIL import Image
+
+    from monai_lkcfusion.networks import LKCFUNet, save_network
+
+    for folder in ("MRI", "PET", "F"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(tmp_path / folder / "a.png")
+    mri, pet, fused = (str(tmp_path / folder / "a.png") for folder in ("MRI", "PET", "F"))
+    weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "tiny.pt")
+    before = {path: Path(path).read_bytes() for path in (mri, pet, fused, str(weights))}
+    cases = [
+        (["fuse", mri, pet, "-o", str(tmp_path / "f.png"), "--method", "max", "--preview", mri], "is the input"),
+        (["fuse", mri, pet, "-o", str(tmp_path / "f.png"), "--method", "max", "--preview", fused], "output exists"),
+        (["fuse", mri, pet, "-o", str(tmp_path / "g.png"), "--method", "max", "--preview", str(tmp_path / "g.png")],
+         "is the output"),
+        (["metrics", "--fused", fused, "--mri", mri, "--other", pet, "--csv", mri], "is the input"),
+        (["metrics", "--fused", fused, "--mri", mri, "--other", pet, "--csv", str(tmp_path / "t.csv"), "--json",
+          str(tmp_path / "t.csv")], "is the output"),
+        (["export", "--weights", str(weights), "-o", str(weights)], "is the input"),
+        (["evaluate", "--mri-dir", str(tmp_path / "MRI"), "--other-dir", str(tmp_path / "PET"), "-o",
+          str(tmp_path / "MRI"), "--methods", "max"], "lies inside the input folder"),
+    ]
+    for argv, problem in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("lkcfusion: error:") and problem in err[0], (argv, err)
+    assert {path: Path(path).read_bytes() for path in before} == before
+    assert sorted(p.name for p in (tmp_path / "MRI").iterdir()) == ["a.png"]
+    assert not (tmp_path / "f.png").exists() and not (tmp_path / "g.png").exists()
+
+
 def test_other_commands_turn_os_errors_into_one_line(tmp_path, capsys):
     from monai_lkcfusion.networks import LKCFUNet, save_network
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import FusionInputError
-
 
 HELP = "export the network as TorchScript or ONNX"
 DESCRIPTION = (
@@ -29,10 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export the network (see :func:`monai_lkcfusion.export.export_network`)."""
+    from ..data.atomic import check_not_input
     from ..export import export_format, export_network
     from ..networks import LKCFUNet, default_weights_path, load_network
 
     format = export_format(args.output, args.format)  # before loading anything
+    check_not_input(args.output, [w for w in (args.weights, default_weights_path()) if w and Path(w).exists()])
     if args.preset and not args.weights:  # a preset alone: its untrained network, never the bundle's weights
         net = LKCFUNet.from_preset(args.preset)
         source = f"untrained preset {args.preset!r}"

@@ -52,9 +52,17 @@ def run(args: argparse.Namespace) -> int:
         "mi_base": math.e if args.mi_base == "e" else 2.0,
         "psnr_peak": args.psnr_peak,
     }
+    from pathlib import Path
+
+    from ..data.atomic import check_not_input
+
+    inputs = [p for p in (args.fused, args.mri, args.other) if Path(p).is_file()]  # tables beside images are fine
+    written: list[str] = []
     for path, example in ((args.csv, "metrics.csv"), (args.summary_csv, "summary.csv"), (args.json, "metrics.json")):
         if path:  # before the scoring, not after it
-            check_output_file(path, example)
+            check_output_file(path, example, inputs=inputs)
+            check_not_input(path, written, kind="output")
+            written.append(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         results = score_folders(args.fused, args.mri, args.other, names=args.metrics, **options)

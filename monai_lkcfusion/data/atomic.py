@@ -15,14 +15,15 @@ import errno
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import FusionInputError
 
 __all__ = [
-    "TEMP_PREFIX", "atomic_path", "check_output_file", "check_writable", "remove_stale_temporaries", "write_text"
+    "TEMP_PREFIX", "atomic_path", "check_not_input", "check_output_file", "check_writable", "remove_stale_temporaries",
+    "write_text",
 ]
 
 TEMP_PREFIX = ".lkcfusion-"
@@ -108,23 +109,53 @@ def check_writable(path: str | Path) -> None:
         raise FusionInputError(f"{path}: cannot write here ({err.strerror or err})") from None
 
 
-def check_output_file(path: str | Path, example: str) -> Path:
-    """Fail before any long work when the file ``path`` could not be written: a folder, or a place that cannot be
-    written (:func:`check_writable`).
+def check_not_input(path: str | Path, inputs: Sequence[str | Path], kind: str = "input") -> None:
+    """Refuse an output that would replace one of the command's inputs (or its other outputs), or lie inside an input
+    folder.
 
     Args:
-        path: the file to be written later (a table, a report).
+        path: the file to be written.
+        inputs: input files or folders (or other outputs) that must not be replaced.
+        kind: what ``inputs`` are, for the message (``"input"``, ``"output"``).
+
+    Raises:
+        FusionInputError: ``<path>: is the <kind> <source>; ...`` or ``lies inside the input folder``.
+    """
+    path = Path(path)
+    for source in map(Path, inputs):
+        if path.resolve() == source.resolve() or path.exists() and source.exists() and os.path.samefile(path, source):
+            raise FusionInputError(
+                f"{path}: is the {kind} {source}; an {kind} is never replaced, choose another output"
+            )
+        if source.is_dir() and source.resolve() in path.resolve().parents:
+            raise FusionInputError(f"{path}: lies inside the input folder {source}; write the output elsewhere")
+
+
+def check_output_file(
+    path: str | Path, example: str, inputs: Sequence[str | Path] = (), overwrite: bool = True
+) -> Path:
+    """Fail before any long work when the file ``path`` could not be written: a folder, one of the inputs, an
+    existing file without ``overwrite``, or a place that cannot be written (:func:`check_writable`).
+
+    Args:
+        path: the file to be written later (a table, a report, a picture).
         example: a file name of the right kind, suggested inside ``path`` when it is a folder (e.g. ``"metrics.csv"``).
+        inputs: files (or folders) the command reads, never to be replaced (:func:`check_not_input`).
+        overwrite: an existing file may be replaced.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        FusionInputError: ``<path>: is a folder; give a file name (e.g. <path>/<example>)`` or ``cannot write here``.
+        FusionInputError: ``<path>: is a folder; give a file name (e.g. <path>/<example>)``, ``is the input``,
+            ``output exists`` or ``cannot write here``.
     """
     path = Path(path)
     if path.is_dir():
         raise FusionInputError(f"{path}: is a folder; give a file name (e.g. {path / example})")
+    check_not_input(path, inputs)
+    if path.exists() and not overwrite:
+        raise _exists_error(path)
     check_writable(path)
     return path
 

@@ -27,7 +27,7 @@ import torch
 from monai.data import MetaTensor
 
 from ..errors import FusionInputError, list_names
-from .atomic import atomic_path, check_writable
+from .atomic import atomic_path, check_not_input, check_writable
 
 __all__ = [
     "PICTURE_SUFFIXES",
@@ -682,12 +682,7 @@ def check_output_path(
             f"{path}: is a folder; give an output file name (e.g. {path / ('fused' + (suffix or '.nii.gz'))}), "
             "or use --mri-dir/--other-dir for a folder of pairs"
         )
-    for source in inputs:
-        source = Path(source)
-        if path.resolve() == source.resolve() or path.exists() and source.exists() and os.path.samefile(path, source):
-            raise FusionInputError(f"{path}: is the input {source}; an input is never replaced, choose another output")
-        if source.is_dir() and source.resolve() in path.resolve().parents:
-            raise FusionInputError(f"{path}: lies inside the input folder {source}; write the output elsewhere")
+    check_not_input(path, inputs)
     if suffix not in WRITABLE_SUFFIXES:
         raise FusionInputError(
             f"{path}: {'no file extension' if not suffix else f'unsupported output format {suffix!r}'}; "
