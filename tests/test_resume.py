@@ -123,9 +123,13 @@ def test_unwritable_output_fails_before_training(tmp_path, capsys):
 def test_broken_inputs_of_train_are_one_line(tmp_path, capsys):
     broken = tmp_path / "broken.json"
     broken.write_text('{"roi_size": 16,')
+    (tmp_path / "list.json").write_text("[1, 2]")  # valid JSON, not settings: was an AttributeError traceback
+    (tmp_path / "text.json").write_text('"str"')
     args = _train_args(tmp_path, tmp_path / "run", epochs=1)
     cases = [
         (["--config", str(broken)], "broken.json: cannot read config"),
+        (["--config", str(tmp_path / "list.json")], "list.json: a config holds settings as an object"),
+        (["--config", str(tmp_path / "text.json")], "not a str"),
         (["--dataset-dir", str(tmp_path / "nowhere")], "nowhere/train: no such folder"),
         (["--preset", "huge"], "network preset 'huge' is not one of"),
     ]

@@ -172,7 +172,7 @@ def _config_workflow(
     overrides: dict[str, Any],
 ) -> Any:
     """The ``ConfigWorkflow`` of the bundle config ``config`` with the override files and values (nothing run)."""
-    from monai.bundle import ConfigWorkflow
+    from monai.bundle import ConfigParser, ConfigWorkflow
 
     if not allow_expressions:
         check_literal_overrides(overrides)
@@ -182,6 +182,11 @@ def _config_workflow(
             raise FusionInputError(f"{extra}: config file not found")
         files.append(str(extra))
     try:
+        for extra in files[1:]:  # valid JSON that is a list or a string ended in an AttributeError traceback
+            content = ConfigParser.load_config_file(extra)
+            if not isinstance(content, dict):
+                raise FusionInputError(f"{extra}: a config holds settings as an object ({{\"name\": value, ...}}), "
+                                       f"not a {type(content).__name__}")
         return ConfigWorkflow(
             config_file=files,
             meta_file=str(bundle_config("metadata.json")),
