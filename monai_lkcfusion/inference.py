@@ -118,8 +118,11 @@ def fuse(
     Raises:
         FusionInputError: unreadable inputs, dimension/size/channel mismatch, no overlap, unknown method, no
             weights for ``"lkcfunet"``, an unusable device, a batch/tile size or worker/thread count below 1, or a
-            ``save_transform``/``preview`` place that cannot be written (checked first).
+            ``save_transform``/``preview`` place that cannot be written or a ``preview`` that is an input file
+            (checked first).
     """
+    if preview is not None:  # a picture written after the work: never over an input file
+        check_not_input(preview, [image for image in (mri, other) if isinstance(image, (str, Path))])
     for target in (save_transform, preview):  # written after the (long) work: fail now, not then
         if target is not None:
             check_writable(target)
@@ -217,7 +220,7 @@ def fuse_files(
     """
     inputs = (mri, other) if all(isinstance(x, (str, Path)) for x in (mri, other)) else ()
     output = check_output_path(output, overwrite, inputs=inputs, spatial_dims=_spatial_dims(mri))
-    if kwargs.get("preview") is not None:  # a picture written after the work: never over an input or the result
+    if kwargs.get("preview") is not None:  # nor over the result, nor an existing file without overwrite
         check_output_file(kwargs["preview"], "preview.png", inputs=inputs, overwrite=overwrite)
         check_not_input(kwargs["preview"], [output], kind="output")
     fused = fuse(mri, other, **kwargs)

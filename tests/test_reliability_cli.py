@@ -227,6 +227,10 @@ def test_no_command_writes_over_its_inputs(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("lkcfusion: error:") and problem in err[0], (argv, err)
+    from monai_lkcfusion.inference import fuse
+
+    with pytest.raises(FusionInputError, match="is the input"):  # the Python call too, not only the CLI
+        fuse(mri, pet, method="max", preview=pet, progress=False)
     assert {path: Path(path).read_bytes() for path in before} == before
     assert sorted(p.name for p in (tmp_path / "MRI").iterdir()) == ["a.png"]
     assert not (tmp_path / "f.png").exists() and not (tmp_path / "g.png").exists()
