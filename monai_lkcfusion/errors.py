@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["FusionInputError", "as_count", "as_flag", "list_names"]
+__all__ = ["FusionInputError", "as_count", "as_flag", "as_names", "list_names"]
 
 
 class FusionInputError(ValueError):
@@ -56,6 +56,25 @@ def as_count(value: object, option: str, minimum: int = 1, unit: str = "") -> in
         off = " (0: off)" if minimum == 0 else ""
         raise FusionInputError(f"{option} {value!r}: give a whole number{counted} of at least {minimum}{off}")
     return value
+
+
+def as_names(names: Sequence[str] | str, option: str) -> tuple[str, ...]:
+    """A list setting of names (methods, metrics) as a tuple: each name once, in the order first given.
+
+    Args:
+        names: the names; a string is one name.
+        option: the setting's name as the user wrote it, for the message (e.g. ``"--metrics"``).
+
+    Returns:
+        the names without repeats.
+
+    Raises:
+        FusionInputError: ``<option>: give at least one name`` for no names (e.g. ``--methods ""``).
+    """
+    unique = tuple(dict.fromkeys([names] if isinstance(names, str) else names))
+    if not unique:
+        raise FusionInputError(f"{option}: give at least one name")
+    return unique
 
 
 def list_names(names: Sequence[str], limit: int = 5) -> str:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from monai_lkcfusion.errors import FusionInputError, as_count, as_flag
+from monai_lkcfusion.errors import FusionInputError, as_count, as_flag, as_names
 
 
 @pytest.mark.parametrize("value, minimum", [(1, 1), (7, 1), (0, 0), (3, 0)])
@@ -29,3 +29,10 @@ def test_as_flag_reads_bools_and_their_names(value, expected):
 def test_as_flag_refuses_anything_else(value):
     with pytest.raises(FusionInputError, match=r"tta .*: give true or false"):
         as_flag(value, "tta")
+
+
+def test_as_names_keeps_each_name_once_in_order_and_refuses_none():
+    assert as_names(["SD", "EN", "SD", "MI", "EN"], "--metrics") == ("SD", "EN", "MI")
+    assert as_names("max", "methods") == ("max",)  # one name, not its letters
+    with pytest.raises(FusionInputError, match=r"^--metrics: give at least one name$"):
+        as_names([], "--metrics")

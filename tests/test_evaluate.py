@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from monai_lkcfusion.cli import main
 from monai_lkcfusion.apps.evaluation import compare_methods
+from monai_lkcfusion.cli import main
 from monai_lkcfusion.networks import LKCFUNet
 
 
@@ -126,3 +126,35 @@ def test_cudnn_benchmark_setting_in_every_training_config(value: object, expecte
             assert torch.backends.cudnn.benchmark is expected, files
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+@pytest.mark.parametrize("methods, metrics, problem", [
+    ("", "EN", "methods: give at least one name"), (" , ", "EN", "methods: give at least one name"),
+    ("max", ",", "metrics: give at least one name"), ("max,bogus", "EN", "unknown fusion method 'bogus'"),
+])
+def test_evaluate_without_methods_or_metrics_is_one_line_and_writes_nothing(tmp_path: Path, capsys, methods, metrics,
+                                                                           problem) -> None:
+    """``--methods ""`` wrote part of the results and ended in an internal message; now refused before any work."""
+    mri_dir, other_dir = _pairs(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["evaluate", "--mri-dir", str(mri_dir), "--other-dir", str(other_dir), "-o", str(out),
+            "--methods", methods, "--metrics", metrics]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"lkcfusion: error: {problem}" + err.split(problem, 1)[1].rstrip()], err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_names_given_twice_count_once(tmp_path: Path, capsys) -> None:
+    """``--metrics EN,EN`` gave two EN rows per method; ``metrics --metrics EN --metrics SD`` kept only SD."""
+    mri_dir, other_dir = _pairs(tmp_path / "data")
+    pairs = [{"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png")} for i in range(2)]
+    summary = compare_methods(pairs, tmp_path / "out", methods=["max", "max"], metric_names=["EN", "EN", "SD"],
+                              figure_rows=0, save_fused=False)
+    assert sorted((r["method"], r["metric"]) for r in summary) == [("max", "EN"), ("max", "SD")]
+    assert main(["fuse", "--mri-dir", str(mri_dir), "--other-dir", str(other_dir), "-o", str(tmp_path / "f"),
+                 "--method", "max", "-q"]) == 0
+    table = tmp_path / "m.csv"
+    assert main(["metrics", "--fused", str(tmp_path / "f"), "--mri", str(mri_dir), "--other", str(other_dir),
+                 "--metrics", "EN", "--metrics", "SD", "EN", "--csv", str(table)]) == 0
+    assert list(csv.DictReader(table.open()).fieldnames) == ["pair", "EN", "SD"]

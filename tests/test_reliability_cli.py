@@ -197,6 +197,24 @@ def test_bad_shared_options_on_folders_are_one_line_before_any_pair(option, prob
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv, problem", [
+    (["fuse", "a.png", "b.png", "-o", "f.png", "--axis", "x"], "fuse: argument --axis: invalid int value: 'x'"),
+    (["fuse", "a.png", "b.png"], "fuse: the following arguments are required: -o/--output"),
+    (["fuse", "a.png", "b.png", "-o", "f.png", "--register", "nonrigid"], "fuse: argument --register: invalid choice"),
+    (["metrics", "--fused", "F", "--mri", "M", "--other", "O", "--bogus"], "metrics: unrecognized arguments: --bogus"),
+    (["fus"], "argument <command>: invalid choice: 'fus'"),
+])
+def test_usage_errors_are_one_line(argv, problem, capsys):
+    """argparse's own errors (bad values, unknown or missing options): one line naming the command and where the
+    options are listed, exit 2; they were a usage block of up to 14 lines and a second error line."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.strip().splitlines() == [f"lkcfusion: error: {problem}{err.split(problem, 1)[1].rstrip()}"], err
+    assert err.rstrip().endswith("--help)") and "usage:" not in err
+
+
 def test_no_command_writes_over_its_inputs(tmp_path, capsys):
     """A preview, a metrics table, an exported model or an evaluation is never written over (or into) the command's
     inputs: each wrote there with exit 0 (the MRI became a preview or CSV text, the trained weights a TorchScript

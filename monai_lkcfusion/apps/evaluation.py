@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..errors import FusionInputError
+from ..errors import FusionInputError, as_names
 
 __all__ = ["EVALUATION_METRICS", "compare_methods"]
 
@@ -67,14 +67,14 @@ def compare_methods(
     from ..inference import build_predictor, fuse
     from ..metrics import compute_fusion_metrics
     from ..metrics.folders import read_gray
-    from ..metrics.utils import gray8
     from ..metrics.tables import json_text, pivot, summarize, write_table
-    from .figures import metrics_bar_chart, overview_figure
-
+    from ..metrics.utils import gray8
     from ..progress import Progress
+    from .figures import metrics_bar_chart, overview_figure
 
     if not pairs:
         raise FusionInputError("no (MRI, other) pairs to evaluate")
+    methods, metric_names = as_names(methods, "methods"), as_names(metric_names, "metrics")
     out = Path(output_dir)
     earlier = [out / name for name in EVALUATION_FILES if (out / name).exists()]
     if earlier and not overwrite:

@@ -15,6 +15,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from importlib import import_module
+from typing import NoReturn
 
 from .. import __version__
 from ..errors import FusionInputError
@@ -39,13 +40,28 @@ examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``lkcfusion: error: <command>: <message>`` and where the options are listed; exit with code 2.
+
+        Args:
+            message: argparse's description of the problem (an unknown option, a bad value, a missing argument).
+        """
+        command = self.prog.removeprefix("lkcfusion").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"lkcfusion: error: {where}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every command of :data:`COMMANDS`.
 
     Returns:
-        The top-level parser; each subparser carries its runner as the ``func`` default.
+        The top-level parser; each subparser carries its runner as the ``func`` default and itself as
+        ``command_parser`` (which reports options it does not know).
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lkcfusion",
         description=_DESCRIPTION,
         epilog=_EPILOG,
@@ -60,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=getattr(command, "EPILOG", None),
         )
         command.add_arguments(sub)
-        sub.set_defaults(func=command.run)
+        sub.set_defaults(func=command.run, command_parser=sub)
     return parser
 
 
@@ -74,7 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit code: 0 on success, 2 for a problem with the user's input, 1 for a failed batch.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

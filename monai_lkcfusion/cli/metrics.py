@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fused", required=True, help="folder of fused images, or one fused image")
     parser.add_argument("--mri", required=True, help="folder of MRI images (same names), or one MRI image")
     parser.add_argument("--other", required=True, help="folder of CT/PET/SPECT images (same names), or one such image")
-    parser.add_argument("--metrics", nargs="+", metavar="NAME",
+    parser.add_argument("--metrics", nargs="+", action="extend", metavar="NAME",
                         help="metrics to compute (default: EN SD SF AG MI SCD VIF Qabf SSIM CC PSNR MSE; "
                         "extras: MS_SSIM Nabf FMI_pixel)")
     parser.add_argument("--ssim-data-range", type=float, default=255.0,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..data import PICTURE_SUFFIXES, image_stem, match_files_by_name, read_image
-from ..errors import FusionInputError, list_names
+from ..errors import FusionInputError, as_names, list_names
 from .functional import DEFAULT_METRICS, compute_fusion_metrics
 from .utils import gray8
 
@@ -72,7 +72,7 @@ def score_folders(
     """
     folders = {"fused": fused_dir, "mri": mri_dir, "other": other_dir}
     matched = _triples(folders)
-    names = tuple(DEFAULT_METRICS if names is None else names)
+    names = DEFAULT_METRICS if names is None else as_names(names, "metrics")
     results: dict[str, dict[str, float]] = {}
     by_shape: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
     for item in matched:

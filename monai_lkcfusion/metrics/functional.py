@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from ..errors import FusionInputError
+from ..errors import FusionInputError, as_names
 from .gradient import nabf, qabf
 from .information import feature_mutual_information, mutual_information
 from .statistics import (
@@ -92,7 +92,7 @@ def compute_fusion_metrics(
             a metric's window, NaN/Inf values, an input in [0, 1] without ``input_scale``, or an input that
             ``input_scale`` would push far beyond 255 (it applies to all three inputs).
     """
-    names = DEFAULT_METRICS if names is None else tuple(names)
+    names = DEFAULT_METRICS if names is None else as_names(names, "metrics")
     if chunk_size < 1:
         raise FusionInputError(f"chunk_size: expected a positive number of images, got {chunk_size}")
     for option, value in (("ssim_data_range", ssim_data_range), ("input_scale", input_scale)):
