@@ -353,6 +353,34 @@ def test_cli_register_transform_preview(tmp_path, capsys):
     assert code == 2
 
 
+@pytest.mark.parametrize("place, extra, problem", [
+    ("t.xyz", ["--register", "rigid"], "t.xyz: name the transform file with .tfm or .txt (or give an existing folder)"),
+    ("fused.png", ["--register", "rigid"], "fused.png: name the transform file with .tfm or .txt"),
+    ("t.tfm", [], "--save-transform writes the transform that --register finds: add --register rigid"),
+    ("MRI", ["--register", "rigid"], "MRI: is the input"),
+])
+def test_cli_save_transform_place_is_refused_before_any_work(tmp_path, capsys, place, extra, problem):
+    """A --save-transform place that is not a transform file: it became a folder ``t.xyz/pet.tfm`` (with ``-o
+    fused.png --save-transform fused.png`` a failed run left ``fused.png/pet.tfm``), without --register it was
+    ignored, and an input DICOM folder got the transform file inside it."""
+    from PIL import Image
+
+    (tmp_path / "MRI").mkdir()
+    mri, other = tmp_path / "MRI" / "mri.png", tmp_path / "pet.png"
+    for path, value in ((mri, 90), (other, 150)):
+        Image.fromarray(np.pad(np.full((24, 24), value, np.uint8), 8)).save(path)
+    if place == "MRI":
+        mri = tmp_path / "MRI"  # stands for a DICOM series folder: never written into
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code = main(["fuse", str(mri), str(other), "-o", str(tmp_path / "fused.png"), "--method", "max",
+                 "--save-transform", str(tmp_path / place), *extra])
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("lkcfusion: error: ") and problem in lines[0], out.err
+    assert out.out == ""  # refused before "registration: on"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 def test_bundle_inference_config_has_register_option():
     """inference.json: register / transform / save_transform, RegisterToReferenced before the resampling."""
     from monai.bundle import ConfigParser

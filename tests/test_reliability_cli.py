@@ -524,6 +524,25 @@ def test_batch_continues_past_bad_pairs(tmp_path, capsys):
     assert "fused 2 pair(s); 3 failed" in printed
 
 
+def test_documents_beside_the_images_are_not_pairs_but_unknown_formats_are(tmp_path, capsys):
+    """A README or a CSV in a batch folder counted as an unpaired image: an error line and exit 1 although every pair
+    was fused. Documents are not entries now; a file of an unreadable image format still is, and is reported."""
+    mri_dir, other_dir, out = tmp_path / "mri", tmp_path / "pet", tmp_path / "fused"
+    for folder, seed in ((mri_dir, 0), (other_dir, 1)):
+        folder.mkdir()
+        for name in ("a.png", "b.png"):
+            _png(folder / name, _gray(seed=seed))
+    (mri_dir / "README.txt").write_text("T1 slices of subject 7")
+    (other_dir / "Results.CSV").write_text("pair,EN\n")
+    (other_dir / "notes.md").write_text("#")
+    argv = ["--mri-dir", str(mri_dir), "--other-dir", str(other_dir), "-o", str(out), "--method", "max"]
+    code, printed, err = _fuse(argv, capsys)
+    assert code == 0 and err == "" and "fused 2 pair(s); 0 failed or unpaired" in printed
+    (mri_dir / "c.mgz").write_bytes(b"\0" * 64)  # an image in a format the package does not read
+    code, printed, err = _fuse([*argv, "--overwrite"], capsys)
+    assert code == 1 and "c.mgz" in err and "fused 2 pair(s); 1 failed" in printed
+
+
 def test_metrics_and_evaluate_name_a_corrupt_file(tmp_path, capsys):
     for folder in ("mri", "ct", "fused"):
         (tmp_path / folder).mkdir()

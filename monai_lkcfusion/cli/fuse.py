@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transform", metavar="PATH",
                         help="apply this ITK transform file (.tfm/.txt, e.g. from --save-transform) instead")
     parser.add_argument("--save-transform", metavar="PATH",
-                        help="write the transform found as an ITK transform file (batch mode: a folder, one per pair)")
+                        help="write the transform found as an ITK transform file, .tfm or .txt (batch mode: a folder, one "
+                        "per pair)")
     parser.add_argument("--preview", metavar="PNG",
                         help="write a checkerboard / edge-overlay picture of the alignment (one pair only)")
     parser.add_argument("--mri-modality",
@@ -110,12 +111,28 @@ class _StdoutHandler(logging.StreamHandler):
 
 def _registration_options(args: argparse.Namespace, batch: bool) -> dict:
     """``fuse()`` options of --register/--transform/--save-transform/--preview; registration reports on stdout."""
+    from ..data.atomic import check_not_input
+    from ..registration import TRANSFORM_SUFFIXES
+
     if args.register != "none" and args.transform:
         raise FusionInputError("give either --register or --transform, not both")
     single = [option for option, value in (("--transform", args.transform), ("--preview", args.preview)) if value]
     if batch and single:
         raise FusionInputError(f"{' and '.join(single)} {'is' if len(single) == 1 else 'are'} for one pair "
                                "(MRI OTHER -o OUT), not folders")
+    save = args.save_transform
+    if save and args.register == "none" and not args.transform:
+        raise FusionInputError("--save-transform writes the transform that --register finds: add --register rigid "
+                               "(or affine)")
+    if batch and save:
+        Path(save).mkdir(parents=True, exist_ok=True)
+    elif save:
+        if Path(save).suffix.lower() not in TRANSFORM_SUFFIXES and not Path(save).is_dir():
+            raise FusionInputError(f"{save}: name the transform file with {' or '.join(TRANSFORM_SUFFIXES[:2])} (or "
+                                   "give an existing folder)")
+        check_not_input(save, [p for p in (args.mri, args.other, args.transform) if p])  # e.g. a DICOM folder
+        if Path(save).is_file() and not args.overwrite:
+            raise FusionInputError(f"{save}: transform file exists; pass --overwrite to replace it")
     if args.register != "none" or args.transform:
         print(f"registration: on ({f'applying {args.transform}' if args.transform else args.register})")
         logger = logging.getLogger("monai_lkcfusion.registration")
@@ -123,11 +140,6 @@ def _registration_options(args: argparse.Namespace, batch: bool) -> dict:
             logger.addHandler(_StdoutHandler())
         logger.setLevel(logging.INFO)
         logger.propagate = False  # printed once, here: not again by handlers a bundle's logging.conf gave the root
-    save = args.save_transform
-    if batch and save:
-        Path(save).mkdir(parents=True, exist_ok=True)
-    elif save and Path(save).exists() and not args.overwrite:
-        raise FusionInputError(f"{save}: transform file exists; pass --overwrite to replace it")
     return {"register": args.register, "transform": args.transform, "save_transform": save, "preview": args.preview}
 
 

@@ -2,8 +2,9 @@
 
 One rule everywhere (CLI, bundle, metrics folders, evaluation, Harvard datalists): two entries belong together when
 their names without the image extension are equal (:func:`~monai_lkcfusion.data.io.image_stem`), so ``a.nii.gz``
-pairs with ``a.nii`` and ``a.png`` with ``a.PNG``. Hidden entries are skipped; sub-folders are entries too (a DICOM
-series per folder).
+pairs with ``a.nii`` and ``a.png`` with ``a.PNG``. Hidden entries and documents (:data:`NOT_IMAGE_SUFFIXES`: a
+README, a CSV of results, a transform file) are skipped; sub-folders are entries too (a DICOM series per folder). A file
+of any other extension is an entry, so an image in a format that cannot be read is reported, never passed over.
 """
 
 from __future__ import annotations
@@ -14,8 +15,14 @@ from pathlib import Path
 from ..errors import FusionInputError
 from .io import WRITABLE_SUFFIXES, image_stem, image_suffix
 
-__all__ = ["files_by_name", "match_files_by_name", "output_name", "pair_files_by_name"]
+__all__ = ["NOT_IMAGE_SUFFIXES", "files_by_name", "match_files_by_name", "output_name", "pair_files_by_name"]
 
+
+NOT_IMAGE_SUFFIXES = (
+    ".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml", ".html", ".pdf", ".log", ".ini", ".db",
+    ".tfm", ".mat", ".py", ".sh", ".zip",
+)
+"""Extensions of files that sit beside images but are never one; they are not entries of a folder."""
 
 _DETACHED_DATA = (".raw", ".zraw", ".raw.gz")
 """Extensions of the data files that a detached header (``.mhd``, ``.nhdr``) beside them names."""
@@ -37,7 +44,7 @@ def files_by_name(folder: str | Path, suffixes: Sequence[str] | None = None) -> 
     Args:
         folder: the folder.
         suffixes: keep only files with one of these lower-case extensions (e.g. ``PICTURE_SUFFIXES``); ``None``
-            keeps every file and sub-folder.
+            keeps every file and sub-folder except documents (:data:`NOT_IMAGE_SUFFIXES`).
 
     Returns:
         ``{stem: path}`` sorted by stem; the data file of a detached header (``a.raw`` beside ``a.mhd``) is part
@@ -55,7 +62,10 @@ def files_by_name(folder: str | Path, suffixes: Sequence[str] | None = None) -> 
     paths = sorted(folder.iterdir())
     names = {path.name.lower() for path in paths}
     for path in paths:
-        if path.name.startswith(".") or suffixes is not None and image_suffix(path) not in suffixes:
+        suffix = image_suffix(path)
+        if path.name.startswith(".") or suffixes is not None and suffix not in suffixes:
+            continue
+        if path.is_file() and suffix in NOT_IMAGE_SUFFIXES:
             continue
         if _is_header_data(path.name.lower(), names):
             continue
