@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transform", metavar="PATH",
                         help="apply this ITK transform file (.tfm/.txt, e.g. from --save-transform) instead")
     parser.add_argument("--save-transform", metavar="PATH",
-                        help="write the transform found as an ITK transform file, .tfm or .txt (batch mode: a folder, one "
-                        "per pair)")
+                        help="write the transform found as an ITK transform file, .tfm or .txt (batch mode: a "
+                        "folder, one per pair)")
     parser.add_argument("--preview", metavar="PNG",
                         help="write a checkerboard / edge-overlay picture of the alignment (one pair only)")
     parser.add_argument("--mri-modality",
