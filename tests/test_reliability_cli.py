@@ -454,6 +454,22 @@ def test_unwritable_output_location(tmp_path, capsys):
         assert code == 2 and f"{out}: cannot write here" in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_unwritable_output_folder_is_one_line_before_any_pair(tmp_path, capsys):
+    """Batch mode into a folder that cannot be written (/proc; below a file): one line, exit 2; it was one error line
+    per pair and exit 1."""
+    for folder in ("MRI", "PET"):
+        (tmp_path / folder).mkdir()
+        for name in ("a.png", "b.png", "c.png"):
+            _png(tmp_path / folder / name, _gray())
+    (tmp_path / "a_file").write_text("x")
+    for out in (Path("/proc"), tmp_path / "a_file" / "fused"):
+        code, printed, err = _fuse(["--mri-dir", str(tmp_path / "MRI"), "--other-dir", str(tmp_path / "PET"), "-o",
+                                    str(out), "--method", "max"], capsys)
+        assert code == 2 and err.strip().splitlines() == [f"lkcfusion: error: {out}: cannot write here"
+                                                          + err.split("cannot write here", 1)[1].rstrip()], err
+        assert "wrote" not in printed
+
+
 def test_unwritable_places_refused_before_any_work(tmp_path, monkeypatch):
     """The output, --save-transform and --preview places are probed first, so no registration or long volume runs
     for a result that cannot be written: below a file, in /proc, and (with mount rights) on a read-only file system,

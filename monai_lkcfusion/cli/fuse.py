@@ -162,11 +162,12 @@ def _fuse_folders(args: argparse.Namespace, predictor, options: dict) -> int:
 
     from ignite.engine import Events
 
-    from ..data import pair_files_by_name
+    from ..data import check_writable, pair_files_by_name
     from ..engines import FileFusionEngine
 
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise FusionInputError(f"{args.output}: is a file; with --mri-dir/--other-dir, -o names the output folder")
+    check_writable(args.output)  # once, not once per pair
     for folder in (args.mri_dir, args.other_dir):  # outputs are named after the MRIs: never write over the inputs
         if Path(args.output).resolve() == Path(folder).resolve():
             raise FusionInputError(f"{args.output}: is the input folder {folder}; write the results to another folder")
