@@ -149,7 +149,7 @@ def test_earlier_run_is_not_overwritten_without_resume(tmp_path, capsys):
     assert main(_train_args(tmp_path, out, epochs=1, resume=False)) == 2
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and "checkpoint_epoch=7.pt of an earlier run; pass --resume" in errors[0], errors
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing new either (TensorBoard files were)
 
 
 def test_too_small_disk_fails_before_training(tmp_path, capsys):

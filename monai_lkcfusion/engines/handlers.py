@@ -47,6 +47,7 @@ __all__ = [
     "TimeLimitHandler",
     "ValidationEarlyStopHandler",
     "best_model_saver",
+    "check_earlier_run",
     "checkpoint_epochs",
     "last_checkpoint",
     "loss_output",
@@ -86,6 +87,25 @@ def last_checkpoint(directory: str | Path) -> Path | None:
     whose central directory comes last, so a partial file is not a valid zip.
     """
     return next((path for _, path in reversed(checkpoint_epochs(directory)) if zipfile.is_zipfile(path)), None)
+
+
+def check_earlier_run(output_dir: str | Path, resume: bool | str | Path) -> None:
+    """Refuse to start a run in a folder that holds an earlier run's checkpoints unless it is resumed: they are never
+    overwritten unasked. Checked before anything is written there (TensorBoard files, checkpoints).
+
+    Args:
+        output_dir: the run's output folder.
+        resume: the ``resume`` setting (see :func:`resume_option`).
+
+    Raises:
+        FusionInputError: ``output_dir`` holds a complete checkpoint and ``resume`` is off.
+    """
+    earlier = last_checkpoint(output_dir)
+    if earlier is not None and not resume_option(resume):
+        raise FusionInputError(
+            f"{output_dir}: holds {earlier.name} of an earlier run; pass --resume (resume true) to continue it, "
+            "or choose another output folder"
+        )
 
 
 def resume_option(resume: bool | str | Path) -> bool | Path:

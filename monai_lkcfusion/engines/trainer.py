@@ -12,7 +12,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 
 from ..errors import FusionInputError
 from ..losses import FusionLoss
-from .handlers import ExceptionRaiser, last_checkpoint, resume_option, train_handlers
+from .handlers import ExceptionRaiser, check_earlier_run, resume_option, train_handlers
 
 __all__ = ["create_trainer"]
 
@@ -102,12 +102,7 @@ def create_trainer(
     output_dir = Path(output_dir)
     resume = resume_option(resume)
     _check_output_dir(output_dir, network)
-    earlier = last_checkpoint(output_dir)
-    if earlier is not None and not resume:
-        raise FusionInputError(
-            f"{output_dir}: holds {earlier.name} of an earlier run; pass --resume (resume=True) to continue it, "
-            "or choose another output folder"
-        )
+    check_earlier_run(output_dir, resume)
     network = network.to(device)
     optimizer = optimizer or torch.optim.Adam(network.parameters(), lr=lr)
     lr_scheduler = lr_scheduler or torch.optim.lr_scheduler.CosineAnnealingLR(

@@ -29,6 +29,8 @@ def check_training_settings(
     val_interval: Any,
     device: Any,
     keep_checkpoint_interval: Any = 0,
+    output_dir: Any = None,
+    resume: Any = False,
 ) -> None:
     """Refuse training settings a run cannot use, before the data and the network are built (train.json's first
     ``initialize`` step), where they otherwise end in a traceback, some after a whole epoch (``val_interval`` 0).
@@ -38,6 +40,8 @@ def check_training_settings(
         learning_rate: a finite number > 0.
         device: a ``torch.device`` or a name such as ``"cpu"``, ``"cuda:0"``.
         keep_checkpoint_interval: a whole number >= 0 (0: only the newest checkpoint is kept).
+        output_dir, resume: the run's folder must not hold an earlier run unless it is resumed
+            (:func:`~monai_lkcfusion.engines.handlers.check_earlier_run`); ``None``: not checked.
 
     Raises:
         FusionInputError: ``<setting> <value>: <what it needs>``.
@@ -56,6 +60,10 @@ def check_training_settings(
         torch.device(device)
     except (RuntimeError, TypeError):
         raise FusionInputError(f"device {device!r}: not a device; use cpu, cuda or cuda:N") from None
+    if output_dir is not None:
+        from .handlers import check_earlier_run
+
+        check_earlier_run(output_dir, resume)
 
 
 def bundle_config(name: str) -> Path:
