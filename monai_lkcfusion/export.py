@@ -9,6 +9,8 @@ network's stride and wrapped in an edge-replicate ``Pad`` and a ``Slice`` comput
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -117,17 +119,24 @@ def _export_onnx(net: nn.Module, path: Path, metadata: dict[str, str]) -> None:
             3: divisible * dim("w_blocks", min=2, max=16384),
         }
     }
-    with torch.no_grad():
-        program = torch.onnx.export(
-            net,
-            (example,),
-            input_names=["image"],
-            output_names=["fused"],
-            dynamic_shapes=dynamic,
-            opset_version=_ONNX_OPSET,
-            dynamo=True,
-            verbose=False,
-        )
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms": ops not used
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside torch's own exporter
+            program = torch.onnx.export(
+                net,
+                (example,),
+                input_names=["image"],
+                output_names=["fused"],
+                dynamic_shapes=dynamic,
+                opset_version=_ONNX_OPSET,
+                dynamo=True,
+                verbose=False,
+            )
+    finally:
+        registry_log.setLevel(level)
     model = program.model_proto
     _wrap_pad_crop(model.graph, divisible)
     onnx.helper.set_model_props(model, metadata)

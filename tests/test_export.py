@@ -132,3 +132,14 @@ def test_monai_bundle_ckpt_export_matches_network(tmp_path, tiny_net):
         x = torch.rand(*shape)
         with torch.no_grad():
             np.testing.assert_allclose(scripted(x).numpy(), _reference(tiny_net, x), atol=1e-4, rtol=0)
+
+
+def test_cli_onnx_export_prints_only_its_result(tmp_path, tiny_net):
+    """A fresh process (torch reports its exporter's registry once per process): the export printed six lines of
+    torch's own noise ("torchvision is not installed. Skipping torchvision::nms", a FutureWarning) on stderr."""
+    pytest.importorskip("onnx")
+    weights = save_network(tiny_net, tmp_path / "tiny.pt")
+    result = subprocess.run([sys.executable, "-m", "monai_lkcfusion", "export", "-o", str(tmp_path / "m.onnx"),
+                             "--weights", str(weights)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith(f"wrote onnx model to {tmp_path / 'm.onnx'}")

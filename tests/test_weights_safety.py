@@ -111,6 +111,21 @@ def test_corrupt_and_empty_weights(tmp_path, capsys):
     assert not (tmp_path / "f.png").exists()
 
 
+def test_torchscript_export_given_as_weights_is_named(tmp_path, capsys):
+    """A TorchScript export (``lkcfusion export``) as --weights got PyTorch's advice to load it unsafely; now one line
+    saying what it is and what to give."""
+    mri, ct = _pair(tmp_path)
+    weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "tiny.pt")
+    assert main(["export", "--weights", str(weights), "-o", str(tmp_path / "tiny.ts")]) == 0
+    capsys.readouterr()
+    assert main(["fuse", str(mri), str(ct), "-o", str(tmp_path / "f.png"), "--weights", str(tmp_path / "tiny.ts")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"lkcfusion: error: {tmp_path / 'tiny.ts'}: is a TorchScript model (e.g. from "
+                                        "lkcfusion export); give the .pt/.pth state dict or .safetensors weights it "
+                                        "was made from"], err
+    assert not (tmp_path / "f.png").exists()
+
+
 def test_other_architecture_is_named(tmp_path, capsys):
     from monai.networks.nets import BasicUNet
 

@@ -85,12 +85,19 @@ def read_state_dict(source: str | PathLike | Mapping[str, Any], map_location: An
 
             device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
             loaded: Any = load_file(path, device=device)
+        elif _is_torchscript(path):  # torch.load would warn, then refuse it with advice to load it unsafely
+            raise FusionInputError(
+                f"{path}: is a TorchScript model (e.g. from lkcfusion export); give the .pt/.pth state dict or "
+                ".safetensors weights it was made from"
+            )
         else:
             with warnings.catch_warnings():  # the refusal below is the message; no pickle-protocol noise
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
                 loaded = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError as e:
         raise FusionInputError(f"{path}: weights file not found") from e
+    except FusionInputError:
+        raise
     except Exception as e:  # unpickling refused, corrupt file, wrong format
         detail = (str(e).strip().splitlines() or ["empty or truncated file"])[0]
         if "Weights only load failed" in detail:  # torch's hint to retry unsafely is not advice we pass on
@@ -103,6 +110,14 @@ def read_state_dict(source: str | PathLike | Mapping[str, Any], map_location: An
     if not isinstance(loaded, Mapping):
         raise FusionInputError(f"{path}: holds a {type(loaded).__name__}, not a state dict")
     return unwrap_state_dict(loaded, path)
+
+
+def _is_torchscript(path: str) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``): a zip holding ``<name>/constants.pkl``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 def _is_pickle(path: str) -> bool:
