@@ -187,6 +187,29 @@ def test_transform_keeps_voxels_moves_affine_and_inverts(demo_2d):
     assert untouched is moved
 
 
+def test_2d_pictures_of_two_sizes_register_with_resample(demo_2d):
+    """A moved PET picture saved at another size (3/4 of the MRI's): refused without --resample (the message named no
+    way out: resample said "register first", registration "resize first"); with it, resized to the MRI's size, then
+    registered: the fusion matches the aligned pair, and Invertd gives the picture back at its own size."""
+    mri, pet = demo_2d
+    moved = resample_image(pet, _rigid(2, 6.0, (9.0, -7.0), (72.0, 90.0)))
+    size = tuple(round(0.75 * s) for s in mri.shape[1:])
+    pixels = torch.nn.functional.interpolate(moved.as_tensor()[None], size=size, mode="bilinear", align_corners=False)
+    small = MetaTensor(pixels[0], meta={**moved.meta, "filename_or_obj": "small.png"})
+    with pytest.raises(FusionInputError, match=r"small.png: size .* pass --resample to resize it to the MRI's first"):
+        fuse(mri, small, method="max", register="rigid")
+    aligned = fuse(mri, pet, method="max", color=False)
+    registered = fuse(mri, small, method="max", color=False, register="rigid", resample=True)
+    assert registered.shape == aligned.shape and registered.meta["registration"]["kind"] == "rigid"
+    assert _foreground_corr(registered, aligned, mri) >= 0.97
+    chain = Compose([RegisterToReferenced("other", kind="rigid", resize_2d=True),
+                     ResampleToReferenced("other", resize_2d=True)])
+    out = chain({"mri": mri, "other": small})
+    assert out["other"].shape[1:] == mri.shape[1:]
+    back = Invertd("other", transform=chain, orig_keys="other")(out)["other"]
+    assert back.shape == small.shape and not back.applied_operations and "registration" not in back.meta
+
+
 def test_colour_registered_on_luma_all_channels_together(demo_2d):
     """An RGB PET moves as one: every channel is resampled with the transform found on the luma."""
     mri, _ = demo_2d

@@ -74,7 +74,7 @@ def fusion_preprocessing(
     Args:
         modality: modality of the other image (``"CT"``, ``"PET"``, ``"SPECT"``, ``"MR"``); default from the
             file (DICOM) or the data.
-        resize_2d: allow resizing a 2D other image of another size to the MRI's size.
+        resize_2d: allow resizing a 2D other image of another size to the MRI's size (before a registration).
         series: SeriesInstanceUID per key for DICOM folders with several series.
         mri_modality: modality of the MRI; default the file's (DICOM), else ``"MR"`` (never detected as CT).
         allow_irregular_slices: read DICOM series with missing, duplicated or unevenly spaced slices (reported).
@@ -93,7 +93,8 @@ def fusion_preprocessing(
                          allow_external_data=allow_external_data),
         ScaleModalityd(keys, modality={"mri": mri_modality, "other": modality}),
         *([RegisterToReferenced("other", ref_key="mri", kind=register, transform=transform,
-                                 save_transform=save_transform)] if register != "none" or transform else []),
+                                 save_transform=save_transform, resize_2d=resize_2d)]
+          if register != "none" or transform else []),
         ResampleToReferenced("other", ref_key="mri", resize_2d=resize_2d),
         SplitLumad(keys),
         ConcatItemsd(keys, name="image", dim=0),

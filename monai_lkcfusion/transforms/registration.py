@@ -24,6 +24,7 @@ from ..registration import (
     write_transform,
 )
 from .base import InvertibleReferencedMapTransform
+from .spatial import ResampleToReference
 
 __all__ = [
     "RegisterToReference",
@@ -54,6 +55,10 @@ class RegisterToReference(InvertibleTransform):
             fixed-to-moving homogeneous matrix in ITK's frame.
         save_transform: write the transform (found or given) as an ITK transform file here; a folder (an existing
             one, or a path without a transform extension such as ``.tfm``, created) gets ``<image name>.tfm``.
+        resize_2d: a 2D picture of another size than the reference is first resized to the reference's size
+            (bilinear, as :class:`ResampleToReference` with ``resize_2d`` does; pictures carry no geometry), then
+            registered; the transform found or given is then in the reference's pixel frame. Without it such a pair
+            is an error.
         register_kwargs: further options of :func:`~monai_lkcfusion.registration.register` (``iterations``,
             ``max_samples``, ``seed``, ``num_threads``, ...).
     """
@@ -65,6 +70,7 @@ class RegisterToReference(InvertibleTransform):
         kind: str = "rigid",
         transform: str | Path | np.ndarray | None = None,
         save_transform: str | Path | None = None,
+        resize_2d: bool = False,
         **register_kwargs: Any,
     ) -> None:
         kind = "none" if kind is None else str(kind).lower()
@@ -75,14 +81,15 @@ class RegisterToReference(InvertibleTransform):
         self.kind = kind
         self.transform = transform
         self.save_transform = save_transform
+        self.resizer = ResampleToReference(resize_2d=resize_2d)
         self.register_kwargs = register_kwargs
 
     def __call__(self, img: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """``(C, *spatial)`` image with an affine that aligns it with ``(C', *spatial')`` ``reference``.
 
         Raises:
-            FusionInputError: 2D against 3D, 2D pictures of different sizes, a constant image, no overlap, an
-                unreadable or non-linear transform file.
+            FusionInputError: 2D against 3D, 2D pictures of different sizes without ``resize_2d``, a constant image,
+                no overlap, an unreadable or non-linear transform file.
         """
         if self.kind == "none" and self.transform is None:
             return img
@@ -92,11 +99,14 @@ class RegisterToReference(InvertibleTransform):
         ndim = img.ndim - 1
         if img.ndim != reference.ndim:
             raise FusionInputError(f"{name}: {ndim}D image but the MRI is {reference.ndim - 1}D; cannot register")
-        if ndim == 2 and img.shape[1:] != reference.shape[1:]:
+        resized = ndim == 2 and img.shape[1:] != reference.shape[1:]
+        if resized and not self.resizer.resize_2d:
             raise FusionInputError(
                 f"{name}: size {tuple(img.shape[1:])} differs from the MRI's {tuple(reference.shape[1:])}; "
-                "2D pictures are registered at equal sizes (resize it to the MRI's first)"
+                "2D pictures are registered at equal sizes: pass --resample to resize it to the MRI's first"
             )
+        if resized:
+            img = self.resizer(img, reference)  # (C, H', W') on the MRI's pixel grid; its own inverse entry
         if self.transform is not None:
             record = self._given(ndim)
         else:
@@ -124,7 +134,7 @@ class RegisterToReference(InvertibleTransform):
         original = torch.as_tensor(img.affine).clone()
         out.affine = torch.as_tensor(moved_affine(original, matrix), dtype=original.dtype)
         out.meta["registration"] = record
-        self.push_transform(out, extra_info={"affine": original})
+        self.push_transform(out, extra_info={"affine": original, "resized": resized})
         return out
 
     def _given(self, ndim: int) -> dict[str, Any]:
@@ -138,7 +148,8 @@ class RegisterToReference(InvertibleTransform):
         return {"kind": "matrix", "source": None, "matrix": matrix.tolist()}
 
     def inverse(self, data: torch.Tensor) -> torch.Tensor:
-        """Restore the original affine (and drop the ``registration`` record); a pass-through stays as it is."""
+        """Restore the original affine (and size) and drop the ``registration`` record; a pass-through stays as it
+        is."""
         ops = getattr(data, "applied_operations", [])
         if not ops or ops[-1].get(TraceKeys.CLASS_NAME) != self.__class__.__name__:
             return data  # kind "none": nothing was recorded
@@ -146,7 +157,7 @@ class RegisterToReference(InvertibleTransform):
         out = data.clone() if isinstance(data, MetaTensor) else MetaTensor(data)
         out.affine = transform[TraceKeys.EXTRA_INFO]["affine"]
         out.meta.pop("registration", None)
-        return out
+        return self.resizer.inverse(out) if transform[TraceKeys.EXTRA_INFO].get("resized") else out
 
 
 class RegisterToReferenced(InvertibleReferencedMapTransform):
@@ -161,6 +172,7 @@ class RegisterToReferenced(InvertibleReferencedMapTransform):
         kind: ``"none"``, ``"rigid"`` or ``"affine"``.
         transform: an ITK transform file (or matrix) to apply instead of registering.
         save_transform: where to write the transform (a file, or a folder for one file per image).
+        resize_2d: resize a 2D picture of another size to the reference's before registering.
         allow_missing_keys: don't raise when a key is absent.
         register_kwargs: options of :func:`~monai_lkcfusion.registration.register`.
     """
@@ -174,11 +186,12 @@ class RegisterToReferenced(InvertibleReferencedMapTransform):
         kind: str = "rigid",
         transform: str | Path | np.ndarray | None = None,
         save_transform: str | Path | None = None,
+        resize_2d: bool = False,
         allow_missing_keys: bool = False,
         **register_kwargs: Any,
     ) -> None:
-        super().__init__(keys, RegisterToReference(kind, transform, save_transform, **register_kwargs), ref_key,
-                         allow_missing_keys=allow_missing_keys)
+        register_one = RegisterToReference(kind, transform, save_transform, resize_2d, **register_kwargs)
+        super().__init__(keys, register_one, ref_key, allow_missing_keys=allow_missing_keys)
 
 
 RegisterToReferenceD = RegisterToReferenceDict = RegisterToReferenced

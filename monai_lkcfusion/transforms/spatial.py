@@ -134,7 +134,7 @@ class ResampleToReference(InvertibleTransform):
             else:
                 raise FusionInputError(
                     f"{name}: size {orig_size} differs from the MRI's {tuple(reference.shape[1:])}; "
-                    "register/resample it to the MRI first or pass --resample (resize_2d=True)"
+                    "resize it to the MRI's size, or pass --resample to do so (fuse(resample=True))"
                 )
             self.push_transform(out, orig_size=orig_size, extra_info={"method": method})
             coverage = 1.0
