@@ -305,6 +305,8 @@ class FusionInferer(Inferer):
         self.tile_size = tile_size
         self.batch_size = batch_size
         self.overlap = overlap
+        if axis is not None and (isinstance(axis, bool) or axis not in (0, 1, 2)):  # also when only pictures come
+            raise FusionInputError(f"--axis {axis}: a volume has axes 0, 1, 2")
         self.axis = axis
         self.tta = as_flag(tta, "tta")
         self.device = resolve_device(device)
@@ -348,8 +350,6 @@ class FusionInferer(Inferer):
     def _axis(self, inputs: torch.Tensor) -> int:
         """The voxel axis to slice a volume along."""
         if self.axis is not None:
-            if self.axis not in (0, 1, 2):
-                raise FusionInputError(f"--axis {self.axis}: a volume has axes 0, 1, 2")
             return self.axis
         affine = inputs.affine if isinstance(inputs, MetaTensor) else None
         if affine is not None and affine.ndim == 3:

@@ -340,6 +340,10 @@ def test_output_equal_to_an_input_is_refused(tmp_path, capsys):
         code, _, err = _run(["fuse", "--mri-dir", str(tmp_path / "MRI"), "--other-dir", str(tmp_path / "CT"), "-o",
                              str(tmp_path / out_dir), "--method", "max", "--overwrite"], capsys)
         _one_line_error(code, err, "is the input folder")
+    code, _, err = _run(["fuse", "--mri-dir", str(tmp_path / "MRI"), "--other-dir", str(tmp_path / "CT"), "-o",
+                         str(tmp_path / "MRI" / "fused"), "--method", "max"], capsys)  # would pair as a series
+    _one_line_error(code, err, "lies inside the input folder")
+    assert sorted(p.name for p in (tmp_path / "MRI").iterdir()) == ["a.png"]
 
 
 # -- 8. output-name collisions and earlier results ---------------------------------------------------------------

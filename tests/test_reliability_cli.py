@@ -177,6 +177,21 @@ def test_bad_options_exit_2_one_line(option, problem, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("option, problem", [
+    (["--axis", "3"], "--axis 3: a volume has axes 0, 1, 2"),
+    (["--mri-series", "1.2.3"], "mri.png: is a file; a series (1.2.3) is chosen in a DICOM folder"),
+    (["--other-series", "1.2.3"], "pet.png: is a file; a series (1.2.3) is chosen in a DICOM folder"),
+])
+def test_options_for_volumes_are_not_ignored_on_pictures(option, problem, tmp_path, capsys):
+    """``--axis 3`` (no such axis) and a DICOM series choice for a file were ignored on 2D pictures: a typo or the
+    wrong input went unnoticed. One line, exit 2."""
+    mri, pet = _png(tmp_path / "mri.png", _gray()), _png(tmp_path / "pet.png", _gray(seed=1))
+    out = tmp_path / "f.png"
+    code, _, err = _fuse([str(mri), str(pet), "-o", str(out), "--method", "max", *option], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and problem in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, problem", [
     (["--batch-size", "0"], "batch_size (--batch-size) 0: give a whole number of at least 1"),
     (["--workers", "0"], "--workers 0: give a whole number of at least 1"),
     (["--threads", "-1"], "--threads -1: give a whole number of at least 1"),

@@ -163,14 +163,14 @@ def _fuse_folders(args: argparse.Namespace, predictor, options: dict) -> int:
     from ignite.engine import Events
 
     from ..data import check_writable, pair_files_by_name
+    from ..data.atomic import check_not_input
     from ..engines import FileFusionEngine
 
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise FusionInputError(f"{args.output}: is a file; with --mri-dir/--other-dir, -o names the output folder")
+    # outputs are named after the MRIs: never in an input folder, where they would also be paired next time
+    check_not_input(args.output, [args.mri_dir, args.other_dir], kind="input folder")
     check_writable(args.output)  # once, not once per pair
-    for folder in (args.mri_dir, args.other_dir):  # outputs are named after the MRIs: never write over the inputs
-        if Path(args.output).resolve() == Path(folder).resolve():
-            raise FusionInputError(f"{args.output}: is the input folder {folder}; write the results to another folder")
     pairs, unpaired = pair_files_by_name(args.mri_dir, args.other_dir)
     if not pairs and not unpaired:  # a mistyped folder must not look like a successful run
         raise FusionInputError(f"{args.mri_dir} and {args.other_dir}: no images to fuse (both folders are empty)")

@@ -95,14 +95,16 @@ def read_image(
         ``(C, H, W)`` for pictures, ``(C, X, Y, Z)`` for volumes, float32, with metadata (see module docstring).
 
     Raises:
-        FusionInputError: missing, empty, unreadable, not a regular file or unsupported file, mixed or irregular
-            DICOM series, 4D series, a data file outside the header's folder.
+        FusionInputError: missing, empty, unreadable, not a regular file or unsupported file, a ``series`` for a
+            file, mixed or irregular DICOM series, 4D series, a data file outside the header's folder.
     """
     path = Path(path)
     if path.is_dir():
         return _read_dicom_series(path, series, allow_irregular_slices)
     if not path.exists():
         raise FusionInputError(f"{path}: file not found")
+    if series is not None:  # a choice that would be ignored: the user meant another input
+        raise FusionInputError(f"{path}: is a file; a series ({series}) is chosen in a DICOM folder of several series")
     if not path.is_file():  # a FIFO or device would block or never end
         raise FusionInputError(f"{path}: not a regular file (a pipe, socket or device); give an image file")
     if path.stat().st_size == 0:
