@@ -215,9 +215,14 @@ def fuse_files(
         The written path.
 
     Raises:
-        FusionInputError: as :func:`fuse`; and before any fusion: an output that is a folder, has no writable
-            extension, is one of the inputs, exists without ``overwrite``, or is a picture format for a volume.
+        FusionInputError: as :func:`fuse`; and before any fusion: a NumPy array as input, an output that is a
+            folder, has no writable extension, is one of the inputs, exists without ``overwrite``, or is a picture
+            format for a volume.
     """
+    arrays = [name for name, image in (("mri", mri), ("other", other)) if isinstance(image, np.ndarray)]
+    if arrays:  # fuse() gives NumPy results in the input's layout, which a file writer cannot tell from (C, ...)
+        raise FusionInputError(f"{arrays[0]}: fuse_files reads and writes files; for a NumPy array call fuse() and "
+                               "save its result (or pass a MetaTensor with its affine)")
     inputs = (mri, other) if all(isinstance(x, (str, Path)) for x in (mri, other)) else ()
     output = check_output_path(output, overwrite, inputs=inputs, spatial_dims=_spatial_dims(mri))
     if kwargs.get("preview") is not None:  # nor over the result, nor an existing file without overwrite

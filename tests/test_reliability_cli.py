@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 from PIL import Image
 
 from monai_lkcfusion.cli import main
@@ -303,6 +304,21 @@ def test_resample_option_for_2d_sizes(tmp_path, capsys):
     code, _, err = _fuse([str(mri), str(other), "-o", str(tmp_path / "f.png"), "--method", "max", "--resample"], capsys)
     assert code == 0, err
     assert Image.open(tmp_path / "f.png").size == (36, 40)
+
+
+def test_fuse_files_refuses_numpy_arrays_before_fusing(tmp_path):
+    """fuse_files on NumPy arrays wrote fuse()'s NumPy-layout result as if it were channel-first: an X=3 volume became
+    an RGB picture (5, 22, 1, 1, 3), a (1, 22, 5) one had its axes swapped; other shapes failed only after fusing."""
+    from monai_lkcfusion.inference import fuse_files
+
+    volume = np.random.default_rng(0).random((3, 22, 5)).astype(np.float32)
+    for mri, other, name in ((volume, volume, "mri"), (_nifti(tmp_path / "m.nii.gz", volume), volume, "other")):
+        with pytest.raises(FusionInputError, match=f"^{name}: fuse_files reads and writes files; for a NumPy array"):
+            fuse_files(mri, other, tmp_path / "f.nii.gz", method="max")
+    assert not (tmp_path / "f.nii.gz").exists()
+    tensor = MetaTensor(torch.from_numpy(volume)[None], affine=torch.eye(4))  # a MetaTensor keeps its geometry
+    written = fuse_files(tensor, tensor, tmp_path / "f.nii.gz", method="max")
+    assert nib.load(str(written)).shape == (3, 22, 5)
 
 
 def test_python_api_raises_fusion_input_error(tmp_path):
