@@ -389,6 +389,15 @@ def test_bundle_inference_and_evaluate_keep_earlier_results(tmp_path, capsys):
     assert (out / "fused_a.png").stat().st_mtime_ns == first
     run_bundle_workflow("inference.json", (), "infer", overwrite="True", **kwargs)
     assert (out / "fused_a.png").stat().st_mtime_ns != first
+    # an output folder that holds inputs: with overwrite an input named like a result (fused_a.png) was replaced and
+    # then fused; without, the results stayed among the inputs (found by a hand-check helper)
+    _png(root / "MRI" / "fused_a.png", _gray(seed=2)), _png(root / "CT" / "fused_a.png", _gray(seed=3))
+    before = {p: p.read_bytes() for p in root.rglob("*.png")}
+    for folder in ("MRI", "CT"):
+        with pytest.raises(FusionInputError, match=f"{folder}: holds input images of this run; write the results to"):
+            run_bundle_workflow("inference.json", (), "infer", **{**kwargs, "output_dir": str(root / folder)},
+                                overwrite=True)
+    assert {p: p.read_bytes() for p in root.rglob("*.png")} == before
     argv = ["evaluate", "--mri-dir", str(root / "MRI"), "--other-dir", str(root / "CT"), "-o", str(tmp_path / "ev"),
             "--methods", "max", "--metrics", "EN"]
     assert _run(argv, capsys)[0] == 0

@@ -169,10 +169,15 @@ class FileFusionEngine(Engine):
             The engine state.
 
         Raises:
-            FusionInputError: after the run, when some pairs failed (the others are written).
+            FusionInputError: before the run, an output folder that holds input images; after the run, when some
+                pairs failed (the others are written).
         """
         self.failures = []
+        inputs = {Path(item[key]).resolve().parent for item in self.datalist for key in ("mri", "other") if key in item}
         for saver in self._savers():
+            if saver.output_dir.resolve() in inputs:  # results would replace inputs or be read as inputs next time
+                raise FusionInputError(f"{saver.output_dir}: holds input images of this run; write the results to "
+                                       "another folder")
             saver.reset()
         if self.writer is not None:
             self.writer.output_dir.mkdir(parents=True, exist_ok=True)
