@@ -600,6 +600,35 @@ def test_bundle_command_wrapper_gives_one_line(tmp_path):
     assert len(errors) == 1 and "expected datalist.json or MRI/" in errors[0] and "Traceback" not in run.stderr
 
 
+def test_settings_nothing_reads_are_refused(tmp_path, capsys):
+    """A misspelt setting was added to the config and ignored, exit 0: ``--datset_dir`` fused the demo data instead of
+    the user's folder, ``{"roi_sise": 64}`` in a train override trained with the default size (hand-check helper)."""
+    from monai_lkcfusion.engines import bundle_config, run_bundle_workflow
+    from monai_lkcfusion.engines.workflow import check_known_settings, run_bundle_command
+
+    with pytest.raises(FusionInputError, match=r"^inference.json: unknown setting 'datset_dir' \(did you mean "
+                                               r"'dataset_dir'\?\); nothing in the config reads it"):
+        run_bundle_workflow("inference.json", (), "infer", datset_dir=str(tmp_path), output_dir=str(tmp_path / "o"))
+    out = tmp_path / "out"
+    code = run_bundle_command(["run", "--config_file", str(bundle_config("inference.json")), "--datset_dir",
+                               str(tmp_path), "--output_dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and [line for line in err.splitlines() if "lkcfusion: error:" in line] == [
+        "lkcfusion: error: inference.json: unknown setting 'datset_dir' (did you mean 'dataset_dir'?); nothing in the "
+        "config reads it, so it would be ignored"], err
+    assert not out.exists()
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({"roi_sise": 64, "_desc_": "comments are settings too"}))
+    code, _, err = _run(["train", "--config", str(typo), "--preset", "tiny", "--dataset-dir", str(tmp_path), "-o",
+                         str(tmp_path / "run"), "--device", "cpu"], capsys)
+    _one_line_error(code, err, f"{typo}: unknown setting 'roi_sise' (did you mean 'roi_size'?)")
+    assert not (tmp_path / "run").exists()
+    # a new id that the same overrides use is read; a nested key of a known id is the id's business
+    check_known_settings({"network_def"}, {"init_weights": "w.pt", "network_def#x": 1}, "o.json", '["@init_weights"]')
+    with pytest.raises(FusionInputError, match="unknown setting 'init_weight'"):
+        check_known_settings({"network_def"}, {"init_weight": "w.pt"}, "o.json", '["@init_weights"]')
+
+
 # -- 13. clearer messages, output problems before the fusion -----------------------------------------------------
 def test_output_problems_are_found_before_fusion(tmp_path, capsys, monkeypatch):
     import monai_lkcfusion.inference as inference

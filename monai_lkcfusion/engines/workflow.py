@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from ..errors import FusionInputError, as_count
 
 __all__ = [
     "bundle_config",
+    "check_known_settings",
     "check_literal_overrides",
     "check_training_settings",
     "run_bundle_command",
@@ -64,6 +66,38 @@ def check_training_settings(
         from .handlers import check_earlier_run
 
         check_earlier_run(output_dir, resume)
+
+
+def check_known_settings(known: Iterable[str], keys: Iterable[str], source: str, config_text: str) -> None:
+    """Refuse settings that nothing in a bundle config reads: MONAI adds an unknown id to the config and goes on, so a
+    misspelt ``--datset_dir`` fused the demo data instead of the user's folder, and ``"roi_sise"`` in an override
+    file trained with the default size, both with exit code 0.
+
+    A key ``a#b#c`` is known when its first part ``a`` is an id of the config it overrides, is referenced as ``@a``
+    anywhere in the merged configs (a new id an override file defines and uses), or starts with ``_`` (``_desc_``,
+    ``_disabled_``, ...).
+
+    Args:
+        known: the top-level ids of the config being overridden.
+        keys: the settings given.
+        source: where they come from, for the message (a file name, ``"--key"`` options).
+        config_text: the merged configs and overrides as text, searched for ``@a`` references.
+
+    Raises:
+        FusionInputError: ``<source>: unknown setting '<key>' ...`` naming the closest known id.
+    """
+    import difflib
+    import re
+
+    known = set(known)
+    for key in keys:
+        top = str(key).replace("::", "#").split("#")[0]
+        if top.startswith("_") or top in known or re.search(rf"@{re.escape(top)}(?![\w])", config_text):
+            continue
+        close = difflib.get_close_matches(top, sorted(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise FusionInputError(f"{source}: unknown setting '{key}'{hint}; nothing in the config reads it, so it "
+                               "would be ignored")
 
 
 def bundle_config(name: str) -> Path:
@@ -190,20 +224,26 @@ def _config_workflow(
             raise FusionInputError(f"{extra}: config file not found")
         files.append(str(extra))
     try:
-        for extra in files[1:]:  # valid JSON that is a list or a string ended in an AttributeError traceback
-            content = ConfigParser.load_config_file(extra)
-            if not isinstance(content, dict):
-                raise FusionInputError(f"{extra}: a config holds settings as an object ({{\"name\": value, ...}}), "
-                                       f"not a {type(content).__name__}")
-        return ConfigWorkflow(
-            config_file=files,
-            meta_file=str(bundle_config("metadata.json")),
-            logging_file=str(bundle_config("logging.conf")),
-            workflow_type=workflow_type,
-            **overrides,
-        )
+        contents = [ConfigParser.load_config_file(extra) for extra in files]
     except ValueError as err:  # not JSON/YAML, or a syntax error in it
         raise FusionInputError(f"{', '.join(files)}: cannot read config ({' '.join(str(err).split())})") from None
+    for extra, content in zip(files[1:], contents[1:]):  # valid JSON that is a list or a string: a traceback
+        if not isinstance(content, dict):
+            raise FusionInputError(f"{extra}: a config holds settings as an object ({{\"name\": value, ...}}), "
+                                   f"not a {type(content).__name__}")
+    text = json.dumps([*contents, overrides], default=str)
+    known = set(contents[0])
+    for extra, content in zip(files[1:], contents[1:]):
+        check_known_settings(known, content, extra, text)
+        known |= set(content)
+    check_known_settings(known, overrides, config, text)
+    return ConfigWorkflow(
+        config_file=files,
+        meta_file=str(bundle_config("metadata.json")),
+        logging_file=str(bundle_config("logging.conf")),
+        workflow_type=workflow_type,
+        **overrides,
+    )
 
 
 @contextmanager
@@ -241,7 +281,8 @@ def run_bundle_command(argv: Sequence[str] | None = None) -> int:
 
     MONAI's command line shows a 60-line traceback for a missing input folder; this runs the same command and
     prints a :class:`FusionInputError` or :class:`OSError` anywhere in the chain of causes as
-    ``lkcfusion: error: <message>`` with exit code 2. Other errors keep their traceback.
+    ``lkcfusion: error: <message>`` with exit code 2. Other errors keep their traceback. ``--key value`` overrides
+    that no config reads are refused first (:func:`check_known_settings`).
 
     Args:
         argv: the arguments after the program name (``run --config_file ...``); ``None`` reads ``sys.argv``.
@@ -255,6 +296,7 @@ def run_bundle_command(argv: Sequence[str] | None = None) -> int:
     saved = sys.argv
     sys.argv = ["python -m monai.bundle", *(sys.argv[1:] if argv is None else argv)]
     try:
+        _check_command_overrides(sys.argv[1:])
         runpy.run_module("monai.bundle", run_name="__main__", alter_sys=False)
     except (FusionInputError, OSError, RuntimeError) as err:
         user = err if isinstance(err, FusionInputError) else _user_error(err if isinstance(err, RuntimeError)
@@ -268,3 +310,35 @@ def run_bundle_command(argv: Sequence[str] | None = None) -> int:
     finally:
         sys.argv = saved
     return 0
+
+
+def _check_command_overrides(argv: Sequence[str]) -> None:
+    """Refuse ``--key value`` overrides of ``run --config_file ...`` that no config reads (e.g. ``--datset_dir``).
+
+    Args:
+        argv: the command's arguments; anything but ``run`` with ``--config_file`` (and without ``--args_file``,
+            whose overrides MONAI reads itself) is left to MONAI, as are config files it cannot read.
+
+    Raises:
+        FusionInputError: see :func:`check_known_settings`.
+    """
+    import ast
+    import inspect
+
+    from monai.bundle import ConfigParser, scripts
+
+    options: dict[str, str] = {}
+    for i, token in enumerate(argv):
+        if token.startswith("--"):
+            name, given, value = token[2:].partition("=")
+            options[name] = value if given else (argv[i + 1] if i + 1 < len(argv) else "")
+    if not argv or argv[0] != "run" or "config_file" not in options or "args_file" in options:
+        return
+    files: Any = options["config_file"]
+    try:
+        config = ConfigParser.load_config_files(ast.literal_eval(files) if files.lstrip().startswith("[") else files)
+    except Exception:  # noqa: BLE001 - MONAI reports its own input problems in its own way
+        return
+    overrides = {key: value for key, value in options.items() if key not in inspect.signature(scripts.run).parameters}
+    source = Path(str(files).strip("[]'\" ").split(",")[0]).name
+    check_known_settings(config, overrides, source, json.dumps([config, overrides], default=str))
