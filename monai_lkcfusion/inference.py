@@ -62,6 +62,7 @@ def fuse(
     preview: str | Path | None = None,
     workers: int | None = None,
     threads: int | None = None,
+    overwrite: bool = True,
 ) -> MetaTensor | np.ndarray:
     """Fuse an MRI with CT, PET or SPECT; the result lies on the MRI's grid and carries its metadata.
 
@@ -108,6 +109,7 @@ def fuse(
         workers: slices (or tiles) fused concurrently on the CPU (default: one per available core); see
             :func:`~monai_lkcfusion.inferers.worker_policy`.
         threads: intra-op threads per worker (default 1).
+        overwrite: replace an existing ``save_transform`` file (``False``: it is kept and this is an error).
 
     Returns:
         A MetaTensor ``(1|3, *spatial)`` in [0, 1] with the MRI's affine and metadata plus ``fusion_method``,
@@ -131,7 +133,8 @@ def fuse(
     network = model if model is not None else build_predictor(None, method, weights, inferer.device, optimize)
     preprocessing = fusion_preprocessing(modality, resample, {"mri": mri_series, "other": other_series},
                                          mri_modality, allow_irregular_slices, allow_external_data,
-                                         register=register, transform=transform, save_transform=save_transform)
+                                         register=register, transform=transform, save_transform=save_transform,
+                                         overwrite=overwrite)
     postprocessing = fusion_postprocessing(mask_background=mask_background, color=color)
     data = fuse_dict({"mri": mri, "other": other}, network, preprocessing, inferer, postprocessing)
     fused = data["pred"]
@@ -228,7 +231,7 @@ def fuse_files(
     if kwargs.get("preview") is not None:  # nor over the result, nor an existing file without overwrite
         check_output_file(kwargs["preview"], "preview.png", inputs=inputs, overwrite=overwrite)
         check_not_input(kwargs["preview"], [output], kind="output")
-    fused = fuse(mri, other, **kwargs)
+    fused = fuse(mri, other, **{"overwrite": overwrite, **kwargs})
     written = write_image(fused, output, overwrite=overwrite)
     if report is not None:
         report(describe_fusion(fused.meta))

@@ -404,6 +404,53 @@ def test_cli_save_transform_place_is_refused_before_any_work(tmp_path, capsys, p
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
+def test_transform_files_of_a_run_are_one_per_pair_and_kept(tmp_path, capsys):
+    """Batch and bundle runs named transform files after the other image and replaced existing ones: in a datalist
+    whose other images share a name (p1/pet.png, p2/pet.png) one transform was lost without a word, and a rerun
+    without --overwrite replaced earlier transforms. Now ``<MRI name>.tfm`` (one per pair, like the results) and an
+    existing one is kept unless overwrite."""
+    import json
+
+    from PIL import Image
+
+    from monai_lkcfusion.engines import run_bundle_workflow
+    from monai_lkcfusion.networks import LKCFUNet, save_network
+
+    files = demo_files()
+    pet = np.asarray(Image.open(files["pet_2d"]).convert("RGB"))
+    items = []
+    for i, (angle, shift) in enumerate(((5, (6, 2)), (-4, (-3, 5)))):
+        (tmp_path / f"p{i}").mkdir()
+        Image.open(files["mri_2d"]).save(tmp_path / f"p{i}" / f"mri{i}.png")
+        moved = Image.fromarray(pet).rotate(angle, resample=Image.BILINEAR, translate=shift)
+        moved.save(tmp_path / f"p{i}" / "pet.png")
+        items.append({"mri": str(tmp_path / f"p{i}" / f"mri{i}.png"), "other": str(tmp_path / f"p{i}" / "pet.png")})
+    (tmp_path / "datalist.json").write_text(json.dumps({"test": items}))
+    weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "tiny.pt")
+    kwargs = {"weights": str(weights), "dataset_dir": str(tmp_path), "device": "$torch.device('cpu')",
+              "register": "rigid", "save_transform": str(tmp_path / "tfm")}
+    run_bundle_workflow("inference.json", (), "infer", output_dir=str(tmp_path / "out"), **kwargs)
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "tfm").iterdir()}
+    assert sorted(saved) == ["mri0.tfm", "mri1.tfm"] and saved["mri0.tfm"] != saved["mri1.tfm"]
+    with pytest.raises(FusionInputError, match=r"mri0.tfm: transform file exists; pass --overwrite"):
+        run_bundle_workflow("inference.json", (), "infer", output_dir=str(tmp_path / "out2"), **kwargs)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tfm").iterdir()} == saved
+    # the command line's batch mode: the same rule
+    for folder in ("MRI", "PET"):
+        (tmp_path / folder).mkdir()
+    for i, item in enumerate(items):
+        Image.open(item["mri"]).save(tmp_path / "MRI" / f"a{i}.png")
+        Image.open(item["other"]).save(tmp_path / "PET" / f"a{i}.png")
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a0.tfm").write_text("kept")
+    argv = ["fuse", "--mri-dir", str(tmp_path / "MRI"), "--other-dir", str(tmp_path / "PET"), "-o",
+            str(tmp_path / "f"), "--method", "max", "--register", "rigid", "--save-transform", str(tmp_path / "t")]
+    assert main(argv) == 1
+    assert "a0.tfm: transform file exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "t" / "a0.tfm").read_text() == "kept" and (tmp_path / "t" / "a1.tfm").is_file()
+    assert main([*argv, "--overwrite"]) == 0 and (tmp_path / "t" / "a0.tfm").read_text() != "kept"
+
+
 def test_bundle_inference_config_has_register_option():
     """inference.json: register / transform / save_transform, RegisterToReferenced before the resampling."""
     from monai.bundle import ConfigParser

@@ -151,7 +151,8 @@ class FileFusionEngine(Engine):
                 return Path(fused.meta["saved_to"])
             self.writer.claim(item["mri"])  # before any work: an existing output, a collision, the input itself
             check_output_path(self.writer.output_path(item["mri"]), True, inputs=(item["mri"], item["other"]))
-            fused = fuse(item["mri"], item["other"], model=self.network, **{"progress": False, **self.fuse_kwargs})
+            options = {"progress": False, "overwrite": self.writer.overwrite, **self.fuse_kwargs}  # side files too
+            fused = fuse(item["mri"], item["other"], model=self.network, **options)
             self.last_record = describe_fusion(fused.meta)
             return Path(self.writer(fused).meta["saved_to"])
         except (FusionInputError, OSError) as err:  # report the bad pair and go on with the others

@@ -64,6 +64,7 @@ def fusion_preprocessing(
     register: str = "none",
     transform: str | Path | None = None,
     save_transform: str | Path | None = None,
+    overwrite: bool = True,
 ) -> Compose:
     """Inputs ``{"mri": ..., "other": ...}`` (paths, arrays or tensors) to the network's pair under ``"image"``.
 
@@ -83,6 +84,7 @@ def fusion_preprocessing(
             (:class:`RegisterToReferenced`, before the resampling); ``"none"`` (default): world coordinates only.
         transform: apply this ITK transform file instead of registering.
         save_transform: write the transform found (or applied) to this ITK transform file (a folder: one per image).
+        overwrite: replace an existing ``save_transform`` file.
 
     Returns:
         The composed transform.
@@ -93,7 +95,8 @@ def fusion_preprocessing(
                          allow_external_data=allow_external_data),
         ScaleModalityd(keys, modality={"mri": mri_modality, "other": modality}),
         *([RegisterToReferenced("other", ref_key="mri", kind=register, transform=transform,
-                                 save_transform=save_transform, resize_2d=resize_2d)]
+                                 save_transform=save_transform, resize_2d=resize_2d,
+                                 overwrite=overwrite)]
           if register != "none" or transform else []),
         ResampleToReferenced("other", ref_key="mri", resize_2d=resize_2d),
         SplitLumad(keys),

@@ -14,7 +14,8 @@ from monai.data import MetaTensor
 from monai.transforms import InvertibleTransform
 from monai.utils import TraceKeys, TransformBackends
 
-from ..errors import FusionInputError
+from ..data.io import image_stem
+from ..errors import FusionInputError, as_flag
 from ..registration import (
     REGISTRATION_KINDS,
     TRANSFORM_SUFFIXES,
@@ -54,7 +55,9 @@ class RegisterToReference(InvertibleTransform):
         transform: apply this transform instead of registering: an ITK transform file (``.tfm``/``.txt``/...) or a
             fixed-to-moving homogeneous matrix in ITK's frame.
         save_transform: write the transform (found or given) as an ITK transform file here; a folder (an existing
-            one, or a path without a transform extension such as ``.tfm``, created) gets ``<image name>.tfm``.
+            one, or a path without a transform extension such as ``.tfm``, created) gets ``<MRI name>.tfm`` (the
+            reference's file name: one per pair, as the fused results are named).
+        overwrite: replace an existing transform file (``False``: it is kept and this is an error).
         resize_2d: a 2D picture of another size than the reference is first resized to the reference's size
             (bilinear, as :class:`ResampleToReference` with ``resize_2d`` does; pictures carry no geometry), then
             registered; the transform found or given is then in the reference's pixel frame. Without it such a pair
@@ -71,6 +74,7 @@ class RegisterToReference(InvertibleTransform):
         transform: str | Path | np.ndarray | None = None,
         save_transform: str | Path | None = None,
         resize_2d: bool = False,
+        overwrite: bool = True,
         **register_kwargs: Any,
     ) -> None:
         kind = "none" if kind is None else str(kind).lower()
@@ -81,6 +85,7 @@ class RegisterToReference(InvertibleTransform):
         self.kind = kind
         self.transform = transform
         self.save_transform = save_transform
+        self.overwrite = as_flag(overwrite, "overwrite")
         self.resizer = ResampleToReference(resize_2d=resize_2d)
         self.register_kwargs = register_kwargs
 
@@ -126,8 +131,10 @@ class RegisterToReference(InvertibleTransform):
         matrix = np.asarray(record["matrix"], dtype=np.float64)
         if self.save_transform is not None:
             target = Path(self.save_transform)
-            if target.is_dir() or target.suffix.lower() not in TRANSFORM_SUFFIXES:  # a folder: one file per image
-                target = target / f"{Path(str(name)).name.split('.')[0]}.tfm"
+            if target.is_dir() or target.suffix.lower() not in TRANSFORM_SUFFIXES:  # a folder: one file per pair
+                target = target / f"{image_stem(str(reference.meta.get('filename_or_obj', 'mri')))}.tfm"
+            if target.exists() and not self.overwrite:
+                raise FusionInputError(f"{target}: transform file exists; pass --overwrite to replace it")
             write_transform(matrix, target)
             record["saved_to"] = str(target)
         out = img.clone()
@@ -173,6 +180,7 @@ class RegisterToReferenced(InvertibleReferencedMapTransform):
         transform: an ITK transform file (or matrix) to apply instead of registering.
         save_transform: where to write the transform (a file, or a folder for one file per image).
         resize_2d: resize a 2D picture of another size to the reference's before registering.
+        overwrite: replace an existing transform file.
         allow_missing_keys: don't raise when a key is absent.
         register_kwargs: options of :func:`~monai_lkcfusion.registration.register`.
     """
@@ -187,10 +195,11 @@ class RegisterToReferenced(InvertibleReferencedMapTransform):
         transform: str | Path | np.ndarray | None = None,
         save_transform: str | Path | None = None,
         resize_2d: bool = False,
+        overwrite: bool = True,
         allow_missing_keys: bool = False,
         **register_kwargs: Any,
     ) -> None:
-        register_one = RegisterToReference(kind, transform, save_transform, resize_2d, **register_kwargs)
+        register_one = RegisterToReference(kind, transform, save_transform, resize_2d, overwrite, **register_kwargs)
         super().__init__(keys, register_one, ref_key, allow_missing_keys=allow_missing_keys)
 
 
