@@ -321,6 +321,24 @@ def test_fuse_files_refuses_numpy_arrays_before_fusing(tmp_path):
     assert nib.load(str(written)).shape == (3, 22, 5)
 
 
+def test_volumes_without_geometry_are_not_placed_by_guess(tmp_path):
+    """A NumPy volume has no affine: against a NIfTI MRI it was put at the identity (1 mm voxels at the origin) and
+    fused with a "covers only 8%" warning; two arrays of different shapes were put into one corner (found by a
+    hand-check helper). Refused now; arrays of one shape, and MetaTensors with their affines, still fuse."""
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    affine[:3, 3] = (-60.0, -70.0, 10.0)
+    volume = _volume()
+    mri = _nifti(tmp_path / "mri.nii.gz", volume, affine)
+    for first, second, problem in ((mri, volume, r"other: an array has no geometry \(affine\) to place it against"),
+                                   (volume, mri, r"mri: an array has no geometry \(affine\) to place it against"),
+                                   (volume, volume[:10, :9], r"other: shape \(10, 9, 8\) differs from the MRI's")):
+        with pytest.raises(FusionInputError, match=problem):
+            fuse(first, second, method="max", progress=False)
+    assert fuse(volume, volume, method="max", progress=False).shape == volume.shape
+    placed = MetaTensor(torch.from_numpy(volume)[None], affine=torch.as_tensor(affine))
+    assert fuse(mri, placed, method="max", progress=False).meta["overlap_fraction"] == 1.0
+
+
 def test_python_api_raises_fusion_input_error(tmp_path):
     mri = _png(tmp_path / "mri.png", _gray())
     with pytest.raises(FusionInputError, match="cut.png: cannot read image"):

@@ -117,6 +117,7 @@ class LoadFusionImage(Transform):
             display_max = 1.0
         img.meta.setdefault("filename_or_obj", self.name)
         img.meta.setdefault("spatial_dims", img.ndim - 1)
+        img.meta.setdefault("has_geometry", isinstance(value, MetaTensor))  # an array's identity affine is no place
         if display_max is not None:  # unknown stays absent: MONAI's collate cannot batch None
             img.meta.setdefault("display_max", display_max)
         return img

@@ -112,7 +112,8 @@ class ResampleToReference(InvertibleTransform):
 
         Raises:
             FusionInputError: the images have different dimensionality, a 2D size mismatch without ``resize_2d``,
-                or no overlap at all.
+                a volume without geometry (an array, ``meta["has_geometry"]`` False) against one with it or
+                against one of another shape, or no overlap at all.
         """
         img = img if isinstance(img, MetaTensor) else MetaTensor(img)
         reference = reference if isinstance(reference, MetaTensor) else MetaTensor(reference)
@@ -122,6 +123,18 @@ class ResampleToReference(InvertibleTransform):
             raise FusionInputError(
                 f"{name}: {_describe_grid(img)} but the MRI {ref_name} is {_describe_grid(reference)}; give both as "
                 "2D pictures (PNG, TIFF, JPEG) or both as volumes (NIfTI, NRRD, MHA, DICOM)"
+            )
+        placed = [x.meta.get("has_geometry", True) for x in (img, reference)]  # arrays carry no affine
+        if img.ndim == 4 and placed[0] != placed[1]:
+            unplaced, placed_name = (name, ref_name) if placed[1] else (ref_name, name)
+            raise FusionInputError(
+                f"{unplaced}: an array has no geometry (affine) to place it against {placed_name}; give both as files, "
+                "both as arrays on one grid, or MetaTensors with their affines"
+            )
+        if img.ndim == 4 and not any(placed) and img.shape[1:] != reference.shape[1:]:
+            raise FusionInputError(
+                f"{name}: shape {tuple(img.shape[1:])} differs from the MRI's {tuple(reference.shape[1:])}; arrays "
+                "carry no geometry: resample it onto the MRI's grid first, or give files or MetaTensors with affines"
             )
         orig_size = tuple(img.shape[1:])
         if img.ndim == 3 and _same_affine_2d(img, reference):  # a picture: kept or resized; our entry says which
