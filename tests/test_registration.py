@@ -427,6 +427,9 @@ def test_transform_files_of_a_run_are_one_per_pair_and_kept(tmp_path, capsys):
         items.append({"mri": str(tmp_path / f"p{i}" / f"mri{i}.png"), "other": str(tmp_path / f"p{i}" / "pet.png")})
     (tmp_path / "datalist.json").write_text(json.dumps({"test": items}))
     weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "tiny.pt")
+    from monai_lkcfusion.engines import fusion_pairs
+
+    assert fusion_pairs(tmp_path / "datalist.json") == fusion_pairs(tmp_path)  # the file itself, as the model card says
     kwargs = {"weights": str(weights), "dataset_dir": str(tmp_path), "device": "$torch.device('cpu')",
               "register": "rigid", "save_transform": str(tmp_path / "tfm")}
     run_bundle_workflow("inference.json", (), "infer", output_dir=str(tmp_path / "out"), **kwargs)

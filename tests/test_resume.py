@@ -150,6 +150,11 @@ def test_earlier_run_is_not_overwritten_without_resume(tmp_path, capsys):
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and "checkpoint_epoch=7.pt of an earlier run; pass --resume" in errors[0], errors
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing new either (TensorBoard files were)
+    (tmp_path / "a_file").write_text("x")  # refused before the data are loaded (it was after, under progress bars)
+    assert main(_train_args(tmp_path, tmp_path / "a_file", epochs=1, resume=False)) == 2
+    captured = capsys.readouterr()
+    assert _error_lines(captured.err) == [f"lkcfusion: error: {tmp_path / 'a_file'}: is a file; give a folder for the "
+                                          "run's checkpoints and logs"] and "Loading dataset" not in captured.err
 
 
 def test_too_small_disk_fails_before_training(tmp_path, capsys):

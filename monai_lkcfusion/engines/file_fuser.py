@@ -27,14 +27,15 @@ _OTHER_FOLDERS = ("CT", "PET", "SPECT", "other")
 def fusion_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
     """List the (MRI, other) pairs of a folder for inference.
 
-    Recognised layouts, in order: a ``datalist.json`` (section ``"test"``, MONAI decathlon style); an ``MRI/``
+    Recognised layouts, in order: a datalist JSON file given itself, or a ``datalist.json`` in the folder (section
+    ``"test"``, MONAI decathlon style); an ``MRI/``
     folder beside one of ``CT/``, ``PET/``, ``SPECT/``, ``other/`` (paired by file name; two of them are refused as
     ambiguous); the package's demo folder.
     A file of the two folders without a partner is listed too, as ``{"unpaired": "<file>: no partner in <folder>"}``,
     which :class:`FileFusionEngine` reports as a failed pair (as ``lkcfusion fuse --mri-dir`` does), never skips.
 
     Args:
-        dataset_dir: the folder.
+        dataset_dir: the folder, or a datalist JSON file.
 
     Returns:
         Dicts with ``"mri"`` and ``"other"`` paths (and ``"unpaired"`` ones after them).
@@ -47,7 +48,9 @@ def fusion_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
     from ..data.samples import DEMO_DIR, demo_files
 
     root = Path(dataset_dir)
-    if (root / "datalist.json").is_file():
+    if root.is_file() and root.suffix.lower() == ".json":  # the datalist itself
+        items = load_fusion_datalist(root, section="test")
+    elif (root / "datalist.json").is_file():
         items = load_fusion_datalist(root / "datalist.json", section="test")
     elif (root / "MRI").is_dir() and any((root / name).is_dir() for name in _OTHER_FOLDERS):
         found = [name for name in _OTHER_FOLDERS if (root / name).is_dir()]

@@ -42,7 +42,7 @@ def check_training_settings(
         learning_rate: a finite number > 0.
         device: a ``torch.device`` or a name such as ``"cpu"``, ``"cuda:0"``.
         keep_checkpoint_interval: a whole number >= 0 (0: only the newest checkpoint is kept).
-        output_dir, resume: the run's folder must not hold an earlier run unless it is resumed
+        output_dir, resume: the run's folder must not be a file, nor hold an earlier run unless it is resumed
             (:func:`~monai_lkcfusion.engines.handlers.check_earlier_run`); ``None``: not checked.
 
     Raises:
@@ -65,6 +65,8 @@ def check_training_settings(
     if output_dir is not None:
         from .handlers import check_earlier_run
 
+        if Path(output_dir).exists() and not Path(output_dir).is_dir():  # found only after the data were loaded
+            raise FusionInputError(f"{output_dir}: is a file; give a folder for the run's checkpoints and logs")
         check_earlier_run(output_dir, resume)
 
 
