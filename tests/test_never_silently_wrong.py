@@ -134,11 +134,12 @@ def test_irregular_dicom_series_refused_or_accepted_with_numbers(tmp_path, capsy
 
 def test_regular_dicom_series_reads_without_warning(tmp_path, recwarn):
     series = _series(tmp_path / "ok")
-    (tmp_path / "ok" / "DICOMDIR_notes.txt").write_text("not dicom")  # a stray file is named, not fatal alone
-    with pytest.raises(FusionInputError, match="DICOMDIR_notes.txt"):
+    (tmp_path / "ok" / "IM0099").write_bytes(b"not dicom")  # a stray file is named: it may be a damaged slice
+    with pytest.raises(FusionInputError, match="IM0099"):
         read_image(series)
-    (tmp_path / "ok" / "DICOMDIR_notes.txt").unlink()
+    (tmp_path / "ok" / "IM0099").unlink()
     (tmp_path / "ok" / "DICOMDIR").write_bytes(b"index of a CD export")  # not a slice, not an error
+    (tmp_path / "ok" / "README.txt").write_text("export notes")  # documents neither (they were named as slices)
     img = read_image(series)
     assert img.shape[-1] == 12 and abs(float(img.affine[2, 2]) - 3.0) < 1e-6
     assert not [w for w in recwarn if "slice" in str(w.message)]

@@ -6,8 +6,16 @@ from .atomic import atomic_path, check_output_file, check_writable, write_text
 from .collate import collate_same_size
 from .datalist import load_fusion_datalist, write_fusion_datalist
 from .harvard import HARVARD_TASKS, harvard_datalist
-from .io import PICTURE_SUFFIXES, VOLUME_SUFFIXES, WRITABLE_SUFFIXES, image_stem, read_image, write_image
-from .pairing import NOT_IMAGE_SUFFIXES, files_by_name, match_files_by_name, output_name, pair_files_by_name
+from .io import (
+    NOT_IMAGE_SUFFIXES,
+    PICTURE_SUFFIXES,
+    VOLUME_SUFFIXES,
+    WRITABLE_SUFFIXES,
+    image_stem,
+    read_image,
+    write_image,
+)
+from .pairing import files_by_name, match_files_by_name, output_name, pair_files_by_name
 from .samples import DEMO_DIR, demo_files
 from .splits import GLIOMA_SUBJECT, HARVARD_PET_SUBJECT, harvard_subject, split_by_fraction, split_by_subject
 

@@ -30,6 +30,7 @@ from ..errors import FusionInputError, list_names
 from .atomic import atomic_path, check_not_input, check_writable
 
 __all__ = [
+    "NOT_IMAGE_SUFFIXES",
     "PICTURE_SUFFIXES",
     "VOLUME_SUFFIXES",
     "WRITABLE_SUFFIXES",
@@ -52,6 +53,12 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 WRITABLE_SUFFIXES = PICTURE_SUFFIXES + NIFTI_SUFFIXES + (".nrrd", ".mha")
 """Extensions :func:`write_image` writes."""
+NOT_IMAGE_SUFFIXES = (
+    ".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml", ".html", ".pdf", ".log", ".ini", ".db",
+    ".tfm", ".mat", ".py", ".sh", ".zip",
+)
+"""Extensions of documents that sit beside images (a README, a table of results, a transform file) but are never
+one: not entries of a folder of pairs, not slices of a DICOM series folder."""
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -473,9 +480,10 @@ def check_dicom_slices(
 
     folder = Path(folder)
     listed = {str(Path(f).resolve()) for f in files} | {str(Path(f).resolve()) for f in other_series_files}
-    skipped = sorted(  # a DICOMDIR index is not a slice; any other file GDCM could not place is named
+    skipped = sorted(  # a DICOMDIR index or a document is not a slice; any other file GDCM could not place is named
         p.name for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR" and str(p.resolve()) not in listed
+        if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
+        and image_suffix(p) not in NOT_IMAGE_SUFFIXES and str(p.resolve()) not in listed
     )
     problems: list[str] = []
     slices: list[tuple[float, str, str]] = []  # (position along the normal, file, SOPInstanceUID)

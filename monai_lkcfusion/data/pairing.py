@@ -13,16 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import FusionInputError
-from .io import WRITABLE_SUFFIXES, image_stem, image_suffix
+from .io import NOT_IMAGE_SUFFIXES, WRITABLE_SUFFIXES, image_stem, image_suffix
 
-__all__ = ["NOT_IMAGE_SUFFIXES", "files_by_name", "match_files_by_name", "output_name", "pair_files_by_name"]
+__all__ = ["files_by_name", "match_files_by_name", "output_name", "pair_files_by_name"]
 
-
-NOT_IMAGE_SUFFIXES = (
-    ".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml", ".html", ".pdf", ".log", ".ini", ".db",
-    ".tfm", ".mat", ".py", ".sh", ".zip",
-)
-"""Extensions of files that sit beside images but are never one; they are not entries of a folder."""
 
 _DETACHED_DATA = (".raw", ".zraw", ".raw.gz")
 """Extensions of the data files that a detached header (``.mhd``, ``.nhdr``) beside them names."""
