@@ -179,3 +179,13 @@ def test_every_torch_load_in_the_code_is_weights_only():
             if name in ("pickle.load", "pickle.loads", "dill.load") or keywords.get("allow_pickle") == "True":
                 offenders.append(f"{path}:{node.lineno} {name}")
     assert not offenders, offenders
+
+
+def test_cuda_map_location_on_a_cpu_machine_is_named(tmp_path):
+    """``python -m monai_lkcfusion.run_bundle run ... --device cuda`` without CUDA gave torch's deserialisation text
+    about map_location; now the message the other commands give."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "tiny.pt")
+    with pytest.raises(FusionInputError, match=r"^device cuda: CUDA is not available on this machine; use --device cpu"):
+        load_network(weights, map_location="cuda")

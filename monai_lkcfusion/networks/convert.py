@@ -100,6 +100,9 @@ def read_state_dict(source: str | PathLike | Mapping[str, Any], map_location: An
         raise
     except Exception as e:  # unpickling refused, corrupt file, wrong format
         detail = (str(e).strip().splitlines() or ["empty or truncated file"])[0]
+        if "torch.cuda.is_available() is False" in detail:  # map_location names a CUDA device on a CPU machine
+            raise FusionInputError(f"device {map_location}: CUDA is not available on this machine; use --device cpu "
+                                   f"(weights {path})") from None
         if "Weights only load failed" in detail:  # torch's hint to retry unsafely is not advice we pass on
             detail = (
                 "it holds Python objects besides tensors, which are never unpickled; save a plain state dict"
