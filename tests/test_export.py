@@ -143,3 +143,16 @@ def test_cli_onnx_export_prints_only_its_result(tmp_path, tiny_net):
                              "--weights", str(weights)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert result.stdout.startswith(f"wrote onnx model to {tmp_path / 'm.onnx'}")
+
+
+def test_cli_export_keeps_an_existing_file_unless_overwrite(tmp_path, tiny_net, capsys):
+    """``lkcfusion export`` replaced an existing file without a word; fuse refuses that without --overwrite."""
+    weights = save_network(tiny_net, tmp_path / "tiny.pt")
+    out = tmp_path / "model.ts"
+    out.write_text("an earlier export")
+    assert main(["export", "-o", str(out), "--weights", str(weights)]) == 2
+    assert capsys.readouterr().err.strip() == f"lkcfusion: error: {out}: output exists; pass --overwrite " \
+                                              "(overwrite=True) to replace it"
+    assert out.read_text() == "an earlier export"
+    assert main(["export", "-o", str(out), "--weights", str(weights), "--overwrite"]) == 0
+    assert torch.jit.load(str(out))(torch.rand(1, 2, 16, 16)).shape == (1, 1, 16, 16)

@@ -25,16 +25,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights file (.pt/.pth/.safetensors, ours or official); default: the bundle's")
     parser.add_argument("--preset",
                         help="network preset; with --weights it must match them, alone it exports untrained")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def run(args: argparse.Namespace) -> int:
     """Export the network (see :func:`monai_lkcfusion.export.export_network`)."""
-    from ..data.atomic import check_not_input
+    from ..data import check_output_file
     from ..export import export_format, export_network
     from ..networks import LKCFUNet, default_weights_path, load_network
 
     format = export_format(args.output, args.format)  # before loading anything
-    check_not_input(args.output, [w for w in (args.weights, default_weights_path()) if w and Path(w).exists()])
+    weights_files = [w for w in (args.weights, default_weights_path()) if w and Path(w).exists()]
+    check_output_file(args.output, f"model.{'onnx' if format == 'onnx' else 'ts'}", inputs=weights_files,
+                      overwrite=args.overwrite)
     if args.preset and not args.weights:  # a preset alone: its untrained network, never the bundle's weights
         net = LKCFUNet.from_preset(args.preset)
         source = f"untrained preset {args.preset!r}"
