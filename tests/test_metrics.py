@@ -241,6 +241,10 @@ def test_fuse_array_output_and_bad_values_are_handled(tmp_path):
         compute_fusion_metrics(fused, mri, other, names=SCALE_METRICS)
     with pytest.raises(FusionInputError, match="mri: values up to .* far beyond 255"):
         compute_fusion_metrics(fused, mri, other, names=SCALE_METRICS, input_scale=255)
+    tensor = fuse(torch.as_tensor(mri)[None].float(), torch.as_tensor(other)[None].float(), method="max")
+    with pytest.raises(FusionInputError, match=r"^fused: fuse\(\)'s output is in \[0, 1\] and is put on \[0, 255\] "
+                                               r"here, but this one reaches .*: pass fuse\(\)'s output unscaled"):
+        compute_fusion_metrics(tensor * 255, mri, other, names=SCALE_METRICS)  # it named an input_scale not given
     expected = compute_fusion_metrics(np.round(fused * 255), mri, other, names=SCALE_METRICS)
     assert compute_fusion_metrics(fused * 255, mri, other, names=SCALE_METRICS) == expected
     colour = np.stack([fused * 255] * 3, axis=-1)  # a channel-last picture whose luma is the gray image

@@ -155,6 +155,11 @@ def _gray_scale(image: ImageLike, name: str, input_scale: float | None) -> Image
             return image
     scaled = tensor.to(torch.float64) * (1.0 if scale is None else scale)
     if scale is not None and scaled.numel() and float(scaled.max()) > 2 * 255.0:
+        if marked and input_scale is None:  # fuse()'s output (scaled by 255 here) that was multiplied already
+            raise FusionInputError(
+                f"{name}: fuse()'s output is in [0, 1] and is put on [0, 255] here, but this one reaches "
+                f"{float(tensor.max()):g}: pass fuse()'s output unscaled (or its .as_tensor() on [0, 255])"
+            )
         raise FusionInputError(
             f"{name}: values up to {float(tensor.max()):g} times input_scale={scale:g} lie far beyond 255: "
             "input_scale applies to all three inputs; bring the ones in [0, 1] to [0, 255] yourself instead"
