@@ -432,6 +432,22 @@ def test_eight_bit_colour_volume_keeps_its_colours(tmp_path, suffix):
     assert np.abs(colours[0, 0, 0] - (0, 0, 140)).max() <= 2.0
 
 
+def test_two_dimensional_nifti_is_written_back_two_dimensional(tmp_path):
+    """A 2D NIfTI MRI (64, 60) gave a (64, 60, 1) result (found by a hand-check helper): the output now has the MRI's
+    shape and affine, in NIfTI; other formats and volumes keep theirs."""
+    import nibabel as nib
+
+    affine = np.diag([0.8, 0.9, 1.0, 1.0])
+    affine[:3, 3] = (-20.0, 15.0, 4.0)
+    mri = np.random.default_rng(0).random((64, 60)).astype(np.float32) * 100
+    nib.save(nib.Nifti1Image(mri, affine), str(tmp_path / "mri.nii.gz"))
+    nib.save(nib.Nifti1Image(mri[::-1].copy(), affine), str(tmp_path / "pet.nii"))
+    out = fuse_files(tmp_path / "mri.nii.gz", tmp_path / "pet.nii", tmp_path / "f.nii.gz", method="max")
+    fused = nib.load(str(out))
+    assert fused.shape == (64, 60) and fused.header["dim"][0] == 2 and np.allclose(fused.affine, affine)
+    np.testing.assert_allclose(np.asarray(fused.dataobj), np.maximum(mri, mri[::-1]) / 100, atol=0.02)
+
+
 def test_two_dimensional_itk_files_keep_their_geometry(tmp_path):
     """2D MHA/NRRD files carry spacing, origin and direction: they are one-slice volumes (as a 2D NIfTI is), so
     the other image is placed in world coordinates and the output keeps the MRI's plane, not its pixel indices."""

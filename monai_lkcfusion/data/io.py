@@ -316,7 +316,9 @@ def _read_nifti(path: Path) -> MetaTensor:
             array = array[..., 0]
     affine = np.asarray(nii.affine, dtype=np.float64)
     affine[:3] *= _NIFTI_MM.get(nii.header.get_xyzt_units()[0], 1.0)  # in millimetres, as ITK reads it
-    return _as_volume(array, affine, path, None, raw.dtype == np.uint8)
+    img = _as_volume(array, affine, path, None, raw.dtype == np.uint8)
+    img.meta["nifti_dims"] = int(nii.header["dim"][0])  # a 2D file is written back 2D (write_image)
+    return img
 
 
 _NIFTI_MM = {"meter": 1000.0, "micron": 0.001}
@@ -718,7 +720,8 @@ def write_image(
     Pictures (``.png``, ``.jpg``, ``.bmp``, ``.tif``) take ``(1|3, H, W)`` and are stored as 8-bit gray/RGB; JPEG at
     quality 100 with full-resolution chroma (gray levels within about 2 of the image; the other formats are exact).
     Volumes (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``) take ``(1|3, X, Y, Z)`` and are stored as float32 on
-    ``affine`` (default: the MetaTensor's own), colour as a 3-component vector image.
+    ``affine`` (default: the MetaTensor's own), colour as a 3-component vector image; a gray one-slice image read
+    from a 2D NIfTI (``meta["nifti_dims"]`` 2) is written to NIfTI as 2D again.
 
     Args:
         img: ``(C, *spatial)`` image; a MetaTensor carries its affine.
@@ -763,6 +766,9 @@ def write_image(
     if matrix.shape != (4, 4):
         matrix = np.eye(4)
     voxels = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)  # (X, Y, Z[, 3])
+    two_d = isinstance(img, MetaTensor) and img.meta.get("nifti_dims") == 2  # read from a 2D NIfTI: keep its shape
+    if two_d and suffix in NIFTI_SUFFIXES and voxels.ndim == 3 and voxels.shape[2] == 1:
+        voxels = voxels[:, :, 0]  # (X, Y)
     with atomic_path(path, overwrite) as tmp:
         if suffix in NIFTI_SUFFIXES:
             _write_nifti(voxels, matrix, tmp)
