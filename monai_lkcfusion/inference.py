@@ -23,7 +23,7 @@ from monai.transforms import Compose
 
 from .data.atomic import check_not_input, check_output_file, check_writable
 from .data.io import check_output_path, image_spatial_dims, write_image
-from .errors import FusionInputError
+from .errors import FusionInputError, as_flag
 from .inferers import FUSION_METHODS, FusionInferer, build_predictor
 from .registration import save_alignment_preview
 from .transforms.io import ImageLike
@@ -135,7 +135,8 @@ def fuse(
                                          mri_modality, allow_irregular_slices, allow_external_data,
                                          register=register, transform=transform, save_transform=save_transform,
                                          overwrite=overwrite)
-    postprocessing = fusion_postprocessing(mask_background=mask_background, color=color)
+    postprocessing = fusion_postprocessing(mask_background=as_flag(mask_background, "mask_background"),
+                                           color=as_flag(color, "color"))  # "false" from a request is not on
     data = fuse_dict({"mri": mri, "other": other}, network, preprocessing, inferer, postprocessing)
     fused = data["pred"]
     if preview is not None:

@@ -305,8 +305,8 @@ class FusionInferer(Inferer):
         self.tile_size = tile_size
         self.batch_size = batch_size
         self.overlap = overlap
-        if axis is not None and (isinstance(axis, bool) or axis not in (0, 1, 2)):  # also when only pictures come
-            raise FusionInputError(f"--axis {axis}: a volume has axes 0, 1, 2")
+        if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool) or axis not in (0, 1, 2)):
+            raise FusionInputError(f"--axis {axis!r}: a volume has axes 0, 1, 2")  # also when only pictures come
         self.axis = axis
         self.tta = as_flag(tta, "tta")
         self.device = resolve_device(device)

@@ -87,6 +87,31 @@ def test_job_fields_are_checked():
     assert FusionJob.from_dict({**base, "axis": None, "weights": None}).axis is None
 
 
+def test_jobs_never_write_over_their_inputs_and_report_plain_errors(tmp_path):
+    """Found by a hand-check helper: a job whose output was its MRI (or other image) replaced the input with the fused
+    image ("done"); ``"axis": 2`` on a picture and ``"mri": 5`` came back as IndexError/AttributeError text; a
+    request's ``"color": "false"`` (MONAI Label passes strings) kept the colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    mri, pet = tmp_path / "mri.png", tmp_path / "pet.png"
+    Image.fromarray((rng.random((24, 20)) * 255).astype(np.uint8)).save(mri)
+    Image.fromarray((rng.random((24, 20, 3)) * 255).astype(np.uint8)).save(pet)
+    before = mri.read_bytes(), pet.read_bytes()
+    job = {"mri": str(mri), "other": str(pet), "method": "max", "device": "cpu"}
+    lines = [json.dumps({**job, "id": "m", "output": str(mri)}), json.dumps({**job, "id": "p", "output": str(pet)}),
+             json.dumps({**job, "id": "a", "output": str(tmp_path / "a.png"), "axis": 2}),
+             json.dumps({**job, "id": "n", "mri": 5, "output": str(tmp_path / "n.png")})]
+    events: list[dict] = []
+    serve(lines, events.append)
+    errors = {e["id"]: e["message"] for e in events if e["event"] == "error"}
+    assert "is the input" in errors["m"] and "is the input" in errors["p"]
+    assert (mri.read_bytes(), pet.read_bytes()) == before
+    assert errors["n"] == "job: mri 5: give a string" and "a" not in errors and (tmp_path / "a.png").is_file()
+    gray = FusionWorker().run(FusionJob(str(mri), str(pet), str(tmp_path / "g.nii.gz"), method="max", color="false"))
+    assert gray["shape"][0] == 1
+
+
 def test_a_job_that_fails_unexpectedly_does_not_stop_the_worker(tmp_path, monkeypatch):
     """Whatever one job raises is its error event; the jobs after it still run."""
     mri, ct = _volumes(tmp_path)

@@ -116,9 +116,11 @@ class FusionJob:
         return cls(**request)
 
 
-_FIELD_TYPES = {"output": str, "id": str, "method": str, "weights": str, "device": str, "axis": int, "modality": str,
+_FIELD_TYPES = {"mri": str, "other": str, "output": str, "id": str, "method": str, "weights": str, "device": str,
+                "axis": int, "modality": str,
                 "batch_size": int, "color": bool, "mask_background": bool, "tta": bool, "register": str}
-"""The JSON type of each field of a :class:`FusionJob` request (``mri``/``other``: anything ``fuse`` takes)."""
+"""The JSON type of each field of a :class:`FusionJob` request (a file path for ``mri``/``other``; a job built in
+Python may hold anything ``fuse`` takes)."""
 
 
 class FusionWorker:
@@ -162,7 +164,7 @@ class FusionWorker:
         return self._predictor, False
 
     def run(self, job: FusionJob, progress: ProgressCallback | None = None) -> Event:
-        """Fuse one job and write its output (replacing an existing file), as ``lkcfusion fuse`` does.
+        """Fuse one job and write its output (replacing an existing file, never an input), as ``lkcfusion fuse`` does.
 
         Args:
             job: what to fuse.
@@ -173,12 +175,15 @@ class FusionWorker:
             ``{"output", "shape", "seconds", "predictor_seconds", "predictor_reused"}``.
 
         Raises:
-            FusionInputError: what :func:`~monai_lkcfusion.inference.fuse` raises for unusable inputs.
+            FusionInputError: an output that is an input file (checked first), or what
+                :func:`~monai_lkcfusion.inference.fuse` raises for unusable inputs.
         """
         from ..data import read_image, write_image
+        from ..data.atomic import check_not_input
         from ..inference import fuse
         from ..transforms.spatial import slicing_axis
 
+        check_not_input(job.output, [image for image in (job.mri, job.other) if isinstance(image, (str, Path))])
         start = time.perf_counter()
         predictor, reused = self.predictor(job.method, job.weights, job.device)
         predictor_seconds = time.perf_counter() - start
@@ -186,8 +191,8 @@ class FusionWorker:
         model = predictor
         if progress is not None:
             spatial = tuple(mri.shape[1:])
-            axis = job.axis if job.axis is not None else slicing_axis(mri.affine, spatial) if len(spatial) == 3 else None
-            total = (spatial[axis] if axis is not None else 1) * (4 if job.tta else 1)
+            axis = None if len(spatial) == 2 else job.axis if job.axis is not None else slicing_axis(mri.affine, spatial)
+            total = (spatial[axis] if axis is not None else 1) * (4 if job.tta else 1)  # a picture: one call
             model = _counting(predictor, total, progress)
         registration = {"register": job.register} if job.register != "none" else {}  # fuse()'s default otherwise
         fused = fuse(
