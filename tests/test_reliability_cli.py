@@ -250,7 +250,10 @@ def test_no_command_writes_over_its_inputs(tmp_path, capsys):
         (["fuse", mri, pet, "-o", str(tmp_path / "f.png"), "--method", "max", "--preview", fused], "output exists"),
         (["fuse", mri, pet, "-o", str(tmp_path / "g.png"), "--method", "max", "--preview", str(tmp_path / "g.png")],
          "is the output"),
-        (["metrics", "--fused", fused, "--mri", mri, "--other", pet, "--csv", mri], "is the input"),
+        (["metrics", "--fused", fused, "--mri", mri, "--other", pet, "--csv", mri], "a table is written to a .csv file"),
+        (["metrics", "--fused", str(tmp_path / "F"), "--mri", str(tmp_path / "MRI"), "--other", str(tmp_path / "PET"),
+          "--json", pet], "a table is written to a .json file, not an image file"),  # with folders it was not checked
+        (["metrics", "--fused", fused, "--mri", mri, "--other", pet, "--csv", str(weights)], "output exists"),
         (["metrics", "--fused", fused, "--mri", mri, "--other", pet, "--csv", str(tmp_path / "t.csv"), "--json",
           str(tmp_path / "t.csv")], "is the output"),
         (["export", "--weights", str(weights), "-o", str(weights)], "is the input"),

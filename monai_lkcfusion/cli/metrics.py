@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from ..errors import FusionInputError
 from . import print_warnings
 
 HELP = "score fused images against their MRI / other sources (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, ...)"
@@ -36,13 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", metavar="FILE", help="write one row per pair (columns pair, <metric>...) as CSV")
     parser.add_argument("--summary-csv", metavar="FILE", help="write metric, n, mean, std per metric as CSV")
     parser.add_argument("--json", metavar="FILE", help="write options, mean/std/n and per-pair values as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --csv/--summary-csv/--json files")
 
 
 def run(args: argparse.Namespace) -> int:
     """Score the folders (see :func:`monai_lkcfusion.metrics.folders.score_folders`) and write the tables."""
     import math
 
-    from ..data import check_output_file, write_text
+    from ..data import PICTURE_SUFFIXES, VOLUME_SUFFIXES, check_output_file, write_text
+    from ..data.io import image_suffix
     from ..metrics.folders import score_folders
     from ..metrics.tables import format_table, json_text, pivot, summarize, write_table
 
@@ -60,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
     written: list[str] = []
     for path, example in ((args.csv, "metrics.csv"), (args.summary_csv, "summary.csv"), (args.json, "metrics.json")):
         if path:  # before the scoring, not after it
-            check_output_file(path, example, inputs=inputs)
+            if image_suffix(path) in PICTURE_SUFFIXES + VOLUME_SUFFIXES:  # e.g. an image of the input folders
+                raise FusionInputError(f"{path}: a table is written to a {Path(example).suffix} file, not an image "
+                                       "file")
+            check_output_file(path, example, inputs=inputs, overwrite=args.overwrite)
             check_not_input(path, written, kind="output")
             written.append(path)
     with warnings.catch_warnings(record=True) as caught:
