@@ -55,6 +55,9 @@ def test_harvard_counts_on_temp_tree(tmp_path):
         harvard_datalist(tmp_path, tasks="MRI-XR")
     with pytest.raises(FusionInputError, match="no such folder"):
         harvard_datalist(tmp_path, split="test")
+    # a task asked for by name but absent: training went on with the others without a word (hand-check helper)
+    with pytest.raises(FusionInputError, match=r"MRI-PET/MRI: no such folder; the task MRI-PET was asked for"):
+        harvard_datalist(tmp_path, tasks=["MRI-SPECT", "MRI-PET"])
 
 
 def test_decathlon_datalist_round_trip(tmp_path):

@@ -125,9 +125,11 @@ def test_broken_inputs_of_train_are_one_line(tmp_path, capsys):
     broken.write_text('{"roi_size": 16,')
     (tmp_path / "list.json").write_text("[1, 2]")  # valid JSON, not settings: was an AttributeError traceback
     (tmp_path / "text.json").write_text('"str"')
+    (tmp_path / "broken.yaml").write_text("epochs: [1\n")  # a YAML syntax error was a traceback, exit 1
     args = _train_args(tmp_path, tmp_path / "run", epochs=1)
     cases = [
         (["--config", str(broken)], "broken.json: cannot read config"),
+        (["--config", str(tmp_path / "broken.yaml")], "broken.yaml: cannot read config (while parsing a flow"),
         (["--config", str(tmp_path / "list.json")], "list.json: a config holds settings as an object"),
         (["--config", str(tmp_path / "text.json")], "not a str"),
         (["--dataset-dir", str(tmp_path / "nowhere")], "nowhere/train: no such folder"),

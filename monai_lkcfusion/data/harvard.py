@@ -21,7 +21,8 @@ def harvard_datalist(
 
     The layout is ``<root>/<split>/<task>/{MRI,<other>}/<name>`` with ``task`` in :data:`HARVARD_TASKS`;
     pairs are matched by name as :func:`~monai_lkcfusion.data.pair_files_by_name` does. Missing task folders are
-    skipped; an image without its partner is an error (registered pair folders hold pairs only).
+    skipped unless ``tasks`` names them; an image without its partner is an error (registered pair folders hold
+    pairs only).
 
     Args:
         root: folder holding ``train/`` and ``test/``.
@@ -33,7 +34,8 @@ def harvard_datalist(
         ``"task"`` and ``"name"`` (the MRI's file name).
 
     Raises:
-        FusionInputError: ``root/split`` does not exist, a task name is unknown, or an image has no partner.
+        FusionInputError: ``root/split`` does not exist, a task name is unknown, a task named in ``tasks`` has no
+            folder, or an image has no partner.
     """
     split_dir = Path(root) / split
     if not split_dir.is_dir():
@@ -46,6 +48,8 @@ def harvard_datalist(
     for task in selected:
         mri_dir, other_dir = split_dir / task / "MRI", split_dir / task / HARVARD_TASKS[task]
         if not mri_dir.is_dir():
+            if tasks is not None:  # asked for by name: training on the others alone would pass without a word
+                raise FusionInputError(f"{mri_dir}: no such folder; the task {task} was asked for (--tasks)")
             continue
         pairs, unpaired = pair_files_by_name(mri_dir, other_dir)
         if unpaired:

@@ -225,9 +225,11 @@ def _config_workflow(
         if not Path(extra).is_file():
             raise FusionInputError(f"{extra}: config file not found")
         files.append(str(extra))
+    import yaml
+
     try:
         contents = [ConfigParser.load_config_file(extra) for extra in files]
-    except ValueError as err:  # not JSON/YAML, or a syntax error in it
+    except (ValueError, yaml.YAMLError) as err:  # not JSON/YAML, or a syntax error in it
         raise FusionInputError(f"{', '.join(files)}: cannot read config ({' '.join(str(err).split())})") from None
     for extra, content in zip(files[1:], contents[1:]):  # valid JSON that is a list or a string: a traceback
         if not isinstance(content, dict):
