@@ -243,6 +243,9 @@ def test_launcher_passes_sigterm_on(monkeypatch):
     ({"keep_checkpoint_interval": "2"}, "data", "keep_checkpoint_interval '2': give a whole number"),
     (None, "data", "config file not found"),
     ({}, "nowhere", "nowhere/train: no such folder"),
+    ({"preset": "nosuch"}, "data", "network preset 'nosuch' is not one of"),  # found by a hand-check helper
+    ({"init_weights": "missing.pt", "network_def": "$monai_lkcfusion.networks.load_network(@init_weights)"}, "data",
+     "missing.pt"),
 ])
 def test_cli_train_nproc_refuses_bad_input_before_torchrun(tmp_path, monkeypatch, capsys, config, dataset, message):
     """Every process would refuse the same input: `lkcfusion train --nproc 2` says it once, exit 2, and starts no

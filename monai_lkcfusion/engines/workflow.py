@@ -189,7 +189,7 @@ def run_bundle_workflow(
 def check_bundle_workflow(
     config: str,
     overrides_files: Sequence[str | Path] = (),
-    ids: Sequence[str] = ("initialize#0", "split"),
+    ids: Sequence[str] = ("initialize#0", "split", "network_def"),
     allow_expressions: bool = True,
     **overrides: Any,
 ) -> None:
@@ -200,7 +200,8 @@ def check_bundle_workflow(
     Args:
         config, overrides_files, allow_expressions, overrides: as for :func:`run_bundle_workflow`.
         ids: the config items to evaluate; train.json's defaults are its settings check (the first ``initialize``
-            item) and the data ``split`` (the dataset folder is listed and paired, nothing is loaded).
+            item), the data ``split`` (the dataset folder is listed and paired, nothing is loaded) and the network
+            (its preset, or the weights it starts from).
 
     Raises:
         FusionInputError: as :func:`run_bundle_workflow`, for the files and these items.
