@@ -86,11 +86,14 @@ def build_predictor(
         The predictor, with ``fusion_method`` naming what it runs.
 
     Raises:
-        FusionInputError: unknown method, or no weights file for ``"lkcfunet"``.
+        FusionInputError: unknown method, no weights file for ``"lkcfunet"``, or weights for a baseline.
     """
     if model is not None and not isinstance(model, torch.nn.Module):
         return model
     if model is None and method in BASELINE_METHODS:
+        if weights is not None:  # a weights file for a method that has none would be ignored without a word
+            raise FusionInputError(f"--weights {weights}: the method '{method}' uses no weights; they are for "
+                                   "--method lkcfunet")
         return _named(lambda x: fuse_baseline(x[:, :1], x[:, 1:], method), method)
     if model is None and method != "lkcfunet":
         raise FusionInputError(f"unknown fusion method '{method}'; choose from {', '.join(FUSION_METHODS)}")

@@ -166,6 +166,7 @@ def test_bad_input_exit_2_one_line_no_output(case, tmp_path, capfd):
     (["--batch-size", "0"], "batch_size (--batch-size) 0: give a whole number of at least 1"),
     (["--axis", "4"], "a volume has axes 0, 1, 2"),
     (["--modality", "XR"], "unknown modality 'XR'"), (["--method", "pca"], "unknown fusion method 'pca'"),
+    (["--weights", "nonexist.pt"], "--weights nonexist.pt: the method 'max' uses no weights"),  # it was ignored
 ])
 def test_bad_options_exit_2_one_line(option, problem, tmp_path, capsys):
     if "cuda" in option and torch.cuda.is_available():

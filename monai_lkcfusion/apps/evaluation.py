@@ -83,7 +83,8 @@ def compare_methods(
             "replace them, or choose another folder"
         )
     bar = Progress(len(pairs), f"evaluating {len(methods)} method(s)", "pairs", enabled=progress)
-    predictors = {m: build_predictor(None, m, weights=weights, device=device) for m in methods}
+    predictors = {m: build_predictor(None, m, weights=weights if m == "lkcfunet" else None, device=device)
+                  for m in methods}
     records: list[dict[str, Any]] = []
     figure: list[dict[str, Any]] = []
     for pair in pairs:

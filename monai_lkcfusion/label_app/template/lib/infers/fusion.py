@@ -87,7 +87,8 @@ class FusionInferTask(InferTask):
         mri, other = (request["image"], other) if other else read_channels(request["image"])
         path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
         options = {key: request[key] for key in OPTIONS if request.get(key) is not None}
-        job = FusionJob(mri=mri, other=other, output=path, weights=self.weights, device=device, **options)
+        weights = self.weights if options.get("method", "lkcfunet") == "lkcfunet" else None  # the app's network
+        job = FusionJob(mri=mri, other=other, output=path, weights=weights, device=device, **options)
         with self._lock:  # one predictor per server process, one fusion at a time
             done = self.worker.run(job)
         result = {
