@@ -202,3 +202,16 @@ def test_time_limit_stop_validates_and_exports(tmp_path):
     run = tmp_path / "run"
     assert (run / "checkpoint_epoch=1.pt").is_file() and (run / "model.pt").is_file()
     assert (run / "best_model.pt").is_file()
+
+
+def test_a_damaged_newer_checkpoint_is_named_when_resuming_from_an_older_one(tmp_path):
+    """--resume passed over a damaged newer checkpoint with an INFO line only, and later replaced it (hand-check
+    helper): a warning names it."""
+    from monai_lkcfusion.engines.handlers import ResumeCheckpointLoader
+
+    torch.save({"network": {"w": torch.ones(3)}}, tmp_path / "checkpoint_epoch=1.pt")
+    (tmp_path / "checkpoint_epoch=3.pt").write_bytes(b"cut short")
+    with pytest.warns(UserWarning, match=r"checkpoint_epoch=3.pt cut short or damaged; resuming from "
+                                         r"checkpoint_epoch=1.pt"):
+        loader = ResumeCheckpointLoader(tmp_path, {}, resume=True)
+    assert loader.path.name == "checkpoint_epoch=1.pt"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -320,6 +321,9 @@ class ResumeCheckpointLoader:
 
     Raises:
         FusionInputError: ``resume`` is ``True`` and ``output_dir`` holds checkpoints, none of them complete.
+
+    Warns:
+        UserWarning: newer checkpoints than the one resumed from are damaged (they are named; they will be replaced).
     """
 
     def __init__(
@@ -338,6 +342,12 @@ class ResumeCheckpointLoader:
                 f"{output_dir}: no complete checkpoint to resume from (every {CHECKPOINT_PREFIX}_epoch=N.pt is cut "
                 "short or damaged); delete them to start a new run there"
             )
+        if resume is True and self.path is not None:  # a newer one was passed over: say so, it will be replaced
+            chosen = next(epoch for epoch, path in checkpoint_epochs(output_dir) if path == self.path)
+            skipped = [path.name for epoch, path in checkpoint_epochs(output_dir) if epoch > chosen]
+            if skipped:
+                warnings.warn(f"{output_dir}: {', '.join(skipped)} cut short or damaged; resuming from "
+                              f"{self.path.name}", UserWarning, stacklevel=2)
 
     def attach(self, engine: Engine) -> None:
         """Restore the checkpoint (if any) into ``engine`` and the other objects at ``Events.STARTED``.
