@@ -215,3 +215,13 @@ def test_a_damaged_newer_checkpoint_is_named_when_resuming_from_an_older_one(tmp
                                          r"checkpoint_epoch=1.pt"):
         loader = ResumeCheckpointLoader(tmp_path, {}, resume=True)
     assert loader.path.name == "checkpoint_epoch=1.pt"
+
+
+def test_resuming_from_a_checkpoint_of_other_contents_is_one_line(tmp_path, capsys):
+    """A loadable checkpoint without the run's objects ({"a": 1}) ended in MONAI's ValueError traceback, exit 1."""
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"a": 1}, out / "checkpoint_epoch=1.pt")
+    assert main(_train_args(tmp_path, out, epochs=2)) == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "checkpoint_epoch=1.pt: not a checkpoint of this training (no network" in errors[0]

@@ -342,6 +342,12 @@ class ResumeCheckpointLoader:
                 f"{output_dir}: no complete checkpoint to resume from (every {CHECKPOINT_PREFIX}_epoch=N.pt is cut "
                 "short or damaged); delete them to start a new run there"
             )
+        if self.path is not None and zipfile.is_zipfile(self.path):  # MONAI's loader would fail with a traceback
+            held = torch.load(self.path, map_location="cpu", weights_only=True)
+            missing = [key for key in self.load_dict if not isinstance(held, dict) or key not in held]
+            if missing:
+                raise FusionInputError(f"{self.path}: not a checkpoint of this training (no {', '.join(missing)}); "
+                                       "resume from a checkpoint_epoch=N.pt that a run wrote")
         if resume is True and self.path is not None:  # a newer one was passed over: say so, it will be replaced
             chosen = next(epoch for epoch, path in checkpoint_epochs(output_dir) if path == self.path)
             skipped = [path.name for epoch, path in checkpoint_epochs(output_dir) if epoch > chosen]
