@@ -13,6 +13,7 @@ from PIL import Image
 
 from monai_lkcfusion.apps.evaluation import compare_methods
 from monai_lkcfusion.cli import main
+from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.networks import LKCFUNet
 
 
@@ -158,3 +159,18 @@ def test_names_given_twice_count_once(tmp_path: Path, capsys) -> None:
     assert main(["metrics", "--fused", str(tmp_path / "f"), "--mri", str(mri_dir), "--other", str(other_dir),
                  "--metrics", "EN", "--metrics", "SD", "EN", "--csv", str(table)]) == 0
     assert list(csv.DictReader(table.open()).fieldnames) == ["pair", "EN", "SD"]
+
+
+def test_overwrite_replaces_an_earlier_evaluation_as_a_whole(tmp_path: Path) -> None:
+    """``--overwrite`` with fewer methods kept the earlier run's fused/mean/ images beside the new results (and an
+    overview.png that the new run does not draw); found by a hand-check helper."""
+    mri_dir, other_dir = _pairs(tmp_path / "data")
+    pairs = [{"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png")} for i in range(2)]
+    out = tmp_path / "out"
+    compare_methods(pairs, out, methods=["max", "mean"], metric_names=["EN"])
+    assert (out / "fused" / "mean").is_dir() and (out / "overview.png").is_file()
+    compare_methods(pairs, out, methods=["max"], metric_names=["EN"], figure_rows=0, overwrite=True)
+    assert sorted(p.name for p in (out / "fused").iterdir()) == ["max"] and not (out / "overview.png").exists()
+    with pytest.raises(FusionInputError, match="unknown fusion method"):  # a failed start keeps the earlier results
+        compare_methods(pairs, out, methods=["bogus"], metric_names=["EN"], overwrite=True)
+    assert (out / "fused" / "max").is_dir() and (out / "metrics.csv").is_file()

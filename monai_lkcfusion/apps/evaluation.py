@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,9 @@ def compare_methods(
         device: where the network runs.
         save_fused: also write the fused images.
         figure_rows: pairs shown in the overview figure (0: no overview figure).
-        overwrite: replace the results of an earlier evaluation in ``output_dir`` (otherwise they are kept and
-            this is an error, found before any work).
+        overwrite: replace the results of an earlier evaluation in ``output_dir`` as a whole (its files of
+            :data:`EVALUATION_FILES` are removed once the methods are ready; otherwise they are kept and this is an
+            error, found before any work).
         progress: show progress over the pairs (a bar on a terminal, a line every 10 s otherwise).
 
     Returns:
@@ -85,6 +87,11 @@ def compare_methods(
     bar = Progress(len(pairs), f"evaluating {len(methods)} method(s)", "pairs", enabled=progress)
     predictors = {m: build_predictor(None, m, weights=weights if m == "lkcfunet" else None, device=device)
                   for m in methods}
+    for path in earlier:  # replaced as a whole: an earlier run's other methods (fused/mean/...) would stay beside
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     records: list[dict[str, Any]] = []
     figure: list[dict[str, Any]] = []
     for pair in pairs:
