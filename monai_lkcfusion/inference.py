@@ -25,7 +25,7 @@ from .data.atomic import check_not_input, check_output_file, check_writable
 from .data.io import check_output_path, image_spatial_dims, write_image
 from .errors import FusionInputError, as_flag
 from .inferers import FUSION_METHODS, FusionInferer, build_predictor
-from .registration import save_alignment_preview
+from .registration import check_transform_file, save_alignment_preview
 from .transforms.io import ImageLike
 from .transforms.pipelines import fusion_postprocessing, fusion_preprocessing
 from .transforms.post import describe_fusion
@@ -109,7 +109,8 @@ def fuse(
         workers: slices (or tiles) fused concurrently on the CPU (default: one per available core); see
             :func:`~monai_lkcfusion.inferers.worker_policy`.
         threads: intra-op threads per worker (default 1).
-        overwrite: replace an existing ``save_transform`` file (``False``: it is kept and this is an error).
+        overwrite: replace an existing ``save_transform`` file (``False``: it is kept and this is an error, found
+            before any work when ``save_transform`` names the file).
 
     Returns:
         A MetaTensor ``(1|3, *spatial)`` in [0, 1] with the MRI's affine and metadata plus ``fusion_method``,
@@ -125,6 +126,8 @@ def fuse(
     """
     if preview is not None:  # a picture written after the work: never over an input file
         check_not_input(preview, [image for image in (mri, other) if isinstance(image, (str, Path))])
+    if save_transform is not None:
+        check_transform_file(save_transform, overwrite)
     for target in (save_transform, preview):  # written after the (long) work: fail now, not then
         if target is not None:
             check_writable(target)

@@ -33,6 +33,7 @@ __all__ = [
     "REGISTRATION_KINDS",
     "RegistrationResult",
     "alignment_preview",
+    "check_transform_file",
     "foreground_mask",
     "itk_image",
     "mean_displacement",
@@ -186,6 +187,21 @@ def transform_from_matrix(matrix: np.ndarray) -> sitk.AffineTransform:
     transform.SetMatrix(matrix[:ndim, :ndim].flatten().tolist())
     transform.SetTranslation(matrix[:ndim, ndim].tolist())
     return transform
+
+
+def check_transform_file(path: str | Path, overwrite: bool) -> None:
+    """Refuse to replace an existing transform file unless ``overwrite``: checked before the work by
+    :func:`~monai_lkcfusion.inference.fuse` and before writing by ``RegisterToReference``.
+
+    Args:
+        path: the transform file to be written.
+        overwrite: an existing file may be replaced.
+
+    Raises:
+        FusionInputError: ``<path>: transform file exists; pass --overwrite to replace it``.
+    """
+    if Path(path).is_file() and not overwrite:
+        raise FusionInputError(f"{path}: transform file exists; pass --overwrite to replace it")
 
 
 def write_transform(matrix: np.ndarray, path: str | Path, overwrite: bool = True) -> Path:

@@ -452,6 +452,11 @@ def test_transform_files_of_a_run_are_one_per_pair_and_kept(tmp_path, capsys):
     assert "a0.tfm: transform file exists; pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "t" / "a0.tfm").read_text() == "kept" and (tmp_path / "t" / "a1.tfm").is_file()
     assert main([*argv, "--overwrite"]) == 0 and (tmp_path / "t" / "a0.tfm").read_text() != "kept"
+    one = ["fuse", items[0]["mri"], items[0]["other"], "-o", str(tmp_path / "one.png"), "--method", "max",
+           "--register", "rigid", "--save-transform", str(tmp_path / "t" / "a1.tfm")]  # one pair: before any work
+    kept = (tmp_path / "t" / "a1.tfm").read_bytes()
+    assert main(one) == 2 and "a1.tfm: transform file exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "t" / "a1.tfm").read_bytes() == kept and not (tmp_path / "one.png").exists()
 
 
 def test_bundle_inference_config_has_register_option():

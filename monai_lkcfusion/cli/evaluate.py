@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data.atomic import check_not_input
     from ..metrics.tables import format_summary
 
-    for folder in (args.mri_dir, args.other_dir):  # results written into an input folder would pair with it later
-        check_not_input(Path(args.output) / "metrics.csv", [folder])
+    # results written into an input folder would pair with it later
+    check_not_input(Path(args.output) / "metrics.csv", [args.mri_dir, args.other_dir])
     pairs, unpaired = pair_files_by_name(args.mri_dir, args.other_dir)
     print_warnings(unpaired)
     task = Path(args.other_dir).name

@@ -131,8 +131,6 @@ def _registration_options(args: argparse.Namespace, batch: bool) -> dict:
             raise FusionInputError(f"{save}: name the transform file with {' or '.join(TRANSFORM_SUFFIXES[:2])} (or "
                                    "give an existing folder)")
         check_not_input(save, [p for p in (args.mri, args.other, args.transform) if p])  # e.g. a DICOM folder
-        if Path(save).is_file() and not args.overwrite:
-            raise FusionInputError(f"{save}: transform file exists; pass --overwrite to replace it")
     if args.register != "none" or args.transform:
         print(f"registration: on ({f'applying {args.transform}' if args.transform else args.register})")
         logger = logging.getLogger("monai_lkcfusion.registration")

@@ -43,8 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Score the folders (see :func:`monai_lkcfusion.metrics.folders.score_folders`) and write the tables."""
     import math
+    from pathlib import Path
 
     from ..data import PICTURE_SUFFIXES, VOLUME_SUFFIXES, check_output_file, write_text
+    from ..data.atomic import check_not_input
     from ..data.io import image_suffix
     from ..metrics.folders import score_folders
     from ..metrics.tables import format_table, json_text, pivot, summarize, write_table
@@ -55,10 +57,6 @@ def run(args: argparse.Namespace) -> int:
         "mi_base": math.e if args.mi_base == "e" else 2.0,
         "psnr_peak": args.psnr_peak,
     }
-    from pathlib import Path
-
-    from ..data.atomic import check_not_input
-
     inputs = [p for p in (args.fused, args.mri, args.other) if Path(p).is_file()]  # tables beside images are fine
     written: list[str] = []
     for path, example in ((args.csv, "metrics.csv"), (args.summary_csv, "summary.csv"), (args.json, "metrics.json")):

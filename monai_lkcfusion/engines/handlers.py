@@ -349,8 +349,9 @@ class ResumeCheckpointLoader:
                 raise FusionInputError(f"{self.path}: not a checkpoint of this training (no {', '.join(missing)}); "
                                        "resume from a checkpoint_epoch=N.pt that a run wrote")
         if resume is True and self.path is not None:  # a newer one was passed over: say so, it will be replaced
-            chosen = next(epoch for epoch, path in checkpoint_epochs(output_dir) if path == self.path)
-            skipped = [path.name for epoch, path in checkpoint_epochs(output_dir) if epoch > chosen]
+            epochs = checkpoint_epochs(output_dir)
+            chosen = next(epoch for epoch, path in epochs if path == self.path)
+            skipped = [path.name for epoch, path in epochs if epoch > chosen]
             if skipped:
                 warnings.warn(f"{output_dir}: {', '.join(skipped)} cut short or damaged; resuming from "
                               f"{self.path.name}", UserWarning, stacklevel=2)

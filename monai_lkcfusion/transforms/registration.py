@@ -19,6 +19,7 @@ from ..errors import FusionInputError, as_flag
 from ..registration import (
     REGISTRATION_KINDS,
     TRANSFORM_SUFFIXES,
+    check_transform_file,
     moved_affine,
     read_transform,
     register,
@@ -133,8 +134,7 @@ class RegisterToReference(InvertibleTransform):
             target = Path(self.save_transform)
             if target.is_dir() or target.suffix.lower() not in TRANSFORM_SUFFIXES:  # a folder: one file per pair
                 target = target / f"{image_stem(str(reference.meta.get('filename_or_obj', 'mri')))}.tfm"
-            if target.exists() and not self.overwrite:
-                raise FusionInputError(f"{target}: transform file exists; pass --overwrite to replace it")
+            check_transform_file(target, self.overwrite)
             write_transform(matrix, target)
             record["saved_to"] = str(target)
         out = img.clone()
