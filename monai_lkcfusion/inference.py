@@ -23,8 +23,9 @@ from monai.transforms import Compose
 
 from .data.atomic import check_not_input, check_output_file, check_writable
 from .data.io import check_output_path, image_spatial_dims, write_image
+from .data.pairing import check_distinct_pair
 from .errors import FusionInputError, as_flag
-from .inferers import FUSION_METHODS, FusionInferer, build_predictor
+from .inferers import FUSION_METHODS, FusionInferer, build_predictor, check_tta
 from .registration import check_transform_file, save_alignment_preview
 from .transforms.io import ImageLike
 from .transforms.pipelines import fusion_postprocessing, fusion_preprocessing
@@ -122,8 +123,9 @@ def fuse(
         FusionInputError: unreadable inputs, dimension/size/channel mismatch, no overlap, unknown method, no
             weights for ``"lkcfunet"``, an unusable device, a batch/tile size or worker/thread count below 1, or a
             ``save_transform``/``preview`` place that cannot be written or a ``preview`` that is an input file
-            (checked first).
+            (checked first), ``tta`` with a baseline method, or the same file as ``mri`` and ``other``.
     """
+    check_distinct_pair(mri, other, mri_series, other_series)
     if preview is not None:  # a picture written after the work: never over an input file
         check_not_input(preview, [image for image in (mri, other) if isinstance(image, (str, Path))])
     if save_transform is not None:
@@ -134,6 +136,7 @@ def fuse(
     inferer = FusionInferer(tile_size=tile_size, batch_size=batch_size, axis=axis, tta=tta, device=device,
                             optimize=optimize, progress=progress, workers=workers, threads=threads)
     network = model if model is not None else build_predictor(None, method, weights, inferer.device, optimize)
+    check_tta(inferer.tta, network)
     preprocessing = fusion_preprocessing(modality, resample, {"mri": mri_series, "other": other_series},
                                          mri_modality, allow_irregular_slices, allow_external_data,
                                          register=register, transform=transform, save_transform=save_transform,
@@ -231,7 +234,8 @@ def fuse_files(
         raise FusionInputError(f"{arrays[0]}: fuse_files reads and writes files; for a NumPy array call fuse() and "
                                "save its result (or pass a MetaTensor with its affine)")
     inputs = (mri, other) if all(isinstance(x, (str, Path)) for x in (mri, other)) else ()
-    output = check_output_path(output, overwrite, inputs=inputs, spatial_dims=_spatial_dims(mri))
+    dims = {_spatial_dims(mri), _spatial_dims(other)}  # inputs that do not match are named first, by fuse()
+    output = check_output_path(output, overwrite, inputs=inputs, spatial_dims=dims.pop() if len(dims) == 1 else None)
     if kwargs.get("preview") is not None:  # nor over the result, nor an existing file without overwrite
         check_output_file(kwargs["preview"], "preview.png", inputs=inputs, overwrite=overwrite)
         check_not_input(kwargs["preview"], [output], kind="output")

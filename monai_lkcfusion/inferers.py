@@ -31,7 +31,7 @@ from .errors import FusionInputError, as_count, as_flag
 from .machine import available_cores
 from .transforms.spatial import slicing_axis
 
-__all__ = ["FUSION_METHODS", "FusionInferer", "build_predictor", "resolve_device", "worker_policy"]
+__all__ = ["FUSION_METHODS", "FusionInferer", "build_predictor", "check_tta", "resolve_device", "worker_policy"]
 
 FUSION_METHODS = ("lkcfunet", *BASELINE_METHODS)
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -147,6 +147,22 @@ def _network_predictor(model: torch.nn.Module, device: torch.device, optimize: b
     if optimize:  # the optimised copy holds no reference to ``model``, so the weak cache entry can die with it
         _OPTIMIZED[model][str(device)] = (versions, predict)
     return predict
+
+
+def check_tta(tta: bool, predictor: Predictor) -> None:
+    """Refuse test-time augmentation for a baseline method, where it would be silently meaningless.
+
+    Args:
+        tta: whether the flip ensemble was asked for.
+        predictor: made by :func:`build_predictor`.
+
+    Raises:
+        FusionInputError: ``tta`` with a baseline method (``max``, ``mean``, ``dwt``, ``laplacian``).
+    """
+    method = getattr(predictor, "fusion_method", None)
+    if tta and method in BASELINE_METHODS:
+        raise FusionInputError(f"--tta (tta=True) averages the network over image flips; the method '{method}' has no "
+                               "network: leave it off, or use --method lkcfunet")
 
 
 def _named(predict: Predictor, name: str) -> Predictor:

@@ -344,7 +344,9 @@ def test_flip_tta_averages_over_flips():
     assert len(seen) == 4 and torch.equal(seen[1], seen[0].flip(-1)) and torch.equal(seen[2], seen[0].flip(-2))
     ramp = np.linspace(0, 1, 10, dtype=np.float32)
     assert np.allclose(plain, mri * ramp) and np.allclose(tta, mri * 0.5, atol=1e-6)  # (ramp + reversed) / 2
-    assert np.array_equal(fuse(mri, mri, method="max", tta=True), fuse(mri, mri, method="max"))
+    with pytest.raises(FusionInputError, match="'max' has no network"):  # it was accepted and did nothing
+        fuse(mri, mri, method="max", tta=True)
+    assert np.array_equal(fuse(mri, mri, method="max", tta="false"), fuse(mri, mri, method="max"))
     seen.clear()  # a bundle override string "false" must not switch TTA on (a non-empty string is truthy)
     assert np.array_equal(fuse(mri, mri, model=lopsided, progress=False, tta="false"), plain) and len(seen) == 1
     with pytest.raises(FusionInputError, match="tta 'no': give true or false"):
@@ -485,8 +487,9 @@ def test_picture_written_as_volume_is_not_transposed(tmp_path):
     picture = np.zeros((30, 20), np.uint8)
     picture[:5] = 200  # the first rows
     Image.fromarray(picture).save(tmp_path / "m.png")
+    Image.fromarray(picture).save(tmp_path / "ct.png")
     for suffix in (".nii.gz", ".mha"):
-        out = fuse_files(tmp_path / "m.png", tmp_path / "m.png", tmp_path / f"f{suffix}", method="max")
+        out = fuse_files(tmp_path / "m.png", tmp_path / "ct.png", tmp_path / f"f{suffix}", method="max")
         reference = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m.png")))
         written = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))[0]
         assert written.shape == reference.shape == (30, 20)

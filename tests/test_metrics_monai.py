@@ -189,13 +189,32 @@ def test_cli_metrics_refuses_volumes_and_16_bit_pictures(tmp_path, capsys):
     dirs = _write_pairs(tmp_path, ["a.png"])
     nib.save(nib.Nifti1Image(np.ones((8, 8, 4), np.float32), np.eye(4)), str(tmp_path / "v.nii.gz"))
     Image.fromarray(np.full((48, 48), 40000, np.uint16)).save(tmp_path / "deep.png")
-    for fused, problem in ((tmp_path / "v.nii.gz", "a 3D volume"), (tmp_path / "deep.png", "not an 8-bit picture")):
+    for fused, problem in ((tmp_path / "v.nii.gz", "the metrics score 2D 8-bit pictures"),
+                           (tmp_path / "deep.png", "not an 8-bit picture")):
         argv = ["metrics", "--fused", str(fused), "--mri", str(dirs["mri"] / "a.png"), "--other",
                 str(dirs["other"] / "a.png")]
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert f"{fused}: {problem}" in err and len(err.strip().splitlines()) == 1
 
+
+
+def test_cli_metrics_names_fused_nifti_files(tmp_path, capsys):
+    """A 2D NIfTI result is not an 8-bit picture: named as such (it was called a 3D volume), and in a folder it is
+    not passed over as a pair "without a fused image"."""
+    import nibabel as nib
+
+    dirs = _write_pairs(tmp_path, ["a.png", "b.png"])
+    flat = nib.Nifti1Image(np.full((48, 48), 0.5, np.float32), np.eye(4))
+    nib.save(flat, str(tmp_path / "flat.nii.gz"))
+    (dirs["fused"] / "b.png").unlink()
+    nib.save(flat, str(dirs["fused"] / "b.nii.gz"))
+    for fused in (tmp_path / "flat.nii.gz", dirs["fused"]):
+        mri, other = (dirs[k] / "a.png" if fused.is_file() else dirs[k] for k in ("mri", "other"))
+        assert main(["metrics", "--fused", str(fused), "--mri", str(mri), "--other", str(other)]) == 2
+        err = capsys.readouterr().err
+        name = fused if fused.is_file() else dirs["fused"] / "b.nii.gz"
+        assert f"{name}: the metrics score 2D 8-bit pictures" in err and len(err.strip().splitlines()) == 1, err
 
 def test_metatensor_inputs_score_like_plain_tensors():
     """Images that arrive as MetaTensors (MONAI pipelines, bundle evaluation) score exactly like plain tensors."""

@@ -347,6 +347,42 @@ def test_output_equal_to_an_input_is_refused(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "MRI").iterdir()) == ["a.png"]
 
 
+
+def test_one_image_as_both_inputs_is_refused(tmp_path, capsys):
+    """An image fused with itself comes back unchanged: the same file, folder or series twice is a slip."""
+    mri = _png(tmp_path / "mri.png", _gray())
+    for second in (mri, tmp_path / "." / "mri.png"):
+        code, _, err = _run(["fuse", str(mri), str(second), "-o", str(tmp_path / "f.png"), "--method", "max"], capsys)
+        _one_line_error(code, err, "given as both the MRI and the other image")
+    with pytest.raises(FusionInputError, match="given as both the MRI and the other image"):
+        fuse(str(mri), mri, method="max")
+    (tmp_path / "MRI").mkdir()
+    _png(tmp_path / "MRI" / "a.png", _gray())
+    code, _, err = _run(["fuse", "--mri-dir", str(tmp_path / "MRI"), "--other-dir", str(tmp_path / "MRI") + "/",
+                         "-o", str(tmp_path / "out"), "--method", "max"], capsys)
+    _one_line_error(code, err, "given as both the mri and the other folder")
+    code, _, err = _run(["metrics", "--fused", str(tmp_path / "MRI"), "--mri", str(tmp_path / "MRI"), "--other",
+                         str(tmp_path / "MRI")], capsys)
+    _one_line_error(code, err, "given as both the fused and the mri folder")
+    assert not (tmp_path / "f.png").exists() and not (tmp_path / "out").exists()
+    # two series of one DICOM folder are two images
+    volume = (np.random.default_rng(1).random((6, 16, 18)) * 1000).astype(np.uint16)
+    first = write_series(tmp_path / "two", volume, description="T1")
+    second = write_series(tmp_path / "two", volume[:, ::-1].copy(), description="CT", modality="CT")
+    fused = fuse(str(tmp_path / "two"), str(tmp_path / "two"), method="max", mri_series=first, other_series=second,
+                 progress=False)
+    assert fused.shape == (1, 18, 16, 6)
+
+
+def test_tta_with_a_baseline_is_refused(tmp_path, capsys):
+    mri, other = _png(tmp_path / "mri.png", _gray()), _png(tmp_path / "ct.png", _gray(seed=1))
+    code, _, err = _run(["fuse", str(mri), str(other), "-o", str(tmp_path / "f.png"), "--method", "max", "--tta"],
+                        capsys)
+    _one_line_error(code, err, "--tta", "'max' has no network")
+    with pytest.raises(FusionInputError, match="'mean' has no network"):
+        fuse(str(mri), str(other), method="mean", tta=True)
+    assert not (tmp_path / "f.png").exists()
+
 # -- 8. output-name collisions and earlier results ---------------------------------------------------------------
 def test_two_inputs_of_one_output_name_are_both_named(tmp_path):
     from monai_lkcfusion.engines import FileFusionEngine
@@ -513,7 +549,8 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
 
 def test_decompression_bomb_is_one_line(tmp_path, capsys):
     bomb = _png_header_only(tmp_path / "bomb.png", 20000, 10000)  # 200 megapixels
-    code, _, err = _run(["fuse", str(bomb), str(bomb), "-o", str(tmp_path / "f.png"), "--method", "max"], capsys)
+    other = _png(tmp_path / "ct.png", _gray())
+    code, _, err = _run(["fuse", str(bomb), str(other), "-o", str(tmp_path / "f.png"), "--method", "max"], capsys)
     _one_line_error(code, err, "bomb.png", "too large to decode")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,15 +168,28 @@ def test_bad_input_exit_2_one_line_no_output(case, tmp_path, capfd):
     (["--axis", "4"], "a volume has axes 0, 1, 2"),
     (["--modality", "XR"], "unknown modality 'XR'"), (["--method", "pca"], "unknown fusion method 'pca'"),
     (["--weights", "nonexist.pt"], "--weights nonexist.pt: the method 'max' uses no weights"),  # it was ignored
+    (["--resample"], "--resample (resample=True) resizes 2D pictures"),  # on volumes it was accepted, doing nothing
 ])
 def test_bad_options_exit_2_one_line(option, problem, tmp_path, capsys):
     if "cuda" in option and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     mri = _nifti(tmp_path / "mri.nii.gz", _volume())
+    other = shutil.copy(mri, tmp_path / "ct.nii.gz")
     out = tmp_path / "f.nii.gz"
-    code, _, err = _fuse([str(mri), str(mri), "-o", str(out), "--method", "max", *option], capsys)
+    code, _, err = _fuse([str(mri), str(other), "-o", str(out), "--method", "max", *option], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and problem in err, err
     assert not out.exists()
+
+
+def test_inputs_that_do_not_match_are_named_before_the_output_format(tmp_path, capsys):
+    """A one-slice NIfTI MRI with a PNG: "a 3D volume cannot be written as '.png'" sent the user to .nii.gz, only to
+    be told then that the inputs do not match. The mismatch comes first, whatever the output."""
+    mri = _nifti(tmp_path / "mri.nii.gz", np.random.default_rng(0).random((40, 36, 1)))
+    pet = _png(tmp_path / "pet.png", _gray())
+    for out in (tmp_path / "f.png", tmp_path / "f.nii.gz"):
+        code, _, err = _fuse([str(mri), str(pet), "-o", str(out), "--method", "max"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "but the MRI" in err and "one-slice" in err, err
+        assert not out.exists()
 
 
 @pytest.mark.parametrize("option, problem", [
@@ -492,7 +506,8 @@ def test_failed_write_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
     out = tmp_path / "res" / "f.nii.gz"
     out.parent.mkdir()
     out.write_bytes(b"earlier result")
-    code, _, err = _fuse([str(mri), str(mri), "-o", str(out), "--method", "max", "--overwrite"], capsys)
+    code, _, err = _fuse([str(mri), str(shutil.copy(mri, tmp_path / "ct.nii.gz")), "-o", str(out), "--method", "max",
+                          "--overwrite"], capsys)
     assert code == 2 and "f.nii.gz: cannot write output (No space left on device)" in err
     assert len(err.strip().splitlines()) == 1
     assert out.read_bytes() == b"earlier result" and _leftovers(out.parent) == []
@@ -534,6 +549,7 @@ def test_unwritable_places_refused_before_any_work(tmp_path, monkeypatch):
 
     monkeypatch.setattr(inference, "fuse_dict", never)
     mri = _nifti(tmp_path / "mri.nii.gz", _volume())
+    ct = shutil.copy(mri, tmp_path / "ct.nii.gz")
     (tmp_path / "a_file").write_text("x")
     places = {tmp_path / "a_file" / "sub": "Not a directory", Path("/proc/lkcfusion_test"): "No such file"}
     read_only = tmp_path / "ro"
@@ -544,13 +560,13 @@ def test_unwritable_places_refused_before_any_work(tmp_path, monkeypatch):
         places[read_only] = "Read-only file system"
     try:
         for place, reason in places.items():
-            calls = [lambda: inference.fuse_files(mri, mri, place / "f.nii.gz", method="max"),
-                     lambda: inference.fuse(mri, mri, method="max", register="rigid", save_transform=place / "t.tfm"),
-                     lambda: inference.fuse(mri, mri, method="max", preview=place / "p.png")]
+            calls = [lambda: inference.fuse_files(mri, ct, place / "f.nii.gz", method="max"),
+                     lambda: inference.fuse(mri, ct, method="max", register="rigid", save_transform=place / "t.tfm"),
+                     lambda: inference.fuse(mri, ct, method="max", preview=place / "p.png")]
             for call in calls:
                 with pytest.raises(FusionInputError, match=f"cannot write here \\({reason}"):
                     call()
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mri.nii.gz", "ro"]  # no probe left behind
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "ct.nii.gz", "mri.nii.gz", "ro"]  # no probe
         assert not mounted or list(read_only.iterdir()) == []
     finally:
         if mounted:
@@ -565,7 +581,8 @@ def test_disk_full_on_a_small_file_system(tmp_path, capsys):
         pytest.skip("cannot mount a tmpfs here")
     try:
         mri = _nifti(tmp_path / "mri.nii", np.random.default_rng(0).random((48, 48, 24)))  # 220 KB as float32
-        code, _, err = _fuse([str(mri), str(mri), "-o", str(mount / "f.nii"), "--method", "max"], capsys)
+        other = shutil.copy(mri, tmp_path / "ct.nii")
+        code, _, err = _fuse([str(mri), str(other), "-o", str(mount / "f.nii"), "--method", "max"], capsys)
         assert code == 2 and "f.nii: cannot write output (No space left on device)" in err, err
         assert list(mount.iterdir()) == []
     finally:

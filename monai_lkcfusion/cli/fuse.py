@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fuse one pair with :func:`~monai_lkcfusion.inference.fuse_files`, or two folders with the bundle's engine."""
     from ..inference import build_predictor
-    from ..inferers import FusionInferer
+    from ..inferers import FusionInferer, check_tta
 
     batch = args.mri_dir is not None or args.other_dir is not None
     if batch == (args.mri is not None or args.other is not None) or batch and not (args.mri_dir and args.other_dir):
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         raise FusionInputError("missing OTHER: lkcfusion fuse MRI OTHER -o OUT")
     # load the network once (and fail early without weights), then fuse every pair with it
     predictor = build_predictor(None, args.method, args.weights, args.device, not args.no_optimize)
+    check_tta(args.tta, predictor)
     plain = args.no_optimize and args.workers is None and args.threads is None
     options = {"axis": args.axis, "device": args.device, "optimize": False, "batch_size": args.batch_size,
                "workers": 1 if plain else args.workers, "threads": args.threads,

@@ -15,7 +15,9 @@ from pathlib import Path
 from ..errors import FusionInputError
 from .io import NOT_IMAGE_SUFFIXES, WRITABLE_SUFFIXES, image_stem, image_suffix
 
-__all__ = ["files_by_name", "match_files_by_name", "output_name", "pair_files_by_name"]
+__all__ = [
+    "check_distinct_pair", "files_by_name", "match_files_by_name", "output_name", "pair_files_by_name"
+]
 
 
 _DETACHED_DATA = (".raw", ".zraw", ".raw.gz")
@@ -84,9 +86,16 @@ def match_files_by_name(
         sorted by name; and, per key, the entries of that folder missing from at least one other folder.
 
     Raises:
-        FusionInputError: a folder is missing, or holds two entries of one name.
+        FusionInputError: a folder is missing, holds two entries of one name, or is given for two keys (every
+            entry would be matched with itself).
     """
     entries = {key: files_by_name(folder, suffixes) for key, folder in folders.items()}
+    seen: dict[Path, str] = {}
+    for key, folder in folders.items():
+        first = seen.setdefault(Path(folder).resolve(), key)
+        if first != key:
+            raise FusionInputError(f"{folder}: given as both the {first} and the {key} folder; every image would be "
+                                   "matched with itself")
     common = set.intersection(*(set(found) for found in entries.values()))
     matched: list[dict[str, Path | str]] = [
         {"name": stem, **{key: found[stem] for key, found in entries.items()}} for stem in sorted(common)
@@ -114,6 +123,27 @@ def pair_files_by_name(mri_dir: str | Path, other_dir: str | Path) -> tuple[list
     unpaired = [f"{p}: no partner in {other_dir}" for p in unmatched["mri"]]
     unpaired += [f"{p}: no partner in {mri_dir}" for p in unmatched["other"]]
     return pairs, unpaired
+
+
+def check_distinct_pair(
+    mri: object, other: object, mri_series: str | None = None, other_series: str | None = None
+) -> None:
+    """Refuse one file (or one series of a DICOM folder) given as both images of a pair.
+
+    Args:
+        mri: the MRI (a path; arrays and tensors are not compared).
+        other: the second modality.
+        mri_series: SeriesInstanceUID chosen in the MRI's DICOM folder.
+        other_series: the same for ``other``.
+
+    Raises:
+        FusionInputError: both name the same image: fusing an image with itself gives it back.
+    """
+    if not all(isinstance(image, (str, Path)) for image in (mri, other)):
+        return
+    if Path(mri).resolve() == Path(other).resolve() and mri_series == other_series:
+        raise FusionInputError(f"{other}: given as both the MRI and the other image; fusing an image with itself "
+                               "gives it back: give the second modality's image")
 
 
 def output_name(source: str | Path, prefix: str = "", suffix: str | None = None) -> str:

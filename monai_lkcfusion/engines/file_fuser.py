@@ -11,13 +11,14 @@ from ignite.engine import Engine
 from monai.data import Dataset
 from monai.inferers import Inferer
 
+from ..data.io import check_output_path
+from ..data.pairing import check_distinct_pair
 from ..errors import FusionInputError
-from .distributed import all_gather_objects, is_main_process
 from ..inferers import FusionInferer
 from ..transforms.io import SaveFused
 from ..transforms.pipelines import fusion_preprocessing
 from ..transforms.post import describe_fusion
-from ..data.io import check_output_path
+from .distributed import all_gather_objects, is_main_process
 
 __all__ = ["FileFusionEngine", "fusion_pairs"]
 
@@ -146,6 +147,7 @@ class FileFusionEngine(Engine):
         try:
             if "unpaired" in item:  # a file of the dataset folder without a partner (fusion_pairs)
                 raise FusionInputError(item["unpaired"])
+            check_distinct_pair(item["mri"], item["other"])
             if self.pieces is not None:
                 for saver in self._savers():  # before any work: an existing output without overwrite
                     check_output_path(saver.output_path(item["mri"]), saver.overwrite, inputs=(item["mri"],))

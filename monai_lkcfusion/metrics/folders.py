@@ -10,12 +10,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import PICTURE_SUFFIXES, image_stem, match_files_by_name, read_image
+from ..data import PICTURE_SUFFIXES, VOLUME_SUFFIXES, files_by_name, image_stem, match_files_by_name, read_image
+from ..data.io import image_suffix
 from ..errors import FusionInputError, as_names, list_names
 from .functional import DEFAULT_METRICS, compute_fusion_metrics
 from .utils import gray8
 
 __all__ = ["read_gray", "score_folders"]
+
+_NOT_A_PICTURE = ("the metrics score 2D 8-bit pictures (PNG, JPEG, BMP, TIFF), as the literature's evaluators do: "
+                  "write the images as PNG (e.g. lkcfusion fuse ... -o fused.png; slices of volumes one by one)")
 
 
 def read_gray(path: str | Path) -> np.ndarray:
@@ -33,10 +37,11 @@ def read_gray(path: str | Path) -> np.ndarray:
         FusionInputError: a missing, unreadable or truncated file, a volume, or a 16-bit/float image, named in the
             message.
     """
+    if image_suffix(path) in VOLUME_SUFFIXES:  # also a 2D NIfTI: its values are not the 8-bit levels scored
+        raise FusionInputError(f"{path}: {_NOT_A_PICTURE}")
     image = read_image(path)
     if image.meta["spatial_dims"] != 2:
-        raise FusionInputError(f"{path}: a 3D volume; the metrics score 2D 8-bit pictures, as the literature's "
-                               "evaluators do (save slices as PNG)")
+        raise FusionInputError(f"{path}: a 3D volume; {_NOT_A_PICTURE}")
     if image.meta.get("display_max") != 255.0:
         raise FusionInputError(f"{path}: not an 8-bit picture; save images as 8-bit gray or RGB")
     return gray8(image)
@@ -102,6 +107,10 @@ def _triples(sources: dict[str, str | Path]) -> list[dict[str, Path | str]]:
     if any(is_file.values()):
         kinds = ", ".join(f"{key} {'file' if found else 'folder'}" for key, found in is_file.items())
         raise FusionInputError(f"give three image files or three folders, not a mix ({kinds})")
+    volumes = [path for path in files_by_name(sources["fused"]).values() if image_suffix(path) in VOLUME_SUFFIXES]
+    if volumes:  # passed over, they would read as "no fused image" for their pairs
+        raise FusionInputError(f"{volumes[0]}{f' (and {len(volumes) - 1} more)' if len(volumes) > 1 else ''}: "
+                               f"{_NOT_A_PICTURE}")
     matched, unmatched = match_files_by_name(sources, PICTURE_SUFFIXES)
     if not matched and not unmatched["fused"]:
         raise FusionInputError(f"{sources['fused']}: no images ({', '.join(PICTURE_SUFFIXES)})")
