@@ -127,3 +127,72 @@ def test_nifti_spatial_units_are_read_as_millimetres(tmp_path, unit, mm):
     assert np.allclose(img.affine.numpy()[:3], affine[:3], atol=1e-6)
     out = nib.load(str(write_image(img, tmp_path / "b.nii.gz")))
     assert out.header.get_xyzt_units()[0] == "mm" and np.allclose(out.affine, affine, atol=1e-5)
+
+
+def test_nifti_whose_qform_and_sform_disagree_is_warned(tmp_path):
+    """nibabel (and this package) place such a file by its sform, ITK and 3D Slicer by its qform: say so."""
+    import warnings
+
+    data = np.random.default_rng(0).random((12, 10, 6)).astype(np.float32)
+    qform = np.diag([0.9, 0.9, 3.0, 1.0])
+    qform[:3, 3] = (-50.0, -40.0, -9.0)
+    for shift, warned in ((0.0, False), (0.05, False), (40.0, True)):
+        sform = qform.copy()
+        sform[0, 3] += shift
+        image = nib.Nifti1Image(data, None)
+        image.set_qform(qform, code=1)
+        image.set_sform(sform, code=2)
+        nib.save(image, tmp_path / "m.nii.gz")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            read = read_image(tmp_path / "m.nii.gz")
+        said = [str(w.message) for w in caught if "qform and sform" in str(w.message)]
+        assert bool(said) == warned, said
+        assert np.allclose(read.affine.numpy(), sform)  # the sform is used, as nibabel and MONAI do
+        if warned:
+            assert "40.0 mm apart" in said[0] and "3D Slicer use the qform" in said[0]
+
+
+def test_dicom_file_named_without_an_extension(tmp_path):
+    """Scanners and PACS exports name files ``IM_0001``: such a file, alone or as the only file of a folder, is read
+    as DICOM (recognised by its ``DICM`` marker); it was refused as "unsupported format ''", the folder a KeyError."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from dicom_util import write_series
+
+    plane = (np.random.default_rng(0).random((1, 16, 18)) * 1000).astype(np.uint16)
+    write_series(tmp_path / "one", plane, spacing=(0.5, 0.6, 2.0))
+    (dcm,) = (tmp_path / "one").iterdir()
+    named = dcm.rename(tmp_path / "one" / "IM_0001")
+    copy = tmp_path / "copy.dcm"  # the same bytes, named as before
+    copy.write_bytes(named.read_bytes())
+    reference = read_image(copy)
+    for source in (named, tmp_path / "one"):
+        image = read_image(source)
+        assert image.shape == reference.shape == (1, 18, 16, 1)
+        assert torch.equal(image.as_tensor(), reference.as_tensor()) and np.allclose(image.affine, reference.affine)
+    text = tmp_path / "notes"  # no extension and not DICOM: still named as an unsupported format
+    text.write_text("x" * 200)
+    with pytest.raises(FusionInputError, match="unsupported format"):
+        read_image(text)
+
+
+def test_exif_orientation_is_not_applied_and_is_warned(tmp_path):
+    """A photo viewer rotates a JPEG/PNG with an EXIF orientation; its partner has no such tag, so the stored order is
+    read, and the tag is named (it was read without a word while the docs said "as displayed")."""
+    import warnings
+
+    stored = (np.arange(20 * 30).reshape(20, 30) % 251).astype(np.uint8)
+    for orientation, warned in ((1, False), (6, True)):
+        image = Image.fromarray(stored)
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        image.save(tmp_path / "m.png", exif=exif)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            read = read_image(tmp_path / "m.png")
+        assert np.array_equal(read[0].numpy(), stored)
+        said = [str(w.message) for w in caught if "EXIF orientation" in str(w.message)]
+        assert bool(said) == warned and (not said or "EXIF orientation 6" in said[0]), said

@@ -2,9 +2,9 @@
 
 Every reader returns a channel-first :class:`~monai.data.MetaTensor` of raw float32 values:
 
-- 2D pictures (PNG, JPEG, BMP, TIFF): ``(C, H, W)`` in row/column order (as the file is displayed), ``C`` 1 for
-  gray or 3 for colour; palette images are expanded, alpha is composited on black, RGB images whose three
-  channels are equal become gray;
+- 2D pictures (PNG, JPEG, BMP, TIFF): ``(C, H, W)`` in row/column order as stored (an EXIF orientation is not
+  applied, and is warned about), ``C`` 1 for gray or 3 for colour; palette images are expanded, alpha is
+  composited on black, RGB images whose three channels are equal become gray;
 - volumes (NIfTI, NRRD, MHA, DICOM): ``(C, X, Y, Z)`` in voxel-index order with a 4x4 RAS ``affine``
   (ITK's LPS geometry converted as MONAI's ``ITKReader`` does).
 
@@ -69,6 +69,16 @@ def image_suffix(path: str | Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+def _format_suffix(path: Path) -> str:
+    """The extension that picks a file's reader: its own, or ``.dcm`` for a DICOM file named without one (scanners
+    and PACS exports write ``IM_0001``); recognised by the ``DICM`` marker after the 128-byte preamble."""
+    suffix = image_suffix(path)
+    if suffix in PICTURE_SUFFIXES + VOLUME_SUFFIXES or not path.is_file():
+        return suffix
+    with open(path, "rb") as stream:
+        return ".dcm" if stream.read(132)[128:] == b"DICM" else suffix
+
+
 def image_stem(path: str | Path) -> str:
     """The name of an image file without its extension (``a.nii.gz`` -> ``a``); a folder's own name."""
     path = Path(path)
@@ -116,7 +126,7 @@ def read_image(
         raise FusionInputError(f"{path}: not a regular file (a pipe, socket or device); give an image file")
     if path.stat().st_size == 0:
         raise FusionInputError(f"{path}: empty file")
-    suffix = image_suffix(path)
+    suffix = _format_suffix(path)
     if suffix in PICTURE_SUFFIXES:
         return _read_picture(path)
     if suffix in NIFTI_SUFFIXES:
@@ -124,7 +134,7 @@ def read_image(
     if suffix in ITK_SUFFIXES:
         if not allow_external_data:
             check_data_file_location(path)
-        return _read_itk(path)
+        return _read_itk(path, suffix)
     raise FusionInputError(
         f"{path}: unsupported format '{suffix}'; use {', '.join(PICTURE_SUFFIXES + VOLUME_SUFFIXES)} "
         "or a DICOM series folder"
@@ -136,6 +146,10 @@ def _meta(path: Path, spatial_dims: int, color: bool, display_max: float | None,
     known = {"display_max": display_max, "modality": modality}
     return {"filename_or_obj": str(path), "spatial_dims": spatial_dims, "color": color,
             **{key: value for key, value in known.items() if value is not None}}
+
+
+_EXIF_ORIENTATION = 0x0112
+"""EXIF tag of the orientation in which viewers show a photo (1: as stored)."""
 
 
 def _read_picture(path: Path) -> MetaTensor:
@@ -157,10 +171,15 @@ def _read_picture(path: Path) -> MetaTensor:
                 raise FusionInputError(f"{path}: {image.n_frames} frames/pages; save one 2D image per file")
             image.load()
             array, display_max = _picture_array(image)
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         if isinstance(err, FusionInputError):
             raise
         raise FusionInputError(f"{path}: cannot read image ({' '.join(str(err).split())})") from None
+    if orientation != 1:  # its partner (a PNG, a volume's slice) has no such tag: stored order is the common ground
+        warnings.warn(f"{path}: has EXIF orientation {orientation} (photo viewers show it rotated or mirrored); it is "
+                      "read in stored pixel order, as ITK and the fusion evaluators read it: save it without the "
+                      "tag if the viewer's orientation is the right one", stacklevel=3)
     if array.ndim == 3:
         if array.shape[-1] in (2, 4):  # gray or colour with alpha
             array = composite_on_black(array, display_max)
@@ -315,10 +334,34 @@ def _read_nifti(path: Path) -> MetaTensor:
         if array.shape[3] == 1:  # of one component: gray
             array = array[..., 0]
     affine = np.asarray(nii.affine, dtype=np.float64)
+    _warn_if_forms_disagree(nii, array.shape[:3], path)
     affine[:3] *= _NIFTI_MM.get(nii.header.get_xyzt_units()[0], 1.0)  # in millimetres, as ITK reads it
     img = _as_volume(array, affine, path, None, raw.dtype == np.uint8)
     img.meta["nifti_dims"] = int(nii.header["dim"][0])  # a 2D file is written back 2D (write_image)
     return img
+
+
+def _warn_if_forms_disagree(nii, shape: tuple[int, ...], path: Path, tolerance_mm: float = 0.1) -> None:
+    """Warn when a NIfTI's qform and sform (both set) place the volume differently: readers disagree on it.
+
+    nibabel, MONAI and FSL use the sform (so does this package); ITK, and so 3D Slicer, use the qform.
+
+    Args:
+        nii: the loaded NIfTI image.
+        shape: its spatial shape ``(X, Y, Z)``.
+        path: the file, for the message.
+        tolerance_mm: largest distance between the two placements of a corner voxel that is not reported.
+    """
+    header = nii.header
+    if int(header["qform_code"]) <= 0 or int(header["sform_code"]) <= 0:
+        return
+    corners = np.array(np.meshgrid(*[(0, max(n - 1, 0)) for n in shape], indexing="ij")).reshape(3, -1)
+    corners = np.vstack([corners, np.ones(corners.shape[1])])  # (4, 8) voxel corners, homogeneous
+    gap = float(np.linalg.norm(((header.get_qform() - header.get_sform()) @ corners)[:3], axis=0).max())  # mm
+    if gap > tolerance_mm:
+        warnings.warn(f"{path}: its qform and sform place the volume up to {gap:.1f} mm apart; the sform is used (as "
+                      "nibabel, MONAI and FSL do), while ITK and 3D Slicer use the qform, so there the result will not "
+                      "line up with this file: set both to the right geometry", stacklevel=4)
 
 
 _NIFTI_MM = {"meter": 1000.0, "micron": 0.001}
@@ -368,12 +411,12 @@ _ITK_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO"
 """ITK reader of each extension, named because ITK only recognises the lower-case ones (``.MHA`` is unreadable)."""
 
 
-def _read_itk(path: Path) -> MetaTensor:
+def _read_itk(path: Path, suffix: str) -> MetaTensor:
     import SimpleITK as sitk
 
     try:
         with _native_stderr_silenced():
-            image = sitk.ReadImage(str(path), imageIO=_ITK_IO[image_suffix(path)])
+            image = sitk.ReadImage(str(path), imageIO=_ITK_IO[suffix])
     except RuntimeError as err:
         raise FusionInputError(f"{path}: cannot read image ({' '.join(str(err).split())[:200]})") from None
     modality = image.GetMetaData("0008|0060").strip() if image.HasMetaDataKey("0008|0060") else None
@@ -617,7 +660,7 @@ def _read_dicom_series(folder: Path, series: str | None, allow_irregular: bool =
     for message in messages:
         warnings.warn(message, stacklevel=3)
     if len(files) == 1:  # one file: a single slice, or an enhanced multi-frame volume (frames read as a volume)
-        return _read_itk(Path(files[0]))
+        return _read_itk(Path(files[0]), ".dcm")
     reader.SetFileNames(files)
     if len(_rescales(files)) > 1:  # ITK takes the pixel type of one slice: integers would round the others
         reader.SetOutputPixelType(sitk.sitkFloat32)
@@ -638,7 +681,7 @@ def image_spatial_dims(path: str | Path) -> int | None:
     unknown (its reader names the problem).
     """
     path = Path(path)
-    suffix = image_suffix(path)
+    suffix = _format_suffix(path)
     if path.is_dir():
         return 3 if _dicom_series_ids(path) else None
     if suffix in NIFTI_SUFFIXES:

@@ -112,6 +112,7 @@ class ResampleToReference(InvertibleTransform):
 
         Raises:
             FusionInputError: the images have different dimensionality, a 2D size mismatch without ``resize_2d``,
+                ``resize_2d`` for volumes,
                 a volume without geometry (an array, ``meta["has_geometry"]`` False) against one with it or
                 against one of another shape, or no overlap at all.
         """
@@ -124,6 +125,9 @@ class ResampleToReference(InvertibleTransform):
                 f"{name}: {_describe_grid(img)} but the MRI {ref_name} is {_describe_grid(reference)}; give both as "
                 "2D pictures (PNG, TIFF, JPEG) or both as volumes (NIfTI, NRRD, MHA, DICOM)"
             )
+        if img.ndim == 4 and self.resize_2d:  # an option that would do nothing: the user expected something of it
+            raise FusionInputError(f"{name}: --resample (resample=True) resizes 2D pictures; volumes are put on the "
+                                   "MRI's grid by their geometry without it: leave it off")
         placed = [x.meta.get("has_geometry", True) for x in (img, reference)]  # arrays carry no affine
         if img.ndim == 4 and placed[0] != placed[1]:
             unplaced, placed_name = (name, ref_name) if placed[1] else (ref_name, name)
