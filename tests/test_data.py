@@ -12,6 +12,7 @@ from monai.data import load_decathlon_datalist
 from PIL import Image
 
 from monai_lkcfusion.data import (
+    demo_files,
     harvard_datalist,
     load_fusion_datalist,
     match_files_by_name,
@@ -79,6 +80,22 @@ def test_decathlon_datalist_round_trip(tmp_path):
         write_fusion_datalist(tmp_path / "bad.json", {"training": [{"mri": "x"}]})
 
 
+
+def test_datalist_of_paths_relative_to_the_current_folder(tmp_path, monkeypatch):
+    """``harvard_datalist("HARVARD")`` gives paths relative to the current folder; written beside them in another
+    folder they were read back joined to the JSON's folder (files that do not exist). Read back, they are absolute
+    and name the same files, also with a relative ``base_dir``."""
+    _make_tree(tmp_path / "HARVARD", {"MRI-PET": 2})
+    monkeypatch.chdir(tmp_path)
+    items = harvard_datalist("HARVARD")
+    assert not Path(items[0]["mri"]).is_absolute()
+    for json_path, base_dir in (("lists/datalist.json", None), ("datalist.json", None), ("lists/b.json", "HARVARD")):
+        path = write_fusion_datalist(json_path, {"training": items}, base_dir=base_dir)
+        read = load_fusion_datalist(path, base_dir=base_dir)
+        assert all(Path(i[k]).is_absolute() and Path(i[k]).is_file() for i in read for k in ("mri", "other"))
+        assert [Path(i["mri"]).resolve() for i in read] == [Path(i["mri"]).resolve() for i in items]
+
+
 def test_pair_files_by_name(tmp_path):
     for folder, names in {"a": ["x.nii.gz", "y.png", "z.png"], "b": ["x.nii", "y.png", "w.png"]}.items():
         (tmp_path / folder).mkdir()
@@ -119,3 +136,18 @@ def test_match_files_by_name_across_three_folders(tmp_path):
 )
 def test_output_name_is_one_rule_for_cli_and_bundle(source, prefix, suffix, expected):
     assert output_name(source, prefix, suffix) == expected
+
+
+def test_make_demo_takes_an_output_folder_and_help_writes_nothing(tmp_path, capsys, monkeypatch):
+    """``--help`` rewrote the package's demo files (the module had no argument parsing)."""
+    from monai_lkcfusion.data import make_demo
+
+    monkeypatch.setattr(make_demo, "make_demo", lambda *a, **k: pytest.fail("--help made the demo"))
+    with pytest.raises(SystemExit) as exit_:
+        make_demo.main(["--help"])
+    assert exit_.value.code == 0 and "OUT_DIR" in capsys.readouterr().out.upper()
+    monkeypatch.undo()
+    pytest.importorskip("nilearn")
+    assert make_demo.main([str(tmp_path / "demo")]) == 0
+    shipped = demo_files()
+    assert (tmp_path / "demo" / shipped["mri_2d"].name).read_bytes() == shipped["mri_2d"].read_bytes()

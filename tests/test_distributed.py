@@ -263,3 +263,20 @@ def test_cli_train_nproc_refuses_bad_input_before_torchrun(tmp_path, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("lkcfusion: error:") and message in err[-1], err
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_train_nproc_refuses_fewer_validation_pairs_than_processes(tmp_path, monkeypatch, capsys):
+    """Each process validates its share: with fewer validation pairs than processes every process printed a generic
+    "item(s) cannot be shared" line and torchrun a ChildFailedError traceback, exit 1 (found by a hand-check helper)."""
+    from monai_lkcfusion.cli import launch, main
+
+    _write_harvard_like(tmp_path / "data")
+    override = tmp_path / "override.json"
+    override.write_text(json.dumps(TINY))
+    monkeypatch.setattr(launch.subprocess, "Popen", lambda *a, **k: pytest.fail("torchrun was started"))
+    code = main(["train", "--nproc", "4", "--config", str(override), "--dataset-dir", str(tmp_path / "data"),
+                 "--output", str(tmp_path / "run"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].endswith("validation pair(s) for 4 processes: each process validates its share; use "
+                                          "fewer processes or a larger val_fraction"), err
+    assert not (tmp_path / "run").exists()

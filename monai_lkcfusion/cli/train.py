@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import as_count
+from ..errors import FusionInputError, as_count
 
 HELP = "train LKC-FUNet on Harvard-layout pairs (the bundle's train.json)"
 DESCRIPTION = (
     "Train with bundle/configs/train.json on MONAI engines: FusionLoss, random crops + flips, "
-    "Adam with a cosine LR schedule, validation on a held-out 10%% of the pairs, best + last checkpoints and "
+    "Adam with a cosine LR schedule, validation on a held-out 10% of the pairs, best + last checkpoints and "
     "TensorBoard logs in the output folder, the best weights exported as OUTPUT/model.pt."
 )
 EPILOG = "example: lkcfusion train --config configs/mri_pet.json --epochs 50 --output runs/mri_pet"
@@ -86,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
         from .launch import run_processes
 
         # every process would refuse the same settings or data: one line here instead of N and torchrun's traceback
-        check_bundle_workflow("train.json", configs, allow_expressions=False, **overrides)
+        validation = check_bundle_workflow("train.json", configs, allow_expressions=False, **overrides)["split"][1]
+        if len(validation) < args.nproc:  # each process validates its own share (multi_gpu_train.json)
+            raise FusionInputError(f"{len(validation)} validation pair(s) for {args.nproc} processes: each process "
+                                   "validates its share; use fewer processes or a larger val_fraction")
         return run_processes(_command_argv(args), args.nproc)
     run_bundle_workflow("train.json", configs, "train", allow_expressions=False, **overrides)
     return 0

@@ -25,7 +25,7 @@ def write_fusion_datalist(
 
     File paths under ``base_dir`` are stored relative to it, as in the Medical Segmentation Decathlon, so the
     list moves with the data; :func:`monai.data.load_decathlon_datalist` and :func:`load_fusion_datalist` resolve
-    them again.
+    them again. Other paths are stored absolute (relative ones are taken from the current folder).
 
     Args:
         path: JSON file to write (atomically).
@@ -99,15 +99,17 @@ def load_fusion_datalist(
             raise FusionInputError(
                 f"{path}: item {i} of '{section}' needs \"mri\" and \"other\" paths, it has {found}"
             )
-    base = Path(base_dir) if base_dir is not None else path.parent
+    base = (Path(base_dir) if base_dir is not None else path.parent).absolute()
     return [{**row, **{k: os.path.normpath(base / row[k]) for k in _PAIR_KEYS}} for row in rows]
 
 
 def _relative(value: object, base: Path) -> object:
-    """``value`` relative to ``base`` when it is a path under it, else unchanged."""
+    """``value`` relative to ``base`` when it is a path under it, else as an absolute path (a path relative to the
+    current folder would be read back relative to ``base``)."""
     if not isinstance(value, (str, os.PathLike)):
         return value
+    absolute = Path(value).resolve()
     try:
-        return str(Path(value).resolve().relative_to(base.resolve()))
+        return str(absolute.relative_to(base.resolve()))
     except ValueError:
-        return str(value)
+        return str(absolute)

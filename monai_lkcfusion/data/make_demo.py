@@ -120,6 +120,26 @@ def make_demo(out_dir: str | Path = DEMO_DIR, slab: int = 72) -> dict[str, Path]
     return paths
 
 
-if __name__ == "__main__":
-    for key, path in make_demo().items():
+def main(argv: list[str] | None = None) -> int:
+    """``python -m monai_lkcfusion.data.make_demo [OUT_DIR]``: write the demo images (default: the package's own).
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        0.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m monai_lkcfusion.data.make_demo",
+                                     description="Make the demo images from the MNI template files nilearn ships.")
+    parser.add_argument("out_dir", nargs="?", default=str(DEMO_DIR),
+                        help="destination folder (default: the package's demo folder, which is replaced)")
+    args = parser.parse_args(argv)
+    for key, path in make_demo(args.out_dir).items():
         print(f"{key}: {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -192,7 +192,7 @@ def check_bundle_workflow(
     ids: Sequence[str] = ("initialize#0", "split", "network_def"),
     allow_expressions: bool = True,
     **overrides: Any,
-) -> None:
+) -> dict[str, Any]:
     """Evaluate a few items of a bundle config, as :func:`run_bundle_workflow` would, without running it: what a
     launcher checks before it starts processes that would each fail on the same input (``lkcfusion train
     --nproc N`` before ``torchrun``).
@@ -203,13 +203,15 @@ def check_bundle_workflow(
             item), the data ``split`` (the dataset folder is listed and paired, nothing is loaded) and the network
             (its preset, or the weights it starts from).
 
+    Returns:
+        The evaluated items by id (e.g. ``"split"``: the training and validation items).
+
     Raises:
         FusionInputError: as :func:`run_bundle_workflow`, for the files and these items.
     """
     workflow = _config_workflow(config, overrides_files, "train", allow_expressions, overrides)
     with _user_errors():
-        for item in ids:
-            workflow.parser.get_parsed_content(item)
+        return {item: workflow.parser.get_parsed_content(item) for item in ids}
 
 
 def _config_workflow(
