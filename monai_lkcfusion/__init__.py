@@ -13,7 +13,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .errors import FusionInputError
+from .errors import FusionInputError, user_error
 
 __version__ = "0.1.0"
 
@@ -33,7 +33,7 @@ _LAZY = {
     "harvard_datalist": "data",
 }
 
-__all__ = ["FusionInputError", "__version__", *_LAZY]
+__all__ = ["FusionInputError", "__version__", "user_error", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

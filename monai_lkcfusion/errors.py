@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["FusionInputError", "as_count", "as_flag", "as_names", "list_names"]
+__all__ = ["FusionInputError", "as_count", "as_flag", "as_names", "list_names", "user_error"]
 
 
 class FusionInputError(ValueError):
@@ -89,3 +89,27 @@ def list_names(names: Sequence[str], limit: int = 5) -> str:
     """
     shown = ", ".join(names[:limit])
     return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
+
+
+def user_error(err: BaseException) -> FusionInputError | OSError | None:
+    """The user's error inside MONAI's wrappers: ``Compose`` and datasets raise ``RuntimeError("applying transform
+    ...")`` and the bundle parser ``RuntimeError("Failed to evaluate ...")`` *from* the error that explains it.
+
+    Args:
+        err: the error caught, e.g. from a ``Compose`` of this package's transforms or a ``Dataset`` item.
+
+    Returns:
+        The first :class:`FusionInputError` or :class:`OSError` (unwritable place, full disk) in the chain of causes
+        (``err`` itself included), or ``None`` when there is neither (a bug: keep the traceback).
+
+    Example::
+
+        try:
+            item = dataset[0]  # a Dataset whose Compose holds LoadFusionImaged
+        except RuntimeError as err:
+            raise (user_error(err) or err) from None  # "mri.png: file not found"
+    """
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, (FusionInputError, OSError)):
+        cause = cause.__cause__
+    return cause

@@ -24,7 +24,7 @@ from monai.transforms import Compose
 from .data.atomic import check_not_input, check_output_file, check_writable
 from .data.io import check_output_path, image_spatial_dims, write_image
 from .data.pairing import check_distinct_pair
-from .errors import FusionInputError, as_flag
+from .errors import FusionInputError, as_flag, user_error
 from .inferers import FUSION_METHODS, FusionInferer, build_predictor, check_tta
 from .registration import check_transform_file, save_alignment_preview
 from .transforms.io import ImageLike
@@ -194,9 +194,7 @@ def fuse_dict(
         d["pred"] = inferer(d["image"][None], network)[0]  # (1, *spatial)
         return postprocessing(d)
     except RuntimeError as err:
-        cause = err
-        while cause is not None and not isinstance(cause, (FusionInputError, OSError)):
-            cause = cause.__cause__
+        cause = user_error(err)
         if cause is None:
             raise
         raise cause from None

@@ -128,8 +128,9 @@ def _load_weights(weights: str | Path | None, device: torch.device) -> torch.nn.
 
 
 def _network_predictor(model: torch.nn.Module, device: torch.device, optimize: bool) -> Predictor:
-    """``model`` on ``device`` in eval mode (optimised and cached when ``optimize``) as a clamped predictor."""
-    net = model.to(device).eval()
+    """``model`` on ``device`` run in eval mode (optimised and cached when ``optimize``) as a clamped predictor; the
+    caller's module keeps its own mode, as MONAI's inferers leave it."""
+    net = model.to(device)
     if optimize:
         from .networks import optimize_for_inference
 
@@ -140,8 +141,13 @@ def _network_predictor(model: torch.nn.Module, device: torch.device, optimize: b
         net = optimize_for_inference(net)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return net(x.to(device)).clamp(0.0, 1.0)
+        training = net.training
+        net.eval()  # dropout off, norms on their running statistics; the mode is given back afterwards
+        try:
+            with torch.no_grad():
+                return net(x.to(device)).clamp(0.0, 1.0)
+        finally:
+            net.train(training)
 
     predict.size_divisible = int(getattr(model, "size_divisible", 4))  # type: ignore[attr-defined]
     if optimize:  # the optimised copy holds no reference to ``model``, so the weak cache entry can die with it

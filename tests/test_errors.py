@@ -36,3 +36,30 @@ def test_as_names_keeps_each_name_once_in_order_and_refuses_none():
     assert as_names("max", "methods") == ("max",)  # one name, not its letters
     with pytest.raises(FusionInputError, match=r"^--metrics: give at least one name$"):
         as_names([], "--metrics")
+
+
+def test_user_error_finds_the_message_inside_monai_wrappers(tmp_path):
+    """In a user's own MONAI pipeline (a Compose in a Compose, a Dataset), a missing file arrives as MONAI's
+    RuntimeError("applying transform ..."); ``user_error`` gives the one-line error back (fuse() uses the same)."""
+    from monai.data import Dataset
+    from monai.transforms import Compose
+
+    from monai_lkcfusion import user_error
+    from monai_lkcfusion.transforms import fusion_preprocessing
+
+    dataset = Dataset([{"mri": str(tmp_path / "nope.png"), "other": str(tmp_path / "b.png")}],
+                      Compose([Compose([fusion_preprocessing()])]))
+    with pytest.raises(RuntimeError) as caught:
+        dataset[0]
+    found = user_error(caught.value)
+    assert isinstance(found, FusionInputError) and str(found) == f"{tmp_path / 'nope.png'}: file not found"
+    assert user_error(RuntimeError("a bug")) is None
+    disk = OSError(28, "No space left on device", "out.png")
+    assert user_error(_raised_from(disk)) is disk
+
+
+def _raised_from(cause: BaseException) -> RuntimeError:
+    try:
+        raise RuntimeError("applying transform") from cause
+    except RuntimeError as err:
+        return err

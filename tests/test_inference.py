@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -541,3 +542,17 @@ def test_swapped_arguments_are_warned(tmp_path):
         warnings.simplefilter("error")
         fuse(files["mri_2d"], files["pet_2d"], method="max", progress=False)
         fuse(tmp_path / "mri_rgb.png", files["mri_2d"], method="max", progress=False)
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_fusing_leaves_the_callers_network_in_its_mode(synthetic_pair, optimize):
+    """A network passed mid-training came back in eval mode (MONAI's inferers leave the mode to the caller); it is
+    still run in eval mode (dropout off), so the result is the eval-mode one."""
+    mri, other = synthetic_pair
+    torch.manual_seed(0)
+    net = LKCFUNet.from_preset("tiny", dropout=0.5)
+    expected = fuse(mri, other, model=copy.deepcopy(net).eval(), optimize=optimize, progress=False)
+    net.train()
+    fused = fuse(mri, other, model=net, optimize=optimize, progress=False)
+    assert net.training and all(m.training for m in net.modules())
+    assert np.allclose(fused, expected, atol=1e-5)

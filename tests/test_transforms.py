@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 from PIL import Image
 
-from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.errors import FusionInputError, user_error
 from monai_lkcfusion.transforms import (
     MergeLumad,
     RandSliced,
@@ -141,6 +141,12 @@ def test_volume_pair_training_chain_on_demo_data():
     assert d["mri"].shape == d["other"].shape == (1, 145, 181)
     assert 0.5 < d["other"].meta["overlap_fraction"] < 1.0  # the PET grid is shifted: partial coverage
     assert float(d["mri"].max()) <= 1 and float(d["other"].max()) > 0.2
+    # a slice cannot go back into its volume: Invertd said nothing and returned a made-up (1, 75, 93) "PET"
+    from monai.transforms import Invertd
+
+    with pytest.raises(RuntimeError) as caught:
+        Invertd("other", transform=chain, orig_keys="other")(d)
+    assert "a 2D slice cannot be inverted back to its volume" in str(user_error(caught.value))
 
 
 def _gray8(rgb: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import FusionInputError, as_count
+from ..errors import FusionInputError, as_count, user_error
 
 __all__ = [
     "bundle_config",
@@ -271,15 +271,11 @@ def _user_error(err: RuntimeError) -> FusionInputError | None:
     A :class:`FusionInputError` or an :class:`OSError` (unwritable folder, full disk) in the chain of causes is
     returned as a :class:`FusionInputError`; ``None`` when there is neither.
     """
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, FusionInputError):
-            return cause
-        if isinstance(cause, OSError):
-            where = f"{cause.filename}: " if cause.filename else ""
-            return FusionInputError(f"{where}{cause.strerror or cause}")
-        cause = cause.__cause__
-    return None
+    cause = user_error(err)
+    if isinstance(cause, OSError):
+        where = f"{cause.filename}: " if cause.filename else ""
+        return FusionInputError(f"{where}{cause.strerror or cause}")
+    return cause
 
 
 def run_bundle_command(argv: Sequence[str] | None = None) -> int:

@@ -297,11 +297,12 @@ class CheckMinSized(MapTransform):
 CheckMinSizeD = CheckMinSizeDict = CheckMinSized
 
 
-class RandSlice(Randomizable, Transform):
+class RandSlice(Randomizable, InvertibleTransform):
     """Sample one 2D slice ``(C, H, W)`` of a volume ``(C, X, Y, Z)``, among slices with enough foreground.
 
     The slice keeps the volume's metadata and history, with a 2D affine that keeps the in-plane pixel spacing,
-    plus ``slice_axis`` and ``slice_index``.
+    plus ``slice_axis`` and ``slice_index``. A slice cannot be put back into its volume: :meth:`inverse` refuses, so
+    MONAI's ``Invertd`` over a chain that slices says so instead of "inverting" the volume's steps on a slice.
 
     Args:
         axis: voxel axis to slice along; ``None`` takes the axial one of the volume's affine.
@@ -336,10 +337,23 @@ class RandSlice(Randomizable, Transform):
             spacing = torch.linalg.norm(affine[:, [i for i in range(3) if i != self._axis]], dim=0)
             out.affine = torch.diag(torch.cat([spacing, torch.ones(1, dtype=torch.float64)]))
             out.meta.update({"spatial_dims": 2, "slice_axis": self._axis, "slice_index": self._index})
+            self.push_transform(out, extra_info={"slice_axis": self._axis, "slice_index": self._index})
         return out
 
+    def inverse(self, data: torch.Tensor) -> torch.Tensor:
+        """Refused: the rest of the volume is gone.
 
-class RandSliced(Randomizable, MapTransform):
+        Raises:
+            FusionInputError: always.
+        """
+        raise FusionInputError(_NOT_INVERTIBLE)
+
+
+_NOT_INVERTIBLE = ("RandSlice: a 2D slice cannot be inverted back to its volume; invert a chain without it (e.g. "
+                   "fusion_preprocessing) on whole volumes")
+
+
+class RandSliced(Randomizable, MapTransform, InvertibleTransform):
     """Dict wrapper of :class:`RandSlice`: one slice at the same index of every key (registered volumes).
 
     Args:
@@ -384,6 +398,14 @@ class RandSliced(Randomizable, MapTransform):
                 )
             d[key] = self.slicer(d[key], randomize=False)
         return d
+
+    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        """Refused, as :meth:`RandSlice.inverse`.
+
+        Raises:
+            FusionInputError: always.
+        """
+        raise FusionInputError(_NOT_INVERTIBLE)
 
 
 ResampleToReferenceD = ResampleToReferenceDict = ResampleToReferenced
