@@ -89,6 +89,41 @@ def test_pairs_of_two_sizes_are_refused_with_a_fix_evaluate_has(tmp_path: Path, 
     assert len(err.strip().splitlines()) == 1
 
 
+
+def test_a_bad_pair_is_found_before_any_work(tmp_path: Path, capsys) -> None:
+    """The size check ran pair by pair: the pairs before the bad one were fused and written, and the rerun was then
+    refused as "results of an earlier evaluation" (found by a hand-check helper)."""
+    mri_dir, other_dir = _pairs(tmp_path / "data", n=3)
+    Image.open(other_dir / "p2.png").resize((50, 40)).save(other_dir / "p2.png")
+    argv = ["evaluate", "--mri-dir", str(mri_dir), "--other-dir", str(other_dir), "-o", str(tmp_path / "out"),
+            "--methods", "max", "--metrics", "EN"]
+    for _ in range(2):  # the same refusal again: nothing was left behind
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "p2.png: size (40, 50) differs from the MRI's (64, 72)" in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_evaluation_figures_say_what_they_show(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The bar chart names n and the SSIM convention; the overview heads the other image by its modality and says how
+    many of the pairs it shows; the CLI prints the SSIM data range (its default differs from `metrics`')."""
+    from monai_lkcfusion.apps import evaluation, figures
+
+    mri_dir, other_dir = _pairs(tmp_path / "data", n=3)
+    drawn: dict[str, dict] = {}
+    monkeypatch.setattr(figures, "metrics_bar_chart", lambda *a, **k: drawn.setdefault("bars", k))
+    monkeypatch.setattr(figures, "overview_figure",
+                        lambda rows, *a, **k: drawn.setdefault("overview", {"rows": rows, **k}))
+    pairs = [{"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png"), "task": "MRI-PET"}
+             for i in range(3)]
+    evaluation.compare_methods(pairs, tmp_path / "out", methods=["max"], figure_rows=2, save_fused=False)
+    assert drawn["bars"]["title"] == "mean ± std over the pairs (MRI-PET n=3); SSIM data range 2"
+    assert drawn["overview"]["title"].endswith("(the first 2 of 3 pairs)")
+    assert {row["other_label"] for row in drawn["overview"]["rows"]} == {"PET"}
+    assert main(["evaluate", "--mri-dir", str(mri_dir), "--other-dir", str(other_dir), "-o", str(tmp_path / "cli"),
+                 "--methods", "max"]) == 0
+    assert "SSIM data range 2 (--ssim-data-range; `lkcfusion metrics` defaults to 255)" in capsys.readouterr().out
+
 def test_flush_denormal_false_is_off_in_every_training_config() -> None:
     """`--flush_denormal false` from `python -m monai.bundle run` is the string "false": off in both configs."""
     from monai.bundle import ConfigParser

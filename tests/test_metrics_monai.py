@@ -118,6 +118,7 @@ def test_cli_metrics_writes_table_csv_json(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "a.png" in out and "b.png" in out
     assert [line.split()[0] for line in out.strip().splitlines()[-3:]] == ["n", "std", "mean"]
+    assert "SSIM data range 2 (--ssim-data-range" in out  # evaluate's default is another: the table says which
     triple = [read_gray(dirs[k] / "b.png") for k in ("fused", "mri", "other")]
     expected = compute_fusion_metrics(*triple, ssim_data_range=2)
     document = json.loads(json_path.read_text())

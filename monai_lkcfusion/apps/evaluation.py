@@ -63,7 +63,8 @@ def compare_methods(
         The summary rows (as in ``summary.csv``), see :func:`monai_lkcfusion.metrics.tables.summarize`.
 
     Raises:
-        FusionInputError: no pairs, an unknown method or metric, or earlier results without ``overwrite``.
+        FusionInputError: no pairs, an unknown method or metric, earlier results without ``overwrite``, or an
+            unreadable pair or one whose images differ in size (all found before any work).
     """
     from ..data import output_name, read_image, write_image, write_text
     from ..inference import build_predictor, fuse
@@ -84,6 +85,13 @@ def compare_methods(
             f"{earlier[0]}: results of an earlier evaluation are in {out}; pass --overwrite (overwrite=True) to "
             "replace them, or choose another folder"
         )
+    for pair in pairs:  # every pair readable and on one grid before any work (and before earlier results go)
+        mri, other = read_gray(pair["mri"]), read_gray(pair["other"])
+        if mri.shape != other.shape:  # the metrics compare pixel by pixel: both sources must be one grid
+            raise FusionInputError(
+                f"{pair['other']}: size {tuple(other.shape)} differs from the MRI's {tuple(mri.shape)}; an evaluation "
+                "scores pairs on one grid: resample or register it to the MRI first"
+            )
     bar = Progress(len(pairs), f"evaluating {len(methods)} method(s)", "pairs", enabled=progress)
     predictors = {m: build_predictor(None, m, weights=weights if m == "lkcfunet" else None, device=device)
                   for m in methods}
@@ -98,11 +106,6 @@ def compare_methods(
         name = str(pair.get("name", Path(pair["mri"]).name))
         task = str(pair.get("task", Path(pair["other"]).parent.name))
         mri, other = read_gray(pair["mri"]), read_gray(pair["other"])
-        if mri.shape != other.shape:  # the metrics compare pixel by pixel: both sources must be one grid
-            raise FusionInputError(
-                f"{pair['other']}: size {tuple(other.shape)} differs from the MRI's {tuple(mri.shape)}; an evaluation "
-                "scores pairs on one grid: resample or register it to the MRI first"
-            )
         fused_images, fused_metrics = {}, {}
         for method, predictor in predictors.items():
             fused = fuse(pair["mri"], pair["other"], model=predictor, progress=False)  # (1|3, H, W) in [0, 1]
@@ -118,7 +121,7 @@ def compare_methods(
             shown = read_image(pair["other"])  # colour kept
             figure.append({"mri": mri / 255.0, "other": shown / (shown.meta.get("display_max", 1.0)),
                            "fused": fused_images, "metrics": fused_metrics, "name": f"{task} {name}",
-                           "other_label": task})
+                           "other_label": task.split("-", 1)[1] if task.upper().startswith("MRI-") else task})
     bar.close()
     write_table(records, out / "metrics.csv")
     summary = summarize(records, metric_names)
@@ -128,6 +131,11 @@ def compare_methods(
     stats = {key: pivot(summary, stat) for key, stat in (("means", "mean"), ("std", "std"), ("n", "n"))}
     write_text(out / "summary.json", json_text({"options": options, **stats}, indent=2), overwrite=True)
     if figure:
-        overview_figure(figure, out / "overview.png", metric_names=metric_names, title="MRI | other | fused per method")
-    metrics_bar_chart(stats["means"], out / "metrics.png", metric_names=metric_names, spread=stats["std"])
+        overview_figure(figure, out / "overview.png", metric_names=metric_names,
+                        title=f"MRI | other | fused per method (the first {len(figure)} of {len(pairs)} pairs)")
+    counts = ", ".join(f"{task} n={max(max(by_method.values()) for by_method in per_task.values())}"
+                       for task, per_task in stats["n"].items())
+    metrics_bar_chart(stats["means"], out / "metrics.png", metric_names=metric_names, spread=stats["std"],
+                      title=f"mean ± std over the pairs ({counts})"
+                      + (f"; SSIM data range {ssim_data_range:g}" if "SSIM" in metric_names else ""))
     return summary

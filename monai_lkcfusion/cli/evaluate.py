@@ -53,5 +53,8 @@ def run(args: argparse.Namespace) -> int:
         ssim_data_range=args.ssim_data_range, device=args.device, overwrite=args.overwrite, progress=not args.quiet,
     )
     print(format_summary(summary))
-    print(f"wrote {args.output}/metrics.csv, summary.csv, summary.json, overview.png, metrics.png ({len(items)} pairs)")
+    if any(row["metric"] == "SSIM" for row in summary):  # the two commands' defaults differ
+        print(f"SSIM data range {args.ssim_data_range:g} (--ssim-data-range; `lkcfusion metrics` defaults to 255)")
+    print(f"wrote {args.output}/metrics.csv, summary.csv, summary.json, overview.png, metrics.png ({len(items)} "
+          "pair(s))")
     return 0

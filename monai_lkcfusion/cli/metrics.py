@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     metric_names = list(next(iter(results.values())))
     summary = summarize(rows, metric_names, by=())
     stats = {stat: pivot(summary, stat, by=()) for stat in ("mean", "std", "n")}
+    if "SSIM" in metric_names:  # the two commands' defaults differ: say which one this table used
+        print(f"SSIM data range {args.ssim_data_range:g} (--ssim-data-range; `lkcfusion evaluate` and the published "
+              "tables use 2)")
     print(format_table([*rows, *({"pair": stat, **stats[stat]} for stat in ("n", "std", "mean"))]))
     if args.csv:
         write_table(rows, args.csv)
