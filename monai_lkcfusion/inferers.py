@@ -141,13 +141,15 @@ def _network_predictor(model: torch.nn.Module, device: torch.device, optimize: b
         net = optimize_for_inference(net)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        training = net.training
-        net.eval()  # dropout off, norms on their running statistics; the mode is given back afterwards
+        training = net.training and not optimize  # the caller's module; an optimised copy is inference only
+        if training:
+            net.eval()  # dropout off, norms on their running statistics; the mode is given back afterwards
         try:
             with torch.no_grad():
                 return net(x.to(device)).clamp(0.0, 1.0)
         finally:
-            net.train(training)
+            if training:
+                net.train()
 
     predict.size_divisible = int(getattr(model, "size_divisible", 4))  # type: ignore[attr-defined]
     if optimize:  # the optimised copy holds no reference to ``model``, so the weak cache entry can die with it
