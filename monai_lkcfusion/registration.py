@@ -72,7 +72,11 @@ class RegistrationResult:
         converged: the last level stopped on a small step or gradient, not on the iteration limit.
         overlap: fraction of the MRI's foreground inside the moved image's field of view.
         seconds: wall time of the registration.
-        warnings: one-line warnings (not converged, small overlap, no metric improvement).
+        rotation_degrees: the rotation the transform applies (of its rotation part, for affine), against the
+            images' own coordinates.
+        shift_mm: how far the MRI's grid centre moves.
+        warnings: one-line warnings (not converged, small overlap, no metric improvement, a metric worse than at
+            the start, a rotation over 30 degrees).
     """
 
     matrix: np.ndarray
@@ -85,6 +89,8 @@ class RegistrationResult:
     converged: bool
     overlap: float
     seconds: float
+    rotation_degrees: float
+    shift_mm: float
     warnings: list[str] = field(default_factory=list)
 
     def as_meta(self) -> dict[str, Any]:
@@ -93,7 +99,8 @@ class RegistrationResult:
             "kind": self.kind, "matrix": self.matrix.tolist(), "metric": self.metric,
             "initial_metric": self.initial_metric, "initialization": self.initialization,
             "iterations": self.iterations, "converged": self.converged, "overlap": self.overlap,
-            "seconds": self.seconds, "warnings": list(self.warnings),
+            "seconds": self.seconds, "rotation_degrees": self.rotation_degrees, "shift_mm": self.shift_mm,
+            "warnings": list(self.warnings),
         }
 
 
@@ -520,11 +527,42 @@ def register(
         if not final_metric < initial_metric - 1e-6 and initial_metric > -0.05:
             warnings.append(f"mutual information stayed low ({final_metric:.3f}); the images may not show the same "
                             "anatomy")
+        elif final_metric > initial_metric + _WORSE:  # the optimiser ended where the images match less than at the start
+            warnings.append(f"mutual information got worse than at the start ({initial_metric:.3f} -> "
+                            f"{final_metric:.3f}): the alignment found is doubtful; check the result (--preview)")
+        centre = fixed_image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed_image.GetSize()])
+        rotation, shift = _motion(matrix, np.asarray(centre))
+        if rotation > _LARGE_ROTATION:
+            warnings.append(f"it rotates the other image by {rotation:.0f} degrees: unless its header is known to be "
+                            "that far off, the alignment is likely wrong (a flipped or mirrored image?); check the "
+                            "result (--preview)")
         return RegistrationResult(
             matrix=matrix, kind=kind, metric=float(final_metric), initial_metric=float(initial_metric),
             initialization=initialization, iterations=int(method.GetOptimizerIteration()), stop_condition=stop.strip(),
-            converged=converged, overlap=overlap, seconds=time.perf_counter() - start, warnings=warnings,
+            converged=converged, overlap=overlap, seconds=time.perf_counter() - start, rotation_degrees=rotation,
+            shift_mm=shift, warnings=warnings,
         )
+
+
+_WORSE = 1e-4
+"""A final mutual information above the starting one by more than this is reported (the values are negative)."""
+_LARGE_ROTATION = 30.0
+"""Rotations (degrees) beyond which a found alignment is reported as likely wrong: scanners' headers rarely disagree
+that much, and the optimiser's failures (a flipped image, a local optimum) end there."""
+
+
+def _motion(matrix: np.ndarray, centre: np.ndarray) -> tuple[float, float]:
+    """Rotation angle (degrees) of a homogeneous ``(n + 1, n + 1)`` map's linear part (its nearest rotation, by
+    SVD) and the distance (mm) it moves ``centre``."""
+    ndim = matrix.shape[0] - 1
+    u, _, vt = np.linalg.svd(matrix[:ndim, :ndim])
+    rotation = u @ vt
+    if ndim == 2:
+        angle = np.arctan2(rotation[1, 0], rotation[0, 0])
+    else:
+        angle = np.arccos(np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0))
+    moved = matrix[:ndim, :ndim] @ centre + matrix[:ndim, ndim]
+    return float(abs(np.degrees(angle))), float(np.linalg.norm(moved - centre))
 
 
 def _overlap(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:

@@ -94,6 +94,7 @@ def test_register_2d_recovers_known_motion_and_fusion_matches(demo_2d):
     result = register(mri, moved, "rigid")
     assert result.converged and result.overlap > 0.9 and not result.warnings
     assert result.metric < result.initial_metric
+    assert abs(result.rotation_degrees - 8.0) < 0.5 and result.shift_mm > 1.0  # what it found, in words a user reads
     assert mean_displacement(result.matrix, np.linalg.inv(motion), mri) < 1.0
     aligned = fuse(mri, pet, method="max", color=False)
     registered = fuse(mri, moved, method="max", color=False, register="rigid")
@@ -270,6 +271,29 @@ def test_no_overlap_and_not_converged_warn():
         RegisterToReference("rigid", iterations=1, shrink_factors=(1,), smoothing_sigmas=(0.0,))(
             MetaTensor(data.clone(), affine=torch.eye(4)), mri)
 
+
+
+def test_an_alignment_worse_than_the_start_is_warned(demo_2d):
+    """Beyond the search range (60 degrees) the optimiser ended where the images match less than at the start, and
+    the result was written without a word (a hand-check helper saw 180-degree header flips end so, 86-104 mm off)."""
+    mri, pet = demo_2d
+    moved = resample_image(pet, _rigid(2, 60.0, (5.0, -4.0), (72.0, 90.0)))
+    result = register(mri, moved, "rigid")
+    assert result.metric > result.initial_metric
+    assert any("mutual information got worse than at the start" in w for w in result.warnings), result.warnings
+
+
+def test_motion_of_a_matrix():
+    """The rotation angle and the centre's shift reported for a found transform."""
+    from monai_lkcfusion.registration import _motion
+
+    centre = np.array([10.0, -20.0, 30.0])
+    matrix = _rigid(3, (0.0, 0.0, 25.0), (3.0, 4.0, 0.0), centre)  # about the centre: only the shift moves it
+    assert np.allclose(_motion(matrix, centre), (25.0, 5.0))
+    assert np.allclose(_motion(_rigid(2, -40.0, (0.0, 0.0), (0.0, 0.0)), np.zeros(2)), (40.0, 0.0))
+    scaled = matrix.copy()
+    scaled[:3, :3] *= 1.1  # affine: the angle of its rotation part
+    assert np.isclose(_motion(scaled, centre)[0], 25.0)
 
 def test_non_linear_transform_files_are_refused_by_type(tmp_path):
     """A B-spline whose control grid lies away from the points a linearity probe would try is still refused."""
