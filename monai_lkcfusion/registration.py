@@ -527,7 +527,7 @@ def register(
         if not final_metric < initial_metric - 1e-6 and initial_metric > -0.05:
             warnings.append(f"mutual information stayed low ({final_metric:.3f}); the images may not show the same "
                             "anatomy")
-        elif final_metric > initial_metric + _WORSE:  # the optimiser ended where the images match less than at the start
+        elif final_metric > initial_metric + _WORSE:  # it ended where the images match less than at the start
             warnings.append(f"mutual information got worse than at the start ({initial_metric:.3f} -> "
                             f"{final_metric:.3f}): the alignment found is doubtful; check the result (--preview)")
         centre = fixed_image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed_image.GetSize()])
