@@ -521,7 +521,8 @@ def register(
         converged = "Maximum number of iterations" not in stop
         warnings = []
         if not converged:
-            warnings.append(f"registration did not converge ({stop.strip()}); check the result (--preview)")
+            warnings.append(f"registration did not converge within {iterations} iterations at the finest level (the "
+                            "optimiser was still moving); check the result (--preview)")
         if overlap < min_overlap:
             warnings.append(f"only {overlap:.0%} of the MRI's foreground lies in the registered image's field of view")
         if not final_metric < initial_metric - 1e-6 and initial_metric > -0.05:

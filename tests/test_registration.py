@@ -267,7 +267,7 @@ def test_no_overlap_and_not_converged_warn():
         [[1, 0, 0, 500.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])))
     with pytest.raises(FusionInputError, match="overlap"):
         register(mri, far, "rigid", init="world")
-    with pytest.warns(UserWarning, match="did not converge"):
+    with pytest.warns(UserWarning, match=r"did not converge within 1 iterations at the finest level \(the optimiser"):
         RegisterToReference("rigid", iterations=1, shrink_factors=(1,), smoothing_sigmas=(0.0,))(
             MetaTensor(data.clone(), affine=torch.eye(4)), mri)
 
