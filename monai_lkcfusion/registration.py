@@ -74,7 +74,8 @@ class RegistrationResult:
         seconds: wall time of the registration.
         rotation_degrees: the rotation the transform applies (of its rotation part, for affine), against the
             images' own coordinates.
-        shift_mm: how far the MRI's grid centre moves.
+        shift: how far the MRI's grid centre moves, in the images' physical units (mm for volumes, pixels for
+            2D pictures, which carry no spacing).
         warnings: one-line warnings (not converged, small overlap, no metric improvement, a metric worse than at
             the start, a rotation over 30 degrees).
     """
@@ -90,7 +91,7 @@ class RegistrationResult:
     overlap: float
     seconds: float
     rotation_degrees: float
-    shift_mm: float
+    shift: float
     warnings: list[str] = field(default_factory=list)
 
     def as_meta(self) -> dict[str, Any]:
@@ -99,7 +100,7 @@ class RegistrationResult:
             "kind": self.kind, "matrix": self.matrix.tolist(), "metric": self.metric,
             "initial_metric": self.initial_metric, "initialization": self.initialization,
             "iterations": self.iterations, "converged": self.converged, "overlap": self.overlap,
-            "seconds": self.seconds, "rotation_degrees": self.rotation_degrees, "shift_mm": self.shift_mm,
+            "seconds": self.seconds, "rotation_degrees": self.rotation_degrees, "shift": self.shift,
             "warnings": list(self.warnings),
         }
 
@@ -541,7 +542,7 @@ def register(
             matrix=matrix, kind=kind, metric=float(final_metric), initial_metric=float(initial_metric),
             initialization=initialization, iterations=int(method.GetOptimizerIteration()), stop_condition=stop.strip(),
             converged=converged, overlap=overlap, seconds=time.perf_counter() - start, rotation_degrees=rotation,
-            shift_mm=shift, warnings=warnings,
+            shift=shift, warnings=warnings,
         )
 
 
@@ -554,7 +555,7 @@ that much, and the optimiser's failures (a flipped image, a local optimum) end t
 
 def _motion(matrix: np.ndarray, centre: np.ndarray) -> tuple[float, float]:
     """Rotation angle (degrees) of a homogeneous ``(n + 1, n + 1)`` map's linear part (its nearest rotation, by
-    SVD) and the distance (mm) it moves ``centre``."""
+    SVD) and the distance (in the matrix's units) it moves ``centre``."""
     ndim = matrix.shape[0] - 1
     u, _, vt = np.linalg.svd(matrix[:ndim, :ndim])
     rotation = u @ vt

@@ -334,14 +334,15 @@ def _read_nifti(path: Path) -> MetaTensor:
         if array.shape[3] == 1:  # of one component: gray
             array = array[..., 0]
     affine = np.asarray(nii.affine, dtype=np.float64)
-    _warn_if_forms_disagree(nii, array.shape[:3], path)
-    affine[:3] *= _NIFTI_MM.get(nii.header.get_xyzt_units()[0], 1.0)  # in millimetres, as ITK reads it
+    mm = _NIFTI_MM.get(nii.header.get_xyzt_units()[0], 1.0)  # in millimetres, as ITK reads it
+    _warn_if_forms_disagree(nii, array.shape[:3], path, mm)
+    affine[:3] *= mm
     img = _as_volume(array, affine, path, None, raw.dtype == np.uint8)
     img.meta["nifti_dims"] = int(nii.header["dim"][0])  # a 2D file is written back 2D (write_image)
     return img
 
 
-def _warn_if_forms_disagree(nii, shape: tuple[int, ...], path: Path, tolerance_mm: float = 0.1) -> None:
+def _warn_if_forms_disagree(nii, shape: tuple[int, ...], path: Path, mm: float, tolerance_mm: float = 0.1) -> None:
     """Warn when a NIfTI's qform and sform (both set) place the volume differently: readers disagree on it.
 
     nibabel, MONAI and FSL use the sform (so does this package); ITK, and so 3D Slicer, use the qform.
@@ -350,6 +351,7 @@ def _warn_if_forms_disagree(nii, shape: tuple[int, ...], path: Path, tolerance_m
         nii: the loaded NIfTI image.
         shape: its spatial shape ``(X, Y, Z)``.
         path: the file, for the message.
+        mm: millimetres per unit of the file (``xyzt_units``).
         tolerance_mm: largest distance between the two placements of a corner voxel that is not reported.
     """
     header = nii.header
@@ -357,7 +359,7 @@ def _warn_if_forms_disagree(nii, shape: tuple[int, ...], path: Path, tolerance_m
         return
     corners = np.array(np.meshgrid(*[(0, max(n - 1, 0)) for n in shape], indexing="ij")).reshape(3, -1)
     corners = np.vstack([corners, np.ones(corners.shape[1])])  # (4, 8) voxel corners, homogeneous
-    gap = float(np.linalg.norm(((header.get_qform() - header.get_sform()) @ corners)[:3], axis=0).max())  # mm
+    gap = mm * float(np.linalg.norm(((header.get_qform() - header.get_sform()) @ corners)[:3], axis=0).max())
     if gap > tolerance_mm:
         warnings.warn(f"{path}: its qform and sform place the volume up to {gap:.1f} mm apart; the sform is used (as "
                       "nibabel, MONAI and FSL do), while ITK and 3D Slicer use the qform, so there the result will not "

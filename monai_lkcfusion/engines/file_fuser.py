@@ -147,8 +147,8 @@ class FileFusionEngine(Engine):
         try:
             if "unpaired" in item:  # a file of the dataset folder without a partner (fusion_pairs)
                 raise FusionInputError(item["unpaired"])
-            check_distinct_pair(item["mri"], item["other"])
             if self.pieces is not None:
+                check_distinct_pair(item["mri"], item["other"])  # the other path's fuse() checks it itself
                 for saver in self._savers():  # before any work: an existing output without overwrite
                     check_output_path(saver.output_path(item["mri"]), saver.overwrite, inputs=(item["mri"],))
                 fused = fuse_dict(item, self.network, *self.pieces)["pred"]

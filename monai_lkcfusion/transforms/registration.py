@@ -124,10 +124,10 @@ class RegisterToReference(InvertibleTransform):
             for message in result.warnings:
                 warnings.warn(f"{name}: {message}", UserWarning, stacklevel=2)
             logger.info(
-                "registered %s to the MRI (%s, start: %s): rotated %.1f degrees, MRI centre moved %.1f mm; mutual "
+                "registered %s to the MRI (%s, start: %s): rotated %.1f degrees, MRI centre moved %.1f %s; mutual "
                 "information %.3f -> %.3f (lower is a better match), %s after %d iterations, %.0f%% of the MRI's "
                 "foreground covered, %.1f s", name, result.kind, result.initialization, result.rotation_degrees,
-                result.shift_mm, result.initial_metric, result.metric,
+                result.shift, "px" if ndim == 2 else "mm", result.initial_metric, result.metric,
                 "converged" if result.converged else "NOT converged", result.iterations, 100 * result.overlap,
                 result.seconds,
             )
