@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,8 +11,16 @@ import numpy as np
 import pytest
 
 # measured-choice caches (monai_lkcfusion.networks.calibration) of this test run, never the user's own; set before
-# anything is imported so that subprocesses (CLI, bundle runs) inherit it
-os.environ.setdefault("LKCFUSION_CACHE_DIR", tempfile.mkdtemp(prefix="lkcfusion-test-cache-"))
+# anything is imported so that subprocesses (CLI, bundle runs) inherit it, and removed when the run ends
+_RUN_CACHE = None if "LKCFUSION_CACHE_DIR" in os.environ else tempfile.mkdtemp(prefix="lkcfusion-test-cache-")
+if _RUN_CACHE is not None:
+    os.environ["LKCFUSION_CACHE_DIR"] = _RUN_CACHE
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove this run's cache folder (one was left in the temporary folder by every run)."""
+    if _RUN_CACHE is not None:
+        shutil.rmtree(_RUN_CACHE, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LKCFUSION_SHARED", REPO.parent / "shared"))

@@ -66,7 +66,7 @@ def test_loss_is_float32_under_mixed_precision(dtype: torch.dtype, form: str) ->
 
 def test_weights_are_configurable() -> None:
     torch.manual_seed(1)
-    sources, fused = torch.rand(2, 2, 24, 24), torch.rand(2, 1, 24, 24)
+    sources, fused = torch.rand(2, 2, 48, 48), torch.rand(2, 1, 48, 48)
     terms = FusionLoss().components(fused, sources)
     weighted = FusionLoss(intensity_weight=2.0, ssim_weight=0.0, gradient_weight=0.5)(fused, sources)
     assert torch.allclose(weighted, 2.0 * terms["intensity"] + 0.5 * terms["gradient"])
@@ -118,8 +118,8 @@ def test_max_fusion_on_harvard(harvard_root: Path) -> None:
 def test_loss_options_follow_their_definitions() -> None:
     """value_range doubles the L1 terms; zero padding keeps full-size maps; max_variance picks one source per window."""
     torch.manual_seed(0)
-    sources = torch.rand(2, 2, 40, 40)
-    fused = torch.rand(2, 1, 40, 40)
+    sources = torch.rand(2, 2, 48, 48)
+    fused = torch.rand(2, 1, 48, 48)
     unit = FusionLoss().components(fused, sources)
     sym = FusionLoss(value_range="symmetric").components(fused, sources)
     assert torch.allclose(sym["intensity"], 2 * unit["intensity"])
@@ -130,7 +130,7 @@ def test_loss_options_follow_their_definitions() -> None:
 
     valid, _ = ssim_maps(sources, fused)
     zeros, _ = ssim_maps(sources, fused, padding="zeros")
-    assert valid.shape[-1] == 30 and zeros.shape[-1] == 40
+    assert valid.shape[-1] == 38 and zeros.shape[-1] == 48
     assert torch.allclose(zeros[..., 5:-5, 5:-5], valid, atol=1e-5)  # interior windows are the same
     # max_variance: a flat source never counts where the other has texture
     flat_other = torch.cat([sources[:, :1], torch.full_like(sources[:, 1:], 0.5)], dim=1)
@@ -234,14 +234,79 @@ def test_edge_term_is_computed_only_when_it_is_weighted(monkeypatch: pytest.Monk
     import monai_lkcfusion.losses.fusion_loss as module
 
     torch.manual_seed(2)
-    sources, fused = torch.rand(2, 2, 32, 32), torch.rand(2, 1, 32, 32)
+    sources, fused = torch.rand(2, 2, 48, 48), torch.rand(2, 1, 48, 48)
     terms = FusionLoss().components(fused, sources)
     monkeypatch.setattr(module, "edge_preservation", lambda *a: pytest.fail("edge term computed at weight 0"))
     value = FusionLoss(intensity_weight=2.0, gradient_weight=0.5)(fused, sources)
     assert torch.equal(value, 2.0 * terms["intensity"] + terms["ssim"] + 0.5 * terms["gradient"])
 
 
+def _check_information_fidelity_tracks_vif(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    from monai_lkcfusion.metrics import information_fidelity, visual_information_fidelity
+
+    for mri, other in pairs:  # 8-bit gray (H, W)
+        scores = {}
+        for name, fused in _edge_candidates(mri, other).items():
+            exact = visual_information_fidelity(*(torch.tensor(x, dtype=torch.float64) for x in (fused, mri, other)),
+                                                reduction="mean")
+            smooth = information_fidelity(torch.tensor(fused, dtype=torch.float32)[None, None],
+                                          torch.tensor(np.stack([mri, other]), dtype=torch.float32)[None])
+            assert smooth.shape == (1, 2)
+            assert abs(float(smooth.mean()) - exact) < 0.01, (name, float(smooth.mean()), exact)
+            scores[name] = float(smooth.mean())
+        assert scores["max"] > scores["blurred"], scores  # blurring loses information
+
+
+def test_information_fidelity_tracks_vif(synthetic_pair: tuple[np.ndarray, np.ndarray]) -> None:
+    """The loss's differentiable VIF is within 0.01 of the evaluator's on 8-bit fusions of a made pair."""
+    mri, other = (np.round(x * 255.0).astype(np.float32) for x in synthetic_pair)
+    _check_information_fidelity_tracks_vif([(mri, other)])
+
+
+@pytest.mark.shared
+def test_information_fidelity_tracks_vif_on_harvard(harvard_root: Path) -> None:
+    pairs = []
+    for task, other_dir in (("MRI-CT", "CT"), ("MRI-PET", "PET"), ("MRI-SPECT", "SPECT")):
+        for path in sorted((harvard_root / "test" / task / "MRI").glob("*.png"))[:2]:
+            other = path.parent.parent / other_dir / path.name
+            pairs.append((np.round(_gray(path) * 255.0), np.round(_gray(other) * 255.0)))
+    _check_information_fidelity_tracks_vif(pairs)
+
+
+def test_vif_term_is_weighted_on_the_8bit_scale_and_raises_vif(synthetic_pair: tuple[np.ndarray, ...]) -> None:
+    """vif_weight adds 1 - mean VIF of the two sources, computed on [0, 255] also for value_range "symmetric"; its
+    gradient is finite where F or a source is flat and a step along it raises the VIF of a blurred fusion; it is
+    computed only when weighted; images under 41 pixels are refused with the reason."""
+    from scipy.ndimage import gaussian_filter
+
+    import monai_lkcfusion.losses.fusion_loss as module
+    from monai_lkcfusion.errors import FusionInputError
+    from monai_lkcfusion.metrics import information_fidelity
+
+    mri, other = synthetic_pair
+    sources = torch.from_numpy(np.stack([mri, other])).float()[None]  # (1, 2, H, W) on [0, 1]
+    blurred = torch.from_numpy(gaussian_filter(np.maximum(mri, other), 1.5)).float()[None, None]
+    blurred[..., :8, :] = 0.0  # a flat band in F
+    expected = 1.0 - information_fidelity(255.0 * blurred, 255.0 * sources).mean()
+    for value_range in ("unit", "symmetric"):
+        terms = FusionLoss(value_range=value_range).components(blurred, sources)
+        assert torch.allclose(terms["vif"], expected)
+        weighted = FusionLoss(vif_weight=2.0, value_range=value_range)(blurred, sources)
+        assert torch.allclose(weighted, FusionLoss(value_range=value_range)(blurred, sources) + 2.0 * expected)
+    fused = blurred.clone().requires_grad_()
+    FusionLoss(intensity_weight=0.0, ssim_weight=0.0, gradient_weight=0.0, vif_weight=1.0)(fused, sources).backward()
+    assert torch.isfinite(fused.grad).all() and fused.grad.abs().sum() > 0
+    stepped = blurred - 0.01 * fused.grad / fused.grad.abs().max()
+    assert float(information_fidelity(255 * stepped, 255 * sources).mean()) > float(1.0 - expected)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "information_fidelity", lambda *a: pytest.fail("VIF term computed at weight 0"))
+        FusionLoss(edge_weight=1.0)(blurred, sources)
+    with pytest.raises(FusionInputError, match="VIF needs images of at least 41x41 pixels, got \\(32, 40\\)"):
+        FusionLoss(vif_weight=1.0)(torch.rand(1, 1, 32, 40), torch.rand(1, 2, 32, 40))
+
+
 @pytest.mark.parametrize("option", ["intensity_weight", "ssim_weight", "gradient_weight", "edge_weight",
+                                    "vif_weight",
                                     "intensity_sigma"])
 @pytest.mark.parametrize("value", [-1.0, "abc", float("nan"), True])
 def test_numeric_options_that_are_not_numbers_of_0_or_more_are_refused(option, value) -> None:

@@ -11,6 +11,10 @@ The fused image ``F`` is pulled toward the two sources ``A`` (MRI) and ``B`` (ot
   of both sources (:func:`monai_lkcfusion.metrics.edge_preservation`): F's Sobel edges should match each source's
   in strength and orientation where that source has edges. The gradient term instead asks for the larger of the
   two strengths at every pixel, stronger edges than either source where both have some.
+* fidelity (not in the released loss, off by default): ``1 - (VIF(A -> F) + VIF(B -> F)) / 2`` with the
+  differentiable pixel-domain VIF of the evaluators (:func:`monai_lkcfusion.metrics.information_fidelity`), on the
+  8-bit scale its noise variance is meant for: F should carry each source's local structure as a gain (ideally 1
+  or more) with little added variance, which the pixel-wise max does where one source dominates.
 
 Two details of the released training are options, because its code disagrees with a plain reading of the paper:
 its data loader scales images to [-1, 1] (``value_range="symmetric"``: the two L1 terms double against the
@@ -27,6 +31,7 @@ smallest normal number, and the gradients became inf/NaN (a CUDA run with AMP di
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -34,8 +39,9 @@ import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
 from monai_lkcfusion.errors import FusionInputError
-from monai_lkcfusion.filters import sobel_gradients
+from monai_lkcfusion.filters import PADDINGS, gaussian_blur, sobel_gradients
 from monai_lkcfusion.metrics.gradient import edge_preservation
+from monai_lkcfusion.metrics.vif import information_fidelity
 
 __all__ = [
     "FusionLoss", "SSIM_FORMS", "SSIM_PADDINGS", "VALUE_RANGES", "gaussian_blur", "gaussian_ssim", "sobel_magnitude"
@@ -44,18 +50,14 @@ __all__ = [
 VALUE_RANGES = ("unit", "symmetric")
 """Intensity range the loss sees: [0, 1] as given, or mapped to [-1, 1] as the released data loader does."""
 
-SSIM_PADDINGS = ("valid", "zeros")
+SSIM_PADDINGS = PADDINGS
 """SSIM windows: complete windows only, or zero padding to the image size (SwinFusion's SSIM)."""
+
+OPTIONAL_TERMS = ("edge", "vif")
+"""Terms that are not in the released loss, computed only when weighted (and by :meth:`FusionLoss.components`)."""
 
 SSIM_FORMS = ("mean", "max_variance")
 """Structure term: the mean SSIM against both sources, or SSIM against the source of larger local variance."""
-
-
-def _gaussian_kernel(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Normalised 1D Gaussian of length ``size``."""
-    x = torch.arange(size, device=device, dtype=dtype) - size // 2
-    g = torch.exp(-(x**2) / (2.0 * sigma**2))
-    return g / g.sum()
 
 
 def ssim_maps(
@@ -112,35 +114,6 @@ def gaussian_ssim(x: torch.Tensor, y: torch.Tensor, **options: Any) -> torch.Ten
     return ssim_maps(x, y, **options)[0].mean(dim=(-2, -1))
 
 
-def gaussian_blur(
-    image: torch.Tensor, sigma: float, window_size: int | None = None, padding: str = "valid"
-) -> torch.Tensor:
-    """Separable Gaussian filtering of every channel of every image.
-
-    Args:
-        image: images (B, C, H, W).
-        sigma: standard deviation in pixels, positive.
-        window_size: side of the window; ``None``: ``2 * ceil(3 sigma) + 1``, at most the image's smaller side.
-        padding: ``"valid"`` (complete windows: maps of ``H - s + 1``) or ``"zeros"`` (zero padding, maps of ``H``).
-
-    Returns:
-        Filtered images (B, C, H', W').
-    """
-    if padding not in SSIM_PADDINGS:
-        raise FusionInputError(f"padding must be one of {SSIM_PADDINGS}, got {padding!r}")
-    b, c, h, w = image.shape
-    size = min(2 * math.ceil(3.0 * sigma) + 1, h, w) if window_size is None else window_size
-    pad = size // 2 if padding == "zeros" else 0
-    g = _gaussian_kernel(size, sigma, image.device, image.dtype)
-    # every (image, channel) plane is a channel of one depthwise convolution: measured 15x faster on the CPU than a
-    # batch of 1-channel planes
-    n = b * c
-    planes = image.reshape(1, n, h, w)
-    planes = F.conv2d(planes, g.view(1, 1, size, 1).expand(n, 1, size, 1), padding=(pad, 0), groups=n)
-    planes = F.conv2d(planes, g.view(1, 1, 1, size).expand(n, 1, 1, size), padding=(0, pad), groups=n)
-    return planes.reshape(b, c, *planes.shape[-2:])
-
-
 def sobel_magnitude(image: torch.Tensor) -> torch.Tensor:
     """Sobel gradient magnitude ``|Gx| + |Gy|`` of every channel, zero padded to the input size.
 
@@ -165,6 +138,8 @@ class FusionLoss(_Loss):
         ssim_weight: weight of ``1 - (SSIM(A, F) + SSIM(B, F)) / 2``.
         gradient_weight: weight of ``L1(|Sobel F|, max(|Sobel A|, |Sobel B|))``.
         edge_weight: weight of ``1 - Qabf(F; A, B)`` in its differentiable form (0: the released loss).
+        vif_weight: weight of ``1 - (VIF(A -> F) + VIF(B -> F)) / 2`` in its differentiable form (0: the released
+            loss), computed on [0, 255] whatever ``value_range``.
         value_range: ``"unit"`` or ``"symmetric"`` (see :data:`VALUE_RANGES` and the module notes).
         ssim_padding: ``"valid"`` or ``"zeros"`` (see :data:`SSIM_PADDINGS`).
         ssim_form: ``"mean"`` or ``"max_variance"`` (see :data:`SSIM_FORMS`).
@@ -183,6 +158,7 @@ class FusionLoss(_Loss):
         ssim_weight: float = 1.0,
         gradient_weight: float = 1.0,
         edge_weight: float = 0.0,
+        vif_weight: float = 0.0,
         value_range: str = "unit",
         ssim_padding: str = "valid",
         ssim_form: str = "mean",
@@ -198,6 +174,7 @@ class FusionLoss(_Loss):
                 raise FusionInputError(f"{name} must be one of {allowed}, got {value!r}")
         for name, value in (("intensity_weight", intensity_weight), ("ssim_weight", ssim_weight),
                             ("gradient_weight", gradient_weight), ("edge_weight", edge_weight),
+                            ("vif_weight", vif_weight),
                             ("intensity_sigma", intensity_sigma)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise FusionInputError(f"{name} must be 0 or positive, got {value!r}")
@@ -206,6 +183,7 @@ class FusionLoss(_Loss):
         self.ssim_weight = float(ssim_weight)
         self.gradient_weight = float(gradient_weight)
         self.edge_weight = float(edge_weight)
+        self.vif_weight = float(vif_weight)
         self.value_range = value_range
         self.ssim_padding = ssim_padding
         self.ssim_form = ssim_form
@@ -218,21 +196,27 @@ class FusionLoss(_Loss):
             sources: source images (B, 2, H, W), channel 0 MRI and channel 1 the other modality.
 
         Returns:
-            Scalars ``{"intensity", "ssim", "gradient", "edge"}``.
+            Scalars ``{"intensity", "ssim", "gradient", "edge", "vif"}``.
         """
-        return self._terms(fused, sources, edge=True)
+        return self._terms(fused, sources, optional=OPTIONAL_TERMS)
 
-    def _terms(self, fused: torch.Tensor, sources: torch.Tensor, edge: bool) -> dict[str, torch.Tensor]:
-        """The unweighted terms, ``"edge"`` only when ``edge`` (a third of the loss's time on whole slices)."""
+    def _terms(self, fused: torch.Tensor, sources: torch.Tensor, optional: Collection[str]) -> dict[str, torch.Tensor]:
+        """The unweighted terms, of :data:`OPTIONAL_TERMS` only those in ``optional`` (the edge term alone takes a
+        third of the loss's time on whole slices)."""
         if fused.ndim != 4 or fused.shape[1] != 1:
             raise ValueError(f"fused must have shape (B, 1, H, W), got {tuple(fused.shape)}")
         if sources.ndim != 4 or sources.shape[1] != 2 or sources.shape[-2:] != fused.shape[-2:]:
             raise ValueError(f"sources must have shape (B, 2, H, W) matching fused, got {tuple(sources.shape)}")
         dtype = torch.promote_types(fused.dtype, torch.float32)  # float32 at least (see the module notes)
         with torch.autocast(device_type=fused.device.type, enabled=False):
-            return self._float_terms(fused.to(dtype), sources.to(dtype), edge)
+            return self._float_terms(fused.to(dtype), sources.to(dtype), optional)
 
-    def _float_terms(self, fused: torch.Tensor, sources: torch.Tensor, edge: bool) -> dict[str, torch.Tensor]:
+    def _float_terms(
+        self, fused: torch.Tensor, sources: torch.Tensor, optional: Collection[str]
+    ) -> dict[str, torch.Tensor]:
+        terms = {}
+        if "vif" in optional:  # on the 8-bit scale of VIF's noise variance, before any range mapping
+            terms["vif"] = 1.0 - information_fidelity(255.0 * fused, 255.0 * sources).mean()
         if self.value_range == "symmetric":
             fused, sources = 2.0 * fused - 1.0, 2.0 * sources - 1.0
         if self.intensity_sigma > 0:  # base layers (B, 1|2, H - s + 1, W - s + 1)
@@ -245,8 +229,8 @@ class FusionLoss(_Loss):
             ssim_map = ssim_map.gather(1, variance.argmax(dim=1, keepdim=True))
         ssim = 1.0 - ssim_map.mean()  # mean over batch, windows (and the two sources for "mean")
         gradient = F.l1_loss(sobel_magnitude(fused), sobel_magnitude(sources).amax(dim=1, keepdim=True))
-        terms = {"intensity": intensity, "ssim": ssim, "gradient": gradient}
-        if edge:
+        terms.update(intensity=intensity, ssim=ssim, gradient=gradient)
+        if "edge" in optional:
             terms["edge"] = 1.0 - edge_preservation(fused, sources).mean()
         return terms
 
@@ -261,6 +245,7 @@ class FusionLoss(_Loss):
             The scalar loss.
         """
         weights = {"intensity": self.intensity_weight, "ssim": self.ssim_weight, "gradient": self.gradient_weight,
-                   "edge": self.edge_weight}
-        terms = self._terms(fused, sources, edge=self.edge_weight > 0)  # the edge term only when it counts
+                   "edge": self.edge_weight, "vif": self.vif_weight}
+        optional = [name for name in OPTIONAL_TERMS if weights[name] > 0]  # optional terms only when they count
+        terms = self._terms(fused, sources, optional=optional)
         return sum(weights[name] * value for name, value in terms.items())

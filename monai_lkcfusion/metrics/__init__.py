@@ -19,7 +19,7 @@ from .statistics import (
 )
 from .structural import multiscale_structural_similarity, structural_similarity
 from .utils import luma_bt601
-from .vif import visual_information_fidelity
+from .vif import information_fidelity, visual_information_fidelity
 
 __all__ = [
     "ALL_METRICS",
@@ -35,6 +35,7 @@ __all__ = [
     "entropy",
     "feature_mutual_information",
     "fusion_output_transform",
+    "information_fidelity",
     "luma_bt601",
     "mean_squared_error",
     "multiscale_structural_similarity",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import FusionInputError
+from ..filters import gaussian_blur
 from .utils import batched_metric, reduce_sources
 
-__all__ = ["visual_information_fidelity"]
+__all__ = ["information_fidelity", "visual_information_fidelity"]
 
 _EPS = 1e-10
 # most outputs per block of the banded products in :func:`_filter_axis`, and the fewest it looks at to avoid a tail
@@ -174,3 +175,43 @@ def visual_information_fidelity(
         num, den = num + scale_num, den + scale_den
     vif = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 1.0)  # den = 0 implies num = 0
     return reduce_sources(vif, reduction)
+
+
+def information_fidelity(
+    fused: torch.Tensor, sources: torch.Tensor, noise_var: float = 2.0, flat: float = 1e-2
+) -> torch.Tensor:
+    """Differentiable VIF: :func:`visual_information_fidelity` of each source in ``fused``, for training losses.
+
+    The same four scales, windows, 'valid' filtering, downsampling and sigma_n^2, with the gains and residual
+    variances clipped out of place (autograd), in the inputs' dtype. In float32 the local variances of 8-bit-scale
+    images carry a round-off of about 1e-3, so a window is flat below ``flat`` (the metric's threshold is 1e-10 in
+    float64); on 8-bit images it is within about 0.01 of the metric (tests/test_loss.py).
+
+    Args:
+        fused: (B, 1, H, W) on [0, 255] (the scale ``noise_var`` is meant for), H and W at least 41.
+        sources: (B, 2, H, W) on the same scale, channel 0 MRI and channel 1 the other modality.
+        noise_var: the HVS noise variance sigma_n^2.
+        flat: local variance below which a reference window carries no information.
+
+    Returns:
+        (B, 2) VIF of each source in ``fused`` (1 for a source without local variance at any scale).
+    """
+    if min(fused.shape[-2:]) < 41:
+        raise FusionInputError(f"VIF needs images of at least 41x41 pixels, got {tuple(fused.shape[-2:])}")
+    images = torch.cat([sources, fused], dim=1)  # (B, 3, H, W): two references, one distorted image
+    num = den = images.new_zeros(images.shape[:1] + (2,))
+    for scale in range(1, 5):
+        n = 2 ** (5 - scale) + 1
+        if scale > 1:
+            images = gaussian_blur(images, n / 5.0, n)[..., ::2, ::2]
+        planes = torch.cat([images, images * images, images[:, :2] * images[:, 2:]], dim=1)  # (B, 8, h, w)
+        mu1, mu2, sq1, sq2, cross = gaussian_blur(planes, n / 5.0, n).split((2, 1, 2, 1, 2), dim=1)
+        sigma1_sq = (sq1 - mu1 * mu1).clamp_min(0.0)  # (B, 2, h, w)
+        sigma2_sq = (sq2 - mu2 * mu2).clamp_min(0.0)  # (B, 1, h, w)
+        sigma12 = cross - mu1 * mu2
+        sigma1_sq = torch.where(sigma1_sq < flat, 0.0, sigma1_sq)
+        gain = (sigma12 / (sigma1_sq + flat)).clamp_min(0.0) * (sigma2_sq >= flat) * (sigma1_sq > 0)
+        sv_sq = (sigma2_sq - gain * sigma12).clamp_min(flat) + noise_var
+        num = num + torch.log10(1.0 + gain * gain * sigma1_sq / sv_sq).sum(dim=(2, 3))
+        den = den + torch.log10(1.0 + sigma1_sq.detach() / noise_var).sum(dim=(2, 3))
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 1.0)
