@@ -349,9 +349,11 @@ def test_output_equal_to_an_input_is_refused(tmp_path, capsys):
 
 
 def test_one_image_as_both_inputs_is_refused(tmp_path, capsys):
-    """An image fused with itself comes back unchanged: the same file, folder or series twice is a slip."""
+    """An image fused with itself comes back unchanged: the same file (also under a second name: a hard link), folder or
+    series twice is a slip."""
     mri = _png(tmp_path / "mri.png", _gray())
-    for second in (mri, tmp_path / "." / "mri.png"):
+    os.link(mri, tmp_path / "hardlink.png")  # one file under two names
+    for second in (mri, tmp_path / "." / "mri.png", tmp_path / "hardlink.png"):
         code, _, err = _run(["fuse", str(mri), str(second), "-o", str(tmp_path / "f.png"), "--method", "max"], capsys)
         _one_line_error(code, err, "given as both the MRI and the other image")
     with pytest.raises(FusionInputError, match="given as both the MRI and the other image"):

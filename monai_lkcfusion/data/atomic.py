@@ -23,7 +23,7 @@ from ..errors import FusionInputError
 
 __all__ = [
     "TEMP_PREFIX", "atomic_path", "check_not_input", "check_output_file", "check_writable", "remove_stale_temporaries",
-    "write_text",
+    "same_file", "write_text",
 ]
 
 TEMP_PREFIX = ".lkcfusion-"
@@ -109,6 +109,21 @@ def check_writable(path: str | Path) -> None:
         raise FusionInputError(f"{path}: cannot write here ({err.strerror or err})") from None
 
 
+def same_file(first: str | Path, second: str | Path) -> bool:
+    """Whether two paths name one file or folder: the same resolved path, or (both existing) one file under two names
+    (a hard link; a bind mount).
+
+    Args:
+        first: a path.
+        second: another path.
+
+    Returns:
+        ``True`` when writing or reading one is writing or reading the other.
+    """
+    first, second = Path(first), Path(second)
+    return first.resolve() == second.resolve() or first.exists() and second.exists() and os.path.samefile(first, second)
+
+
 def check_not_input(path: str | Path, inputs: Sequence[str | Path], kind: str = "input") -> None:
     """Refuse an output that would replace one of the command's inputs (or its other outputs), or lie inside an input
     folder.
@@ -123,7 +138,7 @@ def check_not_input(path: str | Path, inputs: Sequence[str | Path], kind: str = 
     """
     path = Path(path)
     for source in map(Path, inputs):
-        if path.resolve() == source.resolve() or path.exists() and source.exists() and os.path.samefile(path, source):
+        if same_file(path, source):
             raise FusionInputError(
                 f"{path}: is the {kind} {source}; an {kind} is never replaced, choose another output"
             )

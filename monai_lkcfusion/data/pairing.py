@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import FusionInputError
+from .atomic import same_file
 from .io import NOT_IMAGE_SUFFIXES, WRITABLE_SUFFIXES, image_stem, image_suffix
 
 __all__ = [
@@ -141,7 +142,7 @@ def check_distinct_pair(
     """
     if not all(isinstance(image, (str, Path)) for image in (mri, other)):
         return
-    if Path(mri).resolve() == Path(other).resolve() and mri_series == other_series:
+    if same_file(mri, other) and mri_series == other_series:
         raise FusionInputError(f"{other}: given as both the MRI and the other image; fusing an image with itself "
                                "gives it back: give the second modality's image")
 
