@@ -301,7 +301,8 @@ def test_vif_term_is_weighted_on_the_8bit_scale_and_raises_vif(synthetic_pair: t
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(module, "information_fidelity", lambda *a: pytest.fail("VIF term computed at weight 0"))
         FusionLoss(edge_weight=1.0)(blurred, sources)
-    with pytest.raises(FusionInputError, match="VIF needs images of at least 41x41 pixels, got \\(32, 40\\)"):
+    with pytest.raises(FusionInputError, match="^vif_weight: the VIF term needs images of at least 41x41 pixels .* got "
+                       "\\(32, 40\\): train on larger crops \\(roi_size\\) or set vif_weight to 0$"):
         FusionLoss(vif_weight=1.0)(torch.rand(1, 1, 32, 40), torch.rand(1, 2, 32, 40))
 
 

@@ -216,6 +216,10 @@ class FusionLoss(_Loss):
     ) -> dict[str, torch.Tensor]:
         terms = {}
         if "vif" in optional:  # on the 8-bit scale of VIF's noise variance, before any range mapping
+            if min(fused.shape[-2:]) < 41:
+                raise FusionInputError(f"vif_weight: the VIF term needs images of at least 41x41 pixels (its four "
+                                       f"scales), got {tuple(fused.shape[-2:])}: train on larger crops (roi_size) or "
+                                       "set vif_weight to 0")
             terms["vif"] = 1.0 - information_fidelity(255.0 * fused, 255.0 * sources).mean()
         if self.value_range == "symmetric":
             fused, sources = 2.0 * fused - 1.0, 2.0 * sources - 1.0
