@@ -189,22 +189,6 @@ def _check_edge_preservation_tracks_qabf(pairs: list[tuple[np.ndarray, np.ndarra
         assert scores["max"] > scores["blurred"] and scores["max"] > scores["mean"], scores
 
 
-def test_edge_preservation_tracks_qabf(synthetic_pair: tuple[np.ndarray, np.ndarray]) -> None:
-    """The loss's differentiable Qabf is within 0.025 of the evaluator's on 8-bit fusions of a made pair."""
-    mri, other = (np.round(x * 255.0).astype(np.float32) for x in synthetic_pair)
-    _check_edge_preservation_tracks_qabf([(mri, other)])
-
-
-@pytest.mark.shared
-def test_edge_preservation_tracks_qabf_on_harvard(harvard_root: Path) -> None:
-    pairs = []
-    for task, other_dir in (("MRI-CT", "CT"), ("MRI-PET", "PET"), ("MRI-SPECT", "SPECT")):
-        for path in sorted((harvard_root / "test" / task / "MRI").glob("*.png"))[:2]:
-            other = path.parent.parent / other_dir / path.name
-            pairs.append((np.round(_gray(path) * 255.0), np.round(_gray(other) * 255.0)))
-    _check_edge_preservation_tracks_qabf(pairs)
-
-
 def test_edge_term_is_weighted_and_pulls_toward_the_sources_edges(synthetic_pair: tuple[np.ndarray, ...]) -> None:
     """edge_weight adds 1 - Qabf; its gradient is finite (also where F or a source is flat) and a step along it
     raises the edge preservation of a blurred fusion."""
@@ -257,20 +241,22 @@ def _check_information_fidelity_tracks_vif(pairs: list[tuple[np.ndarray, np.ndar
         assert scores["max"] > scores["blurred"], scores  # blurring loses information
 
 
-def test_information_fidelity_tracks_vif(synthetic_pair: tuple[np.ndarray, np.ndarray]) -> None:
-    """The loss's differentiable VIF is within 0.01 of the evaluator's on 8-bit fusions of a made pair."""
-    mri, other = (np.round(x * 255.0).astype(np.float32) for x in synthetic_pair)
-    _check_information_fidelity_tracks_vif([(mri, other)])
+@pytest.mark.parametrize("check", [_check_edge_preservation_tracks_qabf, _check_information_fidelity_tracks_vif])
+def test_differentiable_forms_track_the_evaluator(synthetic_pair: tuple[np.ndarray, np.ndarray], check) -> None:
+    """The loss's differentiable Qabf (within 0.025) and VIF (within 0.01) follow the evaluator's on 8-bit fusions of
+    a made pair."""
+    check([tuple(np.round(x * 255.0).astype(np.float32) for x in synthetic_pair)])
 
 
 @pytest.mark.shared
-def test_information_fidelity_tracks_vif_on_harvard(harvard_root: Path) -> None:
+@pytest.mark.parametrize("check", [_check_edge_preservation_tracks_qabf, _check_information_fidelity_tracks_vif])
+def test_differentiable_forms_track_the_evaluator_on_harvard(harvard_root: Path, check) -> None:
     pairs = []
     for task, other_dir in (("MRI-CT", "CT"), ("MRI-PET", "PET"), ("MRI-SPECT", "SPECT")):
         for path in sorted((harvard_root / "test" / task / "MRI").glob("*.png"))[:2]:
             other = path.parent.parent / other_dir / path.name
             pairs.append((np.round(_gray(path) * 255.0), np.round(_gray(other) * 255.0)))
-    _check_information_fidelity_tracks_vif(pairs)
+    check(pairs)
 
 
 def test_vif_term_is_weighted_on_the_8bit_scale_and_raises_vif(synthetic_pair: tuple[np.ndarray, ...]) -> None:
