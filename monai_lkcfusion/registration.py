@@ -361,8 +361,8 @@ def _search(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, se
     """Exhaustive coarse search over the rotation (and, in 2D, the shift) of a rigid transform (in place).
 
     Gradient descent on mutual information stops in local optima when the start is off by 10 degrees or more (in
-    2D a few degrees or pixels away; in 3D a CT-like volume rotated (10, 15, -12) degrees ended 7.9 mm off,
-    "converged"), so a grid on the images reduced to ~64 voxels per axis picks the basin of the global optimum
+    2D a few degrees or pixels away; in 3D a CT-like volume rotated by about 20 degrees on three axes ended 7.5 mm
+    off, "converged"), so a grid on the images reduced to ~64 voxels per axis picks the basin of the global optimum
     first: in 2D 9 rotations in +-12 degrees x 9 x 9 shifts in +-12% of the field of view (every pixel); in 3D
     5 x 5 x 5 rotations in +-20 degrees about the three axes at the start's shift (20,000 random points, ``seed``).
     """
@@ -464,7 +464,7 @@ def register(
     points per level of larger ones (fixed ``seed``), regular-step gradient descent with scales from the physical
     shift, a coarse-to-fine pyramid, and a rotation centre at the MRI's centre of mass. The start is the images'
     world coordinates or the alignment of their centres of mass, whichever matches better (``init="auto"``); rigid
-    registration first searches a coarse grid of rotations (and in 2D shifts) from both (``search``).
+    registration first searches a coarse grid of rotations (and in 2D shifts) (``search``).
 
     Args:
         fixed: the MRI, ``(1|3, *spatial)`` (a ``MetaTensor``'s affine gives its geometry); 2D or 3D.
