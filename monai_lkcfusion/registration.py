@@ -555,14 +555,22 @@ def register(
                             "optimiser was still moving); check the result (--preview)")
         if overlap < min_overlap:
             warnings.append(f"only {overlap:.0%} of the MRI's foreground lies in the registered image's field of view")
-        if not final_metric < initial_metric - 1e-6 and initial_metric > -0.05:
-            warnings.append(f"mutual information stayed low ({final_metric:.3f}); the images may not show the same "
-                            "anatomy")
+        centre = fixed_image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed_image.GetSize()])
+        rotation, shift = _motion(matrix, np.asarray(centre))
+        if final_metric > _LOW_MI:
+            warnings.append(f"mutual information stayed low ({initial_metric:.3f} -> {final_metric:.3f}): the images "
+                            "share little structure (not the same anatomy, or mostly empty); the alignment found is "
+                            "doubtful; check the result (--preview)")
+        elif final_metric > initial_metric + _WORSE and rotation < 1.0 and shift < max(fixed_image.GetSpacing()):
+            # barely moved: right if the files were aligned (on one grid the start samples voxel centres exactly and
+            # scores a little higher than any near pose), wrong if their headers are off by a local optimum (a flip)
+            unit = "px" if ndim == 2 else "mm"
+            warnings.append(f"registration kept the files' own alignment (moved {shift:.1f} {unit}, {rotation:.1f} "
+                            f"degrees; mutual information {initial_metric:.3f} -> {final_metric:.3f}): right if they "
+                            "were already aligned, else check the result (--preview)")
         elif final_metric > initial_metric + _WORSE:  # it ended where the images match less than at the start
             warnings.append(f"mutual information got worse than at the start ({initial_metric:.3f} -> "
                             f"{final_metric:.3f}): the alignment found is doubtful; check the result (--preview)")
-        centre = fixed_image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed_image.GetSize()])
-        rotation, shift = _motion(matrix, np.asarray(centre))
         if rotation > _LARGE_ROTATION:
             warnings.append(f"it rotates the other image by {rotation:.0f} degrees: unless its header is known to be "
                             "that far off, the alignment is likely wrong (a flipped or mirrored image?); check the "
@@ -577,6 +585,8 @@ def register(
 
 _WORSE = 1e-4
 """A final mutual information above the starting one by more than this is reported (the values are negative)."""
+_LOW_MI = -0.05
+"""A final mutual information above this (the values are negative) means the images share little structure."""
 _LARGE_ROTATION = 30.0
 """Rotations (degrees) beyond which a found alignment is reported as likely wrong: scanners' headers rarely disagree
 that much, and the optimiser's failures (a flipped image, a local optimum) end there."""

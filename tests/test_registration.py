@@ -157,7 +157,8 @@ def _ct_like_volume(path) -> MetaTensor:
 def test_register_3d_ct_rotated_about_three_axes_is_found_by_the_search(tmp_path):
     """A CT-like volume whose header is rotated by (10, -15, -12) degrees about x, y, z and shifted 42 mm ended 8 mm
     off, reported as converged with a better metric (a hand-check helper's case): gradient descent stops in a local
-    optimum. The 3D coarse rotation search (default for rigid) starts it in the right basin: < 1 mm."""
+    optimum. The 3D coarse rotation search (default for rigid) starts it in the right basin: < 1 mm. The same volume
+    unmoved, and a mostly empty one, get the warnings that fit them."""
     from scipy import ndimage
     from scipy.spatial.transform import Rotation
 
@@ -177,6 +178,19 @@ def test_register_3d_ct_rotated_about_three_axes_is_found_by_the_search(tmp_path
     result = register(mri, moved, "rigid")
     assert mean_displacement(result.matrix, motion, mri) < 1.0, result
     assert 20.0 < result.rotation_degrees < 25.0
+    # the same volume unmoved: kept, and said so (it warned that the metric "got worse than at the start": on one
+    # grid the start samples voxel centres exactly and scores a little higher than any near pose)
+    aligned = register(mri, ct, "rigid")
+    assert mean_displacement(aligned.matrix, np.eye(4), mri) < 0.1
+    assert not any("got worse" in w for w in aligned.warnings), aligned.warnings
+    # only a small core left (mostly air): mutual information near 0 is doubtful whatever it did (no warning before)
+    core = ct.clone()
+    core[:, :, :, :] = 0.0
+    x, y, z = (n // 2 for n in ct.shape[1:])
+    box = (slice(None), slice(x - 15, x + 15), slice(y - 15, y + 15), slice(z - 10, z + 10))
+    core[box] = ct[box]
+    empty = register(mri, core, "rigid")
+    assert empty.metric > -0.05 and any("mutual information stayed low" in w for w in empty.warnings), empty
 
 
 def test_affine_and_reproducible(demo_2d):
