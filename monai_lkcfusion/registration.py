@@ -394,6 +394,15 @@ _SEARCH_SAMPLES = 20_000
 """Metric sample points of each grid position of the 3D search (a 64^3 volume has 262,144 voxels)."""
 
 
+def _as_affine(rigid: sitk.Transform) -> sitk.AffineTransform:
+    """The same map as a centred rigid transform, as an affine transform with the same centre."""
+    affine = sitk.AffineTransform(rigid.GetDimension())
+    affine.SetCenter(rigid.GetCenter())
+    affine.SetMatrix(rigid.GetMatrix())
+    affine.SetTranslation(rigid.GetTranslation())
+    return affine
+
+
 def _method(
     fixed: sitk.Image, iterations: int, shrink: tuple[int, ...], sigmas: tuple[float, ...], max_samples: float,
     seed: int, bins: int = 32,
@@ -463,8 +472,8 @@ def register(
     Mattes mutual information (32 bins) on every voxel of small images (2D slices) and on ``max_samples`` random
     points per level of larger ones (fixed ``seed``), regular-step gradient descent with scales from the physical
     shift, a coarse-to-fine pyramid, and a rotation centre at the MRI's centre of mass. The start is the images'
-    world coordinates or the alignment of their centres of mass, whichever matches better (``init="auto"``); rigid
-    registration first searches a coarse grid of rotations (and in 2D shifts) (``search``).
+    world coordinates or the alignment of their centres of mass, whichever matches better (``init="auto"``); a
+    coarse grid of rotations (and in 2D shifts) is searched first (``search``).
 
     Args:
         fixed: the MRI, ``(1|3, *spatial)`` (a ``MetaTensor``'s affine gives its geometry); 2D or 3D.
@@ -482,12 +491,12 @@ def register(
             take another path (2D slices: repeats differed by up to a few tenths of a pixel, sometimes more).
             ``None``: SimpleITK's global default (all cores).
         min_overlap: warn when less of the MRI's foreground lies in the moved image's field of view.
-        search: first search a coarse grid: in 2D rotations (+-12 degrees) and shifts (+-12% of the field of
-            view), in 3D rotations about the three axes (+-20 degrees); rigid only; default on for rigid (about a
-            second in 2D, a few in 3D), off for affine. In 2D with ``init="auto"`` the search and the pyramid run
-            from both starts (world and centres of mass); in 3D the pyramid runs from the start and, if the search
-            moved it, from the rotation found (on near-spherical content a rotation of the coarse grid can match
-            better and lead astray). The best final metric wins.
+        search: first search a coarse grid of rigid poses: in 2D rotations (+-12 degrees) and shifts (+-12% of
+            the field of view), in 3D rotations about the three axes (+-20 degrees); default on (about a second in
+            2D, a few in 3D). 2D rigid with ``init="auto"``: the search and the pyramid run from both starts (world
+            and centres of mass). 3D rigid and affine: the pyramid runs from the start and, if the search moved
+            it, from the pose found (on near-spherical content a rotation of the coarse grid can match better and
+            lead astray). The best final metric wins.
 
     Returns:
         The :class:`RegistrationResult`.
@@ -507,22 +516,23 @@ def register(
         _check_images(fixed_image, moving_image)
         transform, initialization = _initial_transform(fixed_image, moving_image, kind, init)
         if search is None:
-            search = kind == "rigid"
+            search = True
         starts = [(transform, initialization)]
-        if search:
-            if kind != "rigid":
-                raise FusionInputError("register: the exhaustive search is for rigid registration only")
-            if fixed_image.GetDimension() == 2:
-                if init == "auto":  # the better start on the coarse metric is not always the better end (partial
-                    starts.append(_initial_transform(fixed_image, moving_image, kind,  # slices)
-                                                     "moments" if initialization == "world" else "world"))
-                for candidate, _ in starts:
-                    _search(fixed_image, moving_image, candidate, seed)
-            else:  # the start is refined too: on near-spherical content a rotation can match better and lead astray
-                found = sitk.Transform(transform).Downcast()
-                _search(fixed_image, moving_image, found, seed)
-                if found.GetParameters() != transform.GetParameters():
-                    starts.append((found, initialization))
+        if search and (kind == "affine" or fixed_image.GetDimension() == 3):
+            # the pose found is a second start beside the start itself: on near-spherical content a rotation of the
+            # coarse grid can match better and lead astray; for affine, the rigid search's pose
+            rigid = transform if kind == "rigid" else _initial_transform(fixed_image, moving_image, "rigid",
+                                                                         initialization)[0]
+            found = sitk.Transform(rigid).Downcast()
+            _search(fixed_image, moving_image, found, seed)
+            if found.GetParameters() != rigid.GetParameters():
+                starts.append((found if kind == "rigid" else _as_affine(found), initialization))
+        elif search:  # 2D rigid, searched in place from both starts
+            if init == "auto":  # the better start on the coarse metric is not always the better end (partial slices)
+                starts.append(_initial_transform(fixed_image, moving_image, kind,
+                                                 "moments" if initialization == "world" else "world"))
+            for candidate, _ in starts:
+                _search(fixed_image, moving_image, candidate, seed)
         evaluate = _method(fixed_image, 1, (1,), (0.0,), 20_000, seed)
         coarse = [_coarse(image) for image in (fixed_image, moving_image)]
         runs, failure = [], ""
