@@ -57,13 +57,15 @@ def test_errors_are_one_line_with_no_output(tmp_path, capsys):
     cases = [
         ([str(tmp_path / "t1.nii.gz"), str(tmp_path / "pet.nii.gz"), "--method", "max"], "does not overlap"),
         ([str(tmp_path / "missing.nii.gz"), str(tmp_path / "pet.nii.gz"), "--method", "max"], "file not found"),
+        ([str(tmp_path / "t1.nii.gz"), str(tmp_path / "gone.nii.gz"), "--method", "max", "--register", "rigid"],
+         "gone.nii.gz: file not found"),  # before "registration: on" is announced
         ([str(tmp_path / "t1.nii.gz"), str(tmp_path / "pet.nii.gz"), "--method", "pca"], "unknown fusion method"),
     ]
     for argv, message in cases:
         assert main(["fuse", *argv, "-o", str(tmp_path / "fused.nii.gz")]) == 2
-        err = capsys.readouterr().err
+        out, err = capsys.readouterr()
         assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-        assert not (tmp_path / "fused.nii.gz").exists()
+        assert not (tmp_path / "fused.nii.gz").exists() and "registration: on" not in out
 
 
 def test_weights_option_with_tiny_network(tmp_path):

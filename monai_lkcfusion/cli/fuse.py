@@ -72,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fuse one pair with :func:`~monai_lkcfusion.inference.fuse_files`, or two folders with the bundle's engine."""
+    from ..data.io import check_input_exists
     from ..inference import build_predictor
     from ..inferers import FusionInferer, check_tta
 
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         raise FusionInputError("give either MRI OTHER -o OUT, or --mri-dir D1 --other-dir D2 -o OUTDIR")
     if not batch and args.other is None:
         raise FusionInputError("missing OTHER: lkcfusion fuse MRI OTHER -o OUT")
+    for path in () if batch else (args.mri, args.other):  # before anything is announced ("registration: on")
+        check_input_exists(path)
     # load the network once (and fail early without weights), then fuse every pair with it
     predictor = build_predictor(None, args.method, args.weights, args.device, not args.no_optimize)
     check_tta(args.tta, predictor)

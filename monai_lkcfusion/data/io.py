@@ -35,6 +35,7 @@ __all__ = [
     "VOLUME_SUFFIXES",
     "WRITABLE_SUFFIXES",
     "check_data_file_location",
+    "check_input_exists",
     "check_dicom_slices",
     "check_output_path",
     "composite_on_black",
@@ -86,6 +87,24 @@ def image_stem(path: str | Path) -> str:
     return path.name[: -len(suffix)] if suffix in PICTURE_SUFFIXES + VOLUME_SUFFIXES else path.name
 
 
+def check_input_exists(path: str | Path) -> Path:
+    """An input file (or DICOM folder) that must exist.
+
+    Args:
+        path: the input.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        FusionInputError: ``<path>: file not found``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FusionInputError(f"{path}: file not found")
+    return path
+
+
 def read_image(
     path: str | Path,
     series: str | None = None,
@@ -118,8 +137,7 @@ def read_image(
     path = Path(path)
     if path.is_dir():
         return _read_dicom_series(path, series, allow_irregular_slices)
-    if not path.exists():
-        raise FusionInputError(f"{path}: file not found")
+    check_input_exists(path)
     if series is not None:  # a choice that would be ignored: the user meant another input
         raise FusionInputError(f"{path}: is a file; a series ({series}) is chosen in a DICOM folder of several series")
     if not path.is_file():  # a FIFO or device would block or never end
