@@ -536,6 +536,8 @@ def register(
         evaluate = _method(fixed_image, 1, (1,), (0.0,), 20_000, seed)
         coarse = [_coarse(image) for image in (fixed_image, moving_image)]
         runs, failure = [], ""
+        ndim = fixed_image.GetDimension()
+        start_matrix, start_name = transform_matrix(transform, ndim), initialization  # where the initial metric is
         try:
             evaluate.SetInitialTransform(transform, inPlace=False)
             initial_metric = evaluate.MetricEvaluate(*coarse)
@@ -554,7 +556,6 @@ def register(
         if not runs:
             raise FusionInputError(f"other image: registration failed, the images do not overlap enough ({failure})")
         final_metric, transform, initialization, method = min(runs, key=lambda run: run[0])
-        ndim = fixed_image.GetDimension()
         matrix = transform_matrix(transform, ndim)
         overlap = _overlap(fixed_image, moving_image, transform)
         stop = method.GetOptimizerStopConditionDescription()
@@ -571,13 +572,14 @@ def register(
             warnings.append(f"mutual information stayed low ({initial_metric:.3f} -> {final_metric:.3f}): the images "
                             "share little structure (not the same anatomy, or mostly empty); the alignment found is "
                             "doubtful; check the result (--preview)")
-        elif final_metric > initial_metric + _WORSE and rotation < 1.0 and shift < max(fixed_image.GetSpacing()):
-            # barely moved: right if the files were aligned (on one grid the start samples voxel centres exactly and
-            # scores a little higher than any near pose), wrong if their headers are off by a local optimum (a flip)
-            unit = "px" if ndim == 2 else "mm"
-            warnings.append(f"registration kept the files' own alignment (moved {shift:.1f} {unit}, {rotation:.1f} "
-                            f"degrees; mutual information {initial_metric:.3f} -> {final_metric:.3f}): right if they "
-                            "were already aligned, else check the result (--preview)")
+        elif final_metric > initial_metric + _WORSE and _kept(np.linalg.solve(start_matrix, matrix), centre,
+                                                              max(fixed_image.GetSpacing())):
+            # barely moved from the start: right if that was the alignment (on one grid the start samples voxel
+            # centres exactly and scores a little higher than any near pose), wrong if the headers are off by a
+            # local optimum (a flip)
+            kept = "the files' own alignment" if start_name == "world" else "the alignment of the centres of mass"
+            warnings.append(f"registration kept {kept} it started from (mutual information {initial_metric:.3f} -> "
+                            f"{final_metric:.3f}): right if that was the alignment, else check the result (--preview)")
         elif final_metric > initial_metric + _WORSE:  # it ended where the images match less than at the start
             warnings.append(f"mutual information got worse than at the start ({initial_metric:.3f} -> "
                             f"{final_metric:.3f}): the alignment found is doubtful; check the result (--preview)")
@@ -600,6 +602,13 @@ _LOW_MI = -0.05
 _LARGE_ROTATION = 30.0
 """Rotations (degrees) beyond which a found alignment is reported as likely wrong: scanners' headers rarely disagree
 that much, and the optimiser's failures (a flipped image, a local optimum) end there."""
+
+
+def _kept(relative: np.ndarray, centre: np.ndarray, voxel: float) -> bool:
+    """Whether a map relative to the start (``start^-1 @ found``) rotates under 1 degree and moves ``centre`` under
+    one voxel."""
+    rotation, shift = _motion(relative, centre)
+    return rotation < 1.0 and shift < voxel
 
 
 def _motion(matrix: np.ndarray, centre: np.ndarray) -> tuple[float, float]:

@@ -66,8 +66,9 @@ def test_loss_is_float32_under_mixed_precision(dtype: torch.dtype, form: str) ->
 
 def test_weights_are_configurable() -> None:
     torch.manual_seed(1)
-    sources, fused = torch.rand(2, 2, 48, 48), torch.rand(2, 1, 48, 48)
-    terms = FusionLoss().components(fused, sources)
+    sources, fused = torch.rand(2, 2, 24, 24), torch.rand(2, 1, 24, 24)
+    terms = FusionLoss().components(fused, sources)  # 24 px: every term but VIF (41 px at least)
+    assert sorted(terms) == ["edge", "gradient", "intensity", "ssim"]
     weighted = FusionLoss(intensity_weight=2.0, ssim_weight=0.0, gradient_weight=0.5)(fused, sources)
     assert torch.allclose(weighted, 2.0 * terms["intensity"] + 0.5 * terms["gradient"])
     assert all(float(v) > 0 for v in terms.values())
@@ -287,6 +288,11 @@ def test_vif_term_is_weighted_on_the_8bit_scale_and_raises_vif(synthetic_pair: t
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(module, "information_fidelity", lambda *a: pytest.fail("VIF term computed at weight 0"))
         FusionLoss(edge_weight=1.0)(blurred, sources)
+    scaled = (255.0 * blurred, 255.0 * sources)
+    half = information_fidelity(*(x.to(torch.bfloat16) for x in scaled))  # computed in float32 all the same
+    assert half.dtype == torch.float32 and torch.allclose(half, information_fidelity(*scaled), atol=0.01)
+    with pytest.raises(FusionInputError, match="flat must be positive"):
+        information_fidelity(*scaled, flat=0.0)
     with pytest.raises(FusionInputError, match="^vif_weight: the VIF term needs images of at least 41x41 pixels .* got "
                        "\\(32, 40\\): train on larger crops \\(roi_size\\) or set vif_weight to 0$"):
         FusionLoss(vif_weight=1.0)(torch.rand(1, 1, 32, 40), torch.rand(1, 2, 32, 40))

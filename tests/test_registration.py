@@ -155,10 +155,10 @@ def _ct_like_volume(path) -> MetaTensor:
 
 @pytest.mark.slow
 def test_register_3d_ct_rotated_about_three_axes_is_found_by_the_search(tmp_path):
-    """A CT-like volume whose header is rotated by (10, -15, -12) degrees about x, y, z and shifted 42 mm ended 8 mm
-    off, reported as converged with a better metric (a hand-check helper's case): gradient descent stops in a local
-    optimum. The 3D coarse rotation search (default for rigid) starts it in the right basin: < 1 mm. The same volume
-    unmoved, and a mostly empty one, get the warnings that fit them."""
+    """A CT-like volume whose header is rotated by (10, -15, -12) degrees about x, y, z and shifted 42 mm ended 7.5
+    voxels off, reported as converged with a better metric (a hand-check helper's case): gradient descent stops in a
+    local optimum. The 3D coarse rotation search starts it in the right basin: < 1 voxel (affine too, to its own
+    floor). The same volume unmoved, and a mostly empty one, get the warnings that fit them."""
     from scipy import ndimage
     from scipy.spatial.transform import Rotation
 
@@ -178,7 +178,7 @@ def test_register_3d_ct_rotated_about_three_axes_is_found_by_the_search(tmp_path
     result = register(mri, moved, "rigid")
     assert mean_displacement(result.matrix, motion, mri) < 1.0, result
     assert 20.0 < result.rotation_degrees < 25.0
-    # affine starts from the rigid search's pose too: it ended 8 mm off; its own floor on this synthetic CT is about
+    # affine starts from the rigid search's pose too: it ended 8.0 mm off; its own floor on this synthetic CT is about
     # 1.9 voxels (unmoved, it drifts that far from the identity with a better metric)
     affine = register(mri, moved, "affine")
     assert mean_displacement(affine.matrix, motion, mri) < 3.0, affine
@@ -187,6 +187,7 @@ def test_register_3d_ct_rotated_about_three_axes_is_found_by_the_search(tmp_path
     aligned = register(mri, ct, "rigid")
     assert mean_displacement(aligned.matrix, np.eye(4), mri) < 0.1
     assert not any("got worse" in w for w in aligned.warnings), aligned.warnings
+    assert any("registration kept the files' own alignment it started from" in w for w in aligned.warnings)
     # only a small core left (mostly air): mutual information near 0 is doubtful whatever it did (no warning before)
     core = ct.clone()
     core[:, :, :, :] = 0.0
@@ -399,6 +400,20 @@ def test_far_apart_volumes_register_from_centres_of_mass(tmp_path, capsys, monke
     assert main([*argv, "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "do not overlap from either start" in err and len(err.strip().splitlines()) == 1
+
+
+def test_2d_slices_far_apart_register_from_centres_of_mass(demo_2d):
+    """Two 2D images whose world coordinates are 500 px apart: the world start, tried beside the centres of mass in
+    2D, does not overlap, and its failure failed the pair; it is skipped, and the pose kept at the centres-of-mass
+    start is said so (not "got worse ... doubtful", measured against no transform at all)."""
+    mri, _ = demo_2d
+    far = mri.clone()
+    shifted = np.asarray(mri.affine, dtype=float).copy()
+    shifted[0, 2] += 500.0
+    far.affine = torch.as_tensor(shifted)
+    result = register(mri, far, "rigid")
+    assert result.initialization == "moments" and abs(result.shift - 500.0) < 1.0
+    assert not any("got worse" in w for w in result.warnings), result.warnings
 
 
 def test_alignment_preview_shapes(demo_2d):

@@ -56,6 +56,9 @@ SSIM_PADDINGS = PADDINGS
 OPTIONAL_TERMS = ("edge", "vif")
 """Terms that are not in the released loss, computed only when weighted (and by :meth:`FusionLoss.components`)."""
 
+_VIF_MIN_SIZE = 41
+"""Smallest image side of the VIF term (the 'valid' windows of its four scales)."""
+
 SSIM_FORMS = ("mean", "max_variance")
 """Structure term: the mean SSIM against both sources, or SSIM against the source of larger local variance."""
 
@@ -196,9 +199,11 @@ class FusionLoss(_Loss):
             sources: source images (B, 2, H, W), channel 0 MRI and channel 1 the other modality.
 
         Returns:
-            Scalars ``{"intensity", "ssim", "gradient", "edge", "vif"}``.
+            Scalars ``{"intensity", "ssim", "gradient", "edge", "vif"}``, whatever the weights; ``"vif"`` only for
+            images of at least 41 x 41 pixels (VIF's four scales).
         """
-        return self._terms(fused, sources, optional=OPTIONAL_TERMS)
+        optional = [name for name in OPTIONAL_TERMS if name != "vif" or min(fused.shape[-2:]) >= _VIF_MIN_SIZE]
+        return self._terms(fused, sources, optional=optional)
 
     def _terms(self, fused: torch.Tensor, sources: torch.Tensor, optional: Collection[str]) -> dict[str, torch.Tensor]:
         """The unweighted terms, of :data:`OPTIONAL_TERMS` only those in ``optional`` (the edge term alone takes a
@@ -216,7 +221,7 @@ class FusionLoss(_Loss):
     ) -> dict[str, torch.Tensor]:
         terms = {}
         if "vif" in optional:  # on the 8-bit scale of VIF's noise variance, before any range mapping
-            if min(fused.shape[-2:]) < 41:
+            if min(fused.shape[-2:]) < _VIF_MIN_SIZE:
                 raise FusionInputError(f"vif_weight: the VIF term needs images of at least 41x41 pixels (its four "
                                        f"scales), got {tuple(fused.shape[-2:])}: train on larger crops (roi_size) or "
                                        "set vif_weight to 0")

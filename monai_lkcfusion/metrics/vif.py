@@ -183,7 +183,7 @@ def information_fidelity(
     """Differentiable VIF: :func:`visual_information_fidelity` of each source in ``fused``, for training losses.
 
     The same four scales, windows, 'valid' filtering, downsampling and sigma_n^2, with the gains and residual
-    variances clipped out of place (autograd), in the inputs' dtype. In float32 the local variances of 8-bit-scale
+    variances clipped out of place (autograd), in float32 at least. In float32 the local variances of 8-bit-scale
     images carry a round-off of about 1e-3, so a window is flat below ``flat`` (the metric's threshold is 1e-10 in
     float64); on 8-bit images it is within about 0.01 of the metric (tests/test_loss.py).
 
@@ -198,7 +198,10 @@ def information_fidelity(
     """
     if min(fused.shape[-2:]) < 41:
         raise FusionInputError(f"VIF needs images of at least 41x41 pixels, got {tuple(fused.shape[-2:])}")
-    images = torch.cat([sources, fused], dim=1)  # (B, 3, H, W): two references, one distorted image
+    if not flat > 0:  # 0 would divide 0 by 0 in flat windows
+        raise FusionInputError(f"flat must be positive, got {flat!r}")
+    dtype = torch.promote_types(fused.dtype, torch.float32)  # 255^2 is near float16's largest number
+    images = torch.cat([sources, fused], dim=1).to(dtype)  # (B, 3, H, W): two references, one distorted image
     num = den = images.new_zeros(images.shape[:1] + (2,))
     for scale in range(1, 5):
         n = 2 ** (5 - scale) + 1
