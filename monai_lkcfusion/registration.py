@@ -465,7 +465,7 @@ def register(
     seed: int = 1,
     num_threads: int | None = 1,
     min_overlap: float = 0.5,
-    search: bool | None = None,
+    search: bool = True,
 ) -> RegistrationResult:
     """Register ``moving`` (CT/PET/SPECT) to ``fixed`` (the MRI): rigid (rotation + shift) or affine.
 
@@ -515,8 +515,6 @@ def register(
         fixed_image, moving_image = itk_image(fixed), itk_image(moving)
         _check_images(fixed_image, moving_image)
         transform, initialization = _initial_transform(fixed_image, moving_image, kind, init)
-        if search is None:
-            search = True
         starts = [(transform, initialization)]
         if search and (kind == "affine" or fixed_image.GetDimension() == 3):
             # the pose found is a second start beside the start itself: on near-spherical content a rotation of the

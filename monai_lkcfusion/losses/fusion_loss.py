@@ -41,7 +41,7 @@ from torch.nn.modules.loss import _Loss
 from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.filters import PADDINGS, gaussian_blur, sobel_gradients
 from monai_lkcfusion.metrics.gradient import edge_preservation
-from monai_lkcfusion.metrics.vif import information_fidelity
+from monai_lkcfusion.metrics.vif import VIF_MIN_SIZE, information_fidelity
 
 __all__ = [
     "FusionLoss", "SSIM_FORMS", "SSIM_PADDINGS", "VALUE_RANGES", "gaussian_blur", "gaussian_ssim", "sobel_magnitude"
@@ -55,9 +55,6 @@ SSIM_PADDINGS = PADDINGS
 
 OPTIONAL_TERMS = ("edge", "vif")
 """Terms that are not in the released loss, computed only when weighted (and by :meth:`FusionLoss.components`)."""
-
-_VIF_MIN_SIZE = 41
-"""Smallest image side of the VIF term (the 'valid' windows of its four scales)."""
 
 SSIM_FORMS = ("mean", "max_variance")
 """Structure term: the mean SSIM against both sources, or SSIM against the source of larger local variance."""
@@ -202,7 +199,7 @@ class FusionLoss(_Loss):
             Scalars ``{"intensity", "ssim", "gradient", "edge", "vif"}``, whatever the weights; ``"vif"`` only for
             images of at least 41 x 41 pixels (VIF's four scales).
         """
-        optional = [name for name in OPTIONAL_TERMS if name != "vif" or min(fused.shape[-2:]) >= _VIF_MIN_SIZE]
+        optional = [name for name in OPTIONAL_TERMS if name != "vif" or min(fused.shape[-2:]) >= VIF_MIN_SIZE]
         return self._terms(fused, sources, optional=optional)
 
     def _terms(self, fused: torch.Tensor, sources: torch.Tensor, optional: Collection[str]) -> dict[str, torch.Tensor]:
@@ -221,10 +218,10 @@ class FusionLoss(_Loss):
     ) -> dict[str, torch.Tensor]:
         terms = {}
         if "vif" in optional:  # on the 8-bit scale of VIF's noise variance, before any range mapping
-            if min(fused.shape[-2:]) < _VIF_MIN_SIZE:
-                raise FusionInputError(f"vif_weight: the VIF term needs images of at least 41x41 pixels (its four "
-                                       f"scales), got {tuple(fused.shape[-2:])}: train on larger crops (roi_size) or "
-                                       "set vif_weight to 0")
+            if min(fused.shape[-2:]) < VIF_MIN_SIZE:
+                raise FusionInputError(f"vif_weight: the VIF term needs images of at least {VIF_MIN_SIZE}x"
+                                       f"{VIF_MIN_SIZE} pixels (its four scales), got {tuple(fused.shape[-2:])}: "
+                                       "train on larger crops (roi_size) or set vif_weight to 0")
             terms["vif"] = 1.0 - information_fidelity(255.0 * fused, 255.0 * sources).mean()
         if self.value_range == "symmetric":
             fused, sources = 2.0 * fused - 1.0, 2.0 * sources - 1.0

@@ -8,7 +8,10 @@ from ..errors import FusionInputError
 from ..filters import gaussian_blur
 from .utils import batched_metric, reduce_sources
 
-__all__ = ["information_fidelity", "visual_information_fidelity"]
+__all__ = ["VIF_MIN_SIZE", "information_fidelity", "visual_information_fidelity"]
+
+VIF_MIN_SIZE = 41
+"""Smallest image side VIF accepts: room for the 'valid' windows of its four scales."""
 
 _EPS = 1e-10
 # most outputs per block of the banded products in :func:`_filter_axis`, and the fewest it looks at to avoid a tail
@@ -155,8 +158,9 @@ def visual_information_fidelity(
     Returns:
         (B,) float64 tensor, or a float for a single image.
     """
-    if min(fused.shape[-2:]) < 41:  # room for the four scales' 'valid' windows
-        raise FusionInputError(f"VIF needs images of at least 41x41 pixels, got {tuple(fused.shape[-2:])}")
+    if min(fused.shape[-2:]) < VIF_MIN_SIZE:
+        raise FusionInputError(f"VIF needs images of at least {VIF_MIN_SIZE}x{VIF_MIN_SIZE} pixels, got "
+                               f"{tuple(fused.shape[-2:])}")
     images = torch.cat([mri, other, fused], dim=1)  # (B, 3, H, W): two references, one distorted image
     b = images.shape[0]
     num = den = images.new_zeros((b, 2))
@@ -196,8 +200,9 @@ def information_fidelity(
     Returns:
         (B, 2) VIF of each source in ``fused`` (1 for a source without local variance at any scale).
     """
-    if min(fused.shape[-2:]) < 41:
-        raise FusionInputError(f"VIF needs images of at least 41x41 pixels, got {tuple(fused.shape[-2:])}")
+    if min(fused.shape[-2:]) < VIF_MIN_SIZE:
+        raise FusionInputError(f"VIF needs images of at least {VIF_MIN_SIZE}x{VIF_MIN_SIZE} pixels, got "
+                               f"{tuple(fused.shape[-2:])}")
     if not flat > 0:  # 0 would divide 0 by 0 in flat windows
         raise FusionInputError(f"flat must be positive, got {flat!r}")
     dtype = torch.promote_types(fused.dtype, torch.float32)  # 255^2 is near float16's largest number
