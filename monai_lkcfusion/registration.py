@@ -365,6 +365,9 @@ def _search(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, se
     off, "converged"), so a grid on the images reduced to ~64 voxels per axis picks the basin of the global optimum
     first: in 2D 9 rotations in +-12 degrees x 9 x 9 shifts in +-12% of the field of view (every pixel); in 3D
     5 x 5 x 5 rotations in +-20 degrees about the three axes at the start's shift (20,000 random points, ``seed``).
+    While the best position lies on the grid's edge (the optimum may lie beyond it), the grid is searched again
+    around it, at most :data:`_SEARCH_ROUNDS` times in all: a CT rotated by (30, -30, 30) degrees ended 19 mm off,
+    "converged", after one grid.
     """
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
@@ -372,26 +375,35 @@ def _search(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, se
     coarse = [_coarse(image) for image in (fixed, moving)]
     if fixed.GetDimension() == 2:
         max_shift = 0.12 * min(s * n for s, n in zip(fixed.GetSpacing(), fixed.GetSize()))
-        method.SetOptimizerAsExhaustive([4, 4, 4])
-        method.SetOptimizerScales([np.deg2rad(12.0) / 4, max_shift / 4, max_shift / 4])
+        steps, scales = [4, 4, 4], [np.deg2rad(12.0) / 4, max_shift / 4, max_shift / 4]
     else:
-        method.SetOptimizerAsExhaustive([2, 2, 2, 0, 0, 0])
-        method.SetOptimizerScales([np.deg2rad(20.0) / 2] * 3 + [1.0] * 3)
+        steps, scales = [2, 2, 2, 0, 0, 0], [np.deg2rad(20.0) / 2] * 3 + [1.0] * 3
         voxels = float(np.prod(coarse[0].GetSize()))
         if voxels > _SEARCH_SAMPLES:
             method.SetMetricSamplingStrategy(method.RANDOM)
             method.SetMetricSamplingPercentage(_SEARCH_SAMPLES / voxels, seed)
-    start = transform.GetParameters()
+    method.SetOptimizerAsExhaustive(steps)
+    method.SetOptimizerScales(scales)
+    edge = np.asarray(steps) * np.asarray(scales)  # the grid's half-width per parameter (0: not searched)
+    smoothed = [sitk.SmoothingRecursiveGaussian(image, image.GetSpacing()[0]) for image in coarse]
     method.SetInitialTransform(transform, inPlace=True)
-    try:
-        method.Execute(sitk.SmoothingRecursiveGaussian(coarse[0], coarse[0].GetSpacing()[0]),
-                       sitk.SmoothingRecursiveGaussian(coarse[1], coarse[1].GetSpacing()[0]))
-    except RuntimeError:  # ITK: a grid position where no sample maps into the other image; the pyramid starts as is
-        transform.SetParameters(start)
+    for _ in range(_SEARCH_ROUNDS):
+        centre = np.asarray(transform.GetParameters())
+        try:
+            method.Execute(*smoothed)
+        except RuntimeError:  # ITK: a grid position where no sample maps into the other image; keep the last centre
+            transform.SetParameters(tuple(centre))
+            return
+        moved = np.abs(np.asarray(transform.GetParameters()) - centre)
+        if not (moved[edge > 0] > 0.999 * edge[edge > 0]).any():
+            return
 
 
 _SEARCH_SAMPLES = 20_000
 """Metric sample points of each grid position of the 3D search (a 64^3 volume has 262,144 voxels)."""
+_SEARCH_ROUNDS = 4
+"""Most grids searched, each centred on the previous one's best position when that lay on its edge (in 3D up to
+80 degrees about each axis from the start)."""
 
 
 def _as_affine(rigid: sitk.Transform) -> sitk.AffineTransform:

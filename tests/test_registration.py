@@ -153,26 +153,34 @@ def _ct_like_volume(path) -> MetaTensor:
     return _load(path)
 
 
+def _moved_header(
+    volume: MetaTensor, mri: MetaTensor, degrees: tuple[float, float, float], shift: tuple[float, float, float]
+) -> tuple[MetaTensor, np.ndarray]:
+    """``volume`` with its header rotated by ``degrees`` about x, y, z (about the MRI's brain centre) and shifted by
+    ``shift`` mm; and the fixed-to-moving map that registration should find, in ITK's LPS frame."""
+    from scipy import ndimage
+    from scipy.spatial.transform import Rotation
+
+    affine = np.asarray(volume.affine, dtype=float)  # RAS, as MONAI loads NIfTI
+    centre = (affine @ np.r_[ndimage.center_of_mass(np.asarray(mri[0]) > 0.1), 1.0])[:3]  # the brain's, world
+    rotation = Rotation.from_euler("XYZ", degrees, degrees=True).as_matrix()
+    world = np.eye(4)  # anatomy at world point x is at world @ x in the moved file
+    world[:3, :3], world[:3, 3] = rotation, centre - rotation @ centre + np.asarray(shift)
+    moved = volume.clone()
+    moved.affine = torch.as_tensor(world @ affine)
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return moved, flip @ world @ flip
+
+
 @pytest.mark.slow
 def test_register_3d_ct_rotated_about_three_axes_is_found_by_the_search(tmp_path):
     """A CT-like volume whose header is rotated by (10, -15, -12) degrees about x, y, z and shifted 42 mm ended 7.5
     voxels off, reported as converged with a better metric (a hand-check helper's case): gradient descent stops in a
     local optimum. The 3D coarse rotation search starts it in the right basin: < 1 voxel (affine too, to its own
     floor). The same volume unmoved, and a mostly empty one, get the warnings that fit them."""
-    from scipy import ndimage
-    from scipy.spatial.transform import Rotation
-
     mri = _load(demo_files()["mri_3d"])
     ct = _ct_like_volume(tmp_path / "ct.nii.gz")
-    affine = np.asarray(ct.affine, dtype=float)  # RAS, as MONAI loads NIfTI
-    centre = (affine @ np.r_[ndimage.center_of_mass(np.asarray(mri[0]) > 0.1), 1.0])[:3]  # the brain's, world
-    rotation = Rotation.from_euler("XYZ", [10.0, -15.0, -12.0], degrees=True).as_matrix()
-    world = np.eye(4)  # anatomy at world point x is at world @ x in the moved file
-    world[:3, :3], world[:3, 3] = rotation, centre - rotation @ centre + np.array([25.0, -30.0, 15.0])
-    moved = ct.clone()
-    moved.affine = torch.as_tensor(world @ affine)
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    motion = flip @ world @ flip  # the fixed-to-moving map in ITK's LPS frame
+    moved, motion = _moved_header(ct, mri, (10.0, -15.0, -12.0), (25.0, -30.0, 15.0))
     without = register(mri, moved, "rigid", search=False)
     assert mean_displacement(without.matrix, motion, mri) > 3.0 and without.metric < without.initial_metric
     result = register(mri, moved, "rigid")
@@ -196,6 +204,18 @@ def test_register_3d_ct_rotated_about_three_axes_is_found_by_the_search(tmp_path
     core[box] = ct[box]
     empty = register(mri, core, "rigid")
     assert empty.metric > -0.05 and any("mutual information stayed low" in w for w in empty.warnings), empty
+
+
+@pytest.mark.slow
+def test_register_3d_rotation_beyond_the_search_grid_is_followed(tmp_path):
+    """A CT-like volume rotated by (35, 35, -35) degrees about x, y, z (53 degrees in all) ended 10.8 voxels off,
+    "converged", after one coarse grid of +-20 degrees per axis: the grid is searched again around a best pose on its
+    edge (0.1 voxels)."""
+    mri = _load(demo_files()["mri_3d"])
+    moved, motion = _moved_header(_ct_like_volume(tmp_path / "ct.nii.gz"), mri, (35.0, 35.0, -35.0), (0.0, 0.0, 0.0))
+    result = register(mri, moved, "rigid")
+    assert mean_displacement(result.matrix, motion, mri) < 1.0, result
+    assert result.rotation_degrees > 45.0 and any("rotates the other image" in w for w in result.warnings)
 
 
 def test_affine_and_reproducible(demo_2d):
