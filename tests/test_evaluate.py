@@ -209,3 +209,83 @@ def test_overwrite_replaces_an_earlier_evaluation_as_a_whole(tmp_path: Path) -> 
     with pytest.raises(FusionInputError, match="unknown fusion method"):  # a failed start keeps the earlier results
         compare_methods(pairs, out, methods=["bogus"], metric_names=["EN"], overwrite=True)
     assert (out / "fused" / "max").is_dir() and (out / "metrics.csv").is_file()
+
+
+def test_overwrite_never_removes_what_an_evaluation_did_not_write(tmp_path: Path, capsys) -> None:
+    """``--overwrite`` removed OUT/fused as a whole: the user's own `lkcfusion fuse` results there, and input folders
+    inside it (found by a hand-check helper): both are refused now, before any work, and kept."""
+    mri_dir, other_dir = _pairs(tmp_path / "data")
+    own = tmp_path / "study" / "fused"
+    assert main(["fuse", "--mri-dir", str(mri_dir), "--other-dir", str(other_dir), "-o", str(own), "--method", "max",
+                 "-q"]) == 0
+    for extra in ([], ["--overwrite"]):  # it said "results of an earlier evaluation ... pass --overwrite"
+        code = main(["evaluate", "--mri-dir", str(mri_dir), "--other-dir", str(other_dir), "-o", str(own.parent),
+                     "--methods", "max", "--metrics", "EN", "-q", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and "p0.png: not written by an evaluation" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in own.iterdir()) == ["p0.png", "p1.png"]
+    # an earlier evaluation's fused images scored again as inputs, into the same folder
+    out = tmp_path / "ev"
+    pairs = [{"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png")} for i in range(2)]
+    compare_methods(pairs, out, methods=["max"], metric_names=["EN"], figure_rows=0)
+    again = [{"mri": str(mri_dir / "p0.png"), "other": str(out / "fused" / "max" / "PET" / "p0.png")}]
+    with pytest.raises(FusionInputError, match="an input lies in the earlier results .*fused.max"):
+        compare_methods(again, out, methods=["max"], metric_names=["EN"], figure_rows=0, overwrite=True)
+    assert (out / "fused" / "max" / "PET" / "p0.png").is_file() and (out / "metrics.csv").is_file()
+
+
+def test_overwrite_through_a_linked_fused_folder(tmp_path: Path) -> None:
+    """OUT/fused a symbolic link (to a bigger disk): it failed with "Cannot call rmtree on a symbolic link" after
+    removing metrics.csv; the earlier images in the folder it points to are replaced, the link kept."""
+    mri_dir, other_dir = _pairs(tmp_path / "data")
+    pairs = [{"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png")} for i in range(2)]
+    out, disk = tmp_path / "out", tmp_path / "disk"
+    disk.mkdir()
+    out.mkdir()
+    (out / "fused").symlink_to(disk, target_is_directory=True)
+    compare_methods(pairs, out, methods=["max", "mean"], metric_names=["EN"], figure_rows=0)
+    compare_methods(pairs, out, methods=["max"], metric_names=["EN"], figure_rows=0, overwrite=True)
+    assert (out / "fused").is_symlink() and sorted(p.name for p in disk.iterdir()) == ["max"]
+
+
+def test_pairs_of_one_task_and_name_and_unused_weights_are_refused(tmp_path: Path) -> None:
+    """Two patients' `slice_050.png` under folders both named PET shared one fused file (the first overwritten) and two
+    rows no one could tell apart; weights with no lkcfunet run were recorded in summary.json as if used."""
+    first, _ = _pairs(tmp_path / "patient1")
+    second, _ = _pairs(tmp_path / "patient2")
+    pairs = [{"mri": str(root / "p0.png"), "other": str(root.parent / "PET" / "p0.png")} for root in (first, second)]
+    with pytest.raises(FusionInputError, match="task 'PET' already has a pair named 'p0.png' .*patient1"):
+        compare_methods(pairs, tmp_path / "out", methods=["max"], metric_names=["EN"])
+    compare_methods([{**pair, "task": f"PET{i}"} for i, pair in enumerate(pairs)], tmp_path / "out", methods=["max"],
+                    metric_names=["EN"], figure_rows=0)
+    assert sorted(p.name for p in (tmp_path / "out" / "fused" / "max").iterdir()) == ["PET0", "PET1"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "weights" not in summary["options"]  # lkcfunet did not run
+    with pytest.raises(FusionInputError, match="weights nope.pt given, but lkcfunet is not among the methods"):
+        compare_methods(pairs[:1], tmp_path / "out2", methods=["max"], weights="nope.pt")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_other_folder_given_as_dot_names_the_task(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--other-dir .`` gave the task "" (the fused images in fused/max/, "" in every table)."""
+    mri_dir, other_dir = _pairs(tmp_path / "data")
+    monkeypatch.chdir(other_dir)
+    assert main(["evaluate", "--mri-dir", str(mri_dir), "--other-dir", ".", "-o", str(tmp_path / "out"), "--methods",
+                 "max", "--metrics", "EN", "-q"]) == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "metrics.csv").open()))
+    assert {row["task"] for row in rows} == {"PET"}
+    assert (tmp_path / "out" / "fused" / "max" / "PET" / "p0.png").is_file()
+
+
+def test_an_infinite_mean_is_named_not_drawn(tmp_path: Path) -> None:
+    """PSNR of a fused image equal to a source is infinite: matplotlib printed two raw RuntimeWarnings."""
+    import warnings
+
+    from monai_lkcfusion.apps.figures import metrics_bar_chart
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = metrics_bar_chart({"max": {"PSNR": float("inf"), "EN": 4.0}, "mean": {"PSNR": 30.0, "EN": 3.0}},
+                                 tmp_path / "m.png", spread={"max": {"PSNR": float("nan"), "EN": 0.1},
+                                                             "mean": {"PSNR": 1.0, "EN": 0.1}})
+    assert Image.open(path).size[0] > 100

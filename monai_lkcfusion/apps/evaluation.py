@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import FusionInputError, as_names
+from ..inferers import FUSION_METHODS
 
 __all__ = ["EVALUATION_METRICS", "compare_methods"]
 
@@ -17,6 +19,67 @@ EVALUATION_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 """The metrics of the published comparison tables (CDDFuse Table 5)."""
 EVALUATION_FILES = ("metrics.csv", "summary.csv", "summary.json", "overview.png", "metrics.png", "fused")
 """What :func:`compare_methods` writes into its output folder."""
+
+
+def _pair_key(pair: dict[str, Any]) -> tuple[str, str]:
+    """A pair's ``(task, name)``: given, or the other image's folder name and the MRI's file name."""
+    task = pair.get("task", Path(os.path.abspath(pair["other"])).parent.name)  # "x.png" in the current folder too
+    return str(task), str(pair.get("name", Path(pair["mri"]).name))
+
+
+def _check_unique(pairs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The pairs' ``(task, name)``; two pairs with one would share a fused file and a row no one could tell apart.
+
+    Raises:
+        FusionInputError: ``<mri>: task '<task>' already has a pair named '<name>' (<first mri>); ...``.
+    """
+    keys, first = [_pair_key(pair) for pair in pairs], {}
+    for index, (key, pair) in enumerate(zip(keys, pairs)):
+        seen = first.setdefault(key, index)
+        if seen != index:
+            raise FusionInputError(f"{pair['mri']}: task {key[0]!r} already has a pair named {key[1]!r} "
+                                   f"({pairs[seen]['mri']}); give the pairs distinct 'name' or 'task' values")
+    return keys
+
+
+def _not_evaluation_output(folder: Path) -> Path | None:
+    """The first entry of ``fused/`` that :func:`compare_methods` does not write (only ``<method>/<task>/*.png``,
+    real folders), or ``None``."""
+    for method in sorted(folder.iterdir()):
+        if method.is_symlink() or not method.is_dir() or method.name not in FUSION_METHODS:
+            return method
+        for task in sorted(method.iterdir()):
+            if task.is_symlink() or not task.is_dir():
+                return task
+            for image in sorted(task.iterdir()):
+                if image.is_symlink() or not image.is_file() or image.suffix.lower() != ".png":
+                    return image
+    return None
+
+
+def _earlier_results(out: Path, pairs: Sequence[dict[str, Any]]) -> list[Path]:
+    """What an earlier evaluation wrote into ``out`` (its files of :data:`EVALUATION_FILES`, the folders
+    ``fused/<method>``), which a new one replaces as a whole.
+
+    Raises:
+        FusionInputError: ``fused/`` holds something an evaluation does not write (the user's own images: never
+            removed), or an input lies in what would be replaced.
+    """
+    found = [out / name for name in EVALUATION_FILES if name != "fused" and (out / name).exists()]
+    fused = out / "fused"
+    if fused.exists():
+        foreign = _not_evaluation_output(fused) if fused.is_dir() else fused
+        if foreign is not None:
+            raise FusionInputError(f"{foreign}: not written by an evaluation, but {fused} is where one writes (and "
+                                   "replaces) its fused images; choose another output folder")
+        found += sorted(fused.iterdir())
+    for pair in pairs:
+        for image in (Path(pair["mri"]).resolve(), Path(pair["other"]).resolve()):
+            for path in found:
+                if image == path.resolve() or path.resolve() in image.parents:
+                    raise FusionInputError(f"{image}: an input lies in the earlier results {path}, which a new "
+                                           "evaluation replaces; choose another output folder")
+    return found
 
 
 def compare_methods(
@@ -44,8 +107,8 @@ def compare_methods(
     of the means with ± std) and, with ``save_fused``, ``fused/<method>/<task>/<name>.png``.
 
     Args:
-        pairs: dicts with ``"mri"`` and ``"other"`` file paths, optional ``"name"`` and ``"task"`` (default: the
-            other image's folder name).
+        pairs: dicts with ``"mri"`` and ``"other"`` file paths, optional ``"name"`` (default: the MRI's file name)
+            and ``"task"`` (default: the other image's folder name); no two with one task and name.
         output_dir: where results go.
         methods: ``"lkcfunet"`` and/or baselines of :func:`monai_lkcfusion.baselines.fuse_baseline`.
         weights: LKC-FUNet weights (default: the bundle's model).
@@ -55,18 +118,21 @@ def compare_methods(
         save_fused: also write the fused images.
         figure_rows: pairs shown in the overview figure (0: no overview figure).
         overwrite: replace the results of an earlier evaluation in ``output_dir`` as a whole (its files of
-            :data:`EVALUATION_FILES` are removed once the methods are ready; otherwise they are kept and this is an
-            error, found before any work).
+            :data:`EVALUATION_FILES` and folders ``fused/<method>`` are removed once the methods are ready; otherwise
+            they are kept and this is an error, found before any work). Anything else in ``fused/`` (e.g. images of
+            ``lkcfusion fuse``), or an input among the earlier results, is refused either way: never removed.
         progress: show progress over the pairs (a bar on a terminal, a line every 10 s otherwise).
 
     Returns:
         The summary rows (as in ``summary.csv``), see :func:`monai_lkcfusion.metrics.tables.summarize`.
 
     Raises:
-        FusionInputError: no pairs, an unknown method or metric, earlier results without ``overwrite``, or an
-            unreadable pair or one whose images differ in size (all found before any work).
+        FusionInputError: no pairs, an unknown method or metric, ``weights`` without ``"lkcfunet"``, two pairs of
+            one task and name, an output folder that cannot be written, earlier results without ``overwrite`` (or
+            that are not an evaluation's, or hold an input), or an unreadable pair or one whose images differ in
+            size (all found before any work).
     """
-    from ..data import output_name, read_image, write_image, write_text
+    from ..data import check_writable, output_name, read_image, write_image, write_text
     from ..inference import build_predictor, fuse
     from ..metrics import compute_fusion_metrics
     from ..metrics.folders import read_gray
@@ -78,8 +144,13 @@ def compare_methods(
     if not pairs:
         raise FusionInputError("no (MRI, other) pairs to evaluate")
     methods, metric_names = as_names(methods, "methods"), as_names(metric_names, "metrics")
+    if weights is not None and "lkcfunet" not in methods:
+        raise FusionInputError(f"weights {weights} given, but lkcfunet is not among the methods "
+                               f"({', '.join(methods)}); add it or leave the weights out")
+    keys = _check_unique(pairs)
     out = Path(output_dir)
-    earlier = [out / name for name in EVALUATION_FILES if (out / name).exists()]
+    check_writable(out)
+    earlier = _earlier_results(out, pairs)
     if earlier and not overwrite:
         raise FusionInputError(
             f"{earlier[0]}: results of an earlier evaluation are in {out}; pass --overwrite (overwrite=True) to "
@@ -96,15 +167,13 @@ def compare_methods(
     predictors = {m: build_predictor(None, m, weights=weights if m == "lkcfunet" else None, device=device)
                   for m in methods}
     for path in earlier:  # replaced as a whole: an earlier run's other methods (fused/mean/...) would stay beside
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink()
     records: list[dict[str, Any]] = []
     figure: list[dict[str, Any]] = []
-    for pair in pairs:
-        name = str(pair.get("name", Path(pair["mri"]).name))
-        task = str(pair.get("task", Path(pair["other"]).parent.name))
+    for pair, (task, name) in zip(pairs, keys):
         mri, other = read_gray(pair["mri"]), read_gray(pair["other"])
         fused_images, fused_metrics = {}, {}
         for method, predictor in predictors.items():
@@ -127,7 +196,7 @@ def compare_methods(
     summary = summarize(records, metric_names)
     write_table(summary, out / "summary.csv")
     options = {"ssim_data_range": ssim_data_range, "gray": "8-bit BT.601 luma, rounded",
-               "weights": str(weights or "bundle default")}
+               **({"weights": str(weights or "bundle default")} if "lkcfunet" in methods else {})}
     stats = {key: pivot(summary, stat) for key, stat in (("means", "mean"), ("std", "std"), ("n", "n"))}
     write_text(out / "summary.json", json_text({"options": options, **stats}, indent=2), overwrite=True)
     if figure:

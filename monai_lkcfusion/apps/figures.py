@@ -162,7 +162,8 @@ def metrics_bar_chart(
 
     Metrics live on different scales (EN ~ 5, SD ~ 70, Qabf < 1), so every metric gets its own y axis. In each
     panel the bars are grouped by task when ``summary`` is grouped, and coloured by method (legend below). Each
-    panel's title says whether higher or lower is better (:data:`monai_lkcfusion.metrics.HIGHER_IS_BETTER`).
+    panel's title says whether higher or lower is better (:data:`monai_lkcfusion.metrics.HIGHER_IS_BETTER`); an
+    infinite mean (PSNR of a fused image equal to a source) has no bar, and the panel names its methods.
 
     Args:
         summary: {method: {metric: mean}}, or grouped {group (e.g. task): {method: {metric: mean}}}. Methods keep
@@ -198,11 +199,20 @@ def metrics_bar_chart(
     x = np.arange(len(group_names), dtype=float)
     for i, name in enumerate(names):
         ax = fig.add_subplot(n_rows, n_cols, i + 1)
+        infinite = []  # e.g. PSNR of an image identical to a source: no bar can show it
         for j, method in enumerate(methods):
-            values = [float(groups[g].get(method, {}).get(name, np.nan)) for g in group_names]
-            yerr = [float(errors.get(g, {}).get(method, {}).get(name, np.nan)) for g in group_names] if errors else None
+            values = np.array([float(groups[g].get(method, {}).get(name, np.nan)) for g in group_names])
+            infinite += [method] if np.isinf(values).any() else []
+            values[~np.isfinite(values)] = np.nan
+            yerr = None
+            if errors:
+                yerr = np.array([float(errors.get(g, {}).get(method, {}).get(name, np.nan)) for g in group_names])
+                yerr[~np.isfinite(yerr) | np.isnan(values)] = np.nan
             ax.bar(x + (j - (len(methods) - 1) / 2) * width, values, width * 0.92, color=colours[j], label=method,
                    yerr=yerr, error_kw={"elinewidth": 0.8, "capsize": 2})
+        if infinite:
+            ax.text(0.5, 0.97, f"infinite, not drawn: {', '.join(infinite)}", transform=ax.transAxes, ha="center",
+                    va="top", fontsize=7)
         better = "higher" if HIGHER_IS_BETTER.get(name, True) else "lower"
         ax.set_title(f"{name} ({better} is better)", fontsize=9.5)
         ax.set_xticks(x, group_names if len(group_names) > 1 else [""], fontsize=8.5)

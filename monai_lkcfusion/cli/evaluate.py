@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compare the methods (see :func:`monai_lkcfusion.apps.evaluation.compare_methods`) and print the summary."""
+    import os
     from pathlib import Path
 
     from ..apps.evaluation import compare_methods
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     check_not_input(Path(args.output) / "metrics.csv", [args.mri_dir, args.other_dir])
     pairs, unpaired = pair_files_by_name(args.mri_dir, args.other_dir)
     print_warnings(unpaired)
-    task = Path(args.other_dir).name
+    task = Path(os.path.abspath(args.other_dir)).name  # "." is a folder with a name too
     items = [{"mri": str(m), "other": str(o), "name": m.name, "task": task} for m, o in pairs]
     summary = compare_methods(
         items, args.output, methods=[m.strip() for m in args.methods.split(",") if m.strip()], weights=args.weights,
