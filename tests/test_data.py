@@ -106,6 +106,22 @@ def test_pair_files_by_name(tmp_path):
     assert len(unpaired) == 2 and any("z.png" in u for u in unpaired) and any("w.png" in u for u in unpaired)
 
 
+def test_names_pair_in_either_unicode_form_and_case_twins_are_named(tmp_path):
+    """A name copied from macOS (decomposed, NFD) did not pair with its composed (NFC) twin, which looks the same; a
+    name differing only in letter case was reported as "no partner" without a word on why."""
+    import unicodedata
+
+    for folder, names in {"a": [unicodedata.normalize("NFC", "pätient.png"), "Case.png"],
+                          "b": [unicodedata.normalize("NFD", "pätient.png"), "case.png"]}.items():
+        (tmp_path / folder).mkdir()
+        for n in names:
+            (tmp_path / folder / n).write_bytes(b"1")
+    pairs, unpaired = pair_files_by_name(tmp_path / "a", tmp_path / "b")
+    assert [unicodedata.normalize("NFC", m.name) for m, _ in pairs] == [unicodedata.normalize("NFC", "pätient.png")]
+    assert len(unpaired) == 2 and all("differs only in letter case" in u for u in unpaired), unpaired
+    assert "case.png there differs only in letter case" in unpaired[0]
+
+
 def test_match_files_by_name_across_three_folders(tmp_path):
     folders = {"f": ["a.png", "b.png", ".hidden.png"], "m": ["a.PNG", "b.png", "c.png"], "o": ["a.jpg"]}
     for folder, names in folders.items():

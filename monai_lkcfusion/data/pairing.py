@@ -1,14 +1,17 @@
 """Pairing images of several folders by name, and naming results after their inputs.
 
 One rule everywhere (CLI, bundle, metrics folders, evaluation, Harvard datalists): two entries belong together when
-their names without the image extension are equal (:func:`~monai_lkcfusion.data.io.image_stem`), so ``a.nii.gz``
-pairs with ``a.nii`` and ``a.png`` with ``a.PNG``. Hidden entries and documents (:data:`NOT_IMAGE_SUFFIXES`: a
-README, a CSV of results, a transform file) are skipped; sub-folders are entries too (a DICOM series per folder). A file
-of any other extension is an entry, so an image in a format that cannot be read is reported, never passed over.
+their names without the image extension are equal (:func:`~monai_lkcfusion.data.io.image_stem`, in Unicode NFC form:
+a name copied from macOS, decomposed, pairs with its composed twin), so ``a.nii.gz`` pairs with ``a.nii`` and ``a.png``
+with ``a.PNG``; names that differ in letter case do not pair (they may be two cases), and are reported as such. Hidden
+entries and documents (:data:`NOT_IMAGE_SUFFIXES`: a README, a CSV of results, a transform file) are skipped;
+sub-folders are entries too (a DICOM series per folder). A file of any other extension is an entry, so an image in a
+format that cannot be read is reported, never passed over.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -33,6 +36,11 @@ def _is_header_data(name: str, names: set[str]) -> bool:
             stem = name[: -len(extension)]
             return f"{stem}.mhd" in names or f"{stem}.nhdr" in names
     return False
+
+
+def _name_key(path: Path) -> str:
+    """The name two entries are paired by: the name without image extension, in Unicode NFC form."""
+    return unicodedata.normalize("NFC", image_stem(path))
 
 
 def files_by_name(folder: str | Path, suffixes: Sequence[str] | None = None) -> dict[str, Path]:
@@ -66,7 +74,7 @@ def files_by_name(folder: str | Path, suffixes: Sequence[str] | None = None) -> 
             continue
         if _is_header_data(path.name.lower(), names):
             continue
-        stem = image_stem(path)
+        stem = _name_key(path)
         if stem in entries:
             raise FusionInputError(f"{folder}: '{entries[stem].name}' and '{path.name}' have one name; keep one")
         entries[stem] = path
@@ -121,8 +129,13 @@ def pair_files_by_name(mri_dir: str | Path, other_dir: str | Path) -> tuple[list
     """
     matched, unmatched = match_files_by_name({"mri": mri_dir, "other": other_dir})
     pairs = [(Path(m["mri"]), Path(m["other"])) for m in matched]
-    unpaired = [f"{p}: no partner in {other_dir}" for p in unmatched["mri"]]
-    unpaired += [f"{p}: no partner in {mri_dir}" for p in unmatched["other"]]
+
+    def hint(path: Path, others: list[Path]) -> str:
+        twins = [o.name for o in others if _name_key(o).casefold() == _name_key(path).casefold()]
+        return f" ({twins[0]} there differs only in letter case; rename one to pair them)" if twins else ""
+
+    unpaired = [f"{p}: no partner in {other_dir}{hint(p, unmatched['other'])}" for p in unmatched["mri"]]
+    unpaired += [f"{p}: no partner in {mri_dir}{hint(p, unmatched['mri'])}" for p in unmatched["other"]]
     return pairs, unpaired
 
 
