@@ -153,6 +153,31 @@ def test_nifti_whose_qform_and_sform_disagree_is_warned(tmp_path):
             assert "40.0 mm apart" in said[0] and "3D Slicer use the qform" in said[0]
 
 
+def test_volume_with_a_sheared_affine_is_written_by_its_sform_only(tmp_path):
+    """A NIfTI qform cannot hold a shear: both forms were written, the qform an approximation 10 mm off that ITK and
+    3D Slicer place the result by (and this package's reader then warned of): the sform only now, with a warning."""
+    import warnings
+
+    import SimpleITK as sitk
+
+    affine = np.array([[1.0, 0.3, 0.0, -32.0], [0.0, 1.0, 0.0, -57.0], [0.0, 0.0, 1.0, 7.0], [0.0, 0.0, 0.0, 1.0]])
+    volume = MetaTensor(torch.rand(1, 30, 30, 12), affine=torch.as_tensor(affine))
+    with pytest.warns(UserWarning, match="has a shear.*sform only"):
+        write_image(volume, tmp_path / "f.nii.gz")
+    header = nib.load(tmp_path / "f.nii.gz").header
+    assert int(header["qform_code"]) == 0 and int(header["sform_code"]) == 1
+    np.testing.assert_allclose(header.get_sform(), affine, atol=1e-5)
+    with pytest.raises(RuntimeError, match="orthonormal"):  # ITK refuses it rather than misplace it
+        sitk.ReadImage(str(tmp_path / "f.nii.gz"))
+    for suffix in (".nrrd", ".nii.gz"):  # other formats keep it; an oblique affine without shear keeps both forms
+        oblique = np.eye(4)
+        oblique[:3, :3] = np.array([[0.9, -0.3, 0.0], [0.3, 0.9, 0.0], [0.0, 0.0, 1.0]]) * [1.0, 1.0, 2.5]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            write_image(MetaTensor(torch.rand(1, 8, 8, 4), affine=torch.as_tensor(oblique)), tmp_path / f"o{suffix}")
+    assert int(nib.load(tmp_path / "o.nii.gz").header["qform_code"]) == 1
+
+
 def test_dicom_file_named_without_an_extension(tmp_path):
     """Scanners and PACS exports name files ``IM_0001``: such a file, alone or as the only file of a folder, is read
     as DICOM (recognised by its ``DICM`` marker); it was refused as "unsupported format ''", the folder a KeyError."""

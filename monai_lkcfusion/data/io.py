@@ -575,8 +575,8 @@ def check_dicom_slices(
     if not slices:
         raise FusionInputError(f"{folder}: no readable DICOM slice ({', '.join(skipped[:5])} damaged)")
     if skipped:
-        problems.append(f"{len(skipped)} file(s) of the folder are not readable DICOM slices and were skipped: "
-                        f"{list_names(skipped)}")
+        problems.append(f"{len(skipped)} file(s) of the folder are not readable DICOM slices (damaged slices, or "
+                        f"files that are not DICOM: remove those): {list_names(skipped)}")
     if no_geometry and len(slices) > 1:
         problems.append(f"{len(no_geometry)} slice(s) without ImagePositionPatient/ImageOrientationPatient "
                         f"({', '.join(no_geometry[:3])}): positions cannot be checked")
@@ -623,8 +623,8 @@ def check_dicom_slices(
             )
     if problems and not allow_irregular:
         raise FusionInputError(
-            f"{folder}: {'; '.join(problems)}; complete the series, or pass --allow-irregular-slices "
-            "(allow_irregular_slices=True) to fuse it anyway"
+            f"{folder}: {'; '.join(problems)}; complete or clean up the series folder, or pass "
+            "--allow-irregular-slices (allow_irregular_slices=True) to fuse it anyway"
         )
     messages = [f"{folder}: {problem} (accepted: --allow-irregular-slices)" for problem in problems]
     return [item[1] for item in kept], messages
@@ -784,7 +784,8 @@ def write_image(
     quality 100 with full-resolution chroma (gray levels within about 2 of the image; the other formats are exact).
     Volumes (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``) take ``(1|3, X, Y, Z)`` and are stored as float32 on
     ``affine`` (default: the MetaTensor's own), colour as a 3-component vector image; a gray one-slice image read
-    from a 2D NIfTI (``meta["nifti_dims"]`` 2) is written to NIfTI as 2D again.
+    from a 2D NIfTI (``meta["nifti_dims"]`` 2) is written to NIfTI as 2D again. NIfTI gets the affine as its qform
+    and sform, or, for an affine with a shear (which a qform cannot hold), as its sform only, with a warning.
 
     Args:
         img: ``(C, *spatial)`` image; a MetaTensor carries its affine.
@@ -832,6 +833,10 @@ def write_image(
     two_d = isinstance(img, MetaTensor) and img.meta.get("nifti_dims") == 2  # read from a 2D NIfTI: keep its shape
     if two_d and suffix in NIFTI_SUFFIXES and voxels.ndim == 3 and voxels.shape[2] == 1:
         voxels = voxels[:, :, 0]  # (X, Y)
+    if suffix in NIFTI_SUFFIXES and _has_shear(matrix):
+        warnings.warn(f"{path}: the affine has a shear, which a NIfTI qform cannot hold: written with the sform only "
+                      "(nibabel, MONAI and FSL read it; ITK and 3D Slicer refuse it rather than misplace it; .nrrd "
+                      "and .mha keep it)", stacklevel=2)
     with atomic_path(path, overwrite) as tmp:
         if suffix in NIFTI_SUFFIXES:
             _write_nifti(voxels, matrix, tmp)
@@ -846,13 +851,22 @@ _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", "
 _PIL_OPTIONS = {"JPEG": {"quality": 100, "subsampling": 0}}
 
 
+def _has_shear(affine: np.ndarray) -> bool:
+    """Whether the axes of a 4x4 affine are not orthogonal (then no rotation and spacing, no qform, can hold it)."""
+    axes = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return bool(np.abs(axes.T @ axes - np.eye(3)).max() > 1e-6)
+
+
 def _write_nifti(voxels: np.ndarray, affine: np.ndarray, path: Path) -> None:
     import nibabel as nib
 
     if voxels.ndim == 4:
         voxels = voxels[:, :, :, None, :]  # NIfTI vector images keep components in the 5th dimension
     nii = nib.Nifti1Image(voxels, affine)
-    nii.header.set_qform(affine, code=1)
+    if _has_shear(affine):  # a qform would be an approximation 10 mm off, which ITK and 3D Slicer would place it by
+        nii.header.set_qform(None)
+    else:
+        nii.header.set_qform(affine, code=1)
     nii.header.set_sform(affine, code=1)
     nii.header.set_xyzt_units("mm")  # the affine is in millimetres (inputs in metres or microns are converted)
     if voxels.ndim == 5:
