@@ -15,12 +15,16 @@ import pytest
 _RUN_CACHE = None if "LKCFUSION_CACHE_DIR" in os.environ else tempfile.mkdtemp(prefix="lkcfusion-test-cache-")
 if _RUN_CACHE is not None:
     os.environ["LKCFUSION_CACHE_DIR"] = _RUN_CACHE
+# the temporary folder of subprocesses (torchrun leaves a torchelastic_* folder in it per run), removed with the run's
+_RUN_TEMP = tempfile.mkdtemp(prefix="lkcfusion-test-tmp-")
+os.environ["TMPDIR"] = _RUN_TEMP  # this process has read its own temporary folder already (mkdtemp above)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Remove this run's cache folder (one was left in the temporary folder by every run)."""
-    if _RUN_CACHE is not None:
-        shutil.rmtree(_RUN_CACHE, ignore_errors=True)
+    """Remove this run's cache and temporary folders (every run left them in the temporary folder)."""
+    for folder in (_RUN_CACHE, _RUN_TEMP):
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LKCFUSION_SHARED", REPO.parent / "shared"))

@@ -111,6 +111,15 @@ def _mri_and_pet(folder: Path) -> tuple[Path, Path, np.ndarray]:
     return folder / "mri.nii.gz", folder / "pet.nii.gz", affine
 
 
+@pytest.fixture(autouse=True)
+def _results_in_the_test_folder(tmp_path, monkeypatch):
+    """The task writes each result to a temporary file that MONAI Label's server deletes once sent; called directly
+    here, they went to /tmp and stayed (5 per run): the test's folder takes them."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
 def test_infer_task_fuses_two_images_like_lkcfusion_fuse(tmp_path, tiny_weights, monkeypatch):
     """MRI + second image (any grid) -> float image on the MRI grid, the same as ``lkcfusion fuse``."""
     app = write_label_app(tmp_path / "app", weights=tiny_weights)
