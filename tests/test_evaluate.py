@@ -248,7 +248,7 @@ def test_overwrite_through_a_linked_fused_folder(tmp_path: Path) -> None:
     assert (out / "fused").is_symlink() and sorted(p.name for p in disk.iterdir()) == ["max"]
 
 
-def test_pairs_of_one_task_and_name_and_unused_weights_are_refused(tmp_path: Path) -> None:
+def test_pairs_of_one_task_and_name_unused_weights_and_a_file_as_output_are_refused(tmp_path: Path) -> None:
     """Two patients' `slice_050.png` under folders both named PET shared one fused file (the first overwritten) and two
     rows no one could tell apart; weights with no lkcfunet run were recorded in summary.json as if used."""
     first, _ = _pairs(tmp_path / "patient1")
@@ -259,6 +259,9 @@ def test_pairs_of_one_task_and_name_and_unused_weights_are_refused(tmp_path: Pat
     compare_methods([{**pair, "task": f"PET{i}"} for i, pair in enumerate(pairs)], tmp_path / "out", methods=["max"],
                     metric_names=["EN"], figure_rows=0)
     assert sorted(p.name for p in (tmp_path / "out" / "fused" / "max").iterdir()) == ["PET0", "PET1"]
+    (tmp_path / "afile").write_text("x")  # it was found when the first fused image was written, after the models
+    with pytest.raises(FusionInputError, match="afile: is a file; an evaluation writes a folder"):
+        compare_methods(pairs[:1], tmp_path / "afile", methods=["max"], metric_names=["EN"])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert "weights" not in summary["options"]  # lkcfunet did not run
     with pytest.raises(FusionInputError, match="weights nope.pt given, but lkcfunet is not among the methods"):

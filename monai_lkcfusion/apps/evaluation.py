@@ -149,6 +149,8 @@ def compare_methods(
                                f"({', '.join(methods)}); add it or leave the weights out")
     keys = _check_unique(pairs)
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise FusionInputError(f"{out}: is a file; an evaluation writes a folder of results, choose another output")
     check_writable(out)
     earlier = _earlier_results(out, pairs)
     if earlier and not overwrite:
