@@ -173,6 +173,47 @@ def test_mri_with_negative_values_is_scaled_as_mr(tmp_path, capsys, dtype, low):
     assert code == 0 and "MRI scaled by MR percentiles" in out and "other by" in out
 
 
+def test_small_negative_noise_keeps_the_background_black(tmp_path):
+    """A PET whose zero background holds small negative noise (reconstruction), or an MRI with noise about 0 in the
+    air: the 0.5th percentile, below 0, lifted 0 to ~0.02 after scaling, so the background mask never fired and the
+    fusion had a uniform haze where both images are empty (found by a hand-check helper). A z-scored MRI, whose
+    background lies far below 0, keeps its low percentile."""
+    rng = np.random.default_rng(0)
+    mri = np.zeros((24, 20, 10), np.float32)
+    mri[4:20, 4:16, 2:8] = 100.0 + 20.0 * rng.random((16, 12, 6))
+    pet = np.zeros_like(mri)
+    pet[8:14, 6:12, 3:7] = 800.0 + 100.0 * rng.random((6, 6, 4))
+    noisy = pet.copy()
+    background = (pet == 0) & (rng.random(pet.shape) < 0.3)
+    noisy[background] = rng.normal(0.0, 10.0, int(background.sum()))  # about 1% of the maximum
+    empty = (mri == 0) & (noisy <= 0)  # nothing in either image (positive noise is signal as far as anyone can tell)
+    for method in ("max", "lkcfunet"):
+        fused = fuse(str(_nifti(tmp_path / "mri.nii.gz", mri)), str(_nifti(tmp_path / "pet.nii.gz", noisy)),
+                     method=method, progress=False)
+        assert "negatives taken as noise about 0" in fused.meta["other_intensity_scaling"]
+        assert float(fused[0].numpy()[empty].max()) == 0.0, method
+        clean = fuse(str(_nifti(tmp_path / "mri.nii.gz", mri)), str(_nifti(tmp_path / "pet.nii.gz", pet)),
+                     method=method, progress=False)
+        np.testing.assert_allclose(fused.numpy()[:, ~background], clean.numpy()[:, ~background], atol=0.02)
+    z = (mri - mri.mean()) / mri.std()  # background at -0.8, tissue up to 2.3
+    scaled, record = scale_to_unit(torch.as_tensor(z[None]), "MR")
+    assert "noise" not in record["intensity_scaling"] and float(scaled[0][mri == 0].max()) == 0.0
+    assert float(scaled[0][mri > 0].min()) > 0.2  # tissue below the mean keeps its contrast (not clipped to 0)
+
+
+def test_unit_range_data_with_a_rounding_undershoot_stays_unit_range():
+    """Float data in [0, 1] with one voxel at -1e-7 (an interpolation undershoot) was scaled by its percentiles
+    instead, moving a Harvard MRI slice by up to 48 gray levels on a third of its pixels."""
+    rng = np.random.default_rng(1)
+    mri = rng.random((1, 48, 40)).astype(np.float32) * 0.8
+    pet = rng.random((1, 48, 40)).astype(np.float32)
+    reference = fuse(torch.as_tensor(mri), torch.as_tensor(pet), method="max", progress=False)
+    mri[0, 0, 0] = -1e-7
+    fused = fuse(torch.as_tensor(mri), torch.as_tensor(pet), method="max", progress=False)
+    assert fused.meta["mri_intensity_scaling"] == "display range / 1"
+    np.testing.assert_allclose(fused.numpy(), reference.numpy(), atol=1e-6)
+
+
 def test_modalities_can_be_set_and_ct_is_still_detected(tmp_path, capsys):
     ct = np.full((20, 18, 8), -1000.0, np.float32)  # air around a head of soft tissue and bone
     ct[4:16, 4:14] = 40.0

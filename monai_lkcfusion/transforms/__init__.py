@@ -27,6 +27,7 @@ from .color import (
 )
 from .intensity import (
     CT_WINDOW,
+    NEGATIVE_NOISE,
     PERCENTILES,
     ScaleModality,
     ScaleModalityD,

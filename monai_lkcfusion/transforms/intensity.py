@@ -17,6 +17,7 @@ from ..errors import FusionInputError
 
 __all__ = [
     "CT_WINDOW",
+    "NEGATIVE_NOISE",
     "PERCENTILES",
     "ScaleModality",
     "ScaleModalityD",
@@ -32,6 +33,8 @@ __all__ = [
 CT_WINDOW: tuple[float, float] = (-500.0, 1500.0)
 #: default robust percentiles for MR, PET and SPECT
 PERCENTILES: tuple[float, float] = (0.5, 99.5)
+#: a negative low percentile within this share of the percentile range is noise about 0: 0 is kept as black
+NEGATIVE_NOISE = 0.05
 _ALIASES = {"MRI": "MR", "MR": "MR", "CT": "CT", "PT": "PET", "PET": "PET", "NM": "SPECT", "SPECT": "SPECT"}
 
 
@@ -63,7 +66,9 @@ def scale_to_unit(
     display) and in-memory data already in [0, 1] (``display_max == 1``) is kept; CT (given, or detected when
     ``modality`` is ``None``: see :func:`looks_like_ct`) uses ``ct_window`` in HU; everything else (MR, PET,
     SPECT, 16-bit and float data) maps the ``percentiles`` of the finite voxels to [0, 1] and clips (when they are
-    equal, e.g. a PET masked to a small region, the full range instead, warned; a constant image becomes 0, warned). Pass
+    equal, e.g. a PET masked to a small region, the full range instead, warned; a constant image becomes 0, warned;
+    a negative low percentile within :data:`NEGATIVE_NOISE` of the range is noise about 0, so 0 is mapped to 0 and
+    stays background: a z-scored MRI, whose background lies far below 0, keeps its low percentile). Pass
     ``"MR"`` for an MRI: it is then never CT-windowed, whatever its values (a few negative voxels, signed data).
 
     Args:
@@ -98,6 +103,10 @@ def scale_to_unit(
         # in float64: NumPy interpolates float32 percentiles in float32, which overflows for spans past 3.4e38
         low, high = (float(v) for v in np.percentile(values.cpu().numpy().astype(np.float64), list(percentiles)))
         rule = f"{modality or 'auto'} percentiles {percentiles[0]:g}-{percentiles[1]:g} = [{low:.6g}, {high:.6g}]"
+        if low < 0.0 < high and -low <= NEGATIVE_NOISE * (high - low):
+            # MR magnitude, PET and SPECT are never negative: a few small negative voxels are reconstruction or
+            # interpolation noise about 0, and their percentile would lift 0 (the background) above black
+            low, rule = 0.0, f"{rule}, negatives taken as noise about 0: [0, {high:.6g}]"
         if high <= low:  # most voxels share one value (a masked PET, a constant image): no window to scale by
             low, high = float(values.min()), float(values.max())
             if high > low:

@@ -38,6 +38,9 @@ __all__ = [
 
 ImageLike = str | Path | np.ndarray | torch.Tensor
 
+#: in-memory float data within [-UNIT_TOLERANCE, 1 + UNIT_TOLERANCE] is taken as already in [0, 1] (and clipped)
+UNIT_TOLERANCE = 0.01
+
 
 class LoadFusionImage(Transform):
     """Any fusion input as a channel-first float32 MetaTensor of raw values with ``spatial_dims``/``display_max``.
@@ -49,8 +52,9 @@ class LoadFusionImage(Transform):
       ``uint8``, as it may be a volume of 3 or 4 slices: pass those as a ``(1, X, Y, Z)`` tensor) or ``(X, Y, Z)``;
     - a tensor/MetaTensor ``(1|3, *spatial)``, its metadata kept.
 
-    ``display_max`` is 255 for ``uint8`` arrays and tensors and 1 for data already in [0, 1] (see
-    :class:`ScaleModality`); otherwise it is absent.
+    ``display_max`` is 255 for ``uint8`` arrays and tensors and 1 for data already in [0, 1] (within
+    :data:`UNIT_TOLERANCE`: a -1e-7 undershoot switched such data to percentile scaling, moving it by up to 48 gray
+    levels; see :class:`ScaleModality`); otherwise it is absent.
 
     Args:
         name: name used in error messages and as ``filename_or_obj`` of in-memory data.
@@ -113,7 +117,8 @@ class LoadFusionImage(Transform):
         img = tensor.detach().cpu() if isinstance(tensor, MetaTensor) else MetaTensor(tensor.detach().cpu())
         img = img.float()
         finite = img.as_tensor()[torch.isfinite(img.as_tensor())]
-        if display_max is None and finite.numel() and float(finite.min()) >= 0.0 and float(finite.max()) <= 1.0:
+        if display_max is None and finite.numel() and float(finite.min()) >= -UNIT_TOLERANCE \
+                and float(finite.max()) <= 1.0 + UNIT_TOLERANCE:  # [0, 1] up to rounding and interpolation undershoot
             display_max = 1.0
         img.meta.setdefault("filename_or_obj", self.name)
         img.meta.setdefault("spatial_dims", img.ndim - 1)
