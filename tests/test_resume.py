@@ -186,13 +186,24 @@ def _tiny_run(tmp_path: Path, **overrides):
 
 def test_resume_with_more_epochs_stretches_the_lr_schedule(tmp_path):
     """``--resume --epochs 5`` after 2 epochs of a cosine schedule (``T_max = @max_epochs``): the checkpoint restored
-    ``T_max = 2``, so the rate ran past the cosine's end and climbed back to the starting rate."""
-    first = _tiny_run(tmp_path, max_epochs=2)
-    end_of_first = first.parser.get_parsed_content("optimizer").param_groups[0]["lr"]
-    resumed = _tiny_run(tmp_path, max_epochs=5, resume=True)
+    ``T_max = 2``, so the rate ran past the cosine's end and climbed back to the starting rate; then, with the run's
+    ``T_max``, the rate stayed at the minimum the 2-epoch cosine had reached for every added epoch (PyTorch steps it
+    from the current rate; found by a hand-check helper). The resumed epochs now have a 5-epoch run's rates, and a
+    changed learning rate is the resumed run's."""
+    import math
+
+    rate, floor = 2e-4, 2e-6  # train.json: learning_rate, eta_min = learning_rate / 100
+    _tiny_run(tmp_path, max_epochs=2)
+    resumed = _tiny_run(tmp_path, max_epochs=5, resume=True, keep_checkpoint_interval=1)
     scheduler = resumed.parser.get_parsed_content("lr_scheduler")
     assert scheduler.T_max == 5 and scheduler.last_epoch == 5
-    assert resumed.parser.get_parsed_content("optimizer").param_groups[0]["lr"] <= end_of_first
+    for epoch in (3, 4):  # rates after the epoch, as saved with it
+        saved = torch.load(tmp_path / "run" / f"checkpoint_epoch={epoch}.pt", weights_only=True)
+        expected = floor + (rate - floor) * (1 + math.cos(math.pi * epoch / 5)) / 2
+        assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected, rel=1e-6), epoch
+    changed = _tiny_run(tmp_path, max_epochs=6, resume=True, learning_rate=1e-3)
+    group = changed.parser.get_parsed_content("optimizer").param_groups[0]
+    assert group["initial_lr"] == 1e-3 and group["lr"] == pytest.approx(1e-5)  # the end of its cosine: its eta_min
 
 
 def test_time_limit_stop_validates_and_exports(tmp_path):

@@ -307,10 +307,12 @@ _SCHEDULE_POSITION = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_w
 class ResumeCheckpointLoader:
     """Load a "last" checkpoint into the network, optimizer, LR scheduler and trainer when the trainer starts.
 
-    An LR scheduler takes its position (``last_epoch``, step count, last rates) from the checkpoint and keeps its
-    settings from the resumed run's configuration: ``--resume --epochs 80`` with ``T_max = @max_epochs`` stretches
-    the schedule to 80 epochs, where restoring the old ``T_max`` ran the cosine past its end and back up to the
-    starting rate.
+    An LR scheduler takes its position (``last_epoch``, step count) from the checkpoint and keeps its settings from
+    the resumed run's configuration, and the rate is set to where that schedule is at the restored epoch (for
+    schedulers with a closed form, such as ``CosineAnnealingLR``): ``--resume --epochs 80`` with ``T_max =
+    @max_epochs`` stretches the schedule to 80 epochs (restoring the old ``T_max`` ran the cosine past its end and
+    back up to the starting rate; keeping the restored rate left a finished cosine at its minimum for every added
+    epoch, as PyTorch steps it from the current rate), and a changed ``learning_rate`` is this run's schedule's.
 
     Args:
         output_dir: the run's output folder.
@@ -384,6 +386,11 @@ class ResumeCheckpointLoader:
         def restore_settings(engine: Engine) -> None:  # the checkpoint gave the position; the run gives the rest
             for sched, own in zip(schedulers, settings):
                 sched.__dict__.update(own)
+                closed_form = getattr(sched, "_get_closed_form_lr", None)
+                if closed_form is not None:  # the rate of the run's schedule at the restored epoch
+                    for group, base, rate in zip(sched.optimizer.param_groups, sched.base_lrs, closed_form()):
+                        group["initial_lr"], group["lr"] = base, rate
+                    sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
 
         engine.add_event_handler(Events.STARTED, keep_settings)
         load_dict = {**self.load_dict, "trainer": engine}
