@@ -100,6 +100,22 @@ def test_every_nth_checkpoint_is_kept_and_exports(tmp_path):
     assert last_checkpoint(out).name == "checkpoint_epoch=5.pt"
 
 
+def test_a_resume_keeps_the_checkpoints_the_first_session_kept(tmp_path):
+    """Epochs 1-3 kept every epoch, then resumed to 5 without the setting: every checkpoint the first session had
+    kept was deleted (found by a hand-check helper). They stay now; the resumed session's own checkpoints follow its
+    interval, and a first session that kept only its newest still leaves only the newest."""
+    _tiny_run(tmp_path, max_epochs=3, keep_checkpoint_interval=1)
+    _tiny_run(tmp_path, max_epochs=5, resume=True)
+    assert [epoch for epoch, _ in checkpoint_epochs(tmp_path / "run")] == [1, 2, 3, 5]
+    _tiny_run(tmp_path, max_epochs=6, resume=True)  # 1, 2, 3 and 5 look like a run that kept every epoch: kept
+    assert [epoch for epoch, _ in checkpoint_epochs(tmp_path / "run")] == [1, 2, 3, 5, 6]
+    other = tmp_path / "plain"
+    other.mkdir()
+    _tiny_run(other, max_epochs=2)
+    _tiny_run(other, max_epochs=3, resume=True)
+    assert [epoch for epoch, _ in checkpoint_epochs(other / "run")] == [3]
+
+
 def test_keep_interval_that_is_not_a_count_is_refused(tmp_path):
     for bad in (-1, 1.5, True):
         with pytest.raises(FusionInputError, match="keep_interval"):

@@ -10,6 +10,7 @@ a distributed run should execute (checkpoint saver, statistics, TensorBoard, pro
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import warnings
@@ -272,9 +273,11 @@ class LastCheckpointSaver(CheckpointSaver):
 
     The engine it is attached to is saved under ``"trainer"`` beside ``save_dict`` (network, optimizer, LR
     scheduler), so that a resumed run continues at the right epoch. After each save the checkpoints of earlier
-    epochs in ``save_dir`` are removed, also those an earlier (resumed) run left, except every ``keep_interval``-th
-    epoch's: those stay for choosing an epoch afterwards by other measures than the validation loss (export one
-    with :func:`~monai_lkcfusion.engines.export_weights`).
+    epochs in ``save_dir`` are removed, except every ``keep_interval``-th epoch's: those stay for choosing an epoch
+    afterwards by other measures than the validation loss (export one with
+    :func:`~monai_lkcfusion.engines.export_weights`). Of the checkpoints an earlier (resumed) session left, only its
+    newest can go, and only when that session did not keep it too (its kept epochs tell its interval): a resume with
+    another ``keep_interval`` deleted every checkpoint the first session had kept.
 
     Args:
         save_dir: the run's output folder.
@@ -287,16 +290,25 @@ class LastCheckpointSaver(CheckpointSaver):
         # n_saved=None: ignite keeps every file it writes, and _remove_earlier decides which ones go
         super().__init__(save_dir=str(save_dir), save_dict=dict(save_dict), save_interval=1, n_saved=None)
         self.keep_interval = keep_interval
+        self.kept_before: set[int] = set()  # epochs an earlier session's checkpoints keep
 
     def attach(self, engine: Engine) -> None:
         """Save ``engine``'s state with the others after every epoch."""
         self.save_dict["trainer"] = engine  # the dict object the ignite Checkpoint saves from
         super().attach(engine)
+        engine.add_event_handler(Events.STARTED, self._note_earlier)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._remove_earlier)
+
+    def _note_earlier(self, engine: Engine) -> None:
+        epochs = sorted(epoch for epoch, _ in checkpoint_epochs(self.save_dir))
+        older = epochs[:-1]  # kept by that session's interval (its newest may be kept, or only newest)
+        interval = math.gcd(*older) if older else 0
+        self.kept_before = set(older) | {epoch for epoch in epochs[-1:] if interval and epoch % interval == 0}
 
     def _remove_earlier(self, engine: Engine) -> None:
         for epoch, path in checkpoint_epochs(self.save_dir):
-            if epoch < engine.state.epoch and not (self.keep_interval and epoch % self.keep_interval == 0):
+            kept = epoch in self.kept_before or self.keep_interval and epoch % self.keep_interval == 0
+            if epoch < engine.state.epoch and not kept:
                 path.unlink(missing_ok=True)
 
 
