@@ -168,6 +168,12 @@ def test_earlier_run_is_not_overwritten_without_resume(tmp_path, capsys):
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and "checkpoint_epoch=7.pt of an earlier run; pass --resume" in errors[0], errors
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing new either (TensorBoard files were)
+    (out / "checkpoint_epoch=7.pt").unlink()  # a finished run whose checkpoints were removed: its model.pt was
+    for resume in (False, True):  # replaced without a word (found by a hand-check helper)
+        assert main(_train_args(tmp_path, out, epochs=1, resume=resume)) == 2
+        errors = _error_lines(capsys.readouterr().err)
+        assert len(errors) == 1 and "holds best_model.pt of an earlier run and no checkpoint" in errors[0], errors
+    assert (out / "best_model.pt").read_bytes() == before["best_model.pt"]
     (tmp_path / "a_file").write_text("x")  # refused before the data are loaded (it was after, under progress bars)
     assert main(_train_args(tmp_path, tmp_path / "a_file", epochs=1, resume=False)) == 2
     captured = capsys.readouterr()

@@ -100,7 +100,8 @@ def check_earlier_run(output_dir: str | Path, resume: bool | str | Path) -> None
         resume: the ``resume`` setting (see :func:`resume_option`).
 
     Raises:
-        FusionInputError: ``output_dir`` holds a complete checkpoint and ``resume`` is off.
+        FusionInputError: ``output_dir`` holds a complete checkpoint and ``resume`` is off, or an earlier run's
+            ``model.pt``/``best_model.pt`` without a checkpoint to continue it (a new run would replace them).
     """
     earlier = last_checkpoint(output_dir)
     if earlier is not None and not resume_option(resume):
@@ -108,6 +109,10 @@ def check_earlier_run(output_dir: str | Path, resume: bool | str | Path) -> None
             f"{output_dir}: holds {earlier.name} of an earlier run; pass --resume (resume true) to continue it, "
             "or choose another output folder"
         )
+    finished = [name for name in ("model.pt", "best_model.pt") if (Path(output_dir) / name).is_file()]
+    if earlier is None and finished:
+        raise FusionInputError(f"{output_dir}: holds {finished[0]} of an earlier run and no checkpoint to continue "
+                               "it from; a new run would replace it: choose another output folder")
 
 
 def resume_option(resume: bool | str | Path) -> bool | Path:
