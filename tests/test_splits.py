@@ -56,3 +56,14 @@ def test_harvard_folders_split_by_patient(harvard_root: Path) -> None:
     assert {i["subject"] for i in val} == set(held)
     assert not {i["subject"] for i in train} & set(held)
     assert {Path(i["mri"]).name for i in val if i["subject"] == "MRI-SPECT/18"} >= {"18017.png", "18028.png"}
+
+
+def test_split_by_fraction_of_a_datalist_without_tasks() -> None:
+    """A datalist written without ``task`` fields (``write_fusion_datalist`` does not need them) failed in the
+    training split with a ``KeyError: 'task'`` traceback (found by a hand-check helper): one group now."""
+    from monai_lkcfusion.data.splits import split_by_fraction
+
+    items = [{"mri": f"m{i}.png", "other": f"o{i}.png"} for i in range(10)]
+    train, val = split_by_fraction(items, 0.2, seed=0)
+    assert len(train) == 8 and len(val) == 2 and not {i["mri"] for i in train} & {i["mri"] for i in val}
+    assert train == split_by_fraction(items, 0.2, seed=0)[0]  # the same seed, the same split

@@ -93,7 +93,8 @@ def split_by_fraction(
     Not patient-disjoint (see :func:`split_by_subject` for that): the bundle's quick default.
 
     Args:
-        items: datalist items with a ``"task"`` field.
+        items: datalist items, stratified by their ``"task"`` field (items without one are one group: a datalist
+            written without tasks failed with a ``KeyError``).
         val_fraction: share of the pairs that validate, in (0, 1).
         seed: shuffling seed.
 
@@ -110,7 +111,7 @@ def split_by_fraction(
         raise FusionInputError("no training pairs found: check --dataset-dir (dataset_dir) and --tasks (tasks)")
     if not 0.0 < val_fraction < 1.0:
         raise FusionInputError(f"val_fraction {val_fraction}: give a share between 0 and 1")
-    train, val = partition_dataset_classes(list(items), [item["task"] for item in items],
+    train, val = partition_dataset_classes(list(items), [str(item.get("task", "")) for item in items],
                                            ratios=[1.0 - val_fraction, val_fraction], shuffle=True, seed=seed)
     if not train or not val:
         raise FusionInputError(
