@@ -130,7 +130,7 @@ def ddp_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
 def test_ddp_train_writes_one_set_and_identical_replicas(ddp_trained: tuple[Path, Path, Path]) -> None:
     _, out, digests = ddp_trained
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["best_model.pt", "checkpoint_epoch=2.pt", "model.pt", "tensorboard"]
+    assert written == ["best_model.pt", "checkpoint_epoch=2.pt", "model.pt", "run.json", "tensorboard"]
     # TensorBoard: the two writers (batch loss, validation metrics) of one process only (the pid ends the name)
     events = list((out / "tensorboard").iterdir())
     assert len(events) == 2 and len({re.search(r"\.(\d+)\.\d+$", p.name).group(1) for p in events}) == 1

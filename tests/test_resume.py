@@ -116,6 +116,30 @@ def test_a_resume_keeps_the_checkpoints_the_first_session_kept(tmp_path):
     assert [epoch for epoch, _ in checkpoint_epochs(other / "run")] == [3]
 
 
+def test_resume_with_settings_that_change_the_run_is_refused(tmp_path, capsys):
+    """Another seed moved validation pairs into training (all 3 of a resumed session's had been trained on), another
+    key_metric was compared with the old one's best value, another preset ended in a 356-line traceback (found by a
+    hand-check helper): the run's record (run.json) is compared first, one line naming what differs."""
+    import json as json_module
+
+    _tiny_run(tmp_path, max_epochs=1)
+    record = json_module.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["key_metric"] == "val_loss" and record["network"]["features"] and record["validation_pairs"]
+    assert not set(record["train_pairs"]) & set(record["validation_pairs"])
+    for change, said in (({"seed": 1}, "validation pairs differ"), ({"key_metric": "Qabf"}, "key_metric Qabf \\(was")):
+        with pytest.raises(FusionInputError, match=f"resumed with other settings than the run's .*{said}"):
+            _tiny_run(tmp_path, max_epochs=2, resume=True, **change)
+    _tiny_run(tmp_path, max_epochs=2, resume=True, learning_rate=1e-3)  # a schedule setting may change
+    assert [epoch for epoch, _ in checkpoint_epochs(tmp_path / "run")] == [2]
+    args = _train_args(tmp_path, tmp_path / "cli", epochs=1, resume=False)
+    assert main(args) == 0
+    assert main([*args[:-2], "--device", "cpu", "--preset", "small", "--epochs", "2", "--resume"]) == 2
+    err = capsys.readouterr().err  # (a handler an earlier test's logging setup left may print a logging error here)
+    errors = [line for line in err.splitlines() if line.startswith("lkcfusion: error:")]
+    assert len(errors) == 1 and "resumed with other settings than the run's (network features" in errors[0], errors
+    assert "size mismatch" not in err and "state_dict" not in err  # the preset's traceback was load_state_dict's
+
+
 def test_keep_interval_that_is_not_a_count_is_refused(tmp_path):
     for bad in (-1, 1.5, True):
         with pytest.raises(FusionInputError, match="keep_interval"):

@@ -135,7 +135,28 @@ def test_whole_slices_of_two_sizes_are_one_line(tmp_path: Path, capfd) -> None:
     assert err.strip().splitlines()[-1] == (
         "lkcfusion: error: a batch holds samples of sizes 32x32, 40x48: whole-slice training and validation need pairs "
         "of one size (and square slices with RandRotate90d); crop them (roi_size with RandSpatialCropSamplesd), resize "
-        "the pairs, or use batch_size 1")
+        "the pairs, or batch one at a time (training: batch_size 1; validation: validate#dataloader#batch_size 1)")
+
+
+def test_a_pair_of_two_sizes_is_named_before_training(tmp_path: Path, capfd) -> None:
+    """An MRI of 48 x 48 beside a CT of 40 x 40 failed inside MONAI's dataset with a long traceback naming neither
+    file (found by a hand-check helper): one line naming both, exit 2."""
+    rng = np.random.default_rng(4)
+    for i in range(6):
+        for folder in ("MRI", "CT"):
+            path = tmp_path / "data" / "train" / "MRI-CT" / folder / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            size = (40, 40) if (i, folder) == (3, "CT") else (48, 48)
+            Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(path)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"preset": "tiny", "roi_size": 32, "batch_size": 2, "val_fraction": 0.34}))
+    code = main(["train", "--config", str(config), "--dataset-dir", str(tmp_path / "data"), "-o", str(tmp_path / "run"),
+                 "--epochs", "1", "--device", "cpu"])
+    err = capfd.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("lkcfusion: error: ") and "CT/3.png: size (40, 40) differs from the MRI's (48, 48)" in last
+    assert "MRI/3.png" in last, last
 
 
 def test_edge_recipe_layers_the_edge_term_on_the_stage_7_loss() -> None:
@@ -154,3 +175,21 @@ def test_edge_recipe_layers_the_edge_term_on_the_stage_7_loss() -> None:
     assert loss.intensity_sigma == 2.0 and loss.ssim_form == "max_variance"
     assert parser["keep_checkpoint_interval"] == 1 and parser["max_epochs"] == 3
     assert parser["init_weights"] == "runs/bundle_0.3.1_model.pt"
+
+
+def test_an_option_that_an_override_file_makes_unread_is_refused(tmp_path: Path, capsys) -> None:
+    """``--preset small`` with a config whose ``network_def`` is its own (e.g. loads ``init_weights``) trained that
+    network; ``--tasks MRI-PET`` with ``configs/default_model_disjoint.json`` (its own ``split``) trained every task;
+    both exit 0 (found by a hand-check helper). One line now, before anything is read."""
+    own = tmp_path / "own_network.json"
+    own.write_text(json.dumps({"network_def": "$monai_lkcfusion.networks.LKCFUNet.from_preset('tiny')"}))
+    repo = Path(__file__).resolve().parents[1]
+    cases = ((["--config", str(own), "--preset", "small"], "--preset: nothing reads it once", "own_network.json"),
+             (["--config", str(repo / "configs" / "default_model_disjoint.json"), "--tasks", "MRI-PET"],
+              "--tasks: nothing reads it once", "default_model_disjoint.json"))
+    for options, said, culprit in cases:
+        code = main(["train", *options, "--dataset-dir", str(tmp_path / "nowhere"), "-o", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("lkcfusion: error:")]
+        assert code == 2 and len(lines) == 1 and said in lines[0] and culprit in lines[0], err
+        assert not (tmp_path / "run").exists()

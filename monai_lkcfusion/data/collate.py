@@ -32,7 +32,7 @@ def collate_same_size(batch: Sequence[Any]) -> Any:
         raise FusionInputError(
             f"a batch holds samples of sizes {shown}: whole-slice training and validation need pairs of one size (and "
             "square slices with RandRotate90d); crop them (roi_size with RandSpatialCropSamplesd), resize the pairs, "
-            "or use batch_size 1"
+            "or batch one at a time (training: batch_size 1; validation: validate#dataloader#batch_size 1)"
         )
     return list_data_collate(batch)
 

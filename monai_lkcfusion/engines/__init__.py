@@ -43,7 +43,13 @@ from .handlers import (
 )
 from .trainer import create_trainer
 from .weights import export_weights
-from .workflow import bundle_config, check_bundle_workflow, check_training_settings, run_bundle_workflow
+from .workflow import (
+    bundle_config,
+    check_bundle_workflow,
+    check_run_record,
+    check_training_settings,
+    run_bundle_workflow,
+)
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -60,6 +66,7 @@ __all__ = [
     "best_model_saver",
     "bundle_config",
     "check_bundle_workflow",
+    "check_run_record",
     "check_training_settings",
     "checkpoint_epochs",
     "clamp_prediction",

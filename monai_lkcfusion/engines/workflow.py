@@ -15,6 +15,7 @@ __all__ = [
     "bundle_config",
     "check_known_settings",
     "check_literal_overrides",
+    "check_run_record",
     "check_training_settings",
     "run_bundle_command",
     "run_bundle_workflow",
@@ -70,6 +71,70 @@ def check_training_settings(
         check_earlier_run(output_dir, resume)
 
 
+RUN_RECORD = "run.json"
+"""The file in a run's folder that records what a resumed run must keep (see :func:`check_run_record`)."""
+
+
+def _pair_names(items: Sequence[dict[str, Any]]) -> list[str]:
+    """Datalist items as ``task/folder/name`` of their two files, independent of where the dataset lies."""
+    return sorted("|".join("/".join(Path(str(item[key])).parts[-3:]) for key in ("mri", "other")) for item in items)
+
+
+def check_run_record(
+    output_dir: str | Path, resume: Any, network: Any, split: Sequence[Sequence[dict[str, Any]]], key_metric: str,
+) -> None:
+    """Refuse to resume a run with settings that would silently change its meaning, and record them for a resume.
+
+    The record (``run.json`` in ``output_dir``): the network's configuration (a preset's fields), the training and
+    validation pairs, and ``key_metric``. A resume from a checkpoint compares them with the record beside that
+    checkpoint: another seed, ``val_fraction``, task or dataset moved validation pairs into training (the validation
+    then measured fitting and chose the best model on pairs it trained on), another ``key_metric`` compared the new
+    metric with the old one's best value, and another preset failed with a long traceback. A run without a record
+    (an older version's) is resumed as before. ``learning_rate``, ``max_epochs`` and the like may change: the
+    schedule is the resumed run's (:class:`~monai_lkcfusion.engines.ResumeCheckpointLoader`).
+
+    Args:
+        output_dir: the run's folder.
+        resume: the ``resume`` setting (see :func:`~monai_lkcfusion.engines.resume_option`).
+        network: the network before training (a :class:`~monai_lkcfusion.networks.LKCFUNet` records its config).
+        split: ``(training items, validation items)``.
+        key_metric: the validation metric that picks the best model.
+
+    Raises:
+        FusionInputError: ``<output_dir>: resumed with other settings than the run's (<what differs>); ...``.
+    """
+    from ..data.atomic import write_text
+    from .distributed import is_main_process
+    from .handlers import last_checkpoint, resume_option
+
+    resume = resume_option(resume)
+    config = getattr(network, "config", None)
+    record = json.loads(json.dumps({
+        "network": dict(config) if isinstance(config, dict) else None,
+        "train_pairs": _pair_names(split[0]), "validation_pairs": _pair_names(split[1]), "key_metric": key_metric,
+    }))
+    checkpoint = resume if isinstance(resume, Path) else last_checkpoint(output_dir) if resume else None
+    earlier = Path(checkpoint).parent / RUN_RECORD if checkpoint is not None else None
+    if earlier is not None and earlier.is_file():
+        before = json.loads(earlier.read_text())
+        changed = []
+        if before.get("network") and record["network"] and before["network"] != record["network"]:
+            fields = [f"{k} {record['network'].get(k)!r} (was {v!r})" for k, v in before["network"].items()
+                      if record["network"].get(k) != v]
+            changed.append(f"network {', '.join(fields)}")
+        for key in ("validation_pairs", "train_pairs"):
+            moved = len(set(before.get(key, [])) ^ set(record[key]))
+            if moved:
+                changed.append(f"{moved} {key.replace('_', ' ')} differ: seed, val_fraction, tasks or the data changed")
+        if before.get("key_metric") != record["key_metric"]:
+            changed.append(f"key_metric {record['key_metric']} (was {before.get('key_metric')})")
+        if changed:
+            raise FusionInputError(f"{output_dir}: resumed with other settings than the run's ({'; '.join(changed)}); "
+                                   "resume with the run's settings, or start a new run in another folder")
+    if is_main_process():
+        write_text(Path(output_dir) / RUN_RECORD, json.dumps(record, indent=1) + "\n", overwrite=True)
+
+
 def check_known_settings(known: Iterable[str], keys: Iterable[str], source: str, config_text: str) -> None:
     """Refuse settings that nothing in a bundle config reads: MONAI adds an unknown id to the config and goes on, so a
     misspelt ``--datset_dir`` fused the demo data instead of the user's folder, and ``"roi_sise"`` in an override
@@ -100,6 +165,41 @@ def check_known_settings(known: Iterable[str], keys: Iterable[str], source: str,
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise FusionInputError(f"{source}: unknown setting '{key}'{hint}; nothing in the config reads it, so it "
                                "would be ignored")
+
+
+def check_overrides_are_read(
+    contents: Sequence[dict[str, Any]], files: Sequence[str], overrides: dict[str, Any]
+) -> None:
+    """Refuse a setting given on the command line that the base config reads (``@id``) but that an override file made
+    unread by replacing what read it: ``--preset small`` with a config whose ``network_def`` loads ``init_weights``
+    trained the weights' own network, ``--tasks MRI-PET`` with one whose ``split`` lists its own pairs trained on
+    every task, both with exit code 0.
+
+    Args:
+        contents: the base config and the override files, in merge order.
+        files: their paths, for the message.
+        overrides: the settings given (command-line options, ``--key value`` arguments).
+
+    Raises:
+        FusionInputError: ``--<key>: nothing reads it once <file> is merged ...``.
+    """
+    import re
+
+    def reads(text: str, key: str) -> bool:
+        return re.search(rf"@{re.escape(key)}(?![\w])", text) is not None
+
+    base = json.dumps(contents[0], default=str)
+    merged: dict[str, Any] = {}
+    for content in contents:
+        merged.update(content)
+    text = json.dumps(merged, default=str)
+    for key in overrides:
+        if "#" in key or not reads(base, key) or reads(text, key):
+            continue
+        culprit = next((f for f, c in zip(files[1:], contents[1:]) if not reads(json.dumps(c, default=str), key)
+                        and any(reads(json.dumps(contents[0].get(k), default=str), key) for k in c)), files[-1])
+        raise FusionInputError(f"--{key}: nothing reads it once {culprit} is merged (it replaces what read it), so it "
+                               "would be ignored; leave it out or set what that config uses instead")
 
 
 def bundle_config(name: str) -> Path:
@@ -244,6 +344,7 @@ def _config_workflow(
         check_known_settings(known, content, extra, text)
         known |= set(content)
     check_known_settings(known, overrides, config, text)
+    check_overrides_are_read(contents, files, overrides)
     return ConfigWorkflow(
         config_file=files,
         meta_file=str(bundle_config("metadata.json")),

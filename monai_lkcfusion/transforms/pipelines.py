@@ -17,7 +17,7 @@ from .intensity import ScaleModalityd
 from .io import LoadFusionImaged
 from .post import AddFusionRecordd, MaskBackgroundd
 from .registration import RegisterToReferenced
-from .spatial import CheckMinSized, ResampleToReferenced
+from .spatial import CheckMinSized, CheckSameSized, ResampleToReferenced
 
 __all__ = ["fusion_load_transforms", "fusion_postprocessing", "fusion_preprocessing"]
 
@@ -30,7 +30,8 @@ def fusion_load_transforms(
 ) -> Compose:
     """Load a 2D pair from paths into float32 ``(1, H, W)`` tensors in [0, 1] (for training and evaluation).
 
-    ``LoadFusionImaged`` -> ``ScaleModalityd`` -> ``SplitLumad`` (colour other -> Y, Cb/Cr under
+    ``LoadFusionImaged`` -> ``CheckSameSized`` (a pair of two sizes, named) -> ``ScaleModalityd`` -> ``SplitLumad``
+    (colour other -> Y, Cb/Cr under
     ``"other_cbcr"``; an MRI saved as colour is reduced to its luma too) -> ``EnsureTyped``.
     Append random crops/flips for training.
 
@@ -43,7 +44,7 @@ def fusion_load_transforms(
     Returns:
         The composed transform.
     """
-    chain = [LoadFusionImaged(keys)]
+    chain = [LoadFusionImaged(keys), CheckSameSized(keys)]
     if min_size is not None:
         chain.append(CheckMinSized(keys, min_size))
     chain.append(ScaleModalityd(keys, modality=modality))

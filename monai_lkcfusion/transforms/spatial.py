@@ -23,6 +23,9 @@ __all__ = [
     "CheckMinSizeD",
     "CheckMinSizeDict",
     "CheckMinSized",
+    "CheckSameSizeD",
+    "CheckSameSizeDict",
+    "CheckSameSized",
     "RandSlice",
     "RandSliceD",
     "RandSliceDict",
@@ -295,6 +298,43 @@ class CheckMinSized(MapTransform):
 
 
 CheckMinSizeD = CheckMinSizeDict = CheckMinSized
+
+
+class CheckSameSized(MapTransform):
+    """Refuse a pair whose images differ in spatial size, naming both files (a check of several keys together).
+
+    Training and evaluation compare a pair pixel by pixel and stack it into one tensor: an MRI of 256 x 256 beside
+    a CT of 200 x 200 failed inside MONAI's dataset with a long traceback naming neither file.
+
+    Args:
+        keys: the image keys, the MRI's first.
+        allow_missing_keys: don't raise when a key is absent.
+    """
+
+    backend = CheckMinSize.backend
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        """Return ``data`` unchanged when its images ``(C, *spatial)`` share one spatial size.
+
+        Raises:
+            FusionInputError: ``<other>: size ... differs from the MRI's ... (<mri>); ...``.
+        """
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+
+        def name(key: Hashable) -> str:
+            return str(d[key].meta.get("filename_or_obj", key)) if isinstance(d[key], MetaTensor) else str(key)
+
+        for key in keys[1:]:
+            if tuple(d[key].shape[1:]) != tuple(d[keys[0]].shape[1:]):
+                raise FusionInputError(
+                    f"{name(key)}: size {tuple(d[key].shape[1:])} differs from the MRI's {tuple(d[keys[0]].shape[1:])} "
+                    f"({name(keys[0])}); a pair is compared pixel by pixel: resize or register it to the MRI first"
+                )
+        return d
+
+
+CheckSameSizeD = CheckSameSizeDict = CheckSameSized
 
 
 class RandSlice(Randomizable, InvertibleTransform):
