@@ -244,8 +244,10 @@ def test_overwrite_through_a_linked_fused_folder(tmp_path: Path) -> None:
     out.mkdir()
     (out / "fused").symlink_to(disk, target_is_directory=True)
     compare_methods(pairs, out, methods=["max", "mean"], metric_names=["EN"], figure_rows=0)
+    for index in (out / "fused" / ".DS_Store", out / "fused" / "max" / "PET" / "Thumbs.db"):  # a file manager's
+        index.write_bytes(b"\0")  # (they made the folder "not written by an evaluation" for good)
     compare_methods(pairs, out, methods=["max"], metric_names=["EN"], figure_rows=0, overwrite=True)
-    assert (out / "fused").is_symlink() and sorted(p.name for p in disk.iterdir()) == ["max"]
+    assert (out / "fused").is_symlink() and sorted(p.name for p in disk.iterdir()) == [".DS_Store", "max"]
 
 
 def test_pairs_of_one_task_and_name_unused_weights_and_a_file_as_output_are_refused(tmp_path: Path) -> None:
@@ -256,6 +258,11 @@ def test_pairs_of_one_task_and_name_unused_weights_and_a_file_as_output_are_refu
     pairs = [{"mri": str(root / "p0.png"), "other": str(root.parent / "PET" / "p0.png")} for root in (first, second)]
     with pytest.raises(FusionInputError, match="task 'PET' already has a pair named 'p0.png' .*patient1"):
         compare_methods(pairs, tmp_path / "out", methods=["max"], metric_names=["EN"])
+    same_fused = [{**pairs[0], "name": "a.png"}, {**pairs[1], "name": "a.jpg"}]  # both fused/max/PET/a.png
+    with pytest.raises(FusionInputError, match="already has a pair named 'a.png' .*same file name"):
+        compare_methods(same_fused, tmp_path / "out", methods=["max"], metric_names=["EN"])
+    with pytest.raises(FusionInputError, match="without '/'"):
+        compare_methods([{**pairs[0], "task": "MRI/PET"}], tmp_path / "out", methods=["max"], metric_names=["EN"])
     compare_methods([{**pair, "task": f"PET{i}"} for i, pair in enumerate(pairs)], tmp_path / "out", methods=["max"],
                     metric_names=["EN"], figure_rows=0)
     assert sorted(p.name for p in (tmp_path / "out" / "fused" / "max").iterdir()) == ["PET0", "PET1"]

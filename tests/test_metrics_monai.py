@@ -163,6 +163,12 @@ def test_cli_metrics_warns_of_pairs_without_a_fused_image(tmp_path, capsys):
     for name in names[1:-1]:
         (dirs["fused"] / name).write_bytes((dirs["fused"] / names[0]).read_bytes())
     assert main(argv) == 0 and capsys.readouterr().err == ""
+    import unicodedata  # a pair whose two names differ only in Unicode form (copied from macOS) is a pair too
+
+    composed, decomposed = (unicodedata.normalize(form, "pätient.png") for form in ("NFC", "NFD"))
+    (dirs["mri"] / composed).write_bytes((dirs["mri"] / names[0]).read_bytes())
+    (dirs["other"] / decomposed).write_bytes((dirs["other"] / names[0]).read_bytes())
+    assert main(argv) == 0 and "1 MRI/other pair(s) have no fused image" in capsys.readouterr().err
 
 
 def test_cli_metrics_scores_three_files(tmp_path, capsys):

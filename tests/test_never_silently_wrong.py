@@ -199,6 +199,10 @@ def test_small_negative_noise_keeps_the_background_black(tmp_path):
     scaled, record = scale_to_unit(torch.as_tensor(z[None]), "MR")
     assert "noise" not in record["intensity_scaling"] and float(scaled[0][mri == 0].max()) == 0.0
     assert float(scaled[0][mri > 0].min()) > 0.2  # tissue below the mean keeps its contrast (not clipped to 0)
+    tissue = rng.uniform(-120.0, 3000.0, (1, 20, 20, 8)).astype(np.float32)  # a CT cropped to tissue, no air (a
+    tissue[tissue < -90.0] = rng.uniform(-120.0, -90.0, int((tissue < -90.0).sum()))  # review): fat is signal
+    _, record = scale_to_unit(torch.as_tensor(tissue))
+    assert "noise" not in record["intensity_scaling"] and "= [-" in record["intensity_scaling"], record
 
 
 def test_unit_range_data_with_a_rounding_undershoot_stays_unit_range():

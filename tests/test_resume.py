@@ -102,18 +102,22 @@ def test_every_nth_checkpoint_is_kept_and_exports(tmp_path):
 
 def test_a_resume_keeps_the_checkpoints_the_first_session_kept(tmp_path):
     """Epochs 1-3 kept every epoch, then resumed to 5 without the setting: every checkpoint the first session had
-    kept was deleted (found by a hand-check helper). They stay now; the resumed session's own checkpoints follow its
-    interval, and a first session that kept only its newest still leaves only the newest."""
+    kept was deleted (found by a hand-check helper). Each checkpoint holds the interval it was saved with: what a
+    session kept stays, what was only its newest goes, also when a session's one checkpoint was kept (an interval
+    cannot be told from one file)."""
     _tiny_run(tmp_path, max_epochs=3, keep_checkpoint_interval=1)
     _tiny_run(tmp_path, max_epochs=5, resume=True)
     assert [epoch for epoch, _ in checkpoint_epochs(tmp_path / "run")] == [1, 2, 3, 5]
-    _tiny_run(tmp_path, max_epochs=6, resume=True)  # 1, 2, 3 and 5 look like a run that kept every epoch: kept
-    assert [epoch for epoch, _ in checkpoint_epochs(tmp_path / "run")] == [1, 2, 3, 5, 6]
+    _tiny_run(tmp_path, max_epochs=6, resume=True)  # epoch 5 was only the newest of its session: it goes
+    assert [epoch for epoch, _ in checkpoint_epochs(tmp_path / "run")] == [1, 2, 3, 6]
     other = tmp_path / "plain"
     other.mkdir()
     _tiny_run(other, max_epochs=2)
     _tiny_run(other, max_epochs=3, resume=True)
     assert [epoch for epoch, _ in checkpoint_epochs(other / "run")] == [3]
+    _tiny_run(other, max_epochs=4, resume=True, keep_checkpoint_interval=4)  # its one checkpoint, kept by its interval
+    _tiny_run(other, max_epochs=5, resume=True)
+    assert [epoch for epoch, _ in checkpoint_epochs(other / "run")] == [4, 5]
 
 
 def test_resume_with_settings_that_change_the_run_is_refused(tmp_path, capsys):
@@ -126,7 +130,7 @@ def test_resume_with_settings_that_change_the_run_is_refused(tmp_path, capsys):
     record = json_module.loads((tmp_path / "run" / "run.json").read_text())
     assert record["key_metric"] == "val_loss" and record["network"]["features"] and record["validation_pairs"]
     assert not set(record["train_pairs"]) & set(record["validation_pairs"])
-    for change, said in (({"seed": 1}, "validation pairs differ"), ({"key_metric": "Qabf"}, "key_metric Qabf \\(was")):
+    for change, said in (({"seed": 1}, "validation pairs not among these"), ({"key_metric": "Qabf"}, "key_metric Qabf \\(was")):
         with pytest.raises(FusionInputError, match=f"resumed with other settings than the run's .*{said}"):
             _tiny_run(tmp_path, max_epochs=2, resume=True, **change)
     _tiny_run(tmp_path, max_epochs=2, resume=True, learning_rate=1e-3)  # a schedule setting may change
@@ -138,6 +142,30 @@ def test_resume_with_settings_that_change_the_run_is_refused(tmp_path, capsys):
     errors = [line for line in err.splitlines() if line.startswith("lkcfusion: error:")]
     assert len(errors) == 1 and "resumed with other settings than the run's (network features" in errors[0], errors
     assert "size mismatch" not in err and "state_dict" not in err  # the preset's traceback was load_state_dict's
+
+
+def test_the_run_record_survives_a_moved_dataset(tmp_path, monkeypatch):
+    """Pairs are recorded relative to the folder that holds them all: a dataset renamed or given by relative instead
+    of absolute paths resumes (the last three path parts held only for the Harvard layout); one pair less does not."""
+    from monai_lkcfusion.engines import check_run_record
+    from monai_lkcfusion.networks import LKCFUNet
+
+    def split(root: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        items = [{"mri": f"{root}/p{i}/t1.nii.gz", "other": f"{root}/p{i}/pet.nii.gz"} for i in range(5)]
+        return items[:4], items[4:]
+
+    network = LKCFUNet.from_preset("tiny")
+    first = tmp_path / "first"
+    check_run_record(first, False, network, split(str(tmp_path / "study")), "val_loss")
+    (first / "checkpoint_epoch=1.pt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    check_run_record(tmp_path / "second", first / "checkpoint_epoch=1.pt", network, split("study_v2"), "val_loss")
+    fewer = split("study_v2")
+    with pytest.raises(FusionInputError, match="1 of the run's 4 train pairs not among these 3.*delete .*run.json"):
+        check_run_record(tmp_path / "third", first / "checkpoint_epoch=1.pt", network, (fewer[0][:3], fewer[1]),
+                         "val_loss")
+    dropout = LKCFUNet.from_preset("tiny", dropout=0.0)  # regularisation may change on resume
+    check_run_record(tmp_path / "fourth", first / "checkpoint_epoch=1.pt", dropout, split("study"), "val_loss")
 
 
 def test_keep_interval_that_is_not_a_count_is_refused(tmp_path):

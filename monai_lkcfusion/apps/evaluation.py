@@ -22,39 +22,59 @@ EVALUATION_FILES = ("metrics.csv", "summary.csv", "summary.json", "overview.png"
 
 
 def _pair_key(pair: dict[str, Any]) -> tuple[str, str]:
-    """A pair's ``(task, name)``: given, or the other image's folder name and the MRI's file name."""
+    """A pair's ``(task, name)``: given, or the other image's folder name and the MRI's file name.
+
+    Raises:
+        FusionInputError: a task or name holding a path separator (it would add a folder level to ``fused/``).
+    """
     task = pair.get("task", Path(os.path.abspath(pair["other"])).parent.name)  # "x.png" in the current folder too
-    return str(task), str(pair.get("name", Path(pair["mri"]).name))
+    key = str(task), str(pair.get("name", Path(pair["mri"]).name))
+    if any(sep in part for part in key for sep in ("/", "\\")):
+        raise FusionInputError(f"{pair['mri']}: task {key[0]!r} / name {key[1]!r}: a task or name is one folder or file "
+                               "name, without '/'")
+    return key
 
 
 def _check_unique(pairs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
-    """The pairs' ``(task, name)``; two pairs with one would share a fused file and a row no one could tell apart.
+    """The pairs' ``(task, name)``; two pairs whose fused files would be one (``a.png`` and ``a.jpg`` too) would
+    share it and give rows no one could tell apart.
 
     Raises:
         FusionInputError: ``<mri>: task '<task>' already has a pair named '<name>' (<first mri>); ...``.
     """
+    from ..data import output_name
+
     keys, first = [_pair_key(pair) for pair in pairs], {}
     for index, (key, pair) in enumerate(zip(keys, pairs)):
-        seen = first.setdefault(key, index)
+        seen = first.setdefault((key[0], output_name(key[1], suffix=".png")), index)
         if seen != index:
-            raise FusionInputError(f"{pair['mri']}: task {key[0]!r} already has a pair named {key[1]!r} "
-                                   f"({pairs[seen]['mri']}); give the pairs distinct 'name' or 'task' values")
+            raise FusionInputError(f"{pair['mri']}: task {key[0]!r} already has a pair named {keys[seen][1]!r} "
+                                   f"({pairs[seen]['mri']}), whose fused image has the same file name; give the pairs "
+                                   "distinct 'name' or 'task' values")
     return keys
 
 
 def _not_evaluation_output(folder: Path) -> Path | None:
     """The first entry of ``fused/`` that :func:`compare_methods` does not write (only ``<method>/<task>/*.png``,
-    real folders), or ``None``."""
-    for method in sorted(folder.iterdir()):
+    real folders; a file manager's hidden index files, ``.DS_Store`` or ``Thumbs.db``, go with them), or ``None``."""
+
+    def listed(path: Path) -> list[Path]:
+        return [p for p in sorted(path.iterdir()) if not p.name.startswith(".") and p.name not in _INDEX_FILES]
+
+    for method in listed(folder):
         if method.is_symlink() or not method.is_dir() or method.name not in FUSION_METHODS:
             return method
-        for task in sorted(method.iterdir()):
+        for task in listed(method):
             if task.is_symlink() or not task.is_dir():
                 return task
-            for image in sorted(task.iterdir()):
+            for image in listed(task):
                 if image.is_symlink() or not image.is_file() or image.suffix.lower() != ".png":
                     return image
     return None
+
+
+_INDEX_FILES = ("Thumbs.db", "desktop.ini")
+"""Files that Windows' file manager writes into folders it shows (macOS's are hidden: ``.DS_Store``)."""
 
 
 def _earlier_results(out: Path, pairs: Sequence[dict[str, Any]]) -> list[Path]:
@@ -72,7 +92,7 @@ def _earlier_results(out: Path, pairs: Sequence[dict[str, Any]]) -> list[Path]:
         if foreign is not None:
             raise FusionInputError(f"{foreign}: not written by an evaluation, but {fused} is where one writes (and "
                                    "replaces) its fused images; choose another output folder")
-        found += sorted(fused.iterdir())
+        found += [p for p in sorted(fused.iterdir()) if p.name in FUSION_METHODS]
     for pair in pairs:
         for image in (Path(pair["mri"]).resolve(), Path(pair["other"]).resolve()):
             for path in found:

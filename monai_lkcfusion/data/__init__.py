@@ -15,7 +15,7 @@ from .io import (
     read_image,
     write_image,
 )
-from .pairing import check_distinct_pair, files_by_name, match_files_by_name, output_name, pair_files_by_name
+from .pairing import check_distinct_pair, files_by_name, match_files_by_name, name_key, output_name, pair_files_by_name
 from .samples import DEMO_DIR, demo_files
 from .splits import GLIOMA_SUBJECT, HARVARD_PET_SUBJECT, harvard_subject, split_by_fraction, split_by_subject
 
@@ -40,6 +40,7 @@ __all__ = [
     "image_stem",
     "load_fusion_datalist",
     "match_files_by_name",
+    "name_key",
     "output_name",
     "pair_files_by_name",
     "read_image",

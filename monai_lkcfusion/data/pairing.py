@@ -20,7 +20,7 @@ from .atomic import same_file
 from .io import NOT_IMAGE_SUFFIXES, WRITABLE_SUFFIXES, image_stem, image_suffix
 
 __all__ = [
-    "check_distinct_pair", "files_by_name", "match_files_by_name", "output_name", "pair_files_by_name"
+    "check_distinct_pair", "files_by_name", "match_files_by_name", "name_key", "output_name", "pair_files_by_name"
 ]
 
 
@@ -38,7 +38,7 @@ def _is_header_data(name: str, names: set[str]) -> bool:
     return False
 
 
-def _name_key(path: Path) -> str:
+def name_key(path: str | Path) -> str:
     """The name two entries are paired by: the name without image extension, in Unicode NFC form."""
     return unicodedata.normalize("NFC", image_stem(path))
 
@@ -74,7 +74,7 @@ def files_by_name(folder: str | Path, suffixes: Sequence[str] | None = None) -> 
             continue
         if _is_header_data(path.name.lower(), names):
             continue
-        stem = _name_key(path)
+        stem = name_key(path)
         if stem in entries:
             raise FusionInputError(f"{folder}: '{entries[stem].name}' and '{path.name}' have one name; keep one")
         entries[stem] = path
@@ -131,7 +131,7 @@ def pair_files_by_name(mri_dir: str | Path, other_dir: str | Path) -> tuple[list
     pairs = [(Path(m["mri"]), Path(m["other"])) for m in matched]
 
     def hint(path: Path, others: list[Path]) -> str:
-        twins = [o.name for o in others if _name_key(o).casefold() == _name_key(path).casefold()]
+        twins = [o.name for o in others if name_key(o).casefold() == name_key(path).casefold()]
         return f" ({twins[0]} there differs only in letter case; rename one to pair them)" if twins else ""
 
     unpaired = [f"{p}: no partner in {other_dir}{hint(p, unmatched['other'])}" for p in unmatched["mri"]]

@@ -280,9 +280,9 @@ class LastCheckpointSaver(CheckpointSaver):
     scheduler), so that a resumed run continues at the right epoch. After each save the checkpoints of earlier
     epochs in ``save_dir`` are removed, except every ``keep_interval``-th epoch's: those stay for choosing an epoch
     afterwards by other measures than the validation loss (export one with
-    :func:`~monai_lkcfusion.engines.export_weights`). Of the checkpoints an earlier (resumed) session left, only its
-    newest can go, and only when that session did not keep it too (its kept epochs tell its interval): a resume with
-    another ``keep_interval`` deleted every checkpoint the first session had kept.
+    :func:`~monai_lkcfusion.engines.export_weights`). Each checkpoint holds the interval it was saved with, and the
+    checkpoints an earlier (resumed) session kept by its own interval stay: a resume with another ``keep_interval``
+    deleted every checkpoint the first session had kept.
 
     Args:
         save_dir: the run's output folder.
@@ -293,7 +293,9 @@ class LastCheckpointSaver(CheckpointSaver):
     def __init__(self, save_dir: str | Path, save_dict: dict[str, Any], keep_interval: int = 0) -> None:
         as_count(keep_interval, "keep_interval", minimum=0, unit="epochs")
         # n_saved=None: ignite keeps every file it writes, and _remove_earlier decides which ones go
-        super().__init__(save_dir=str(save_dir), save_dict=dict(save_dict), save_interval=1, n_saved=None)
+        # the interval is saved with each checkpoint: a later session with another one keeps what this one kept
+        save_dict = {**save_dict, "keep_interval": _Setting(keep_interval)}
+        super().__init__(save_dir=str(save_dir), save_dict=save_dict, save_interval=1, n_saved=None)
         self.keep_interval = keep_interval
         self.kept_before: set[int] = set()  # epochs an earlier session's checkpoints keep
 
@@ -305,16 +307,35 @@ class LastCheckpointSaver(CheckpointSaver):
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._remove_earlier)
 
     def _note_earlier(self, engine: Engine) -> None:
-        epochs = sorted(epoch for epoch, _ in checkpoint_epochs(self.save_dir))
-        older = epochs[:-1]  # kept by that session's interval (its newest may be kept, or only newest)
-        interval = math.gcd(*older) if older else 0
-        self.kept_before = set(older) | {epoch for epoch in epochs[-1:] if interval and epoch % interval == 0}
+        found = checkpoint_epochs(self.save_dir)
+        epochs = sorted(epoch for epoch, _ in found)
+        older = epochs[:-1]  # checkpoints of an older version hold no interval: all but the newest were kept
+        guessed = math.gcd(*older) if older else 0
+        self.kept_before = set()
+        for epoch, path in found:
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("keep_interval")
+            interval = int(saved["value"]) if saved is not None else guessed
+            if epoch in older and saved is None or interval and epoch % interval == 0:
+                self.kept_before.add(epoch)
 
     def _remove_earlier(self, engine: Engine) -> None:
         for epoch, path in checkpoint_epochs(self.save_dir):
             kept = epoch in self.kept_before or self.keep_interval and epoch % self.keep_interval == 0
             if epoch < engine.state.epoch and not kept:
                 path.unlink(missing_ok=True)
+
+
+class _Setting:
+    """A number saved in a checkpoint beside the state dicts (``state_dict()``; nothing to load back)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"value": torch.tensor(self.value)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Nothing to restore: the resumed session has its own setting."""
 
 
 _SCHEDULE_POSITION = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial")

@@ -73,11 +73,20 @@ def check_training_settings(
 
 RUN_RECORD = "run.json"
 """The file in a run's folder that records what a resumed run must keep (see :func:`check_run_record`)."""
+_RESUMABLE_NETWORK = ("dropout",)
+"""Network settings a resumed run may change (regularisation, not the architecture the weights belong to)."""
 
 
-def _pair_names(items: Sequence[dict[str, Any]]) -> list[str]:
-    """Datalist items as ``task/folder/name`` of their two files, independent of where the dataset lies."""
-    return sorted("|".join("/".join(Path(str(item[key])).parts[-3:]) for key in ("mri", "other")) for item in items)
+def _pair_names(split: Sequence[Sequence[dict[str, Any]]]) -> list[list[str]]:
+    """The items of each part of ``split`` as the paths of their two files relative to the folder that holds them
+    all: the same after the dataset moves or is renamed, and for relative and absolute paths alike."""
+    import os
+
+    paths = [[[os.path.abspath(str(item[key])) for key in ("mri", "other")] for item in part] for part in split]
+    every = [path for part in paths for pair in part for path in pair]
+    root = os.path.commonpath(every) if every else ""
+    root = os.path.dirname(root) if root in every else root  # one file given for both images
+    return [sorted("|".join(os.path.relpath(path, root) for path in pair) for pair in part) for part in paths]
 
 
 def check_run_record(
@@ -85,8 +94,9 @@ def check_run_record(
 ) -> None:
     """Refuse to resume a run with settings that would silently change its meaning, and record them for a resume.
 
-    The record (``run.json`` in ``output_dir``): the network's configuration (a preset's fields), the training and
-    validation pairs, and ``key_metric``. A resume from a checkpoint compares them with the record beside that
+    The record (``run.json`` in ``output_dir``): the network's configuration (a preset's fields; ``dropout`` may
+    change), the training and validation pairs (relative to the folder that holds them all, so a moved dataset still
+    matches), and ``key_metric``. A resume from a checkpoint compares them with the record beside that
     checkpoint: another seed, ``val_fraction``, task or dataset moved validation pairs into training (the validation
     then measured fitting and chose the best model on pairs it trained on), another ``key_metric`` compared the new
     metric with the old one's best value, and another preset failed with a long traceback. A run without a record
@@ -109,28 +119,32 @@ def check_run_record(
 
     resume = resume_option(resume)
     config = getattr(network, "config", None)
+    train_pairs, validation_pairs = _pair_names(split)
     record = json.loads(json.dumps({
         "network": dict(config) if isinstance(config, dict) else None,
-        "train_pairs": _pair_names(split[0]), "validation_pairs": _pair_names(split[1]), "key_metric": key_metric,
+        "train_pairs": train_pairs, "validation_pairs": validation_pairs, "key_metric": key_metric,
     }))
     checkpoint = resume if isinstance(resume, Path) else last_checkpoint(output_dir) if resume else None
     earlier = Path(checkpoint).parent / RUN_RECORD if checkpoint is not None else None
     if earlier is not None and earlier.is_file():
         before = json.loads(earlier.read_text())
         changed = []
-        if before.get("network") and record["network"] and before["network"] != record["network"]:
-            fields = [f"{k} {record['network'].get(k)!r} (was {v!r})" for k, v in before["network"].items()
-                      if record["network"].get(k) != v]
+        now = record["network"] or {}
+        fields = [f"{k} {now.get(k)!r} (was {v!r})" for k, v in (before.get("network") or {}).items()
+                  if now and k not in _RESUMABLE_NETWORK and now.get(k) != v]
+        if fields:
             changed.append(f"network {', '.join(fields)}")
         for key in ("validation_pairs", "train_pairs"):
-            moved = len(set(before.get(key, [])) ^ set(record[key]))
-            if moved:
-                changed.append(f"{moved} {key.replace('_', ' ')} differ: seed, val_fraction, tasks or the data changed")
+            gone = len(set(before.get(key, [])) - set(record[key]))
+            if gone or len(before.get(key, [])) != len(record[key]):
+                changed.append(f"{gone} of the run's {len(before.get(key, []))} {key.replace('_', ' ')} not among "
+                               f"these {len(record[key])}: seed, val_fraction, tasks or the data changed")
         if before.get("key_metric") != record["key_metric"]:
             changed.append(f"key_metric {record['key_metric']} (was {before.get('key_metric')})")
         if changed:
             raise FusionInputError(f"{output_dir}: resumed with other settings than the run's ({'; '.join(changed)}); "
-                                   "resume with the run's settings, or start a new run in another folder")
+                                   f"resume with the run's settings, or start a new run in another folder (if the "
+                                   f"data are the same, delete {earlier} to resume anyway)")
     if is_main_process():
         write_text(Path(output_dir) / RUN_RECORD, json.dumps(record, indent=1) + "\n", overwrite=True)
 

@@ -10,7 +10,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import PICTURE_SUFFIXES, VOLUME_SUFFIXES, files_by_name, image_stem, match_files_by_name, read_image
+from ..data import (
+    PICTURE_SUFFIXES,
+    VOLUME_SUFFIXES,
+    files_by_name,
+    image_stem,
+    match_files_by_name,
+    name_key,
+    read_image,
+)
 from ..data.io import image_suffix
 from ..errors import FusionInputError, as_names, list_names
 from .functional import DEFAULT_METRICS, compute_fusion_metrics
@@ -115,10 +123,10 @@ def _triples(sources: dict[str, str | Path]) -> list[dict[str, Path | str]]:
     if not matched and not unmatched["fused"]:
         raise FusionInputError(f"{sources['fused']}: no images ({', '.join(PICTURE_SUFFIXES)})")
     if unmatched["fused"]:
-        mris = {m["name"] for m in matched} | {image_stem(p) for p in unmatched["mri"]}
-        missing = [f"{p.name} (no {'MRI' if image_stem(p) not in mris else 'other'} image)" for p in unmatched["fused"]]
+        mris = {m["name"] for m in matched} | {name_key(p) for p in unmatched["mri"]}
+        missing = [f"{p.name} (no {'MRI' if name_key(p) not in mris else 'other'} image)" for p in unmatched["fused"]]
         raise FusionInputError(f"{len(missing)} fused image(s) without a counterpart: {', '.join(missing)}")
-    unfused = sorted({image_stem(p) for p in unmatched["mri"]} & {image_stem(p) for p in unmatched["other"]})
+    unfused = sorted({name_key(p) for p in unmatched["mri"]} & {name_key(p) for p in unmatched["other"]})
     if unfused:  # a mean over some of the pairs is not the mean over the folder: say so
         warnings.warn(f"{len(unfused)} MRI/other pair(s) have no fused image and are not scored: "
                       f"{list_names(unfused)}", stacklevel=3)

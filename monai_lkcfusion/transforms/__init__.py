@@ -39,6 +39,7 @@ from .intensity import (
     scale_to_unit,
 )
 from .io import (
+    UNIT_TOLERANCE,
     LoadFusionImage,
     LoadFusionImageD,
     LoadFusionImaged,

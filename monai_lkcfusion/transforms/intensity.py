@@ -67,8 +67,9 @@ def scale_to_unit(
     ``modality`` is ``None``: see :func:`looks_like_ct`) uses ``ct_window`` in HU; everything else (MR, PET,
     SPECT, 16-bit and float data) maps the ``percentiles`` of the finite voxels to [0, 1] and clips (when they are
     equal, e.g. a PET masked to a small region, the full range instead, warned; a constant image becomes 0, warned;
-    a negative low percentile within :data:`NEGATIVE_NOISE` of the range is noise about 0, so 0 is mapped to 0 and
-    stays background: a z-scored MRI, whose background lies far below 0, keeps its low percentile). Pass
+    a negative low percentile within :data:`NEGATIVE_NOISE` of the range, of an MR, PET or SPECT image or of one
+    with at least 5% of its voxels exactly 0, is noise about 0, so 0 is mapped to 0 and stays background: a z-scored
+    MRI, whose background lies far below 0, keeps its low percentile). Pass
     ``"MR"`` for an MRI: it is then never CT-windowed, whatever its values (a few negative voxels, signed data).
 
     Args:
@@ -103,9 +104,12 @@ def scale_to_unit(
         # in float64: NumPy interpolates float32 percentiles in float32, which overflows for spans past 3.4e38
         low, high = (float(v) for v in np.percentile(values.cpu().numpy().astype(np.float64), list(percentiles)))
         rule = f"{modality or 'auto'} percentiles {percentiles[0]:g}-{percentiles[1]:g} = [{low:.6g}, {high:.6g}]"
-        if low < 0.0 < high and -low <= NEGATIVE_NOISE * (high - low):
+        zero_background = modality in ("MR", "PET", "SPECT") or float((values == 0).float().mean()) >= 0.05
+        if low < 0.0 < high and -low <= NEGATIVE_NOISE * (high - low) and zero_background:
             # MR magnitude, PET and SPECT are never negative: a few small negative voxels are reconstruction or
-            # interpolation noise about 0, and their percentile would lift 0 (the background) above black
+            # interpolation noise about 0, and their percentile would lift 0 (the background) above black. Of
+            # unknown modality only with a zero background (5% of the voxels exactly 0): a CT cropped to tissue,
+            # fat at -100 HU, is real signal below 0
             low, rule = 0.0, f"{rule}, negatives taken as noise about 0: [0, {high:.6g}]"
         if high <= low:  # most voxels share one value (a masked PET, a constant image): no window to scale by
             low, high = float(values.min()), float(values.max())

@@ -26,6 +26,7 @@ from ..data.pairing import output_name
 from ..errors import FusionInputError, as_flag
 
 __all__ = [
+    "UNIT_TOLERANCE",
     "LoadFusionImage",
     "LoadFusionImageD",
     "LoadFusionImageDict",
@@ -39,7 +40,7 @@ __all__ = [
 ImageLike = str | Path | np.ndarray | torch.Tensor
 
 #: in-memory float data within [-UNIT_TOLERANCE, 1 + UNIT_TOLERANCE] is taken as already in [0, 1] (and clipped)
-UNIT_TOLERANCE = 0.01
+UNIT_TOLERANCE = 1e-3
 
 
 class LoadFusionImage(Transform):
@@ -53,8 +54,8 @@ class LoadFusionImage(Transform):
     - a tensor/MetaTensor ``(1|3, *spatial)``, its metadata kept.
 
     ``display_max`` is 255 for ``uint8`` arrays and tensors and 1 for data already in [0, 1] (within
-    :data:`UNIT_TOLERANCE`: a -1e-7 undershoot switched such data to percentile scaling, moving it by up to 48 gray
-    levels; see :class:`ScaleModality`); otherwise it is absent.
+    :data:`UNIT_TOLERANCE`: a -1e-7 rounding undershoot switched such data to percentile scaling, moving it by up to
+    48 gray levels; see :class:`ScaleModality`); otherwise it is absent.
 
     Args:
         name: name used in error messages and as ``filename_or_obj`` of in-memory data.
