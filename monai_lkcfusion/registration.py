@@ -506,9 +506,10 @@ def register(
         search: first search a coarse grid of rigid poses: in 2D rotations (+-12 degrees) and shifts (+-12% of
             the field of view), in 3D rotations about the three axes (+-20 degrees), searched again around a best
             pose on the grid's edge (at most 4 grids); default on (about a second in 2D, a few in 3D). 2D rigid
-            with ``init="auto"``: the search and the pyramid run from both starts (world and centres of mass). 3D rigid and affine: the pyramid runs from the start and, if the search moved
-            it, from the pose found (on near-spherical content a rotation of the coarse grid can match better and
-            lead astray). The best final metric wins.
+            with ``init="auto"``: the search and the pyramid run from both starts (world and centres of mass). 3D
+            rigid and affine: the pyramid runs from the start and, if the search moved it, from the pose found (on
+            near-spherical content a rotation of the coarse grid can match better and lead astray). The best final
+            metric wins.
 
     Returns:
         The :class:`RegistrationResult`.

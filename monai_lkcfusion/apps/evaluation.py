@@ -30,8 +30,8 @@ def _pair_key(pair: dict[str, Any]) -> tuple[str, str]:
     task = pair.get("task", Path(os.path.abspath(pair["other"])).parent.name)  # "x.png" in the current folder too
     key = str(task), str(pair.get("name", Path(pair["mri"]).name))
     if any(sep in part for part in key for sep in ("/", "\\")):
-        raise FusionInputError(f"{pair['mri']}: task {key[0]!r} / name {key[1]!r}: a task or name is one folder or file "
-                               "name, without '/'")
+        raise FusionInputError(f"{pair['mri']}: task {key[0]!r} / name {key[1]!r}: a task or name is one folder or "
+                               "file name, without '/'")
     return key
 
 
