@@ -143,6 +143,12 @@ def test_resume_with_settings_that_change_the_run_is_refused(tmp_path, capsys):
     errors = [line for line in err.splitlines() if line.startswith("lkcfusion: error:")]
     assert len(errors) == 1 and "resumed with other settings than the run's (network features" in errors[0], errors
     assert "size mismatch" not in err and "state_dict" not in err  # the preset's traceback was load_state_dict's
+    (tmp_path / "cli" / "run.json").unlink()  # a run of an older version: no record, resumed as before and given none
+    with pytest.raises(RuntimeError):  # without a record: load_state_dict's error (size mismatch), as before
+        main([*args[:-2], "--device", "cpu", "--preset", "small", "--epochs", "2", "--resume"])
+    capsys.readouterr()
+    assert not (tmp_path / "cli" / "run.json").exists()  # (the failed resume wrote its preset as the run's)
+    assert main([*args[:-2], "--device", "cpu", "--epochs", "2", "--resume"]) == 0
 
 
 def test_the_run_record_survives_a_moved_dataset(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from PIL import Image
 
 from monai_lkcfusion.cli import main
 from monai_lkcfusion.engines import last_checkpoint
+from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.networks import load_network
 
 
@@ -193,3 +194,15 @@ def test_an_option_that_an_override_file_makes_unread_is_refused(tmp_path: Path,
         lines = [line for line in err.splitlines() if line.startswith("lkcfusion: error:")]
         assert code == 2 and len(lines) == 1 and said in lines[0] and culprit in lines[0], err
         assert not (tmp_path / "run").exists()
+    from monai.bundle import ConfigParser
+
+    from monai_lkcfusion.engines import bundle_config
+    from monai_lkcfusion.engines.workflow import check_overrides_are_read
+
+    base = ConfigParser.load_config_file(str(bundle_config("train.json")))
+    own_split = {"split": "$monai_lkcfusion.data.split_by_fraction(my_items, 0.2)"}  # the datalist (@tasks) is then
+    with pytest.raises(FusionInputError, match="--tasks: nothing reads it once own_split.json"):  # read by nothing
+        check_overrides_are_read([base, own_split], ["train.json", "own_split.json"], {"tasks": ["MRI-PET"]})
+    own_datalist = {"datalist": "$monai_lkcfusion.data.load_fusion_datalist('d.json', 'training')"}
+    check_overrides_are_read([base, own_datalist], ["train.json", "d.json"], {"dataset_dir": "x"})  # MONAI needs it
+    check_overrides_are_read([base, own_datalist], ["train.json", "d.json"], {"preset": "tiny", "max_epochs": 2})

@@ -100,7 +100,8 @@ def check_run_record(
     checkpoint: another seed, ``val_fraction``, task or dataset moved validation pairs into training (the validation
     then measured fitting and chose the best model on pairs it trained on), another ``key_metric`` compared the new
     metric with the old one's best value, and another preset failed with a long traceback. A run without a record
-    (an older version's) is resumed as before. ``learning_rate``, ``max_epochs`` and the like may change: the
+    (an older version's) is resumed as before and gets none (a resume that then failed, e.g. for another preset, wrote
+    its settings as the run's). ``learning_rate``, ``max_epochs`` and the like may change: the
     schedule is the resumed run's (:class:`~monai_lkcfusion.engines.ResumeCheckpointLoader`).
 
     Args:
@@ -145,8 +146,8 @@ def check_run_record(
             raise FusionInputError(f"{output_dir}: resumed with other settings than the run's ({'; '.join(changed)}); "
                                    f"resume with the run's settings, or start a new run in another folder (if the "
                                    f"data are the same, delete {earlier} to resume anyway)")
-    if is_main_process():
-        write_text(Path(output_dir) / RUN_RECORD, json.dumps(record, indent=1) + "\n", overwrite=True)
+    if is_main_process() and (checkpoint is None or earlier.is_file()):  # a run resumed without a record keeps none:
+        write_text(Path(output_dir) / RUN_RECORD, json.dumps(record, indent=1) + "\n", overwrite=True)  # unchecked
 
 
 def check_known_settings(known: Iterable[str], keys: Iterable[str], source: str, config_text: str) -> None:
@@ -184,10 +185,14 @@ def check_known_settings(known: Iterable[str], keys: Iterable[str], source: str,
 def check_overrides_are_read(
     contents: Sequence[dict[str, Any]], files: Sequence[str], overrides: dict[str, Any]
 ) -> None:
-    """Refuse a setting given on the command line that the base config reads (``@id``) but that an override file made
-    unread by replacing what read it: ``--preset small`` with a config whose ``network_def`` loads ``init_weights``
+    """Refuse a setting given on the command line that the base config reads but that an override file made unread
+    by replacing what read it: ``--preset small`` with a config whose ``network_def`` loads ``init_weights``
     trained the weights' own network, ``--tasks MRI-PET`` with one whose ``split`` lists its own pairs trained on
     every task, both with exit code 0.
+
+    A setting is read when the workflow's steps (``initialize``, ``run``, ``finalize``) reach it through ``@``
+    references; a reference from an entry nothing reaches (a ``datalist`` that a replaced ``split`` no longer uses)
+    does not count. MONAI's own required settings (:data:`_MONAI_READS`) are always read.
 
     Args:
         contents: the base config and the override files, in merge order.
@@ -197,23 +202,40 @@ def check_overrides_are_read(
     Raises:
         FusionInputError: ``--<key>: nothing reads it once <file> is merged ...``.
     """
-    import re
-
-    def reads(text: str, key: str) -> bool:
-        return re.search(rf"@{re.escape(key)}(?![\w])", text) is not None
-
-    base = json.dumps(contents[0], default=str)
     merged: dict[str, Any] = {}
+    reached = []  # after each file is merged
     for content in contents:
         merged.update(content)
-    text = json.dumps(merged, default=str)
+        reached.append(_reached_ids(merged))
     for key in overrides:
-        if "#" in key or not reads(base, key) or reads(text, key):
+        if "#" in key or key in _MONAI_READS or key not in reached[0] or key in reached[-1]:
             continue
-        culprit = next((f for f, c in zip(files[1:], contents[1:]) if not reads(json.dumps(c, default=str), key)
-                        and any(reads(json.dumps(contents[0].get(k), default=str), key) for k in c)), files[-1])
+        culprit = next(f for f, ids in zip(files[1:], reached[1:]) if key not in ids)
         raise FusionInputError(f"--{key}: nothing reads it once {culprit} is merged (it replaces what read it), so it "
                                "would be ignored; leave it out or set what that config uses instead")
+
+
+_MONAI_READS = ("bundle_root", "dataset_dir", "device")
+"""Settings MONAI's bundle workflow requires by name, whatever the config's entries reference."""
+
+
+def _reached_ids(config: dict[str, Any]) -> set[str]:
+    """The top-level ids of ``config`` that its steps (``initialize``, ``run``, ``finalize``) reach by ``@`` references
+    (``@a#b`` reaches ``a``; an ``a#b`` override key belongs to ``a``)."""
+    import re
+
+    refs: dict[str, set[str]] = {}
+    for key, value in config.items():
+        top = str(key).replace("::", "#").split("#")[0]
+        refs.setdefault(top, set()).update(re.findall(r"@([A-Za-z_]\w*)", json.dumps(value, default=str)))
+    reached: set[str] = set()
+    todo = [step for step in ("initialize", "run", "finalize") if step in refs]
+    while todo:
+        key = todo.pop()
+        if key not in reached:
+            reached.add(key)
+            todo.extend(refs.get(key, ()))
+    return reached
 
 
 def bundle_config(name: str) -> Path:
