@@ -144,8 +144,8 @@ def check_run_record(
             changed.append(f"key_metric {record['key_metric']} (was {before.get('key_metric')})")
         if changed:
             raise FusionInputError(f"{output_dir}: resumed with other settings than the run's ({'; '.join(changed)}); "
-                                   f"resume with the run's settings, or start a new run in another folder (if the "
-                                   f"data are the same, delete {earlier} to resume anyway)")
+                                   f"resume with the run's settings, or start a new run in another folder (if only "
+                                   f"where the files lie changed, delete {earlier} to resume anyway)")
     if is_main_process() and (checkpoint is None or earlier.is_file()):  # a run resumed without a record keeps none:
         write_text(Path(output_dir) / RUN_RECORD, json.dumps(record, indent=1) + "\n", overwrite=True)  # unchecked
 
