@@ -265,6 +265,29 @@ def test_cli_train_nproc_refuses_bad_input_before_torchrun(tmp_path, monkeypatch
     assert not (tmp_path / "run").exists()
 
 
+def test_cli_train_nproc_refuses_a_resume_that_changes_the_run_before_torchrun(tmp_path, monkeypatch, capsys):
+    """A resume with another split was refused inside torchrun, once per process, then torchrun's traceback (found
+    by a review helper): the launcher checks the run record first, one line, exit 2, and writes nothing."""
+    from monai_lkcfusion.cli import launch, main
+    from monai_lkcfusion.engines import check_run_record
+    from monai_lkcfusion.networks import LKCFUNet
+
+    data = _write_harvard_like(tmp_path / "data")
+    run = tmp_path / "run"
+    items = [{"mri": str(data / f"m{i}.png"), "other": str(data / f"o{i}.png")} for i in range(4)]
+    check_run_record(run, False, LKCFUNet.from_preset("tiny"), (items[:3], items[3:]), "val_loss")  # another run's
+    torch.save({"network": {}}, run / "checkpoint_epoch=1.pt")
+    record = (run / "run.json").read_text()
+    override = tmp_path / "override.json"
+    override.write_text(json.dumps(TINY))
+    monkeypatch.setattr(launch.subprocess, "Popen", lambda *a, **k: pytest.fail("torchrun was started"))
+    code = main(["train", "--nproc", "2", "--config", str(override), "--dataset-dir", str(data), "--output", str(run),
+                 "--device", "cpu", "--resume", "--epochs", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("lkcfusion: error:") and "resumed with other settings" in err[-1], err
+    assert (run / "run.json").read_text() == record
+
+
 def test_cli_train_nproc_refuses_fewer_validation_pairs_than_processes(tmp_path, monkeypatch, capsys):
     """Each process validates its share: with fewer validation pairs than processes every process printed a generic
     "item(s) cannot be shared" line and torchrun a ChildFailedError traceback, exit 1 (found by a hand-check helper)."""

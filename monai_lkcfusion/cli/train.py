@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engines import (
         bundle_config,
         check_bundle_workflow,
+        check_run_record,
         distributed_device,
         is_distributed_launch,
         run_bundle_workflow,
@@ -85,8 +86,13 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc != 1 and not is_distributed_launch():
         from .launch import run_processes
 
-        # every process would refuse the same settings or data: one line here instead of N and torchrun's traceback
-        validation = check_bundle_workflow("train.json", configs, allow_expressions=False, **overrides)["split"][1]
+        # every process would refuse the same settings, data or resume: one line here instead of N and torchrun's
+        checked = check_bundle_workflow("train.json", configs, allow_expressions=False, **overrides,
+                                        ids=("initialize#0", "split", "network_def", "output_dir", "resume",
+                                             "key_metric"))
+        check_run_record(*(checked[key] for key in ("output_dir", "resume", "network_def", "split", "key_metric")),
+                         write=False)
+        validation = checked["split"][1]
         if len(validation) < args.nproc:  # each process validates its own share (multi_gpu_train.json)
             raise FusionInputError(f"{len(validation)} validation pair(s) for {args.nproc} processes: each process "
                                    "validates its share; use fewer processes or a larger val_fraction")

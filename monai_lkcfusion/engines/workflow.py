@@ -91,6 +91,7 @@ def _pair_names(split: Sequence[Sequence[dict[str, Any]]]) -> list[list[str]]:
 
 def check_run_record(
     output_dir: str | Path, resume: Any, network: Any, split: Sequence[Sequence[dict[str, Any]]], key_metric: str,
+    write: bool = True,
 ) -> None:
     """Refuse to resume a run with settings that would silently change its meaning, and record them for a resume.
 
@@ -110,6 +111,7 @@ def check_run_record(
         network: the network before training (a :class:`~monai_lkcfusion.networks.LKCFUNet` records its config).
         split: ``(training items, validation items)``.
         key_metric: the validation metric that picks the best model.
+        write: write the record (``False``: only check, as a launcher does before it starts the processes).
 
     Raises:
         FusionInputError: ``<output_dir>: resumed with other settings than the run's (<what differs>); ...``.
@@ -146,8 +148,8 @@ def check_run_record(
             raise FusionInputError(f"{output_dir}: resumed with other settings than the run's ({'; '.join(changed)}); "
                                    f"resume with the run's settings, or start a new run in another folder (if only "
                                    f"where the files lie changed, delete {earlier} to resume anyway)")
-    if is_main_process() and (checkpoint is None or earlier.is_file()):  # a run resumed without a record keeps none:
-        write_text(Path(output_dir) / RUN_RECORD, json.dumps(record, indent=1) + "\n", overwrite=True)  # unchecked
+    if write and is_main_process() and (checkpoint is None or earlier.is_file()):  # resumed without a record: none
+        write_text(Path(output_dir) / RUN_RECORD, json.dumps(record, indent=1) + "\n", overwrite=True)
 
 
 def check_known_settings(known: Iterable[str], keys: Iterable[str], source: str, config_text: str) -> None:
