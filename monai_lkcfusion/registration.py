@@ -17,7 +17,7 @@ affine-aware resampling (:class:`~monai_lkcfusion.transforms.ResampleToReference
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -357,7 +357,7 @@ def _coarse(image: sitk.Image) -> sitk.Image:
     return sitk.BinShrink(image, [min(4, max(1, size // 64)) for size in image.GetSize()])
 
 
-def _search(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, seed: int) -> None:
+def _search(fixed: sitk.Image, smoothed: Sequence[sitk.Image], transform: sitk.Transform, seed: int) -> None:
     """Exhaustive coarse search over the rotation (and, in 2D, the shift) of a rigid transform (in place).
 
     Gradient descent on mutual information stops in local optima when the start is off by 10 degrees or more (in
@@ -368,24 +368,28 @@ def _search(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, se
     While the best position lies on the grid's edge (the optimum may lie beyond it), the grid is searched again
     around it, at most :data:`_SEARCH_ROUNDS` times in all: a CT rotated by (30, -30, 30) degrees ended 19 mm off,
     "converged", after one grid.
+
+    Args:
+        fixed: the MRI at full resolution (its field of view sizes the 2D shifts).
+        smoothed: the MRI and the other image reduced (:func:`_coarse`) and smoothed by one coarse voxel.
+        transform: the rigid start, searched in place.
+        seed: sampling seed of the 3D metric.
     """
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetInterpolator(sitk.sitkLinear)
-    coarse = [_coarse(image) for image in (fixed, moving)]
     if fixed.GetDimension() == 2:
         max_shift = 0.12 * min(s * n for s, n in zip(fixed.GetSpacing(), fixed.GetSize()))
         steps, scales = [4, 4, 4], [np.deg2rad(12.0) / 4, max_shift / 4, max_shift / 4]
     else:
         steps, scales = [2, 2, 2, 0, 0, 0], [np.deg2rad(20.0) / 2] * 3 + [1.0] * 3
-        voxels = float(np.prod(coarse[0].GetSize()))
+        voxels = float(np.prod(smoothed[0].GetSize()))
         if voxels > _SEARCH_SAMPLES:
             method.SetMetricSamplingStrategy(method.RANDOM)
             method.SetMetricSamplingPercentage(_SEARCH_SAMPLES / voxels, seed)
     method.SetOptimizerAsExhaustive(steps)
     method.SetOptimizerScales(scales)
     edge = np.asarray(steps) * np.asarray(scales)  # the grid's half-width per parameter (0: not searched)
-    smoothed = [sitk.SmoothingRecursiveGaussian(image, image.GetSpacing()[0]) for image in coarse]
     method.SetInitialTransform(transform, inPlace=True)
     for _ in range(_SEARCH_ROUNDS):
         centre = np.asarray(transform.GetParameters())
@@ -529,13 +533,15 @@ def register(
         _check_images(fixed_image, moving_image)
         transform, initialization = _initial_transform(fixed_image, moving_image, kind, init)
         starts = [(transform, initialization)]
+        coarse = [_coarse(image) for image in (fixed_image, moving_image)]  # the search's images and the metric's
+        smoothed = [sitk.SmoothingRecursiveGaussian(image, image.GetSpacing()[0]) for image in coarse] if search else []
         if search and (kind == "affine" or fixed_image.GetDimension() == 3):
             # the pose found is a second start beside the start itself: on near-spherical content a rotation of the
             # coarse grid can match better and lead astray; for affine, the rigid search's pose
             rigid = transform if kind == "rigid" else _initial_transform(fixed_image, moving_image, "rigid",
                                                                          initialization)[0]
             found = sitk.Transform(rigid).Downcast()
-            _search(fixed_image, moving_image, found, seed)
+            _search(fixed_image, smoothed, found, seed)
             if found.GetParameters() != rigid.GetParameters():
                 starts.append((found if kind == "rigid" else _as_affine(found), initialization))
         elif search:  # 2D rigid, searched in place from both starts
@@ -543,9 +549,8 @@ def register(
                 starts.append(_initial_transform(fixed_image, moving_image, kind,
                                                  "moments" if initialization == "world" else "world"))
             for candidate, _ in starts:
-                _search(fixed_image, moving_image, candidate, seed)
+                _search(fixed_image, smoothed, candidate, seed)
         evaluate = _method(fixed_image, 1, (1,), (0.0,), 20_000, seed)
-        coarse = [_coarse(image) for image in (fixed_image, moving_image)]
         runs, failure = [], ""
         ndim = fixed_image.GetDimension()
         start_matrix, start_name = transform_matrix(transform, ndim), initialization  # where the initial metric is
