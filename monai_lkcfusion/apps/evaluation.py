@@ -93,10 +93,11 @@ def _earlier_results(out: Path, pairs: Sequence[dict[str, Any]]) -> list[Path]:
             raise FusionInputError(f"{foreign}: not written by an evaluation, but {fused} is where one writes (and "
                                    "replaces) its fused images; choose another output folder")
         found += [p for p in sorted(fused.iterdir()) if p.name in FUSION_METHODS]
+    replaced = [(path, path.resolve()) for path in found]
     for pair in pairs:
         for image in (Path(pair["mri"]).resolve(), Path(pair["other"]).resolve()):
-            for path in found:
-                if image == path.resolve() or path.resolve() in image.parents:
+            for path, resolved in replaced:
+                if image == resolved or resolved in image.parents:
                     raise FusionInputError(f"{image}: an input lies in the earlier results {path}, which a new "
                                            "evaluation replaces; choose another output folder")
     return found

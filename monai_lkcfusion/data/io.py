@@ -833,13 +833,14 @@ def write_image(
     two_d = isinstance(img, MetaTensor) and img.meta.get("nifti_dims") == 2  # read from a 2D NIfTI: keep its shape
     if two_d and suffix in NIFTI_SUFFIXES and voxels.ndim == 3 and voxels.shape[2] == 1:
         voxels = voxels[:, :, 0]  # (X, Y)
-    if suffix in NIFTI_SUFFIXES and _has_shear(matrix):
+    sheared = suffix in NIFTI_SUFFIXES and _has_shear(matrix)  # no qform can hold it
+    if sheared:
         warnings.warn(f"{path}: the affine has a shear, which a NIfTI qform cannot hold: written with the sform only "
                       "(nibabel, MONAI and FSL read it; ITK and 3D Slicer refuse it rather than misplace it; .nrrd "
                       "and .mha keep it)", stacklevel=2)
     with atomic_path(path, overwrite) as tmp:
         if suffix in NIFTI_SUFFIXES:
-            _write_nifti(voxels, matrix, tmp)
+            _write_nifti(voxels, matrix, tmp, qform=not sheared)
         else:
             _write_itk(voxels, matrix, tmp)
     return path
@@ -859,16 +860,15 @@ def _has_shear(affine: np.ndarray) -> bool:
     return bool(np.abs(axes.T @ axes - np.eye(3)).max() > 1e-4)
 
 
-def _write_nifti(voxels: np.ndarray, affine: np.ndarray, path: Path) -> None:
+def _write_nifti(voxels: np.ndarray, affine: np.ndarray, path: Path, qform: bool = True) -> None:
+    """Write a NIfTI with ``affine`` as its sform and, with ``qform``, as its qform too (without it, for a sheared
+    affine: a qform would be an approximation up to 12 mm off, which ITK and 3D Slicer would place it by)."""
     import nibabel as nib
 
     if voxels.ndim == 4:
         voxels = voxels[:, :, :, None, :]  # NIfTI vector images keep components in the 5th dimension
     nii = nib.Nifti1Image(voxels, affine)
-    if _has_shear(affine):  # a qform would be an approximation 10 mm off, which ITK and 3D Slicer would place it by
-        nii.header.set_qform(None)
-    else:
-        nii.header.set_qform(affine, code=1)
+    nii.header.set_qform(affine if qform else None, code=1 if qform else 0)
     nii.header.set_sform(affine, code=1)
     nii.header.set_xyzt_units("mm")  # the affine is in millimetres (inputs in metres or microns are converted)
     if voxels.ndim == 5:
