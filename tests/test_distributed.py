@@ -303,3 +303,27 @@ def test_cli_train_nproc_refuses_fewer_validation_pairs_than_processes(tmp_path,
     assert code == 2 and err[-1].endswith("validation pair(s) for 4 processes: each process validates its share; use "
                                           "fewer processes or a larger val_fraction"), err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"early_stop_patience": 2}, "checkpoint_epoch=1.pt: the run stopped early: its last 2 validations"),
+    ({"preset": "small"}, "checkpoint_epoch=1.pt: its network does not fit this run's (stem_conv.weight"),
+])
+def test_cli_train_nproc_refuses_a_resume_every_process_would_refuse(tmp_path, monkeypatch, capsys, config, message):
+    """A resume of a run that stopped early, or of a checkpoint whose network does not fit (a run without run.json),
+    is refused by each process as it loads the checkpoint: the launcher checks it first, one line, no torchrun."""
+    from monai_lkcfusion.cli import launch, main
+    from monai_lkcfusion.networks import LKCFUNet
+
+    data = _write_harvard_like(tmp_path / "data")
+    run = tmp_path / "run"
+    run.mkdir()
+    network = LKCFUNet.from_preset("tiny").state_dict()
+    torch.save({"network": network, "early_stop": {"counter": 2, "best_score": -0.5}}, run / "checkpoint_epoch=1.pt")
+    override = tmp_path / "override.json"
+    override.write_text(json.dumps({**TINY, **config}))
+    monkeypatch.setattr(launch.subprocess, "Popen", lambda *a, **k: pytest.fail("torchrun was started"))
+    code = main(["train", "--nproc", "2", "--config", str(override), "--dataset-dir", str(data), "--output", str(run),
+                 "--device", "cpu", "--resume", "--epochs", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("lkcfusion: error:") and message in err[-1], err

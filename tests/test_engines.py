@@ -278,3 +278,13 @@ def test_device_given_as_a_name_trains(tmp_path):
     run_bundle_workflow("train.json", (), "train", dataset_dir=str(_harvard_like(tmp_path / "data")),
                         output_dir=str(tmp_path / "run"), device="cpu", **{**TINY, "max_epochs": 1})
     assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_a_trainer_whose_validator_has_no_data_is_refused_before_training(tmp_path: Path,
+                                                                            synthetic_pair) -> None:
+    """create_trainer with an evaluator over no pairs trained every epoch and then had no best model to export."""
+    net = LKCFUNet.from_preset("tiny")
+    train_loader, _ = _loaders(_pairs(synthetic_pair, n=2))
+    with pytest.raises(FusionInputError, match="the validator has no data"):
+        create_trainer(net, train_loader, 2, evaluator=create_evaluator(net, []), output_dir=tmp_path,
+                       progress=False, tensorboard=False)

@@ -67,3 +67,41 @@ def test_split_by_fraction_of_a_datalist_without_tasks() -> None:
     train, val = split_by_fraction(items, 0.2, seed=0)
     assert len(train) == 8 and len(val) == 2 and not {i["mri"] for i in train} & {i["mri"] for i in val}
     assert train == split_by_fraction(items, 0.2, seed=0)[0]  # the same seed, the same split
+
+
+@pytest.mark.parametrize("split, message", [
+    (([_item("MRI-CT", "1001.png")], []), "split: no validation pairs (its second list is empty); a run validates"),
+    (([], [_item("MRI-CT", "1001.png")]), "split: no training pairs (its first list is empty)"),
+    ([_item("MRI-CT", "1001.png")], "split: give two lists, (training pairs, validation pairs)"),
+    ("train", "split: give two lists"),
+    (([{"mri": "a.png"}], [_item("MRI-CT", "1001.png")]), "split: a training item without \"mri\" and \"other\""),
+])
+def test_a_split_a_run_cannot_use_is_refused(split, message) -> None:
+    """A config's own split (or split_by_subject holding every subject out) bypassed split_by_fraction's checks: an
+    empty validation list trained every epoch, then failed with "best_model.pt: checkpoint not found" (hand-check
+    helper); an empty training list ended in the data loader's traceback."""
+    from monai_lkcfusion.data import check_split
+
+    with pytest.raises(FusionInputError) as raised:
+        check_split(split)
+    assert message in str(raised.value)
+    check_split(([_item("MRI-CT", "1001.png")], (_item("MRI-CT", "2001.png"),)))  # lists or tuples of pairs
+
+
+def test_train_json_refuses_its_own_split_without_validation_before_writing(tmp_path: Path) -> None:
+    """The bundle's train.json with an own split that holds no validation pairs: one error, nothing written."""
+    import numpy as np
+    from PIL import Image
+
+    from monai_lkcfusion.engines import run_bundle_workflow
+
+    for folder in ("MRI", "CT"):
+        (tmp_path / "data" / "train" / "MRI-CT" / folder).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((32, 32), 40 * i, np.uint8)).save(tmp_path / "data" / "train" / "MRI-CT" / folder
+                                                                      / f"{i}.png")
+    own = "$(monai_lkcfusion.data.harvard_datalist(@dataset_dir, 'train', @tasks), [])"
+    with pytest.raises(FusionInputError, match="split: no validation pairs"):
+        run_bundle_workflow("train.json", (), "train", preset="tiny", dataset_dir=str(tmp_path / "data"), split=own,
+                            roi_size=16, output_dir=str(tmp_path / "run"), device="cpu")
+    assert not (tmp_path / "run").exists()

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engines import (
         bundle_config,
         check_bundle_workflow,
+        check_resume,
         check_run_record,
         distributed_device,
         is_distributed_launch,
@@ -84,14 +85,17 @@ def run(args: argparse.Namespace) -> int:
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.nproc != 1 and not is_distributed_launch():
+        from ..data import check_split
         from .launch import run_processes
 
         # every process would refuse the same settings, data or resume: one line here instead of N and torchrun's
         checked = check_bundle_workflow("train.json", configs, allow_expressions=False, **overrides,
                                         ids=("initialize#0", "split", "network_def", "output_dir", "resume",
-                                             "key_metric"))
+                                             "key_metric", "early_stop_patience"))
+        check_split(checked["split"])
         check_run_record(*(checked[key] for key in ("output_dir", "resume", "network_def", "split", "key_metric")),
                          write=False)
+        check_resume(*(checked[key] for key in ("output_dir", "resume", "network_def", "early_stop_patience")))
         validation = checked["split"][1]
         if len(validation) < args.nproc:  # each process validates its own share (multi_gpu_train.json)
             raise FusionInputError(f"{len(validation)} validation pair(s) for {args.nproc} processes: each process "

@@ -17,7 +17,14 @@ from .io import (
 )
 from .pairing import check_distinct_pair, files_by_name, match_files_by_name, name_key, output_name, pair_files_by_name
 from .samples import DEMO_DIR, demo_files
-from .splits import GLIOMA_SUBJECT, HARVARD_PET_SUBJECT, harvard_subject, split_by_fraction, split_by_subject
+from .splits import (
+    GLIOMA_SUBJECT,
+    HARVARD_PET_SUBJECT,
+    check_split,
+    harvard_subject,
+    split_by_fraction,
+    split_by_subject,
+)
 
 __all__ = [
     "DEMO_DIR",
@@ -44,6 +51,7 @@ __all__ = [
     "output_name",
     "pair_files_by_name",
     "read_image",
+    "check_split",
     "split_by_fraction",
     "split_by_subject",
     "write_fusion_datalist",

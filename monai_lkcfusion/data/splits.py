@@ -20,7 +20,14 @@ from pathlib import Path
 
 from ..errors import FusionInputError
 
-__all__ = ["HARVARD_PET_SUBJECT", "GLIOMA_SUBJECT", "harvard_subject", "split_by_fraction", "split_by_subject"]
+__all__ = [
+    "HARVARD_PET_SUBJECT",
+    "GLIOMA_SUBJECT",
+    "check_split",
+    "harvard_subject",
+    "split_by_fraction",
+    "split_by_subject",
+]
 
 HARVARD_PET_SUBJECT = "harvard-fdg-normal"
 """The one subject of every ``harvard_xg`` MRI-PET pair (prefixes 25/30/41: three orientations)."""
@@ -119,3 +126,30 @@ def split_by_fraction(
             f"{val_fraction:g}: add pairs or change val_fraction"
         )
     return train, val
+
+
+def check_split(split: object) -> None:
+    """Refuse a training split a run cannot use, before it starts: a config's own ``split`` (or one of
+    :func:`split_by_subject` that holds every subject out) bypasses :func:`split_by_fraction`'s checks, and an empty
+    side failed after training ("best_model.pt: checkpoint not found") or in the data loader with a traceback.
+
+    Args:
+        split: ``(training items, validation items)``, each a non-empty list of ``{"mri": path, "other": path}``.
+
+    Raises:
+        FusionInputError: not two lists, an empty list, or an item without ``"mri"`` and ``"other"``.
+    """
+    def is_list(value: object) -> bool:
+        return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+    if not is_list(split) or len(split) != 2 or not all(is_list(part) for part in split):
+        raise FusionInputError(f"split: give two lists, (training pairs, validation pairs); got {str(split)[:80]}")
+    advice = {"training": "put pairs in it, or hold out fewer subjects",
+              "validation": "a run validates to choose its best model; set val_fraction > 0, or put pairs in it"}
+    for (side, fix), order, part in zip(advice.items(), ("first", "second"), split):
+        if not part:
+            raise FusionInputError(f"split: no {side} pairs (its {order} list is empty); {fix}")
+        bad = next((item for item in part if not isinstance(item, Mapping) or not {"mri", "other"} <= set(item)), None)
+        if bad is not None:
+            raise FusionInputError(f"split: a {side} item without \"mri\" and \"other\" ({str(bad)[:80]}); give each "
+                                   "pair as {\"mri\": path, \"other\": path}")

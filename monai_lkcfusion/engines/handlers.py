@@ -10,12 +10,13 @@ a distributed run should execute (checkpoint saver, statistics, TensorBoard, pro
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ __all__ = [
     "ValidationEarlyStopHandler",
     "best_model_saver",
     "check_earlier_run",
+    "check_resume",
     "checkpoint_epochs",
     "last_checkpoint",
     "loss_output",
@@ -144,6 +146,11 @@ def validation_score(evaluator: Engine) -> float:
     return -value if lower_is_better(name) else value
 
 
+def _not_the_exception_line(record: logging.LogRecord) -> bool:
+    """Whether a log record is other than Ignite's "Engine run is terminating due to exception: ..." line."""
+    return not str(record.msg).startswith("Engine run is terminating due to exception")
+
+
 class ExceptionRaiser:
     """An engine's first ``EXCEPTION_RAISED`` handler: raises the exception on, before MONAI's ``StatsHandler``
     logs it with its traceback. Ignite stops at the first handler that raises, so a user's error in a run (a
@@ -153,8 +160,11 @@ class ExceptionRaiser:
     """
 
     def attach(self, engine: Engine) -> None:
-        """Register on ``engine``'s ``EXCEPTION_RAISED`` event (call before the other handlers attach)."""
+        """Register on ``engine``'s ``EXCEPTION_RAISED`` event (call before the other handlers attach), and keep
+        Ignite's "terminating due to exception" log line out of ``engine``'s log: the raised error is shown once,
+        as the command line's one line or as its traceback."""
         engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+        engine.logger.addFilter(_not_the_exception_line)
 
     def __call__(self, engine: Engine, error: Exception) -> None:
         raise error
@@ -177,7 +187,15 @@ class EpochValidationHandler(ValidationHandler):
         super().__init__(interval=interval, validator=validator, epoch_level=True, exec_at_start=exec_at_start)
 
     def attach(self, engine: Engine) -> None:
-        """Run the validator after every ``interval``-th epoch and after the last one."""
+        """Run the validator after every ``interval``-th epoch and after the last one.
+
+        Raises:
+            FusionInputError: the validator has no data (the run would train, then find no best model to export).
+        """
+        data = getattr(self.validator, "data_loader", None)
+        if isinstance(data, Sized) and len(data) == 0:
+            raise FusionInputError("the validator has no data: a run validates to choose its best model (and "
+                                   "exports none without); give the evaluator validation pairs")
 
         def due(trainer: Engine, epoch: int) -> bool:
             return epoch % self.interval == 0 or epoch == trainer.state.max_epochs
@@ -204,6 +222,11 @@ class ValidationEarlyStopHandler(EarlyStopHandler):
     cycle); attaching it to the trainer attaches it to ``validator``, so patience counts validations. With
     ``patience`` 0 it does nothing, so the handler list keeps its length and order (see the module docstring).
 
+    Its count of validations without improvement and its best score are saved with the "last" checkpoint
+    (``training_state`` holds it; see :class:`LastCheckpointSaver`) and restored on resume, so a resumed run stops
+    where the uninterrupted one would; resuming a run that stopped early is refused (it would train on and replace
+    its ``model.pt``) unless ``patience`` is raised or set to 0.
+
     Args:
         validator: the evaluator whose key metric is watched.
         patience: validations without improvement before the trainer stops; 0 disables early stopping.
@@ -227,6 +250,61 @@ class ValidationEarlyStopHandler(EarlyStopHandler):
             return
         self.set_trainer(engine)
         super().attach(self.validator)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The validations without improvement so far (``counter``) and the best score (``None`` before any)."""
+        if self._handler is None:
+            return {"counter": 0, "best_score": None}
+        return {"counter": self._handler.counter, "best_score": self._handler.best_score}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue counting from a checkpoint's state (nothing to do when early stopping is off).
+
+        Raises:
+            FusionInputError: the restored count already reaches ``patience``: the run stopped early.
+        """
+        if self._handler is None:
+            return
+        _check_not_stopped(state_dict, self.patience)
+        self._handler.counter, self._handler.best_score = int(state_dict["counter"]), state_dict["best_score"]
+
+
+def _check_not_stopped(state_dict: dict[str, Any], patience: int) -> None:
+    """Refuse to continue an early stopper's saved state that already reaches ``patience`` (0: off, nothing refused)."""
+    counter = int(state_dict["counter"])
+    if patience > 0 and counter >= patience:
+        raise FusionInputError(
+            f"the run stopped early: its last {counter} validations did not improve on its best "
+            f"(early_stop_patience {patience}); to train on, resume with a larger early_stop_patience "
+            "(or 0 to switch early stopping off)"
+        )
+
+
+def check_resume(output_dir: str | Path, resume: bool | str | Path, network: torch.nn.Module,
+                 early_stop_patience: int = 0) -> None:
+    """What every process of a distributed run would refuse when it resumes, checked once by the launcher
+    (``lkcfusion train --nproc N``) before the processes start: as :class:`ResumeCheckpointLoader` (a complete
+    checkpoint, the network's tensors fit) and :class:`ValidationEarlyStopHandler` (the run has not stopped early).
+
+    Args:
+        output_dir: the run's output folder.
+        resume: the ``resume`` setting (see :func:`resume_option`).
+        network: the run's network.
+        early_stop_patience: the run's ``early_stop_patience``.
+
+    Raises:
+        FusionInputError: the resume would be refused.
+    """
+    path = ResumeCheckpointLoader(output_dir, {"network": network}, resume).path
+    if path is None:
+        return
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("early_stop")
+    try:
+        if saved is not None:
+            patience = as_count(early_stop_patience, "early_stop_patience", minimum=0, unit="validations")
+            _check_not_stopped(saved, patience)
+    except FusionInputError as error:
+        raise FusionInputError(f"{path}: {error}") from None
 
 
 class TimeLimitHandler:
@@ -342,6 +420,22 @@ _SCHEDULE_POSITION = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_w
 """LR scheduler state a resumed run takes from its checkpoint; the rest (``T_max``, ``eta_min``...) is the run's."""
 
 
+def _check_fits(path: str | Path, key: str, saved: dict[str, torch.Tensor], module: torch.nn.Module) -> None:
+    """Refuse a checkpoint whose ``key`` state does not fit ``module`` (another preset or network settings), which
+    ``load_state_dict`` reports in a traceback of every differing tensor."""
+    own = module.state_dict()
+    differ = [f"{name} {tuple(saved[name].shape)} there, {tuple(tensor.shape)} here" for name, tensor in own.items()
+              if name in saved and saved[name].shape != tensor.shape]
+    differ += [f"{name} not there" for name in own if name not in saved]
+    differ += [f"{name} not here" for name in saved if name not in own]
+    if differ:
+        more = f" and {len(differ) - 1} more" if len(differ) > 1 else ""
+        raise FusionInputError(
+            f"{path}: its {key} does not fit this run's ({differ[0]}{more}); resume with the run's network settings "
+            "(preset, network_def), or start a new run in another folder"
+        )
+
+
 class ResumeCheckpointLoader:
     """Load a "last" checkpoint into the network, optimizer, LR scheduler and trainer when the trainer starts.
 
@@ -360,7 +454,8 @@ class ResumeCheckpointLoader:
         map_location: where to load the tensors.
 
     Raises:
-        FusionInputError: ``resume`` is ``True`` and ``output_dir`` holds checkpoints, none of them complete.
+        FusionInputError: ``resume`` is ``True`` and ``output_dir`` holds checkpoints, none of them complete; the
+            checkpoint lacks an object of ``load_dict``, or its network's tensors do not fit the network's.
 
     Warns:
         UserWarning: newer checkpoints than the one resumed from are damaged (they are named; they will be replaced).
@@ -384,10 +479,16 @@ class ResumeCheckpointLoader:
             )
         if self.path is not None and zipfile.is_zipfile(self.path):  # MONAI's loader would fail with a traceback
             held = torch.load(self.path, map_location="cpu", weights_only=True)
+            if isinstance(held, dict):  # checkpoints before the early-stop state was saved resume without it
+                self.load_dict = {key: obj for key, obj in self.load_dict.items()
+                                  if key in held or not isinstance(obj, ValidationEarlyStopHandler)}
             missing = [key for key in self.load_dict if not isinstance(held, dict) or key not in held]
             if missing:
                 raise FusionInputError(f"{self.path}: not a checkpoint of this training (no {', '.join(missing)}); "
                                        "resume from a checkpoint_epoch=N.pt that a run wrote")
+            for key, obj in self.load_dict.items():
+                if isinstance(obj, torch.nn.Module):
+                    _check_fits(self.path, key, held[key], obj)
         if resume is True and self.path is not None:  # a newer one was passed over: say so, it will be replaced
             epochs = checkpoint_epochs(output_dir)
             chosen = next(epoch for epoch, path in epochs if path == self.path)
@@ -431,8 +532,17 @@ class ResumeCheckpointLoader:
                     sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
 
         engine.add_event_handler(Events.STARTED, keep_settings)
-        load_dict = {**self.load_dict, "trainer": engine}
-        CheckpointLoader(load_path=str(self.path), load_dict=load_dict, map_location=self.map_location).attach(engine)
+        loader = CheckpointLoader(load_path=str(self.path), load_dict={**self.load_dict, "trainer": engine},
+                                  map_location=self.map_location)
+        loader.logger = engine.logger  # as its attach() would set it
+
+        def load(engine: Engine) -> None:
+            try:
+                loader(engine)
+            except FusionInputError as error:  # a restored object refused its state: name the checkpoint
+                raise FusionInputError(f"{self.path}: {error}") from None
+
+        engine.add_event_handler(Events.STARTED, load)
         engine.add_event_handler(Events.STARTED, restore_settings)
 
 
@@ -564,7 +674,8 @@ def train_handlers(
 
     Args:
         output_dir: checkpoints and TensorBoard logs (``output_dir/tensorboard``).
-        save_dict: ``network``, ``optimizer`` and ``lr_scheduler`` to checkpoint and resume.
+        save_dict: ``network``, ``optimizer`` and ``lr_scheduler`` to checkpoint and resume (the early stopper is
+            added when ``validator`` is given).
         lr_scheduler: stepped once per epoch when given.
         validator: run every ``val_interval`` epochs and after the last epoch when given.
         val_interval: epochs between validations.
@@ -586,7 +697,9 @@ def train_handlers(
     if lr_scheduler is not None:
         handlers.append(LrScheduleHandler(lr_scheduler=lr_scheduler, print_lr=False, epoch_level=True))
     if validator is not None:
-        handlers.append(ValidationEarlyStopHandler(validator=validator, patience=early_stop_patience))
+        early_stop = ValidationEarlyStopHandler(validator=validator, patience=early_stop_patience)
+        handlers.append(early_stop)
+        save_dict = {**save_dict, "early_stop": early_stop}
     handlers.append(TimeLimitHandler(time_limit))
     handlers.append(ResumeCheckpointLoader(output_dir, save_dict, resume=resume, map_location=device))
     handlers.append(LastCheckpointSaver(output_dir, save_dict, keep_checkpoint_interval))

@@ -430,7 +430,7 @@ def run_bundle_command(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name (``run --config_file ...``); ``None`` reads ``sys.argv``.
 
     Returns:
-        The exit code: 0, or 2 for the user's error.
+        The exit code: 0, 2 for the user's error, 130 when interrupted (Ctrl-C).
     """
     import runpy
     import sys
@@ -449,6 +449,9 @@ def run_bundle_command(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lkcfusion: error: {' '.join(str(user).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: as the lkcfusion command, not a traceback of wherever it landed
+        print("lkcfusion: interrupted", file=sys.stderr)
+        return 130
     finally:
         sys.argv = saved
     return 0
