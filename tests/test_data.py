@@ -122,6 +122,24 @@ def test_names_pair_in_either_unicode_form_and_case_twins_are_named(tmp_path):
     assert "case.png there differs only in letter case" in unpaired[0]
 
 
+def test_an_entry_in_an_unread_format_is_named_as_such_not_as_unpaired(tmp_path):
+    """MRI/e.webp beside PET/e.png was reported as two entries without a partner, exit 1: the user was told the
+    partner was missing while it lay there (hand-check helper). Both lines now say that the format is not read."""
+    for folder, names in {"a": ["e.webp", "k.png", "s.tiff"], "b": ["e.png", "k.png", "s.TGA"]}.items():
+        (tmp_path / folder).mkdir()
+        for n in names:
+            (tmp_path / folder / n).write_bytes(b"1")
+    pairs, unpaired = pair_files_by_name(tmp_path / "a", tmp_path / "b")
+    assert [m.name for m, _ in pairs] == ["k.png"]
+    messages = dict(zip((Path(u.split(": ")[0]).name for u in unpaired), unpaired))
+    assert set(messages) == {"e.webp", "e.png", "s.tiff", "s.TGA"}, unpaired
+    assert "unsupported format '.webp'; use .png" in messages["e.webp"]
+    assert "no partner in" in messages["e.png"]
+    assert "(e.webp there is in a format that is not read)" in messages["e.png"]
+    assert "(s.TGA there is in a format that is not read)" in messages["s.tiff"]
+    assert "unsupported format '.tga'" in messages["s.TGA"]
+
+
 def test_match_files_by_name_across_three_folders(tmp_path):
     folders = {"f": ["a.png", "b.png", ".hidden.png"], "m": ["a.PNG", "b.png", "c.png"], "o": ["a.jpg"]}
     for folder, names in folders.items():

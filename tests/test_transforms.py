@@ -339,3 +339,26 @@ def test_rand_sliced_missing_keys_and_mismatched_grids():
     assert sampler({"label": 1}) == {"label": 1}
     with pytest.raises(FusionInputError, match="one slice index needs volumes on one grid"):
         sampler({"mri": torch.rand(1, 8, 8, 6), "other": torch.rand(1, 8, 8, 3)})
+
+
+def test_partly_transparent_pictures_are_warned(tmp_path):
+    """A PET overlay saved at 50% opacity was composited onto black at half its values without a word (hand-check
+    helper): warned, for files and (H, W, 4) arrays; a transparent background or an opaque picture is not."""
+    import warnings
+
+    from monai_lkcfusion.transforms import LoadFusionImage
+
+    rgb = _pet_rgb()
+    half = np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])
+    masked = np.dstack([rgb, np.where(rgb.max(axis=-1) > 0, 255, 0).astype(np.uint8)])  # opaque or transparent
+    Image.fromarray(half).save(tmp_path / "half.png")
+    Image.fromarray(masked).save(tmp_path / "masked.png")
+    with pytest.warns(UserWarning, match=r"half.png: 100% of its pixels are partly transparent; .* composited onto"):
+        read = LoadFusionImage()(str(tmp_path / "half.png"))
+    assert float(read.max()) == pytest.approx(float(rgb.max()) * 128 / 255, abs=1e-3)  # still composited
+    with pytest.warns(UserWarning, match="partly transparent"):
+        LoadFusionImage()(half)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LoadFusionImage()(str(tmp_path / "masked.png"))
+        LoadFusionImage()(masked)

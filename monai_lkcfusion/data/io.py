@@ -80,6 +80,23 @@ def _format_suffix(path: Path) -> str:
         return ".dcm" if stream.read(132)[128:] == b"DICM" else suffix
 
 
+def unsupported_format(path: str | Path) -> str | None:
+    """Why a file cannot be read by its format (the readers' message), or ``None`` when a reader takes it.
+
+    Args:
+        path: a file (a DICOM file may lack an extension); a folder is a DICOM series, never refused here.
+
+    Returns:
+        ``"<path>: unsupported format '<ext>'; use ..."``, or ``None``.
+    """
+    path = Path(path)
+    suffix = _format_suffix(path)
+    if not path.is_file() or suffix in PICTURE_SUFFIXES + VOLUME_SUFFIXES:
+        return None
+    return (f"{path}: unsupported format '{suffix}'; use {', '.join(PICTURE_SUFFIXES + VOLUME_SUFFIXES)} or a DICOM "
+            "series folder")
+
+
 def image_stem(path: str | Path) -> str:
     """The name of an image file without its extension (``a.nii.gz`` -> ``a``); a folder's own name."""
     path = Path(path)
@@ -153,10 +170,7 @@ def read_image(
         if not allow_external_data:
             check_data_file_location(path)
         return _read_itk(path, suffix)
-    raise FusionInputError(
-        f"{path}: unsupported format '{suffix}'; use {', '.join(PICTURE_SUFFIXES + VOLUME_SUFFIXES)} "
-        "or a DICOM series folder"
-    )
+    raise FusionInputError(unsupported_format(path))
 
 
 def _meta(path: Path, spatial_dims: int, color: bool, display_max: float | None, modality: str | None) -> dict:
@@ -200,7 +214,7 @@ def _read_picture(path: Path) -> MetaTensor:
                       "tag if the viewer's orientation is the right one", stacklevel=3)
     if array.ndim == 3:
         if array.shape[-1] in (2, 4):  # gray or colour with alpha
-            array = composite_on_black(array, display_max)
+            array = composite_on_black(array, display_max, str(path))
         if array.shape[-1] == 1 or np.all(array == array[..., :1]):
             array = array[..., 0]
     data = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)  # (C, H, W)
@@ -209,18 +223,26 @@ def _read_picture(path: Path) -> MetaTensor:
     return img
 
 
-def composite_on_black(array: np.ndarray, alpha_max: float | None) -> np.ndarray:
+def composite_on_black(array: np.ndarray, alpha_max: float | None, name: str | None = None) -> np.ndarray:
     """Composite pixels with alpha on black.
 
     Args:
         array: ``(..., C)`` pixels whose last channel is alpha.
         alpha_max: the alpha of full opacity (255 for 8-bit pictures); ``None`` when alpha is already in [0, 1].
+        name: the image's name for a warning when more than 1% of its pixels are partly transparent (they are
+            dimmed by their alpha: an overlay saved at 50% opacity reads at half its values); ``None``: no warning.
 
     Returns:
         ``(..., C - 1)``: the other channels times ``alpha / alpha_max``.
     """
     alpha = array[..., -1:]
-    return array[..., :-1] * (alpha / alpha_max if alpha_max else alpha)
+    full = alpha_max or 1.0
+    partial = float(((alpha > 0) & (alpha < full)).mean()) if alpha.size else 0.0
+    if name is not None and partial > 0.01:
+        warnings.warn(f"{name}: {partial:.0%} of its pixels are partly transparent; they are composited onto black "
+                      "(dimmed by their alpha): save the image without transparency if that is not what it shows",
+                      stacklevel=3)
+    return array[..., :-1] * (alpha / full)
 
 
 def _picture_array(image) -> tuple[np.ndarray, float | None]:

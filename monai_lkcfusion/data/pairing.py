@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import FusionInputError
 from .atomic import same_file
-from .io import NOT_IMAGE_SUFFIXES, WRITABLE_SUFFIXES, image_stem, image_suffix
+from .io import NOT_IMAGE_SUFFIXES, WRITABLE_SUFFIXES, image_stem, image_suffix, unsupported_format
 
 __all__ = [
     "check_distinct_pair", "files_by_name", "match_files_by_name", "name_key", "output_name", "pair_files_by_name"
@@ -130,12 +130,20 @@ def pair_files_by_name(mri_dir: str | Path, other_dir: str | Path) -> tuple[list
     matched, unmatched = match_files_by_name({"mri": mri_dir, "other": other_dir})
     pairs = [(Path(m["mri"]), Path(m["other"])) for m in matched]
 
-    def hint(path: Path, others: list[Path]) -> str:
-        twins = [o.name for o in others if name_key(o).casefold() == name_key(path).casefold()]
-        return f" ({twins[0]} there differs only in letter case; rename one to pair them)" if twins else ""
+    def message(path: Path, folder: str | Path, others: list[Path]) -> str:
+        unreadable = unsupported_format(path)  # it pairs with nothing, yet its partner may be there
+        if unreadable is not None:
+            return unreadable
+        key = name_key(path)
+        unread = [o.name for o in others if unsupported_format(o) is not None and Path(o.name).stem == key]
+        if unread:
+            return f"{path}: no partner in {folder} ({unread[0]} there is in a format that is not read)"
+        twins = [o.name for o in others if name_key(o).casefold() == key.casefold()]
+        hint = f" ({twins[0]} there differs only in letter case; rename one to pair them)" if twins else ""
+        return f"{path}: no partner in {folder}{hint}"
 
-    unpaired = [f"{p}: no partner in {other_dir}{hint(p, unmatched['other'])}" for p in unmatched["mri"]]
-    unpaired += [f"{p}: no partner in {mri_dir}{hint(p, unmatched['mri'])}" for p in unmatched["other"]]
+    unpaired = [message(p, other_dir, unmatched["other"]) for p in unmatched["mri"]]
+    unpaired += [message(p, mri_dir, unmatched["mri"]) for p in unmatched["other"]]
     return pairs, unpaired
 
 

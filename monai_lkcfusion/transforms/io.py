@@ -95,7 +95,8 @@ class LoadFusionImage(Transform):
                         stacklevel=2,
                     )
                 if array.shape[-1] == 4:
-                    array = composite_on_black(array.astype(np.float32), 255.0 if value.dtype == np.uint8 else None)
+                    array = composite_on_black(array.astype(np.float32), 255.0 if value.dtype == np.uint8 else None,
+                                               self.name)
                 array = np.moveaxis(array, -1, 0)
             else:
                 array = array[None]
