@@ -51,6 +51,8 @@ def test_shard_items_cover_every_item_once_in_order(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(distributed, "get_rank", lambda: 2)
     with pytest.raises(FusionInputError, match="2 item.* cannot be shared by 3 processes"):
         shard_items([0, 1])
+    with pytest.raises(FusionInputError, match="^2 test pair\\(s\\) cannot be shared by 3 processes"):
+        shard_items([0, 1], what="test pair(s)")  # the bundle's configs name what is shared (it said "item(s)")
     assert shard_items([0, 1], allow_empty=True) == []
 
 
@@ -327,3 +329,56 @@ def test_cli_train_nproc_refuses_a_resume_every_process_would_refuse(tmp_path, m
                  "--device", "cpu", "--resume", "--epochs", "3"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("lkcfusion: error:") and message in err[-1], err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SIGINT forwarding is POSIX, the parent-death signal Linux")
+def test_launcher_stops_torchrun_on_sigint_and_when_killed(monkeypatch, tmp_path):
+    """A SIGINT to `lkcfusion train --nproc N` alone (an IDE's stop button) printed "interrupted" and left torchrun
+    and its workers training, as did a SIGKILL of it (hand-check helper): SIGINT is passed on and waited for, then
+    the command is interrupted; a killed launcher's torchrun gets SIGTERM from the kernel."""
+    import signal
+    import threading
+    import time
+
+    from monai_lkcfusion.cli import launch
+
+    child = ("import signal, sys, time\nsignal.signal(signal.SIGINT, lambda *a: sys.exit(3))\n"
+             "print('ready', flush=True)\ntime.sleep(60)")
+    real_popen = subprocess.Popen
+    children = []
+
+    def popen(argv, **kwargs):
+        process = real_popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, **kwargs)
+        process.stdout.readline()
+        children.append(process)
+        return process
+
+    monkeypatch.setattr(launch.subprocess, "Popen", popen)
+    threading.Thread(target=lambda: (time.sleep(1.5), os.kill(os.getpid(), signal.SIGINT)), daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        launch.run_processes(["train"], 2)
+    assert children and children[0].returncode == 3  # it got the SIGINT and had ended
+
+    parent = tmp_path / "parent.py"  # a launcher whose torchrun is a sleeper; killed with SIGKILL
+    parent.write_text(
+        "import subprocess, sys\nfrom monai_lkcfusion.cli import launch\nreal = subprocess.Popen\n"
+        "def popen(argv, **kwargs):\n"
+        "    process = real([sys.executable, '-c', 'import time; time.sleep(60)'], **kwargs)\n"
+        "    print(process.pid, flush=True)\n    return process\n"
+        "launch.subprocess.Popen = popen\nlaunch.run_processes(['train'], 2)\n")
+    launcher = real_popen([sys.executable, str(parent)], stdout=subprocess.PIPE, text=True)
+    pid = int(launcher.stdout.readline())
+    launcher.kill()
+    launcher.wait()
+
+    def running(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+        return "State:\tZ" not in state  # a zombie has ended; its new parent reaps it
+
+    deadline = time.monotonic() + 20
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(pid)

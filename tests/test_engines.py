@@ -288,3 +288,24 @@ def test_a_trainer_whose_validator_has_no_data_is_refused_before_training(tmp_pa
     with pytest.raises(FusionInputError, match="the validator has no data"):
         create_trainer(net, train_loader, 2, evaluator=create_evaluator(net, []), output_dir=tmp_path,
                        progress=False, tensorboard=False)
+
+
+def test_val_loss_is_the_mean_over_pairs_whatever_the_batches(synthetic_pair) -> None:
+    """val_loss was MONAI's mean of per-batch losses: 3 pairs in batches of 2 weighed the last pair as much as the
+    first two together (a distributed run's 2 + 1 shards alike), and the best model was chosen on that (found by a
+    hand-check helper). It is the mean of each pair's loss now, for any batch size."""
+    from monai_lkcfusion.losses import FusionLoss
+
+    torch.manual_seed(0)
+    net = LKCFUNet.from_preset("tiny").eval()
+    data = _pairs(synthetic_pair, n=3)
+    concat = Compose([ConcatItemsd(["mri", "other"], "image"), CopyItemsd("image", names="label")])
+    loss = FusionLoss()
+    with torch.no_grad():
+        sources = torch.stack([torch.as_tensor(concat(dict(item))["image"]) for item in data]).float()
+        expected = float(torch.stack([loss(net(s[None]).clamp(0, 1), s[None]) for s in sources]).mean())
+    for batch_size in (1, 2, 4):
+        evaluator = create_evaluator(net, DataLoader(Dataset(data, concat), batch_size=batch_size),
+                                     loss_function=loss, handlers=[])
+        evaluator.run()
+        assert evaluator.state.metrics["val_loss"] == pytest.approx(expected, rel=1e-5), batch_size

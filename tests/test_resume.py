@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +346,50 @@ def test_early_stopping_state_is_resumed_and_a_stopped_run_is_not_trained_on(tmp
     torch.save(older, last_checkpoint(run))
     _tiny_run(tmp_path, max_epochs=6, resume=True, early_stop_patience=3, **still)  # counts from 0 again: to epoch 6
     assert last_checkpoint(run).name == "checkpoint_epoch=6.pt"
+
+
+class _Unpicklable:
+    """A state whose pickling fails inside torch.save (as a Ctrl-C there would), after the zip was begun."""
+
+    def state_dict(self) -> dict:
+        return {"f": lambda: 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def test_a_save_interrupted_inside_torch_save_leaves_no_checkpoint_and_old_ones_are_skipped(tmp_path, capsys):
+    """SIGINT to torchrun during rank 0's save left a 707-byte checkpoint_epoch=2.pt: a valid zip without its data
+    (torch.save finishes the archive as it unwinds), which last_checkpoint took as whole, and every later --resume
+    ended in a traceback (found by a hand-check helper). Checkpoints and best_model.pt are written atomically now,
+    such a file of an earlier version is skipped, and one named by --resume PATH is one line."""
+    from ignite.engine import Engine
+
+    from monai_lkcfusion.engines import best_model_saver
+    from monai_lkcfusion.networks import LKCFUNet
+
+    net = LKCFUNet.from_preset("tiny")
+    engine = Engine(lambda e, b: None)
+    LastCheckpointSaver(tmp_path, {"network": net, "broken": _Unpicklable()}).attach(engine)
+    with pytest.raises(Exception):
+        engine.run([0], max_epochs=1)
+    assert not list(tmp_path.iterdir())  # no partial checkpoint_epoch=1.pt (nor a temporary file) left
+    saver = best_model_saver(tmp_path, {"network": net}["network"], "val_loss")
+    assert all(c.save_handler._atomic for c in (saver._key_metric_checkpoint,))
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"network": net.state_dict()}, run / "checkpoint_epoch=1.pt")
+    try:  # what an interrupted, non-atomic save left: the zip's first records, closed as torch.save unwound
+        torch.save({"network": net.state_dict(), "broken": {"f": lambda: 0}}, run / "checkpoint_epoch=2.pt")
+    except Exception:
+        pass
+    assert zipfile.is_zipfile(run / "checkpoint_epoch=2.pt")
+    assert last_checkpoint(run).name == "checkpoint_epoch=1.pt"
+    from monai_lkcfusion.engines.handlers import ResumeCheckpointLoader
+
+    with pytest.raises(FusionInputError, match=r"checkpoint_epoch=2.pt: not a whole checkpoint \(cut short or "):
+        ResumeCheckpointLoader(run, {"network": net}, resume=str(run / "checkpoint_epoch=2.pt"))
+    (run / "best_model.pt").write_bytes((run / "checkpoint_epoch=2.pt").read_bytes())
+    with pytest.raises(FusionInputError, match=r"best_model.pt: cut short or damaged; delete it to resume"):
+        best_model_saver(run, net, "val_loss", resume=True)

@@ -7,6 +7,7 @@ distributed form of the workflow. Multi-node runs call ``torchrun`` directly (do
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import subprocess
 import sys
@@ -24,23 +25,44 @@ def run_processes(command_argv: Sequence[str], nproc: int) -> int:
         command_argv: the command and its arguments, e.g. ``["train", "--epochs", "2"]`` (no ``--nproc``).
         nproc: processes on this machine (one per GPU with CUDA, else CPU processes with Gloo).
 
-    A SIGTERM or SIGHUP to this process (a job scheduler's stop, a closed terminal) is passed on to ``torchrun``,
-    which stops its workers: they must not train on, and write into the run folder, after the command has ended.
+    A SIGTERM, SIGHUP or SIGINT to this process (a job scheduler's stop, a closed terminal, Ctrl-C or an IDE's stop
+    button) is passed on to ``torchrun``, which stops its workers, and this process waits for them: they must not
+    train on, and write into the run folder, after the command has ended (a SIGINT to this process alone left
+    them training). On Linux ``torchrun`` also gets SIGTERM if this process dies without a word (SIGKILL).
 
     Returns:
         ``torchrun``'s exit code: 0 when every process succeeded.
 
     Raises:
         FusionInputError: ``nproc`` is not a whole number of at least 1.
+        KeyboardInterrupt: after ``torchrun`` ended, when it was stopped by a SIGINT to this process.
     """
     as_count(nproc, "--nproc", unit="processes")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    process = subprocess.Popen([*launcher, "-m", "monai_lkcfusion", *command_argv])
-    forwarded = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
-    previous = {number: signal.signal(number, lambda received, _: process.send_signal(received))
-                for number in forwarded}
+    process = subprocess.Popen([*launcher, "-m", "monai_lkcfusion", *command_argv], preexec_fn=_end_with_parent)
+    received: list[int] = []
+
+    def forward(number: int, _frame: object) -> None:
+        received.append(number)
+        process.send_signal(number)
+
+    forwarded = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name)]
+    previous = {number: signal.signal(number, forward) for number in forwarded}
     try:
-        return process.wait()
+        code = process.wait()
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+    if signal.SIGINT in received:
+        raise KeyboardInterrupt
+    return code
+
+
+def _end_with_parent() -> None:
+    """In the child before it runs ``torchrun``: on Linux, have the kernel send it SIGTERM when this process dies."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+"""``prctl`` option (linux/prctl.h): the signal a process gets when its parent thread dies."""

@@ -140,7 +140,7 @@ def all_gather_objects(obj: T) -> list[T]:
     return gathered
 
 
-def shard_items(items: Sequence[T], allow_empty: bool = False) -> list[T]:
+def shard_items(items: Sequence[T], allow_empty: bool = False, what: str = "item(s)") -> list[T]:
     """This process's contiguous share of ``items``: each item in exactly one shard, in the original order.
 
     Shard sizes differ by at most one (the first ``len(items) % world_size`` ranks take one more). Contiguous
@@ -150,6 +150,7 @@ def shard_items(items: Sequence[T], allow_empty: bool = False) -> list[T]:
     Args:
         items: the whole datalist (the same on every process).
         allow_empty: permit a process without items (more processes than items).
+        what: the items' name in the refusal, e.g. ``"test pair(s)"``.
 
     Returns:
         The items of this rank; all of them without a process group.
@@ -159,7 +160,7 @@ def shard_items(items: Sequence[T], allow_empty: bool = False) -> list[T]:
     """
     rank, world = get_rank(), get_world_size()
     if len(items) < world and not allow_empty:
-        raise FusionInputError(f"{len(items)} item(s) cannot be shared by {world} processes: use fewer processes")
+        raise FusionInputError(f"{len(items)} {what} cannot be shared by {world} processes: use fewer processes")
     base, extra = divmod(len(items), world)
     start = rank * base + min(rank, extra)
     return list(items[start : start + base + (rank < extra)])

@@ -22,6 +22,21 @@ def clamp_prediction() -> Lambdad:
     return Lambdad(keys="pred", func=lambda x: x.clamp(0.0, 1.0))
 
 
+def _per_pair(loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
+    """The loss of each pair of a batch, ``(B, 1)``, so that ``val_loss`` is the mean over pairs.
+
+    MONAI's ``LossMetric`` averages what the loss returns per call: a batch's mean counted once, so the lone pair of
+    a last, partial batch (or of a distributed run's smaller shard) weighed as much as a whole batch, and the best
+    model was chosen on a loss that depended on how the pairs fell into batches.
+    """
+
+    def losses(pred: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        # pred (B, 1, H, W), sources (B, 2, H, W) -> (B, 1)
+        return torch.stack([loss_function(pred[i : i + 1], sources[i : i + 1]) for i in range(len(pred))])[:, None]
+
+    return losses
+
+
 def _fusion_metric_handler(names: Sequence[str], ssim_data_range: float) -> IgniteMetricHandler:
     """One handler computing the fusion metrics ``names`` on the 8-bit gray scale; its own value is ``names[0]``.
 
@@ -67,7 +82,8 @@ def create_evaluator(
             ``val_loss``, ``MSE`` and ``Nabf`` (:func:`~monai_lkcfusion.engines.lower_is_better`), higher for the rest.
         metrics: further fusion metric names to compute and log (e.g. ``("Qabf", "SSIM")``).
         loss_function: ``(pred, sources) -> loss`` of ``val_loss``: pass the training loss, so that the best model is
-            chosen on the objective it was trained for (default :class:`~monai_lkcfusion.losses.FusionLoss` 1:1:1).
+            chosen on the objective it was trained for (default :class:`~monai_lkcfusion.losses.FusionLoss` 1:1:1);
+            ``val_loss`` is its mean over the pairs (each pair scored alone).
         ssim_data_range: SSIM data range of the fusion metrics: 2 reproduces the published CDDFuse/EMMA tables,
             255 is LKC-FUNet's own evaluator.
         inferer: how to run the network; whole images by default (the network pads to its stride).
@@ -87,7 +103,8 @@ def create_evaluator(
     """
     device = torch.device(device)
     lower = lower_is_better(key_metric)
-    loss = IgniteMetricHandler(loss_fn=loss_function or FusionLoss(), output_transform=from_engine(["pred", "label"]))
+    loss = IgniteMetricHandler(loss_fn=_per_pair(loss_function or FusionLoss()),
+                               output_transform=from_engine(["pred", "label"]))
     all_metrics = {LOSS_METRIC: loss}
     names = [m for m in dict.fromkeys([key_metric, *metrics]) if m != LOSS_METRIC]
     if names:

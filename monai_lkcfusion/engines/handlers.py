@@ -87,10 +87,30 @@ def checkpoint_epochs(directory: str | Path) -> list[tuple[int, Path]]:
 def last_checkpoint(directory: str | Path) -> Path | None:
     """The newest complete ``checkpoint_epoch=N.pt`` in ``directory``, or ``None`` when there is none.
 
-    A checkpoint cut short (the run was killed while saving it) is skipped: ``torch.save`` writes a zip archive
-    whose central directory comes last, so a partial file is not a valid zip.
+    A checkpoint cut short is skipped: one killed while it was written is not a valid zip (``torch.save`` writes
+    the zip's central directory last), and one interrupted inside ``torch.save`` (Ctrl-C) is a valid zip without
+    its pickled data (``data.pkl``), which checkpoints of earlier versions (written in place) can be.
     """
-    return next((path for _, path in reversed(checkpoint_epochs(directory)) if zipfile.is_zipfile(path)), None)
+    return next((path for _, path in reversed(checkpoint_epochs(directory)) if _complete(path)), None)
+
+
+def _complete(path: Path) -> bool:
+    """Whether ``path`` is a whole ``torch.save`` archive (a zip holding its ``data.pkl``)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name == "data.pkl" or name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _write_atomically(saver: CheckpointSaver) -> None:
+    """Make ``saver``'s files appear whole or not at all: MONAI's ``CheckpointSaver`` writes in place
+    (Ignite's ``DiskSaver(atomic=False)``, for file permissions that Ignite now sets itself), so a run interrupted
+    while saving left a damaged checkpoint or ``best_model.pt`` that every later resume stumbled on."""
+    for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
+        checkpoint = getattr(saver, name, None)
+        if checkpoint is not None:
+            checkpoint.save_handler._atomic = True  # DiskSaver(atomic=True): a temporary file, then os.replace
 
 
 def check_earlier_run(output_dir: str | Path, resume: bool | str | Path) -> None:
@@ -374,6 +394,7 @@ class LastCheckpointSaver(CheckpointSaver):
         # the interval is saved with each checkpoint: a later session with another one keeps what this one kept
         save_dict = {**save_dict, "keep_interval": _Setting(keep_interval)}
         super().__init__(save_dir=str(save_dir), save_dict=save_dict, save_interval=1, n_saved=None)
+        _write_atomically(self)
         self.keep_interval = keep_interval
         self.kept_before: set[int] = set()  # epochs an earlier session's checkpoints keep
 
@@ -477,7 +498,10 @@ class ResumeCheckpointLoader:
                 f"{output_dir}: no complete checkpoint to resume from (every {CHECKPOINT_PREFIX}_epoch=N.pt is cut "
                 "short or damaged); delete them to start a new run there"
             )
-        if self.path is not None and zipfile.is_zipfile(self.path):  # MONAI's loader would fail with a traceback
+        if self.path is not None and not _complete(Path(self.path)):  # given by path: torch.load's traceback
+            raise FusionInputError(f"{self.path}: not a whole checkpoint (cut short or damaged); resume from another "
+                                   f"{CHECKPOINT_PREFIX}_epoch=N.pt")
+        if self.path is not None:  # MONAI's loader would fail with a traceback
             held = torch.load(self.path, map_location="cpu", weights_only=True)
             if isinstance(held, dict):  # checkpoints before the early-stop state was saved resume without it
                 self.load_dict = {key: obj for key, obj in self.load_dict.items()
@@ -650,7 +674,11 @@ def best_model_saver(
         key_metric_negative_sign=lower_is_better(key_metric),
         key_metric_save_state=True,
     )
+    _write_atomically(saver)
     best = Path(save_dir) / filename
+    if resume_option(resume) and best.is_file() and not _complete(best):  # an earlier version's, cut short
+        raise FusionInputError(f"{best}: cut short or damaged; delete it to resume (the best model is then chosen "
+                               "among the resumed epochs)")
     if resume_option(resume) and best.is_file():
         saver.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["checkpointer"])
     return saver
