@@ -382,3 +382,43 @@ def test_launcher_stops_torchrun_on_sigint_and_when_killed(monkeypatch, tmp_path
     while running(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not running(pid)
+
+
+def test_a_process_that_lost_its_peer_says_one_line(monkeypatch, capsys):
+    """A bad image read by one rank: that rank printed its one line, and every other rank a 98-line Gloo traceback
+    ("Connection closed by peer"; hand-check helper). In a torchrun launch such an error, however wrapped, is one
+    line pointing at the other process's error, from the lkcfusion command and from run_bundle alike; outside a
+    launch, and for other errors, nothing changes."""
+    import runpy
+
+    from monai_lkcfusion.cli import main
+    from monai_lkcfusion.cli import train as train_command
+    from monai_lkcfusion.engines import PEER_FAILED_MESSAGE, peer_failed
+    from monai_lkcfusion.engines.workflow import run_bundle_command
+
+    def lost() -> RuntimeError:
+        try:
+            try:
+                raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:390")
+            except RuntimeError as gloo:
+                raise RuntimeError("Failed to evaluate ConfigExpression: $@train#trainer.run()") from gloo
+        except RuntimeError as wrapped:
+            return wrapped
+
+    assert not peer_failed(lost())  # not launched by torchrun
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert peer_failed(lost()) and not peer_failed(RuntimeError("a bug"))
+
+    def stopped(*args, **kwargs):
+        raise lost()
+
+    monkeypatch.setattr(train_command, "run", stopped)
+    monkeypatch.setattr(runpy, "run_module", stopped)
+    assert main(["train", "--dataset-dir", "d", "-o", "o"]) == 1
+    assert run_bundle_command(["run", "--config_file", "x.json"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"lkcfusion: error: {PEER_FAILED_MESSAGE}"] * 2, err
+    monkeypatch.setattr(train_command, "run", lambda args: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["train", "--dataset-dir", "d", "-o", "o"])

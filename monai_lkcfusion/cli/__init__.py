@@ -104,6 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lkcfusion: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # in a distributed run: the others' tracebacks when one process failed
+        from ..engines.distributed import PEER_FAILED_MESSAGE, peer_failed
+
+        if not peer_failed(err):
+            raise
+        print(f"lkcfusion: error: {PEER_FAILED_MESSAGE}", file=sys.stderr)
+        return 1
 
 
 def print_warnings(messages: Iterable[str | warnings.WarningMessage]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .distributed import (
+    PEER_FAILED_MESSAGE,
     BufferBroadcastHandler,
     all_gather_objects,
     barrier,
@@ -16,6 +17,7 @@ from .distributed import (
     is_distributed_launch,
     is_main_process,
     main_process_logging,
+    peer_failed,
     shard_items,
     state_digest,
 )
@@ -53,6 +55,7 @@ from .workflow import (
 )
 
 __all__ = [
+    "PEER_FAILED_MESSAGE",
     "CHECKPOINT_PREFIX",
     "EpochValidationHandler",
     "ExceptionRaiser",
@@ -96,6 +99,7 @@ __all__ = [
     "is_distributed_launch",
     "is_main_process",
     "main_process_logging",
+    "peer_failed",
     "shard_items",
     "state_digest",
 ]

@@ -22,6 +22,7 @@ from ignite.engine import Engine, Events
 from ..errors import FusionInputError
 
 __all__ = [
+    "PEER_FAILED_MESSAGE",
     "BufferBroadcastHandler",
     "all_gather_objects",
     "barrier",
@@ -35,6 +36,7 @@ __all__ = [
     "is_distributed_launch",
     "is_main_process",
     "main_process_logging",
+    "peer_failed",
     "shard_items",
     "state_digest",
 ]
@@ -45,6 +47,35 @@ T = TypeVar("T")
 def is_distributed_launch() -> bool:
     """Whether this process was started by ``torchrun`` (``LOCAL_RANK`` and ``WORLD_SIZE`` are set)."""
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
+"""What Gloo and NCCL say in this process when another process of the run stopped during a collective."""
+
+
+def peer_failed(error: BaseException) -> bool:
+    """Whether ``error`` (or one it was raised from) means that another process of this distributed run stopped
+    while this one waited for it in a collective: a consequence of that process's own failure, which it reports
+    itself (a bad image read by one rank gave the others a 98-line Gloo traceback each).
+
+    Args:
+        error: the exception that ended this process's work.
+
+    Returns:
+        ``False`` outside a ``torchrun`` launch.
+    """
+    if not is_distributed_launch():
+        return False
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, dist.DistError) or any(text in str(cause) for text in _PEER_LOST):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+PEER_FAILED_MESSAGE = "stopped: another process of this distributed run failed (its own error is printed above)"
+"""The one line a process prints instead of its traceback when :func:`peer_failed`."""
 
 
 def get_rank() -> int:

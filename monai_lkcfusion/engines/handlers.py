@@ -167,8 +167,9 @@ def validation_score(evaluator: Engine) -> float:
 
 
 def _not_the_exception_line(record: logging.LogRecord) -> bool:
-    """Whether a log record is other than Ignite's "Engine run is terminating due to exception: ..." line."""
-    return not str(record.msg).startswith("Engine run is terminating due to exception")
+    """Whether a log record is other than Ignite's "Engine run (or Current run) is terminating due to exception: ..."
+    line."""
+    return "run is terminating due to exception" not in str(record.msg)
 
 
 class ExceptionRaiser:

@@ -430,10 +430,13 @@ def run_bundle_command(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name (``run --config_file ...``); ``None`` reads ``sys.argv``.
 
     Returns:
-        The exit code: 0, 2 for the user's error, 130 when interrupted (Ctrl-C).
+        The exit code: 0, 2 for the user's error, 1 when another process of a distributed run failed (it prints
+        its own error), 130 when interrupted (Ctrl-C).
     """
     import runpy
     import sys
+
+    from .distributed import PEER_FAILED_MESSAGE, peer_failed
 
     saved = sys.argv
     sys.argv = ["python -m monai.bundle", *(sys.argv[1:] if argv is None else argv)]
@@ -445,6 +448,9 @@ def run_bundle_command(argv: Sequence[str] | None = None) -> int:
                                                                           else RuntimeError(err))
         if isinstance(err, OSError) and user is None:
             user = FusionInputError(f"{err.filename}: {err.strerror}" if err.filename else str(err))
+        if user is None and peer_failed(err):  # another process's failure, which it reports itself
+            print(f"lkcfusion: error: {PEER_FAILED_MESSAGE}", file=sys.stderr)
+            return 1
         if user is None:
             raise
         print(f"lkcfusion: error: {' '.join(str(user).split())}", file=sys.stderr)

@@ -109,7 +109,8 @@ def compute_fusion_metrics(
     if small:
         side = max(_MIN_SIDE[n] for n in small)
         size = tuple(f.shape[-2:])
-        raise FusionInputError(f"{', '.join(small)} need images of at least {side}x{side} pixels, got {size}")
+        verb = "needs" if len(small) == 1 else "need"
+        raise FusionInputError(f"{', '.join(small)} {verb} images of at least {side}x{side} pixels, got {size}")
     threads = torch.get_num_threads()
     if cpu_threads is not None and f.device.type == "cpu":
         torch.set_num_threads(cpu_threads)
