@@ -646,6 +646,28 @@ def test_metrics_and_evaluate_name_a_corrupt_file(tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1 and "b.png: cannot read image" in err, (argv[0], err)
 
 
+def test_metrics_names_every_pair_it_cannot_score_at_once(tmp_path, capsys):
+    """`lkcfusion metrics` over folders stopped at the first unscorable pair, so a folder with several could only
+    be mended one run at a time (hand-check helper): one line names them all (a mean over the rest would not be the
+    folder's, so nothing is scored)."""
+    import numpy as np
+    from PIL import Image
+
+    for folder in ("mri", "ct", "fused"):
+        (tmp_path / folder).mkdir()
+        for name in ("a.png", "b.png", "c.png", "d.png"):
+            _png(tmp_path / folder / name, _gray((48, 48), seed=len(folder) + ord(name[0])))
+    _half(tmp_path / "ct" / "b.png", tmp_path / "ct" / "a.png")  # cut short
+    Image.fromarray(np.full((48, 48), 4000, np.uint16)).save(tmp_path / "mri" / "c.png")  # 16-bit
+    _png(tmp_path / "fused" / "d.png", _gray((40, 48), seed=9))  # another size
+    assert main(["metrics", "--fused", str(tmp_path / "fused"), "--mri", str(tmp_path / "mri"), "--other",
+                 str(tmp_path / "ct")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lkcfusion: error: 3 pairs cannot be scored: "), err
+    assert "b.png: cannot read image" in err[0] and "c.png: not an 8-bit picture" in err[0], err
+    assert "d.png: sizes differ: fused (40, 48)" in err[0], err
+
+
 @pytest.mark.parametrize("option, example", [("--csv", "metrics.csv"), ("--summary-csv", "summary.csv"),
                                              ("--json", "metrics.json")])
 def test_metrics_output_that_is_a_folder_is_refused_before_scoring(tmp_path, capsys, option, example):

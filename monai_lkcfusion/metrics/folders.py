@@ -81,19 +81,29 @@ def score_folders(
 
     Raises:
         FusionInputError: no fused images, a fused image without an MRI/other counterpart (all listed), files
-            mixed with folders, or a size mismatch within a pair.
+            mixed with folders, or images that cannot be scored (unreadable, not 8-bit pictures, sizes that differ
+            within a pair: every pair's problem in one message).
     """
     folders = {"fused": fused_dir, "mri": mri_dir, "other": other_dir}
     matched = _triples(folders)
     names = DEFAULT_METRICS if names is None else as_names(names, "metrics")
     results: dict[str, dict[str, float]] = {}
     by_shape: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
+    problems = []  # every pair's, so that they are mended in one go (the first one ended the run)
     for item in matched:
         name = Path(item["fused"]).name
-        fused, mri, other = (read_gray(item[key]) for key in folders)
+        try:
+            fused, mri, other = (read_gray(item[key]) for key in folders)
+        except FusionInputError as err:
+            problems.append(str(err))
+            continue
         if not fused.shape == mri.shape == other.shape:
-            raise FusionInputError(f"{name}: sizes differ: fused {fused.shape}, MRI {mri.shape}, other {other.shape}")
+            problems.append(f"{item['fused']}: sizes differ: fused {fused.shape}, MRI {mri.shape}, other {other.shape}")
+            continue
         by_shape.setdefault(fused.shape, []).append((name, np.stack([fused, mri, other])))
+    if problems:  # a mean over the rest would not be the folder's
+        raise FusionInputError(problems[0] if len(problems) == 1 else
+                               f"{len(problems)} pairs cannot be scored: {'; '.join(problems)}")
     for group in by_shape.values():
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
