@@ -16,6 +16,7 @@ from PIL import Image
 from monai_lkcfusion.data import demo_files
 from monai_lkcfusion.engines import bundle_config, last_checkpoint, run_bundle_workflow
 from monai_lkcfusion.inference import fuse_files
+from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.networks import LKCFUNet, load_network
 
 BUNDLE = bundle_config("train.json").parents[1]
@@ -129,6 +130,16 @@ def test_evaluate_json(trained: tuple[Path, Path], tmp_path: Path) -> None:
     en_ct = [float(r["EN"]) for r in pairs if r["task"] == "MRI-CT"]
     assert float(summary[0]["mean"]) == pytest.approx(np.mean(en_ct))
     assert float(summary[0]["std"]) == pytest.approx(np.std(en_ct))
+    # a second run into the same folder replaced both tables without a word (hand-check helper): refused before
+    # any pair is scored unless overwrite, as lkcfusion evaluate and inference.json do
+    table = (tmp_path / "metrics.csv").read_bytes()
+    again = {"workflow_type": "infer", "dataset_dir": str(data), "weights": str(out / "model.pt"),
+             "output_dir": str(tmp_path), "metrics": ["EN"]}
+    with pytest.raises(FusionInputError, match=r"metrics.csv: results of an earlier evaluation; pass --overwrite"):
+        run_bundle_workflow("evaluate.json", **again)
+    assert (tmp_path / "metrics.csv").read_bytes() == table
+    run_bundle_workflow("evaluate.json", **again, overwrite=True)
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[0] == "task,pair,EN"
 
 
 def test_inference_json_on_demo_data(trained: tuple[Path, Path], tmp_path: Path) -> None:

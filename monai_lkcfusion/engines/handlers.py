@@ -603,19 +603,31 @@ class MetricTableSaver:
         metric_names: the metrics to write, in column order.
         pair_key: batch key of the pair's name.
         task_key: batch key of the pair's task (e.g. ``"MRI-PET"``).
+        overwrite: replace the tables of an earlier evaluation in ``save_dir``; otherwise they are refused when the
+            handler is attached, before any pair is scored (they were replaced without a word).
     """
 
     def __init__(
-        self, save_dir: str | Path, metric_names: Sequence[str], pair_key: str = "name", task_key: str = "task"
+        self, save_dir: str | Path, metric_names: Sequence[str], pair_key: str = "name", task_key: str = "task",
+        overwrite: bool = False,
     ) -> None:
         self.save_dir = Path(save_dir)
         self.metric_names = list(metric_names)
         self.pair_key = pair_key
         self.task_key = task_key
+        self.overwrite = as_flag(overwrite, "overwrite")
         self._pairs: list[tuple[str, str]] = []
 
     def attach(self, engine: Engine) -> None:
-        """Collect the pair names each iteration and write the tables at ``Events.COMPLETED``."""
+        """Collect the pair names each iteration and write the tables at ``Events.COMPLETED``.
+
+        Raises:
+            FusionInputError: a table exists in ``save_dir`` and ``overwrite`` is off.
+        """
+        earlier = [name for name in ("metrics.csv", "summary.csv") if (self.save_dir / name).exists()]
+        if earlier and not self.overwrite:
+            raise FusionInputError(f"{self.save_dir / earlier[0]}: results of an earlier evaluation; pass --overwrite "
+                                   "true (overwrite) to replace them, or choose another output_dir")
         engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._pairs.clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.COMPLETED, self._write)
@@ -641,8 +653,9 @@ class MetricTableSaver:
             {"task": task, "pair": pair, **{name: values[i] for name, values in columns.items()}}
             for i, (task, pair) in enumerate(self._pairs)
         ]
-        write_table(records, self.save_dir / "metrics.csv")
-        write_table(summarize(records, self.metric_names, by=("task",)), self.save_dir / "summary.csv")
+        write_table(records, self.save_dir / "metrics.csv", overwrite=self.overwrite)
+        write_table(summarize(records, self.metric_names, by=("task",)), self.save_dir / "summary.csv",
+                    overwrite=self.overwrite)
 
 
 def best_model_saver(
