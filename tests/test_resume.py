@@ -393,3 +393,17 @@ def test_a_save_interrupted_inside_torch_save_leaves_no_checkpoint_and_old_ones_
     (run / "best_model.pt").write_bytes((run / "checkpoint_epoch=2.pt").read_bytes())
     with pytest.raises(FusionInputError, match=r"best_model.pt: cut short or damaged; delete it to resume"):
         best_model_saver(run, net, "val_loss", resume=True)
+
+
+def test_a_resumed_evaluator_knows_the_runs_best_so_far(tmp_path):
+    """After a resume MONAI's evaluator started its best-metric tracking afresh: the first validation, however much
+    worse than the run's best, was logged as "Got new best metric" at the resumed epoch (hand-check helper; the
+    saver's own tracking was restored, so best_model.pt stayed right). best_model.pt records the best value and
+    epoch now and a resumed evaluator starts from them: with the learning rate 0, epoch 3 is no new best."""
+    _tiny_run(tmp_path, max_epochs=2, val_interval=1)
+    record = torch.load(tmp_path / "run" / "best_model.pt", weights_only=True)["best"]
+    assert record["epoch"] in (1, 2)
+    resumed = _tiny_run(tmp_path, max_epochs=3, resume=True, val_interval=1, **{"optimizer#lr": 0.0})
+    state = resumed.parser.get_parsed_content("validate#evaluator").state
+    assert state.best_metric_epoch == record["epoch"] and state.best_metric == pytest.approx(record["value"])
+    assert torch.load(tmp_path / "run" / "best_model.pt", weights_only=True)["best"] == record

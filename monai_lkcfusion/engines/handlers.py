@@ -680,9 +680,9 @@ def best_model_saver(
     Returns:
         A MONAI ``CheckpointSaver`` for the evaluator.
     """
-    saver = CheckpointSaver(
+    saver = _BestModelSaver(
         save_dir=str(save_dir),
-        save_dict={"network": network},
+        save_dict={"network": network, "best": _BestRecord()},
         save_key_metric=True,
         key_metric_filename=filename,
         key_metric_negative_sign=lower_is_better(key_metric),
@@ -694,8 +694,46 @@ def best_model_saver(
         raise FusionInputError(f"{best}: cut short or damaged; delete it to resume (the best model is then chosen "
                                "among the resumed epochs)")
     if resume_option(resume) and best.is_file():
-        saver.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["checkpointer"])
+        held = torch.load(best, map_location="cpu", weights_only=True)
+        saver.load_state_dict(held["checkpointer"])
+        saver.restored = held.get("best")  # files before 0.4.3 hold none: the evaluator starts afresh, as it did
     return saver
+
+
+class _BestRecord:
+    """The evaluator's best key-metric value and its epoch, saved in ``best_model.pt`` beside the network."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"value", "epoch"}`` of a MONAI workflow's tracking; empty for an engine without it."""
+        state = getattr(self.engine, "state", None)
+        if getattr(state, "best_metric_epoch", -1) == -1:
+            return {}
+        return {"value": float(state.best_metric), "epoch": int(state.best_metric_epoch)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to load: :func:`best_model_saver` reads the record itself."""
+
+
+class _BestModelSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` for ``best_model.pt`` that also gives a resumed evaluator its best so far.
+
+    MONAI's evaluator tracks its best key metric apart from the saver: after a resume it called the first
+    validation, however much worse than the run's best, "new best metric ... at epoch N" (the saver's own tracking
+    was restored, so ``best_model.pt`` stayed right).
+    """
+
+    restored: dict[str, Any] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Save with ``engine`` (the evaluator) and set its best value and epoch to the restored ones."""
+        self.save_dict["best"].engine = engine
+        super().attach(engine)
+        if self.restored:
+            engine.state.best_metric = self.restored["value"]
+            engine.state.best_metric_epoch = self.restored["epoch"]
 
 
 def train_handlers(
