@@ -138,6 +138,34 @@ def test_infer_task_fuses_two_images_like_lkcfusion_fuse(tmp_path, tiny_weights,
     assert not np.array_equal(nib.load(path).get_fdata(), fused.get_fdata())  # request options reach the fusion
 
 
+def test_an_unknown_image_id_is_refused_not_read_as_the_working_folder(tmp_path, tiny_weights, monkeypatch):
+    """MONAI Label's datastore turns an unknown image ID into image="", which the task read as the server's working
+    folder: a DICOM series lying there was fused without a word (hand-check helper). Refused in one line."""
+    app = write_label_app(tmp_path / "app", weights=tiny_weights)
+    mri, pet, _ = _mri_and_pet(tmp_path / "studies")
+    task = _import_app_task(app, monkeypatch)(weights=str(app / "model" / "lkcfusion.safetensors"))
+    monkeypatch.chdir(tmp_path / "studies")
+    with pytest.raises(ValueError, match=r"^image: no MRI given \(an image ID not in the studies folder\?\)"):
+        task({"image": "", "other": str(pet)})
+    # the app names the ID before that (a stand-in for MONAI Label's app base and datastore)
+    base = types.ModuleType("monailabel.interfaces.app")
+    base.MONAILabelApp = type("MONAILabelApp", (), {"__init__": lambda self, **kwargs: None,
+                                                    "infer": lambda self, request, datastore=None: request})
+    monkeypatch.setitem(sys.modules, "monailabel.interfaces.app", base)
+    sys.modules["monailabel"].__version__ = "stand-in"
+    monkeypatch.delitem(sys.modules, "main", raising=False)
+    from main import LKCFusionApp
+
+    served = LKCFusionApp(str(app), str(tmp_path / "studies"), {})
+    ids = {"mri": str(mri), "pet": str(pet)}
+    studies = types.SimpleNamespace(get_image_uri=lambda image_id: ids.get(image_id, ""))
+    assert served.infer({"image": "mri", "other": "pet"}, studies) == {"image": "mri", "other": str(pet)}
+    with pytest.raises(ValueError, match=r"^image='mri_typo': no such image ID in the studies folder"):
+        served.infer({"image": "mri_typo", "other": "pet"}, studies)
+    with pytest.raises(ValueError, match=r"^other='pet_typo': no such image ID"):
+        served.infer({"image": str(pet), "other": "pet_typo"}, studies)
+
+
 def test_infer_task_fuses_the_two_channels_of_one_volume(tmp_path, tiny_weights, monkeypatch):
     app = write_label_app(tmp_path / "app", weights=tiny_weights)
     volume = tmp_path / "pair.nii.gz"

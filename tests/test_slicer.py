@@ -227,6 +227,42 @@ def test_cancel_ends_the_process_and_the_next_run_starts_a_new_one(slicer_module
         logic.closeProcess()
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="a bash launcher and /proc")
+def test_cancel_ends_the_worker_that_a_launcher_started(tmp_path):
+    """In Slicer the worker's interpreter is PythonSlicer, a launcher that runs Python as its child: Cancel killed
+    the launcher only, and the worker went on (then waited on its input for good; hand-check helper). The whole
+    process tree ends now."""
+    sys.path.insert(0, str(MODULE))
+    try:
+        from LKCFusionLib.process import FusionProcess
+    finally:
+        sys.path.remove(str(MODULE))
+    launcher = tmp_path / "PythonSlicer"
+    launcher.write_text(f"#!/bin/bash\n{sys.executable} \"$@\"\nexit $?\n")  # a child, not exec
+    launcher.chmod(0o755)
+    process = FusionProcess(str(launcher))
+    process.start()
+    deadline = time.time() + 60
+    children: list[str] = []
+    while not children and time.time() < deadline:  # the interpreter the launcher started
+        time.sleep(0.1)
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    assert children, "the launcher started no interpreter"
+    worker = int(children[0])
+    process.cancel()
+
+    def running(pid: int) -> bool:
+        try:
+            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 20
+    while running(worker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not running(worker) and not process.running
+
+
 def test_ui_file_has_the_widgets_the_module_uses():
     root = ET.parse(MODULE / "Resources" / "UI" / "LKCFusion.ui").getroot()
     names = {w.get("name") for w in root.iter("widget")}

@@ -44,13 +44,18 @@ class LKCFusionApp(MONAILabelApp):
         )
 
     def infer(self, request: dict, datastore=None) -> dict:
-        """Resolve the second image's ID (``params={"other": ID}``) in the datastore, then run the task."""
-        other = request.get("other")
-        if isinstance(other, str) and other and not os.path.exists(other):
-            uri = (datastore or self.datastore()).get_image_uri(other)
+        """Resolve the second image's ID (``params={"other": ID}``) in the datastore, then run the task. An unknown
+        ``image`` ID is refused here too: the datastore gives ``""`` for it, which the task read as the server's
+        working folder (a DICOM series lying there was fused without a word)."""
+        for key in ("image", "other"):
+            given = request.get(key)
+            if not isinstance(given, str) or not given or os.path.exists(given):
+                continue
+            uri = (datastore or self.datastore()).get_image_uri(given)
             if not uri or not os.path.exists(uri):
-                raise ValueError(f"other={other!r}: no such image ID in the studies folder")
-            request = {**request, "other": uri}
+                raise ValueError(f"{key}={given!r}: no such image ID in the studies folder")
+            if key == "other":  # MONAI Label resolves "image" itself
+                request = {**request, "other": uri}
         return super().infer(request, datastore)
 
     def init_infers(self) -> dict[str, InferTask]:

@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import queue
+import signal
 import subprocess
 import threading
 from collections.abc import Mapping
@@ -73,6 +74,7 @@ class FusionProcess:
             bufsize=1,
             env=self.env,
             creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # no console window on Windows
+            start_new_session=os.name == "posix",  # its own process group: Cancel ends what a launcher started too
         )
         threading.Thread(target=self._read_events, args=(self._proc, self._events), daemon=True).start()
         threading.Thread(target=self._read_log, args=(self._proc, self._log), daemon=True).start()
@@ -107,12 +109,15 @@ class FusionProcess:
                 return events
 
     def cancel(self) -> None:
-        """End the process now (the job in progress is lost); the next :meth:`submit` starts a new one."""
+        """End the process now (the job in progress is lost); the next :meth:`submit` starts a new one.
+
+        The whole process tree ends: ``PythonSlicer`` is a launcher that runs the interpreter as its child, and
+        killing the launcher alone left the worker fusing the cancelled job, then waiting on its input for good.
+        """
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.kill()
-        proc.wait()
+        _kill_tree(proc)
 
     def close(self, timeout: float = 10.0) -> None:
         """Ask the process to quit after its current job and wait for it (killing it after ``timeout`` s)."""
@@ -125,8 +130,7 @@ class FusionProcess:
                 proc.stdin.close()
             proc.wait(timeout=timeout)
         except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
+            _kill_tree(proc)
 
     @staticmethod
     def _read_events(proc: subprocess.Popen, events: queue.Queue) -> None:
@@ -151,3 +155,22 @@ class FusionProcess:
             log.append(line.rstrip())
             del log[:-200]
 
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` and every process it started (its process group on POSIX, ``taskkill /T`` on Windows), close
+    its input, and wait for it."""
+    if os.name == "posix":
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # already gone
+            pass
+    else:
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True,
+                       creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+    proc.kill()
+    if proc.stdin is not None:
+        try:
+            proc.stdin.close()
+        except OSError:  # the pipe is broken once the process is gone
+            pass
+    proc.wait()

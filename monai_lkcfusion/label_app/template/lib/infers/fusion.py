@@ -82,6 +82,8 @@ class FusionInferTask(InferTask):
         from monai_lkcfusion.apps.worker import FusionJob
 
         start = time.time()
+        if not request.get("image"):  # MONAI Label's datastore gives "" for an unknown ID: the working folder
+            raise ValueError("image: no MRI given (an image ID not in the studies folder?)")
         device = str(request.get("device", self.config()["device"]))
         other = request.get("other") or request.get("label")
         mri, other = (request["image"], other) if other else read_channels(request["image"])
