@@ -263,6 +263,20 @@ def test_cancel_ends_the_worker_that_a_launcher_started(tmp_path):
     assert not running(worker) and not process.running
 
 
+def test_a_refused_volume_leaves_no_temporary_folder(slicer_module):
+    """A CT under a non-linear transform is refused (one line), but the MRI had been written to the run's temporary
+    folder first and stayed there (about 300 MB for a 512 x 512 x 300 float volume; hand-check helper)."""
+    logic = slicer_module.LKCFusionLogic()
+    mri = VolumeNode("MRI", np.full((2, 8, 8), 50, np.float32), np.eye(4))
+    ct = VolumeNode("CT", np.ones((2, 8, 8), np.float32), np.eye(4))
+    ct.GetParentTransformNode = lambda: types.SimpleNamespace(IsTransformToWorldLinear=lambda: False)
+    temp = Path(slicer_module.slicer.util.tempDirectory()).parent
+    before = set(temp.iterdir())
+    with pytest.raises(ValueError, match="CT: its transform is not linear; harden it first"):
+        logic.startFusion(mri, ct, device="cpu")
+    assert set(temp.iterdir()) == before  # the run's folder (with mri.nrrd) is gone
+
+
 def test_ui_file_has_the_widgets_the_module_uses():
     root = ET.parse(MODULE / "Resources" / "UI" / "LKCFusion.ui").getroot()
     names = {w.get("name") for w in root.iter("widget")}

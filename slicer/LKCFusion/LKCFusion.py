@@ -213,8 +213,12 @@ class LKCFusionLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError("A fusion is already running; wait for it or cancel it.")
         tempDir = slicer.util.tempDirectory()
         mriPath, otherPath = os.path.join(tempDir, "mri.nrrd"), os.path.join(tempDir, "other.nrrd")
-        self.writeVolume(mriNode, mriPath)
-        self.writeVolume(otherNode, otherPath)
+        try:
+            self.writeVolume(mriNode, mriPath)
+            self.writeVolume(otherNode, otherPath)
+        except Exception:  # a refused volume (e.g. a non-linear transform): the MRI written first must not stay
+            shutil.rmtree(tempDir, ignore_errors=True)
+            raise
         if self.fusionProcess is None:
             startup = getattr(slicer.util, "startupEnvironment", None)  # the environment PythonSlicer expects
             self.fusionProcess = FusionProcess(self.pythonExecutable(), env=startup() if startup else None)
