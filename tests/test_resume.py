@@ -374,8 +374,6 @@ def test_a_save_interrupted_inside_torch_save_leaves_no_checkpoint_and_old_ones_
     with pytest.raises(Exception):
         engine.run([0], max_epochs=1)
     assert not list(tmp_path.iterdir())  # no partial checkpoint_epoch=1.pt (nor a temporary file) left
-    saver = best_model_saver(tmp_path, {"network": net}["network"], "val_loss")
-    assert all(c.save_handler._atomic for c in (saver._key_metric_checkpoint,))
 
     run = tmp_path / "run"
     run.mkdir()
@@ -386,6 +384,15 @@ def test_a_save_interrupted_inside_torch_save_leaves_no_checkpoint_and_old_ones_
         pass
     assert zipfile.is_zipfile(run / "checkpoint_epoch=2.pt")
     assert last_checkpoint(run).name == "checkpoint_epoch=1.pt"
+    # cut short among the tensors' records (the slow part of a save): data.pkl is there, a storage is not
+    whole = zipfile.ZipFile(run / "checkpoint_epoch=1.pt")
+    with zipfile.ZipFile(run / "checkpoint_epoch=3.pt", "w") as cut:
+        for info in whole.infolist():
+            if not info.filename.endswith("/data/3"):
+                cut.writestr(info, whole.read(info))
+    assert any(name.endswith("data.pkl") for name in zipfile.ZipFile(run / "checkpoint_epoch=3.pt").namelist())
+    assert last_checkpoint(run).name == "checkpoint_epoch=1.pt"
+    (run / "checkpoint_epoch=3.pt").unlink()
     from monai_lkcfusion.engines.handlers import ResumeCheckpointLoader
 
     with pytest.raises(FusionInputError, match=r"checkpoint_epoch=2.pt: not a whole checkpoint \(cut short or "):
@@ -407,3 +414,62 @@ def test_a_resumed_evaluator_knows_the_runs_best_so_far(tmp_path):
     state = resumed.parser.get_parsed_content("validate#evaluator").state
     assert state.best_metric_epoch == record["epoch"] and state.best_metric == pytest.approx(record["value"])
     assert torch.load(tmp_path / "run" / "best_model.pt", weights_only=True)["best"] == record
+
+
+def test_best_model_survives_an_interrupted_save_of_a_better_one(tmp_path, monkeypatch):
+    """Ignite removes a fixed-name checkpoint before it writes the new one: a Ctrl-C while a better best_model.pt
+    was written left none, and the resumed run chose its best among the resumed epochs only (review helper). The
+    old file stays until the new one replaces it whole; the files keep the umask's permissions."""
+    import os
+
+    from ignite.engine import Engine, Events
+
+    from monai_lkcfusion.engines import best_model_saver
+    from monai_lkcfusion.engines import handlers as handlers_module
+    from monai_lkcfusion.networks import LKCFUNet
+
+    losses = {1: 2.0, 2: 1.0}
+    engine = Engine(lambda e, b: None)
+    engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "key_metric_name", "val_loss"))
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(val_loss=losses[e.state.epoch]))
+    best_model_saver(tmp_path, LKCFUNet.from_preset("tiny"), "val_loss").attach(engine)
+    real_save = torch.save
+
+    def interrupted(obj, path, *args, **kwargs):
+        if engine.state.epoch == 2:
+            raise KeyboardInterrupt
+        real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(handlers_module.torch, "save", interrupted)
+    previous = os.umask(0o027)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.run([0], max_epochs=2)
+    finally:
+        os.umask(previous)
+    assert [p.name for p in tmp_path.iterdir()] == ["best_model.pt"]  # epoch 1's, whole; no temporary file
+    held = torch.load(tmp_path / "best_model.pt", weights_only=True)
+    assert held["checkpointer"]["_saved"][0][0] == -2.0  # epoch 1's loss (negated: lower is better)
+    assert (tmp_path / "best_model.pt").stat().st_mode & 0o777 == 0o640  # the umask's, not 0644
+
+
+def test_only_a_run_that_stopped_early_is_refused_and_a_lowered_patience_resumes(tmp_path):
+    """A run interrupted at 3 validations without improvement under patience 10 and resumed with patience 3 was told
+    it had "stopped early" (review helper): the state holds the patience it was counted against, and only a run that
+    reached it is refused. A bad patience is named as a setting, not blamed on the checkpoint."""
+    from monai_lkcfusion.engines import check_resume
+    from monai_lkcfusion.networks import LKCFUNet
+
+    network = LKCFUNet.from_preset("tiny")
+    cases = (({"counter": 3, "patience": 10}, 3, False), ({"counter": 3, "patience": 3}, 3, True),
+             ({"counter": 3, "patience": 3}, 4, False), ({"counter": 3}, 3, True), ({"counter": 3, "patience": 3}, 0, False))
+    for saved, patience, refused in cases:
+        torch.save({"network": network.state_dict(), "early_stop": {"best_score": -1.0, **saved}},
+                   tmp_path / "checkpoint_epoch=4.pt")
+        if refused:
+            with pytest.raises(FusionInputError, match="the run stopped early"):
+                check_resume(tmp_path, True, network, patience)
+        else:
+            check_resume(tmp_path, True, network, patience)
+    with pytest.raises(FusionInputError, match="^early_stop_patience -1: give a whole number"):
+        check_resume(tmp_path, True, network, -1)

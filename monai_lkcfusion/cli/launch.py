@@ -11,7 +11,7 @@ import ctypes
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import as_count
 
@@ -39,7 +39,7 @@ def run_processes(command_argv: Sequence[str], nproc: int) -> int:
     """
     as_count(nproc, "--nproc", unit="processes")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    process = subprocess.Popen([*launcher, "-m", "monai_lkcfusion", *command_argv], preexec_fn=_end_with_parent)
+    process = subprocess.Popen([*launcher, "-m", "monai_lkcfusion", *command_argv], preexec_fn=_end_with_parent())
     received: list[int] = []
 
     def forward(number: int, _frame: object) -> None:
@@ -58,10 +58,13 @@ def run_processes(command_argv: Sequence[str], nproc: int) -> int:
     return code
 
 
-def _end_with_parent() -> None:
-    """In the child before it runs ``torchrun``: on Linux, have the kernel send it SIGTERM when this process dies."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _end_with_parent() -> Callable[[], None] | None:
+    """What the child runs before ``torchrun``: on Linux, have the kernel send it SIGTERM when this process dies
+    (``prctl`` is looked up here, in the parent: the child between fork and exec only calls it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 _PR_SET_PDEATHSIG = 1

@@ -135,7 +135,8 @@ def pair_files_by_name(mri_dir: str | Path, other_dir: str | Path) -> tuple[list
         if unreadable is not None:
             return unreadable
         key = name_key(path)
-        unread = [o.name for o in others if unsupported_format(o) is not None and Path(o.name).stem == key]
+        unread = [o.name for o in others if unsupported_format(o) is not None
+                  and unicodedata.normalize("NFC", o.name).casefold().startswith(f"{key.casefold()}.")]
         if unread:
             return f"{path}: no partner in {folder} ({unread[0]} there is in a format that is not read)"
         twins = [o.name for o in others if name_key(o).casefold() == key.casefold()]

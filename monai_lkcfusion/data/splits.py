@@ -145,7 +145,8 @@ def check_split(split: object) -> None:
     if not is_list(split) or len(split) != 2 or not all(is_list(part) for part in split):
         raise FusionInputError(f"split: give two lists, (training pairs, validation pairs); got {str(split)[:80]}")
     advice = {"training": "put pairs in it, or hold out fewer subjects",
-              "validation": "a run validates to choose its best model; set val_fraction > 0, or put pairs in it"}
+              "validation": "a run validates to choose its best model; set val_fraction > 0, hold out a subject "
+                            "(split_by_subject), or put pairs in it"}
     for (side, fix), order, part in zip(advice.items(), ("first", "second"), split):
         if not part:
             raise FusionInputError(f"split: no {side} pairs (its {order} list is empty); {fix}")

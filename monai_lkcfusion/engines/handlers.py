@@ -15,7 +15,6 @@ import math
 import re
 import time
 import warnings
-import zipfile
 from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from ignite.handlers import ProgressBar
+from ignite.handlers import DiskSaver, ProgressBar
 from monai.handlers import (
     CheckpointLoader,
     CheckpointSaver,
@@ -36,7 +35,7 @@ from monai.handlers import (
 
 from ..errors import FusionInputError, as_count, as_flag
 from ..metrics.functional import HIGHER_IS_BETTER
-from .distributed import all_gather_objects, is_main_process
+from .distributed import all_gather_objects, get_rank, is_main_process
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -95,22 +94,55 @@ def last_checkpoint(directory: str | Path) -> Path | None:
 
 
 def _complete(path: Path) -> bool:
-    """Whether ``path`` is a whole ``torch.save`` archive (a zip holding its ``data.pkl``)."""
+    """Whether ``path`` is a whole ``torch.save`` file: it loads (memory-mapped: the tensors' data is not read).
+
+    A save cut short can leave a valid zip (``torch.save`` closes the archive as an interrupt unwinds it) without
+    its pickled object or without some tensors' records."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name == "data.pkl" or name.endswith("/data.pkl") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any failure to load is a damaged file here
         return False
+    return True
+
+
+class _AtomicDiskSaver(DiskSaver):
+    """Ignite's ``DiskSaver`` writing each file whole: to a temporary file beside it, then renamed over it
+    (:func:`~monai_lkcfusion.data.atomic.atomic_path`, with the umask's permissions as a plain write). MONAI's
+    ``CheckpointSaver`` writes in place, so a run interrupted while saving left a damaged checkpoint that every
+    later resume stumbled on; and for a fixed file name (``best_model.pt``) Ignite removes the old file before it
+    writes the new one, so an interrupt there left none: with a fixed name the rename replaces it instead.
+
+    Args:
+        dirname: the output folder.
+        filename: a fixed file name for every save (``best_model.pt``); ``None``: Ignite's names.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
+        super().__init__(dirname=str(dirname), require_empty=False, atomic=False)
+        self.filename = filename
+
+    def __call__(self, checkpoint: Any, filename: str, metadata: Any = None) -> None:
+        """Write ``checkpoint`` (rank 0 only, as Ignite's ``DiskSaver``)."""
+        from ..data.atomic import atomic_path
+
+        if get_rank() != self.save_on_rank:
+            return
+        with atomic_path(Path(self.dirname) / (self.filename or filename), overwrite=True) as temporary:
+            torch.save(checkpoint, temporary)
+
+    def remove(self, filename: str) -> None:
+        """Remove an older file; a fixed name is left to the next save's rename."""
+        if self.filename is None and get_rank() == self.save_on_rank:
+            (Path(self.dirname) / filename).unlink(missing_ok=True)
 
 
 def _write_atomically(saver: CheckpointSaver) -> None:
-    """Make ``saver``'s files appear whole or not at all: MONAI's ``CheckpointSaver`` writes in place
-    (Ignite's ``DiskSaver(atomic=False)``, for file permissions that Ignite now sets itself), so a run interrupted
-    while saving left a damaged checkpoint or ``best_model.pt`` that every later resume stumbled on."""
+    """Give ``saver``'s checkpoints an :class:`_AtomicDiskSaver` with the file name MONAI's saver gave them."""
     for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
         checkpoint = getattr(saver, name, None)
         if checkpoint is not None:
-            checkpoint.save_handler._atomic = True  # DiskSaver(atomic=True): a temporary file, then os.replace
+            fixed = getattr(checkpoint.save_handler, "filename", None)
+            checkpoint.save_handler = _AtomicDiskSaver(saver.save_dir, fixed)
 
 
 def check_earlier_run(output_dir: str | Path, resume: bool | str | Path) -> None:
@@ -273,10 +305,11 @@ class ValidationEarlyStopHandler(EarlyStopHandler):
         super().attach(self.validator)
 
     def state_dict(self) -> dict[str, Any]:
-        """The validations without improvement so far (``counter``) and the best score (``None`` before any)."""
+        """The validations without improvement so far (``counter``), the best score (``None`` before any) and the
+        ``patience`` they were counted against."""
         if self._handler is None:
-            return {"counter": 0, "best_score": None}
-        return {"counter": self._handler.counter, "best_score": self._handler.best_score}
+            return {"counter": 0, "best_score": None, "patience": 0}
+        return {"counter": self._handler.counter, "best_score": self._handler.best_score, "patience": self.patience}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue counting from a checkpoint's state (nothing to do when early stopping is off).
@@ -291,9 +324,12 @@ class ValidationEarlyStopHandler(EarlyStopHandler):
 
 
 def _check_not_stopped(state_dict: dict[str, Any], patience: int) -> None:
-    """Refuse to continue an early stopper's saved state that already reaches ``patience`` (0: off, nothing refused)."""
+    """Refuse to continue an early stopper's saved state when the run stopped early (its count reached the patience
+    it was saved with) and the count also reaches ``patience`` (0: off, nothing refused). A run interrupted before
+    it stopped resumes with a lower patience, and stops at its next validation without improvement."""
     counter = int(state_dict["counter"])
-    if patience > 0 and counter >= patience:
+    stopped = counter >= int(state_dict.get("patience") or counter)  # states without it: as if it had stopped
+    if patience > 0 and stopped and counter >= patience:
         raise FusionInputError(
             f"the run stopped early: its last {counter} validations did not improve on its best "
             f"(early_stop_patience {patience}); to train on, resume with a larger early_stop_patience "
@@ -316,13 +352,13 @@ def check_resume(output_dir: str | Path, resume: bool | str | Path, network: tor
     Raises:
         FusionInputError: the resume would be refused.
     """
+    patience = as_count(early_stop_patience, "early_stop_patience", minimum=0, unit="validations")
     path = ResumeCheckpointLoader(output_dir, {"network": network}, resume).path
     if path is None:
         return
     saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("early_stop")
     try:
         if saved is not None:
-            patience = as_count(early_stop_patience, "early_stop_patience", minimum=0, unit="validations")
             _check_not_stopped(saved, patience)
     except FusionInputError as error:
         raise FusionInputError(f"{path}: {error}") from None

@@ -14,8 +14,9 @@ __all__ = ["export_weights"]
 def export_weights(checkpoint: str | Path, path: str | Path) -> Path:
     """Save the network weights of a training checkpoint as a tensors-only state dict.
 
-    Accepts the evaluator's best-model file (the network's state dict plus the saver's ``checkpointer`` tracking
-    state) and the trainer's ``checkpoint_epoch=N.pt`` (a dict with a ``network`` entry).
+    Accepts the evaluator's best-model file (a dict with a ``network`` entry, the saver's ``checkpointer`` tracking
+    state and the ``best`` record; before bundle 0.4.3 the network's state dict itself plus ``checkpointer``) and the
+    trainer's ``checkpoint_epoch=N.pt`` (a dict with a ``network`` entry).
 
     Args:
         checkpoint: the checkpoint to read (loaded with ``weights_only=True``).
