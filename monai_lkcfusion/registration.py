@@ -512,9 +512,8 @@ def register(
             pose on the grid's edge (at most 4 grids); default on (about a second in 2D, a few in 3D). 2D rigid
             with ``init="auto"``: the search and the pyramid run from both starts (world and centres of mass). 3D
             rigid and affine: the pyramid runs from the start and, if the search moved it, from the pose found (on
-            near-spherical content a rotation of the coarse grid can match better and lead astray). Affine also
-            starts at the ratio of the foregrounds' spreads when they differ by more than 10% (2D pictures of
-            another zoom). The best final metric wins.
+            near-spherical content a rotation of the coarse grid can match better and lead astray). The best final
+            metric wins.
 
     Returns:
         The :class:`RegistrationResult`.
@@ -551,12 +550,6 @@ def register(
                                                  "moments" if initialization == "world" else "world"))
             for candidate, _ in starts:
                 _search(fixed_image, smoothed, candidate, seed)
-        if kind == "affine":  # images of other scales (2D pictures have no pixel size): a start at their ratio too
-            scale = _spread(moving_image) / _spread(fixed_image)
-            if abs(np.log(scale)) > np.log(_SCALE_START):
-                scaled = sitk.AffineTransform(transform)
-                scaled.SetMatrix((np.asarray(transform.GetMatrix()) * scale).tolist())
-                starts.append((scaled, initialization))
         evaluate = _method(fixed_image, 1, (1,), (0.0,), 20_000, seed)
         runs, failure = [], ""
         ndim = fixed_image.GetDimension()
@@ -606,6 +599,11 @@ def register(
         elif final_metric > initial_metric + _WORSE:  # it ended where the images match less than at the start
             warnings.append(f"mutual information got worse than at the start ({initial_metric:.3f} -> "
                             f"{final_metric:.3f}): the alignment found is doubtful; check the result (--preview)")
+        stretch = np.linalg.svd(matrix[:ndim, :ndim], compute_uv=False)  # 1 for a rigid map
+        if max(stretch.max(), 1 / stretch.min(), stretch.max() / stretch.min()) > _STRETCH:
+            warnings.append(f"it scales the other image by {' x '.join(f'{v:.2f}' for v in stretch)} along its "
+                            "principal axes: unless the two images show the anatomy at different sizes (another zoom "
+                            "or voxel size), the alignment is likely wrong; check the result (--preview)")
         if rotation > _LARGE_ROTATION:
             warnings.append(f"it rotates the other image by {rotation:.0f} degrees: unless its header is known to be "
                             "that far off, the alignment is likely wrong (a flipped or mirrored image?); check the "
@@ -618,25 +616,14 @@ def register(
         )
 
 
-_SCALE_START = 1.1
-"""Affine registration also starts at the ratio of the images' foreground spreads when it is beyond this (either way):
-a 2D PET shown at 0.7 times the MRI's scale ended 56 pixels off, without a warning, from the unscaled start alone."""
-
-
-def _spread(image: sitk.Image) -> float:
-    """Root-mean-square distance of the foreground (:func:`foreground_mask`) from its centre, in physical units."""
-    ndim = image.GetDimension()
-    index = np.argwhere(foreground_mask(image))[:, ::-1].astype(np.float64)  # ITK index order
-    if len(index) < 2:
-        return 1.0
-    points = index @ (np.array(image.GetDirection()).reshape(ndim, ndim) * np.array(image.GetSpacing())).T
-    return float(np.sqrt(((points - points.mean(axis=0)) ** 2).sum(axis=1).mean()))
-
-
 _WORSE = 1e-4
 """A final mutual information above the starting one by more than this is reported (the values are negative)."""
 _LOW_MI = -0.05
 """A final mutual information above this (the values are negative) means the images share little structure."""
+_STRETCH = 1.25
+"""An affine result that scales by more than this (or less than its inverse), or stretches one axis this much more
+than another, is reported: on aligned Harvard pairs affine stays within 0.81-1.04 (anisotropy under 1.21), while a
+PET picture at 0.7x the MRI's scale ended 56 px off, stretched 1.31 x 0.99, without a word."""
 _LARGE_ROTATION = 30.0
 """Rotations (degrees) beyond which a found alignment is reported as likely wrong: scanners' headers rarely disagree
 that much, and the optimiser's failures (a flipped image, a local optimum) end there."""
