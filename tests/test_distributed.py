@@ -308,7 +308,7 @@ def test_cli_train_nproc_refuses_fewer_validation_pairs_than_processes(tmp_path,
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"early_stop_patience": 2}, "checkpoint_epoch=1.pt: the run stopped early: its last 2 validations"),
+    ({"early_stop_patience": 2}, "checkpoint_epoch=1.pt: the run stopped early: its last 2 validation(s)"),
     ({"preset": "small"}, "checkpoint_epoch=1.pt: its network does not fit this run's (stem_conv.weight"),
 ])
 def test_cli_train_nproc_refuses_a_resume_every_process_would_refuse(tmp_path, monkeypatch, capsys, config, message):
@@ -409,6 +409,7 @@ def test_a_process_that_lost_its_peer_says_one_line(monkeypatch, capsys):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert peer_failed(lost()) and not peer_failed(RuntimeError("a bug"))
+    monkeypatch.setattr("monai_lkcfusion.engines.distributed.stop_with_launcher", lambda: None)  # not on pytest
 
     def stopped(*args, **kwargs):
         raise lost()
@@ -422,3 +423,37 @@ def test_a_process_that_lost_its_peer_says_one_line(monkeypatch, capsys):
     monkeypatch.setattr(train_command, "run", lambda args: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
         main(["train", "--dataset-dir", "d", "-o", "o"])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux")
+def test_a_torchrun_worker_ends_when_torchrun_is_killed(tmp_path):
+    """torchrun starts each worker in a session of its own: a SIGKILLed torchrun (or `kill -9` of the group) left
+    both workers training and writing checkpoints into the run folder (hand-check helper). A worker asks the
+    kernel for SIGTERM when its parent dies (`stop_with_launcher`, called by the lkcfusion command and run_bundle);
+    here a stand-in torchrun starts a stand-in worker and is killed."""
+    import signal
+    import time
+
+    worker = ("import time\nfrom monai_lkcfusion.engines.distributed import stop_with_launcher\n"
+              "stop_with_launcher()\nprint('ready', flush=True)\ntime.sleep(60)")
+    middle = tmp_path / "torchrun.py"
+    middle.write_text("import os, subprocess, sys, time\n"
+                      "env = {**os.environ, 'LOCAL_RANK': '0', 'WORLD_SIZE': '2'}\n"
+                      f"child = subprocess.Popen([sys.executable, '-c', {worker!r}], env=env, stdout=subprocess.PIPE,"
+                      " text=True, start_new_session=True)\n"
+                      "child.stdout.readline()\nprint(child.pid, flush=True)\ntime.sleep(60)\n")
+    torchrun = subprocess.Popen([sys.executable, str(middle)], stdout=subprocess.PIPE, text=True)
+    pid = int(torchrun.stdout.readline())
+    torchrun.send_signal(signal.SIGKILL)
+    torchrun.wait()
+
+    def running(pid: int) -> bool:
+        try:
+            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(pid)

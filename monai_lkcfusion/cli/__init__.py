@@ -11,6 +11,7 @@ stderr with exit code 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
@@ -96,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    if "LOCAL_RANK" in os.environ:  # a torchrun worker: it must not outlive torchrun
+        from ..engines.distributed import stop_with_launcher
+
+        stop_with_launcher()
     try:
         return int(args.func(args) or 0)
     except (FusionInputError, OSError) as err:  # OSError: missing, unwritable or full paths, as one line too

@@ -7,12 +7,12 @@ distributed form of the workflow. Multi-node runs call ``torchrun`` directly (do
 
 from __future__ import annotations
 
-import ctypes
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from ..engines.distributed import end_with_parent
 from ..errors import as_count
 
 __all__ = ["run_processes"]
@@ -39,7 +39,7 @@ def run_processes(command_argv: Sequence[str], nproc: int) -> int:
     """
     as_count(nproc, "--nproc", unit="processes")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    process = subprocess.Popen([*launcher, "-m", "monai_lkcfusion", *command_argv], preexec_fn=_end_with_parent())
+    process = subprocess.Popen([*launcher, "-m", "monai_lkcfusion", *command_argv], preexec_fn=end_with_parent())
     received: list[int] = []
 
     def forward(number: int, _frame: object) -> None:
@@ -56,16 +56,3 @@ def run_processes(command_argv: Sequence[str], nproc: int) -> int:
     if signal.SIGINT in received:
         raise KeyboardInterrupt
     return code
-
-
-def _end_with_parent() -> Callable[[], None] | None:
-    """What the child runs before ``torchrun``: on Linux, have the kernel send it SIGTERM when this process dies
-    (``prctl`` is looked up here, in the parent: the child between fork and exec only calls it)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-_PR_SET_PDEATHSIG = 1
-"""``prctl`` option (linux/prctl.h): the signal a process gets when its parent thread dies."""

@@ -8,10 +8,13 @@ available, else the CPU with Gloo.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+import signal
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -30,6 +33,7 @@ __all__ = [
     "destroy_distributed",
     "distributed_device",
     "distributed_network",
+    "end_with_parent",
     "get_rank",
     "get_world_size",
     "init_distributed",
@@ -39,6 +43,7 @@ __all__ = [
     "peer_failed",
     "shard_items",
     "state_digest",
+    "stop_with_launcher",
 ]
 
 T = TypeVar("T")
@@ -76,6 +81,31 @@ def peer_failed(error: BaseException) -> bool:
 
 PEER_FAILED_MESSAGE = "stopped: another process of this distributed run failed (its own error is printed above)"
 """The one line a process prints instead of its traceback when :func:`peer_failed`."""
+
+
+def end_with_parent() -> Callable[[], None] | None:
+    """A call that makes the kernel send SIGTERM to the calling process when its parent dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``; ``None`` elsewhere). ``prctl`` is looked up here, so that a child between fork and
+    exec (``preexec_fn``) only calls it. A ``torchrun`` worker calls it on itself: torchrun starts each worker in a
+    session of its own, and a SIGKILLed torchrun left them training and writing checkpoints.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+"""``prctl`` option (linux/prctl.h): the signal a process gets when its parent thread dies."""
+
+
+def stop_with_launcher() -> None:
+    """In a process started by ``torchrun``: end (SIGTERM) when torchrun ends, whatever ends it."""
+    hook = end_with_parent()
+    if hook is not None and is_distributed_launch():
+        hook()
+        if os.getppid() == 1:  # torchrun died before the call: nobody will stop this process
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def get_rank() -> int:

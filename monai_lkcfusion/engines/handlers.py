@@ -276,9 +276,10 @@ class ValidationEarlyStopHandler(EarlyStopHandler):
     ``patience`` 0 it does nothing, so the handler list keeps its length and order (see the module docstring).
 
     Its count of validations without improvement and its best score are saved with the "last" checkpoint
-    (``training_state`` holds it; see :class:`LastCheckpointSaver`) and restored on resume, so a resumed run stops
-    where the uninterrupted one would; resuming a run that stopped early is refused (it would train on and replace
-    its ``model.pt``) unless ``patience`` is raised or set to 0.
+    (``training_state`` holds it; see :class:`LastCheckpointSaver`) and restored on resume, so a resumed run counts
+    on from where it was (its redone epochs are not bit-identical, so it may stop an epoch or two apart from an
+    uninterrupted run); resuming a run that stopped early is refused (it would train on and replace its
+    ``model.pt``) unless ``patience`` is raised or set to 0.
 
     Args:
         validator: the evaluator whose key metric is watched.
@@ -294,6 +295,7 @@ class ValidationEarlyStopHandler(EarlyStopHandler):
         score_function: Callable[[Engine], float] = validation_score,
         min_delta: float = 0.0,
     ) -> None:
+        patience = as_count(patience, "early_stop_patience", minimum=0, unit="validations")
         super().__init__(patience=patience, score_function=score_function, min_delta=min_delta, epoch_level=True)
         self.validator = validator
 
@@ -331,9 +333,9 @@ def _check_not_stopped(state_dict: dict[str, Any], patience: int) -> None:
     stopped = counter >= int(state_dict.get("patience") or counter)  # states without it: as if it had stopped
     if patience > 0 and stopped and counter >= patience:
         raise FusionInputError(
-            f"the run stopped early: its last {counter} validations did not improve on its best "
-            f"(early_stop_patience {patience}); to train on, resume with a larger early_stop_patience "
-            "(or 0 to switch early stopping off)"
+            f"the run stopped early: its last {counter} validation(s) did not improve on its best "
+            f"(early_stop_patience {patience}); to train on, resume with a larger early_stop_patience in your "
+            "--config file (or 0 to switch early stopping off)"
         )
 
 
@@ -449,6 +451,8 @@ class LastCheckpointSaver(CheckpointSaver):
         guessed = math.gcd(*older) if older else 0
         self.kept_before = set()
         for epoch, path in found:
+            if not _complete(path):  # cut short (the resume passed over it, with a warning): replaced, not kept
+                continue
             saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("keep_interval")
             interval = int(saved["value"]) if saved is not None else guessed
             if epoch in older and saved is None or interval and epoch % interval == 0:

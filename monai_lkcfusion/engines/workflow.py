@@ -34,6 +34,7 @@ def check_training_settings(
     keep_checkpoint_interval: Any = 0,
     output_dir: Any = None,
     resume: Any = False,
+    early_stop_patience: Any = 0,
 ) -> None:
     """Refuse training settings a run cannot use, before the data and the network are built (train.json's first
     ``initialize`` step), where they otherwise end in a traceback, some after a whole epoch (``val_interval`` 0).
@@ -43,6 +44,7 @@ def check_training_settings(
         learning_rate: a finite number > 0.
         device: a ``torch.device`` or a name such as ``"cpu"``, ``"cuda:0"``.
         keep_checkpoint_interval: a whole number >= 0 (0: only the newest checkpoint is kept).
+        early_stop_patience: a whole number >= 0 (0: no early stopping).
         output_dir, resume: the run's folder must not be a file, nor hold an earlier run unless it is resumed
             (:func:`~monai_lkcfusion.engines.handlers.check_earlier_run`); ``None``: not checked.
 
@@ -55,6 +57,7 @@ def check_training_settings(
                         ("max_epochs", max_epochs), ("val_interval", val_interval)):
         as_count(value, name)
     as_count(keep_checkpoint_interval, "keep_checkpoint_interval", minimum=0, unit="epochs")
+    as_count(early_stop_patience, "early_stop_patience", minimum=0, unit="validations")
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not (
         math.isfinite(learning_rate) and learning_rate > 0
     ):
@@ -436,7 +439,9 @@ def run_bundle_command(argv: Sequence[str] | None = None) -> int:
     import runpy
     import sys
 
-    from .distributed import PEER_FAILED_MESSAGE, peer_failed
+    from .distributed import PEER_FAILED_MESSAGE, peer_failed, stop_with_launcher
+
+    stop_with_launcher()
 
     saved = sys.argv
     sys.argv = ["python -m monai.bundle", *(sys.argv[1:] if argv is None else argv)]
