@@ -57,3 +57,24 @@ def synthetic_pair() -> tuple[np.ndarray, np.ndarray]:
     mri = np.clip(0.5 + 0.3 * np.sin(xx / 3.0) * np.cos(yy / 4.0) * (r < 20) + 0.05 * rng.standard_normal(r.shape), 0, 1)
     other = ((r > 17) & (r < 21)).astype(np.float32) * 0.9
     return mri.astype(np.float32), other.astype(np.float32)
+
+
+@pytest.fixture
+def process_ends():
+    """``process_ends(pid, timeout=20)``: whether the process ends (is gone, or a zombie waiting for its new parent)
+    within ``timeout`` seconds (Linux ``/proc``)."""
+    import time
+
+    def running(pid: int) -> bool:
+        try:
+            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+
+    def ends(pid: int, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return not running(pid)
+
+    return ends

@@ -332,7 +332,7 @@ def test_cli_train_nproc_refuses_a_resume_every_process_would_refuse(tmp_path, m
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="SIGINT forwarding is POSIX, the parent-death signal Linux")
-def test_launcher_stops_torchrun_on_sigint_and_when_killed(monkeypatch, tmp_path):
+def test_launcher_stops_torchrun_on_sigint_and_when_killed(monkeypatch, tmp_path, process_ends):
     """A SIGINT to `lkcfusion train --nproc N` alone (an IDE's stop button) printed "interrupted" and left torchrun
     and its workers training, as did a SIGKILL of it (hand-check helper): SIGINT is passed on and waited for, then
     the command is interrupted; a killed launcher's torchrun gets SIGTERM from the kernel."""
@@ -371,17 +371,7 @@ def test_launcher_stops_torchrun_on_sigint_and_when_killed(monkeypatch, tmp_path
     launcher.kill()
     launcher.wait()
 
-    def running(pid: int) -> bool:
-        try:
-            state = Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
-            return False
-        return "State:\tZ" not in state  # a zombie has ended; its new parent reaps it
-
-    deadline = time.monotonic() + 20
-    while running(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not running(pid)
+    assert process_ends(pid)
 
 
 def test_a_process_that_lost_its_peer_says_one_line(monkeypatch, capsys):
@@ -426,13 +416,12 @@ def test_a_process_that_lost_its_peer_says_one_line(monkeypatch, capsys):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux")
-def test_a_torchrun_worker_ends_when_torchrun_is_killed(tmp_path):
+def test_a_torchrun_worker_ends_when_torchrun_is_killed(tmp_path, process_ends):
     """torchrun starts each worker in a session of its own: a SIGKILLed torchrun (or `kill -9` of the group) left
     both workers training and writing checkpoints into the run folder (hand-check helper). A worker asks the
     kernel for SIGTERM when its parent dies (`stop_with_launcher`, called by the lkcfusion command and run_bundle);
     here a stand-in torchrun starts a stand-in worker and is killed."""
     import signal
-    import time
 
     worker = ("import time\nfrom monai_lkcfusion.engines.distributed import stop_with_launcher\n"
               "stop_with_launcher()\nprint('ready', flush=True)\ntime.sleep(60)")
@@ -447,13 +436,4 @@ def test_a_torchrun_worker_ends_when_torchrun_is_killed(tmp_path):
     torchrun.send_signal(signal.SIGKILL)
     torchrun.wait()
 
-    def running(pid: int) -> bool:
-        try:
-            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
-            return False
-
-    deadline = time.monotonic() + 20
-    while running(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not running(pid)
+    assert process_ends(pid)

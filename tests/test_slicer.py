@@ -228,7 +228,7 @@ def test_cancel_ends_the_process_and_the_next_run_starts_a_new_one(slicer_module
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="a bash launcher and /proc")
-def test_cancel_ends_the_worker_that_a_launcher_started(tmp_path):
+def test_cancel_ends_the_worker_that_a_launcher_started(tmp_path, process_ends):
     """In Slicer the worker's interpreter is PythonSlicer, a launcher that runs Python as its child: Cancel killed
     the launcher only, and the worker went on (then waited on its input for good; hand-check helper). The whole
     process tree ends now."""
@@ -251,16 +251,7 @@ def test_cancel_ends_the_worker_that_a_launcher_started(tmp_path):
     worker = int(children[0])
     process.cancel()
 
-    def running(pid: int) -> bool:
-        try:
-            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
-            return False
-
-    deadline = time.time() + 20
-    while running(worker) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not running(worker) and not process.running
+    assert process_ends(worker) and not process.running
 
 
 def test_a_refused_volume_leaves_no_temporary_folder(slicer_module):
