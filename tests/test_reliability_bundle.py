@@ -114,8 +114,11 @@ def test_ctrl_c_under_run_bundle_is_one_line(tmp_path):
                str(data), "--output_dir", str(tmp_path / "run"), "--max_epochs", "1000", "--device", "$'cpu'"]
     log = tmp_path / "log.txt"
     with open(log, "w") as stream:
+        # SIGINT as a terminal delivers it: a test run started in the background without job control (or an earlier
+        # test) can leave it ignored, which the child would inherit (a fresh-clone CI run trained on to epoch 741)
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 240
         while process.poll() is None and time.monotonic() < deadline and not (tmp_path / "run" /
                                                                                "checkpoint_epoch=2.pt").is_file():
@@ -126,7 +129,8 @@ def test_ctrl_c_under_run_bundle_is_one_line(tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-            pytest.fail("no exit 180 s after SIGINT:\n" + log.read_text()[-3000:])
+            pytest.fail(f"no exit 180 s after SIGINT (this process's SIGINT handler: {signal.getsignal(signal.SIGINT)})"
+                        f":\n{log.read_text()[-3000:]}")
     text = log.read_text()
     # 130, or death by SIGINT (CPython's own exit after a KeyboardInterrupt left an eval'd config expression under
     # `python -m`): a shell sees $? = 130 either way
