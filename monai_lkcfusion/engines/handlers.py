@@ -93,16 +93,23 @@ def last_checkpoint(directory: str | Path) -> Path | None:
     return next((path for _, path in reversed(checkpoint_epochs(directory)) if _complete(path)), None)
 
 
-def _complete(path: Path) -> bool:
-    """Whether ``path`` is a whole ``torch.save`` file: it loads (memory-mapped: the tensors' data is not read).
+_DAMAGED = object()
+"""What :func:`_read` gives for a file that does not load."""
 
-    A save cut short can leave a valid zip (``torch.save`` closes the archive as an interrupt unwinds it) without
-    its pickled object or without some tensors' records."""
+
+def _read(path: str | Path) -> Any:
+    """The object a ``torch.save`` file holds, memory-mapped (the tensors' data is read only when used), or
+    :data:`_DAMAGED`: a save cut short can leave a valid zip (``torch.save`` closes the archive as an interrupt
+    unwinds it) without its pickled object or without some tensors' records."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - any failure to load is a damaged file here
-        return False
-    return True
+        return _DAMAGED
+
+
+def _complete(path: str | Path) -> bool:
+    """Whether ``path`` is a whole ``torch.save`` file (:func:`_read`)."""
+    return _read(path) is not _DAMAGED
 
 
 class _AtomicDiskSaver(DiskSaver):
@@ -358,7 +365,7 @@ def check_resume(output_dir: str | Path, resume: bool | str | Path, network: tor
     path = ResumeCheckpointLoader(output_dir, {"network": network}, resume).path
     if path is None:
         return
-    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("early_stop")
+    saved = _read(path).get("early_stop")  # the loader found it whole, a dict of the run's objects
     try:
         if saved is not None:
             _check_not_stopped(saved, patience)
@@ -451,9 +458,10 @@ class LastCheckpointSaver(CheckpointSaver):
         guessed = math.gcd(*older) if older else 0
         self.kept_before = set()
         for epoch, path in found:
-            if not _complete(path):  # cut short (the resume passed over it, with a warning): replaced, not kept
+            held = _read(path)
+            if not isinstance(held, dict):  # cut short (the resume passed over it, with a warning): replaced, not kept
                 continue
-            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("keep_interval")
+            saved = held.get("keep_interval")
             interval = int(saved["value"]) if saved is not None else guessed
             if epoch in older and saved is None or interval and epoch % interval == 0:
                 self.kept_before.add(epoch)
@@ -539,11 +547,11 @@ class ResumeCheckpointLoader:
                 f"{output_dir}: no complete checkpoint to resume from (every {CHECKPOINT_PREFIX}_epoch=N.pt is cut "
                 "short or damaged); delete them to start a new run there"
             )
-        if self.path is not None and not _complete(Path(self.path)):  # given by path: torch.load's traceback
+        held = _read(self.path) if self.path is not None else None
+        if held is _DAMAGED:  # given by path: torch.load's traceback
             raise FusionInputError(f"{self.path}: not a whole checkpoint (cut short or damaged); resume from another "
                                    f"{CHECKPOINT_PREFIX}_epoch=N.pt")
         if self.path is not None:  # MONAI's loader would fail with a traceback
-            held = torch.load(self.path, map_location="cpu", weights_only=True)
             if isinstance(held, dict):  # checkpoints before the early-stop state was saved resume without it
                 self.load_dict = {key: obj for key, obj in self.load_dict.items()
                                   if key in held or not isinstance(obj, ValidationEarlyStopHandler)}
@@ -730,11 +738,11 @@ def best_model_saver(
     )
     _write_atomically(saver)
     best = Path(save_dir) / filename
-    if resume_option(resume) and best.is_file() and not _complete(best):  # an earlier version's, cut short
+    held = _read(best) if resume_option(resume) and best.is_file() else None
+    if held is _DAMAGED:  # an earlier version's, cut short
         raise FusionInputError(f"{best}: cut short or damaged; delete it to resume (the best model is then chosen "
                                "among the resumed epochs)")
-    if resume_option(resume) and best.is_file():
-        held = torch.load(best, map_location="cpu", weights_only=True)
+    if held is not None:
         saver.load_state_dict(held["checkpointer"])
         saver.restored = held.get("best")  # files before 0.4.3 hold none: the evaluator starts afresh, as it did
     return saver
