@@ -130,12 +130,14 @@ def pair_files_by_name(mri_dir: str | Path, other_dir: str | Path) -> tuple[list
     matched, unmatched = match_files_by_name({"mri": mri_dir, "other": other_dir})
     pairs = [(Path(m["mri"]), Path(m["other"])) for m in matched]
 
+    # why each unpaired entry cannot be read, if it cannot (a file of an unknown extension is opened once, for DICOM)
+    unreadable = {path: unsupported_format(path) for paths in unmatched.values() for path in paths}
+
     def message(path: Path, folder: str | Path, others: list[Path]) -> str:
-        unreadable = unsupported_format(path)  # it pairs with nothing, yet its partner may be there
-        if unreadable is not None:
-            return unreadable
+        if unreadable[path] is not None:  # it pairs with nothing, yet its partner may be there
+            return unreadable[path]
         key = name_key(path)
-        unread = [o.name for o in others if unsupported_format(o) is not None
+        unread = [o.name for o in others if unreadable[o] is not None
                   and unicodedata.normalize("NFC", o.name).casefold().startswith(f"{key.casefold()}.")]
         if unread:
             return f"{path}: no partner in {folder} ({unread[0]} there is in a format that is not read)"
