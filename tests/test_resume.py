@@ -332,12 +332,15 @@ def test_early_stopping_state_is_resumed_and_a_stopped_run_is_not_trained_on(tmp
     run = tmp_path / "run"
     assert last_checkpoint(run).name == "checkpoint_epoch=3.pt"
     model = (run / "model.pt").read_bytes()
+    run_files = {path: path.stat().st_mtime_ns for path in run.rglob("*")}
     with pytest.raises(FusionInputError, match=r"checkpoint_epoch=3.pt: the run stopped early: its last 2 "
                                                r"validation\(s\) did not improve .*early_stop_patience 2.*larger"):
         _tiny_run(tmp_path, max_epochs=6, resume=True, early_stop_patience=2, **still)
     # Ignite's own ERROR line repeated the error before the command line's one line
     logged = "".join(capfd.readouterr())
-    assert "Engine run resuming" in logged and "terminating due to exception" not in logged
+    assert "terminating due to exception" not in logged
+    # refused before anything is written (it came after the run's TensorBoard files and rewrote run.json)
+    assert {path: path.stat().st_mtime_ns for path in run.rglob("*")} == run_files
     assert (run / "model.pt").read_bytes() == model and last_checkpoint(run).name == "checkpoint_epoch=3.pt"
     _tiny_run(tmp_path, max_epochs=6, resume=True, early_stop_patience=3, **still)
     assert last_checkpoint(run).name == "checkpoint_epoch=4.pt"

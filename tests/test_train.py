@@ -43,6 +43,7 @@ def test_train_cli_and_resume(tmp_path: Path, capsys) -> None:
                 ("--config", str(tmp_path / "few.json"), "-o", str(tmp_path / "r3")): "leave no validation",
                 ("--device", "cuda", "-o", str(tmp_path / "r4")): "--device cuda: CUDA is not available"}
     (tmp_path / "few.json").write_text(json.dumps({"val_fraction": 0.05}))
+    run_files = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
     for extra, needle in mistakes.items():
         if extra[:2] == ("--device", "cuda") and torch.cuda.is_available():
             continue
@@ -51,7 +52,8 @@ def test_train_cli_and_resume(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith("lkcfusion: error:")]
         assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err, err
-    assert last_checkpoint(out).name == "checkpoint_epoch=2.pt"
+    # the refused resume wrote nothing: it came after the run's TensorBoard files and rewrote run.json
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == run_files
     assert not any((tmp_path / name / "checkpoint_epoch=1.pt").exists() for name in ("r2", "r3", "r4"))
     damaged = tmp_path / "r5"  # its only checkpoint cut short: --resume must not start over and overwrite it
     damaged.mkdir()

@@ -91,11 +91,12 @@ def run(args: argparse.Namespace) -> int:
         # every process would refuse the same settings, data or resume: one line here instead of N and torchrun's
         checked = check_bundle_workflow("train.json", configs, allow_expressions=False, **overrides,
                                         ids=("initialize#0", "split", "network_def", "output_dir", "resume",
-                                             "key_metric", "early_stop_patience"))
+                                             "key_metric", "early_stop_patience", "max_epochs"))
         check_split(checked["split"])
         check_run_record(*(checked[key] for key in ("output_dir", "resume", "network_def", "split", "key_metric")),
                          write=False)
-        check_resume(*(checked[key] for key in ("output_dir", "resume", "network_def", "early_stop_patience")))
+        check_resume(*(checked[key] for key in ("output_dir", "resume", "network_def", "early_stop_patience",
+                                                "max_epochs")))
         validation = checked["split"][1]
         if len(validation) < args.nproc:  # each process validates its own share (multi_gpu_train.json)
             raise FusionInputError(f"{len(validation)} validation pair(s) for {args.nproc} processes: each process "

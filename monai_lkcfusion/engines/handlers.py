@@ -347,24 +347,31 @@ def _check_not_stopped(state_dict: dict[str, Any], patience: int) -> None:
 
 
 def check_resume(output_dir: str | Path, resume: bool | str | Path, network: torch.nn.Module,
-                 early_stop_patience: int = 0) -> None:
-    """What every process of a distributed run would refuse when it resumes, checked once by the launcher
+                 early_stop_patience: int = 0, max_epochs: int | None = None) -> None:
+    """What a resumed run would refuse when it starts, checked before anything is written (the training configs'
+    ``initialize``: the refusal came after the run's TensorBoard files) and once by the launcher
     (``lkcfusion train --nproc N``) before the processes start: as :class:`ResumeCheckpointLoader` (a complete
-    checkpoint, the network's tensors fit) and :class:`ValidationEarlyStopHandler` (the run has not stopped early).
+    checkpoint, the network's tensors fit, not past ``max_epochs``) and :class:`ValidationEarlyStopHandler` (the
+    run has not stopped early).
 
     Args:
         output_dir: the run's output folder.
         resume: the ``resume`` setting (see :func:`resume_option`).
         network: the run's network.
         early_stop_patience: the run's ``early_stop_patience``.
+        max_epochs: the run's ``max_epochs``; ``None``: not checked.
 
     Raises:
         FusionInputError: the resume would be refused.
     """
     patience = as_count(early_stop_patience, "early_stop_patience", minimum=0, unit="validations")
-    path = ResumeCheckpointLoader(output_dir, {"network": network}, resume).path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # damaged newer checkpoints: the run's own loader names them
+        path = ResumeCheckpointLoader(output_dir, {"network": network}, resume).path
     if path is None:
         return
+    if max_epochs is not None:
+        _check_epoch(path, as_count(max_epochs, "max_epochs"))
     saved = _read(path).get("early_stop")  # the loader found it whole, a dict of the run's objects
     try:
         if saved is not None:
@@ -506,6 +513,16 @@ def _check_fits(path: str | Path, key: str, saved: dict[str, torch.Tensor], modu
         )
 
 
+def _check_epoch(path: str | Path, max_epochs: int) -> None:
+    """Refuse to resume from a checkpoint ``checkpoint_epoch=N.pt`` with ``N`` past ``max_epochs``."""
+    match = re.fullmatch(rf"{CHECKPOINT_PREFIX}_epoch=(\d+)\.pt", Path(path).name)
+    if match and int(match.group(1)) > max_epochs:
+        raise FusionInputError(
+            f"{path}: the run is at epoch {match.group(1)} already; to resume it give --epochs "
+            f"{match.group(1)} or more (max_epochs), or start a new run in another folder"
+        )
+
+
 class ResumeCheckpointLoader:
     """Load a "last" checkpoint into the network, optimizer, LR scheduler and trainer when the trainer starts.
 
@@ -578,16 +595,9 @@ class ResumeCheckpointLoader:
         """
         if self.path is None:
             return
-        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}_epoch=(\d+)\.pt", Path(self.path).name)
-
-        def check_epochs(engine: Engine) -> None:  # before the loader, whose Ignite error would be a traceback
-            if match and int(match.group(1)) > engine.state.max_epochs:
-                raise FusionInputError(
-                    f"{self.path}: the run is at epoch {match.group(1)} already; to resume it give --epochs "
-                    f"{match.group(1)} or more (max_epochs), or start a new run in another folder"
-                )
-
-        engine.add_event_handler(Events.STARTED, check_epochs)
+        path = self.path
+        engine.add_event_handler(  # before the loader, whose Ignite error would be a traceback
+            Events.STARTED, lambda engine: _check_epoch(path, engine.state.max_epochs))
         schedulers = [obj for obj in self.load_dict.values() if isinstance(obj, torch.optim.lr_scheduler.LRScheduler)]
         settings: list[dict[str, Any]] = []
 

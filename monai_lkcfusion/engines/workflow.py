@@ -151,8 +151,10 @@ def check_run_record(
             raise FusionInputError(f"{output_dir}: resumed with other settings than the run's ({'; '.join(changed)}); "
                                    f"resume with the run's settings, or start a new run in another folder (if only "
                                    f"where the files lie changed, delete {earlier} to resume anyway)")
+    target, text = Path(output_dir) / RUN_RECORD, json.dumps(record, indent=1) + "\n"
     if write and is_main_process() and (checkpoint is None or earlier.is_file()):  # resumed without a record: none
-        write_text(Path(output_dir) / RUN_RECORD, json.dumps(record, indent=1) + "\n", overwrite=True)
+        if not target.is_file() or target.read_text() != text:  # a resume with the same settings leaves it as it was
+            write_text(target, text, overwrite=True)
 
 
 def check_known_settings(known: Iterable[str], keys: Iterable[str], source: str, config_text: str) -> None:
