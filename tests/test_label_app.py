@@ -290,3 +290,34 @@ def test_monailabel_server_fuses_two_images_over_http(tmp_path, tiny_weights):
     assert params["predictor_reused"] is True and params["predictor_loads"] == 1, params
     assert json.loads(two_channel)["predictor_loads"] == 1
     print(f"\nfirst request {first_seconds:.2f} s, second {second_seconds:.2f} s; server: {params}")
+
+
+def test_picture_requests_give_the_file_shape_and_bad_params_leave_no_file(tmp_path, tiny_weights, monkeypatch):
+    """Hand-check helper: a 2D request's reply said ``shape [H, W]`` while the file is (W, H, 1, ...); ``"axis": "2"``
+    (a string) reached fuse() and gave a message that contradicted itself; every failed request left an empty
+    temporary NIfTI behind (the server deletes only a result it sends)."""
+    from PIL import Image
+
+    app = write_label_app(tmp_path / "app", weights=tiny_weights)
+    task = _import_app_task(app, monkeypatch)(weights=str(app / "model" / "lkcfusion.safetensors"))
+    rng = np.random.default_rng(3)
+    mri, pet = tmp_path / "mri.png", tmp_path / "pet.png"
+    Image.fromarray(rng.integers(0, 256, (24, 40), dtype=np.uint8)).save(mri)  # 24 rows, 40 columns
+    Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(pet)
+    for options in ({}, {"color": False}):
+        path, result = task({"image": str(mri), "other": str(pet), **options})
+        written = nib.load(path).shape
+        assert result["shape"] == list(written[:3]) and written[:2] == (40, 24), (result, written)
+        assert result["channels"] == (1 if options else 3)
+    before = sorted(tmp_path.glob("*.nii.gz"))
+    bad = {"axis": ("2", r"^params: axis '2': give a whole number$"),
+           "tta": ("yes", r"^params: tta 'yes': give true or false$"),
+           "batch_size": (0, r"^params: batch_size 0: ")}
+    for key, (value, message) in bad.items():
+        with pytest.raises(FusionInputError, match=message):
+            task({"image": str(mri), "other": str(pet), key: value})
+    with pytest.raises(FusionInputError, match="unknown fusion method .nope."):
+        task({"image": str(mri), "other": str(pet), "method": "nope"})
+    with pytest.raises(FusionInputError):
+        task({"image": str(mri), "other": str(tmp_path / "missing.png")})
+    assert sorted(tmp_path.glob("*.nii.gz")) == before

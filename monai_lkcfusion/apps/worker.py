@@ -38,7 +38,7 @@ import torch
 
 from ..errors import FusionInputError, as_count
 
-__all__ = ["FusionJob", "FusionWorker", "main", "serve"]
+__all__ = ["FusionJob", "FusionWorker", "check_job_values", "main", "serve"]
 
 Event = dict[str, Any]
 ProgressCallback = Callable[[int, int], None]
@@ -101,19 +101,33 @@ class FusionJob:
         missing = [name for name in ("mri", "other", "output") if not request.get(name)]
         if missing:
             raise FusionInputError(f"job: missing {', '.join(missing)}")
-        for name, value in request.items():
-            kind = _FIELD_TYPES.get(name)
-            optional = name in ("weights", "device", "axis", "modality")
-            if kind is None or value is None and optional:
-                continue
-            if not isinstance(value, kind) or kind is int and isinstance(value, bool):
-                wanted = {int: "a whole number", bool: "true or false", str: "a string"}[kind]
-                raise FusionInputError(f"job: {name} {value!r}: give {wanted}")
-        if request.get("axis") not in (None, 0, 1, 2):
-            raise FusionInputError(f"job: axis {request['axis']}: a volume has axes 0, 1, 2")
-        if "batch_size" in request:
-            as_count(request["batch_size"], "job: batch_size")
+        check_job_values(request)
         return cls(**request)
+
+
+def check_job_values(values: dict[str, Any], source: str = "job") -> None:
+    """Refuse values of :class:`FusionJob` fields of the wrong JSON type or range (``"axis": "2"`` reached
+    :func:`~monai_lkcfusion.inference.fuse` and failed there with a message that contradicted itself).
+
+    Args:
+        values: field names and values, as decoded from JSON; names that are not fields are not checked.
+        source: what gave them, for the message (``"job"``, a label app's ``"params"``).
+
+    Raises:
+        FusionInputError: ``<source>: <field> <value>: give <what>``.
+    """
+    for name, value in values.items():
+        kind = _FIELD_TYPES.get(name)
+        optional = name in ("weights", "device", "axis", "modality")
+        if kind is None or value is None and optional:
+            continue
+        if not isinstance(value, kind) or kind is int and isinstance(value, bool):
+            wanted = {int: "a whole number", bool: "true or false", str: "a string"}[kind]
+            raise FusionInputError(f"{source}: {name} {value!r}: give {wanted}")
+    if values.get("axis") not in (None, 0, 1, 2):
+        raise FusionInputError(f"{source}: axis {values['axis']}: a volume has axes 0, 1, 2")
+    if "batch_size" in values:
+        as_count(values["batch_size"], f"{source}: batch_size")
 
 
 _FIELD_TYPES = {"mri": str, "other": str, "output": str, "id": str, "method": str, "weights": str, "device": str,

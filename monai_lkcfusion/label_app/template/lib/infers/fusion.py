@@ -14,6 +14,7 @@ process.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -79,7 +80,7 @@ class FusionInferTask(InferTask):
         return True
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        from monai_lkcfusion.apps.worker import FusionJob
+        from monai_lkcfusion.apps.worker import FusionJob, check_job_values
 
         start = time.time()
         if not request.get("image"):  # MONAI Label's datastore gives "" for an unknown ID: the working folder
@@ -87,14 +88,20 @@ class FusionInferTask(InferTask):
         device = str(request.get("device", self.config()["device"]))
         other = request.get("other") or request.get("label")
         mri, other = (request["image"], other) if other else read_channels(request["image"])
-        path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
         options = {key: request[key] for key in OPTIONS if request.get(key) is not None}
+        check_job_values(options, "params")
         weights = self.weights if options.get("method", "lkcfunet") == "lkcfunet" else None  # the app's network
+        path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
         job = FusionJob(mri=mri, other=other, output=path, weights=weights, device=device, **options)
-        with self._lock:  # one predictor per server process, one fusion at a time
-            done = self.worker.run(job)
+        try:
+            with self._lock:  # one predictor per server process, one fusion at a time
+                done = self.worker.run(job)
+        except BaseException:  # the server sends only a result's file (and deletes it then): none to leave behind
+            os.remove(path)
+            raise
+        written = nib.load(path).shape  # a picture is written as (X, Y, 1[, 1, 3]): the file's axes, not the array's
         result = {
-            "shape": done["shape"][1:],
+            "shape": list(written[:3]),
             "channels": done["shape"][0],
             "dtype": "float32",
             "latency": round(time.time() - start, 3),
