@@ -187,9 +187,16 @@ def test_module_reports_errors_and_keeps_the_process(logic):
     mri = VolumeNode("MRI", np.full((4, 16, 16), 50, np.float32), np.eye(4))
     far = VolumeNode("PET", np.ones((4, 16, 16), np.float32), np.eye(4))
     far.ijk_to_ras[:3, 3] = 500.0  # no overlap with the MRI
-    with pytest.raises(RuntimeError, match="overlap"):
+    with pytest.raises(RuntimeError, match="overlap") as refused:
         logic.process(mri, far, method="max", device="cpu")
     assert logic.fusionProcess is not None and logic.fusionProcess.running
+    # the volumes by their names, not the temporary files the module wrote (hand-check helper)
+    assert "'PET'" in str(refused.value) and ".nrrd" not in str(refused.value), refused.value
+    part = VolumeNode("PET", np.ones((4, 16, 16), np.float32), np.eye(4))
+    part.ijk_to_ras[0, 3] = 8.0  # half of it outside the MRI: warned
+    logic.process(mri, part, method="max", device="cpu")
+    warned = " ".join(logic.task.warnings)
+    assert "'PET'" in warned and "'MRI'" in warned and ".nrrd" not in warned, warned
 
 
 def test_module_colour_pet_gives_vector_volume(logic):

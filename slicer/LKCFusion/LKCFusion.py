@@ -71,6 +71,14 @@ class FusionTask:
     finished: bool = False
     result: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    inputNames: dict = field(default_factory=dict)
+
+    def describe(self, message: str) -> str:
+        """A worker's message in the module's terms: the volumes' names for their temporary files, and no command-line
+        hint the panel has no use for (the result is in the slice views)."""
+        for path, name in self.inputNames.items():
+            message = message.replace(path, f"'{name}'")
+        return message.replace(" (--preview)", " in the slice views")
 
 
 class LKCFusionLogic(ScriptedLoadableModuleLogic):
@@ -236,7 +244,8 @@ class LKCFusionLogic(ScriptedLoadableModuleLogic):
         }
         jobId = self.fusionProcess.submit(job)
         name = outputName or slicer.mrmlScene.GenerateUniqueName(f"{mriNode.GetName()} fused {method}")
-        self.task = FusionTask(jobId, tempDir, job["output"], name, onProgress, onFinished)
+        self.task = FusionTask(jobId, tempDir, job["output"], name, onProgress, onFinished,
+                               inputNames={mriPath: mriNode.GetName(), otherPath: otherNode.GetName()})
         logging.info(f"LKCFusion: job {jobId} sent to process {self.fusionProcess.pid}: {job}")
         return self.task
 
@@ -258,8 +267,8 @@ class LKCFusionLogic(ScriptedLoadableModuleLogic):
                 if task.onProgress:
                     task.onProgress(task)
             elif kind == "warning":
-                task.warnings.append(event.get("message", ""))
-                logging.warning(f"LKCFusion: {event.get('message', '')}")
+                task.warnings.append(task.describe(event.get("message", "")))
+                logging.warning(f"LKCFusion: {task.warnings[-1]}")
             elif kind == "done":
                 task.result = event
                 try:
@@ -269,7 +278,7 @@ class LKCFusionLogic(ScriptedLoadableModuleLogic):
                 self._finish(task)
                 return False
             elif kind == "error":
-                task.error = event.get("message", "fusion failed")
+                task.error = task.describe(event.get("message", "fusion failed"))
                 self._finish(task)
                 return False
             elif kind == "exit":
