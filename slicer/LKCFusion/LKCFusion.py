@@ -459,7 +459,9 @@ class LKCFusionWidget(ScriptedLoadableModuleWidget):
             )
             self.ui.progressBar.setRange(0, 0)  # busy until the first progress line (start-up, network loading)
             self.ui.progressBar.show()
-            self.ui.statusLabel.text = "Starting (the first run loads the network)..."
+            register = self.ui.registerComboBox.currentText
+            self.ui.statusLabel.text = "Starting (the first run loads the network)..." if register == "none" else (
+                f"Registering the second volume to the MRI ({register}), then fusing...")
             self.timer.start()
         self.updateButtons()
 
