@@ -98,3 +98,34 @@ def test_odd_sizes():
     f = np.maximum(a, b)
     expected = _vif_reference(a, f) + _vif_reference(b, f)
     assert visual_information_fidelity(f, a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_metrics_doc_baseline_table_is_what_the_package_computes(harvard_root):
+    """docs/metrics.md's "pixel-wise baselines on the Harvard test set" table, recomputed to its printed precision
+    (a hand-check helper found two cells of the pixel-mean row that no rule reproduced)."""
+    import re
+
+    from PIL import Image
+
+    from monai_lkcfusion.metrics.functional import compute_fusion_metrics
+    from monai_lkcfusion.metrics.utils import luma_bt601
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    section = text.split("## Reference numbers: pixel-wise baselines on the Harvard test set")[1].split("\n\n")[2]
+    lines = [line.strip("|").split("|") for line in section.splitlines()]
+    header, rows = [cell.strip() for cell in lines[0]], lines[2:]
+    assert header[:2] == ["task", "fusion"] and len(rows) == 6
+    for row in rows:
+        task, fusion, *cells = (cell.strip() for cell in row)
+        folder = harvard_root / "test" / task
+        names = sorted(path.name for path in (folder / "MRI").glob("*.png"))
+        other = next(path for path in folder.iterdir() if path.name != "MRI")
+        a, b = (np.stack([luma_bt601(np.asarray(Image.open(d / name).convert("RGB")))[None] for name in names])
+                for d in (folder / "MRI", other))
+        fused = np.maximum(a, b) if fusion == "max" else np.round((a + b) / 2).astype(np.float32)
+        scores = compute_fusion_metrics(fused, a, b, names=header[2:], ssim_data_range=2)
+        for name, cell in zip(header[2:], cells):
+            decimals = len(cell.split(".")[1])
+            mean = float(np.mean(np.asarray(scores[name], dtype=np.float64)))
+            assert f"{mean:.{decimals}f}" == cell, (task, fusion, name, mean, cell)
+        assert re.fullmatch(r"MRI-(CT|PET|SPECT)", task) and len(names) == 24
