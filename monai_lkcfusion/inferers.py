@@ -29,7 +29,7 @@ from monai.utils.type_conversion import convert_to_dst_type
 from .baselines import BASELINE_METHODS, fuse_baseline
 from .errors import FusionInputError, as_count, as_flag
 from .machine import available_cores
-from .transforms.spatial import slicing_axis
+from .transforms.spatial import slice_layout, slicing_axis
 
 __all__ = ["FUSION_METHODS", "FusionInferer", "build_predictor", "check_tta", "resolve_device", "worker_policy"]
 
@@ -358,11 +358,13 @@ class FusionInferer(Inferer):
         with _intra_op_threads(self.threads), ThreadPoolExecutor(self.workers) as pool:
             if self.workers > 1:
                 predict = _in_workers(predict, pool)
-            if len(spatial) == 2 and max(spatial) <= self.tile_size:
+            name = Path(str(getattr(inputs, "meta", {}).get("filename_or_obj", "image"))).name
+            if len(spatial) == 3:
+                fused = self._volume(inputs, pair, predict, name)
+            elif max(spatial) <= self.tile_size:
                 fused = predict(pair).cpu()
             else:
-                name = Path(str(getattr(inputs, "meta", {}).get("filename_or_obj", "image"))).name
-                fused = self._windowed(pair, predict, self._axis(inputs) if len(spatial) == 3 else -1, name)
+                fused = self._windowed(pair, predict, -1, name)
         nonfinite = int((~torch.isfinite(fused)).sum())
         if nonfinite:  # clamp keeps NaN: a broken network would give an all-black or all-NaN image
             raise FusionInputError(
@@ -374,14 +376,26 @@ class FusionInferer(Inferer):
             out.meta["fusion_method"] = getattr(predictor, "fusion_method", "model")
         return out
 
-    def _axis(self, inputs: torch.Tensor) -> int:
-        """The voxel axis to slice a volume along."""
-        if self.axis is not None:
-            return self.axis
+    def _volume(self, inputs: torch.Tensor, pair: torch.Tensor, predict: Predictor, name: str) -> torch.Tensor:
+        """A volume's slices along ``axis`` (default :func:`~monai_lkcfusion.transforms.slicing_axis`) in the
+        anatomical layout of the training pictures (:func:`~monai_lkcfusion.transforms.slice_layout`), fused and put
+        back in the volume's voxel order."""
         affine = inputs.affine if isinstance(inputs, MetaTensor) else None
         if affine is not None and affine.ndim == 3:
             affine = affine[0]
-        return slicing_axis(affine, tuple(inputs.shape[-3:]))
+        geometry = getattr(inputs, "meta", {}).get("has_geometry", True)  # an array's identity affine is no anatomy
+        if isinstance(geometry, (list, tuple)):
+            geometry = geometry[0]
+        if not bool(geometry):
+            affine = None
+        axis = self.axis if self.axis is not None else slicing_axis(affine, tuple(pair.shape[2:]))
+        (rows, columns), flipped = slice_layout(affine, axis)
+        order = (rows, columns, axis)
+        reversed_dims = [2 + order.index(voxel) for voxel in flipped]
+        shown = pair.permute(0, 1, *(2 + voxel for voxel in order))  # (B, 2, rows, columns, slices)
+        fused = self._windowed(shown.flip(reversed_dims) if reversed_dims else shown, predict, 2, name)
+        fused = fused.flip(reversed_dims) if reversed_dims else fused
+        return fused.permute(0, 1, *(2 + order.index(voxel) for voxel in range(3)))  # (B, 1, X, Y, Z)
 
     def _windowed(self, pair: torch.Tensor, predict: Predictor, axis: int, name: str = "image") -> torch.Tensor:
         """Tiles of a large 2D pair, or slices of a volume along ``axis``, with :class:`~monai_lkcfusion.progress.

@@ -18,7 +18,7 @@ from monai_lkcfusion.data import read_image
 from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.inference import build_predictor, fuse, fuse_files
 from monai_lkcfusion.networks import LKCFUNet
-from monai_lkcfusion.transforms import rgb_to_ycbcr
+from monai_lkcfusion.transforms import fusion_load_transforms, rgb_to_ycbcr
 
 
 @pytest.fixture(scope="module")
@@ -517,7 +517,8 @@ def test_numpy_volume_of_four_slices_is_not_silently_a_picture():
 
 def test_single_sagittal_slice_is_fused_in_its_own_plane(tmp_path):
     """A one-slice sagittal NIfTI (1, Y, Z) was cut along the axial axis into 64 strips one pixel wide: the network
-    never saw the image. It is now fused in its plane, as the same slice given as a 2D array."""
+    never saw the image. It is now fused in its plane, as the same slice given as a 2D array shown as a sagittal
+    picture is (superior at the top, anterior on the left: with an identity RAS affine, both axes reversed)."""
     rng = np.random.default_rng(1)
     mri = (rng.random((40, 48)) * 400 + 100).astype(np.float32)
     pet = (np.exp(-((np.arange(40)[:, None] - 20) ** 2 + (np.arange(48) - 12) ** 2) / 30) * 900).astype(np.float32)
@@ -525,8 +526,9 @@ def test_single_sagittal_slice_is_fused_in_its_own_plane(tmp_path):
         nib.save(nib.Nifti1Image(data[None], np.eye(4)), str(tmp_path / f"{name}.nii.gz"))  # (1, Y, Z): sagittal
     net = LKCFUNet.from_preset("tiny").eval()
     volume = fuse(tmp_path / "m.nii.gz", tmp_path / "p.nii.gz", model=net, color=False, progress=False)
-    picture = fuse(mri, pet, model=net, color=False, progress=False)
-    assert volume.shape == (1, 1, 40, 48) and np.abs(volume[0, 0].numpy() - np.asarray(picture)).max() < 1e-4
+    shown = (np.ascontiguousarray(data[::-1, ::-1].T) for data in (mri, pet))  # (Y, Z) -> rows Z down, columns Y
+    picture = np.asarray(fuse(*shown, model=net, color=False, progress=False)).T[::-1, ::-1]
+    assert volume.shape == (1, 1, 40, 48) and np.abs(volume[0, 0].numpy() - picture).max() < 1e-4
 
 
 def test_swapped_arguments_are_warned(tmp_path):
@@ -556,3 +558,68 @@ def test_fusing_leaves_the_callers_network_in_its_mode(synthetic_pair, optimize)
     fused = fuse(mri, other, model=net, optimize=optimize, progress=False)
     assert net.training and all(m.training for m in net.modules())
     assert np.allclose(fused, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["flip_x", "flip_xy", "swap_xy", "lps_swapped"])
+def test_a_volume_is_fused_the_same_whatever_its_voxel_order(tmp_path, layout):
+    """The same anatomy stored in another voxel order (RAS against LPS, rows and columns swapped: dcm2niix, ITK and
+    DICOM-derived files differ so) gave other fused values, up to 0.19 (hand-check helper): the network is not
+    equivariant to flips and transposes and saw each slice in the file's order. Slices now go in in one anatomical
+    layout, so the results agree voxel for voxel in world space; training slices (RandSliced) are taken the same way."""
+    from monai_lkcfusion.transforms import RandSliced
+
+    rng = np.random.default_rng(4)
+    x, y, z = np.meshgrid(np.arange(36), np.arange(44), np.arange(10), indexing="ij")
+    head = ((x - 18) / 15) ** 2 + ((y - 21) / 19) ** 2 < 1
+    mri = (head * (300 + 200 * np.sin(x / 3) * np.cos(y / 5) + 60 * rng.random(head.shape))).astype(np.float32)
+    pet = (head * np.exp(-((x - 10) ** 2 + (y - 30) ** 2) / 40) * 900 * (1 + z / 10)).astype(np.float32)
+    affine = np.diag([0.9, 1.1, 3.0, 1.0])
+    affine[:3, 3] = (-15.0, 20.0, 4.0)
+    change = {"flip_x": ((0, 1, 2), (0,)), "flip_xy": ((0, 1, 2), (0, 1)), "swap_xy": ((1, 0, 2), ()),
+              "lps_swapped": ((1, 0, 2), (0, 1))}[layout]
+
+    def stored(data: np.ndarray, order: tuple, flips: tuple) -> tuple[np.ndarray, np.ndarray]:
+        moved, new = data, affine.copy()
+        for axis in flips:  # voxel i -> n - 1 - i: the world point of the new index 0 is the old last one
+            new[:3, 3] += new[:3, axis] * (data.shape[axis] - 1)
+            new[:3, axis] *= -1
+            moved = np.flip(moved, axis)
+        return np.ascontiguousarray(moved.transpose(order)), new[:, [*order, 3]]
+
+    net = LKCFUNet.from_preset("tiny").eval()
+    results, slices = [], []
+    for order, flips in (((0, 1, 2), ()), change):
+        for name, data in (("m", mri), ("p", pet)):
+            array, new = stored(data, order, flips)
+            nib.save(nib.Nifti1Image(array, new), str(tmp_path / f"{name}.nii.gz"))
+        fused = fuse(tmp_path / "m.nii.gz", tmp_path / "p.nii.gz", model=net, color=False, progress=False)[0].numpy()
+        back = np.ascontiguousarray(fused.transpose(np.argsort(order)))  # the first storage order again
+        results.append(np.flip(back, flips) if flips else back)
+        volume = fusion_load_transforms()({"mri": str(tmp_path / "m.nii.gz"), "other": str(tmp_path / "p.nii.gz")})
+        sampler = RandSliced(("mri", "other")).set_random_state(0)
+        slices.append(sampler(volume)["mri"].as_tensor().numpy())
+    assert float(np.abs(results[0]).max()) > 0.1  # the network saw the anatomy
+    np.testing.assert_allclose(results[1], results[0], atol=1e-5)
+    np.testing.assert_allclose(slices[1], slices[0], atol=1e-6)
+
+
+def test_a_slab_of_a_few_slices_is_fused_in_its_own_plane(tmp_path):
+    """A coronal slab of 3 slices (X, 3, Z) was cut along the axial axis into strips 3 pixels wide, padded by
+    replication (up to 0.41 off its slices fused one by one; hand-check helper): it is fused across its thin axis,
+    each slice as that slice alone is. A small volume whose every axis is short stays axial."""
+    from monai_lkcfusion.transforms import slicing_axis
+
+    rng = np.random.default_rng(5)
+    mri = (rng.random((40, 3, 48)) * 0.8 + 0.1).astype(np.float32)  # in [0, 1]: not rescaled per volume
+    pet = np.zeros_like(mri)
+    pet[10:20, :, 5:30] = 0.9
+    net = LKCFUNet.from_preset("tiny").eval()
+    slab = fuse(MetaTensor(torch.from_numpy(mri)[None]), MetaTensor(torch.from_numpy(pet)[None]), model=net,
+                color=False, progress=False)
+    for j in range(3):
+        alone = fuse(*(MetaTensor(torch.from_numpy(np.ascontiguousarray(a[:, j:j + 1]))[None]) for a in (mri, pet)),
+                     model=net, color=False, progress=False)
+        np.testing.assert_allclose(slab[0, :, j].numpy(), alone[0, :, 0].numpy(), atol=1e-5)
+    eye = np.eye(4)
+    assert [slicing_axis(eye, shape) for shape in ((3, 181, 217), (181, 3, 217), (256, 256, 3), (6, 7, 8),
+                                                   (1, 40, 48), (40, 7, 5))] == [0, 1, 2, 2, 0, 2]

@@ -120,11 +120,12 @@ def test_axial_axis_and_rand_slice():
     sampler = RandSliced(("mri", "other"))
     sampler.set_random_state(0)
     d = sampler({"mri": vol, "other": vol.clone() * 2})
-    assert d["mri"].shape == (1, 6, 7) and d["mri"].meta["slice_index"] == 3 and float(d["other"].max()) == 2
+    # an identity affine is RAS: an axial slice is shown anterior at the top, the patient's right on the left
+    assert d["mri"].shape == (1, 7, 6) and d["mri"].meta["slice_index"] == 3 and float(d["other"].max()) == 2
     spacing = torch.diag(torch.tensor([0.5, 0.8, 3.0, 1.0], dtype=torch.float64))
     spaced = MetaTensor(vol.as_tensor().clone(), affine=spacing)
     plane = RandSliced("mri").set_random_state(0)({"mri": spaced})["mri"]
-    assert np.allclose(plane.pixdim.numpy(), [0.5, 0.8]) and plane.meta["slice_axis"] == 2  # in-plane spacing kept
+    assert np.allclose(plane.pixdim.numpy(), [0.8, 0.5]) and plane.meta["slice_axis"] == 2  # in-plane spacing kept
 
 
 def test_volume_pair_training_chain_on_demo_data():
@@ -138,7 +139,7 @@ def test_volume_pair_training_chain_on_demo_data():
                      ResampleToReferenced("other"), RandSliced(("mri", "other")), SplitLumad("other")])
     chain.set_random_state(1)
     d = chain({"mri": str(files["mri_3d"]), "other": str(files["pet_3d"])})
-    assert d["mri"].shape == d["other"].shape == (1, 145, 181)
+    assert d["mri"].shape == d["other"].shape == (1, 181, 145)  # (rows A -> P, columns R -> L)
     assert 0.5 < d["other"].meta["overlap_fraction"] < 1.0  # the PET grid is shifted: partial coverage
     assert float(d["mri"].max()) <= 1 and float(d["other"].max()) > 0.2
     # a slice cannot go back into its volume: Invertd said nothing and returned a made-up (1, 75, 93) "PET"

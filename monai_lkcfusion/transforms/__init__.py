@@ -80,6 +80,7 @@ from .spatial import (
     ResampleToReferenceDict,
     axial_axis,
     resample_to_reference,
+    slice_layout,
     slicing_axis,
 )
 

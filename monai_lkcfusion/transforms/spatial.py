@@ -36,6 +36,7 @@ __all__ = [
     "ResampleToReferenced",
     "axial_axis",
     "resample_to_reference",
+    "slice_layout",
     "slicing_axis",
 ]
 
@@ -54,6 +55,11 @@ def axial_axis(affine: torch.Tensor | np.ndarray) -> int:
     return int(np.argmax(np.abs(directions[2])))
 
 
+MIN_SLICE_SIDE = 8
+"""Slices narrower than this (in voxels) are not cut from a volume when another axis gives whole slices: the
+network pads them by replication to its smallest input (2 x its stride), so it would fuse mostly invented pixels."""
+
+
 def slicing_axis(affine: torch.Tensor | np.ndarray | None, spatial_shape: tuple[int, ...]) -> int:
     """The voxel axis to cut a volume into 2D slices along.
 
@@ -62,14 +68,57 @@ def slicing_axis(affine: torch.Tensor | np.ndarray | None, spatial_shape: tuple[
         spatial_shape: the volume's ``(X, Y, Z)``.
 
     Returns:
-        A one-voxel-thick axis when the volume has one (a single slice in any orientation, e.g. a sagittal
-        ``(1, Y, Z)`` file, which :func:`axial_axis` would cut into one-pixel-wide strips), else :func:`axial_axis`
-        (axis 2 without an affine).
+        :func:`axial_axis` (axis 2 without an affine), unless its slices would have a side shorter than
+        :data:`MIN_SLICE_SIDE` and slices across the volume's thinnest axis (the last of equals) would not: then that
+        axis. A single slice or a slab of a few slices in any orientation, e.g. a sagittal ``(3, Y, Z)`` file, is
+        fused in its own plane, not cut into strips 3 pixels wide.
     """
-    thin = [i for i, size in enumerate(spatial_shape) if size == 1]
-    if thin:
-        return thin[-1]
-    return axial_axis(affine) if affine is not None else 2
+
+    def short_side(axis: int) -> int:
+        return min(size for i, size in enumerate(spatial_shape) if i != axis)
+
+    axis = axial_axis(affine) if affine is not None else 2
+    thinnest = max(i for i, size in enumerate(spatial_shape) if size == min(spatial_shape))
+    return thinnest if short_side(axis) < MIN_SLICE_SIDE <= short_side(thinnest) else axis
+
+
+_DISPLAY = {2: ((1, -1), (0, -1)), 1: ((2, -1), (0, -1)), 0: ((2, -1), (1, -1))}
+"""Per slice normal (RAS world axis: 0 sagittal, 1 coronal, 2 axial), the world axis and sign that a displayed
+slice's rows and columns run along: radiological display, as the Harvard training pictures are stored. Axial:
+rows from anterior to posterior, columns from the patient's right to left; coronal: rows from superior to inferior,
+columns right to left; sagittal: rows superior to inferior, columns anterior to posterior."""
+
+
+def slice_layout(affine: torch.Tensor | np.ndarray | None, axis: int) -> tuple[tuple[int, int], tuple[int, ...]]:
+    """How to show the slices of a volume across voxel ``axis`` as the training pictures show anatomy.
+
+    The network is not equivariant to transposes and flips, so a volume's slices go in in one anatomical layout
+    (radiological display, :data:`_DISPLAY`), whatever order the file stores its voxels in: the same patient stored
+    in RAS or LPS voxel order (a dcm2niix or an ITK NIfTI, a DICOM series) is fused the same way.
+
+    Args:
+        affine: 4x4 voxel-to-world (RAS) affine; ``None``: no geometry (an array), the voxel order is kept.
+        axis: the voxel axis the volume is sliced along.
+
+    Returns:
+        ``(rows, columns)``: the in-plane voxel axes in the order a slice is shown, and the voxel axes to reverse.
+    """
+    rows, columns = (i for i in range(3) if i != axis)
+    if affine is None:
+        return (rows, columns), ()
+    matrix = np.asarray(torch.as_tensor(affine).cpu(), dtype=np.float64)[:3, :3]
+    lengths = np.linalg.norm(matrix, axis=0)
+    if not np.all(np.isfinite(matrix)) or np.any(lengths == 0):
+        return (rows, columns), ()
+    directions = matrix / lengths  # unit world direction of each voxel axis
+    normal = int(np.argmax(np.abs(np.cross(directions[:, rows], directions[:, columns]))))
+    (row_world, row_sign), (column_world, column_sign) = _DISPLAY[normal]
+    if abs(directions[row_world, columns]) > abs(directions[row_world, rows]):
+        rows, columns = columns, rows
+    flipped = tuple(sorted(voxel for voxel, world, sign in ((rows, row_world, row_sign),
+                                                              (columns, column_world, column_sign))
+                           if np.sign(directions[world, voxel]) != sign))
+    return (rows, columns), flipped
 
 
 def _describe_grid(img: torch.Tensor) -> str:
@@ -367,14 +416,21 @@ class RandSlice(Randomizable, InvertibleTransform):
         self._index = int(self.R.choice(candidates if candidates.size else np.arange(foreground.size)))
 
     def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        """The slice ``(C, H, W)``; ``randomize=False`` reuses the last axis and index (same slice of a pair)."""
+        """The slice ``(C, H, W)`` in the anatomical layout :class:`~monai_lkcfusion.inferers.FusionInferer` gives
+        the network (:func:`slice_layout`); ``randomize=False`` reuses the last axis and index (same slice of a
+        pair)."""
         if randomize:
             self.randomize(img)
-        plane = torch.as_tensor(img).select(1 + self._axis, self._index)  # (C, H, W)
-        out = convert_to_dst_type(plane, img)[0]
+        placed = isinstance(img, MetaTensor) and img.meta.get("has_geometry", True)
+        (rows, columns), flipped = slice_layout(img.affine if placed else None, self._axis)
+        plane = torch.as_tensor(img).select(1 + self._axis, self._index)  # (C, in-plane axes in voxel order)
+        if (rows, columns) != tuple(sorted((rows, columns))):
+            plane = plane.transpose(1, 2)
+        dims = [1 + (rows, columns).index(voxel) for voxel in flipped]
+        out = convert_to_dst_type(plane.flip(dims) if dims else plane, img)[0]  # (C, H, W)
         if isinstance(out, MetaTensor):
             affine = torch.as_tensor(img.affine, dtype=torch.float64)[:3, :3]
-            spacing = torch.linalg.norm(affine[:, [i for i in range(3) if i != self._axis]], dim=0)
+            spacing = torch.linalg.norm(affine[:, [rows, columns]], dim=0)
             out.affine = torch.diag(torch.cat([spacing, torch.ones(1, dtype=torch.float64)]))
             out.meta.update({"spatial_dims": 2, "slice_axis": self._axis, "slice_index": self._index})
             self.push_transform(out, extra_info={"slice_axis": self._axis, "slice_index": self._index})
