@@ -623,3 +623,31 @@ def test_a_slab_of_a_few_slices_is_fused_in_its_own_plane(tmp_path):
     eye = np.eye(4)
     assert [slicing_axis(eye, shape) for shape in ((3, 181, 217), (181, 3, 217), (256, 256, 3), (6, 7, 8),
                                                    (1, 40, 48), (40, 7, 5))] == [0, 1, 2, 2, 0, 2]
+
+
+def test_images_already_scaled_to_unit_are_not_scaled_again(harvard_root):
+    """read_image() records display_max 255 for a picture; the record outlived the values: read_image(p) / 255, a
+    MONAI ScaleIntensity, the package's own load transforms, or a fused result fed back were divided by 255 again and
+    fused nearly black (max 0.004; hand-check helper). Values in [0, 1] under a stale record are read as scaled,
+    with a warning; the package's own scaling records the new range."""
+    from monai.transforms import ScaleIntensity
+
+    folder = harvard_root / "test" / "MRI-CT"
+    name = sorted(path.name for path in (folder / "MRI").glob("*.png"))[0]
+    mri, ct = folder / "MRI" / name, folder / "CT" / name
+    expected = fuse(mri, ct, method="max", progress=False)
+    for scale in (lambda image: image / 255.0, ScaleIntensity()):
+        with pytest.warns(UserWarning, match=r"metadata says display_max 255 but its values lie in \[0, 1\]"):
+            fused = fuse(scale(read_image(mri)), scale(read_image(ct)), method="max", progress=False)
+        if isinstance(scale, ScaleIntensity):  # stretched to the full range: the same picture up to a gain
+            assert float(fused.max()) == pytest.approx(1.0, abs=1e-6)
+        else:
+            np.testing.assert_allclose(fused.numpy(), expected.numpy(), atol=1e-6)
+    loaded = fusion_load_transforms()({"mri": str(mri), "other": str(ct)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the package's own scaling says what it did: nothing to warn about
+        again = fuse(loaded["mri"], loaded["other"], method="max", progress=False)
+        fed_back = fuse(expected, ct, method="max", progress=False)  # max(max(A, B), B)
+    assert expected.meta["display_max"] == 1.0
+    np.testing.assert_allclose(again.numpy(), expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(fed_back.numpy(), expected.numpy(), atol=1e-6)

@@ -124,6 +124,14 @@ class LoadFusionImage(Transform):
             display_max = 1.0
         img.meta.setdefault("filename_or_obj", self.name)
         img.meta.setdefault("spatial_dims", img.ndim - 1)
+        recorded = img.meta.get("display_max")
+        if display_max == 1.0 and recorded not in (None, 1.0) and float(finite.max()) > 0:
+            warnings.warn(  # e.g. read_image(path) / 255: the reader's record outlived the values it described
+                f"{img.meta['filename_or_obj']}: its metadata says display_max {recorded:g} but its values lie in "
+                "[0, 1]: read as data already scaled to [0, 1] (pass the values as read to have them scaled)",
+                stacklevel=2,
+            )
+            img.meta["display_max"] = 1.0
         img.meta.setdefault("has_geometry", isinstance(value, MetaTensor))  # an array's identity affine is no place
         if display_max is not None:  # unknown stays absent: MONAI's collate cannot batch None
             img.meta.setdefault("display_max", display_max)
