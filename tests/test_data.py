@@ -61,6 +61,22 @@ def test_harvard_counts_on_temp_tree(tmp_path):
         harvard_datalist(tmp_path, tasks=["MRI-SPECT", "MRI-PET"])
 
 
+def test_folders_that_are_not_tasks_are_not_left_out_silently(tmp_path):
+    """Pairs under train/MRI-FDG or train/mri-pet were left out of training without a word (it trained on the
+    task folders only; hand-check helper). All tasks: refused, naming them; tasks chosen by name: the others are
+    left out as asked. Hidden folders are not tasks."""
+    _make_tree(tmp_path, {"MRI-CT": 2, "MRI-PET": 1})
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
+    assert len(harvard_datalist(tmp_path)) == 3
+    for name in ("MRI-FDG", "mri-pet"):
+        (tmp_path / "train" / name / "MRI").mkdir(parents=True)
+        with pytest.raises(FusionInputError, match=rf"train: {name}: not task folder\(s\) \(the tasks are MRI-CT, "):
+            harvard_datalist(tmp_path)
+        assert len(harvard_datalist(tmp_path, tasks=["MRI-CT", "MRI-PET"])) == 3
+        (tmp_path / "train" / name / "MRI").rmdir()
+        (tmp_path / "train" / name).rmdir()
+
+
 def test_decathlon_datalist_round_trip(tmp_path):
     _make_tree(tmp_path / "data", {"MRI-CT": 2, "MRI-PET": 1})
     (tmp_path / "vol").mkdir()

@@ -35,7 +35,8 @@ def harvard_datalist(
 
     Raises:
         FusionInputError: ``root/split`` does not exist, a task name is unknown, a task named in ``tasks`` has no
-            folder, or an image has no partner.
+            folder, ``tasks`` is ``None`` and ``root/split`` holds a folder that is not a task's (``MRI-FDG``,
+            ``mri-pet``: its pairs were left out without a word), or an image has no partner.
     """
     split_dir = Path(root) / split
     if not split_dir.is_dir():
@@ -44,6 +45,14 @@ def harvard_datalist(
     unknown = [t for t in selected if t not in HARVARD_TASKS]
     if unknown:
         raise FusionInputError(f"unknown Harvard task(s) {unknown}; choose from {list(HARVARD_TASKS)}")
+    if tasks is None:  # all tasks: a folder under another name would be left out without a word
+        others = sorted(path.name for path in split_dir.iterdir() if path.is_dir() and path.name not in HARVARD_TASKS
+                        and not path.name.startswith((".", "_")))
+        if others:
+            raise FusionInputError(
+                f"{split_dir}: {', '.join(others)}: not task folder(s) (the tasks are {', '.join(HARVARD_TASKS)}), so "
+                "their pairs would be left out; rename or move them, or choose tasks with --tasks"
+            )
     items: list[dict[str, str]] = []
     for task in selected:
         mri_dir, other_dir = split_dir / task / "MRI", split_dir / task / HARVARD_TASKS[task]
