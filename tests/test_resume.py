@@ -131,8 +131,12 @@ def test_resume_with_settings_that_change_the_run_is_refused(tmp_path, capsys):
     record = json_module.loads((tmp_path / "run" / "run.json").read_text())
     assert record["key_metric"] == "val_loss" and record["network"]["features"] and record["validation_pairs"]
     assert not set(record["train_pairs"]) & set(record["validation_pairs"])
+    assert record["loss"]["ssim_weight"] == 1.0
+    # another loss: its val_loss (which picks best_model.pt) was compared with the old loss's best (hand-check helper:
+    # all weights 0.1 "improved" it tenfold and replaced best_model.pt and model.pt)
     for change, said in (({"seed": 1}, "validation pairs not among these"),
-                         ({"key_metric": "Qabf"}, "key_metric Qabf \\(was")):
+                         ({"key_metric": "Qabf"}, "key_metric Qabf \\(was"),
+                         ({"loss#ssim_weight": 0.1}, "loss ssim_weight 0.1 \\(was 1.0\\): val_loss, which picks")):
         with pytest.raises(FusionInputError, match=f"resumed with other settings than the run's .*{said}"):
             _tiny_run(tmp_path, max_epochs=2, resume=True, **change)
     _tiny_run(tmp_path, max_epochs=2, resume=True, learning_rate=1e-3)  # a schedule setting may change

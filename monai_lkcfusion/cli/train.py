@@ -91,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
         # every process would refuse the same settings, data or resume: one line here instead of N and torchrun's
         checked = check_bundle_workflow("train.json", configs, allow_expressions=False, **overrides,
                                         ids=("initialize#0", "split", "network_def", "output_dir", "resume",
-                                             "key_metric", "early_stop_patience", "max_epochs"))
+                                             "key_metric", "early_stop_patience", "max_epochs", "loss"))
         check_split(checked["split"])
         check_run_record(*(checked[key] for key in ("output_dir", "resume", "network_def", "split", "key_metric")),
-                         write=False)
+                         write=False, loss=checked["loss"])
         check_resume(*(checked[key] for key in ("output_dir", "resume", "network_def", "early_stop_patience",
                                                 "max_epochs")))
         validation = checked["split"][1]

@@ -94,7 +94,7 @@ def _pair_names(split: Sequence[Sequence[dict[str, Any]]]) -> list[list[str]]:
 
 def check_run_record(
     output_dir: str | Path, resume: Any, network: Any, split: Sequence[Sequence[dict[str, Any]]], key_metric: str,
-    write: bool = True,
+    write: bool = True, loss: Any = None,
 ) -> None:
     """Refuse to resume a run with settings that would silently change its meaning, and record them for a resume.
 
@@ -103,7 +103,9 @@ def check_run_record(
     matches), and ``key_metric``. A resume from a checkpoint compares them with the record beside that
     checkpoint: another seed, ``val_fraction``, task or dataset moved validation pairs into training (the validation
     then measured fitting and chose the best model on pairs it trained on), another ``key_metric`` compared the new
-    metric with the old one's best value, and another preset failed with a long traceback. A run without a record
+    metric with the old one's best value, another loss (its weights or terms, recorded when it has a ``config``)
+    compared ``val_loss`` values of two kinds when ``val_loss`` picks the best model (all weights 0.1 "improved" it
+    tenfold and replaced ``best_model.pt``), and another preset failed with a long traceback. A run without a record
     (an older version's) is resumed as before and gets none (a resume that then failed, e.g. for another preset, wrote
     its settings as the run's). ``learning_rate``, ``max_epochs`` and the like may change: the
     schedule is the resumed run's (:class:`~monai_lkcfusion.engines.ResumeCheckpointLoader`).
@@ -115,6 +117,7 @@ def check_run_record(
         split: ``(training items, validation items)``.
         key_metric: the validation metric that picks the best model.
         write: write the record (``False``: only check, as a launcher does before it starts the processes).
+        loss: the training loss (a :class:`~monai_lkcfusion.losses.FusionLoss` records its ``config``).
 
     Raises:
         FusionInputError: ``<output_dir>: resumed with other settings than the run's (<what differs>); ...``.
@@ -126,9 +129,11 @@ def check_run_record(
     resume = resume_option(resume)
     config = getattr(network, "config", None)
     train_pairs, validation_pairs = _pair_names(split)
+    loss_config = getattr(loss, "config", None)
     record = json.loads(json.dumps({
         "network": dict(config) if isinstance(config, dict) else None,
         "train_pairs": train_pairs, "validation_pairs": validation_pairs, "key_metric": key_metric,
+        "loss": dict(loss_config) if isinstance(loss_config, dict) else None,
     }))
     checkpoint = resume if isinstance(resume, Path) else last_checkpoint(output_dir) if resume else None
     earlier = Path(checkpoint).parent / RUN_RECORD if checkpoint is not None else None
@@ -147,6 +152,12 @@ def check_run_record(
                                f"these {len(record[key])}: seed, val_fraction, tasks or the data changed")
         if before.get("key_metric") != record["key_metric"]:
             changed.append(f"key_metric {record['key_metric']} (was {before.get('key_metric')})")
+        elif record["key_metric"] == "val_loss" and before.get("loss") and record["loss"]:
+            fields = [f"{k} {record['loss'].get(k)!r} (was {v!r})" for k, v in before["loss"].items()
+                      if record["loss"].get(k) != v]
+            if fields:
+                changed.append(f"loss {', '.join(fields)}: val_loss, which picks the best model, would compare "
+                               "losses of two kinds")
         if changed:
             raise FusionInputError(f"{output_dir}: resumed with other settings than the run's ({'; '.join(changed)}); "
                                    f"resume with the run's settings, or start a new run in another folder (if only "

@@ -188,6 +188,13 @@ class FusionLoss(_Loss):
         self.ssim_padding = ssim_padding
         self.ssim_form = ssim_form
 
+    @property
+    def config(self) -> dict[str, float | str]:
+        """The loss's settings (its terms' weights and forms), e.g. for a run's record."""
+        return {name: getattr(self, name) for name in (
+            "intensity_weight", "ssim_weight", "gradient_weight", "edge_weight", "vif_weight", "value_range",
+            "ssim_padding", "ssim_form", "intensity_sigma")}
+
     def components(self, fused: torch.Tensor, sources: torch.Tensor) -> dict[str, torch.Tensor]:
         """The unweighted terms.
 
