@@ -449,6 +449,17 @@ def test_two_inputs_of_one_output_name_are_both_named(tmp_path):
     assert "2 of 3 pairs failed" in message and message.count("is also the output of") == 2
     assert str(tmp_path / "p1" / "mri.png") in message and str(tmp_path / "p2" / "mri.png") in message
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fused_mri.nii.gz"]
+    # the bundle's way (a SaveFusedd in the post-processing): the second input was told "output exists; pass
+    # --overwrite" about the file this same run had just written (hand-check helper)
+    from monai.transforms import Compose
+
+    from monai_lkcfusion.transforms import SaveFusedd, fusion_postprocessing
+
+    saving = Compose([*fusion_postprocessing().transforms, SaveFusedd("pred", tmp_path / "bundle")])
+    engine = FileFusionEngine(items[:2], lambda x: x.max(1, keepdim=True)[0], postprocessing=saving)
+    with pytest.raises(FusionInputError) as err:
+        engine.run()
+    assert "1 of 2 pairs failed" in str(err.value) and "is also the output of" in str(err.value), err.value
 
 
 def test_bundle_inference_and_evaluate_keep_earlier_results(tmp_path, capsys):

@@ -149,8 +149,8 @@ class FileFusionEngine(Engine):
                 raise FusionInputError(item["unpaired"])
             if self.pieces is not None:
                 check_distinct_pair(item["mri"], item["other"])  # the other path's fuse() checks it itself
-                for saver in self._savers():  # before any work: an existing output without overwrite
-                    check_output_path(saver.output_path(item["mri"]), saver.overwrite, inputs=(item["mri"],))
+                for saver in self._savers():  # before any work: an existing output, a collision in this run
+                    saver.check(item["mri"])
                 fused = fuse_dict(item, self.network, *self.pieces)["pred"]
                 self.last_record = describe_fusion(fused.meta)
                 return Path(fused.meta["saved_to"])

@@ -216,15 +216,15 @@ class SaveFused(Transform):
         """Forget the outputs of the previous run (a new run may replace them, given ``overwrite``)."""
         self.claimed = {}
 
-    def claim(self, source: str | Path) -> Path:
-        """Reserve the output of ``source`` for this run, checked before any work.
+    def check(self, source: str | Path) -> Path:
+        """What :meth:`claim` checks, without reserving the output (before the work of a pair that may still fail).
 
         Returns:
             The output path.
 
         Raises:
-            FusionInputError: another input of this run has that output name, the output is the input itself, it
-                exists without ``overwrite``, or it cannot be written in that format.
+            FusionInputError: as :meth:`claim`; a collision with another input of this run is named as such (it was
+                "output exists; pass --overwrite" when the other input's output had been written already).
         """
         target = self.output_path(source)
         key = target.resolve()
@@ -234,7 +234,22 @@ class SaveFused(Transform):
                 "one of them (inputs of one name in different folders, or one name with two extensions, collide)"
             )
         check_output_path(target, self.overwrite or key in self.claimed, inputs=(source,))
-        self.claimed[key] = str(source)
+        return target
+
+    def claim(self, source: str | Path) -> Path:
+        """Reserve the output of ``source`` for this run, checked before any work. The record is this object's
+        (one process): savers copied into ``DataLoader`` workers do not see each other's outputs, so write in the
+        main process (the package's pipelines save in their post-processing there).
+
+        Returns:
+            The output path.
+
+        Raises:
+            FusionInputError: another input of this run has that output name, the output is the input itself, it
+                exists without ``overwrite``, or it cannot be written in that format.
+        """
+        target = self.check(source)
+        self.claimed[target.resolve()] = str(source)
         return target
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
