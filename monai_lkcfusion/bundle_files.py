@@ -65,16 +65,30 @@ def bundle_root() -> str:
 
 
 def _workflow_config_dir() -> Path | None:
-    """``config_root_path`` of the innermost ``ConfigWorkflow`` on the call stack, if any."""
-    workflow_type = getattr(sys.modules.get("monai.bundle"), "ConfigWorkflow", None)
+    """``config_root_path`` of the innermost ``ConfigWorkflow`` on the call stack, or of the one whose parser is
+    evaluating the config (``workflow.parser.get_parsed_content(...)`` called directly: no workflow method on the
+    stack, and the packaged bundle's weights were taken and cached for the copy's run), if any."""
+    import gc
+
+    bundle = sys.modules.get("monai.bundle")
+    workflow_type, parser_type = getattr(bundle, "ConfigWorkflow", None), getattr(bundle, "ConfigParser", None)
     if workflow_type is None:
         return None
+    parser = None
     frame = inspect.currentframe()
     while frame is not None:
         owner = frame.f_locals.get("self")
         if isinstance(owner, workflow_type) and getattr(owner, "config_root_path", None) is not None:
             return Path(owner.config_root_path).absolute()
+        if parser is None and parser_type is not None and isinstance(owner, parser_type):
+            parser = owner
         frame = frame.f_back
+    if parser is not None:  # the workflow holds its parser itself, or through its __dict__
+        holders = gc.get_referrers(parser)
+        for workflow in [*holders, *(w for h in holders if isinstance(h, dict) for w in gc.get_referrers(h))]:
+            if isinstance(workflow, workflow_type) and getattr(workflow, "parser", None) is parser \
+                    and getattr(workflow, "config_root_path", None) is not None:
+                return Path(workflow.config_root_path).absolute()
     return None
 
 

@@ -107,6 +107,11 @@ def test_written_bundle_uses_its_own_weights(tmp_path: Path, monkeypatch: pytest
     ).size
     other = _workflow(dest, bundle_root=str(packaged_bundle()))  # --bundle_root wins
     assert other.parser.get_parsed_content("weights") == str(default_weights_path())
+    # the workflow's parser asked first, with no workflow method on the stack: the packaged bundle's weights were
+    # taken (and cached for the copy's run; hand-check helper)
+    direct = _workflow(dest)
+    direct.initialize()
+    assert Path(direct.parser.get_parsed_content("weights")) == dest / "models" / "model.pt"
 
 
 def test_train_requires_dataset_dir(tmp_path: Path) -> None:
