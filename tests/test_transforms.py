@@ -10,6 +10,7 @@ from PIL import Image
 
 from monai_lkcfusion.errors import FusionInputError, user_error
 from monai_lkcfusion.transforms import (
+    CheckMinSized,
     MergeLumad,
     RandSliced,
     ResampleToReferenced,
@@ -363,3 +364,25 @@ def test_partly_transparent_pictures_are_warned(tmp_path):
         warnings.simplefilter("error")
         LoadFusionImage()(str(tmp_path / "masked.png"))
         LoadFusionImage()(masked)
+
+
+def test_a_volume_among_training_pictures_is_refused_as_a_volume(tmp_path):
+    """A 3D NIfTI in a 2D training set was "size (256, 256, 6) is smaller than the training crop roi_size (64, 64,
+    64)", and a smaller roi_size, as advised, ended in MONAI's traceback (hand-check helper): train.json's 2D
+    roi_size refuses it as a volume."""
+    import nibabel as nib
+
+    from monai_lkcfusion.transforms import fusion_load_transforms
+
+    for name in ("mri", "pet"):
+        nib.save(nib.Nifti1Image(np.ones((80, 80, 6), np.float32), np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    chain = fusion_load_transforms(min_size=[64, 64])
+    with pytest.raises(RuntimeError) as caught:
+        chain({"mri": str(tmp_path / "mri.nii.gz"), "other": str(tmp_path / "pet.nii.gz")})
+    message = str(user_error(caught.value))
+    assert message.endswith("mri.nii.gz: a 3D volume (80, 80, 6), where the training crop roi_size (64, 64) takes 2D "
+                            "images; slice volumes first (RandSliced, docs/data.md) or give 2D pictures"), message
+    picture = MetaTensor(torch.zeros(1, 70, 64))
+    assert CheckMinSized("mri", [64, 64])({"mri": picture})["mri"] is picture
+    with pytest.raises(FusionInputError, match=r"size \(70, 50\) is smaller than the training crop roi_size"):
+        CheckMinSized("mri", [64, 64])({"mri": MetaTensor(torch.zeros(1, 70, 50))})

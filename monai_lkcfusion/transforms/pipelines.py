@@ -7,7 +7,7 @@ Inference is ``fusion_preprocessing`` -> :class:`~monai_lkcfusion.inferers.Fusio
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
 from monai.transforms import Compose, ConcatItemsd, EnsureTyped, ScaleIntensityRanged
@@ -26,7 +26,7 @@ def fusion_load_transforms(
     keys: tuple[str, str] = ("mri", "other"),
     modality: Mapping[Hashable, str | None] | None = None,
     split_luma: bool = True,
-    min_size: int | None = None,
+    min_size: int | Sequence[int] | None = None,
 ) -> Compose:
     """Load a 2D pair from paths into float32 ``(1, H, W)`` tensors in [0, 1] (for training and evaluation).
 
@@ -39,7 +39,8 @@ def fusion_load_transforms(
         keys: the MRI key and the other modality's key.
         modality: optional modality per key (e.g. ``{"other": "CT"}``).
         split_luma: convert colour images to luma (keep ``False`` to get RGB ``(3, H, W)``).
-        min_size: refuse images smaller than this (the training crop ``roi_size``), naming the file.
+        min_size: refuse images smaller than this (the training crop ``roi_size``), naming the file; a sequence
+            (train.json: ``[roi_size, roi_size]``) also refuses a volume among pictures as such.
 
     Returns:
         The composed transform.

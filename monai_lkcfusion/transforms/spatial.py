@@ -296,7 +296,8 @@ class CheckMinSize(Transform):
     deep inside batching or the network. This check, placed after loading, says which file is too small.
 
     Args:
-        min_size: the smallest size per spatial dimension (an int for all).
+        min_size: the smallest size per spatial dimension (an int for all; a sequence also fixes the number of
+            spatial dimensions: a volume where pictures are expected is refused as such, not as "too small").
         what: what needs the size, for the message (e.g. ``"the training crop roi_size"``).
     """
 
@@ -314,8 +315,13 @@ class CheckMinSize(Transform):
         """
         spatial = tuple(int(v) for v in img.shape[1:])
         need = (self.min_size,) * len(spatial) if isinstance(self.min_size, int) else tuple(self.min_size)
+        name = img.meta.get("filename_or_obj", "image") if isinstance(img, MetaTensor) else "image"
+        if len(need) != len(spatial):
+            advice = ("slice volumes first (RandSliced, docs/data.md) or give 2D pictures" if len(spatial) == 3
+                      else "give volumes, or a 2D roi_size")
+            raise FusionInputError(f"{name}: {_describe_grid(img)}, where {self.what} {need} takes "
+                                   f"{len(need)}D images; {advice}")
         if any(s < n for s, n in zip(spatial, need)):
-            name = img.meta.get("filename_or_obj", "image") if isinstance(img, MetaTensor) else "image"
             raise FusionInputError(
                 f"{name}: size {spatial} is smaller than {self.what} {need}; use larger images or a smaller roi_size"
             )
