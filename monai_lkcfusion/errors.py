@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-__all__ = ["FusionInputError", "as_count", "as_flag", "as_names", "list_names", "user_error"]
+__all__ = ["FusionInputError", "as_count", "as_flag", "as_names", "finish_pool_threads", "list_names", "user_error"]
 
 
 class FusionInputError(ValueError):
@@ -100,7 +101,9 @@ def user_error(err: BaseException) -> FusionInputError | OSError | None:
 
     Returns:
         The first :class:`FusionInputError` or :class:`OSError` (unwritable place, full disk) in the chain of causes
-        (``err`` itself included), or ``None`` when there is neither (a bug: keep the traceback).
+        (``err`` itself included); for an error a ``DataLoader`` worker process re-raised as text (PyTorch keeps
+        only the type and the formatted traceback), a :class:`FusionInputError` with the message that traceback
+        names; ``None`` when there is neither (a bug: keep the traceback).
 
     Example::
 
@@ -112,4 +115,26 @@ def user_error(err: BaseException) -> FusionInputError | OSError | None:
     cause: BaseException | None = err
     while cause is not None and not isinstance(cause, (FusionInputError, OSError)):
         cause = cause.__cause__
+    if cause is None and "Original Traceback" in str(err):  # torch.utils.data's ExceptionWrapper text
+        found = re.search(rf"^{re.escape(__name__)}\.FusionInputError: (.+)$", str(err), re.MULTILINE)
+        return FusionInputError(found.group(1)) if found else None
     return cause
+
+
+def finish_pool_threads(timeout: float = 30.0) -> None:
+    """Wait for ``multiprocessing.pool.ThreadPool`` workers still running a task, before the process exits with an
+    error: MONAI's ``CacheDataset`` loads in a thread pool that an error leaves unjoined, and a worker still inside
+    PyTorch's C++ code when the interpreter exits aborted it (``terminate called without an active exception``,
+    exit 134 after the one-line error, under load about half the time).
+
+    Args:
+        timeout: the longest wait in seconds, for all of them together.
+    """
+    import multiprocessing.pool
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if getattr(thread, "_target", None) is multiprocessing.pool.worker and thread is not threading.current_thread():
+            thread.join(max(deadline - time.monotonic(), 0.0))

@@ -56,6 +56,13 @@ def test_user_error_finds_the_message_inside_monai_wrappers(tmp_path):
     assert user_error(RuntimeError("a bug")) is None
     disk = OSError(28, "No space left on device", "out.png")
     assert user_error(_raised_from(disk)) is disk
+    # a DataLoader worker process re-raises the error as text (its traceback): None before (hand-check helper)
+    from monai.data import DataLoader
+
+    with pytest.raises(RuntimeError) as caught:
+        next(iter(DataLoader(dataset, batch_size=1, num_workers=1)))
+    found = user_error(caught.value)
+    assert isinstance(found, FusionInputError) and str(found) == f"{tmp_path / 'nope.png'}: file not found"
 
 
 def _raised_from(cause: BaseException) -> RuntimeError:
@@ -63,3 +70,29 @@ def _raised_from(cause: BaseException) -> RuntimeError:
         raise RuntimeError("applying transform") from cause
     except RuntimeError as err:
         return err
+
+
+def test_pool_threads_an_error_left_running_are_waited_for():
+    """MONAI's CacheDataset loads in a ThreadPool that an error leaves unjoined (terminate() does not join threads);
+    a worker still in PyTorch's C++ code when the interpreter exited aborted the process after its one-line error
+    (exit 134; hand-check helper, about half the runs under load). The CLI waits for them first."""
+    import multiprocessing.pool
+    import threading
+    import time
+    from multiprocessing.pool import ThreadPool
+
+    from monai_lkcfusion.errors import finish_pool_threads
+
+    started = threading.Event()
+
+    def slow(_: int) -> None:
+        started.set()
+        time.sleep(0.5)
+
+    with ThreadPool(1) as pool:
+        pool.map_async(slow, [0])
+        started.wait(5)
+    workers = [t for t in threading.enumerate() if getattr(t, "_target", None) is multiprocessing.pool.worker]
+    assert workers, "the terminated pool's worker should still be running its task"
+    finish_pool_threads(timeout=10)
+    assert not any(t.is_alive() for t in workers)

@@ -19,7 +19,7 @@ from importlib import import_module
 from typing import NoReturn
 
 from .. import __version__
-from ..errors import FusionInputError
+from ..errors import FusionInputError, finish_pool_threads
 
 __all__ = ["COMMANDS", "build_parser", "main", "one_line", "print_warnings"]
 
@@ -102,7 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         stop_with_launcher()
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        finally:
+            finish_pool_threads()  # a data-loading thread an error left running must not abort the exit
     except (FusionInputError, OSError) as err:  # OSError: missing, unwritable or full paths, as one line too
         print(f"lkcfusion: error: {one_line(err)}", file=sys.stderr)
         return 2

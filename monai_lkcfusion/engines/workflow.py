@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import FusionInputError, as_count, user_error
+from ..errors import FusionInputError, as_count, finish_pool_threads, user_error
 
 __all__ = [
     "bundle_config",
@@ -478,6 +478,7 @@ def run_bundle_command(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         sys.argv = saved
+        finish_pool_threads()  # a data-loading thread an error left running must not abort the exit
     return 0
 
 
