@@ -585,6 +585,22 @@ def test_disk_full_on_a_small_file_system(tmp_path, capsys):
         code, _, err = _fuse([str(mri), str(other), "-o", str(mount / "f.nii"), "--method", "max"], capsys)
         assert code == 2 and "f.nii: cannot write output (No space left on device)" in err, err
         assert list(mount.iterdir()) == []
+        # JPEG and BMP: PIL's encoders ignored the short write: a cut file, "wrote", exit 0, and with --overwrite an
+        # earlier good output replaced by it (hand-check helper)
+        from monai_lkcfusion.data import demo_files
+
+        picture, partner = demo_files()["mri_2d"], demo_files()["pet_2d"]  # colour: 196 KB as BMP, 45 KB as JPEG
+        small = _png(tmp_path / "small.png", np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8))
+        for suffix, room in ((".bmp", 0), (".jpg", 48), (".png", 48)):  # KiB taken before the write
+            (mount / "filler").write_bytes(b"\0" * (room << 10))
+            target = mount / f"f{suffix}"
+            shutil.copy(small, target)  # an earlier output, whole
+            before = target.read_bytes()
+            code, printed, err = _fuse([str(picture), str(partner), "-o", str(target), "--method", "max",
+                                        "--overwrite"], capsys)
+            assert code == 2 and "cannot write output (No space left on device)" in err, (suffix, printed, err)
+            assert target.read_bytes() == before and sorted(p.name for p in mount.iterdir()) == sorted(["filler", target.name])
+            target.unlink()
     finally:
         subprocess.run(["umount", str(mount)], check=True)
 

@@ -15,6 +15,7 @@ Writers choose the format from the extension and write atomically (temporary fil
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -841,9 +842,11 @@ def write_image(
         pixels = pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
         from PIL import Image
 
+        encoded = io.BytesIO()  # PIL's JPEG/BMP encoders ignored a short write: a full disk gave a cut file, "wrote"
+        pil_format = _PIL_FORMATS[suffix]
+        Image.fromarray(pixels).save(encoded, format=pil_format, **_PIL_OPTIONS.get(pil_format, {}))
         with atomic_path(path, overwrite) as tmp:
-            pil_format = _PIL_FORMATS[suffix]
-            Image.fromarray(pixels).save(tmp, format=pil_format, **_PIL_OPTIONS.get(pil_format, {}))
+            Path(tmp).write_bytes(encoded.getvalue())  # raises on a short write (ENOSPC): the old file stays
         return path
     if data.ndim == 3:  # a 2D picture (C, H, W) as a one-slice volume, as ITK stores pictures: x along the columns,
         data = np.swapaxes(data, 1, 2)[..., None]  # y along the rows, LPS identity (what a viewer shows upright)
