@@ -48,16 +48,28 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """The torch device to run on (default CUDA when available, else CPU); an unusable one is the user's error.
 
     Raises:
-        FusionInputError: an unknown device name, or CUDA on a machine without it.
+        FusionInputError: an unknown device name, a device type other than CPU, CUDA and (where available) MPS
+            (``meta`` ended in a traceback, ``xla`` blamed the weights file), a CPU index, or CUDA (a GPU index) or
+            MPS that this machine lacks.
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError) as err:
         raise FusionInputError(f"--device {device}: {' '.join(str(err).split())}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise FusionInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise FusionInputError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise FusionInputError(f"--device {device}: Apple's MPS is not available on this machine; use --device cpu")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise FusionInputError(f"--device {device}: not a device this package runs on; use cpu or cuda (cuda:N)")
+    if resolved.type == "cpu" and resolved.index not in (None, 0):
+        raise FusionInputError(f"--device {device}: the CPU has no device index; use --device cpu (--threads and "
+                               "--workers share out its cores)")
     return resolved
 
 
@@ -200,11 +212,13 @@ def worker_policy(workers: int | None, threads: int | None, device: torch.device
         ``(workers, threads)``; threads ``None`` means "leave PyTorch's setting".
 
     Raises:
-        FusionInputError: a count below 1.
+        FusionInputError: a count below 1, or above 4 per core of the machine.
     """
+    most = 4 * max(os.cpu_count() or 1, available_cores())  # beyond it only slower; 20000 threads crashed OpenMP
     for name, value in (("workers", workers), ("threads", threads)):
-        if value is not None:
-            as_count(value, f"--{name}")
+        if value is not None and as_count(value, f"--{name}") > most:
+            raise FusionInputError(f"--{name} {value}: more than 4 per core of this machine ({most // 4} cores); "
+                                   f"give at most {most}")
     if device.type != "cpu":
         return 1, None
     # processes started together on this machine (torchrun's LOCAL_WORLD_SIZE) share its cores

@@ -698,3 +698,23 @@ def test_metrics_output_that_is_a_folder_is_refused_before_scoring(tmp_path, cap
     assert code == 2 and captured.out == "", captured.out  # nothing scored or printed
     assert captured.err.strip() == (f"lkcfusion: error: {tmp_path / 'tables'}: is a folder; give a file name "
                                     f"(e.g. {tmp_path / 'tables' / example})")
+
+
+@pytest.mark.parametrize("option, value, said", [
+    ("--device", "meta", "--device meta: not a device this package runs on; use cpu or cuda"),
+    ("--device", "xla", "--device xla: not a device this package runs on"),
+    ("--device", "mps", "--device mps: Apple's MPS is not available on this machine"),
+    ("--device", "cpu:5", "--device cpu:5: the CPU has no device index"),
+    ("--threads", "100000", "--threads 100000: more than 4 per core of this machine"),
+    ("--workers", "20000", "--workers 20000: more than 4 per core of this machine"),
+])
+def test_devices_and_thread_counts_this_machine_cannot_use_are_one_line(tmp_path, capsys, option, value, said):
+    """Hand-check helper: --device meta ended in a traceback, mps/xla/cpu:5 blamed the (healthy) weights file,
+    --threads 20000 was OpenMP's bare "Thread creation failed" and 100000 a segfault (exit 139)."""
+    if value == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    mri, other = _png(tmp_path / "mri.png", _gray()), _png(tmp_path / "ct.png", _gray(seed=1))
+    code, _, err = _fuse([str(mri), str(other), "-o", str(tmp_path / "f.png"), option, value], capsys)
+    errors = [line for line in err.splitlines() if line.startswith("lkcfusion: error:")]
+    assert code == 2 and len(errors) == 1 and said in errors[0] and "Traceback" not in err, err
+    assert not (tmp_path / "f.png").exists()
