@@ -718,3 +718,26 @@ def test_devices_and_thread_counts_this_machine_cannot_use_are_one_line(tmp_path
     errors = [line for line in err.splitlines() if line.startswith("lkcfusion: error:")]
     assert code == 2 and len(errors) == 1 and said in errors[0] and "Traceback" not in err, err
     assert not (tmp_path / "f.png").exists()
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["fuse", "--mri-dir", "{d}/m", "--other-dir", "{d}/c", "-o", ""], "-o/--output: an empty value"),
+    (["fuse", "{d}/m/a.png", "", "-o", "{d}/y.png"], "OTHER: an empty value"),
+    (["evaluate", "--mri-dir", "{d}/m", "--other-dir", "{d}/c", "-o", ""], "an empty value"),
+    (["metrics", "--mri", "{d}/m", "--other", "{d}/c", "--fused", "{d}/m", "--json", ""],
+     "--json: an empty value"),
+    (["fuse", "{d}/m/a.png", "{d}/c/a.png", "-o", "{d}/y.png", "--modality", ""], "--modality: an empty value"),
+])
+def test_empty_values_are_refused(tmp_path, capsys, argv, said):
+    """-o "" in batch mode ended in a traceback (AttributeError), evaluate -o "" wrote into the working folder and
+    said "wrote /metrics.csv", metrics --json "" wrote nothing without a word, --modality "" was auto (helper)."""
+    from monai_lkcfusion.cli import main
+
+    for folder in ("m", "c"):
+        (tmp_path / folder).mkdir()
+        _png(tmp_path / folder / "a.png", _gray(seed=len(folder)))
+    code = main([arg.format(d=tmp_path) for arg in argv])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("lkcfusion: error:")]
+    assert code == 2 and len(errors) == 1 and said in errors[0] and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "m"]

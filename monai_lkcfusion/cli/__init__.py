@@ -103,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_with_launcher()
     try:
         try:
+            _refuse_empty_values(args)
             return int(args.func(args) or 0)
         finally:
             finish_pool_threads()  # a data-loading thread an error left running must not abort the exit
@@ -119,6 +120,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lkcfusion: error: {PEER_FAILED_MESSAGE}", file=sys.stderr)
         return 1
+
+
+def _refuse_empty_values(args: argparse.Namespace) -> None:
+    """Refuse an option or argument given as an empty string (``-o ""``: a batch ended in a traceback, ``evaluate``
+    wrote to the working folder and said ``/metrics.csv``, ``metrics --json ""`` wrote nothing without a word).
+
+    Raises:
+        FusionInputError: ``<option>: an empty value; ...``.
+    """
+    for action in args.command_parser._actions:
+        value = getattr(args, action.dest, None)
+        if any(isinstance(item, str) and not item.strip() for item in (value if isinstance(value, list) else [value])):
+            name = "/".join(action.option_strings) or str(action.metavar or action.dest).upper()
+            raise FusionInputError(f"{name}: an empty value; give one, or leave the option out")
 
 
 def print_warnings(messages: Iterable[str | warnings.WarningMessage]) -> None:
