@@ -593,6 +593,20 @@ def test_transform_files_of_a_run_are_one_per_pair_and_kept(tmp_path, capsys):
     kept = (tmp_path / "t" / "a1.tfm").read_bytes()
     assert main(one) == 2 and "a1.tfm: transform file exists; pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "t" / "a1.tfm").read_bytes() == kept and not (tmp_path / "one.png").exists()
+    # a transforms folder in an input folder was made first (even when the run was then refused) and paired as an
+    # entry next to the MRIs: "MRI/tfm: no partner", exit 1 (hand-check helper); refused before anything is made
+    (tmp_path / "plain.txt").write_text("a file")
+    for place in (tmp_path / "MRI" / "tfm", tmp_path / "plain.txt"):
+        capsys.readouterr()
+        assert main([*argv[:-1], str(place)]) == 2
+        err = capsys.readouterr().err
+        assert ("lies inside the input folder" if place.parent.name == "MRI" else "is a file") in err, err
+    assert sorted(p.name for p in (tmp_path / "MRI").iterdir()) == ["a0.png", "a1.png"]
+    refused = ["fuse", "--mri-dir", str(tmp_path / "MRI"), "--other-dir", str(tmp_path / "PET"), "-o",
+               str(tmp_path / "plain.txt"), "--method", "max", "--register", "rigid", "--save-transform",
+               str(tmp_path / "t2")]  # -o is a file: refused, and the transforms folder not made
+    assert main(refused) == 2
+    assert not (tmp_path / "t2").exists()
 
 
 def test_bundle_inference_config_has_register_option():

@@ -128,9 +128,7 @@ def _registration_options(args: argparse.Namespace, batch: bool) -> dict:
     if save and args.register == "none" and not args.transform:
         raise FusionInputError("--save-transform writes the transform that --register finds: add --register rigid "
                                "(or affine)")
-    if batch and save:
-        Path(save).mkdir(parents=True, exist_ok=True)
-    elif save:
+    if save and not batch:  # a folder of transforms for a batch: checked and made with its output folder
         if Path(save).suffix.lower() not in TRANSFORM_SUFFIXES and not Path(save).is_dir():
             raise FusionInputError(f"{save}: name the transform file with {' or '.join(TRANSFORM_SUFFIXES[:2])} (or "
                                    "give an existing folder)")
@@ -173,6 +171,13 @@ def _fuse_folders(args: argparse.Namespace, predictor, options: dict) -> int:
     # outputs are named after the MRIs: never in an input folder, where they would also be paired next time
     check_not_input(args.output, [args.mri_dir, args.other_dir], kind="input folder")
     check_writable(args.output)  # once, not once per pair
+    if args.save_transform:  # in an input folder it was created first and paired as an entry ("no partner")
+        if Path(args.save_transform).exists() and not Path(args.save_transform).is_dir():
+            raise FusionInputError(f"{args.save_transform}: is a file; with --mri-dir/--other-dir, --save-transform "
+                                   "names a folder for one transform per pair")
+        check_not_input(args.save_transform, [args.mri_dir, args.other_dir], kind="input folder")
+        check_writable(args.save_transform)
+        Path(args.save_transform).mkdir(parents=True, exist_ok=True)
     pairs, unpaired = pair_files_by_name(args.mri_dir, args.other_dir)
     if not pairs and not unpaired:  # a mistyped folder must not look like a successful run
         raise FusionInputError(f"{args.mri_dir} and {args.other_dir}: no images to fuse (both folders are empty)")
