@@ -178,3 +178,11 @@ def test_folder_of_pictures_as_the_mri_points_at_batch_mode(tmp_path, capsys):
     code = main(["fuse", str(tmp_path / "MRI"), str(tmp_path / "ct.png"), "-o", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert code == 2 and "1 image file(s)" in err and "--mri-dir/--other-dir" in err and "Traceback" not in err
+    # the same sub-folder inside --mri-dir told the user to use --mri-dir (hand-check helper): it says why now
+    for folder in ("M", "C"):
+        (tmp_path / folder / "sub").mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / folder / "sub" / "a.png")
+    code = main(["fuse", "--mri-dir", str(tmp_path / "M"), "--other-dir", str(tmp_path / "C"), "-o",
+                 str(tmp_path / "out"), "--method", "max"])
+    err = capsys.readouterr().err
+    assert code == 1 and "a folder is read as one DICOM series" in err and "does not search their sub-folders" in err

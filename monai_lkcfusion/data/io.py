@@ -681,8 +681,9 @@ def _read_dicom_series(folder: Path, series: str | None, allow_irregular: bool =
     uids = _dicom_series_ids(folder)
     if not uids:
         images = [p for p in folder.iterdir() if image_suffix(p) in PICTURE_SUFFIXES + VOLUME_SUFFIXES]
-        hint = (f" but {len(images)} image file(s): to fuse folders of pairs matched by name use "
-                "lkcfusion fuse --mri-dir/--other-dir" if images else "")
+        hint = (f" but {len(images)} image file(s): a folder is read as one DICOM series; to fuse folders of "
+                "pairs matched by name use lkcfusion fuse --mri-dir/--other-dir, which does not search their "
+                "sub-folders" if images else "")
         raise FusionInputError(f"{folder}: folder holds no DICOM series{hint}")
     if series is None and len(uids) > 1:
         described = []
