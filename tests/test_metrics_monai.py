@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
+from monai.handlers import from_engine
 from PIL import Image
 
 from monai_lkcfusion.cli import main
@@ -92,6 +93,18 @@ def test_handler_in_ignite_engine():
     for name in ("SSIM", "MI", "Qabf"):
         assert engine.state.metrics[f"val_{name}"] == pytest.approx(expected[name])
     assert engine.state.metric_details["fusion_qabf"].shape == (4, 3)
+    # a SupervisedEvaluator's output (image, label, pred): a bare KeyError('mri') before (hand-check helper); the
+    # message names the keys and the output_transform to give, which then scores the same
+    supervised = Engine(lambda engine, batch: {"image": batch[1], "label": batch[1], "pred": batch[0]})
+    FusionMetricHandler(metric_name="Qabf", input_scale=255.0).attach(supervised, "q")
+    with pytest.raises(FusionInputError, match=r"has no 'mri', 'other' \(it has 'image', 'label', 'pred'\); give "
+                                               r"the handler an output_transform, e.g. .*from_engine"):
+        supervised.run(batches, max_epochs=1)
+    supervised = Engine(lambda engine, batch: {"image": batch[1], "label": batch[1], "pred": batch[0]})
+    FusionMetricHandler(metric_name="Qabf", input_scale=255.0,
+                        output_transform=from_engine(["pred", "label"])).attach(supervised, "q")
+    supervised.run(batches, max_epochs=1)
+    assert supervised.state.metrics["q"] == pytest.approx(expected["Qabf"])
 
 
 def _write_pairs(root, names, size=48):

@@ -24,13 +24,21 @@ def fusion_output_transform(
         source_keys: keys of the MRI and the other modality, concatenated in this order as channels.
 
     Returns:
-        A function taking ``engine.state.output`` (a dict of batched tensors or a decollated list of dicts).
+        A function taking ``engine.state.output`` (a dict of batched tensors or a decollated list of dicts); it
+        raises :class:`~monai_lkcfusion.errors.FusionInputError` naming the keys an output lacks.
     """
 
     def transform(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
         items = output if isinstance(output, (list, tuple)) else [output]
         preds, sources = [], []
         for item in items:
+            missing = [key for key in (pred_key, *source_keys) if key not in item]
+            if missing:  # a SupervisedEvaluator's output has image/label/pred: a bare KeyError('mri') before
+                raise FusionInputError(
+                    f"the engine's output has no {', '.join(map(repr, missing))} (it has {', '.join(map(repr, item))}); "
+                    "give the handler an output_transform, e.g. monai.handlers.from_engine(['pred', 'label']) when "
+                    "the label holds the two sources"
+                )
             pred = torch.as_tensor(item[pred_key])
             batched = pred.ndim == 4
             preds.append(pred if batched else pred.unsqueeze(0))
