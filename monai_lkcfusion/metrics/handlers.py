@@ -34,8 +34,9 @@ def fusion_output_transform(
         for item in items:
             missing = [key for key in (pred_key, *source_keys) if key not in item]
             if missing:  # a SupervisedEvaluator's output has image/label/pred: a bare KeyError('mri') before
+                has = ", ".join(map(repr, item))
                 raise FusionInputError(
-                    f"the engine's output has no {', '.join(map(repr, missing))} (it has {', '.join(map(repr, item))}); "
+                    f"the engine's output has no {', '.join(map(repr, missing))} (it has {has}); "
                     "give the handler an output_transform, e.g. monai.handlers.from_engine(['pred', 'label']) when "
                     "the label holds the two sources"
                 )
