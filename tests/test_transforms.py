@@ -386,3 +386,17 @@ def test_a_volume_among_training_pictures_is_refused_as_a_volume(tmp_path):
     assert CheckMinSized("mri", [64, 64])({"mri": picture})["mri"] is picture
     with pytest.raises(FusionInputError, match=r"size \(70, 50\) is smaller than the training crop roi_size"):
         CheckMinSized("mri", [64, 64])({"mri": MetaTensor(torch.zeros(1, 70, 50))})
+
+
+def test_load_transforms_never_ct_window_the_mri_under_any_key():
+    """fusion_load_transforms(keys=("t1", "pet")) lost the rule that the MRI is scaled as MR (the fallback was keyed
+    on the literal "mri"): an MRI volume with air at -1000 was CT-windowed (hand-check helper)."""
+    from monai_lkcfusion.transforms import fusion_load_transforms
+
+    rng = np.random.default_rng(0)
+    mri = np.full((40, 40), -1000.0, np.float32)
+    mri[8:32, 8:32] = rng.random((24, 24)).astype(np.float32) * 800 + 200
+    pet = rng.random((40, 40)).astype(np.float32)
+    for keys in (("mri", "other"), ("t1", "pet")):
+        d = fusion_load_transforms(keys=keys)({keys[0]: mri, keys[1]: pet})
+        assert not d[keys[0]].meta["intensity_scaling"].startswith("CT"), (keys, d[keys[0]].meta["intensity_scaling"])

@@ -48,7 +48,7 @@ def fusion_load_transforms(
     chain = [LoadFusionImaged(keys), CheckSameSized(keys)]
     if min_size is not None:
         chain.append(CheckMinSized(keys, min_size))
-    chain.append(ScaleModalityd(keys, modality=modality))
+    chain.append(ScaleModalityd(keys, modality=modality, fallback={keys[0]: "MR"}))  # the MRI, under any key
     if split_luma:
         chain.append(SplitLumad(keys))
     chain.append(EnsureTyped(keys, dtype="float32"))
