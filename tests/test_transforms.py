@@ -400,3 +400,18 @@ def test_load_transforms_never_ct_window_the_mri_under_any_key():
     for keys in (("mri", "other"), ("t1", "pet")):
         d = fusion_load_transforms(keys=keys)({keys[0]: mri, keys[1]: pet})
         assert not d[keys[0]].meta["intensity_scaling"].startswith("CT"), (keys, d[keys[0]].meta["intensity_scaling"])
+
+
+def test_dict_transforms_with_missing_keys_and_the_record_leaves_its_input():
+    """MaskBackgroundd("pred", allow_missing_keys=True) raised KeyError('image') without "pred"; AddFusionRecord
+    changed its input's metadata in place (hand-check helper)."""
+    from monai_lkcfusion.transforms import AddFusionRecord, MaskBackgroundd
+
+    d = {"mri": MetaTensor(torch.ones(1, 4, 4))}
+    assert MaskBackgroundd("pred", allow_missing_keys=True)(d) == d
+    fused = MetaTensor(torch.ones(1, 4, 4), meta={"intensity_scaling": "MR percentiles"})
+    other = MetaTensor(torch.ones(1, 4, 4), meta={"intensity_scaling": "CT window", "modality": "CT"})
+    recorded = AddFusionRecord()(fused, fused, other)
+    assert fused.meta["intensity_scaling"] == "MR percentiles" and "other_modality" not in fused.meta
+    assert recorded.meta["other_modality"] == "CT" and "intensity_scaling" not in recorded.meta
+    assert recorded.data_ptr() == fused.data_ptr()  # the voxels are shared, not copied

@@ -37,8 +37,11 @@ class ReferencedMapTransform(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:  # all absent under allow_missing_keys: the reference is not needed (a KeyError before)
+            return d
         reference = d.get(self.ref_key) if self.ref_optional else d[self.ref_key]
-        for key in self.key_iterator(d):
+        for key in keys:
             d[key] = self.transform(d[key], reference)
         return d
 

@@ -69,6 +69,8 @@ class AddFusionRecord(Transform):
     backend = [TransformBackends.TORCH]
 
     def __call__(self, img: MetaTensor, mri: MetaTensor, other: MetaTensor) -> MetaTensor:
+        """``img``'s voxels (shared, not copied) with the record in a metadata of its own (``img`` is unchanged)."""
+        img = MetaTensor(img.as_tensor(), meta=dict(img.meta), applied_operations=list(img.applied_operations))
         meta = img.meta
         for key in ("intensity_scaling", "nonfinite_voxels"):
             meta.pop(key, None)
