@@ -8,6 +8,7 @@ network's stride and wrapped in an edge-replicate ``Pad`` and a ``Slice`` comput
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -78,7 +79,8 @@ def export_format(path: str | PathLike, format: str | None = None) -> str:
 
 
 def export_network(net: nn.Module, path: str | PathLike, format: str | None = None) -> Path:
-    """Export ``net`` (put in eval mode, on the CPU) to ``path``, written atomically.
+    """Export ``net`` (a copy in eval mode, on the CPU; ``net`` keeps its mode and device) to ``path``, written
+    atomically.
 
     Args:
         net: the fusion network, e.g. :class:`~monai_lkcfusion.networks.LKCFUNet`.
@@ -95,7 +97,7 @@ def export_network(net: nn.Module, path: str | PathLike, format: str | None = No
     format = export_format(path, format)
     path = Path(path)
     check_writable(path)
-    net = net.cpu().eval()
+    net = copy.deepcopy(net).cpu().eval()  # a network mid-training stayed in eval mode, moved to the CPU
     metadata = export_metadata(net)
     with atomic_path(path, overwrite=True) as tmp:
         if format == "torchscript":

@@ -36,7 +36,10 @@ def _reference(net: LKCFUNet, x: torch.Tensor) -> np.ndarray:
 
 
 def test_torchscript_matches_network(tmp_path, tiny_net):
+    tiny_net.train()  # a network mid-training stayed in eval mode after an export (hand-check helper)
     path = export_network(tiny_net, tmp_path / "model.ts", "torchscript")
+    assert tiny_net.training
+    tiny_net.eval()
     extra = {"lkcfusion.json": ""}
     scripted = torch.jit.load(str(path), _extra_files=extra)
     assert json.loads(extra["lkcfusion.json"])["size_divisible"] == str(tiny_net.size_divisible)
