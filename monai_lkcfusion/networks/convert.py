@@ -99,6 +99,12 @@ def read_state_dict(source: str | PathLike | Mapping[str, Any], map_location: An
     except FusionInputError:
         raise
     except Exception as e:  # unpickling refused, corrupt file, wrong format
+        with open(path, "rb") as f:  # text gave "KeyError: 101", an empty file "IndexError: pop from empty list"
+            head = f.read(2)
+        if not path.endswith(".safetensors") and head[:1] != b"\x80" and head != b"PK":  # no pickle, no zip
+            what = "an empty file" if not head else "not a PyTorch weights file"
+            raise FusionInputError(f"{path}: {what} (neither a torch.save archive nor a pickle); give a .pt/.pth "
+                                   "state dict or .safetensors weights") from None
         detail = (str(e).strip().splitlines() or ["empty or truncated file"])[0]
         if "torch.cuda.is_available() is False" in detail:  # map_location names a CUDA device on a CPU machine
             raise FusionInputError(f"device {map_location}: CUDA is not available on this machine; use --device cpu "
