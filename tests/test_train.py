@@ -208,3 +208,22 @@ def test_an_option_that_an_override_file_makes_unread_is_refused(tmp_path: Path,
     own_datalist = {"datalist": "$monai_lkcfusion.data.load_fusion_datalist('d.json', 'training')"}
     check_overrides_are_read([base, own_datalist], ["train.json", "d.json"], {"dataset_dir": "x"})  # MONAI needs it
     check_overrides_are_read([base, own_datalist], ["train.json", "d.json"], {"preset": "tiny", "max_epochs": 2})
+
+
+def test_validation_pairs_of_several_sizes_are_validated(tmp_path: Path, capfd) -> None:
+    """Validation takes whole slices: pairs of two sizes among the validation pairs stopped the run at its first
+    validation, after a whole epoch of training (batches of 4; hand-check helper). Validation goes pair by pair
+    (its loss and metrics are per pair, so the batch size changes no number)."""
+    rng = np.random.default_rng(4)
+    for i, size in enumerate([(40, 48), (36, 36), (48, 40), (40, 48), (36, 36), (44, 52), (40, 40), (48, 48)]):
+        for folder in ("MRI", "CT"):
+            path = tmp_path / "data" / "train" / "MRI-CT" / folder / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(path)
+    config = tmp_path / "crops.json"
+    config.write_text(json.dumps({"preset": "tiny", "roi_size": 32, "batch_size": 2, "samples_per_image": 1,
+                                  "val_fraction": 0.5, "val_interval": 1}))
+    code = main(["train", "--config", str(config), "--dataset-dir", str(tmp_path / "data"), "-o", str(tmp_path / "run"),
+                 "--epochs", "1", "--device", "cpu"])
+    assert code == 0, capfd.readouterr().err[-2000:]
+    assert (tmp_path / "run" / "model.pt").is_file()
