@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
@@ -391,25 +392,25 @@ class FusionInferer(Inferer):
         return out
 
     def _volume(self, inputs: torch.Tensor, pair: torch.Tensor, predict: Predictor, name: str) -> torch.Tensor:
-        """A volume's slices along ``axis`` (default :func:`~monai_lkcfusion.transforms.slicing_axis`) in the
-        anatomical layout of the training pictures (:func:`~monai_lkcfusion.transforms.slice_layout`), fused and put
-        back in the volume's voxel order."""
-        affine = inputs.affine if isinstance(inputs, MetaTensor) else None
-        if affine is not None and affine.ndim == 3:
-            affine = affine[0]
-        geometry = getattr(inputs, "meta", {}).get("has_geometry", True)  # an array's identity affine is no anatomy
-        if isinstance(geometry, (list, tuple)):
-            geometry = geometry[0]
-        if not bool(geometry):
-            affine = None
-        axis = self.axis if self.axis is not None else slicing_axis(affine, tuple(pair.shape[2:]))
-        (rows, columns), flipped = slice_layout(affine, axis)
-        order = (rows, columns, axis)
-        reversed_dims = [2 + order.index(voxel) for voxel in flipped]
-        shown = pair.permute(0, 1, *(2 + voxel for voxel in order))  # (B, 2, rows, columns, slices)
-        fused = self._windowed(shown.flip(reversed_dims) if reversed_dims else shown, predict, 2, name)
-        fused = fused.flip(reversed_dims) if reversed_dims else fused
-        return fused.permute(0, 1, *(2 + order.index(voxel) for voxel in range(3)))  # (B, 1, X, Y, Z)
+        """Each volume of the batch sliced along ``axis`` (default :func:`~monai_lkcfusion.transforms.slicing_axis`)
+        in the anatomical layout of the training pictures (:func:`~monai_lkcfusion.transforms.slice_layout`, from
+        its own affine), fused and put back in its voxel order."""
+        affines = inputs.affine if isinstance(inputs, MetaTensor) else None
+        placed = getattr(inputs, "meta", {}).get("has_geometry", True)  # an array's identity affine is no anatomy
+        placed = placed.flatten().tolist() if isinstance(placed, (torch.Tensor, np.ndarray)) else placed
+        fused = []
+        for item in range(pair.shape[0]):  # a collated batch may mix orientations: each by its own affine
+            affine = None if affines is None else affines[item] if affines.ndim == 3 else affines
+            affine = affine if bool(placed[item] if isinstance(placed, (list, tuple)) else placed) else None
+            axis = self.axis if self.axis is not None else slicing_axis(affine, tuple(pair.shape[2:]))
+            (rows, columns), flipped = slice_layout(affine, axis)
+            order = (rows, columns, axis)
+            dims = [2 + order.index(voxel) for voxel in flipped]
+            shown = pair[item:item + 1].permute(0, 1, *(2 + voxel for voxel in order))  # (1, 2, rows, columns, slices)
+            out = self._windowed(shown.flip(dims) if dims else shown, predict, 2, name)
+            out = out.flip(dims) if dims else out
+            fused.append(out.permute(0, 1, *(2 + order.index(voxel) for voxel in range(3))))  # (1, 1, X, Y, Z)
+        return torch.cat(fused)
 
     def _windowed(self, pair: torch.Tensor, predict: Predictor, axis: int, name: str = "image") -> torch.Tensor:
         """Tiles of a large 2D pair, or slices of a volume along ``axis``, with :class:`~monai_lkcfusion.progress.

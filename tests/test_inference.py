@@ -606,7 +606,8 @@ def test_a_volume_is_fused_the_same_whatever_its_voxel_order(tmp_path, layout):
 def test_a_slab_of_a_few_slices_is_fused_in_its_own_plane(tmp_path):
     """A coronal slab of 3 slices (X, 3, Z) was cut along the axial axis into strips 3 pixels wide, padded by
     replication (up to 0.41 off its slices fused one by one; hand-check helper): it is fused across its thin axis,
-    each slice as that slice alone is. A small volume whose every axis is short stays axial."""
+    each slice as that slice alone is; so is a single slice whose own plane is narrow, (1, 5, 200) (the review found
+    it cut into 1 x 5 strips); a small volume whose slices are all short is cut where they are widest."""
     from monai_lkcfusion.transforms import slicing_axis
 
     rng = np.random.default_rng(5)
@@ -621,8 +622,9 @@ def test_a_slab_of_a_few_slices_is_fused_in_its_own_plane(tmp_path):
                      model=net, color=False, progress=False)
         np.testing.assert_allclose(slab[0, :, j].numpy(), alone[0, :, 0].numpy(), atol=1e-5)
     eye = np.eye(4)
-    assert [slicing_axis(eye, shape) for shape in ((3, 181, 217), (181, 3, 217), (256, 256, 3), (6, 7, 8),
-                                                   (1, 40, 48), (40, 7, 5))] == [0, 1, 2, 2, 0, 2]
+    shapes = ((3, 181, 217), (181, 3, 217), (256, 256, 3), (6, 7, 8), (1, 40, 48), (40, 7, 5), (1, 5, 200),
+              (1, 200, 5), (1, 7, 300), (6, 6, 6))
+    assert [slicing_axis(eye, shape) for shape in shapes] == [0, 1, 2, 0, 0, 2, 0, 0, 0, 2]
 
 
 def test_images_already_scaled_to_unit_are_not_scaled_again(harvard_root):
@@ -651,3 +653,24 @@ def test_images_already_scaled_to_unit_are_not_scaled_again(harvard_root):
     assert expected.meta["display_max"] == 1.0
     np.testing.assert_allclose(again.numpy(), expected.numpy(), atol=1e-6)
     np.testing.assert_allclose(fed_back.numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_a_batch_of_volumes_is_fused_each_by_its_own_affine():
+    """A collated batch of volumes (has_geometry a tensor, one affine per item) crashed ("Boolean value of Tensor with
+    more than one value is ambiguous"), and a batch mixing orientations was laid out by its first item's affine
+    (review): each item is fused as it is alone."""
+    from monai.data import list_data_collate
+
+    from monai_lkcfusion.inferers import FusionInferer
+
+    rng = np.random.default_rng(6)
+    net = LKCFUNet.from_preset("tiny").eval()
+    inferer = FusionInferer(device="cpu", optimize=False)
+    lps = torch.diag(torch.tensor([-1.0, -1.0, 2.0, 1.0], dtype=torch.float64))
+    items = [MetaTensor(torch.from_numpy(rng.random((2, 20, 24, 6)).astype(np.float32)), affine=affine,
+                        meta={"has_geometry": True}) for affine in (torch.eye(4, dtype=torch.float64), lps)]
+    batch = list_data_collate([{"image": item} for item in items])["image"]
+    assert isinstance(batch.meta["has_geometry"], torch.Tensor) and batch.affine.shape == (2, 4, 4)
+    fused = inferer(batch, net)
+    for i, item in enumerate(items):
+        np.testing.assert_allclose(fused[i].numpy(), inferer(item[None], net)[0].numpy(), atol=1e-6)

@@ -116,13 +116,13 @@ def test_axial_axis_and_rand_slice():
     assert axial_axis(torch.eye(4)) == 2
     sagittal_first = torch.tensor([[0.0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]])
     assert axial_axis(sagittal_first) == 0
-    vol = MetaTensor(torch.zeros(1, 6, 7, 8))
+    vol = MetaTensor(torch.zeros(1, 16, 18, 8))
     vol[0, :, :, 3] = 1.0
     sampler = RandSliced(("mri", "other"))
     sampler.set_random_state(0)
     d = sampler({"mri": vol, "other": vol.clone() * 2})
     # an identity affine is RAS: an axial slice is shown anterior at the top, the patient's right on the left
-    assert d["mri"].shape == (1, 7, 6) and d["mri"].meta["slice_index"] == 3 and float(d["other"].max()) == 2
+    assert d["mri"].shape == (1, 18, 16) and d["mri"].meta["slice_index"] == 3 and float(d["other"].max()) == 2
     spacing = torch.diag(torch.tensor([0.5, 0.8, 3.0, 1.0], dtype=torch.float64))
     spaced = MetaTensor(vol.as_tensor().clone(), affine=spacing)
     plane = RandSliced("mri").set_random_state(0)({"mri": spaced})["mri"]

@@ -68,18 +68,19 @@ def slicing_axis(affine: torch.Tensor | np.ndarray | None, spatial_shape: tuple[
         spatial_shape: the volume's ``(X, Y, Z)``.
 
     Returns:
-        :func:`axial_axis` (axis 2 without an affine), unless its slices would have a side shorter than
-        :data:`MIN_SLICE_SIDE` and slices across the volume's thinnest axis (the last of equals) would not: then that
-        axis. A single slice or a slab of a few slices in any orientation, e.g. a sagittal ``(3, Y, Z)`` file, is
-        fused in its own plane, not cut into strips 3 pixels wide.
+        :func:`axial_axis` (axis 2 without an affine) when its slices are at least :data:`MIN_SLICE_SIDE` voxels a
+        side, else the axis whose slices have the longest short side (the axial one among equals, then the last): a
+        single slice or a slab of a few slices in any orientation, e.g. a sagittal ``(1|3, Y, Z)`` file, is fused in
+        its own plane, not cut into strips 1-3 pixels wide.
     """
 
     def short_side(axis: int) -> int:
         return min(size for i, size in enumerate(spatial_shape) if i != axis)
 
-    axis = axial_axis(affine) if affine is not None else 2
-    thinnest = max(i for i, size in enumerate(spatial_shape) if size == min(spatial_shape))
-    return thinnest if short_side(axis) < MIN_SLICE_SIDE <= short_side(thinnest) else axis
+    axial = axial_axis(affine) if affine is not None else 2
+    if short_side(axial) >= MIN_SLICE_SIDE:
+        return axial
+    return max((axial, 2, 1, 0), key=short_side)  # max keeps the first of equals: the axial axis, then the last
 
 
 _DISPLAY = {2: ((1, -1), (0, -1)), 1: ((2, -1), (0, -1)), 0: ((2, -1), (1, -1))}
