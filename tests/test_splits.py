@@ -75,6 +75,12 @@ def test_split_by_fraction_of_a_datalist_without_tasks() -> None:
     ([_item("MRI-CT", "1001.png")], "split: give two lists, (training pairs, validation pairs)"),
     ("train", "split: give two lists"),
     (([{"mri": "a.png"}], [_item("MRI-CT", "1001.png")]), "split: a training item without \"mri\" and \"other\""),
+    # a pair of one file with itself, and validation pairs that are also trained on (hand-check helper: both trained
+    # without a word; inference refuses the first)
+    (([{"mri": "/d/a.png", "other": "/d/a.png"}], [_item("MRI-CT", "1001.png")]),
+     "split: a training pair of one file with itself (/d/a.png)"),
+    (([_item("MRI-CT", "1001.png"), _item("MRI-CT", "1002.png")], [_item("MRI-CT", "1002.png", subject="x")]),
+     "split: 1 validation pair(s) are also training pairs (e.g. /d/MRI-CT/MRI/1002.png)"),
 ])
 def test_a_split_a_run_cannot_use_is_refused(split, message) -> None:
     """A config's own split (or split_by_subject holding every subject out) bypassed split_by_fraction's checks: an

@@ -14,6 +14,8 @@ Other folders: a datalist item may carry its own ``"subject"`` field, which alwa
 
 from __future__ import annotations
 
+import os
+
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -137,7 +139,8 @@ def check_split(split: object) -> None:
         split: ``(training items, validation items)``, each a non-empty list of ``{"mri": path, "other": path}``.
 
     Raises:
-        FusionInputError: not two lists, an empty list, or an item without ``"mri"`` and ``"other"``.
+        FusionInputError: not two lists, an empty list, an item without ``"mri"`` and ``"other"``, a pair of one file
+            with itself, or a validation pair that is also a training pair.
     """
     def is_list(value: object) -> bool:
         return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
@@ -154,3 +157,27 @@ def check_split(split: object) -> None:
         if bad is not None:
             raise FusionInputError(f"split: a {side} item without \"mri\" and \"other\" ({str(bad)[:80]}); give each "
                                    "pair as {\"mri\": path, \"other\": path}")
+        same = next((item for item in part if _same_file(item["mri"], item["other"])), None)
+        if same is not None:  # inference refuses it (check_distinct_pair); training learnt from it without a word
+            raise FusionInputError(f"split: a {side} pair of one file with itself ({same['mri']}); give the MRI and "
+                                   "the other modality")
+    trained = {_pair_key(item) for item in split[0]}
+    both = [item for item in split[1] if _pair_key(item) in trained]
+    if both:  # validation then measures fitting and picks the best model on pairs it trained on
+        raise FusionInputError(f"split: {len(both)} validation pair(s) are also training pairs (e.g. {both[0]['mri']}); "
+                               "keep each pair, better each patient, on one side")
+
+
+def _pair_key(item: Mapping[str, object]) -> tuple[str, str]:
+    """A pair's two files as absolute paths (a moved or relative spelling of one pair is one key)."""
+    return tuple(os.path.abspath(str(item[key])) for key in ("mri", "other"))  # type: ignore[return-value]
+
+
+def _same_file(first: object, second: object) -> bool:
+    """Whether two paths (or in-memory images) are one: the same path, or one file reached by two."""
+    if not isinstance(first, (str, os.PathLike)) or not isinstance(second, (str, os.PathLike)):
+        return first is second
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # a missing file is the reader's to name
+        return os.path.abspath(first) == os.path.abspath(second)
