@@ -15,7 +15,6 @@ Other folders: a datalist item may carry its own ``"subject"`` field, which alwa
 from __future__ import annotations
 
 import os
-
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
