@@ -163,8 +163,8 @@ def check_split(split: object) -> None:
     trained = {_pair_key(item) for item in split[0]}
     both = [item for item in split[1] if _pair_key(item) in trained]
     if both:  # validation then measures fitting and picks the best model on pairs it trained on
-        raise FusionInputError(f"split: {len(both)} validation pair(s) are also training pairs (e.g. {both[0]['mri']}); "
-                               "keep each pair, better each patient, on one side")
+        raise FusionInputError(f"split: {len(both)} validation pair(s) are also training pairs (e.g. "
+                               f"{both[0]['mri']}); keep each pair, better each patient, on one side")
 
 
 def _pair_key(item: Mapping[str, object]) -> tuple[str, str]:
