@@ -627,11 +627,13 @@ def test_a_slab_of_a_few_slices_is_fused_in_its_own_plane(tmp_path):
     assert [slicing_axis(eye, shape) for shape in shapes] == [0, 1, 2, 0, 0, 2, 0, 0, 0, 2]
 
 
-def test_images_already_scaled_to_unit_are_not_scaled_again(harvard_root):
+def test_images_already_scaled_to_unit_are_not_scaled_again(harvard_root, tmp_path):
     """read_image() records display_max 255 for a picture; the record outlived the values: read_image(p) / 255, a
     MONAI ScaleIntensity, the package's own load transforms, or a fused result fed back were divided by 255 again and
-    fused nearly black (max 0.004; hand-check helper). Values in [0, 1] under a stale record are read as scaled,
-    with a warning; the package's own scaling records the new range."""
+    fused nearly black (max 0.004; hand-check helper). A record that the values contradict is dropped with a warning:
+    fractions in [0, 1] under 255, or values above it (the review: a scaled image times 255 saturated half its pixels
+    once the scaled image recorded 1); a dark 8-bit picture of 0s and 1s keeps its record; the package's own scaling
+    drops it."""
     from monai.transforms import ScaleIntensity
 
     folder = harvard_root / "test" / "MRI-CT"
@@ -639,7 +641,8 @@ def test_images_already_scaled_to_unit_are_not_scaled_again(harvard_root):
     mri, ct = folder / "MRI" / name, folder / "CT" / name
     expected = fuse(mri, ct, method="max", progress=False)
     for scale in (lambda image: image / 255.0, ScaleIntensity()):
-        with pytest.warns(UserWarning, match=r"metadata says display_max 255 but its values lie in \[0, 1\]"):
+        with pytest.warns(UserWarning, match=r"metadata says display_max 255 but its values lie in \[0, 1\] and are "
+                                             r"not whole numbers: the record is dropped"):
             fused = fuse(scale(read_image(mri)), scale(read_image(ct)), method="max", progress=False)
         if isinstance(scale, ScaleIntensity):  # stretched to the full range: the same picture up to a gain
             assert float(fused.max()) == pytest.approx(1.0, abs=1e-6)
@@ -647,12 +650,25 @@ def test_images_already_scaled_to_unit_are_not_scaled_again(harvard_root):
             np.testing.assert_allclose(fused.numpy(), expected.numpy(), atol=1e-6)
     loaded = fusion_load_transforms()({"mri": str(mri), "other": str(ct)})
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the package's own scaling says what it did: nothing to warn about
+        warnings.simplefilter("error")  # the package's own scaling leaves no record to contradict
         again = fuse(loaded["mri"], loaded["other"], method="max", progress=False)
         fed_back = fuse(expected, ct, method="max", progress=False)  # max(max(A, B), B)
-    assert expected.meta["display_max"] == 1.0
+        times_255 = fuse(expected * 255, ct, method="max", progress=False)  # scaled from its data, not clamped
+    assert "display_max" not in expected.meta
     np.testing.assert_allclose(again.numpy(), expected.numpy(), atol=1e-6)
     np.testing.assert_allclose(fed_back.numpy(), expected.numpy(), atol=1e-6)
+    saturated = float((expected >= 1.0).float().mean()) + 0.01  # the CT's bone: 7% of this slice
+    assert float((times_255 >= 1.0).float().mean()) <= saturated
+    stamped = MetaTensor(expected.as_tensor() * 255, meta={"display_max": 1.0})
+    with pytest.warns(UserWarning, match="its values exceed the display_max 1 its metadata records"):
+        assert float((fuse(stamped, ct, method="max", progress=False) >= 1.0).float().mean()) <= saturated
+    dark = np.zeros((40, 36), np.uint8)
+    dark[10:30, 8:28] = 1  # an 8-bit picture of 0s and 1s: values 1/255, not a full-range [0, 1] image
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        darkest = fuse(read_image(tmp_path / "dark.png"), np.zeros((40, 36), np.uint8), method="max", progress=False)
+    assert float(darkest.max()) == pytest.approx(1 / 255, abs=1e-6)
 
 
 def test_a_batch_of_volumes_is_fused_each_by_its_own_affine():

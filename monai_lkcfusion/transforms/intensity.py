@@ -215,7 +215,7 @@ class ScaleModality(Transform):
         out = convert_to_dst_type(scaled, img, dtype=torch.float32)[0]
         if isinstance(out, MetaTensor):
             out.meta.update(record)
-            out.meta["display_max"] = 1.0  # in [0, 1] now: scaled again (fed back to fuse()), it is kept as it is
+            out.meta.pop("display_max", None)  # the input's range, not this one's: [0, 1] data is kept as it is
         return out
 
 

@@ -55,7 +55,10 @@ class LoadFusionImage(Transform):
 
     ``display_max`` is 255 for ``uint8`` arrays and tensors and 1 for data already in [0, 1] (within
     :data:`UNIT_TOLERANCE`: a -1e-7 rounding undershoot switched such data to percentile scaling, moving it by up to
-    48 gray levels; see :class:`ScaleModality`); otherwise it is absent.
+    48 gray levels; see :class:`ScaleModality`); otherwise it is absent. A MetaTensor's own record is kept unless
+    its values contradict it, which is warned: values above it (a scaled image times 255 saturated), or a record of
+    255/65535 with values in [0, 1] that are not whole numbers (``read_image(p) / 255`` was divided by 255 again and
+    fused nearly black; a dark 8-bit picture of 0s and 1s keeps its record).
 
     Args:
         name: name used in error messages and as ``filename_or_obj`` of in-memory data.
@@ -125,13 +128,20 @@ class LoadFusionImage(Transform):
         img.meta.setdefault("filename_or_obj", self.name)
         img.meta.setdefault("spatial_dims", img.ndim - 1)
         recorded = img.meta.get("display_max")
-        if display_max == 1.0 and recorded not in (None, 1.0) and float(finite.max()) > 0:
-            warnings.warn(  # e.g. read_image(path) / 255: the reader's record outlived the values it described
-                f"{img.meta['filename_or_obj']}: its metadata says display_max {recorded:g} but its values lie in "
-                "[0, 1]: read as data already scaled to [0, 1] (pass the values as read to have them scaled)",
-                stacklevel=2,
-            )
-            img.meta["display_max"] = 1.0
+        if recorded is not None and finite.numel():  # a record that outlived the values it described
+            top, whole = float(finite.max()), bool(torch.equal(finite, finite.round()))
+            if top > float(recorded) * (1 + UNIT_TOLERANCE):  # e.g. a [0, 1] image times 255: it saturated
+                problem = f"its values exceed the display_max {float(recorded):g} its metadata records"
+            elif display_max == 1.0 and float(recorded) != 1.0 and not whole:  # read_image(p) / 255: nearly black
+                problem = (f"its metadata says display_max {float(recorded):g} but its values lie in [0, 1] and are "
+                           "not whole numbers")
+            else:
+                problem = ""
+            if problem:
+                img.meta.pop("display_max")
+                warnings.warn(f"{img.meta['filename_or_obj']}: {problem}: the record is dropped and the values are "
+                              f"taken as they are{' (already scaled to [0, 1])' if display_max == 1.0 else ''}",
+                              stacklevel=2)
         img.meta.setdefault("has_geometry", isinstance(value, MetaTensor))  # an array's identity affine is no place
         if display_max is not None:  # unknown stays absent: MONAI's collate cannot batch None
             img.meta.setdefault("display_max", display_max)
