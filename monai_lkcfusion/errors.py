@@ -121,20 +121,23 @@ def user_error(err: BaseException) -> FusionInputError | OSError | None:
     return cause
 
 
-def finish_pool_threads(timeout: float = 30.0) -> None:
-    """Wait for ``multiprocessing.pool.ThreadPool`` workers still running a task, before the process exits with an
-    error: MONAI's ``CacheDataset`` loads in a thread pool that an error leaves unjoined, and a worker still inside
-    PyTorch's C++ code when the interpreter exits aborted it (``terminate called without an active exception``,
-    exit 134 after the one-line error, under load about half the time).
+def finish_pool_threads(timeout: float = 10.0) -> None:
+    """Wait for the workers of terminated ``multiprocessing.pool.ThreadPool`` s still running a task, before the
+    process exits with an error: MONAI's ``CacheDataset`` loads in a thread pool that an error terminates without
+    joining its threads, and a worker still inside PyTorch's C++ code when the interpreter exits aborted it
+    (``terminate called without an active exception``, exit 134 after the one-line error, under load about half the
+    time). Workers of pools still open are idle, not waited for.
 
     Args:
         timeout: the longest wait in seconds, for all of them together.
     """
+    import gc
     import multiprocessing.pool
-    import threading
     import time
 
     deadline = time.monotonic() + timeout
-    for thread in threading.enumerate():
-        if getattr(thread, "_target", None) is multiprocessing.pool.worker and thread is not threading.current_thread():
-            thread.join(max(deadline - time.monotonic(), 0.0))
+    for pool in [obj for obj in gc.get_objects() if isinstance(obj, multiprocessing.pool.ThreadPool)]:
+        if getattr(pool, "_state", multiprocessing.pool.RUN) == multiprocessing.pool.RUN:
+            continue
+        for worker in list(getattr(pool, "_pool", ())):
+            worker.join(max(deadline - time.monotonic(), 0.0))

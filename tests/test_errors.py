@@ -73,26 +73,35 @@ def _raised_from(cause: BaseException) -> RuntimeError:
 
 
 def test_pool_threads_an_error_left_running_are_waited_for():
-    """MONAI's CacheDataset loads in a ThreadPool that an error leaves unjoined (terminate() does not join threads);
-    a worker still in PyTorch's C++ code when the interpreter exited aborted the process after its one-line error
-    (exit 134; hand-check helper, about half the runs under load). The CLI waits for them first."""
-    import multiprocessing.pool
+    """MONAI's CacheDataset loads in a ThreadPool that an error terminates without joining its threads; a worker still
+    in PyTorch's C++ code when the interpreter exited aborted the process after its one-line error (exit 134;
+    hand-check helper, about half the runs under load). The CLI waits for such workers on its error path; the idle
+    workers of a pool still open are not waited for (the review: every exit waited 30 s)."""
     import threading
     import time
     from multiprocessing.pool import ThreadPool
 
     from monai_lkcfusion.errors import finish_pool_threads
 
-    started = threading.Event()
+    started, release = threading.Event(), threading.Event()
 
-    def slow(_: int) -> None:
+    def task(_: int) -> None:
         started.set()
-        time.sleep(0.5)
+        release.wait(30)
 
-    with ThreadPool(1) as pool:
-        pool.map_async(slow, [0])
-        started.wait(5)
-    workers = [t for t in threading.enumerate() if getattr(t, "_target", None) is multiprocessing.pool.worker]
-    assert workers, "the terminated pool's worker should still be running its task"
-    finish_pool_threads(timeout=10)
-    assert not any(t.is_alive() for t in workers)
+    with ThreadPool(1) as pool:  # terminated on leaving the block, its worker still in the task
+        pool.map_async(task, [0])
+        assert started.wait(10)
+    workers = list(pool._pool)
+    assert all(worker.is_alive() for worker in workers)
+    open_pool = ThreadPool(1)  # idle workers that never end: not waited for
+    try:
+        begin = time.monotonic()
+        finish_pool_threads(timeout=0.2)  # the task still runs: the wait ends at the timeout
+        assert 0.15 < time.monotonic() - begin < 5 and all(worker.is_alive() for worker in workers)
+        threading.Timer(0.3, release.set).start()
+        finish_pool_threads(timeout=20)
+        assert not any(worker.is_alive() for worker in workers) and time.monotonic() - begin < 10
+    finally:
+        release.set()
+        open_pool.terminate()

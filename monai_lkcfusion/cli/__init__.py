@@ -105,8 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             _refuse_empty_values(args)
             return int(args.func(args) or 0)
-        finally:
+        except BaseException:
             finish_pool_threads()  # a data-loading thread an error left running must not abort the exit
+            raise
     except (FusionInputError, OSError) as err:  # OSError: missing, unwritable or full paths, as one line too
         print(f"lkcfusion: error: {one_line(err)}", file=sys.stderr)
         return 2

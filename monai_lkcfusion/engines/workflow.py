@@ -459,8 +459,12 @@ def run_bundle_command(argv: Sequence[str] | None = None) -> int:
     saved = sys.argv
     sys.argv = ["python -m monai.bundle", *(sys.argv[1:] if argv is None else argv)]
     try:
-        _check_command_overrides(sys.argv[1:])
-        runpy.run_module("monai.bundle", run_name="__main__", alter_sys=False)
+        try:
+            _check_command_overrides(sys.argv[1:])
+            runpy.run_module("monai.bundle", run_name="__main__", alter_sys=False)
+        except BaseException:
+            finish_pool_threads()  # a data-loading thread an error left running must not abort the exit
+            raise
     except (FusionInputError, OSError, RuntimeError) as err:
         user = err if isinstance(err, FusionInputError) else _user_error(err if isinstance(err, RuntimeError)
                                                                           else RuntimeError(err))
@@ -478,7 +482,6 @@ def run_bundle_command(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         sys.argv = saved
-        finish_pool_threads()  # a data-loading thread an error left running must not abort the exit
     return 0
 
 
