@@ -115,10 +115,29 @@ def user_error(err: BaseException) -> FusionInputError | OSError | None:
     cause: BaseException | None = err
     while cause is not None and not isinstance(cause, (FusionInputError, OSError)):
         cause = cause.__cause__
-    if cause is None and "Original Traceback" in str(err):  # torch.utils.data's ExceptionWrapper text
-        found = re.search(rf"^{re.escape(__name__)}\.FusionInputError: (.+)$", str(err), re.MULTILINE)
-        return FusionInputError(found.group(1)) if found else None
+    text = str(cause if cause is not None else err)
+    if "Original Traceback" in text:  # torch.utils.data's ExceptionWrapper: the worker's traceback as text
+        return _worker_error(text)
     return cause
+
+
+_CHAINED = re.compile(r"^(The above exception was the direct cause of the following exception:|"
+                      r"During handling of the above exception, another exception occurred:)$", re.MULTILINE)
+
+
+def _worker_error(text: str) -> FusionInputError | None:
+    """The :class:`FusionInputError` of a ``DataLoader`` worker's formatted traceback, found as :func:`user_error`
+    finds one in a chain of causes: the last exception, or its direct causes; an exception raised while handling
+    another is a bug of its own (``None``: keep the traceback)."""
+    parts = _CHAINED.split(text)  # [exception, joiner, exception, joiner, ..., the one raised]
+    for index in range(len(parts) - 1, -1, -2):
+        lines = [line.strip() for line in parts[index].strip().splitlines() if line.strip()]
+        found = re.fullmatch(rf"{re.escape(__name__)}\.FusionInputError: (.+)", lines[-1]) if lines else None
+        if found:
+            return FusionInputError(found.group(1))
+        if index == 0 or not parts[index - 1].startswith("The above exception was the direct cause"):
+            return None
+    return None
 
 
 def finish_pool_threads(timeout: float = 10.0) -> None:

@@ -105,3 +105,33 @@ def test_pool_threads_an_error_left_running_are_waited_for():
     finally:
         release.set()
         open_pool.terminate()
+
+
+def test_worker_tracebacks_give_the_users_error_not_a_bugs():
+    """The review of the DataLoader text parsing: a FusionInputError raised directly in a worker came back as a
+    FusionInputError whose message was the whole traceback (printed as one huge line), and a KeyError raised while
+    handling a FusionInputError was reported as the user's error, hiding the bug."""
+    import torch.utils.data
+
+    from monai_lkcfusion import user_error
+
+    class Raising(torch.utils.data.Dataset):
+        def __init__(self, bug: bool) -> None:
+            self.bug = bug
+
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, index: int):
+            try:
+                raise FusionInputError("x.png: file not found")
+            except FusionInputError:
+                if self.bug:
+                    raise KeyError("a bug while handling it")  # noqa: B904 (implicit chaining is the point)
+                raise
+
+    for bug, expected in ((False, "x.png: file not found"), (True, None)):
+        with pytest.raises(Exception) as caught:
+            next(iter(torch.utils.data.DataLoader(Raising(bug), num_workers=1)))
+        found = user_error(caught.value)
+        assert (None if found is None else str(found)) == expected, (bug, str(found)[:200])
