@@ -71,7 +71,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type == "cpu" and resolved.index not in (None, 0):
         raise FusionInputError(f"--device {device}: the CPU has no device index; use --device cpu (--threads and "
                                "--workers share out its cores)")
-    return resolved
+    return torch.device("cpu") if resolved.type == "cpu" else resolved  # cpu:0 failed loading the weights
 
 
 def build_predictor(

@@ -718,6 +718,8 @@ def test_devices_and_thread_counts_this_machine_cannot_use_are_one_line(tmp_path
     errors = [line for line in err.splitlines() if line.startswith("lkcfusion: error:")]
     assert code == 2 and len(errors) == 1 and said in errors[0] and "Traceback" not in err, err
     assert not (tmp_path / "f.png").exists()
+    if option == "--device":  # cpu:0 is the CPU (it blamed the weights file; re-check helper)
+        assert _fuse([str(mri), str(other), "-o", str(tmp_path / "f.png"), "--device", "cpu:0"], capsys)[0] == 0
 
 
 @pytest.mark.parametrize("argv, said", [

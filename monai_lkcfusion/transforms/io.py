@@ -57,8 +57,9 @@ class LoadFusionImage(Transform):
     :data:`UNIT_TOLERANCE`: a -1e-7 rounding undershoot switched such data to percentile scaling, moving it by up to
     48 gray levels; see :class:`ScaleModality`); otherwise it is absent. A MetaTensor's own record is kept unless
     its values contradict it, which is warned: values above it (a scaled image times 255 saturated), or a record of
-    255/65535 with values in [0, 1] that are not whole numbers (``read_image(p) / 255`` was divided by 255 again and
-    fused nearly black; a dark 8-bit picture of 0s and 1s keeps its record).
+    255/65535 with values of at most 1 that are not whole numbers (``read_image(p) / 255``, also after a bicubic
+    resize's undershoot, was divided by 255 again and fused nearly black; a dark 8-bit picture of 0s and 1s keeps
+    its record).
 
     Args:
         name: name used in error messages and as ``filename_or_obj`` of in-memory data.
@@ -132,9 +133,9 @@ class LoadFusionImage(Transform):
             top, whole = float(finite.max()), bool(torch.equal(finite, finite.round()))
             if top > float(recorded) * (1 + UNIT_TOLERANCE):  # e.g. a [0, 1] image times 255: it saturated
                 problem = f"its values exceed the display_max {float(recorded):g} its metadata records"
-            elif display_max == 1.0 and float(recorded) != 1.0 and not whole:  # read_image(p) / 255: nearly black
-                problem = (f"its metadata says display_max {float(recorded):g} but its values lie in [0, 1] and are "
-                           "not whole numbers")
+            elif top <= 1 + UNIT_TOLERANCE and float(recorded) != 1.0 and not whole:  # read_image(p) / 255: black
+                problem = (f"its metadata says display_max {float(recorded):g} but its values are at most 1 and not "
+                           "whole numbers")
             else:
                 problem = ""
             if problem:
