@@ -155,7 +155,8 @@ def finish_pool_threads(timeout: float = 10.0) -> None:
     import time
 
     deadline = time.monotonic() + timeout
-    for pool in [obj for obj in gc.get_objects() if isinstance(obj, multiprocessing.pool.ThreadPool)]:
+    pools = [obj for obj in gc.get_objects() if issubclass(type(obj), multiprocessing.pool.ThreadPool)]  # not
+    for pool in pools:  # isinstance: it asks objects their __class__, and deprecated ones warn (torch's reduce_op)
         if getattr(pool, "_state", multiprocessing.pool.RUN) == multiprocessing.pool.RUN:
             continue
         for worker in list(getattr(pool, "_pool", ())):
