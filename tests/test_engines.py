@@ -255,6 +255,9 @@ def test_val_loss_is_the_training_loss_of_the_bundle(tmp_path) -> None:
     ("cudnn_benchmark", "yes", "cudnn_benchmark 'yes': give true or false"),
     ("keep_checkpoint_interval", -1, "keep_checkpoint_interval -1: give a whole number of epochs of at least 0"),
     ("keep_checkpoint_interval", "2", "keep_checkpoint_interval '2': give a whole number of epochs"),
+    # refused only after run.json and a TensorBoard file were written (re-check helper)
+    ("key_metric", "val_SSIM", "key_metric 'val_SSIM': not a metric; choose val_loss or one of EN,"),
+    ("val_metrics", ["SSIM", "XX"], r"val_metrics: unknown \['XX'\]; choose from EN,"),
 ])
 def test_bad_training_settings_are_one_line_before_anything_is_built(tmp_path, monkeypatch, setting, value, message):
     """Each ended in a traceback (MONAI's "Failed to instantiate"), val_interval 0 only after a whole epoch."""
@@ -269,6 +272,7 @@ def test_bad_training_settings_are_one_line_before_anything_is_built(tmp_path, m
         run_bundle_workflow("train.json", (), "train", dataset_dir=str(_harvard_like(tmp_path / "data")),
                             output_dir=str(tmp_path / "run"), **settings)
     assert not (tmp_path / "run" / "model.pt").exists() and (setting.startswith("loss") or not built)
+    assert setting.startswith("loss") or not (tmp_path / "run").exists()  # nothing written
 
 
 def test_device_given_as_a_name_trains(tmp_path):

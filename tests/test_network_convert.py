@@ -214,7 +214,7 @@ def test_unreadable_checkpoints(tmp_path):
     with pytest.raises(FusionInputError, match="not found"):
         load_official_checkpoint(tmp_path / "best_MIF.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(FusionInputError, match="cannot read"):
+    with pytest.raises(FusionInputError, match="junk.pth: not a PyTorch weights file"):
         load_official_checkpoint(tmp_path / "junk.pth")
     torch.save({"optimizer": {"lr": 1}}, tmp_path / "opt.pth")
     with pytest.raises(FusionInputError, match="no tensors"):

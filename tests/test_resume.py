@@ -141,6 +141,13 @@ def test_resume_with_settings_that_change_the_run_is_refused(tmp_path, capsys):
             _tiny_run(tmp_path, max_epochs=2, resume=True, **change)
     _tiny_run(tmp_path, max_epochs=2, resume=True, learning_rate=1e-3)  # a schedule setting may change
     assert [epoch for epoch, _ in checkpoint_epochs(tmp_path / "run")] == [2]
+    # the record is the run's as it began: an older run's (no "loss") was rewritten by a resume that was then
+    # refused, and an allowed change (the loss under another key_metric) replaced what the first epochs used
+    older = {key: value for key, value in record.items() if key != "loss"}
+    (tmp_path / "run" / "run.json").write_text(json_module.dumps(older))
+    with pytest.raises(FusionInputError, match="the run is at epoch 2 already"):
+        _tiny_run(tmp_path, max_epochs=1, resume=True)
+    assert json_module.loads((tmp_path / "run" / "run.json").read_text()) == older
     args = _train_args(tmp_path, tmp_path / "cli", epochs=1, resume=False)
     assert main(args) == 0
     assert main([*args[:-2], "--device", "cpu", "--preset", "small", "--epochs", "2", "--resume"]) == 2
@@ -170,7 +177,7 @@ def test_the_run_record_survives_a_moved_dataset(tmp_path, monkeypatch):
     network = LKCFUNet.from_preset("tiny")
     first = tmp_path / "first"
     check_run_record(first, False, network, split(str(tmp_path / "study")), "val_loss")
-    (first / "checkpoint_epoch=1.pt").write_bytes(b"")
+    torch.save({"network": network.state_dict()}, first / "checkpoint_epoch=1.pt")  # a whole one that fits
     monkeypatch.chdir(tmp_path)
     check_run_record(tmp_path / "second", first / "checkpoint_epoch=1.pt", network, split("study_v2"), "val_loss")
     fewer = split("study_v2")

@@ -55,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
     from ..engines import (
         bundle_config,
         check_bundle_workflow,
-        check_resume,
         check_run_record,
         distributed_device,
         is_distributed_launch,
@@ -94,9 +93,8 @@ def run(args: argparse.Namespace) -> int:
                                              "key_metric", "early_stop_patience", "max_epochs", "loss"))
         check_split(checked["split"])
         check_run_record(*(checked[key] for key in ("output_dir", "resume", "network_def", "split", "key_metric")),
-                         write=False, loss=checked["loss"])
-        check_resume(*(checked[key] for key in ("output_dir", "resume", "network_def", "early_stop_patience",
-                                                "max_epochs")))
+                         write=False, loss=checked["loss"], early_stop_patience=checked["early_stop_patience"],
+                         max_epochs=checked["max_epochs"])
         validation = checked["split"][1]
         if len(validation) < args.nproc:  # each process validates its own share (multi_gpu_train.json)
             raise FusionInputError(f"{len(validation)} validation pair(s) for {args.nproc} processes: each process "

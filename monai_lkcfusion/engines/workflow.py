@@ -35,6 +35,8 @@ def check_training_settings(
     output_dir: Any = None,
     resume: Any = False,
     early_stop_patience: Any = 0,
+    key_metric: Any = "val_loss",
+    val_metrics: Any = (),
 ) -> None:
     """Refuse training settings a run cannot use, before the data and the network are built (train.json's first
     ``initialize`` step), where they otherwise end in a traceback, some after a whole epoch (``val_interval`` 0).
@@ -45,6 +47,9 @@ def check_training_settings(
         device: a ``torch.device`` or a name such as ``"cpu"``, ``"cuda:0"``.
         keep_checkpoint_interval: a whole number >= 0 (0: only the newest checkpoint is kept).
         early_stop_patience: a whole number >= 0 (0: no early stopping).
+        key_metric: ``"val_loss"`` or a fusion metric's name (:data:`~monai_lkcfusion.metrics.ALL_METRICS`).
+        val_metrics: fusion metrics' names (an unknown one was refused after ``run.json`` and a TensorBoard file
+            were written, the file then mixed into the corrected run's logs).
         output_dir, resume: the run's folder must not be a file, nor hold an earlier run unless it is resumed
             (:func:`~monai_lkcfusion.engines.handlers.check_earlier_run`); ``None``: not checked.
 
@@ -53,6 +58,16 @@ def check_training_settings(
     """
     import torch
 
+    from ..metrics import ALL_METRICS
+    from .handlers import LOSS_METRIC
+
+    names = [val_metrics] if isinstance(val_metrics, str) else list(val_metrics or ())
+    unknown = [name for name in names if name not in ALL_METRICS]
+    if unknown:
+        raise FusionInputError(f"val_metrics: unknown {unknown}; choose from {', '.join(ALL_METRICS)}")
+    if key_metric != LOSS_METRIC and key_metric not in ALL_METRICS:
+        raise FusionInputError(f"key_metric {key_metric!r}: not a metric; choose {LOSS_METRIC} or one of "
+                               f"{', '.join(ALL_METRICS)}")
     for name, value in (("batch_size", batch_size), ("samples_per_image", samples_per_image),
                         ("max_epochs", max_epochs), ("val_interval", val_interval)):
         as_count(value, name)
@@ -94,7 +109,7 @@ def _pair_names(split: Sequence[Sequence[dict[str, Any]]]) -> list[list[str]]:
 
 def check_run_record(
     output_dir: str | Path, resume: Any, network: Any, split: Sequence[Sequence[dict[str, Any]]], key_metric: str,
-    write: bool = True, loss: Any = None,
+    write: bool = True, loss: Any = None, early_stop_patience: Any = 0, max_epochs: Any = None,
 ) -> None:
     """Refuse to resume a run with settings that would silently change its meaning, and record them for a resume.
 
@@ -105,10 +120,11 @@ def check_run_record(
     then measured fitting and chose the best model on pairs it trained on), another ``key_metric`` compared the new
     metric with the old one's best value, another loss (its weights or terms, recorded when it has a ``config``)
     compared ``val_loss`` values of two kinds when ``val_loss`` picks the best model (all weights 0.1 "improved" it
-    tenfold and replaced ``best_model.pt``), and another preset failed with a long traceback. A run without a record
-    (an older version's) is resumed as before and gets none (a resume that then failed, e.g. for another preset, wrote
-    its settings as the run's). ``learning_rate``, ``max_epochs`` and the like may change: the
-    schedule is the resumed run's (:class:`~monai_lkcfusion.engines.ResumeCheckpointLoader`).
+    tenfold and replaced ``best_model.pt``), and another preset failed with a long traceback. Then what the run's
+    checkpoint loader would refuse (:func:`~monai_lkcfusion.engines.handlers.check_resume`). Only a new run writes
+    the record: a resumed run's stays as the run began (a run without one, an older version's, is resumed as before
+    and gets none). ``learning_rate``, ``max_epochs`` and the like may change: the schedule is the resumed run's
+    (:class:`~monai_lkcfusion.engines.ResumeCheckpointLoader`).
 
     Args:
         output_dir: the run's folder.
@@ -118,13 +134,15 @@ def check_run_record(
         key_metric: the validation metric that picks the best model.
         write: write the record (``False``: only check, as a launcher does before it starts the processes).
         loss: the training loss (a :class:`~monai_lkcfusion.losses.FusionLoss` records its ``config``).
+        early_stop_patience, max_epochs: the run's, for :func:`~monai_lkcfusion.engines.handlers.check_resume`.
 
     Raises:
-        FusionInputError: ``<output_dir>: resumed with other settings than the run's (<what differs>); ...``.
+        FusionInputError: ``<output_dir>: resumed with other settings than the run's (<what differs>); ...``, or
+            what :func:`~monai_lkcfusion.engines.handlers.check_resume` raises.
     """
     from ..data.atomic import write_text
     from .distributed import is_main_process
-    from .handlers import last_checkpoint, resume_option
+    from .handlers import check_resume, last_checkpoint, resume_option
 
     resume = resume_option(resume)
     config = getattr(network, "config", None)
@@ -162,10 +180,9 @@ def check_run_record(
             raise FusionInputError(f"{output_dir}: resumed with other settings than the run's ({'; '.join(changed)}); "
                                    f"resume with the run's settings, or start a new run in another folder (if only "
                                    f"where the files lie changed, delete {earlier} to resume anyway)")
-    target, text = Path(output_dir) / RUN_RECORD, json.dumps(record, indent=1) + "\n"
-    if write and is_main_process() and (checkpoint is None or earlier.is_file()):  # resumed without a record: none
-        if not target.is_file() or target.read_text() != text:  # a resume with the same settings leaves it as it was
-            write_text(target, text, overwrite=True)
+    check_resume(output_dir, resume, network, early_stop_patience, max_epochs)  # before anything is written
+    if write and is_main_process() and checkpoint is None:
+        write_text(Path(output_dir) / RUN_RECORD, json.dumps(record, indent=1) + "\n", overwrite=True)
 
 
 def check_known_settings(known: Iterable[str], keys: Iterable[str], source: str, config_text: str) -> None:
