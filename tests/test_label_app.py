@@ -309,10 +309,13 @@ def test_picture_requests_give_the_file_shape_and_bad_params_leave_no_file(tmp_p
         written = nib.load(path).shape
         assert result["shape"] == list(written[:3]) and written[:2] == (40, 24), (result, written)
         assert result["channels"] == (1 if options else 3)
+    path, _ = task({"image": str(mri), "other": str(pet), "device": None})  # null: the app's device
+    assert nib.load(path).shape[:2] == (40, 24)
     before = sorted(tmp_path.glob("*.nii.gz"))
     bad = {"axis": ("2", r"^params: axis '2': give a whole number$"),
            "tta": ("yes", r"^params: tta 'yes': give true or false$"),
-           "batch_size": (0, r"^params: batch_size 0: ")}
+           "batch_size": (0, r"^params: batch_size 0: "),
+           "device": (0, r"^params: device 0: give a string$")}  # was "--device 0: Invalid device string"
     for key, (value, message) in bad.items():
         with pytest.raises(FusionInputError, match=message):
             task({"image": str(mri), "other": str(pet), key: value})

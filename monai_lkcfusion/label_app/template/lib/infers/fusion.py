@@ -13,6 +13,7 @@ process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -85,21 +86,22 @@ class FusionInferTask(InferTask):
         start = time.time()
         if not request.get("image"):  # MONAI Label's datastore gives "" for an unknown ID: the working folder
             raise ValueError("image: no MRI given (an image ID not in the studies folder?)")
-        device = str(request.get("device", self.config()["device"]))
         other = request.get("other") or request.get("label")
         mri, other = (request["image"], other) if other else read_channels(request["image"])
-        options = {key: request[key] for key in OPTIONS if request.get(key) is not None}
-        check_job_values(options, "params")
+        options = {key: request[key] for key in (*OPTIONS, "device") if request.get(key) is not None}
+        options.setdefault("device", self.config()["device"])
+        check_job_values(options, "params")  # {"device": 0} was "--device 0: Invalid device string"
         weights = self.weights if options.get("method", "lkcfunet") == "lkcfunet" else None  # the app's network
         path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
-        job = FusionJob(mri=mri, other=other, output=path, weights=weights, device=device, **options)
+        job = FusionJob(mri=mri, other=other, output=path, weights=weights, **options)
         try:
             with self._lock:  # one predictor per server process, one fusion at a time
                 done = self.worker.run(job)
+            written = nib.load(path).shape  # a picture is written as (X, Y, 1[, 1, 3]): the file's axes
         except BaseException:  # the server sends only a result's file (and deletes it then): none to leave behind
-            os.remove(path)
+            with contextlib.suppress(OSError):  # never in place of the error that brought us here
+                os.remove(path)
             raise
-        written = nib.load(path).shape  # a picture is written as (X, Y, 1[, 1, 3]): the file's axes, not the array's
         result = {
             "shape": list(written[:3]),
             "channels": done["shape"][0],
