@@ -225,7 +225,11 @@ def write_transform(matrix: np.ndarray, path: str | Path, overwrite: bool = True
 
     Raises:
         FusionInputError: an unknown extension or an unwritable path.
+        OSError: the file written does not read back as ``matrix`` (ITK does not report a short write: on a full disk
+            an empty file was "written", and replaced a good one); the earlier file is kept.
     """
+    import errno
+
     from .data.atomic import atomic_path
 
     path = Path(path)
@@ -233,6 +237,12 @@ def write_transform(matrix: np.ndarray, path: str | Path, overwrite: bool = True
         raise FusionInputError(f"{path}: transform files end in {', '.join(TRANSFORM_SUFFIXES)}")
     with atomic_path(path, overwrite) as tmp:
         sitk.WriteTransform(transform_from_matrix(matrix), str(tmp))
+        try:
+            whole = np.allclose(read_transform(tmp, matrix.shape[0] - 1), matrix, rtol=1e-9, atol=1e-9)
+        except FusionInputError:
+            whole = False
+        if not whole:
+            raise OSError(errno.EIO, "the transform does not read back whole: is the disk full?", str(path))
     return path
 
 

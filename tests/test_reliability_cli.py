@@ -4,6 +4,7 @@ naming the file and the problem with no output; odd but valid input succeeds; ou
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -601,6 +602,21 @@ def test_disk_full_on_a_small_file_system(tmp_path, capsys):
             assert code == 2 and "cannot write output (No space left on device)" in err, (suffix, printed, err)
             assert target.read_bytes() == before and sorted(p.name for p in mount.iterdir()) == sorted(["filler", target.name])
             target.unlink()
+        # --save-transform: ITK does not report a short write: an empty .tfm was "written" (exit 0) and replaced a good
+        # one with --overwrite (re-check helper)
+        (mount / "filler").unlink()
+        transform = mount / "t.tfm"
+        register = [str(small), str(small), "--method", "max", "--register", "rigid", "--save-transform", str(transform)]
+        assert _fuse([str(small), str(_png(tmp_path / "small2.png", np.asarray(Image.open(small)))), "-o",
+                      str(tmp_path / "one.png"), *register[2:]], capsys)[0] == 0
+        good = transform.read_bytes()
+        with open(mount / "filler", "wb", buffering=0) as fill, contextlib.suppress(OSError):
+            while True:  # take whatever room is left
+                fill.write(b"\0" * 1024)
+        code, printed, err = _fuse([str(small), str(tmp_path / "small2.png"), "-o", str(tmp_path / "two.png"),
+                                    *register[2:], "--overwrite"], capsys)
+        assert code == 2 and "t.tfm: cannot write output (the transform does not read back whole" in err, err
+        assert transform.read_bytes() == good
     finally:
         subprocess.run(["umount", str(mount)], check=True)
 
