@@ -124,9 +124,14 @@ def test_axial_axis_and_rand_slice():
     # an identity affine is RAS: an axial slice is shown anterior at the top, the patient's right on the left
     assert d["mri"].shape == (1, 18, 16) and d["mri"].meta["slice_index"] == 3 and float(d["other"].max()) == 2
     spacing = torch.diag(torch.tensor([0.5, 0.8, 3.0, 1.0], dtype=torch.float64))
-    spaced = MetaTensor(vol.as_tensor().clone(), affine=spacing)
+    spaced = MetaTensor(vol.as_tensor() * torch.rand(vol.shape, generator=torch.Generator().manual_seed(0)),
+                        affine=spacing)  # its slice 3 random: the layout below is seen
     plane = RandSliced("mri").set_random_state(0)({"mri": spaced})["mri"]
     assert np.allclose(plane.pixdim.numpy(), [0.8, 0.5]) and plane.meta["slice_axis"] == 2  # in-plane spacing kept
+    # where it lies in the volume: rows along voxel axis 1, columns along 0, both reversed (RAS shown radiologically)
+    assert (plane.meta["slice_rows"], plane.meta["slice_columns"], plane.meta["slice_flipped"]) == (1, 0, [0, 1])
+    back = np.flip(plane[0].numpy(), (0, 1)).T  # undo the layout: the volume's slice in voxel order
+    assert np.array_equal(back, spaced[0, :, :, plane.meta["slice_index"]].numpy())
 
 
 def test_volume_pair_training_chain_on_demo_data():
@@ -381,7 +386,8 @@ def test_a_volume_among_training_pictures_is_refused_as_a_volume(tmp_path):
         chain({"mri": str(tmp_path / "mri.nii.gz"), "other": str(tmp_path / "pet.nii.gz")})
     message = str(user_error(caught.value))
     assert message.endswith("mri.nii.gz: a 3D volume (80, 80, 6), where the training crop roi_size (64, 64) takes 2D "
-                            "images; slice volumes first (RandSliced, docs/data.md) or give 2D pictures"), message
+                            "images; slice volumes first (RandSliced, docs/data.md; in a training config with its own "
+                            "volume chain, also set load_transforms#min_size) or give 2D pictures"), message
     picture = MetaTensor(torch.zeros(1, 70, 64))
     assert CheckMinSized("mri", [64, 64])({"mri": picture})["mri"] is picture
     with pytest.raises(FusionInputError, match=r"size \(70, 50\) is smaller than the training crop roi_size"):

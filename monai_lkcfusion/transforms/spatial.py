@@ -318,7 +318,8 @@ class CheckMinSize(Transform):
         need = (self.min_size,) * len(spatial) if isinstance(self.min_size, int) else tuple(self.min_size)
         name = img.meta.get("filename_or_obj", "image") if isinstance(img, MetaTensor) else "image"
         if len(need) != len(spatial):
-            advice = ("slice volumes first (RandSliced, docs/data.md) or give 2D pictures" if len(spatial) == 3
+            advice = ("slice volumes first (RandSliced, docs/data.md; in a training config with its own volume "
+                      "chain, also set load_transforms#min_size) or give 2D pictures" if len(spatial) == 3
                       else "give volumes, or a 2D roi_size")
             raise FusionInputError(f"{name}: {_describe_grid(img)}, where {self.what} {need} takes "
                                    f"{len(need)}D images; {advice}")
@@ -396,8 +397,10 @@ CheckSameSizeD = CheckSameSizeDict = CheckSameSized
 class RandSlice(Randomizable, InvertibleTransform):
     """Sample one 2D slice ``(C, H, W)`` of a volume ``(C, X, Y, Z)``, among slices with enough foreground.
 
-    The slice keeps the volume's metadata and history, with a 2D affine that keeps the in-plane pixel spacing,
-    plus ``slice_axis`` and ``slice_index``. A slice cannot be put back into its volume: :meth:`inverse` refuses, so
+    The slice is shown as :func:`slice_layout` shows the network a volume's slices (radiological display) and keeps
+    the volume's metadata and history, with a 2D affine that keeps the in-plane pixel spacing, plus ``slice_axis``,
+    ``slice_index``, ``slice_rows``, ``slice_columns`` (the volume's voxel axes along its rows and columns) and
+    ``slice_flipped`` (those reversed). A slice cannot be put back into its volume: :meth:`inverse` refuses, so
     MONAI's ``Invertd`` over a chain that slices says so instead of "inverting" the volume's steps on a slice.
 
     Args:
@@ -439,8 +442,10 @@ class RandSlice(Randomizable, InvertibleTransform):
             affine = torch.as_tensor(img.affine, dtype=torch.float64)[:3, :3]
             spacing = torch.linalg.norm(affine[:, [rows, columns]], dim=0)
             out.affine = torch.diag(torch.cat([spacing, torch.ones(1, dtype=torch.float64)]))
-            out.meta.update({"spatial_dims": 2, "slice_axis": self._axis, "slice_index": self._index})
-            self.push_transform(out, extra_info={"slice_axis": self._axis, "slice_index": self._index})
+            where = {"slice_axis": self._axis, "slice_index": self._index, "slice_rows": rows,
+                     "slice_columns": columns, "slice_flipped": list(flipped)}  # its place in the volume
+            out.meta.update({"spatial_dims": 2, **where})
+            self.push_transform(out, extra_info=where)
         return out
 
     def inverse(self, data: torch.Tensor) -> torch.Tensor:
