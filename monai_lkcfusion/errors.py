@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Sequence
 
@@ -125,14 +126,21 @@ _CHAINED = re.compile(r"^(The above exception was the direct cause of the follow
                       r"During handling of the above exception, another exception occurred:)$", re.MULTILINE)
 
 
+_OS_ERRORS = sorted(name for name, value in vars(builtins).items() if isinstance(value, type)
+                    and issubclass(value, OSError))
+_USER_ERRORS = re.compile(rf"(?:{re.escape(__name__)}\.FusionInputError|{'|'.join(_OS_ERRORS)}): (.+)")
+"""The last line of a traceback whose exception is the user's: a :class:`FusionInputError` or an ``OSError``."""
+
+
 def _worker_error(text: str) -> FusionInputError | None:
-    """The :class:`FusionInputError` of a ``DataLoader`` worker's formatted traceback, found as :func:`user_error`
-    finds one in a chain of causes: the last exception, or its direct causes; an exception raised while handling
-    another is a bug of its own (``None``: keep the traceback)."""
+    """The user's error (:class:`FusionInputError`, or an ``OSError`` such as a full disk) of a ``DataLoader``
+    worker's formatted traceback, found as :func:`user_error` finds one in a chain of causes: the last exception, or
+    its direct causes; an exception raised while handling another is a bug of its own (``None``: keep the
+    traceback)."""
     parts = _CHAINED.split(text)  # [exception, joiner, exception, joiner, ..., the one raised]
     for index in range(len(parts) - 1, -1, -2):
         lines = [line.strip() for line in parts[index].strip().splitlines() if line.strip()]
-        found = re.fullmatch(rf"{re.escape(__name__)}\.FusionInputError: (.+)", lines[-1]) if lines else None
+        found = _USER_ERRORS.fullmatch(lines[-1]) if lines else None
         if found:
             return FusionInputError(found.group(1))
         if index == 0 or not parts[index - 1].startswith("The above exception was the direct cause"):

@@ -258,6 +258,7 @@ def test_val_loss_is_the_training_loss_of_the_bundle(tmp_path) -> None:
     # refused only after run.json and a TensorBoard file were written (re-check helper)
     ("key_metric", "val_SSIM", "key_metric 'val_SSIM': not a metric; choose val_loss or one of EN,"),
     ("val_metrics", ["SSIM", "XX"], r"val_metrics: unknown \['XX'\]; choose from EN,"),
+    ("val_metrics", "Qabf", r"val_metrics 'Qabf': give a list of names, e.g. \['Qabf'\]"),
 ])
 def test_bad_training_settings_are_one_line_before_anything_is_built(tmp_path, monkeypatch, setting, value, message):
     """Each ended in a traceback (MONAI's "Failed to instantiate"), val_interval 0 only after a whole epoch."""

@@ -122,13 +122,15 @@ def test_worker_tracebacks_give_the_users_error_not_a_bugs():
     from monai_lkcfusion import user_error
 
     class Raising(torch.utils.data.Dataset):
-        def __init__(self, bug: bool) -> None:
+        def __init__(self, bug: bool | str) -> None:
             self.bug = bug
 
         def __len__(self) -> int:
             return 1
 
         def __getitem__(self, index: int):
+            if self.bug == "disk":  # came back as an OSError whose message was the whole traceback (re-check helper)
+                raise OSError(28, "No space left on device", "out.png")
             try:
                 raise FusionInputError("x.png: file not found")
             except FusionInputError:
@@ -136,7 +138,8 @@ def test_worker_tracebacks_give_the_users_error_not_a_bugs():
                     raise KeyError("a bug while handling it")  # noqa: B904 (implicit chaining is the point)
                 raise
 
-    for bug, expected in ((False, "x.png: file not found"), (True, None)):
+    for bug, expected in ((False, "x.png: file not found"), (True, None),
+                          ("disk", "[Errno 28] No space left on device: 'out.png'")):
         with pytest.raises(Exception) as caught:
             next(iter(torch.utils.data.DataLoader(Raising(bug), num_workers=1)))
         found = user_error(caught.value)

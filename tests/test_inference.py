@@ -640,13 +640,17 @@ def test_images_already_scaled_to_unit_are_not_scaled_again(harvard_root, tmp_pa
     name = sorted(path.name for path in (folder / "MRI").glob("*.png"))[0]
     mri, ct = folder / "MRI" / name, folder / "CT" / name
     expected = fuse(mri, ct, method="max", progress=False)
+    from monai.transforms import NormalizeIntensity, Resize
+
     undershoot = lambda image: image / 255.0 - 0.01  # noqa: E731 (a bicubic resize's undershoot: below 0)
-    for scale in (lambda image: image / 255.0, ScaleIntensity(), undershoot):
-        with pytest.warns(UserWarning, match=r"metadata says display_max 255 but its values are at most 1 and not "
-                                             r"whole numbers: the record is dropped"):
+    bicubic = lambda image: Resize((300, 300), mode="bicubic")(image / 255.0)  # noqa: E731 (and overshoot above 1)
+    scaled_from_data = (undershoot, bicubic, NormalizeIntensity(), lambda image: image / 255.0 * 100)
+    for scale in (lambda image: image / 255.0, ScaleIntensity(), *scaled_from_data):
+        with pytest.warns(UserWarning, match=r"not whole numbers\) do not fit the display_max 255 its metadata "
+                                             r"records: the record is dropped"):
             fused = fuse(scale(read_image(mri)), scale(read_image(ct)), method="max", progress=False)
-        if scale is undershoot:  # scaled from its data (percentiles): not divided by 255 again (mean 0.002 before)
-            assert float(fused.mean()) > 0.5 * float(expected.mean())
+        if scale in scaled_from_data:  # by modality from the data, not divided by 255 again (mean 0.002 before)
+            assert float(fused.mean()) > 0.5 * float(expected.mean()), float(fused.mean())
         elif isinstance(scale, ScaleIntensity):  # stretched to the full range: the same picture up to a gain
             assert float(fused.max()) == pytest.approx(1.0, abs=1e-6)
         else:
@@ -665,7 +669,8 @@ def test_images_already_scaled_to_unit_are_not_scaled_again(harvard_root, tmp_pa
     as_bytes = fuse(MetaTensor((expected * 255).round().to(torch.uint8)), ct, method="max", progress=False)
     np.testing.assert_allclose(as_bytes.numpy(), expected.numpy(), atol=1 / 255)  # uint8: / 255
     stamped = MetaTensor(expected.as_tensor() * 255, meta={"display_max": 1.0})
-    with pytest.warns(UserWarning, match="its values exceed the display_max 1 its metadata records"):
+    with pytest.warns(UserWarning, match=r"\) do not fit the display_max 1 its metadata records: the record is "
+                                         r"dropped and the values scaled from the data"):
         assert float((fuse(stamped, ct, method="max", progress=False) >= 1.0).float().mean()) <= saturated
     dark = np.zeros((40, 36), np.uint8)
     dark[10:30, 8:28] = 1  # an 8-bit picture of 0s and 1s: values 1/255, not a full-range [0, 1] image

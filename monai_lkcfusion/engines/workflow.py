@@ -61,7 +61,9 @@ def check_training_settings(
     from ..metrics import ALL_METRICS
     from .handlers import LOSS_METRIC
 
-    names = [val_metrics] if isinstance(val_metrics, str) else list(val_metrics or ())
+    if isinstance(val_metrics, str):  # the evaluator took it letter by letter: "Qabf" -> unknown Q, a, b, f
+        raise FusionInputError(f"val_metrics {val_metrics!r}: give a list of names, e.g. [{val_metrics!r}]")
+    names = list(val_metrics or ())
     unknown = [name for name in names if name not in ALL_METRICS]
     if unknown:
         raise FusionInputError(f"val_metrics: unknown {unknown}; choose from {', '.join(ALL_METRICS)}")

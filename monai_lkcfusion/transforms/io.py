@@ -56,10 +56,11 @@ class LoadFusionImage(Transform):
     ``display_max`` is 255 for ``uint8`` arrays and tensors and 1 for data already in [0, 1] (within
     :data:`UNIT_TOLERANCE`: a -1e-7 rounding undershoot switched such data to percentile scaling, moving it by up to
     48 gray levels; see :class:`ScaleModality`); otherwise it is absent. A MetaTensor's own record is kept unless
-    its values contradict it, which is warned: values above it (a scaled image times 255 saturated), or a record of
-    255/65535 with values of at most 1 that are not whole numbers (``read_image(p) / 255``, also after a bicubic
-    resize's undershoot, was divided by 255 again and fused nearly black; a dark 8-bit picture of 0s and 1s keeps
-    its record).
+    its values contradict it, which is warned: a picture's record (255, 65535) holds for whole values from 0 to it,
+    a record of 1 for values from 0 to 1; otherwise (``read_image(p) / 255``, a bicubic resize, MONAI's
+    ``NormalizeIntensity`` or ``ScaleIntensity``: divided by 255 again they fused nearly black; a scaled image times
+    255 under a record of 1 saturated) the values are scaled as data without a record; a dark 8-bit picture of 0s
+    and 1s keeps its record.
 
     Args:
         name: name used in error messages and as ``filename_or_obj`` of in-memory data.
@@ -130,20 +131,15 @@ class LoadFusionImage(Transform):
         img.meta.setdefault("spatial_dims", img.ndim - 1)
         recorded = img.meta.get("display_max")
         if recorded is not None and finite.numel():  # a record that outlived the values it described
-            top, whole = float(finite.max()), bool(torch.equal(finite, finite.round()))
-            if top > float(recorded) * (1 + UNIT_TOLERANCE):  # e.g. a [0, 1] image times 255: it saturated
-                problem = f"its values exceed the display_max {float(recorded):g} its metadata records"
-            elif top <= 1 + UNIT_TOLERANCE and float(recorded) != 1.0 and not whole:  # read_image(p) / 255: black
-                problem = (f"its metadata says display_max {float(recorded):g} but its values are at most 1 and not "
-                           "whole numbers")
-            else:
-                problem = ""
-            if problem:
+            low, top, whole = float(finite.min()), float(finite.max()), bool(torch.equal(finite, finite.round()))
+            if not (-UNIT_TOLERANCE <= low and top <= float(recorded) * (1 + UNIT_TOLERANCE)
+                    and (whole or float(recorded) == 1.0)):  # a picture's record holds for its whole values only
                 img.meta.pop("display_max")
-                warnings.warn(f"{img.meta['filename_or_obj']}: {problem}: the record is dropped and the values are "
-                              f"taken as they are{' (already scaled to [0, 1])' if display_max == 1.0 else ''}",
+                warnings.warn(f"{img.meta['filename_or_obj']}: its values ({low:g} to {top:g}"
+                              f"{'' if whole else ', not whole numbers'}) do not fit the display_max "
+                              f"{float(recorded):g} its metadata records: the record is dropped and the values "
+                              f"{'taken as scaled to [0, 1]' if display_max == 1.0 else 'scaled from the data'}",
                               stacklevel=2)
-        img.meta.setdefault("has_geometry", isinstance(value, MetaTensor))  # an array's identity affine is no place
         if display_max is not None:  # unknown stays absent: MONAI's collate cannot batch None
             img.meta.setdefault("display_max", display_max)
         return img
