@@ -700,3 +700,18 @@ def test_a_batch_of_volumes_is_fused_each_by_its_own_affine():
     fused = inferer(batch, net)
     for i, item in enumerate(items):
         np.testing.assert_allclose(fused[i].numpy(), inferer(item[None], net)[0].numpy(), atol=1e-6)
+
+
+def test_numpy_volumes_keep_their_voxel_order():
+    """An array has no anatomy (its identity affine is no place): its slices go into the network as stored, unlike a
+    MetaTensor's or a file's, which are laid out by their affine (a dropped has_geometry record once rotated them)."""
+    rng = np.random.default_rng(7)
+    mri, pet = (rng.random((20, 24, 5)).astype(np.float32) for _ in range(2))  # in [0, 1]: not rescaled
+    net = LKCFUNet.from_preset("tiny").eval()
+    fused = fuse(mri, pet, model=net, color=False, mask_background=False, progress=False, optimize=False)
+    with torch.no_grad():
+        slices = [net(torch.from_numpy(np.stack([mri[..., z], pet[..., z]]))[None])[0, 0].clamp(0, 1) for z in range(5)]
+    np.testing.assert_allclose(fused, torch.stack(slices, -1).numpy(), atol=1e-5)
+    placed = fuse(MetaTensor(torch.from_numpy(mri)[None]), MetaTensor(torch.from_numpy(pet)[None]), model=net,
+                  color=False, mask_background=False, progress=False, optimize=False)  # identity affine: RAS
+    assert not np.allclose(placed[0].numpy(), fused, atol=1e-3)

@@ -129,6 +129,7 @@ class LoadFusionImage(Transform):
             display_max = 1.0
         img.meta.setdefault("filename_or_obj", self.name)
         img.meta.setdefault("spatial_dims", img.ndim - 1)
+        img.meta.setdefault("has_geometry", isinstance(value, MetaTensor))  # an array's identity affine is no place
         recorded = img.meta.get("display_max")
         if recorded is not None and finite.numel():  # a record that outlived the values it described
             low, top, whole = float(finite.min()), float(finite.max()), bool(torch.equal(finite, finite.round()))
