@@ -124,7 +124,7 @@ def user_error(err: BaseException) -> FusionInputError | OSError | None:
 
 _CHAINED = re.compile(r"^(The above exception was the direct cause of the following exception:|"
                       r"During handling of the above exception, another exception occurred:)$", re.MULTILINE)
-
+"""The lines that join the exceptions of a chained traceback: a direct cause, or an error while handling another."""
 
 _OS_ERRORS = sorted(name for name, value in vars(builtins).items() if isinstance(value, type)
                     and issubclass(value, OSError))
@@ -163,8 +163,9 @@ def finish_pool_threads(timeout: float = 10.0) -> None:
     import time
 
     deadline = time.monotonic() + timeout
-    pools = [obj for obj in gc.get_objects() if issubclass(type(obj), multiprocessing.pool.ThreadPool)]  # not
-    for pool in pools:  # isinstance: it asks objects their __class__, and deprecated ones warn (torch's reduce_op)
+    # by type, not isinstance: that asks objects their __class__, and deprecated ones warn (torch's reduce_op)
+    pools = [obj for obj in gc.get_objects() if issubclass(type(obj), multiprocessing.pool.ThreadPool)]
+    for pool in pools:
         if getattr(pool, "_state", multiprocessing.pool.RUN) == multiprocessing.pool.RUN:
             continue
         for worker in list(getattr(pool, "_pool", ())):
