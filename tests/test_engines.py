@@ -314,3 +314,23 @@ def test_val_loss_is_the_mean_over_pairs_whatever_the_batches(synthetic_pair) ->
                                      loss_function=loss, handlers=[])
         evaluator.run()
         assert evaluator.state.metrics["val_loss"] == pytest.approx(expected, rel=1e-5), batch_size
+
+
+def test_bundle_evaluation_scores_the_masked_output_as_fuse_writes_it():
+    """evaluate.json scored the raw network output, while lkcfusion evaluate and fuse() zero the pixels where both
+    sources are 0: the bundle's table described an image no user gets (EN/SSIM apart in the third decimal; hand-check
+    helper). The evaluator masks when asked, evaluate.json asks."""
+    from monai.bundle import ConfigParser
+
+    from monai_lkcfusion.engines import bundle_config, clamp_prediction
+
+    sources = torch.zeros(2, 2, 8, 8)
+    sources[0, 0, 2:5, 2:5] = 0.7  # item 0: a square in the MRI only; item 1: all background
+    output = {"pred": torch.full((2, 1, 8, 8), 1.3), "label": sources}
+    plain = clamp_prediction()(output)["pred"]
+    masked = clamp_prediction(mask_background=True)(output)["pred"]
+    assert float(plain.min()) == 1.0 and float(masked[1].max()) == 0.0
+    assert torch.equal(masked[0, 0] > 0, sources[0, 0] > 0) and float(masked.max()) == 1.0
+    parser = ConfigParser()
+    parser.read_config(str(bundle_config("evaluate.json")))
+    assert parser["mask_background"] is True and parser["evaluator"]["mask_background"] == "@mask_background"

@@ -9,7 +9,6 @@ import torch
 from monai.engines import SupervisedEvaluator
 from monai.handlers import IgniteMetricHandler, from_engine
 from monai.inferers import Inferer, SimpleInferer
-from monai.transforms import Lambdad
 
 from ..losses import FusionLoss
 from .handlers import LOSS_METRIC, ExceptionRaiser, lower_is_better, validation_handlers
@@ -17,9 +16,29 @@ from .handlers import LOSS_METRIC, ExceptionRaiser, lower_is_better, validation_
 __all__ = ["create_evaluator", "clamp_prediction", "LOSS_METRIC"]
 
 
-def clamp_prediction() -> Lambdad:
-    """Post-processing that clamps the network output ``pred`` to the image range [0, 1]."""
-    return Lambdad(keys="pred", func=lambda x: x.clamp(0.0, 1.0))
+def clamp_prediction(mask_background: bool = False) -> Callable[[dict], dict]:
+    """Post-processing of a batch that clamps the network output ``pred`` (B, 1, H, W) to the image range [0, 1].
+
+    Args:
+        mask_background: also set ``pred`` to 0 where both sources (``label``, (B, 2, H, W)) are 0, as
+            :func:`~monai_lkcfusion.inference.fuse` does by default
+            (:class:`~monai_lkcfusion.transforms.MaskBackground`): the bundle's evaluation then scores the image
+            ``lkcfusion fuse`` writes.
+
+    Returns:
+        A function of the engine's output dict.
+    """
+    from ..transforms import MaskBackground
+
+    mask = MaskBackground()
+
+    def post(output: dict) -> dict:
+        pred = output["pred"].clamp(0.0, 1.0)
+        if mask_background:
+            pred = torch.stack([mask(fused, sources) for fused, sources in zip(pred, output["label"])])
+        return {**output, "pred": pred}
+
+    return post
 
 
 def _per_pair(loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
@@ -67,6 +86,7 @@ def create_evaluator(
     best_filename: str = "best_model.pt",
     resume: bool = False,
     handlers: Sequence | None = None,
+    mask_background: bool = False,
 ) -> SupervisedEvaluator:
     """Build an evaluator that fuses whole images and scores them.
 
@@ -97,6 +117,8 @@ def create_evaluator(
         handlers: the evaluator's Ignite handlers instead of the defaults
             (:func:`~monai_lkcfusion.engines.validation_handlers`: console statistics, and with ``best_dir``
             TensorBoard and the best-model saver).
+        mask_background: score the output with 0 where both sources are 0 (see :func:`clamp_prediction`); the
+            bundle's ``evaluate.json`` does, as ``lkcfusion evaluate`` and ``fuse`` do.
 
     Returns:
         The evaluator; ``evaluator.run()`` fills ``evaluator.state.metrics``.
@@ -117,7 +139,7 @@ def create_evaluator(
         val_data_loader=val_loader,
         network=network,
         inferer=inferer or SimpleInferer(),
-        postprocessing=clamp_prediction(),
+        postprocessing=clamp_prediction(mask_background),
         key_val_metric=key,
         additional_metrics=all_metrics,
         metric_cmp_fn=(lambda current, best: current < best if lower else current > best),
