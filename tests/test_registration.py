@@ -496,6 +496,9 @@ def test_cli_register_transform_preview(tmp_path, capsys):
     assert code == 0, out.err
     assert "registration: on (rigid)" in out.out and "registered" in out.out and "converged" in out.out
     assert (tmp_path / "t.tfm").is_file() and (tmp_path / "check.png").is_file()
+    # the side files are named as the result is (the preview was written without a word; hand-check helper)
+    assert f"wrote {tmp_path / 't.tfm'} (transform)" in out.out and f"wrote {tmp_path / 'check.png'} (alignment " \
+        "preview)" in out.out
     code = main(["fuse", str(files["mri_2d"]), str(other), "-o", str(tmp_path / "again.png"), "--method", "max",
                  "--transform", str(tmp_path / "t.tfm")])
     assert code == 0

@@ -154,6 +154,9 @@ def _fuse_pair(args: argparse.Namespace, predictor, options: dict) -> int:
                    report=record.append, **options)
     print_warnings(caught)
     print(f"wrote {args.output} ({'; '.join([args.method, *record])})")
+    for what, path in (("transform", args.save_transform), ("alignment preview", args.preview)):
+        if path:  # written beside the result: named, as the result is
+            print(f"wrote {path} ({what})")
     return 0
 
 
