@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import FusionInputError
+from .atomic import same_file
 
 __all__ = [
     "HARVARD_PET_SUBJECT",
@@ -156,7 +157,8 @@ def check_split(split: object) -> None:
         if bad is not None:
             raise FusionInputError(f"split: a {side} item without \"mri\" and \"other\" ({str(bad)[:80]}); give each "
                                    "pair as {\"mri\": path, \"other\": path}")
-        same = next((item for item in part if _same_file(item["mri"], item["other"])), None)
+        same = next((item for item in part if all(isinstance(item[key], (str, os.PathLike)) for key in ("mri", "other"))
+                     and same_file(item["mri"], item["other"])), None)
         if same is not None:  # inference refuses it (check_distinct_pair); training learnt from it without a word
             raise FusionInputError(f"split: a {side} pair of one file with itself ({same['mri']}); give the MRI and "
                                    "the other modality")
@@ -171,12 +173,3 @@ def _pair_key(item: Mapping[str, object]) -> tuple[str, str]:
     """A pair's two files as absolute paths (a moved or relative spelling of one pair is one key)."""
     return tuple(os.path.abspath(str(item[key])) for key in ("mri", "other"))  # type: ignore[return-value]
 
-
-def _same_file(first: object, second: object) -> bool:
-    """Whether two paths (or in-memory images) are one: the same path, or one file reached by two."""
-    if not isinstance(first, (str, os.PathLike)) or not isinstance(second, (str, os.PathLike)):
-        return first is second
-    try:
-        return os.path.samefile(first, second)
-    except OSError:  # a missing file is the reader's to name
-        return os.path.abspath(first) == os.path.abspath(second)

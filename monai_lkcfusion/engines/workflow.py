@@ -144,7 +144,7 @@ def check_run_record(
     """
     from ..data.atomic import write_text
     from .distributed import is_main_process
-    from .handlers import check_resume, last_checkpoint, resume_option
+    from .handlers import LOSS_METRIC, check_resume, last_checkpoint, resume_option
 
     resume = resume_option(resume)
     config = getattr(network, "config", None)
@@ -172,7 +172,7 @@ def check_run_record(
                                f"these {len(record[key])}: seed, val_fraction, tasks or the data changed")
         if before.get("key_metric") != record["key_metric"]:
             changed.append(f"key_metric {record['key_metric']} (was {before.get('key_metric')})")
-        elif record["key_metric"] == "val_loss" and before.get("loss") and record["loss"]:
+        elif record["key_metric"] == LOSS_METRIC and before.get("loss") and record["loss"]:
             fields = [f"{k} {record['loss'].get(k)!r} (was {v!r})" for k, v in before["loss"].items()
                       if record["loss"].get(k) != v]
             if fields:
