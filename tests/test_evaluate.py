@@ -211,6 +211,42 @@ def test_overwrite_replaces_an_earlier_evaluation_as_a_whole(tmp_path: Path) -> 
     assert (out / "fused" / "max").is_dir() and (out / "metrics.csv").is_file()
 
 
+def test_an_interrupted_overwrite_keeps_the_earlier_results(tmp_path: Path, monkeypatch) -> None:
+    """``--overwrite`` removed the earlier results before the new run started: a Ctrl-C (or a failure) in the middle
+    left a partial ``fused/`` and no tables. The new results are complete before they replace the earlier ones."""
+    import monai_lkcfusion.inference as inference
+
+    mri_dir, other_dir = _pairs(tmp_path / "data", n=3)
+    pairs = [{"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png")} for i in range(3)]
+    out = tmp_path / "out"
+    compare_methods(pairs, out, methods=["max", "mean"], metric_names=["EN"], figure_rows=1)
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    fuse, calls = inference.fuse, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the second pair
+            raise KeyboardInterrupt
+        return fuse(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "fuse", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compare_methods(pairs, out, methods=["max"], metric_names=["EN", "SD"], figure_rows=0, overwrite=True)
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before and not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
+    fresh = tmp_path / "new" / "out"  # a folder the run made is removed again when nothing was written
+    with pytest.raises(KeyboardInterrupt):
+        calls.clear()
+        compare_methods(pairs, fresh, methods=["max"], metric_names=["EN"], figure_rows=0)
+    assert not fresh.exists() and fresh.parent.is_dir()
+    monkeypatch.setattr(inference, "fuse", fuse)
+    compare_methods(pairs, out, methods=["max"], metric_names=["EN", "SD"], figure_rows=0, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["fused", "metrics.csv", "metrics.png", "summary.csv",
+                                                     "summary.json"]
+    assert sorted(p.name for p in (out / "fused").iterdir()) == ["max"]
+    assert len(list((out / "fused" / "max").rglob("*.png"))) == 3
+
+
 def test_overwrite_never_removes_what_an_evaluation_did_not_write(tmp_path: Path, capsys) -> None:
     """``--overwrite`` removed OUT/fused as a whole: the user's own `lkcfusion fuse` results there, and input folders
     inside it (found by a hand-check helper): both are refused now, before any work, and kept."""

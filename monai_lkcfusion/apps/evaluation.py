@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..data.atomic import TEMP_PREFIX
 from ..errors import FusionInputError, as_names
 from ..inferers import FUSION_METHODS
 
@@ -139,9 +142,11 @@ def compare_methods(
         save_fused: also write the fused images.
         figure_rows: pairs shown in the overview figure (0: no overview figure).
         overwrite: replace the results of an earlier evaluation in ``output_dir`` as a whole (its files of
-            :data:`EVALUATION_FILES` and folders ``fused/<method>`` are removed once the methods are ready; otherwise
-            they are kept and this is an error, found before any work). Anything else in ``fused/`` (e.g. images of
-            ``lkcfusion fuse``), or an input among the earlier results, is refused either way: never removed.
+            :data:`EVALUATION_FILES` and folders ``fused/<method>`` give way once the new results are complete: they
+            are written into a hidden folder in ``output_dir`` first, so an interrupted or failed run leaves the
+            earlier results as they were; otherwise they are kept and this is an error, found before any work).
+            Anything else in ``fused/`` (e.g. images of ``lkcfusion fuse``), or an input among the earlier results,
+            is refused either way: never removed.
         progress: show progress over the pairs (a bar on a terminal, a line every 10 s otherwise).
 
     Returns:
@@ -153,14 +158,9 @@ def compare_methods(
             that are not an evaluation's, or hold an input), or an unreadable pair or one whose images differ in
             size (all found before any work).
     """
-    from ..data import check_writable, output_name, read_image, write_image, write_text
-    from ..inference import build_predictor, fuse
-    from ..metrics import compute_fusion_metrics
+    from ..data import check_writable
+    from ..inference import build_predictor
     from ..metrics.folders import read_gray
-    from ..metrics.tables import json_text, pivot, summarize, write_table
-    from ..metrics.utils import gray8
-    from ..progress import Progress
-    from .figures import metrics_bar_chart, overview_figure
 
     if not pairs:
         raise FusionInputError("no (MRI, other) pairs to evaluate")
@@ -186,14 +186,70 @@ def compare_methods(
                 f"{pair['other']}: size {tuple(other.shape)} differs from the MRI's {tuple(mri.shape)}; an evaluation "
                 "scores pairs on one grid: resample or register it to the MRI first"
             )
-    bar = Progress(len(pairs), f"evaluating {len(methods)} method(s)", "pairs", enabled=progress)
     predictors = {m: build_predictor(None, m, weights=weights if m == "lkcfunet" else None, device=device)
                   for m in methods}
-    for path in earlier:  # replaced as a whole: an earlier run's other methods (fused/mean/...) would stay beside
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}evaluation-", dir=out))  # hidden: never paired or listed
+    try:
+        summary = _evaluate_into(stage, pairs, keys, predictors, metric_names, ssim_data_range, save_fused,
+                                 figure_rows, weights, progress)
+        _replace_results(earlier, stage, out)
+    finally:  # an interrupted or failed run leaves the earlier results as they were, and no partial ones
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):  # only an empty folder goes
+                out.rmdir()
+    return summary
+
+
+def _replace_results(earlier: Sequence[Path], stage: Path, out: Path) -> None:
+    """Put a complete evaluation in ``stage`` in place of the ``earlier`` one in ``out``.
+
+    The earlier results go as a whole (an earlier run's other methods, ``fused/mean``..., would stay beside), then
+    the new files and ``fused/<method>`` folders are moved in (across file systems where ``out/fused`` is a link).
+    """
+    for path in earlier:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink()
+    for entry in sorted(stage.iterdir()):
+        if entry.name == "fused":
+            (out / "fused").mkdir(exist_ok=True)  # kept when it is there (a link to a bigger disk too)
+            for method in sorted(entry.iterdir()):
+                shutil.move(method, out / "fused" / method.name)
+        else:
+            os.replace(entry, out / entry.name)
+
+
+def _evaluate_into(
+    out: Path,
+    pairs: Sequence[dict[str, Any]],
+    keys: Sequence[tuple[str, str]],
+    predictors: dict[str, Any],
+    metric_names: Sequence[str],
+    ssim_data_range: float,
+    save_fused: bool,
+    figure_rows: int,
+    weights: str | Path | None,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Fuse, score and write the results of :func:`compare_methods` into the empty folder ``out``.
+
+    Returns:
+        The summary rows.
+    """
+    from ..data import output_name, read_image, write_image, write_text
+    from ..inference import fuse
+    from ..metrics import compute_fusion_metrics
+    from ..metrics.folders import read_gray
+    from ..metrics.tables import json_text, pivot, summarize, write_table
+    from ..metrics.utils import gray8
+    from ..progress import Progress
+    from .figures import metrics_bar_chart, overview_figure
+
+    bar = Progress(len(pairs), f"evaluating {len(predictors)} method(s)", "pairs", enabled=progress)
     records: list[dict[str, Any]] = []
     figure: list[dict[str, Any]] = []
     for pair, (task, name) in zip(pairs, keys):
@@ -219,7 +275,7 @@ def compare_methods(
     summary = summarize(records, metric_names)
     write_table(summary, out / "summary.csv")
     options = {"ssim_data_range": ssim_data_range, "gray": "8-bit BT.601 luma, rounded",
-               **({"weights": str(weights or "bundle default")} if "lkcfunet" in methods else {})}
+               **({"weights": str(weights or "bundle default")} if "lkcfunet" in predictors else {})}
     stats = {key: pivot(summary, stat) for key, stat in (("means", "mean"), ("std", "std"), ("n", "n"))}
     write_text(out / "summary.json", json_text({"options": options, **stats}, indent=2), overwrite=True)
     if figure:
