@@ -87,6 +87,34 @@ def test_train_checkpoint_resume_export(tmp_path: Path, synthetic_pair: tuple[np
     net.load_state_dict(torch.load(from_last, weights_only=True))
 
 
+def test_each_epochs_mean_training_loss_is_logged_without_a_progress_bar(tmp_path: Path, synthetic_pair) -> None:
+    """With the progress bar off (a cluster job's log) the training loss was nowhere in the log, only in
+    TensorBoard: each epoch's mean batch loss is the trainer's metric ``train_loss_mean``, logged per epoch."""
+    import logging
+
+    from monai_lkcfusion.engines import TRAIN_LOSS_METRIC
+
+    trainer, _ = _build(_pairs(synthetic_pair), tmp_path, epochs=2, resume=False)
+    losses: dict[int, list[float]] = {}
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: losses.setdefault(
+        engine.state.epoch, []).append(engine.state.output["loss"].item()))
+    means = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED,
+                              lambda engine: means.append(engine.state.metrics[TRAIN_LOSS_METRIC]))
+    records: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("monai.handlers.StatsHandler")  # MONAI's StatsHandler logs here
+    logger.addHandler(handler)
+    try:
+        trainer.run()
+    finally:
+        logger.removeHandler(handler)
+    assert means == pytest.approx([np.mean(losses[1]), np.mean(losses[2])], rel=1e-6) and means[0] != means[1]
+    logged = [line for line in records if TRAIN_LOSS_METRIC in line]
+    assert len(logged) == 2 and f"{means[1]:.4f}" in logged[1], records
+
+
 def test_resume_at_final_epoch_runs_nothing(tmp_path: Path, synthetic_pair: tuple[np.ndarray, np.ndarray]) -> None:
     data = _pairs(synthetic_pair, n=2)
     trainer, _ = _build(data, tmp_path, epochs=1, resume=False)

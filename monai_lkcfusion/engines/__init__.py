@@ -26,6 +26,8 @@ from .file_fuser import FileFusionEngine, fusion_pairs
 from .handlers import (
     CHECKPOINT_PREFIX,
     LOSS_METRIC,
+    TRAIN_LOSS_METRIC,
+    EpochLossMetric,
     EpochValidationHandler,
     ExceptionRaiser,
     LastCheckpointSaver,
@@ -39,9 +41,9 @@ from .handlers import (
     checkpoint_epochs,
     last_checkpoint,
     loss_output,
+    lower_is_better,
     train_handlers,
     validation_handlers,
-    lower_is_better,
     validation_score,
 )
 from .trainer import create_trainer
@@ -57,9 +59,11 @@ from .workflow import (
 __all__ = [
     "PEER_FAILED_MESSAGE",
     "CHECKPOINT_PREFIX",
+    "EpochLossMetric",
     "EpochValidationHandler",
     "ExceptionRaiser",
     "LOSS_METRIC",
+    "TRAIN_LOSS_METRIC",
     "FileFusionEngine",
     "LastCheckpointSaver",
     "LossProgressBar",

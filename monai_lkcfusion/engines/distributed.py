@@ -17,8 +17,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import torch
 import ignite.distributed as idist
+import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 

@@ -40,12 +40,14 @@ from .distributed import all_gather_objects, get_rank, is_main_process
 __all__ = [
     "CHECKPOINT_PREFIX",
     "LOSS_METRIC",
+    "EpochLossMetric",
     "EpochValidationHandler",
     "ExceptionRaiser",
     "LastCheckpointSaver",
     "LossProgressBar",
     "MetricTableSaver",
     "ResumeCheckpointLoader",
+    "TRAIN_LOSS_METRIC",
     "TimeLimitHandler",
     "ValidationEarlyStopHandler",
     "best_model_saver",
@@ -66,6 +68,9 @@ CHECKPOINT_PREFIX = "checkpoint"
 
 LOSS_METRIC = "val_loss"
 """Name of the validation FusionLoss in ``engine.state.metrics`` (lower is better)."""
+
+TRAIN_LOSS_METRIC = "train_loss_mean"
+"""Name of an epoch's mean training loss in the trainer's ``engine.state.metrics`` (see :class:`EpochLossMetric`)."""
 
 
 def lower_is_better(key_metric: str) -> bool:
@@ -228,6 +233,20 @@ class ExceptionRaiser:
 
     def __call__(self, engine: Engine, error: Exception) -> None:
         raise error
+
+
+class EpochLossMetric:
+    """The mean training loss of each epoch as the trainer's metric :data:`TRAIN_LOSS_METRIC`, over all processes
+    of a distributed run: MONAI's ``StatsHandler`` logs it at the end of every epoch (``Epoch[N] Metrics --
+    train_loss_mean: ...``), also without a progress bar, and ``TensorBoardStatsHandler`` writes it per epoch.
+    ``create_trainer`` attaches it before its handlers, so it is computed before they log the epoch.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        """Attach Ignite's ``Average`` of the batch losses (:func:`loss_output`) to ``engine``."""
+        from ignite.metrics import Average
+
+        Average(output_transform=loss_output).attach(engine, TRAIN_LOSS_METRIC)
 
 
 class EpochValidationHandler(ValidationHandler):

@@ -12,7 +12,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 
 from ..errors import FusionInputError
 from ..losses import FusionLoss
-from .handlers import ExceptionRaiser, check_earlier_run, resume_option, train_handlers
+from .handlers import EpochLossMetric, ExceptionRaiser, check_earlier_run, resume_option, train_handlers
 
 __all__ = ["create_trainer"]
 
@@ -129,7 +129,7 @@ def create_trainer(
         optimizer=optimizer,
         loss_function=loss_function or FusionLoss(),
         epoch_length=epoch_length,
-        train_handlers=[ExceptionRaiser(), *handlers],  # first: see ExceptionRaiser
+        train_handlers=[ExceptionRaiser(), EpochLossMetric(), *handlers],  # first: see ExceptionRaiser
         amp=device.type == "cuda" if amp is None else amp,
         decollate=False,
     )
