@@ -58,19 +58,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise FusionInputError(f"--device {device}: {' '.join(str(err).split())}") from None
+        raise FusionInputError(f"device {device}: {' '.join(str(err).split())}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise FusionInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        raise FusionInputError(f"device {device}: CUDA is not available on this machine; use cpu")
     if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
-        raise FusionInputError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+        raise FusionInputError(f"device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
                                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise FusionInputError(f"--device {device}: Apple's MPS is not available on this machine; use --device cpu")
+        raise FusionInputError(f"device {device}: Apple's MPS is not available on this machine; use cpu")
     if resolved.type not in ("cpu", "cuda", "mps"):
-        raise FusionInputError(f"--device {device}: not a device this package runs on; use cpu or cuda (cuda:N)")
+        raise FusionInputError(f"device {device}: not a device this package runs on; use cpu or cuda (cuda:N)")
     if resolved.type == "cpu" and resolved.index not in (None, 0):
-        raise FusionInputError(f"--device {device}: the CPU has no device index; use --device cpu (--threads and "
-                               "--workers share out its cores)")
+        raise FusionInputError(f"device {device}: the CPU has no device index; use cpu (threads and workers share "
+                               "out its cores)")
     return torch.device("cpu") if resolved.type == "cpu" else resolved  # cpu:0 failed loading the weights
 
 
@@ -217,8 +217,8 @@ def worker_policy(workers: int | None, threads: int | None, device: torch.device
     """
     most = 4 * max(os.cpu_count() or 1, available_cores())  # beyond it only slower; 20000 threads crashed OpenMP
     for name, value in (("workers", workers), ("threads", threads)):
-        if value is not None and as_count(value, f"--{name}") > most:
-            raise FusionInputError(f"--{name} {value}: more than 4 per core of this machine ({most // 4} cores); "
+        if value is not None and as_count(value, name) > most:
+            raise FusionInputError(f"{name} {value}: more than 4 per core of this machine ({most // 4} cores); "
                                    f"give at most {most}")
     if device.type != "cpu":
         return 1, None

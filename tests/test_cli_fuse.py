@@ -125,7 +125,7 @@ def test_bad_worker_counts_are_one_line_errors(tmp_path, capsys, option):
     args = [str(tmp_path / "mri" / "a.png"), str(tmp_path / "pet" / "a.png"), "-o", str(tmp_path / "f.png")]
     assert main(["fuse", *args, "--method", "max", *option]) == 2
     err = capsys.readouterr().err
-    assert option[0] in err and len(err.strip().splitlines()) == 1
+    assert f"{option[0][2:]} {option[1]}: give a whole number" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "f.png").exists()
 
 

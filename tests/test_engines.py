@@ -127,12 +127,33 @@ def test_resume_at_final_epoch_runs_nothing(tmp_path: Path, synthetic_pair: tupl
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_export_weights_errors(tmp_path: Path) -> None:
+def test_export_weights_errors(tmp_path: Path, monkeypatch) -> None:
+    """A damaged checkpoint was a raw ``UnpicklingError``, one holding a list an ``AttributeError`` (helper); an
+    interrupted write left a cut ``model.pt`` in place of the earlier one."""
     with pytest.raises(FusionInputError, match="not found"):
         export_weights(tmp_path / "missing.pt", tmp_path / "out.pt")
     torch.save({"epoch": 3}, tmp_path / "empty.pt")
-    with pytest.raises(FusionInputError, match="no network weights"):
+    with pytest.raises(FusionInputError, match=r"empty.pt: no tensors found \(keys: epoch\)"):
         export_weights(tmp_path / "empty.pt", tmp_path / "out.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(FusionInputError, match="list.pt: holds a list, not a state dict"):
+        export_weights(tmp_path / "list.pt", tmp_path / "out.pt")
+    good = tmp_path / "good.pt"
+    torch.save({"network": LKCFUNet.from_preset("tiny").state_dict(), "epoch": 1}, good)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:-300])
+    with pytest.raises(FusionInputError, match="cut.pt: cannot read weights"):
+        export_weights(tmp_path / "cut.pt", tmp_path / "out.pt")
+    exported = export_weights(good, tmp_path / "out.pt")
+    before = exported.read_bytes()
+
+    def interrupted(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_weights(good, exported)
+    assert exported.read_bytes() == before and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def _harvard_like(root: Path, n: int = 3) -> Path:
@@ -277,7 +298,9 @@ def test_val_loss_is_the_training_loss_of_the_bundle(tmp_path) -> None:
     ("val_interval", 0, "val_interval 0"),
     ("learning_rate", "abc", "learning_rate 'abc': needs a positive number"),
     ("learning_rate", -1, "learning_rate -1"),
-    ("device", "gpu7", "device 'gpu7': not a device"),
+    ("device", "gpu7", "device gpu7: Invalid device string"),
+    # a GPU the machine lacks passed, then failed in the network's .to() with an 84-line traceback (helper)
+    ("device", "cuda:7", "device cuda:7: (CUDA is not available on this machine|this machine has)"),
     ("loss#ssim_form", "maxvar", "ssim_form must be one of"),
     ("loss#edge_weight", "abc", "edge_weight must be 0 or positive, got 'abc'"),
     ("cudnn_benchmark", "yes", "cudnn_benchmark 'yes': give true or false"),

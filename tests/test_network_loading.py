@@ -109,3 +109,23 @@ def test_plain_load_state_dict_refuses_another_norm_scheme():
     with pytest.raises(FusionInputError, match="weights are for norm scheme .*'stem': 'instance'"):
         official.load_state_dict(ingn.state_dict())
     LKCFUNet.from_preset("tiny", norm="ingn").load_state_dict(ingn.state_dict())
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_an_interrupted_save_keeps_the_earlier_weights(tmp_path: Path, monkeypatch, suffix: str) -> None:
+    """``save_network`` wrote in place: a Ctrl-C or a full disk mid-write left a cut weights file instead of the
+    earlier one. The file is written beside it and moved in whole."""
+    import safetensors.torch
+
+    path = save_network(LKCFUNet.from_preset("tiny"), tmp_path / f"model{suffix}")
+    before = path.read_bytes()
+
+    def interrupted(state, f, *args, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_network(LKCFUNet.from_preset("tiny"), path)  # other random weights
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]

@@ -164,7 +164,7 @@ def test_bad_input_exit_2_one_line_no_output(case, tmp_path, capfd):
 
 
 @pytest.mark.parametrize("option, problem", [
-    (["--device", "cuda"], "CUDA is not available"), (["--device", "tpu9"], "--device tpu9"),
+    (["--device", "cuda"], "CUDA is not available"), (["--device", "tpu9"], "device tpu9: Invalid device string"),
     (["--batch-size", "0"], "batch_size (--batch-size) 0: give a whole number of at least 1"),
     (["--axis", "4"], "a volume has axes 0, 1, 2"),
     (["--modality", "XR"], "unknown modality 'XR'"), (["--method", "pca"], "unknown fusion method 'pca'"),
@@ -210,8 +210,8 @@ def test_options_for_volumes_are_not_ignored_on_pictures(option, problem, tmp_pa
 
 @pytest.mark.parametrize("option, problem", [
     (["--batch-size", "0"], "batch_size (--batch-size) 0: give a whole number of at least 1"),
-    (["--workers", "0"], "--workers 0: give a whole number of at least 1"),
-    (["--threads", "-1"], "--threads -1: give a whole number of at least 1"),
+    (["--workers", "0"], "workers 0: give a whole number of at least 1"),
+    (["--threads", "-1"], "threads -1: give a whole number of at least 1"),
 ])
 def test_bad_shared_options_on_folders_are_one_line_before_any_pair(option, problem, tmp_path, capsys):
     """An option every pair shares is refused once, exit 2, before any pair: on folders it failed each pair with the
@@ -719,12 +719,12 @@ def test_metrics_output_that_is_a_folder_is_refused_before_scoring(tmp_path, cap
 
 
 @pytest.mark.parametrize("option, value, said", [
-    ("--device", "meta", "--device meta: not a device this package runs on; use cpu or cuda"),
-    ("--device", "xla", "--device xla: not a device this package runs on"),
-    ("--device", "mps", "--device mps: Apple's MPS is not available on this machine"),
-    ("--device", "cpu:5", "--device cpu:5: the CPU has no device index"),
-    ("--threads", "100000", "--threads 100000: more than 4 per core of this machine"),
-    ("--workers", "20000", "--workers 20000: more than 4 per core of this machine"),
+    ("--device", "meta", "device meta: not a device this package runs on; use cpu or cuda"),
+    ("--device", "xla", "device xla: not a device this package runs on"),
+    ("--device", "mps", "device mps: Apple's MPS is not available on this machine"),
+    ("--device", "cpu:5", "device cpu:5: the CPU has no device index"),
+    ("--threads", "100000", "threads 100000: more than 4 per core of this machine"),
+    ("--workers", "20000", "workers 20000: more than 4 per core of this machine"),
 ])
 def test_devices_and_thread_counts_this_machine_cannot_use_are_one_line(tmp_path, capsys, option, value, said):
     """Hand-check helper: --device meta ended in a traceback, mps/xla/cpu:5 blamed the (healthy) weights file,

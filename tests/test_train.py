@@ -37,11 +37,11 @@ def test_train_cli_and_resume(tmp_path: Path, capsys) -> None:
     assert net(torch.rand(1, 2, 24, 24)).shape == (1, 1, 24, 24)
     # user mistakes found by hand: one line each, exit 2, nothing trained (they ended in tracebacks, or trained every
     # epoch and then failed for want of a validation pair)
-    mistakes = {("--epochs", "1", "--resume"): "the run is at epoch 2 already; to resume it give --epochs 2",
+    mistakes = {("--epochs", "1", "--resume"): "the run is at epoch 2 already; to resume it give max_epochs 2 or more (lkcfusion train --epochs)",
                 ("--tasks", "MRI-PET", "-o", str(tmp_path / "r2")): "no such folder; the task MRI-PET was asked for",
                 ("--tasks", "MRI-CT", "MRI-PET", "-o", str(tmp_path / "r6")): "the task MRI-PET was asked for",
                 ("--config", str(tmp_path / "few.json"), "-o", str(tmp_path / "r3")): "leave no validation",
-                ("--device", "cuda", "-o", str(tmp_path / "r4")): "--device cuda: CUDA is not available"}
+                ("--device", "cuda", "-o", str(tmp_path / "r4")): "device cuda: CUDA is not available"}
     (tmp_path / "few.json").write_text(json.dumps({"val_fraction": 0.05}))
     run_files = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
     for extra, needle in mistakes.items():

@@ -188,5 +188,5 @@ def test_cuda_map_location_on_a_cpu_machine_is_named(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     weights = save_network(LKCFUNet.from_preset("tiny"), tmp_path / "tiny.pt")
-    with pytest.raises(FusionInputError, match=r"^device cuda: CUDA is not available on this machine; use --device cpu"):
+    with pytest.raises(FusionInputError, match=r"^device cuda: CUDA is not available on this machine; use cpu"):
         load_network(weights, map_location="cuda")

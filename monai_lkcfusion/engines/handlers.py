@@ -360,8 +360,8 @@ def _check_not_stopped(state_dict: dict[str, Any], patience: int) -> None:
     if patience > 0 and stopped and counter >= patience:
         raise FusionInputError(
             f"the run stopped early: its last {counter} validation(s) did not improve on its best "
-            f"(early_stop_patience {patience}); to train on, resume with a larger early_stop_patience in your "
-            "--config file (or 0 to switch early stopping off)"
+            f"(early_stop_patience {patience}); to train on, resume with a larger early_stop_patience (or 0 to "
+            "switch early stopping off; lkcfusion train: in a --config file)"
         )
 
 
@@ -537,8 +537,8 @@ def _check_epoch(path: str | Path, max_epochs: int) -> None:
     match = re.fullmatch(rf"{CHECKPOINT_PREFIX}_epoch=(\d+)\.pt", Path(path).name)
     if match and int(match.group(1)) > max_epochs:
         raise FusionInputError(
-            f"{path}: the run is at epoch {match.group(1)} already; to resume it give --epochs "
-            f"{match.group(1)} or more (max_epochs), or start a new run in another folder"
+            f"{path}: the run is at epoch {match.group(1)} already; to resume it give max_epochs "
+            f"{match.group(1)} or more (lkcfusion train --epochs), or start a new run in another folder"
         )
 
 

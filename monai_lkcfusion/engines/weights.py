@@ -26,17 +26,16 @@ def export_weights(checkpoint: str | Path, path: str | Path) -> Path:
         ``path``.
 
     Raises:
-        FusionInputError: the checkpoint does not exist or holds no network tensors.
+        FusionInputError: the checkpoint does not exist, cannot be read (damaged, not a checkpoint) or holds no
+            network tensors, or ``path`` cannot be written; ``path`` is replaced only by a complete file.
     """
+    from ..data.atomic import atomic_path
+    from ..networks.convert import read_state_dict
+
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FusionInputError(f"{checkpoint}: checkpoint not found")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state = state.get("network", state)
-    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
-    if not tensors:
-        raise FusionInputError(f"{checkpoint}: no network weights in this checkpoint")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(tensors, path)
-    return path
+    tensors = read_state_dict(checkpoint)  # {"network": sd, ...} or the state dict itself; one-line errors
+    with atomic_path(path, overwrite=True) as partial:
+        torch.save(tensors, partial)
+    return Path(path)

@@ -13,6 +13,7 @@ from ..errors import FusionInputError, as_count, finish_pool_threads, user_error
 
 __all__ = [
     "bundle_config",
+    "check_bundle_workflow",
     "check_known_settings",
     "check_literal_overrides",
     "check_run_record",
@@ -44,7 +45,8 @@ def check_training_settings(
     Args:
         batch_size, samples_per_image, max_epochs, val_interval: whole numbers >= 1.
         learning_rate: a finite number > 0.
-        device: a ``torch.device`` or a name such as ``"cpu"``, ``"cuda:0"``.
+        device: a ``torch.device`` or a name such as ``"cpu"``, ``"cuda:0"`` that this machine has
+            (:func:`~monai_lkcfusion.inferers.resolve_device`).
         keep_checkpoint_interval: a whole number >= 0 (0: only the newest checkpoint is kept).
         early_stop_patience: a whole number >= 0 (0: no early stopping).
         key_metric: ``"val_loss"`` or a fusion metric's name (:data:`~monai_lkcfusion.metrics.ALL_METRICS`).
@@ -56,8 +58,7 @@ def check_training_settings(
     Raises:
         FusionInputError: ``<setting> <value>: <what it needs>``.
     """
-    import torch
-
+    from ..inferers import resolve_device
     from ..metrics import ALL_METRICS
     from .handlers import LOSS_METRIC
 
@@ -79,10 +80,7 @@ def check_training_settings(
         math.isfinite(learning_rate) and learning_rate > 0
     ):
         raise FusionInputError(f"learning_rate {learning_rate!r}: needs a positive number, e.g. 0.0002")
-    try:
-        torch.device(device)
-    except (RuntimeError, TypeError):
-        raise FusionInputError(f"device {device!r}: not a device; use cpu, cuda or cuda:N") from None
+    resolve_device(device)  # the rule inference uses: a GPU this machine lacks is refused here, not mid-run
     if output_dir is not None:
         from .handlers import check_earlier_run
 

@@ -107,7 +107,7 @@ def read_state_dict(source: str | PathLike | Mapping[str, Any], map_location: An
                                    "state dict or .safetensors weights") from None
         detail = (str(e).strip().splitlines() or ["empty or truncated file"])[0]
         if "torch.cuda.is_available() is False" in detail:  # map_location names a CUDA device on a CPU machine
-            raise FusionInputError(f"device {map_location}: CUDA is not available on this machine; use --device cpu "
+            raise FusionInputError(f"device {map_location}: CUDA is not available on this machine; use cpu "
                                    f"(weights {path})") from None
         if "Weights only load failed" in detail:  # torch's hint to retry unsafely is not advice we pass on
             detail = (

@@ -240,18 +240,20 @@ def save_network(net: torch.nn.Module, path: str | PathLike) -> Path:
 
     Args:
         net: the network (an :class:`LKCFUNet`).
-        path: destination file; parent folders are created.
+        path: destination file (replaced only by a complete one); parent folders are created.
 
     Returns:
         the path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    from ..data.atomic import atomic_path
 
-        save_file(state, str(path))
-    else:
-        torch.save(state, path)
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    with atomic_path(path, overwrite=True) as partial:  # an interrupted save never leaves a cut file at path
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(partial))
+        else:
+            torch.save(state, partial)
     return path
