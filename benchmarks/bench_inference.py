@@ -113,7 +113,7 @@ def _relative_difference(out_dir: Path, preset: str, part: str) -> float | None:
     plain, fast = (out_dir / f"{preset}_{flag}_{part}.pt" for flag in (False, True))
     if not (plain.is_file() and fast.is_file()):
         return None
-    ref, out = torch.load(plain, weights_only=True), torch.load(fast, weights_only=True)
+    ref, out = (torch.load(f, map_location="cpu", weights_only=True) for f in (plain, fast))
     return ((out - ref).abs().max() / (ref.max() - ref.min())).item()
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from reference_evaluator import reference_metrics
 
+from monai_lkcfusion.data import harvard_datalist
 from monai_lkcfusion.machine import machine_summary
 from monai_lkcfusion.metrics import compute_fusion_metrics
 from monai_lkcfusion.metrics.folders import read_gray
@@ -34,8 +35,8 @@ NAMES = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
 def load_triples(data: Path, pairs: int) -> tuple[np.ndarray, str]:
     """(pairs, 3, 256, 256) float32 gray triples (fused = pixel max, MRI, other) and where they came from."""
-    files = sorted((data / "test").glob("*/MRI/*.png"))
-    if not files:
+    items = harvard_datalist(data, "test") if (data / "test").is_dir() else []
+    if not items:
         rng = np.random.default_rng(0)
         yy, xx = np.mgrid[0:256, 0:256]
         blobs = [np.round(127 + 120 * np.sin(xx / (5 + i % 7)) * np.cos(yy / (3 + i % 5))) for i in range(pairs)]
@@ -44,11 +45,10 @@ def load_triples(data: Path, pairs: int) -> tuple[np.ndarray, str]:
         return np.stack([np.maximum(a, b), a, b], axis=1), "synthetic"
     triples = []
     for i in range(pairs):
-        mri = files[i % len(files)]
-        other = next(p for p in mri.parent.parent.iterdir() if p.name != "MRI") / mri.name
-        a, b = read_gray(mri), read_gray(other)
+        item = items[i % len(items)]
+        a, b = read_gray(item["mri"]), read_gray(item["other"])
         triples.append(np.stack([np.maximum(a, b), a, b]))
-    return np.stack(triples), f"Harvard test ({len(files)} pairs, cycled)"
+    return np.stack(triples), f"Harvard test ({len(items)} pairs, cycled)"
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from monai_lkcfusion.data import demo_files
+from monai_lkcfusion.data import demo_files, harvard_datalist
 from monai_lkcfusion.inference import fuse
 from monai_lkcfusion.machine import machine_summary
 from monai_lkcfusion.networks import default_weights_path
@@ -122,9 +122,8 @@ def main() -> None:
             files = demo_files()
             pairs = [(files["mri_3d"], files["pet_3d"])] * (args.limit or 3)
         else:
-            folder = HARVARD / args.split / task
-            other_name = task.split("-")[1]
-            pairs = [(p, folder / other_name / p.name) for p in sorted((folder / "MRI").glob("*.png"))][:args.limit]
+            items = harvard_datalist(HARVARD, args.split, [task])[:args.limit]
+            pairs = [(item["mri"], item["other"]) for item in items]
         for mri_path, other_path in pairs:
             mri, other = scale(load(str(mri_path))), scale(load(str(other_path)))
             volume = mri.ndim == 4

@@ -147,7 +147,7 @@ def fuse(
     fused = data["pred"]
     if preview is not None:
         save_alignment_preview(data["mri"], data["other"], preview)
-    return _as_layout(fused, mri) if isinstance(mri, np.ndarray) else fused
+    return _as_layout(fused) if isinstance(mri, np.ndarray) else fused
 
 
 def _warn_if_swapped(d: Mapping[Hashable, Any]) -> None:
@@ -253,7 +253,7 @@ def _spatial_dims(image: ImageLike) -> int | None:
     return image.ndim - 1 if isinstance(image, torch.Tensor) else None
 
 
-def _as_layout(img: MetaTensor, like: np.ndarray) -> np.ndarray:
+def _as_layout(img: MetaTensor) -> np.ndarray:
     """Channel-first result back to the NumPy layout of the input: ``(H, W)``, ``(H, W, 3)`` or ``(X, Y, Z)``."""
     array = img.as_tensor().numpy()
     return array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)

@@ -28,6 +28,7 @@ import SimpleITK as sitk
 import torch
 
 from .errors import FusionInputError, as_count
+from .transforms.color import BT601_LUMA
 
 __all__ = [
     "REGISTRATION_KINDS",
@@ -52,9 +53,6 @@ REGISTRATION_KINDS = ("none", "rigid", "affine")
 
 TRANSFORM_SUFFIXES = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
 """ITK transform file formats SimpleITK reads and writes."""
-
-_LUMA = (0.299, 0.587, 0.114)
-
 
 @dataclass
 class RegistrationResult:
@@ -130,7 +128,7 @@ def _luma(img: torch.Tensor) -> np.ndarray:
     """Spatial float32 array of a ``(1|3, *spatial)`` image: the channel itself or the BT.601 luma of RGB."""
     data = torch.as_tensor(img).detach().cpu().float()
     if data.shape[0] == 3:
-        data = sum(w * data[c] for c, w in enumerate(_LUMA))[None]
+        data = sum(w * data[c] for c, w in enumerate(BT601_LUMA))[None]
     return np.nan_to_num(data[0].numpy().astype(np.float32, copy=False))
 
 

@@ -421,3 +421,21 @@ def test_dict_transforms_with_missing_keys_and_the_record_leaves_its_input():
     assert fused.meta["intensity_scaling"] == "MR percentiles" and "other_modality" not in fused.meta
     assert recorded.meta["other_modality"] == "CT" and "intensity_scaling" not in recorded.meta
     assert recorded.data_ptr() == fused.data_ptr()  # the voxels are shared, not copied
+
+
+def test_the_dict_resampler_takes_the_overlap_threshold() -> None:
+    """``min_overlap`` of ``ResampleToReference`` could not be reached through its dict wrapper (code review)."""
+    import warnings
+
+    from monai.data import MetaTensor
+
+    shifted = torch.eye(4, dtype=torch.float64)
+    shifted[0, 3] = 10.0  # 20 voxels along x, 10 of them on the reference grid: 50% covered
+    data = {"mri": MetaTensor(torch.rand(1, 20, 20, 20), affine=torch.eye(4, dtype=torch.float64)),
+            "other": MetaTensor(torch.rand(1, 20, 20, 20), affine=shifted)}
+    for threshold, warned in ((0.9, True), (0.4, False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = ResampleToReferenced("other", min_overlap=threshold)(dict(data))
+        assert out["other"].meta["overlap_fraction"] == pytest.approx(0.5, abs=0.06)
+        assert any("covers only" in str(w.message) for w in caught) == warned, [str(w.message) for w in caught]

@@ -6,7 +6,7 @@ The core (networks, losses, metrics, transforms, data, engines, inference) never
 
 from __future__ import annotations
 
-from .evaluation import EVALUATION_METRICS, compare_methods
+from .evaluation import compare_methods
 from .figures import DEFAULT_OVERVIEW_METRICS, metrics_bar_chart, overview_figure
 
-__all__ = ["DEFAULT_OVERVIEW_METRICS", "EVALUATION_METRICS", "compare_methods", "metrics_bar_chart", "overview_figure"]
+__all__ = ["DEFAULT_OVERVIEW_METRICS", "compare_methods", "metrics_bar_chart", "overview_figure"]

@@ -15,11 +15,10 @@ import torch
 from ..data.atomic import TEMP_PREFIX
 from ..errors import FusionInputError, as_names
 from ..inferers import FUSION_METHODS
+from ..metrics.functional import PUBLISHED_METRICS
 
-__all__ = ["EVALUATION_METRICS", "compare_methods"]
+__all__ = ["compare_methods"]
 
-EVALUATION_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
-"""The metrics of the published comparison tables (CDDFuse Table 5)."""
 EVALUATION_FILES = ("metrics.csv", "summary.csv", "summary.json", "overview.png", "metrics.png", "fused")
 """What :func:`compare_methods` writes into its output folder."""
 
@@ -111,7 +110,7 @@ def compare_methods(
     output_dir: str | Path,
     methods: Sequence[str] = ("lkcfunet", "max", "mean", "dwt", "laplacian"),
     weights: str | Path | None = None,
-    metric_names: Sequence[str] = EVALUATION_METRICS,
+    metric_names: Sequence[str] = PUBLISHED_METRICS,
     ssim_data_range: float = 2.0,
     device: str | torch.device | None = None,
     save_fused: bool = True,

@@ -510,7 +510,7 @@ def check_data_file_location(header: str | Path) -> None:
                 )
 
 
-def _slice_position(header, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _slice_position(header) -> tuple[np.ndarray, np.ndarray] | None:
     """``(slice normal, ImagePositionPatient)`` of a DICOM slice header, ``None`` without geometry."""
     try:
         orientation = np.asarray([float(v) for v in header.ImageOrientationPatient], dtype=np.float64)
@@ -587,7 +587,7 @@ def check_dicom_slices(
         if _pixel_bytes_missing(header):
             skipped.append(Path(name).name)
             continue
-        geometry = _slice_position(header, name)
+        geometry = _slice_position(header)
         if geometry is None:
             no_geometry.append(Path(name).name)
             slices.append((float(len(slices)), name, str(header.get("SOPInstanceUID", name))))

@@ -11,6 +11,7 @@ from .distributed import (
     destroy_distributed,
     distributed_device,
     distributed_network,
+    end_with_parent,
     get_rank,
     get_world_size,
     init_distributed,
@@ -20,6 +21,7 @@ from .distributed import (
     peer_failed,
     shard_items,
     state_digest,
+    stop_with_launcher,
 )
 from .evaluator import clamp_prediction, create_evaluator
 from .file_fuser import FileFusionEngine, fusion_pairs
@@ -37,11 +39,13 @@ from .handlers import (
     TimeLimitHandler,
     ValidationEarlyStopHandler,
     best_model_saver,
+    check_earlier_run,
     check_resume,
     checkpoint_epochs,
     last_checkpoint,
     loss_output,
     lower_is_better,
+    resume_option,
     train_handlers,
     validation_handlers,
     validation_score,
@@ -51,8 +55,11 @@ from .weights import export_weights
 from .workflow import (
     bundle_config,
     check_bundle_workflow,
+    check_known_settings,
+    check_literal_overrides,
     check_run_record,
     check_training_settings,
+    run_bundle_command,
     run_bundle_workflow,
 )
 
@@ -106,4 +113,11 @@ __all__ = [
     "peer_failed",
     "shard_items",
     "state_digest",
+    "check_earlier_run",
+    "resume_option",
+    "end_with_parent",
+    "stop_with_launcher",
+    "check_known_settings",
+    "check_literal_overrides",
+    "run_bundle_command",
 ]

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from .functional import ALL_METRICS, DEFAULT_METRICS, EXTRA_METRICS, HIGHER_IS_BETTER, compute_fusion_metrics
+from .functional import (
+    ALL_METRICS,
+    DEFAULT_METRICS,
+    EXTRA_METRICS,
+    HIGHER_IS_BETTER,
+    PUBLISHED_METRICS,
+    compute_fusion_metrics,
+)
 from .fusion_metric import FusionMetric
 from .gradient import edge_preservation, nabf, qabf
 from .handlers import FusionMetricHandler, fusion_output_transform
@@ -23,6 +30,7 @@ from .vif import information_fidelity, visual_information_fidelity
 
 __all__ = [
     "ALL_METRICS",
+    "PUBLISHED_METRICS",
     "DEFAULT_METRICS",
     "EXTRA_METRICS",
     "HIGHER_IS_BETTER",

@@ -26,11 +26,17 @@ from .structural import multiscale_structural_similarity, structural_similarity
 from .utils import ImageLike, as_batch, gray8
 from .vif import visual_information_fidelity
 
-__all__ = ["compute_fusion_metrics", "DEFAULT_METRICS", "EXTRA_METRICS", "ALL_METRICS", "HIGHER_IS_BETTER"]
+__all__ = [
+    "compute_fusion_metrics", "DEFAULT_METRICS", "EXTRA_METRICS", "ALL_METRICS", "HIGHER_IS_BETTER",
+    "PUBLISHED_METRICS",
+]
 
 DEFAULT_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC", "PSNR", "MSE")
 EXTRA_METRICS = ("MS_SSIM", "Nabf", "FMI_pixel")
 ALL_METRICS = DEFAULT_METRICS + EXTRA_METRICS
+PUBLISHED_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+"""The metrics of the published comparison tables (CDDFuse Table 5): ``lkcfusion evaluate`` and the bundle's
+``evaluate.json`` score them by default."""
 # direction of each metric, for tables and model selection: MSE and Nabf are lower-is-better
 HIGHER_IS_BETTER = {name: name not in ("MSE", "Nabf") for name in ALL_METRICS}
 # smallest image side the filter windows allow (VIF and MS_SSIM check their larger needs themselves)

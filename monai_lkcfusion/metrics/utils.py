@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import FusionInputError
+from ..transforms.color import BT601_LUMA
 
 __all__ = [
     "SOURCE_REDUCTIONS",
@@ -103,7 +104,8 @@ def luma_bt601(rgb: np.ndarray) -> np.ndarray:
     if rgb.ndim == 2:
         return rgb
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    luma = b * np.float32(0.114) + g * np.float32(0.587) + r * np.float32(0.299)
+    wr, wg, wb = (np.float32(w) for w in BT601_LUMA)
+    luma = b * wb + g * wg + r * wr  # in OpenCV's order of the sum
     return np.round(luma).astype(np.float32)
 
 

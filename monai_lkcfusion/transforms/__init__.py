@@ -14,6 +14,7 @@ from __future__ import annotations
 from . import augment, color, intensity, io, pipelines, post, registration, spatial
 from .augment import RandIntensityRemap, RandIntensityRemapD, RandIntensityRemapd, RandIntensityRemapDict
 from .color import (
+    BT601_LUMA,
     MergeLuma,
     MergeLumaD,
     MergeLumad,

@@ -20,6 +20,7 @@ from ..errors import FusionInputError
 from .base import ReferencedMapTransform
 
 __all__ = [
+    "BT601_LUMA",
     "MergeLuma",
     "MergeLumaD",
     "MergeLumaDict",
@@ -32,10 +33,13 @@ __all__ = [
     "ycbcr_to_rgb",
 ]
 
+BT601_LUMA = (0.299, 0.587, 0.114)
+"""Weights of R, G and B in the luma Y of ITU-R BT.601 (as JPEG, OpenCV's ``COLOR_RGB2GRAY`` and the fusion
+literature's evaluators compute gray)."""
+
 # rows: Y, Cb, Cr as weights of R, G, B (BT.601 / JPEG full range); Cb and Cr are offset by 0.5
-_RGB_TO_YCBCR = torch.tensor(
-    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=torch.float64
-)
+_RGB_TO_YCBCR = torch.tensor([BT601_LUMA, [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
+                             dtype=torch.float64)
 _YCBCR_TO_RGB = torch.linalg.inv(_RGB_TO_YCBCR)
 
 

@@ -277,6 +277,7 @@ class ResampleToReferenced(InvertibleReferencedMapTransform):
         ref_key: the reference image, usually ``"mri"``.
         mode: interpolation mode for volumes.
         resize_2d: allow resizing 2D pictures of another size (never done silently).
+        min_overlap: warn when an image covers a smaller fraction of the reference grid.
         allow_missing_keys: don't raise when a key is absent.
     """
 
@@ -284,9 +285,9 @@ class ResampleToReferenced(InvertibleReferencedMapTransform):
 
     def __init__(
         self, keys: KeysCollection, ref_key: str = "mri", mode: str = "bilinear", resize_2d: bool = False,
-        allow_missing_keys: bool = False,
+        min_overlap: float = 0.9, allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, ResampleToReference(mode=mode, resize_2d=resize_2d), ref_key,
+        super().__init__(keys, ResampleToReference(mode=mode, resize_2d=resize_2d, min_overlap=min_overlap), ref_key,
                          allow_missing_keys=allow_missing_keys)
 
 
