@@ -221,3 +221,38 @@ def test_exif_orientation_is_not_applied_and_is_warned(tmp_path):
         assert np.array_equal(read[0].numpy(), stored)
         said = [str(w.message) for w in caught if "EXIF orientation" in str(w.message)]
         assert bool(said) == warned and (not said or "EXIF orientation 6" in said[0]), said
+
+
+@pytest.mark.parametrize("codes", [(0, 4), (1, 2), (2, 0), (0, 0), (1, 1)])
+def test_fused_nifti_keeps_the_mris_coordinate_codes(tmp_path, capsys, codes) -> None:
+    """Every NIfTI result was written with qform and sform code 1 (scanner): an MNI-template MRI (sform code 4)
+    came back as scanner space, and a header without orientation (both 0) came back with nibabel's guess written
+    as real geometry, which ITK and 3D Slicer then placed elsewhere than the input (helper). The codes are kept,
+    and a header without orientation is named."""
+    import SimpleITK as sitk
+
+    from monai_lkcfusion.cli import main
+
+    rng = np.random.default_rng(0)
+    affine = np.array([[1.5, 0, 0, -10], [0, 1.2, 0, 20], [0, 0, 2, 5], [0, 0, 0, 1.0]])
+    paths = []
+    for name in ("mri", "pet"):
+        if codes == (0, 0):
+            nii = nib.Nifti1Image((rng.random((20, 24, 16)) * 1000).astype(np.int16), None)
+            nii.header.set_zooms((1.5, 1.2, 2.0))
+        else:
+            nii = nib.Nifti1Image((rng.random((20, 24, 16)) * 1000).astype(np.int16), affine)
+            nii.header.set_qform(affine if codes[0] else None, code=codes[0])
+            nii.header.set_sform(affine if codes[1] else None, code=codes[1])
+        nib.save(nii, str(tmp_path / f"{name}.nii.gz"))
+        paths.append(str(tmp_path / f"{name}.nii.gz"))
+    out = tmp_path / "fused.nii.gz"
+    assert main(["fuse", *paths, "-o", str(out), "--method", "max", "-q"]) == 0
+    err = capsys.readouterr().err
+    written, source = nib.load(str(out)), nib.load(paths[0])
+    assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == codes
+    assert np.allclose(written.affine, source.affine, atol=1e-4)
+    itk_in, itk_out = sitk.ReadImage(paths[0]), sitk.ReadImage(str(out))  # ITK (and Slicer) place it as the input
+    for get in ("GetOrigin", "GetDirection", "GetSpacing"):
+        assert np.allclose(getattr(itk_in, get)(), getattr(itk_out, get)(), atol=1e-5), get
+    assert ("header gives no orientation" in err) == (codes == (0, 0)), err

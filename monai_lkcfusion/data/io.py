@@ -19,7 +19,7 @@ import io
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -378,8 +378,14 @@ def _read_nifti(path: Path) -> MetaTensor:
     mm = _NIFTI_MM.get(nii.header.get_xyzt_units()[0], 1.0)  # in millimetres, as ITK reads it
     _warn_if_forms_disagree(nii, array.shape[:3], path, mm)
     affine[:3] *= mm
+    codes = int(nii.header["qform_code"]), int(nii.header["sform_code"])
+    if codes == (0, 0):
+        warnings.warn(f"{path}: its header gives no orientation (qform_code and sform_code 0): its voxels are placed "
+                      "by their size alone, as nibabel does (ITK and 3D Slicer place them otherwise), and a result on "
+                      "its grid is written the same way; set the header's geometry if it is known", stacklevel=4)
     img = _as_volume(array, affine, path, None, raw.dtype == np.uint8)
     img.meta["nifti_dims"] = int(nii.header["dim"][0])  # a 2D file is written back 2D (write_image)
+    img.meta["qform_code"], img.meta["sform_code"] = codes  # MONAI's NibabelReader names; kept by write_image
     return img
 
 
@@ -809,7 +815,9 @@ def write_image(
     Volumes (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``) take ``(1|3, X, Y, Z)`` and are stored as float32 on
     ``affine`` (default: the MetaTensor's own), colour as a 3-component vector image; a gray one-slice image read
     from a 2D NIfTI (``meta["nifti_dims"]`` 2) is written to NIfTI as 2D again. NIfTI gets the affine as its qform
-    and sform, or, for an affine with a shear (which a qform cannot hold), as its sform only, with a warning.
+    and sform, or, for an affine with a shear (which a qform cannot hold), as its sform only, with a warning; their
+    codes are those of the NIfTI the image was read from (``meta["qform_code"]``/``["sform_code"]``; e.g. 4, MNI
+    template space; 0, no orientation), else 1 (scanner).
 
     Args:
         img: ``(C, *spatial)`` image; a MetaTensor carries its affine.
@@ -864,9 +872,10 @@ def write_image(
         warnings.warn(f"{path}: the affine has a shear, which a NIfTI qform cannot hold: written with the sform only "
                       "(nibabel, MONAI and FSL read it; ITK and 3D Slicer refuse it rather than misplace it; .nrrd "
                       "and .mha keep it)", stacklevel=2)
+    codes = _nifti_codes(img.meta if isinstance(img, MetaTensor) else {})
     with atomic_path(path, overwrite) as tmp:
         if suffix in NIFTI_SUFFIXES:
-            _write_nifti(voxels, matrix, tmp, qform=not sheared)
+            _write_nifti(voxels, matrix, tmp, codes=(0 if sheared else codes[0], codes[1]))
         else:
             _write_itk(voxels, matrix, tmp)
     return path
@@ -886,16 +895,36 @@ def _has_shear(affine: np.ndarray) -> bool:
     return bool(np.abs(axes.T @ axes - np.eye(3)).max() > 1e-4)
 
 
-def _write_nifti(voxels: np.ndarray, affine: np.ndarray, path: Path, qform: bool = True) -> None:
-    """Write a NIfTI with ``affine`` as its sform and, with ``qform``, as its qform too (without it, for a sheared
-    affine: a qform would be an approximation up to 12 mm off, which ITK and 3D Slicer would place it by)."""
+def _nifti_codes(meta: Mapping) -> tuple[int, int]:
+    """The ``(qform_code, sform_code)`` a NIfTI written on an image's grid gets: those of the NIfTI it was read
+    from (``meta``, as this package's reader and MONAI's ``NibabelReader`` record them: an MNI template's sform stays
+    code 4, a header without orientation stays without), else 1 and 1 (scanner coordinates)."""
+    codes = []
+    for key in ("qform_code", "sform_code"):
+        try:
+            code = int(np.asarray(meta.get(key, 1)).reshape(-1)[0])
+        except (TypeError, ValueError, IndexError):
+            code = 1
+        codes.append(code if 0 <= code <= 4 else 1)
+    return codes[0], codes[1]
+
+
+def _write_nifti(voxels: np.ndarray, affine: np.ndarray, path: Path, codes: tuple[int, int] = (1, 1)) -> None:
+    """Write a NIfTI with ``affine`` as its qform and sform under ``codes`` (``(qform_code, sform_code)``); a form
+    of code 0 is not set (a sheared affine gets no qform: one would be an approximation up to 12 mm off, which ITK
+    and 3D Slicer would place it by; a header read without orientation is written without, so every reader places
+    the result as it placed the input)."""
     import nibabel as nib
 
     if voxels.ndim == 4:
         voxels = voxels[:, :, :, None, :]  # NIfTI vector images keep components in the 5th dimension
-    nii = nib.Nifti1Image(voxels, affine)
-    nii.header.set_qform(affine if qform else None, code=1 if qform else 0)
-    nii.header.set_sform(affine, code=1)
+    if codes == (0, 0):  # nibabel would store the affine as an "aligned" sform (code 2): only the voxel sizes
+        nii = nib.Nifti1Image(voxels, None)
+        nii.header.set_zooms(tuple(np.linalg.norm(affine[:3, :3], axis=0)) + nii.header.get_zooms()[3:])
+    else:
+        nii = nib.Nifti1Image(voxels, affine)
+        nii.header.set_qform(affine if codes[0] else None, code=codes[0])
+        nii.header.set_sform(affine if codes[1] else None, code=codes[1])
     nii.header.set_xyzt_units("mm")  # the affine is in millimetres (inputs in metres or microns are converted)
     if voxels.ndim == 5:
         nii.header.set_intent("vector")
