@@ -6,7 +6,10 @@ import builtins
 import re
 from collections.abc import Sequence
 
-__all__ = ["FusionInputError", "as_count", "as_flag", "as_names", "finish_pool_threads", "list_names", "user_error"]
+__all__ = [
+    "FusionInputError", "as_count", "as_flag", "as_names", "finish_pool_threads", "list_names", "one_line",
+    "user_error",
+]
 
 
 class FusionInputError(ValueError):
@@ -170,3 +173,17 @@ def finish_pool_threads(timeout: float = 10.0) -> None:
             continue
         for worker in list(getattr(pool, "_pool", ())):
             worker.join(max(deadline - time.monotonic(), 0.0))
+
+
+def one_line(err: BaseException) -> str:
+    """Collapse an exception message into a single line, as the command line and the Slicer worker show it.
+
+    Args:
+        err: the exception; an ``OSError`` with a file name is shown as ``file: reason``.
+
+    Returns:
+        The message without line breaks.
+    """
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    return " ".join(str(err).split())

@@ -384,7 +384,7 @@ def test_a_process_that_lost_its_peer_says_one_line(monkeypatch, capsys):
     from monai_lkcfusion.cli import main
     from monai_lkcfusion.cli import train as train_command
     from monai_lkcfusion.engines import PEER_FAILED_MESSAGE, peer_failed
-    from monai_lkcfusion.engines.workflow import run_bundle_command
+    from monai_lkcfusion.run_bundle import run_bundle_command
 
     def lost() -> RuntimeError:
         try:

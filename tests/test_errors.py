@@ -144,3 +144,49 @@ def test_worker_tracebacks_give_the_users_error_not_a_bugs():
             next(iter(torch.utils.data.DataLoader(Raising(bug), num_workers=1)))
         found = user_error(caught.value)
         assert (None if found is None else str(found)) == expected, (bug, str(found)[:200])
+
+
+
+def _wrapped_user_error(*args, **kwargs):
+    try:
+        raise FusionInputError("mri.png: file not\n found")
+    except FusionInputError as err:
+        raise RuntimeError("applying transform <LoadFusionImaged>") from err
+
+
+def _interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def _bug(*args, **kwargs):
+    raise ValueError("a bug")
+
+
+@pytest.mark.parametrize("failure, code, line", [
+    (_wrapped_user_error, 2, "lkcfusion: error: mri.png: file not found"),
+    (_interrupted, 130, "lkcfusion: interrupted"),
+    (_bug, None, None),
+])
+def test_both_command_fronts_share_one_rule_for_errors(monkeypatch, capsys, failure, code, line):
+    """``lkcfusion`` and ``python -m monai_lkcfusion.run_bundle`` had their own copies of the exit-code rules: the
+    user's error inside one of MONAI's ``RuntimeError`` wrappers was one line from ``run_bundle`` but a traceback from
+    ``lkcfusion``. One rule now (``cli.run_command``): one line, exit 2; Ctrl-C 130; a bug keeps its traceback."""
+    import runpy
+
+    from monai_lkcfusion.cli import main
+    from monai_lkcfusion.cli import metrics as metrics_command
+    from monai_lkcfusion.run_bundle import run_bundle_command
+
+    monkeypatch.setattr("monai_lkcfusion.engines.distributed.stop_with_launcher", lambda: None)
+    monkeypatch.setattr(metrics_command, "run", failure)
+    monkeypatch.setattr(runpy, "run_module", failure)
+    fronts = (lambda: main(["metrics", "--fused", "f.png", "--mri", "a.png", "--other", "b.png"]),
+              lambda: run_bundle_command(["run", "--config_file", "x.json"]))
+    for front in fronts:
+        if code is None:
+            with pytest.raises(ValueError, match="a bug"):
+                front()
+        else:
+            assert front() == code
+    if line is not None:
+        assert capsys.readouterr().err.splitlines() == [line, line]

@@ -701,7 +701,8 @@ def test_settings_nothing_reads_are_refused(tmp_path, capsys):
     """A misspelt setting was added to the config and ignored, exit 0: ``--datset_dir`` fused the demo data instead of
     the user's folder, ``{"roi_sise": 64}`` in a train override trained with the default size (hand-check helper)."""
     from monai_lkcfusion.engines import bundle_config, run_bundle_workflow
-    from monai_lkcfusion.engines.workflow import check_known_settings, run_bundle_command
+    from monai_lkcfusion.engines.workflow import check_known_settings
+    from monai_lkcfusion.run_bundle import run_bundle_command
 
     with pytest.raises(FusionInputError, match=r"^inference.json: unknown setting 'datset_dir' \(did you mean "
                                                r"'dataset_dir'\?\); nothing in the config reads it"):

@@ -498,7 +498,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
     """A writer that dies half way (disk full) leaves the earlier output untouched and no temporary file."""
     from monai_lkcfusion.data import io
 
-    def half_then_full(voxels, affine, path, qform=True):  # the NIfTI writer's signature
+    def half_then_full(voxels, affine, path, codes=(1, 1)):  # the NIfTI writer's signature
         Path(path).write_bytes(b"\x5c\x01" * 100)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

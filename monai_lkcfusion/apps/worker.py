@@ -269,7 +269,7 @@ def serve(requests: Iterable[str], emit: Callable[[Event], None], worker: Fusion
     Returns:
         0 (a failed job is an ``error`` event, not a failed worker).
     """
-    from ..cli import one_line
+    from ..errors import one_line
 
     worker = worker or FusionWorker()
     emit({"event": "ready", "pid": os.getpid()})

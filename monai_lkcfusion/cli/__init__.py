@@ -14,14 +14,14 @@ import argparse
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import import_module
 from typing import NoReturn
 
 from .. import __version__
-from ..errors import FusionInputError, finish_pool_threads
+from ..errors import FusionInputError, finish_pool_threads, one_line, user_error
 
-__all__ = ["COMMANDS", "build_parser", "main", "one_line", "print_warnings"]
+__all__ = ["COMMANDS", "build_parser", "main", "one_line", "print_warnings", "run_command"]
 
 COMMANDS = ("fuse", "demo", "evaluate", "metrics", "train", "export", "bundle", "label_app")
 """The command modules, in the order of ``lkcfusion --help`` (the everyday ones first)."""
@@ -101,26 +101,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..engines.distributed import stop_with_launcher
 
         stop_with_launcher()
+
+    def command() -> int | None:
+        _refuse_empty_values(args)
+        return args.func(args)
+
+    return run_command(command)
+
+
+def run_command(command: Callable[[], int | None]) -> int:
+    """Run a command with the command line's exit codes and one-line errors (``lkcfusion`` and ``python -m
+    monai_lkcfusion.run_bundle`` alike).
+
+    A :class:`~monai_lkcfusion.errors.FusionInputError` or ``OSError`` (missing, unwritable or full paths), also
+    inside MONAI's wrappers (:func:`~monai_lkcfusion.errors.user_error`), is printed as ``lkcfusion: error:
+    <message>``; in a distributed run, the error of a process whose peer failed (which reports its own) as one line
+    naming that; Ctrl-C as ``lkcfusion: interrupted``. Other errors keep their traceback.
+
+    Args:
+        command: what to run; its return value is the exit code (``None``: 0).
+
+    Returns:
+        The exit code: the command's, 2 for the user's error, 1 when another process of a distributed run failed,
+        130 when interrupted.
+    """
     try:
         try:
-            _refuse_empty_values(args)
-            return int(args.func(args) or 0)
+            return int(command() or 0)
         except BaseException:
             finish_pool_threads()  # a data-loading thread an error left running must not abort the exit
             raise
-    except (FusionInputError, OSError) as err:  # OSError: missing, unwritable or full paths, as one line too
-        print(f"lkcfusion: error: {one_line(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # as one line, not a traceback of wherever it landed
         print("lkcfusion: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # in a distributed run: the others' tracebacks when one process failed
+    except Exception as err:
+        message = _user_message(err)
+        if message is not None:
+            print(f"lkcfusion: error: {message}", file=sys.stderr)
+            return 2
         from ..engines.distributed import PEER_FAILED_MESSAGE, peer_failed
 
-        if not peer_failed(err):
+        if not peer_failed(err):  # a bug: its traceback
             raise
         print(f"lkcfusion: error: {PEER_FAILED_MESSAGE}", file=sys.stderr)
         return 1
+
+def _user_message(err: Exception) -> str | None:
+    """The one line of the user's error in ``err`` (see :func:`~monai_lkcfusion.errors.user_error`), or ``None``.
+
+    Only the text leaves this function: a reference to the error kept in :func:`run_command`'s frame would form a
+    cycle (frame, error, traceback) that holds what the failed write had open, e.g. the file a full disk could not
+    take, until the garbage collector runs.
+    """
+    user = user_error(err)
+    return None if user is None else one_line(user)
 
 
 def _refuse_empty_values(args: argparse.Namespace) -> None:
@@ -147,16 +181,3 @@ def print_warnings(messages: Iterable[str | warnings.WarningMessage]) -> None:
         text = str(message.message) if isinstance(message, warnings.WarningMessage) else message
         print(f"lkcfusion: warning: {one_line(Exception(text))}", file=sys.stderr)
 
-
-def one_line(err: BaseException) -> str:
-    """Collapse an exception message into a single line.
-
-    Args:
-        err: the exception; an ``OSError`` with a file name is shown as ``file: reason``.
-
-    Returns:
-        The message without line breaks.
-    """
-    if isinstance(err, OSError) and err.filename is not None:
-        return f"{err.filename}: {err.strerror or err}"
-    return " ".join(str(err).split())

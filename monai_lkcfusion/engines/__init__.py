@@ -59,7 +59,6 @@ from .workflow import (
     check_literal_overrides,
     check_run_record,
     check_training_settings,
-    run_bundle_command,
     run_bundle_workflow,
 )
 
@@ -119,5 +118,4 @@ __all__ = [
     "stop_with_launcher",
     "check_known_settings",
     "check_literal_overrides",
-    "run_bundle_command",
 ]

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import FusionInputError, as_count, finish_pool_threads, user_error
+from ..errors import FusionInputError, as_count, user_error
 
 __all__ = [
     "bundle_config",
@@ -18,7 +18,6 @@ __all__ = [
     "check_literal_overrides",
     "check_run_record",
     "check_training_settings",
-    "run_bundle_command",
     "run_bundle_workflow",
 ]
 
@@ -448,87 +447,3 @@ def _user_error(err: RuntimeError) -> FusionInputError | None:
         where = f"{cause.filename}: " if cause.filename else ""
         return FusionInputError(f"{where}{cause.strerror or cause}")
     return cause
-
-
-def run_bundle_command(argv: Sequence[str] | None = None) -> int:
-    """``python -m monai.bundle`` with the user's errors as one line: the front of ``python -m
-    monai_lkcfusion.run_bundle run --config_file ...``.
-
-    MONAI's command line shows a 60-line traceback for a missing input folder; this runs the same command and
-    prints a :class:`FusionInputError` or :class:`OSError` anywhere in the chain of causes as
-    ``lkcfusion: error: <message>`` with exit code 2. Other errors keep their traceback. ``--key value`` overrides
-    that no config reads are refused first (:func:`check_known_settings`).
-
-    Args:
-        argv: the arguments after the program name (``run --config_file ...``); ``None`` reads ``sys.argv``.
-
-    Returns:
-        The exit code: 0, 2 for the user's error, 1 when another process of a distributed run failed (it prints
-        its own error), 130 when interrupted (Ctrl-C).
-    """
-    import runpy
-    import sys
-
-    from .distributed import PEER_FAILED_MESSAGE, peer_failed, stop_with_launcher
-
-    stop_with_launcher()
-
-    saved = sys.argv
-    sys.argv = ["python -m monai.bundle", *(sys.argv[1:] if argv is None else argv)]
-    try:
-        try:
-            _check_command_overrides(sys.argv[1:])
-            runpy.run_module("monai.bundle", run_name="__main__", alter_sys=False)
-        except BaseException:
-            finish_pool_threads()  # a data-loading thread an error left running must not abort the exit
-            raise
-    except (FusionInputError, OSError, RuntimeError) as err:
-        user = err if isinstance(err, FusionInputError) else _user_error(err if isinstance(err, RuntimeError)
-                                                                          else RuntimeError(err))
-        if isinstance(err, OSError) and user is None:
-            user = FusionInputError(f"{err.filename}: {err.strerror}" if err.filename else str(err))
-        if user is None and peer_failed(err):  # another process's failure, which it reports itself
-            print(f"lkcfusion: error: {PEER_FAILED_MESSAGE}", file=sys.stderr)
-            return 1
-        if user is None:
-            raise
-        print(f"lkcfusion: error: {' '.join(str(user).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C: as the lkcfusion command, not a traceback of wherever it landed
-        print("lkcfusion: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        sys.argv = saved
-    return 0
-
-
-def _check_command_overrides(argv: Sequence[str]) -> None:
-    """Refuse ``--key value`` overrides of ``run --config_file ...`` that no config reads (e.g. ``--datset_dir``).
-
-    Args:
-        argv: the command's arguments; anything but ``run`` with ``--config_file`` (and without ``--args_file``,
-            whose overrides MONAI reads itself) is left to MONAI, as are config files it cannot read.
-
-    Raises:
-        FusionInputError: see :func:`check_known_settings`.
-    """
-    import ast
-    import inspect
-
-    from monai.bundle import ConfigParser, scripts
-
-    options: dict[str, str] = {}
-    for i, token in enumerate(argv):
-        if token.startswith("--"):
-            name, given, value = token[2:].partition("=")
-            options[name] = value if given else (argv[i + 1] if i + 1 < len(argv) else "")
-    if not argv or argv[0] != "run" or "config_file" not in options or "args_file" in options:
-        return
-    files: Any = options["config_file"]
-    try:
-        config = ConfigParser.load_config_files(ast.literal_eval(files) if files.lstrip().startswith("[") else files)
-    except Exception:  # noqa: BLE001 - MONAI reports its own input problems in its own way
-        return
-    overrides = {key: value for key, value in options.items() if key not in inspect.signature(scripts.run).parameters}
-    source = Path(str(files).strip("[]'\" ").split(",")[0]).name
-    check_known_settings(config, overrides, source, json.dumps([config, overrides], default=str))
