@@ -112,6 +112,20 @@ def test_datalist_of_paths_relative_to_the_current_folder(tmp_path, monkeypatch)
         assert [Path(i["mri"]).resolve() for i in read] == [Path(i["mri"]).resolve() for i in items]
 
 
+def test_a_datalist_is_not_replaced_unasked(tmp_path):
+    """``write_fusion_datalist`` replaced an existing JSON without a word, unlike every other writer of the package
+    (docs helper): it is kept unless ``overwrite=True``."""
+    _make_tree(tmp_path / "HARVARD", {"MRI-PET": 2})
+    items = harvard_datalist(tmp_path / "HARVARD")
+    path = write_fusion_datalist(tmp_path / "list.json", {"training": items})
+    first = path.read_text()
+    with pytest.raises(FusionInputError, match="list.json"):
+        write_fusion_datalist(path, {"training": items[:1]})
+    assert path.read_text() == first
+    write_fusion_datalist(path, {"training": items[:1]}, overwrite=True)
+    assert len(load_fusion_datalist(path)) == 1
+
+
 def test_pair_files_by_name(tmp_path):
     for folder, names in {"a": ["x.nii.gz", "y.png", "z.png"], "b": ["x.nii", "y.png", "w.png"]}.items():
         (tmp_path / folder).mkdir()

@@ -56,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     if any(row["metric"] == "SSIM" for row in summary):  # the two commands' defaults differ
         print(f"SSIM data range {args.ssim_data_range:g} (--ssim-data-range; `lkcfusion metrics` defaults to 255)")
-    print(f"wrote {args.output}/metrics.csv, summary.csv, summary.json, overview.png, metrics.png ({len(items)} "
-          "pair(s))")
+    print(f"wrote {Path(args.output) / 'metrics.csv'}, summary.csv, summary.json, overview.png, metrics.png "
+          f"({len(items)} pair(s))")
     return 0

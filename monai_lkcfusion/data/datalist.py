@@ -19,25 +19,29 @@ def write_fusion_datalist(
     path: str | Path,
     sections: Mapping[str, Sequence[Mapping[str, object]]],
     base_dir: str | Path | None = None,
+    overwrite: bool = False,
     **header: object,
 ) -> Path:
     """Write a decathlon-style datalist (``{"training": [...], "validation": [...], "test": [...]}``).
 
     File paths under ``base_dir`` are stored relative to it, as in the Medical Segmentation Decathlon, so the
     list moves with the data; :func:`monai.data.load_decathlon_datalist` and :func:`load_fusion_datalist` resolve
-    them again. Other paths are stored absolute (relative ones are taken from the current folder).
+    them again. Other paths are stored absolute, with symbolic links resolved (relative ones are taken from the
+    current folder).
 
     Args:
         path: JSON file to write (atomically).
         sections: section name -> items, each with at least ``"mri"`` and ``"other"``.
         base_dir: folder the paths are made relative to; default: the JSON file's folder.
+        overwrite: replace an existing ``path`` (otherwise it is kept and this is an error, as for every writer of
+            the package).
         header: extra top-level fields (e.g. ``name``, ``description``, ``modality``).
 
     Returns:
         The written path.
 
     Raises:
-        FusionInputError: an item lacks ``"mri"`` or ``"other"``.
+        FusionInputError: an item lacks ``"mri"`` or ``"other"``, or ``path`` exists and ``overwrite`` is off.
     """
     path = Path(path)
     base = Path(base_dir) if base_dir is not None else path.parent
@@ -52,7 +56,7 @@ def write_fusion_datalist(
                 row[key] = _relative(row[key], base)
             rows.append(row)
         content[section] = rows
-    return write_text(path, json.dumps(content, indent=2) + "\n", overwrite=True)
+    return write_text(path, json.dumps(content, indent=2) + "\n", overwrite=overwrite)
 
 
 def load_fusion_datalist(
