@@ -256,3 +256,21 @@ def test_fused_nifti_keeps_the_mris_coordinate_codes(tmp_path, capsys, codes) ->
     for get in ("GetOrigin", "GetDirection", "GetSpacing"):
         assert np.allclose(getattr(itk_in, get)(), getattr(itk_out, get)(), atol=1e-5), get
     assert ("header gives no orientation" in err) == (codes == (0, 0)), err
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32, np.float64])
+def test_fit_float32_gives_one_new_copy_in_index_order(dtype) -> None:
+    """The ITK reader passes a transposed view of ITK's own buffer: ``fit_float32`` makes the one float32 copy, in
+    the view's index order and C-contiguous (the reader made three copies, 7x the volume's size at peak), and never
+    returns the buffer itself."""
+    from monai_lkcfusion.data.io import fit_float32
+
+    stored = (np.arange(2 * 3 * 4) * 7 % 23).astype(dtype).reshape(2, 3, 4)
+    view = stored.transpose(2, 1, 0)
+    out = fit_float32(view)
+    assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"] and out.shape == (4, 3, 2)
+    assert np.array_equal(out, view.astype(np.float32)) and not np.shares_memory(out, stored)
+    huge = np.full((3, 2), 1e35).T  # beyond float32's safe range: halved until it fits, still a C-ordered copy
+    with pytest.warns(UserWarning, match="divided by 2"):
+        scaled = fit_float32(huge)
+    assert scaled.flags["C_CONTIGUOUS"] and np.isfinite(scaled).all() and scaled.shape == (2, 3)
