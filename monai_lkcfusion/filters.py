@@ -57,6 +57,9 @@ def gaussian_blur(
 
     Returns:
         Filtered images (B, C, H', W').
+
+    Raises:
+        FusionInputError: ``padding`` is not one of :data:`PADDINGS`.
     """
     if padding not in PADDINGS:
         raise FusionInputError(f"padding must be one of {PADDINGS}, got {padding!r}")

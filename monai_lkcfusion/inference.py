@@ -109,7 +109,7 @@ def fuse(
             :func:`~monai_lkcfusion.registration.save_alignment_preview`.
         workers: slices (or tiles) fused concurrently on the CPU (default: one per available core); see
             :func:`~monai_lkcfusion.inferers.worker_policy`.
-        threads: intra-op threads per worker (default 1).
+        threads: intra-op threads per worker (default 1; the cores left per worker when ``workers`` > 1 is given).
         overwrite: replace an existing ``save_transform`` file (``False``: it is kept and this is an error, found
             before any work when ``save_transform`` names the file).
 
@@ -121,9 +121,10 @@ def fuse(
 
     Raises:
         FusionInputError: unreadable inputs, dimension/size/channel mismatch, no overlap, unknown method, no
-            weights for ``"lkcfunet"``, an unusable device, a batch/tile size or worker/thread count below 1, or a
-            ``save_transform``/``preview`` place that cannot be written or a ``preview`` that is an input file
-            (checked first), ``tta`` with a baseline method, or the same file as ``mri`` and ``other``.
+            weights for ``"lkcfunet"``, an unusable device, a batch/tile size below 1, a worker/thread count below 1
+            or above 4 per core, an ``axis`` other than 0, 1, 2, or a ``save_transform``/``preview`` place that
+            cannot be written or a ``preview`` that is an input file (checked first), ``tta`` with a baseline
+            method, or the same file as ``mri`` and ``other``.
     """
     check_distinct_pair(mri, other, mri_series, other_series)
     if preview is not None:  # a picture written after the work: never over an input file

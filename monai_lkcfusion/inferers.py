@@ -48,6 +48,12 @@ _LOADED: dict[tuple, torch.nn.Module] = {}
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """The torch device to run on (default CUDA when available, else CPU); an unusable one is the user's error.
 
+    Args:
+        device: a device name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``), a ``torch.device``, or ``None``.
+
+    Returns:
+        the device; ``cpu:0`` becomes ``cpu``.
+
     Raises:
         FusionInputError: an unknown device name, a device type other than CPU, CUDA and (where available) MPS
             (``meta`` ended in a traceback, ``xla`` blamed the weights file), a CPU index, or CUDA (a GPU index) or
@@ -320,12 +326,15 @@ class FusionInferer(Inferer):
         device: where the network runs (default CUDA when available, else CPU).
         optimize: optimise an ``nn.Module`` for inference (see :func:`build_predictor`).
         progress: show progress over tiles/slices: a bar on a terminal, a line every 10 s otherwise.
-        workers: slices or tiles fused concurrently on the CPU (default: one per available core).
-        threads: intra-op threads per worker (default: 1, or the cores left per worker when ``workers`` is given).
+        workers: slices or tiles fused concurrently on the CPU (default: one per available core divided by
+            ``threads``); see :func:`worker_policy`.
+        threads: intra-op threads per worker (default: 1; the cores left per worker when ``workers`` > 1 is given;
+            PyTorch's own setting with ``workers=1``).
 
     Raises:
-        FusionInputError: a batch or tile size below 1, a worker or thread count below 1, a ``tta`` other than
-            true or false (see :func:`~monai_lkcfusion.errors.as_flag`), or an unusable device.
+        FusionInputError: a batch or tile size below 1, an ``axis`` other than 0, 1, 2, a worker or thread count
+            below 1 or above 4 per core, a ``tta`` other than true or false (see
+            :func:`~monai_lkcfusion.errors.as_flag`), or an unusable device.
     """
 
     def __init__(
@@ -362,7 +371,8 @@ class FusionInferer(Inferer):
         """Fused luma ``(B, 1, *spatial)`` in [0, 1] for the pair ``inputs`` ``(B, 2, *spatial)``.
 
         Raises:
-            FusionInputError: a volume ``axis`` other than 0, 1, 2, or a network output with NaN/Inf values.
+            FusionInputError: a network output with NaN/Inf values (an ``axis`` other than 0, 1, 2 is refused when
+                the inferer is built).
         """
         predictor = build_predictor(network, device=self.device, optimize=self.optimize)
         # a network that halves the image n times needs 2 * 2^n pixels a side (LKCFUNet: size_divisible = 2^n)

@@ -50,7 +50,11 @@ class Progress:
                 self.bar = None
 
     def update(self, steps: int = 1) -> None:
-        """Count ``steps`` more steps done."""
+        """Count ``steps`` more steps done.
+
+        Args:
+            steps: steps finished since the last call; the count stops at ``total``.
+        """
         self.done = min(self.done + steps, self.total)
         if not self.enabled:
             return

@@ -93,7 +93,11 @@ class RegistrationResult:
     warnings: list[str] = field(default_factory=list)
 
     def as_meta(self) -> dict[str, Any]:
-        """The result as plain values for a ``MetaTensor``'s metadata (the matrix as nested lists)."""
+        """The result as plain values for a ``MetaTensor``'s metadata (the matrix as nested lists).
+
+        Returns:
+            ``{field: value}`` of every field except ``stop_condition``, with ``matrix`` as nested lists.
+        """
         return {
             "kind": self.kind, "matrix": self.matrix.tolist(), "metric": self.metric,
             "initial_metric": self.initial_metric, "initialization": self.initialization,
@@ -186,7 +190,14 @@ def transform_matrix(transform: sitk.Transform, ndim: int) -> np.ndarray:
 
 
 def transform_from_matrix(matrix: np.ndarray) -> sitk.AffineTransform:
-    """A SimpleITK ``AffineTransform`` from a homogeneous matrix (see :func:`transform_matrix`)."""
+    """A SimpleITK ``AffineTransform`` from a homogeneous matrix (see :func:`transform_matrix`).
+
+    Args:
+        matrix: ``(D + 1, D + 1)`` homogeneous matrix in ITK's physical frame (D = 2 or 3).
+
+    Returns:
+        a D-dimensional ``AffineTransform`` with the matrix's linear part and translation (centre at the origin).
+    """
     matrix = np.asarray(matrix, dtype=np.float64)
     ndim = matrix.shape[0] - 1
     transform = sitk.AffineTransform(ndim)
@@ -292,7 +303,15 @@ def moved_affine(affine: Any, matrix: np.ndarray) -> np.ndarray:
 
 
 def foreground_mask(image: sitk.Image) -> np.ndarray:
-    """Boolean array (ITK index order reversed, as ``GetArrayFromImage``) of voxels above 10% of the 99th percentile."""
+    """Boolean array (ITK index order reversed, as ``GetArrayFromImage``) of voxels above 10% of the 99th percentile.
+
+    Args:
+        image: a scalar SimpleITK image.
+
+    Returns:
+        ``True`` where a voxel exceeds 0.1 times the 99th percentile of the positive voxels; all ``False`` for an
+        image without positive voxels.
+    """
     array = sitk.GetArrayViewFromImage(image)
     positive = array[array > 0]
     if positive.size == 0:
@@ -682,6 +701,9 @@ def alignment_preview(mri: torch.Tensor, other: torch.Tensor, tiles: int = 8) ->
 
     Returns:
         ``(H, W, 3)`` uint8 RGB picture.
+
+    Raises:
+        FusionInputError: the two images are not on the same grid (their shapes differ).
     """
     mri_array, other_array = _luma(mri), _luma(other)
     if mri_array.shape != other_array.shape:
@@ -725,6 +747,10 @@ def save_alignment_preview(mri: torch.Tensor, other: torch.Tensor, path: str | P
 
     Returns:
         The written path.
+
+    Raises:
+        FusionInputError: ``path`` does not end in ``.png``, the images are on different grids, or the file cannot
+            be written (see :func:`~monai_lkcfusion.data.atomic.atomic_path`).
     """
     from PIL import Image
 

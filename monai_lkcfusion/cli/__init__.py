@@ -124,6 +124,9 @@ def run_command(command: Callable[[], int | None]) -> int:
     Returns:
         The exit code: the command's, 2 for the user's error, 1 when another process of a distributed run failed,
         130 when interrupted.
+
+    Raises:
+        Exception: any other error of ``command`` (a bug), re-raised with its traceback; ``SystemExit`` passes too.
     """
     try:
         try:

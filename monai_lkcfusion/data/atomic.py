@@ -188,6 +188,9 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         overwrite: replace an existing ``path``; otherwise an existing file is an error and is kept, also when
             another process creates it while this one writes (the final step is an atomic :func:`os.link`).
 
+    Yields:
+        the temporary path to write to (in the same folder as ``path``).
+
     Raises:
         FusionInputError: ``path`` exists (or appears meanwhile) and ``overwrite`` is False, ``path`` is a folder,
             its name is too long, or it cannot be written (a parent that is a file, a read-only file system, a full

@@ -65,7 +65,14 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def image_suffix(path: str | Path) -> str:
-    """The lower-case extension of an image file, with ``.nii.gz`` kept whole (``A.NII.GZ`` -> ``.nii.gz``)."""
+    """The lower-case extension of an image file, with ``.nii.gz`` kept whole (``A.NII.GZ`` -> ``.nii.gz``).
+
+    Args:
+        path: a file name or path (the file need not exist).
+
+    Returns:
+        the extension with its dot (``".png"``, ``".nii.gz"``), or ``""`` for a name without one.
+    """
     path = Path(path)
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
@@ -99,7 +106,15 @@ def unsupported_format(path: str | Path) -> str | None:
 
 
 def image_stem(path: str | Path) -> str:
-    """The name of an image file without its extension (``a.nii.gz`` -> ``a``); a folder's own name."""
+    """The name of an image file without its extension (``a.nii.gz`` -> ``a``); a folder's own name.
+
+    Args:
+        path: a file or folder path (it need not exist).
+
+    Returns:
+        the name without an image extension (:data:`PICTURE_SUFFIXES` or :data:`VOLUME_SUFFIXES`); any other
+        extension (``a.txt``) is kept, and so is the whole name of a folder.
+    """
     path = Path(path)
     suffix = image_suffix(path)
     return path.name[: -len(suffix)] if suffix in PICTURE_SUFFIXES + VOLUME_SUFFIXES else path.name
@@ -735,6 +750,12 @@ def image_spatial_dims(path: str | Path) -> int | None:
     Pictures are 2D; NIfTI, NRRD and MHA files and folders holding a DICOM series are volumes (a one-slice or
     2D file too: it carries a geometry, kept by reading it as a one-slice volume). A folder without DICOM is
     unknown (its reader names the problem).
+
+    Args:
+        path: an input file or DICOM series folder.
+
+    Returns:
+        ``2`` or ``3``, or ``None`` when the format is not recognised or the header cannot be read.
     """
     path = Path(path)
     suffix = _format_suffix(path)

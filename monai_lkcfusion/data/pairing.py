@@ -39,7 +39,14 @@ def _is_header_data(name: str, names: set[str]) -> bool:
 
 
 def name_key(path: str | Path) -> str:
-    """The name two entries are paired by: the name without image extension, in Unicode NFC form."""
+    """The name two entries are paired by: the name without image extension, in Unicode NFC form.
+
+    Args:
+        path: a file or folder path.
+
+    Returns:
+        :func:`~monai_lkcfusion.data.io.image_stem` of ``path``, NFC-normalised (so a macOS NFD name matches).
+    """
     return unicodedata.normalize("NFC", image_stem(path))
 
 

@@ -14,6 +14,9 @@ DEMO_FILES = {"mri_3d": "mri_t1.nii.gz", "pet_3d": "pet_sim.nii.gz", "mri_2d": "
 def demo_files() -> dict[str, Path]:
     """Paths of the shipped demo images: keys ``mri_3d``, ``pet_3d``, ``mri_2d``, ``pet_2d``.
 
+    Returns:
+        ``{key: path}`` for the keys of :data:`DEMO_FILES`.
+
     Raises:
         FileNotFoundError: the demo folder is incomplete (regenerate it with
             ``python -m monai_lkcfusion.data.make_demo``).

@@ -50,7 +50,11 @@ T = TypeVar("T")
 
 
 def is_distributed_launch() -> bool:
-    """Whether this process was started by ``torchrun`` (``LOCAL_RANK`` and ``WORLD_SIZE`` are set)."""
+    """Whether this process was started by ``torchrun`` (``LOCAL_RANK`` and ``WORLD_SIZE`` are set).
+
+    Returns:
+        ``True`` when both environment variables are set.
+    """
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
@@ -67,7 +71,8 @@ def peer_failed(error: BaseException) -> bool:
         error: the exception that ended this process's work.
 
     Returns:
-        ``False`` outside a ``torchrun`` launch.
+        ``True`` when ``error`` or one in its ``__cause__``/``__context__`` chain says a peer's connection was lost;
+        always ``False`` outside a ``torchrun`` launch.
     """
     if not is_distributed_launch():
         return False
@@ -88,6 +93,10 @@ def end_with_parent() -> Callable[[], None] | None:
     ``prctl(PR_SET_PDEATHSIG)``; ``None`` elsewhere). ``prctl`` is looked up here, so that a child between fork and
     exec (``preexec_fn``) only calls it. A ``torchrun`` worker calls it on itself: torchrun starts each worker in a
     session of its own, and a SIGKILLed torchrun left them training and writing checkpoints.
+
+    Returns:
+        a callable without arguments that sets ``PR_SET_PDEATHSIG`` to SIGTERM for the process calling it, or
+        ``None`` on platforms other than Linux.
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -109,17 +118,29 @@ def stop_with_launcher() -> None:
 
 
 def get_rank() -> int:
-    """This process's global rank; 0 without an initialised process group."""
+    """This process's global rank; 0 without an initialised process group.
+
+    Returns:
+        the rank, ``0`` without a process group.
+    """
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def get_world_size() -> int:
-    """The number of processes; 1 without an initialised process group."""
+    """The number of processes; 1 without an initialised process group.
+
+    Returns:
+        the world size, ``1`` without a process group.
+    """
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def is_main_process() -> bool:
-    """Whether this process writes the run's files (global rank 0)."""
+    """Whether this process writes the run's files (global rank 0).
+
+    Returns:
+        ``True`` on global rank 0, and always without a process group.
+    """
     return get_rank() == 0
 
 
@@ -193,7 +214,16 @@ def destroy_distributed() -> None:
 
 
 def all_gather_objects(obj: T) -> list[T]:
-    """Every process's ``obj`` (any picklable object), in rank order; ``[obj]`` without a process group."""
+    """Every process's ``obj`` (any picklable object), in rank order; ``[obj]`` without a process group.
+
+    A collective: every process of the group must call it.
+
+    Args:
+        obj: this process's object; it must be picklable.
+
+    Returns:
+        a list of ``world_size`` objects, rank 0's first; ``[obj]`` without a process group.
+    """
     if not dist.is_initialized():
         return [obj]
     gathered: list[Any] = [None] * dist.get_world_size()
@@ -265,7 +295,11 @@ class BufferBroadcastHandler:
         self.src = src
 
     def attach(self, engine: Engine) -> None:
-        """Broadcast at ``Events.STARTED`` of ``engine``."""
+        """Broadcast at ``Events.STARTED`` of ``engine``.
+
+        Args:
+            engine: the engine (usually the validator) whose start triggers the broadcast.
+        """
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine | None = None) -> None:
@@ -278,7 +312,14 @@ class BufferBroadcastHandler:
 
 
 def state_digest(network: torch.nn.Module) -> str:
-    """SHA-256 of a network's state dict (names, dtypes, shapes and values of parameters and buffers)."""
+    """SHA-256 of a network's state dict (names, dtypes, shapes and values of parameters and persistent buffers).
+
+    Args:
+        network: the network; its tensors are copied to the CPU to be hashed.
+
+    Returns:
+        the hexadecimal digest (64 characters), independent of the device and of the order of the entries.
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(network.state_dict().items()):
         value = tensor.detach().cpu().contiguous()
@@ -308,6 +349,10 @@ def check_replicas(network: torch.nn.Module) -> str:
 
 
 def main_process_logging(*engines: Engine) -> None:
-    """Log INFO messages of ``engines`` on rank 0 only (WARNING and above on the other processes)."""
+    """Log INFO messages of ``engines`` on rank 0 only (WARNING and above on the other processes).
+
+    Args:
+        engines: the Ignite engines whose loggers' levels are set.
+    """
     for engine in engines:
         engine.logger.setLevel(logging.INFO if is_main_process() else logging.WARNING)

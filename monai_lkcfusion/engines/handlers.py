@@ -74,12 +74,26 @@ TRAIN_LOSS_METRIC = "train_loss_mean"
 
 
 def lower_is_better(key_metric: str) -> bool:
-    """Whether a smaller value of ``key_metric`` is better: ``val_loss``, ``MSE`` and ``Nabf``."""
+    """Whether a smaller value of ``key_metric`` is better: ``val_loss``, ``MSE`` and ``Nabf``.
+
+    Args:
+        key_metric: :data:`LOSS_METRIC` or a fusion metric name (see ``HIGHER_IS_BETTER``).
+
+    Returns:
+        ``True`` for ``val_loss``, ``MSE`` and ``Nabf``; ``False`` for the other metrics and for unknown names.
+    """
     return key_metric == LOSS_METRIC or not HIGHER_IS_BETTER.get(key_metric, True)
 
 
 def checkpoint_epochs(directory: str | Path) -> list[tuple[int, Path]]:
-    """The ``checkpoint_epoch=N.pt`` files in ``directory`` as ``(N, path)``, oldest epoch first."""
+    """The ``checkpoint_epoch=N.pt`` files in ``directory`` as ``(N, path)``, oldest epoch first.
+
+    Args:
+        directory: the run's output folder (a missing folder has none).
+
+    Returns:
+        ``[(epoch, path), ...]`` sorted by epoch; complete or not (see :func:`last_checkpoint`).
+    """
     found = []
     for path in Path(directory).glob(f"{CHECKPOINT_PREFIX}_epoch=*.pt"):
         match = re.fullmatch(rf"{CHECKPOINT_PREFIX}_epoch=(\d+)\.pt", path.name)
@@ -94,6 +108,12 @@ def last_checkpoint(directory: str | Path) -> Path | None:
     A checkpoint cut short is skipped: one killed while it was written is not a valid zip (``torch.save`` writes
     the zip's central directory last), and one interrupted inside ``torch.save`` (Ctrl-C) is a valid zip without
     its pickled data (``data.pkl``), which checkpoints of earlier versions (written in place) can be.
+
+    Args:
+        directory: the run's output folder.
+
+    Returns:
+        the path of the highest-epoch checkpoint that loads, or ``None``.
     """
     return next((path for _, path in reversed(checkpoint_epochs(directory)) if _complete(path)), None)
 
@@ -187,6 +207,12 @@ def resume_option(resume: bool | str | Path) -> bool | Path:
     The strings ``"true"`` and ``"false"`` (any case, as ``python -m monai.bundle run --resume true`` passes
     them) are booleans; any other string is a checkpoint path.
 
+    Args:
+        resume: a bool, ``"true"``/``"false"``, or the path of a checkpoint file.
+
+    Returns:
+        ``True``/``False``, or the checkpoint as a ``Path``.
+
     Raises:
         FusionInputError: a checkpoint path that is not a file.
     """
@@ -199,12 +225,26 @@ def resume_option(resume: bool | str | Path) -> bool | Path:
 
 
 def loss_output(output: dict) -> float:
-    """The batch loss from the trainer's (non-decollated) output, for statistics and the progress bar."""
+    """The batch loss from the trainer's (non-decollated) output, for statistics and the progress bar.
+
+    Args:
+        output: the trainer's ``engine.state.output``, holding ``"loss"``.
+
+    Returns:
+        the loss as a Python float.
+    """
     return float(torch.as_tensor(output["loss"]).detach())
 
 
 def validation_score(evaluator: Engine) -> float:
-    """The evaluator's key metric as a higher-is-better score (negated when lower is better), for early stopping."""
+    """The evaluator's key metric as a higher-is-better score (negated when lower is better), for early stopping.
+
+    Args:
+        evaluator: an engine with ``state.key_metric_name`` and that metric in ``state.metrics``.
+
+    Returns:
+        the metric's value, negated when :func:`lower_is_better`.
+    """
     name = evaluator.state.key_metric_name
     value = float(evaluator.state.metrics[name])
     return -value if lower_is_better(name) else value
@@ -227,7 +267,11 @@ class ExceptionRaiser:
     def attach(self, engine: Engine) -> None:
         """Register on ``engine``'s ``EXCEPTION_RAISED`` event (call before the other handlers attach), and keep
         Ignite's "terminating due to exception" log line out of ``engine``'s log: the raised error is shown once,
-        as the command line's one line or as its traceback."""
+        as the command line's one line or as its traceback.
+
+        Args:
+            engine: the trainer or evaluator.
+        """
         engine.add_event_handler(Events.EXCEPTION_RAISED, self)
         engine.logger.addFilter(_not_the_exception_line)
 
@@ -243,7 +287,11 @@ class EpochLossMetric:
     """
 
     def attach(self, engine: Engine) -> None:
-        """Attach Ignite's ``Average`` of the batch losses (:func:`loss_output`) to ``engine``."""
+        """Attach Ignite's ``Average`` of the batch losses (:func:`loss_output`) to ``engine``.
+
+        Args:
+            engine: the trainer.
+        """
         from ignite.metrics import Average
 
         Average(output_transform=loss_output).attach(engine, TRAIN_LOSS_METRIC)
@@ -267,6 +315,9 @@ class EpochValidationHandler(ValidationHandler):
 
     def attach(self, engine: Engine) -> None:
         """Run the validator after every ``interval``-th epoch and after the last one.
+
+        Args:
+            engine: the trainer.
 
         Raises:
             FusionInputError: the validator has no data (the run would train, then find no best model to export).
@@ -326,7 +377,11 @@ class ValidationEarlyStopHandler(EarlyStopHandler):
         self.validator = validator
 
     def attach(self, engine: Engine) -> None:
-        """Stop ``engine`` (the trainer) when the validator's score stops improving."""
+        """Stop ``engine`` (the trainer) when the validator's score stops improving.
+
+        Args:
+            engine: the trainer; nothing is attached when ``patience`` is 0.
+        """
         if self.patience < 1:
             return
         self.set_trainer(engine)
@@ -334,13 +389,21 @@ class ValidationEarlyStopHandler(EarlyStopHandler):
 
     def state_dict(self) -> dict[str, Any]:
         """The validations without improvement so far (``counter``), the best score (``None`` before any) and the
-        ``patience`` they were counted against."""
+        ``patience`` they were counted against.
+
+        Returns:
+            ``{"counter", "best_score", "patience"}``; ``{"counter": 0, "best_score": None, "patience": 0}`` when
+            early stopping is off.
+        """
         if self._handler is None:
             return {"counter": 0, "best_score": None, "patience": 0}
         return {"counter": self._handler.counter, "best_score": self._handler.best_score, "patience": self.patience}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue counting from a checkpoint's state (nothing to do when early stopping is off).
+
+        Args:
+            state_dict: a :meth:`state_dict` saved in a checkpoint.
 
         Raises:
             FusionInputError: the restored count already reaches ``patience``: the run stopped early.
@@ -418,7 +481,11 @@ class TimeLimitHandler:
         self._first_epoch: int | None = None
 
     def attach(self, engine: Engine) -> None:
-        """Start the clock when ``engine`` starts and check it after every epoch."""
+        """Start the clock when ``engine`` starts and check it after every epoch.
+
+        Args:
+            engine: the trainer; nothing is attached when the limit is disabled.
+        """
         if self.limit_s <= 0:
             return
         engine.add_event_handler(Events.STARTED, self._started)
@@ -471,7 +538,11 @@ class LastCheckpointSaver(CheckpointSaver):
         self.kept_before: set[int] = set()  # epochs an earlier session's checkpoints keep
 
     def attach(self, engine: Engine) -> None:
-        """Save ``engine``'s state with the others after every epoch."""
+        """Save ``engine``'s state with the others after every epoch.
+
+        Args:
+            engine: the trainer, saved under ``"trainer"``.
+        """
         self.save_dict["trainer"] = engine  # the dict object the ignite Checkpoint saves from
         super().attach(engine)
         engine.add_event_handler(Events.STARTED, self._note_earlier)
@@ -609,8 +680,12 @@ class ResumeCheckpointLoader:
     def attach(self, engine: Engine) -> None:
         """Restore the checkpoint (if any) into ``engine`` and the other objects at ``Events.STARTED``.
 
+        Args:
+            engine: the trainer.
+
         Raises (when the run starts):
-            FusionInputError: the checkpoint is further than the run's ``max_epochs`` (``--epochs``).
+            FusionInputError: the checkpoint is further than the run's ``max_epochs`` (``--epochs``), or a restored
+                object refuses its state (e.g. an early stopper whose run stopped early).
         """
         if self.path is None:
             return
@@ -659,7 +734,13 @@ class LossProgressBar(ProgressBar):
         super().__init__(persist=persist)
 
     def attach(self, engine: Engine, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        """Show the progress of ``engine``'s epochs with its loss."""
+        """Show the progress of ``engine``'s epochs with its loss.
+
+        Args:
+            engine: the trainer.
+            args: ignored (the signature of Ignite's ``ProgressBar.attach``).
+            kwargs: ignored; the output transform is always the batch loss.
+        """
         super().attach(engine, output_transform=lambda output: {"loss": loss_output(output)})
 
 
@@ -698,8 +779,12 @@ class MetricTableSaver:
     def attach(self, engine: Engine) -> None:
         """Collect the pair names each iteration and write the tables at ``Events.COMPLETED``.
 
+        Args:
+            engine: the evaluator (on every process of a distributed run).
+
         Raises:
-            FusionInputError: a table exists in ``save_dir`` and ``overwrite`` is off.
+            FusionInputError: a table exists in ``save_dir`` and ``overwrite`` is off; at ``Events.COMPLETED``, the
+                evaluator computed no per-image values of a metric in ``metric_names``.
         """
         earlier = [name for name in ("metrics.csv", "summary.csv") if (self.save_dir / name).exists()]
         if earlier and not self.overwrite:
@@ -756,6 +841,10 @@ def best_model_saver(
 
     Returns:
         A MONAI ``CheckpointSaver`` for the evaluator.
+
+    Raises:
+        FusionInputError: ``resume`` is a checkpoint path that is not a file, or (resuming) an existing
+            ``save_dir/filename`` is cut short or damaged.
     """
     saver = _BestModelSaver(
         save_dir=str(save_dir),

@@ -275,6 +275,12 @@ def _reached_ids(config: dict[str, Any]) -> set[str]:
 def bundle_config(name: str) -> Path:
     """Path of a config shipped with the bundle, e.g. ``bundle_config("train.json")``.
 
+    Args:
+        name: the config's file name in the bundle's ``configs`` folder.
+
+    Returns:
+        the config's path (beside the bundle's ``models`` folder that holds the default weights).
+
     Raises:
         FusionInputError: the bundle folder or the config is missing.
     """

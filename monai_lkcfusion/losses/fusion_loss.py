@@ -190,7 +190,12 @@ class FusionLoss(_Loss):
 
     @property
     def config(self) -> dict[str, float | str]:
-        """The loss's settings (its terms' weights and forms), e.g. for a run's record."""
+        """The loss's settings (its terms' weights and forms), e.g. for a run's record.
+
+        Returns:
+            ``{setting: value}`` for the weights, ``value_range``, ``ssim_padding``, ``ssim_form`` and
+            ``intensity_sigma``.
+        """
         return {name: getattr(self, name) for name in (
             "intensity_weight", "ssim_weight", "gradient_weight", "edge_weight", "vif_weight", "value_range",
             "ssim_padding", "ssim_form", "intensity_sigma")}

@@ -89,6 +89,9 @@ class FusionMetric(CumulativeIterationMetric):
 
         Returns:
             ``{name: mean}`` in ``metric_names`` order.
+
+        Raises:
+            FusionInputError: no images were scored since the last ``reset()``.
         """
         data = self.get_buffer()
         if not isinstance(data, torch.Tensor) or data.numel() == 0:

@@ -87,7 +87,16 @@ class FusionMetricHandler(IgniteMetricHandler):
         super().__init__(metric_fn=metric_fn, output_transform=transform, save_details=save_details)
 
     def compute(self) -> float:
-        """Aggregate, write every metric's mean into ``engine.state.metrics`` and return ``metric_name``'s mean."""
+        """Aggregate, write every metric's mean into ``engine.state.metrics`` and return ``metric_name``'s mean.
+
+        With ``save_details``, each metric's (N,) per-image values also go to ``engine.state.metric_details``.
+
+        Returns:
+            the mean of ``metric_name`` over the images scored (NaN ignored).
+
+        Raises:
+            FusionInputError: the handler was not attached to an engine, or no images were scored.
+        """
         if self._engine is None:
             raise FusionInputError("FusionMetricHandler: call attach(engine, name) before running the engine")
         means: dict[str, float] = super().compute()

@@ -163,6 +163,10 @@ def peak_signal_to_noise_ratio(
     Returns:
         (B,) float64 tensor, or a float for a single image; ``+inf`` where the MSE is 0 (identical images),
         ``-inf`` for an all-zero fused image with peak ``"max"`` and a non-zero MSE.
+
+    Raises:
+        FusionInputError: ``peak`` is not one of :data:`PSNR_PEAKS`, or the images' shapes differ or are not
+            (H, W) or (B, 1, H, W).
     """
     if str(peak) not in PSNR_PEAKS:
         raise FusionInputError(f"psnr_peak: expected one of {PSNR_PEAKS}, got {peak!r}")

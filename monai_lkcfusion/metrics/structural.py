@@ -157,6 +157,9 @@ def multiscale_structural_similarity(
 
     Returns:
         (B,) float64 tensor, or a float for a single image.
+
+    Raises:
+        FusionInputError: an image side under 176 pixels, an unknown ``reduction``, or images of different shapes.
     """
     if min(fused.shape[-2:]) < 176:  # 11-pixel window at 1/16 of the size (MONAI's check)
         raise FusionInputError(f"MS_SSIM needs images of at least 176x176 pixels, got {tuple(fused.shape[-2:])}")

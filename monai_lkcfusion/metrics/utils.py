@@ -59,6 +59,14 @@ def batched_metric(func: Callable[..., torch.Tensor]) -> Callable[..., Any]:
     The wrapped function receives its positional image arguments (fused first, then the sources) as float64
     batches of one shape and returns a (B,) tensor; the wrapper checks the shapes, and unpacks a single image's
     value into a Python float. ``func.__wrapped__`` is the batch-only function.
+
+    Args:
+        func: the batch metric, ``func(fused, *sources, **kwargs) -> (B,)``.
+
+    Returns:
+        the wrapper: ``(B,)`` tensor for batches, a float for (H, W) images; keyword arguments pass through.
+        It raises :class:`~monai_lkcfusion.errors.FusionInputError` for an image of another shape than (H, W) or
+        (B, 1, H, W), or for images of different shapes.
     """
 
     @functools.wraps(func)
@@ -75,14 +83,33 @@ def batched_metric(func: Callable[..., torch.Tensor]) -> Callable[..., Any]:
 
 
 def reduce_sources(values: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Combine per-source values of shape (B, 2) into (B,) by ``"sum"`` (the literature) or ``"mean"``."""
+    """Combine per-source values of shape (B, 2) into (B,) by ``"sum"`` (the literature) or ``"mean"``.
+
+    Args:
+        values: (B, 2) values, column 0 for the MRI and column 1 for the other modality.
+        reduction: ``"sum"`` or ``"mean"`` (:data:`SOURCE_REDUCTIONS`).
+
+    Returns:
+        (B,) tensor.
+
+    Raises:
+        FusionInputError: ``reduction`` is not one of :data:`SOURCE_REDUCTIONS`.
+    """
     if reduction not in SOURCE_REDUCTIONS:
         raise FusionInputError(f"reduction: expected one of {SOURCE_REDUCTIONS}, got {reduction!r}")
     return values.sum(dim=1) if reduction == "sum" else values.mean(dim=1)
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation over the last two dimensions; 0 where either image is constant (instead of NaN)."""
+    """Pearson correlation over the last two dimensions; 0 where either image is constant (instead of NaN).
+
+    Args:
+        x: images (..., H, W).
+        y: images broadcastable with ``x``.
+
+    Returns:
+        correlations of shape ``(...)``, in [-1, 1].
+    """
     xc = x - x.mean(dim=(-2, -1), keepdim=True)
     yc = y - y.mean(dim=(-2, -1), keepdim=True)
     num = (xc * yc).sum(dim=(-2, -1))

@@ -157,6 +157,10 @@ def visual_information_fidelity(
 
     Returns:
         (B,) float64 tensor, or a float for a single image.
+
+    Raises:
+        FusionInputError: an image side under :data:`VIF_MIN_SIZE` pixels, an unknown ``reduction``, or images of
+            different shapes.
     """
     if min(fused.shape[-2:]) < VIF_MIN_SIZE:
         raise FusionInputError(f"VIF needs images of at least {VIF_MIN_SIZE}x{VIF_MIN_SIZE} pixels, got "
@@ -199,6 +203,9 @@ def information_fidelity(
 
     Returns:
         (B, 2) VIF of each source in ``fused`` (1 for a source without local variance at any scale).
+
+    Raises:
+        FusionInputError: an image side under :data:`VIF_MIN_SIZE` pixels, or ``flat`` not positive.
     """
     if min(fused.shape[-2:]) < VIF_MIN_SIZE:
         raise FusionInputError(f"VIF needs images of at least {VIF_MIN_SIZE}x{VIF_MIN_SIZE} pixels, got "

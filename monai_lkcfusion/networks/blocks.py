@@ -82,6 +82,14 @@ class DropPath(nn.Module):
         self.drop_prob = drop_prob
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero each sample's ``x`` with probability ``drop_prob`` and scale the kept ones by ``1 / (1 - drop_prob)``.
+
+        Args:
+            x: branch output (B, C, H, W).
+
+        Returns:
+            tensor of the shape of ``x``; ``x`` itself in eval mode or with ``drop_prob`` 0.
+        """
         if not self.training or self.drop_prob == 0.0:
             return x
         keep = 1.0 - self.drop_prob
@@ -119,6 +127,14 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block.
+
+        Args:
+            x: features (B, in_channels, H, W).
+
+        Returns:
+            features (B, out_channels, H, W).
+        """
         h = self.conv1(F.relu(self.norm1(x)))
         h = self.conv2(self.drop(F.relu(self.norm2(h))))
         return h + self.residual(x)
@@ -160,6 +176,14 @@ class RepLKBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block.
+
+        Args:
+            x: features (B, channels, H, W).
+
+        Returns:
+            features (B, channels, H, W): ``x`` plus the (stochastically dropped) large-kernel branch.
+        """
         h = F.relu(self.pw1_norm(self.pw1(self.pre_norm(x))))
         h = F.relu(self.dw_norm(self.dw(h)))
         h = self.pw2_norm(self.pw2(h))
@@ -199,6 +223,15 @@ class MultipathAdaptiveFusion(nn.Module):
         self.out_conv = nn.Conv2d(channels, 2 * channels, 1)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Fuse a decoder feature with its encoder skip.
+
+        Args:
+            x: decoder feature (B, C, H, W).
+            g: encoder skip feature (B, C, H, W).
+
+        Returns:
+            fused features (B, 2C, H, W).
+        """
         pooled = torch.cat((g.mean(dim=1, keepdim=True), torch.amax(g, dim=1, keepdim=True)), dim=1)  # (B, 2, H, W)
         spatial = self.spatial_norm(self.spatial_conv(pooled))  # (B, 1, H, W)
         mix = self.mix_norm(self.channel_attention(x) + spatial)  # (B, C, 1, 1) + (B, 1, H, W) -> (B, C, H, W)
@@ -223,4 +256,12 @@ class UpSample(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Upsample and convolve.
+
+        Args:
+            x: features (B, in_channels, H, W).
+
+        Returns:
+            features (B, out_channels, 2H, 2W).
+        """
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

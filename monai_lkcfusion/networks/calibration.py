@@ -32,7 +32,11 @@ CACHE_ENV = "LKCFUSION_CACHE_DIR"
 
 def cache_dir() -> Path:
     """The folder of the measured-choice caches: ``$LKCFUSION_CACHE_DIR``, else ``$XDG_CACHE_HOME/monai-lkcfusion``,
-    else ``~/.cache/monai-lkcfusion``."""
+    else ``~/.cache/monai-lkcfusion``.
+
+    Returns:
+        the folder's path (it may not exist yet).
+    """
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -62,7 +66,11 @@ class ChoiceCache:
 
     @property
     def path(self) -> Path:
-        """The cache file."""
+        """The cache file.
+
+        Returns:
+            ``<folder>/<name>.json``, with :func:`cache_dir` as the folder when none was given.
+        """
         return (self.folder or cache_dir()) / f"{self.name}.json"
 
     def _read(self) -> dict[str, dict[str, object]]:
@@ -77,6 +85,13 @@ class ChoiceCache:
 
         A key not in memory is looked up on disk again, so a long-lived process uses what other processes measured
         after it first read the file (two processes fusing the same input then run the same plans).
+
+        Args:
+            key: the choice's key.
+
+        Returns:
+            the value stored for ``key`` under this machine's :func:`~monai_lkcfusion.machine.machine_key`, or
+            ``None``.
         """
         with self._lock:
             if key not in self._memory:
@@ -86,7 +101,14 @@ class ChoiceCache:
             return self._memory.get(key)
 
     def put(self, key: str, value: object) -> None:
-        """Remember ``value`` for ``key`` on this machine, in memory and (where writable) on disk."""
+        """Remember ``value`` for ``key`` on this machine, in memory and (where writable) on disk.
+
+        A cache folder that cannot be written gives one warning per cache, not an error.
+
+        Args:
+            key: the choice's key.
+            value: a JSON-serialisable value.
+        """
         with self._lock:
             self._memory[key] = value
             content = self._read()
@@ -104,7 +126,11 @@ class ChoiceCache:
 
 
 def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued kernels (CUDA runs them asynchronously), so that a timing is complete."""
+    """Wait for the device's queued kernels (CUDA runs them asynchronously), so that a timing is complete.
+
+    Args:
+        device: the device; nothing is done for devices other than CUDA.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

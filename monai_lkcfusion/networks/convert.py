@@ -170,7 +170,14 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], origin: str = "checkpoint")
 
 
 def is_official_state_dict(state: Mapping[str, Any]) -> bool:
-    """Whether an (unwrapped) state dict uses the official code's names (``init_conv``, ``downs``, ``ups``)."""
+    """Whether an (unwrapped) state dict uses the official code's names (``init_conv``, ``downs``, ``ups``).
+
+    Args:
+        state: a state dict without wrapper prefixes (see :func:`unwrap_state_dict`).
+
+    Returns:
+        ``True`` when it holds ``init_conv.weight`` and at least one ``downs.*`` entry.
+    """
     return "init_conv.weight" in state and any(k.startswith("downs.") for k in state)
 
 

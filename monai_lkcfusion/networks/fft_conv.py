@@ -50,7 +50,15 @@ def fft_conv_supported(conv: nn.Module) -> bool:
 def large_kernel_convolutions(net: nn.Module, min_kernel_size: int) -> list[tuple[str, nn.Module, str, nn.Conv2d]]:
     """The convolutions of ``net`` that :func:`fft_conv_supported` accepts, with a kernel of at least
     ``min_kernel_size``: ``(qualified name, parent module, attribute name, conv)`` each, in network order (a list, so
-    the caller may replace them while going through it)."""
+    the caller may replace them while going through it).
+
+    Args:
+        net: the network to search.
+        min_kernel_size: smallest kernel side to include.
+
+    Returns:
+        ``[(qualified name, parent module, attribute name, conv), ...]``.
+    """
     return [
         (f"{parent_name}.{name}" if parent_name else name, parent, name, conv)
         for parent_name, parent in net.named_modules()
@@ -163,6 +171,11 @@ class FFTConv2d(nn.Module):
         self.register_buffer("bias", conv.bias.detach().float().clone() if conv.bias is not None else None)
 
     def extra_repr(self) -> str:
+        """The module's settings in its ``repr``.
+
+        Returns:
+            channels, kernel size, FFT size and ``depthwise`` or ``dense``.
+        """
         kind = "depthwise" if self.depthwise else "dense"
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, fft_size={self.fft_size}, {kind}"
 

@@ -96,6 +96,14 @@ class SpectralConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolve ``x`` by FFT, as ``nn.Conv2d.forward`` would directly.
+
+        Args:
+            x: input (B, C_in, H, W).
+
+        Returns:
+            output (B, C_out, H, W).
+        """
         return spectral_conv2d(x, self.weight, self.bias, self.groups)
 
 
@@ -130,7 +138,15 @@ class ConvCase:
 
     @classmethod
     def of(cls, conv: nn.Conv2d, input_shape: Sequence[int]) -> ConvCase:
-        """The case of ``conv`` fed an input of ``input_shape`` (B, C_in, H, W), at the current thread count."""
+        """The case of ``conv`` fed an input of ``input_shape`` (B, C_in, H, W), at the current thread count.
+
+        Args:
+            conv: the layer (its weight's dtype and device are recorded).
+            input_shape: the layer's input shape (B, C_in, H, W).
+
+        Returns:
+            the case.
+        """
         return cls(
             conv.in_channels,
             conv.out_channels,
@@ -145,7 +161,11 @@ class ConvCase:
 
     @property
     def key(self) -> str:
-        """The case as one line, e.g. ``128->128 k15 groups 1 bias 1 input 2x128x64x64 float32 cpu threads 1``."""
+        """The case as one line, e.g. ``128->128 k15 groups 1 bias 1 input 2x128x64x64 float32 cpu threads 1``.
+
+        Returns:
+            the line, used as the key in the on-disk cache.
+        """
         batch, channels, height, width = self.input_shape
         return (
             f"{self.in_channels}->{self.out_channels} k{self.kernel_size} groups {self.groups} bias {int(self.bias)} "

@@ -126,8 +126,9 @@ class LargeKernelConv2d(nn.Module):
     :class:`~monai_lkcfusion.networks.fft_conv.FFTConv2d` with each tile size whose modelled cost is within a factor 4
     of the cheapest, and the direct convolution (for a dense layer only if modelled within a factor 8). With
     ``calibrate`` they are timed on that input (once per machine: the winner is kept in ``cache``, keyed by the CPU,
-    torch version, thread count, layer and shape); without it the cost model's cheapest is taken. The choice is used for every later input of that shape, and the output has the input's
-    memory format. Kernel spectra are kept only for the tile sizes in use.
+    torch version, thread count, layer and shape); without it the cost model's cheapest is taken. The choice is used
+    for every later input of that shape, and the output has the input's memory format. Kernel spectra are kept only
+    for the tile sizes in use.
 
     Args:
         conv: the convolution (see :func:`~monai_lkcfusion.networks.fft_conv.fft_conv_supported`).
@@ -157,10 +158,22 @@ class LargeKernelConv2d(nn.Module):
         self.plans: dict[tuple[int, int, int, str, str], int] = {}  # input shape, format -> tile size (0 = direct)
 
     def extra_repr(self) -> str:
+        """The module's settings in its ``repr``.
+
+        Returns:
+            the tile sizes considered and the plans chosen so far.
+        """
         return f"fft_sizes={self.fft_sizes}, plans={self.plans}"
 
     def spectra_bytes(self, fft_size: int) -> int:
-        """Memory of the kernel spectra for tile size ``fft_size``."""
+        """Memory of the kernel spectra for tile size ``fft_size``.
+
+        Args:
+            fft_size: tile (FFT) size ``N``.
+
+        Returns:
+            bytes of ``N x (N // 2 + 1)`` complex64 values per (input channel / groups, output channel) pair.
+        """
         conv = self.conv
         bins = fft_size * (fft_size // 2 + 1)
         return bins * (conv.in_channels // conv.groups) * conv.out_channels * 8  # complex64, as FFTConv2d stores them
@@ -198,7 +211,14 @@ class LargeKernelConv2d(nn.Module):
         return self.fft[key]
 
     def cache_key(self, x: torch.Tensor) -> str:
-        """The key of this layer's measured choice for inputs like ``x`` (layer, shape, format, device, threads)."""
+        """The key of this layer's measured choice for inputs like ``x`` (layer, shape, format, device, threads).
+
+        Args:
+            x: an input (B, C_in, H, W).
+
+        Returns:
+            the key in :attr:`cache` (also naming the tile sizes considered).
+        """
         conv, (batch, _, height, width) = self.conv, x.shape
         return (
             f"conv {conv.in_channels}->{conv.out_channels} groups {conv.groups} k {self.kernel_size} "
@@ -233,7 +253,16 @@ class LargeKernelConv2d(nn.Module):
         return best
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolve ``x`` (B, C_in, H, W) -> (B, C_out, H, W) with the plan for its shape, in ``x``'s memory format."""
+        """Convolve ``x`` (B, C_in, H, W) -> (B, C_out, H, W) with the plan for its shape, in ``x``'s memory format.
+
+        The first input of a new shape, device or memory format is planned (and, with ``calibrate``, timed) first.
+
+        Args:
+            x: input (B, C_in, H, W).
+
+        Returns:
+            output (B, C_out, H, W).
+        """
         key = (x.shape[0], x.shape[2], x.shape[3], str(x.device), _format_name(x))
         if key not in self.plans:
             with _PLANNING:
@@ -286,6 +315,12 @@ class InferenceNetwork(nn.Module):
     def train(self, mode: bool = True) -> InferenceNetwork:
         """Only eval mode is allowed: train the original network, then optimise it again.
 
+        Args:
+            mode: must be ``False``.
+
+        Returns:
+            this network, in eval mode.
+
         Raises:
             FusionInputError: for ``mode=True``.
         """
@@ -318,7 +353,16 @@ class InferenceNetwork(nn.Module):
         return best
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the optimised network without autograd; same inputs and outputs as the original."""
+        """Run the optimised network without autograd; same inputs and outputs as the original.
+
+        With ``memory_format="auto"`` the first 4D input also chooses the memory format (cached or measured).
+
+        Args:
+            x: the original network's input, e.g. a pair (B, 2, H, W).
+
+        Returns:
+            the original network's output, contiguous, e.g. the fused image (B, 1, H, W).
+        """
         if not self._chosen and x.dim() == 4:
             with _PLANNING:
                 if not self._chosen:
@@ -327,7 +371,14 @@ class InferenceNetwork(nn.Module):
 
 
 def network_signature(net: nn.Module) -> str:
-    """A short hash of a network's architecture (its module tree and parameter shapes, not their values)."""
+    """A short hash of a network's architecture (its module tree and parameter shapes, not their values).
+
+    Args:
+        net: the network.
+
+    Returns:
+        the first 16 hexadecimal digits of a SHA-1 of its ``repr`` and its parameters' and buffers' names and shapes.
+    """
     shapes = ";".join(f"{name}:{tuple(t.shape)}" for name, t in (*net.named_parameters(), *net.named_buffers()))
     return hashlib.sha1(f"{net!r}|{shapes}".encode()).hexdigest()[:16]
 

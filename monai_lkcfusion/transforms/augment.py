@@ -56,7 +56,11 @@ class RandIntensityRemap(RandomizableTransform):
         self._knots: tuple[np.ndarray, np.ndarray] | None = None
 
     def randomize(self, data: object = None) -> None:
-        """Draw whether to remap and which curve."""
+        """Draw whether to remap and which curve.
+
+        Args:
+            data: ignored (MONAI's ``randomize`` signature).
+        """
         super().randomize(None)
         if not self._do_transform:
             return
@@ -100,6 +104,15 @@ class RandIntensityRemapd(RandomizableTransform, MapTransform):
         self.remap = RandIntensityRemap(**kwargs)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandIntensityRemapd:
+        """Seed this wrapper and its :class:`RandIntensityRemap` alike.
+
+        Args:
+            seed: a seed for both random states.
+            state: a ``RandomState`` to use instead of ``seed``.
+
+        Returns:
+            this transform.
+        """
         super().set_random_state(seed, state)
         self.remap.set_random_state(seed, state)
         return self

@@ -50,6 +50,14 @@ class InvertibleReferencedMapTransform(ReferencedMapTransform, InvertibleTransfo
     """A :class:`ReferencedMapTransform` whose array transform is invertible: ``inverse`` undoes it per key."""
 
     def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        """Undo the array transform on every key (the reference is not needed).
+
+        Args:
+            data: the transformed dictionary; its images carry the applied operations.
+
+        Returns:
+            a shallow copy of ``data`` with each key's image inverted.
+        """
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.transform.inverse(d[key])

@@ -49,7 +49,14 @@ def _mix(img: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
 
 
 def rgb_to_ycbcr(img: torch.Tensor) -> torch.Tensor:
-    """RGB ``(3, *spatial)`` in [0, 1] to YCbCr ``(3, *spatial)`` in [0, 1] (BT.601, Cb/Cr centred on 0.5)."""
+    """RGB ``(3, *spatial)`` in [0, 1] to YCbCr ``(3, *spatial)`` in [0, 1] (BT.601, Cb/Cr centred on 0.5).
+
+    Args:
+        img: floating-point RGB ``(3, *spatial)``, channel 0 red; values are not clamped.
+
+    Returns:
+        a new tensor ``(3, *spatial)`` of ``img``'s dtype and device: Y, then Cb and Cr offset by 0.5.
+    """
     out = _mix(img, _RGB_TO_YCBCR)
     out[1:] += 0.5
     return out

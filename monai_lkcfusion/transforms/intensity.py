@@ -41,6 +41,13 @@ _ALIASES = {"MRI": "MR", "MR": "MR", "CT": "CT", "PT": "PET", "PET": "PET", "NM"
 def normalize_modality(modality: str | None) -> str | None:
     """Map DICOM codes and common names to ``"MR"``, ``"CT"``, ``"PET"`` or ``"SPECT"`` (``None`` stays ``None``).
 
+    Args:
+        modality: ``MR``/``MRI``, ``CT``, ``PT``/``PET``, ``NM``/``SPECT`` (any case, surrounding spaces ignored), or
+            ``None``.
+
+    Returns:
+        the canonical name, or ``None`` for ``None``.
+
     Raises:
         FusionInputError: an unknown modality name.
     """
@@ -157,6 +164,12 @@ def known_modality(modality: object) -> str | None:
     """A file's modality (e.g. DICOM ``Modality``) when the scaling knows it (MR, CT, PT, NM, ...), else ``None``.
 
     Unlike :func:`normalize_modality` this never raises: a DICOM ``"OT"`` (other) is left for the data to decide.
+
+    Args:
+        modality: any value (``None``, a DICOM code, a name); compared as an upper-case string without spaces around.
+
+    Returns:
+        ``"MR"``, ``"CT"``, ``"PET"`` or ``"SPECT"``, or ``None`` for anything else.
     """
     key = str(modality).strip().upper()
     return _ALIASES.get(key)
@@ -166,9 +179,9 @@ class ScaleModality(Transform):
     """Array transform over :func:`scale_to_unit`: modality-aware scaling of one image to [0, 1].
 
     The modality is, in order: the one given to the call, the one given here, the image's own (``meta["modality"]``,
-    e.g. from DICOM, when it is one the scaling knows), ``fallback``, else decided from the data. ``display_max`` comes from the
-    image's meta (set by the readers). The record (``intensity_scaling``, ``nonfinite_voxels``, ``modality``) is
-    written into the result's meta and NaN/Inf voxels are reported with a warning.
+    e.g. from DICOM, when it is one the scaling knows), ``fallback``, else decided from the data. ``display_max``
+    comes from the image's meta (set by the readers). The record (``intensity_scaling``, ``nonfinite_voxels``,
+    ``modality``) is written into the result's meta and NaN/Inf voxels are reported with a warning.
 
     Args:
         modality: default modality (``"MR"``, ``"CT"``, ``"PET"``, ``"SPECT"`` or a DICOM code).
@@ -199,6 +212,9 @@ class ScaleModality(Transform):
             img: the raw image.
             modality: its modality, overriding the one given at construction and the file's.
             fallback: overrides the ``fallback`` given at construction.
+
+        Returns:
+            the scaled image ``(C, *spatial)``, float32, with the scaling record in its meta.
         """
         meta = img.meta if isinstance(img, MetaTensor) else {}
         name = str(meta.get("filename_or_obj", "image"))

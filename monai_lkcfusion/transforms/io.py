@@ -217,7 +217,15 @@ class SaveFused(Transform):
         self.claimed: dict[Path, str] = {}
 
     def output_path(self, source: str | Path) -> Path:
-        """The path written for an input named ``source``."""
+        """The path written for an input named ``source``.
+
+        Args:
+            source: the input's file name or path (the MRI's ``filename_or_obj``).
+
+        Returns:
+            ``output_dir/<prefix><stem><suffix>`` (see :func:`~monai_lkcfusion.data.pairing.output_name`); nothing
+            is checked or reserved.
+        """
         return self.output_dir / output_name(source, self.output_prefix, self.output_suffix)
 
     def reset(self) -> None:
@@ -226,6 +234,9 @@ class SaveFused(Transform):
 
     def check(self, source: str | Path) -> Path:
         """What :meth:`claim` checks, without reserving the output (before the work of a pair that may still fail).
+
+        Args:
+            source: the input's file name or path.
 
         Returns:
             The output path.
@@ -248,6 +259,9 @@ class SaveFused(Transform):
         """Reserve the output of ``source`` for this run, checked before any work. The record is this object's
         (one process): savers copied into ``DataLoader`` workers do not see each other's outputs, so write in the
         main process (the package's pipelines save in their post-processing there).
+
+        Args:
+            source: the input's file name or path.
 
         Returns:
             The output path.

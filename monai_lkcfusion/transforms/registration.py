@@ -158,7 +158,15 @@ class RegisterToReference(InvertibleTransform):
 
     def inverse(self, data: torch.Tensor) -> torch.Tensor:
         """Restore the original affine (and size) and drop the ``registration`` record; a pass-through stays as it
-        is."""
+        is.
+
+        Args:
+            data: an image this transform registered (its last applied operation is this transform's).
+
+        Returns:
+            a copy with the original affine (resized back when registration resized it); ``data`` itself when this
+            transform recorded nothing.
+        """
         ops = getattr(data, "applied_operations", [])
         if not ops or ops[-1].get(TraceKeys.CLASS_NAME) != self.__class__.__name__:
             return data  # kind "none": nothing was recorded

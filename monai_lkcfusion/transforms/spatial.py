@@ -229,7 +229,14 @@ class ResampleToReference(InvertibleTransform):
         return out
 
     def inverse(self, data: torch.Tensor) -> torch.Tensor:
-        """Back onto the image's own grid (volumes: resampled; 2D: resized back or unchanged)."""
+        """Back onto the image's own grid (volumes: resampled; 2D: resized back or unchanged).
+
+        Args:
+            data: an image this transform put on the reference grid ``(C, *spatial')``.
+
+        Returns:
+            the image on its original grid ``(C, *spatial)``.
+        """
         transform = self.pop_transform(data)
         extra = transform[TraceKeys.EXTRA_INFO]
         if extra.get("method") == "none":
@@ -418,7 +425,11 @@ class RandSlice(Randomizable, InvertibleTransform):
         self._index = 0
 
     def randomize(self, img: torch.Tensor) -> None:
-        """Pick the axis and slice index for ``img`` (``(C, X, Y, Z)``)."""
+        """Pick the axis and slice index for ``img`` (``(C, X, Y, Z)``).
+
+        Args:
+            img: the volume ``(C, X, Y, Z)``; its affine picks the axis when ``axis`` is ``None``.
+        """
         affine = img.affine if isinstance(img, MetaTensor) else None
         self._axis = self.axis if self.axis is not None else slicing_axis(affine, tuple(img.shape[1:]))
         in_plane = [1 + i for i in range(3) if i != self._axis]
@@ -451,6 +462,9 @@ class RandSlice(Randomizable, InvertibleTransform):
 
     def inverse(self, data: torch.Tensor) -> torch.Tensor:
         """Refused: the rest of the volume is gone.
+
+        Args:
+            data: a slice made by this transform.
 
         Raises:
             FusionInputError: always.
@@ -485,11 +499,25 @@ class RandSliced(Randomizable, MapTransform, InvertibleTransform):
         self.slicer = RandSlice(axis=axis, min_foreground=min_foreground)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandSliced:
+        """Seed this wrapper and its :class:`RandSlice` alike.
+
+        Args:
+            seed: a seed for both random states.
+            state: a ``RandomState`` to use instead of ``seed``.
+
+        Returns:
+            this transform.
+        """
         super().set_random_state(seed, state)
         self.slicer.set_random_state(seed, state)
         return self
 
     def randomize(self, data: torch.Tensor) -> None:
+        """Pick the axis and slice index from the first key's volume (see :meth:`RandSlice.randomize`).
+
+        Args:
+            data: the first key's volume ``(C, X, Y, Z)``.
+        """
         self.slicer.randomize(data)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
@@ -510,6 +538,9 @@ class RandSliced(Randomizable, MapTransform, InvertibleTransform):
 
     def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         """Refused, as :meth:`RandSlice.inverse`.
+
+        Args:
+            data: a dictionary of slices made by this transform.
 
         Raises:
             FusionInputError: always.
