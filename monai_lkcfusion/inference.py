@@ -127,13 +127,12 @@ def fuse(
             method, or the same file as ``mri`` and ``other``.
     """
     check_distinct_pair(mri, other, mri_series, other_series)
-    if preview is not None:  # a picture written after the work: never over an input file
-        check_not_input(preview, [image for image in (mri, other) if isinstance(image, (str, Path))])
+    if preview is not None:  # a picture written after the work: never over an input file, nor unasked over a file
+        check_output_file(preview, "preview.png", [image for image in (mri, other) if isinstance(image, (str, Path))],
+                          overwrite)
     if save_transform is not None:
         check_transform_file(save_transform, overwrite)
-    for target in (save_transform, preview):  # written after the (long) work: fail now, not then
-        if target is not None:
-            check_writable(target)
+        check_writable(save_transform)  # written after the (long) work: fail now, not then
     inferer = FusionInferer(tile_size=tile_size, batch_size=batch_size, axis=axis, tta=tta, device=device,
                             optimize=optimize, progress=progress, workers=workers, threads=threads)
     network = model if model is not None else build_predictor(None, method, weights, inferer.device, optimize)
@@ -147,7 +146,7 @@ def fuse(
     data = fuse_dict({"mri": mri, "other": other}, network, preprocessing, inferer, postprocessing)
     fused = data["pred"]
     if preview is not None:
-        save_alignment_preview(data["mri"], data["other"], preview)
+        save_alignment_preview(data["mri"], data["other"], preview, overwrite=overwrite)
     return _as_layout(fused) if isinstance(mri, np.ndarray) else fused
 
 

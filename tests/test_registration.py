@@ -338,6 +338,23 @@ def test_saved_transform_applies_the_same(demo_2d, tmp_path):
     assert (tmp_path / "check.png").stat().st_size > 0
 
 
+def test_a_preview_is_kept_unless_overwrite(demo_2d, tmp_path, monkeypatch):
+    """``fuse(preview=P, overwrite=False)`` replaced an existing ``P`` without a word (docstring helper), unlike the
+    transform file beside it and the command line: it is refused before any work, and replaced with ``overwrite``."""
+    import monai_lkcfusion.inference as inference
+
+    mri, pet = demo_2d
+    preview = tmp_path / "check.png"
+    preview.write_bytes(b"an earlier preview")
+    monkeypatch.setattr(inference, "fuse_dict", lambda *a, **k: pytest.fail("fused before the check"))
+    with pytest.raises(FusionInputError, match="check.png: output exists"):
+        fuse(mri, pet, method="max", preview=preview, overwrite=False)
+    assert preview.read_bytes() == b"an earlier preview"
+    monkeypatch.undo()
+    fuse(mri, pet, method="max", preview=preview)
+    assert preview.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_failures_are_one_line_errors(demo_2d):
     """Constant images, 2D against 3D, unknown kinds, both a kind and a transform: FusionInputError."""
     mri, pet = demo_2d
