@@ -170,11 +170,27 @@ def test_missing_default_weights_and_bad_inputs(monkeypatch, tmp_path):
         fuse(torch.rand(1, 8, 8, 8), torch.rand(1, 8, 8), method="max")
 
 
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """A predictor that is not pixel-wise: the 3x3 mean of the pair's average (replicated border)."""
+    mean = (x[:, :1] + x[:, 1:]) / 2
+    return torch.nn.functional.avg_pool2d(torch.nn.functional.pad(mean, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+
+
 def test_large_slices_are_tiled_without_seams():
+    """Overlapping tiles blended with Gaussian weights: a tile's border (where the network sees an edge that the
+    image does not have) counts little wherever another tile covers the pixel with its inside, so the tiled result
+    is the whole pass away from the image's border except for small differences on the seams. A pixel-wise 'max'
+    could not show a blending fault: every tile gives it the same value."""
     rng = np.random.default_rng(3)
-    mri, ct = rng.random((70, 50), dtype=np.float32), rng.random((70, 50), dtype=np.float32)
-    tiled = fuse(mri, ct, method="max", tile_size=32, progress=False)
-    assert tiled.shape == (70, 50) and np.allclose(tiled, np.maximum(mri, ct), atol=1e-5)
+    mri, ct = (rng.random((70, 50), dtype=np.float32) * 0.8 + 0.1 for _ in range(2))
+    assert np.allclose(fuse(mri, ct, method="max", tile_size=32, progress=False), np.maximum(mri, ct), atol=1e-5)
+    whole = np.asarray(fuse(mri, ct, model=_blur, progress=False))
+    padded = np.pad((mri + ct) / 2, 1, mode="edge")
+    reference = sum(padded[i:i + 70, j:j + 50] for i in range(3) for j in range(3)) / 9
+    assert np.allclose(whole, reference, atol=1e-6)
+    tiled = np.asarray(fuse(mri, ct, model=_blur, tile_size=32, progress=False))
+    inside = np.abs(tiled - whole)[3:-3, 3:-3]  # at the image's border every tile's weight is MONAI's floor
+    assert tiled.shape == (70, 50) and inside.mean() < 5e-4 and (inside > 1e-2).mean() < 0.01
 
 
 @pytest.mark.shared
@@ -345,6 +361,18 @@ def test_flip_tta_averages_over_flips():
     assert len(seen) == 4 and torch.equal(seen[1], seen[0].flip(-1)) and torch.equal(seen[2], seen[0].flip(-2))
     ramp = np.linspace(0, 1, 10, dtype=np.float32)
     assert np.allclose(plain, mri * ramp) and np.allclose(tta, mri * 0.5, atol=1e-6)  # (ramp + reversed) / 2
+    seen.clear()  # a model that varies along rows and columns: the both-axes flip must be undone on both axes too
+    rows, columns = np.linspace(0, 1, 12, dtype=np.float32), np.linspace(0, 1, 10, dtype=np.float32)
+
+    def tilted(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return x[:, :1] * torch.from_numpy(np.outer(rows, columns))
+
+    assert np.allclose(fuse(mri, mri, model=tilted, progress=False), mri * np.outer(rows, columns), atol=1e-6)
+    seen.clear()
+    tta = fuse(mri, mri, model=tilted, progress=False, tta=True)
+    assert len(seen) == 4 and torch.equal(seen[3], seen[0].flip(-2, -1))
+    assert np.allclose(tta, mri * 0.25, atol=1e-6)  # (r + r')(c + c') / 4 with r + r' = c + c' = 1
     with pytest.raises(FusionInputError, match="'max' has no network"):  # it was accepted and did nothing
         fuse(mri, mri, method="max", tta=True)
     assert np.array_equal(fuse(mri, mri, method="max", tta="false"), fuse(mri, mri, method="max"))

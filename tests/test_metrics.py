@@ -74,6 +74,13 @@ def test_golden_values(golden_path):
 def test_luma_matches_bt601_rounding():
     rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]]], dtype=np.uint8)
     assert luma_bt601(rgb).tolist() == [[76.0, 150.0, 29.0, 18.0]]
+    # pure red is a rounding tie (76.245 is far from one, but 0.3 * 255 = 76.5 rounds to even 76 too): colours whose
+    # BT.601 sum is not within 0.05 of a half must each give round(0.299 R + 0.587 G + 0.114 B) exactly
+    colours = np.random.default_rng(0).integers(0, 256, (4000, 3))
+    exact = colours @ np.array([0.299, 0.587, 0.114])
+    colours, exact = colours[np.abs(exact % 1 - 0.5) > 0.05], exact[np.abs(exact % 1 - 0.5) > 0.05]
+    assert np.array_equal(luma_bt601(colours[None].astype(np.uint8))[0], np.round(exact))
+    assert luma_bt601(np.array([[[200, 1, 0], [120, 200, 40]]], dtype=np.uint8)).tolist() == [[60.0, 158.0]]
 
 
 def test_single_image_floats_and_batch_equals_per_image():
