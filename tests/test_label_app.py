@@ -166,6 +166,43 @@ def test_an_unknown_image_id_is_refused_not_read_as_the_working_folder(tmp_path,
         served.infer({"image": str(pet), "other": "pet_typo"}, studies)
 
 
+def test_a_request_the_task_cannot_serve_is_answered_422_with_its_reason(tmp_path, tiny_weights, monkeypatch):
+    """Every user error (unknown ID, missing second image, a bad parameter) reached a Slicer user as a bare
+    "Internal Server Error" (500), the reason only in the server's log (hand-check helper on a real server): they
+    are FastAPI's HTTPException 422 with the one-line reason; a bug stays a 500 with its traceback in the log."""
+    app = write_label_app(tmp_path / "app", weights=tiny_weights)
+    mri, pet, _ = _mri_and_pet(tmp_path / "studies")
+    _import_app_task(app, monkeypatch)  # the stand-in monailabel modules and the app's lib on sys.path
+
+    class HTTPException(Exception):  # a stand-in for fastapi's (MONAI Label's server framework)
+        def __init__(self, status_code: int, detail: str) -> None:
+            super().__init__(detail)
+            self.status_code, self.detail = status_code, detail
+
+    monkeypatch.setitem(sys.modules, "fastapi", types.SimpleNamespace(HTTPException=HTTPException))
+    failures = {"user": FusionInputError("params: axis '2': give a whole number"), "bug": KeyError("a bug")}
+
+    def base_infer(self, request, datastore=None):
+        raise failures[request.get("fail", "user")]
+
+    base = types.ModuleType("monailabel.interfaces.app")
+    base.MONAILabelApp = type("MONAILabelApp", (), {"__init__": lambda self, **kwargs: None, "infer": base_infer})
+    monkeypatch.setitem(sys.modules, "monailabel.interfaces.app", base)
+    sys.modules["monailabel"].__version__ = "stand-in"
+    monkeypatch.delitem(sys.modules, "main", raising=False)
+    from main import LKCFusionApp
+
+    served = LKCFusionApp(str(app), str(tmp_path / "studies"), {})
+    studies = types.SimpleNamespace(get_image_uri=lambda image_id: "")
+    for request, detail in (({"image": "mri_typo", "other": str(pet)}, "image='mri_typo': no such image ID"),
+                            ({"image": str(mri), "other": str(pet)}, "params: axis '2': give a whole number")):
+        with pytest.raises(HTTPException) as caught:
+            served.infer(request, studies)
+        assert caught.value.status_code == 422 and caught.value.detail.startswith(detail), caught.value.detail
+    with pytest.raises(KeyError, match="a bug"):
+        served.infer({"image": str(mri), "other": str(pet), "fail": "bug"}, studies)
+
+
 def test_infer_task_fuses_the_two_channels_of_one_volume(tmp_path, tiny_weights, monkeypatch):
     app = write_label_app(tmp_path / "app", weights=tiny_weights)
     volume = tmp_path / "pair.nii.gz"
@@ -182,6 +219,26 @@ def test_infer_task_fuses_the_two_channels_of_one_volume(tmp_path, tiny_weights,
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(one_channel))
     with pytest.raises(ValueError, match="expected 2 channels"):
         task({"image": str(one_channel)})
+
+
+def test_a_two_channel_request_fuses_as_the_two_files_would(tmp_path, tiny_weights, monkeypatch):
+    """The channels went in as in-memory tensors, whose float values in [0, 1] are taken as already scaled, while
+    ``lkcfusion fuse`` percentile-scales the same values read from a file: a PET channel in [0, 0.88] fused up to 0.15
+    off (hand-check helper on a real MONAI Label server). Both channels now go in as files."""
+    app = write_label_app(tmp_path / "app", weights=tiny_weights)
+    affine = np.array([[0.0, -1.2, 0.0, 10.0], [0.9, 0.0, 0.0, -5.0], [0.0, 0.0, 3.0, 2.0], [0, 0, 0, 1]])
+    rng = np.random.default_rng(3)
+    x, y, _ = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in (20, 18, 6)], indexing="ij")
+    mri = 300 * np.exp(-((x - 10) ** 2 + (y - 9) ** 2) / 40) + 5 * rng.random(x.shape)
+    pet = 0.88 * np.exp(-((x - 7) ** 2 + (y - 11) ** 2) / 10) * rng.uniform(0.5, 1.0, x.shape)  # in [0, 1]
+    for name, data in (("pair", np.stack([mri, pet], axis=-1)), ("mri", mri), ("pet", pet)):
+        nib.save(nib.Nifti1Image(data.astype(np.float32), affine), str(tmp_path / f"{name}.nii.gz"))
+    task = _import_app_task(app, monkeypatch)(weights=str(app / "model" / "lkcfusion.safetensors"))
+    path, result = task({"image": str(tmp_path / "pair.nii.gz")})
+    assert main(["fuse", str(tmp_path / "mri.nii.gz"), str(tmp_path / "pet.nii.gz"), "-o", str(tmp_path / "cli.nii.gz"),
+                 "--weights", str(tiny_weights), "--device", "cpu", "-q"]) == 0
+    np.testing.assert_array_equal(nib.load(path).get_fdata(), nib.load(tmp_path / "cli.nii.gz").get_fdata())
+    assert not list(tmp_path.glob("lkcfusion-channels-*"))  # the channel files are removed again
 
 
 def test_infer_task_keeps_one_predictor_between_requests(tmp_path, tiny_weights, monkeypatch):
@@ -276,6 +333,11 @@ def test_monailabel_server_fuses_two_images_over_http(tmp_path, tiny_weights):
         params = json.loads(parts["params"])
         # 3. one 2-channel volume by ID, JSON only
         two_channel, _ = _post(f"{base}/infer/lkcfusion?image=pair&output=json")
+        # 4. a request the task cannot serve: 422 and its reason (a bare 500 "Internal Server Error" before)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _post(f"{base}/infer/lkcfusion?image=mri&output=json",
+                  {"params": (None, json.dumps({"other": "pet", "axis": "2"}).encode())})
+        reason = refused.value.read().decode()
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -289,6 +351,7 @@ def test_monailabel_server_fuses_two_images_over_http(tmp_path, tiny_weights):
     np.testing.assert_array_equal(results[0].get_fdata(), results[1].get_fdata())
     assert params["predictor_reused"] is True and params["predictor_loads"] == 1, params
     assert json.loads(two_channel)["predictor_loads"] == 1
+    assert refused.value.code == 422 and "axis '2': give a whole number" in reason, (refused.value.code, reason)
     print(f"\nfirst request {first_seconds:.2f} s, second {second_seconds:.2f} s; server: {params}")
 
 

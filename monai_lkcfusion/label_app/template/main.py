@@ -46,17 +46,24 @@ class LKCFusionApp(MONAILabelApp):
     def infer(self, request: dict, datastore=None) -> dict:
         """Resolve the second image's ID (``params={"other": ID}``) in the datastore, then run the task. An unknown
         ``image`` ID is refused here too: the datastore gives ``""`` for it, which the task read as the server's
-        working folder (a DICOM series lying there was fused without a word)."""
-        for key in ("image", "other"):
-            given = request.get(key)
-            if not isinstance(given, str) or not given or os.path.exists(given):
-                continue
-            uri = (datastore or self.datastore()).get_image_uri(given)
-            if not uri or not os.path.exists(uri):
-                raise ValueError(f"{key}={given!r}: no such image ID in the studies folder")
-            if key == "other":  # MONAI Label resolves "image" itself
-                request = {**request, "other": uri}
-        return super().infer(request, datastore)
+        working folder (a DICOM series lying there was fused without a word). A request the task cannot serve
+        because of what it asks is answered with HTTP 422 and the one-line reason (see :func:`client_error`)."""
+        try:
+            for key in ("image", "other"):
+                given = request.get(key)
+                if not isinstance(given, str) or not given or os.path.exists(given):
+                    continue
+                uri = (datastore or self.datastore()).get_image_uri(given)
+                if not uri or not os.path.exists(uri):
+                    raise ValueError(f"{key}={given!r}: no such image ID in the studies folder")
+                if key == "other":  # MONAI Label resolves "image" itself
+                    request = {**request, "other": uri}
+            return super().infer(request, datastore)
+        except Exception as err:
+            client = client_error(err)
+            if client is None:
+                raise
+            raise client from err
 
     def init_infers(self) -> dict[str, InferTask]:
         task = FusionInferTask(weights=self.weights, device=self.device)
@@ -71,3 +78,27 @@ class LKCFusionApp(MONAILabelApp):
 
     def init_scoring_methods(self) -> dict:
         return {}
+
+
+def client_error(err: Exception) -> Exception | None:
+    """The HTTP 422 answer (FastAPI's ``HTTPException``, whose ``detail`` the client and Slicer show) for an error
+    the request caused: a ``ValueError`` of the app's checks or a ``FusionInputError``, also inside MONAI's
+    wrappers; MONAI Label answered them with a bare "Internal Server Error" (500) and the reason only in the
+    server's log. ``None`` for other errors (and outside a server, without FastAPI): they stay as they are.
+
+    Args:
+        err: the error raised while serving a request.
+
+    Returns:
+        The exception to raise instead, or ``None``.
+    """
+    from monai_lkcfusion.errors import one_line, user_error
+
+    user = err if isinstance(err, ValueError) else user_error(err)
+    if user is None:
+        return None
+    try:
+        from fastapi import HTTPException
+    except ImportError:
+        return None
+    return HTTPException(status_code=422, detail=one_line(user))

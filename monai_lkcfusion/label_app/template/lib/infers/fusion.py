@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -23,8 +24,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import torch
-from monai.data import MetaTensor
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 logger = logging.getLogger(__name__)
@@ -33,22 +32,39 @@ OPTIONS = ("method", "color", "mask_background", "tta", "modality", "axis", "bat
 """Request parameters passed on to the fusion (see ``lkcfusion fuse --help``)."""
 
 
-def read_channels(path: str) -> tuple[MetaTensor, MetaTensor]:
-    """Read a 2-channel NIfTI, (X, Y, Z, 2) or NIfTI vector (X, Y, Z, 1, 2), as MRI and other (1, X, Y, Z) images."""
+def split_channels(path: str, folder: str) -> tuple[str, str]:
+    """Write the two channels of a 2-channel NIfTI, (X, Y, Z, 2) or NIfTI vector (X, Y, Z, 1, 2), as the MRI and
+    the other image, each a NIfTI file with the volume's header, into ``folder``.
+
+    Files, not in-memory tensors: the fusion then reads and scales them as it reads two uploaded files (as
+    ``lkcfusion fuse`` does); float values in [0, 1] in memory are taken as already scaled, which fused a
+    2-channel request up to 0.15 off the same pair sent as two images (hand-check helper).
+
+    Returns:
+        The paths of the MRI and of the other image.
+
+    Raises:
+        ValueError: the volume does not hold 2 channels.
+    """
     image = nib.load(path)
-    voxels = np.asarray(image.dataobj, dtype=np.float32)
+    voxels = np.asanyarray(image.dataobj)
     if voxels.ndim == 5 and voxels.shape[3] == 1:
         voxels = voxels[:, :, :, 0]
     if voxels.ndim != 4 or voxels.shape[3] != 2:
         raise ValueError(
             f"{path}: expected 2 channels (X, Y, Z, 2) = (MRI, other), got shape {voxels.shape}; or send the "
-            "second image as params {\"other\": \"<image id>\"} or as the 'label' upload"
+            "second image as params {\"other\": \"<image ID>\"} or as the 'label' upload"
         )
-    affine = torch.as_tensor(image.affine, dtype=torch.float64)
-    mri, other = (
-        MetaTensor(torch.from_numpy(np.ascontiguousarray(voxels[..., c]))[None], affine=affine) for c in (0, 1)
-    )
-    return mri, other
+    paths = []
+    for channel, name in enumerate(("mri", "other")):
+        header = image.header.copy()
+        header.set_intent("none")  # a vector image's intent does not describe one channel
+        header.set_data_dtype(voxels.dtype)  # the values as read (scaled by scl_slope already): stored unchanged
+        single = nib.Nifti1Image(np.ascontiguousarray(voxels[..., channel]), image.affine, header)
+        single.header.set_slope_inter(1.0, 0.0)
+        paths.append(os.path.join(folder, f"{name}.nii.gz"))
+        nib.save(single, paths[-1])
+    return paths[0], paths[1]
 
 
 class FusionInferTask(InferTask):
@@ -87,14 +103,15 @@ class FusionInferTask(InferTask):
         if not request.get("image"):  # MONAI Label's datastore gives "" for an unknown ID: the working folder
             raise ValueError("image: no MRI given (an image ID not in the studies folder?)")
         other = request.get("other") or request.get("label")
-        mri, other = (request["image"], other) if other else read_channels(request["image"])
         options = {key: request[key] for key in (*OPTIONS, "device") if request.get(key) is not None}
         options.setdefault("device", self.config()["device"])
         check_job_values(options, "params")  # {"device": 0} was "--device 0: Invalid device string"
         weights = self.weights if options.get("method", "lkcfunet") == "lkcfunet" else None  # the app's network
         path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
-        job = FusionJob(mri=mri, other=other, output=path, weights=weights, **options)
+        channels = None if other else tempfile.mkdtemp(prefix="lkcfusion-channels-")
         try:
+            mri, other = (request["image"], other) if other else split_channels(request["image"], channels)
+            job = FusionJob(mri=mri, other=other, output=path, weights=weights, **options)
             with self._lock:  # one predictor per server process, one fusion at a time
                 done = self.worker.run(job)
             written = nib.load(path).shape  # a picture is written as (X, Y, 1[, 1, 3]): the file's axes
@@ -102,6 +119,9 @@ class FusionInferTask(InferTask):
             with contextlib.suppress(OSError):  # never in place of the error that brought us here
                 os.remove(path)
             raise
+        finally:
+            if channels is not None:
+                shutil.rmtree(channels, ignore_errors=True)
         result = {
             "shape": list(written[:3]),
             "channels": done["shape"][0],
