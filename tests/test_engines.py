@@ -25,6 +25,7 @@ from monai_lkcfusion.engines import (
 )
 from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.networks import LKCFUNet
+from monai_lkcfusion.networks.convert import read_state_dict
 
 TINY = {"preset": "tiny", "roi_size": 32, "batch_size": 2, "samples_per_image": 1, "val_fraction": 0.34}
 
@@ -154,6 +155,17 @@ def test_export_weights_errors(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         export_weights(good, exported)
     assert exported.read_bytes() == before and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    monkeypatch.undo()
+    # review helper: a step counter beside the network exported only {"step"}; the checkpoint as its own output was
+    # replaced by weights only; a .safetensors output got a torch pickle
+    net = LKCFUNet.from_preset("tiny")
+    torch.save({"network": net.state_dict(), "step": torch.tensor(7)}, tmp_path / "stepped.pt")
+    for name in ("w.pt", "w.safetensors"):
+        out = export_weights(tmp_path / "stepped.pt", tmp_path / name)
+        LKCFUNet.from_preset("tiny").load_state_dict(read_state_dict(out))  # every tensor of the network, no "step"
+    with pytest.raises(FusionInputError, match="stepped.pt: is the input"):
+        export_weights(tmp_path / "stepped.pt", tmp_path / "stepped.pt")
+    assert "step" in torch.load(tmp_path / "stepped.pt", weights_only=True)
 
 
 def _harvard_like(root: Path, n: int = 3) -> Path:

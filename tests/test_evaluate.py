@@ -247,6 +247,62 @@ def test_an_interrupted_overwrite_keeps_the_earlier_results(tmp_path: Path, monk
     assert len(list((out / "fused" / "max").rglob("*.png"))) == 3
 
 
+def test_a_failed_replacement_keeps_the_earlier_results_and_stale_stages_are_cleaned(tmp_path, monkeypatch) -> None:
+    """Review helper: ``--overwrite`` deleted the earlier results and then moved the new ones in, so a failure in
+    between (a file that cannot be removed, a full disk, Ctrl-C) left neither; a dangling ``fused`` link failed only
+    after all the work; a killed run's hidden folder stayed for good; a second evaluation finishing into the same
+    folder replaced the first's tables without a word."""
+    import os
+
+    import monai_lkcfusion.apps.evaluation as evaluation
+    import monai_lkcfusion.inference as inference
+
+    mri_dir, other_dir = _pairs(tmp_path / "data", n=2)
+    pairs = [{"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png")} for i in range(2)]
+    out = tmp_path / "out"
+    compare_methods(pairs, out, methods=["max", "mean"], metric_names=["EN"], figure_rows=0)
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    replace, calls = os.replace, []
+
+    def failing(src, dst, **kwargs):  # os.replace is also what every atomic write ends with
+        staged = Path(src).parent.name.endswith(".tmp-evaluation") and not Path(src).name.startswith(".lkcfusion-")
+        if staged:  # a new result moved from its stage into place (not an atomic write within the stage)
+            calls.append(dst)
+            if len(calls) == 2:  # the earlier results are aside, one new one is in
+                raise OSError(28, "No space left on device", str(dst))
+        return replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(evaluation.os, "replace", failing)
+    with pytest.raises(OSError, match="No space left"):
+        compare_methods(pairs, out, methods=["max"], metric_names=["EN", "SD"], figure_rows=0, overwrite=True)
+    monkeypatch.undo()
+    assert len(calls) == 2
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before and not [p for p in out.rglob(".*")]  # the earlier evaluation, whole; nothing hidden
+    for folder in (out, out / "fused"):  # a killed run's partial results (pid 4194303 runs nowhere here)
+        (folder / ".lkcfusion-4194303-0badcafe.tmp-evaluation" / "max").mkdir(parents=True)
+    fuse = inference.fuse
+
+    def racing(*args, **kwargs):  # another evaluation writes its tables into OUT meanwhile
+        (tmp_path / "new" / "metrics.csv").write_text("theirs")
+        return fuse(*args, **kwargs)
+
+    (tmp_path / "new").mkdir()
+    monkeypatch.setattr(inference, "fuse", racing)
+    with pytest.raises(FusionInputError, match="new.metrics.csv: written by another evaluation while this one ran"):
+        compare_methods(pairs, tmp_path / "new", methods=["max"], metric_names=["EN"], figure_rows=0)
+    assert (tmp_path / "new" / "metrics.csv").read_text() == "theirs"
+    monkeypatch.undo()
+    compare_methods(pairs, out, methods=["max"], metric_names=["EN"], figure_rows=0, overwrite=True)
+    assert not [p for p in out.rglob(".*")] and sorted(p.name for p in (out / "fused").iterdir()) == ["max"]
+    dangling = tmp_path / "dangling"
+    dangling.mkdir()
+    (dangling / "fused").symlink_to(tmp_path / "nowhere", target_is_directory=True)
+    monkeypatch.setattr(inference, "fuse", lambda *a, **k: pytest.fail("fused before the check"))
+    with pytest.raises(FusionInputError, match="fused: cannot write here"):
+        compare_methods(pairs, dangling, methods=["max"], metric_names=["EN"], figure_rows=0)
+
+
 def test_overwrite_never_removes_what_an_evaluation_did_not_write(tmp_path: Path, capsys) -> None:
     """``--overwrite`` removed OUT/fused as a whole: the user's own `lkcfusion fuse` results there, and input folders
     inside it (found by a hand-check helper): both are refused now, before any work, and kept."""

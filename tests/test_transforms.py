@@ -439,3 +439,7 @@ def test_the_dict_resampler_takes_the_overlap_threshold() -> None:
             out = ResampleToReferenced("other", min_overlap=threshold)(dict(data))
         assert out["other"].meta["overlap_fraction"] == pytest.approx(0.5, abs=0.06)
         assert any("covers only" in str(w.message) for w in caught) == warned, [str(w.message) for w in caught]
+    for bad in ("0.3", None, 1.5):  # refused when built, not when first applied (review helper)
+        with pytest.raises(FusionInputError, match="min_overlap .*: give a fraction from 0 to 1"):
+            ResampleToReferenced("other", min_overlap=bad)
+    assert ResampleToReferenced("other", "mri", "bilinear", False, True)({"mri": data["mri"]}).keys() == {"mri"}

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..data.atomic import TEMP_PREFIX
+from ..data.atomic import remove_stale_temporaries, temporary_folder
 from ..errors import FusionInputError, as_names
 from ..inferers import FUSION_METHODS
 from ..metrics.functional import PUBLISHED_METRICS
@@ -187,54 +186,96 @@ def compare_methods(
             )
     predictors = {m: build_predictor(None, m, weights=weights if m == "lkcfunet" else None, device=device)
                   for m in methods}
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}evaluation-", dir=out))  # hidden: never paired or listed
+    fused_root = out / "fused"
+    made = [folder for folder in (out, fused_root) if not os.path.lexists(folder)]  # removed again on a failure
     try:
-        summary = _evaluate_into(stage, pairs, keys, predictors, metric_names, ssim_data_range, save_fused,
-                                 figure_rows, weights, progress)
-        _replace_results(earlier, stage, out)
+        out.mkdir(parents=True, exist_ok=True)
+        if save_fused:
+            fused_root.mkdir(exist_ok=True)
+    except OSError as err:  # a dangling link as fused/: found now, not after the work
+        raise FusionInputError(f"{err.filename or out}: cannot write here ({err.strerror or err})") from None
+    stages = []
+    try:
+        for folder in (out, fused_root) if save_fused else (out,):  # a killed run's partial results go first
+            remove_stale_temporaries(folder)
+            stages.append(temporary_folder(folder, "evaluation"))  # hidden, on the disk of what it will hold
+        try:
+            summary = _evaluate_into(stages[0], stages[1] if save_fused else None, pairs, keys, predictors,
+                                     metric_names, ssim_data_range, figure_rows, weights, progress)
+        except FusionInputError as err:  # a full disk while staging: name the place the user chose
+            message = str(err)
+            for stage, final in zip(stages, (out, fused_root)):
+                message = message.replace(str(stage), str(final))
+            raise FusionInputError(message) from None
+        _replace_results(earlier, stages, out, fused_root, overwrite)
     finally:  # an interrupted or failed run leaves the earlier results as they were, and no partial ones
-        shutil.rmtree(stage, ignore_errors=True)
-        if created:
+        for stage in stages:
+            shutil.rmtree(stage, ignore_errors=True)
+        for folder in reversed(made):
             with contextlib.suppress(OSError):  # only an empty folder goes
-                out.rmdir()
+                folder.rmdir()
     return summary
 
 
-def _replace_results(earlier: Sequence[Path], stage: Path, out: Path) -> None:
-    """Put a complete evaluation in ``stage`` in place of the ``earlier`` one in ``out``.
+def _replace_results(earlier: Sequence[Path], stages: Sequence[Path], out: Path, fused_root: Path,
+                     overwrite: bool) -> None:
+    """Put a complete evaluation, staged in ``stages`` (tables in ``out``'s, fused images in ``fused_root``'s), in
+    place of the ``earlier`` one, by renames on one file system each.
 
-    The earlier results go as a whole (an earlier run's other methods, ``fused/mean``..., would stay beside), then
-    the new files and ``fused/<method>`` folders are moved in (across file systems where ``out/fused`` is a link).
+    The earlier results are moved aside first (an earlier run's other methods, ``fused/mean``..., would stay
+    beside), then the new ones are moved in, then the earlier ones are deleted; when a step fails or is interrupted,
+    what was moved is moved back, so ``out`` holds the earlier or the new evaluation, never a mix or neither.
+
+    Raises:
+        FusionInputError: without ``overwrite``, results that another evaluation wrote into ``out`` meanwhile.
     """
-    for path in earlier:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    for entry in sorted(stage.iterdir()):
-        if entry.name == "fused":
-            (out / "fused").mkdir(exist_ok=True)  # kept when it is there (a link to a bigger disk too)
-            for method in sorted(entry.iterdir()):
-                shutil.move(method, out / "fused" / method.name)
-        else:
-            os.replace(entry, out / entry.name)
+    new = [(entry, out / entry.name) for entry in sorted(stages[0].iterdir())]
+    if len(stages) > 1:
+        new += [(entry, fused_root / entry.name) for entry in sorted(stages[1].iterdir())]
+    if not overwrite:
+        appeared = [final for _, final in new if os.path.lexists(final)]
+        if appeared:
+            raise FusionInputError(f"{appeared[0]}: written by another evaluation while this one ran; pass --overwrite "
+                                   "(overwrite=True) to replace it, or choose another folder")
+    aside = {folder: temporary_folder(folder, "replaced") for folder in {out, *(p.parent for p in earlier)}}
+    moved_out: list[tuple[Path, Path]] = []
+    moved_in: list[Path] = []
+    try:
+        for path in earlier:
+            if os.path.lexists(path):  # gone meanwhile: replaced by another run
+                os.replace(path, aside[path.parent] / path.name)
+                moved_out.append((path, aside[path.parent] / path.name))
+        for staged, final in new:
+            os.replace(staged, final)  # a folder onto an existing, non-empty one fails: nothing is merged
+            moved_in.append(final)
+    except BaseException:
+        for final in reversed(moved_in):
+            if final.is_dir() and not final.is_symlink():
+                shutil.rmtree(final)
+            else:
+                final.unlink()
+        for path, kept in reversed(moved_out):
+            os.replace(kept, path)
+        raise
+    finally:
+        for folder in aside.values():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _evaluate_into(
     out: Path,
+    fused_dir: Path | None,
     pairs: Sequence[dict[str, Any]],
     keys: Sequence[tuple[str, str]],
     predictors: dict[str, Any],
     metric_names: Sequence[str],
     ssim_data_range: float,
-    save_fused: bool,
     figure_rows: int,
     weights: str | Path | None,
     progress: bool,
 ) -> list[dict[str, Any]]:
-    """Fuse, score and write the results of :func:`compare_methods` into the empty folder ``out``.
+    """Fuse, score and write the results of :func:`compare_methods`: tables and figures into the empty folder
+    ``out``, fused images into ``fused_dir`` (``<method>/<task>/<name>.png``; ``None``: not written).
 
     Returns:
         The summary rows.
@@ -261,8 +302,8 @@ def _evaluate_into(
             scores = {k: float(v) for k, v in scores.items()}
             records.append({"task": task, "pair": name, "method": method, **scores})
             fused_images[method], fused_metrics[method] = fused, scores
-            if save_fused:
-                write_image(fused, out / "fused" / method / task / output_name(name, suffix=".png"), overwrite=True)
+            if fused_dir is not None:
+                write_image(fused, fused_dir / method / task / output_name(name, suffix=".png"), overwrite=True)
         bar.update()
         if len(figure) < figure_rows:
             shown = read_image(pair["other"])  # colour kept

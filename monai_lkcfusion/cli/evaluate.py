@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="LKC-FUNet weights (default: the bundle's models/model.pt)")
     parser.add_argument("--methods", default="lkcfunet,max,mean,dwt,laplacian",
                         help="comma-separated methods (default lkcfunet,max,mean,dwt,laplacian)")
-    parser.add_argument("--metrics", default="EN,SD,SF,MI,SCD,VIF,Qabf,SSIM", help="comma-separated metric names")
+    parser.add_argument("--metrics", help="comma-separated metric names (default: those of the published tables, "
+                        "EN,SD,SF,MI,SCD,VIF,Qabf,SSIM)")
     parser.add_argument("--ssim-data-range", type=float, default=2.0,
                         help="SSIM data range: 2 as the published CDDFuse/EMMA tables (default), 255 as LKC-FUNet's")
     parser.add_argument("--device", help="torch device (default: cuda when available)")
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.evaluation import compare_methods
     from ..data import pair_files_by_name
     from ..data.atomic import check_not_input
+    from ..metrics import PUBLISHED_METRICS
     from ..metrics.tables import format_summary
 
     # results written into an input folder would pair with it later
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     items = [{"mri": str(m), "other": str(o), "name": m.name, "task": task} for m, o in pairs]
     summary = compare_methods(
         items, args.output, methods=[m.strip() for m in args.methods.split(",") if m.strip()], weights=args.weights,
-        metric_names=[m.strip() for m in args.metrics.split(",") if m.strip()],
+        metric_names=PUBLISHED_METRICS if args.metrics is None else [m.strip() for m in args.metrics.split(",")
+                                                                      if m.strip()],
         ssim_data_range=args.ssim_data_range, device=args.device, overwrite=args.overwrite, progress=not args.quiet,
     )
     print(format_summary(summary))

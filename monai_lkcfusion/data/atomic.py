@@ -15,6 +15,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from ..errors import FusionInputError
 
 __all__ = [
     "TEMP_PREFIX", "atomic_path", "check_not_input", "check_output_file", "check_writable", "remove_stale_temporaries",
-    "same_file", "write_text",
+    "same_file", "temporary_folder", "write_text",
 ]
 
 TEMP_PREFIX = ".lkcfusion-"
@@ -57,13 +58,14 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that killed writers left in ``folder`` (their process no longer runs).
+    """Delete the temporary files and folders (:func:`temporary_folder`) that killed writers left in ``folder``
+    (their process no longer runs).
 
     Args:
         folder: the folder to clean.
 
     Returns:
-        The removed files.
+        The removed files and folders.
     """
     removed = []
     try:
@@ -74,11 +76,34 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
         match = _TEMP_NAME.match(entry.name)
         if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
             try:
-                entry.unlink()
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
                 removed.append(entry)
             except OSError:
                 pass
     return removed
+
+
+def temporary_folder(parent: str | Path, purpose: str) -> Path:
+    """Create a hidden folder in ``parent`` for this process's partial results, named like the temporary files
+    (``.lkcfusion-<pid>-<random>.tmp-<purpose>``), so a later run removes it if this one is killed.
+
+    Args:
+        parent: an existing folder (results moved out of the new one stay on its file system).
+        purpose: a word for the name, e.g. ``"evaluation"``.
+
+    Returns:
+        The new, empty folder.
+    """
+    while True:
+        folder = Path(parent) / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.tmp-{purpose}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
 
 
 def check_writable(path: str | Path) -> None:

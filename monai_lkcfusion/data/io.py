@@ -318,7 +318,7 @@ def fit_float32(array: np.ndarray, name: str = "image") -> np.ndarray:
     """
     array = np.asarray(array)
     check_voxel_values(array.dtype.kind, array.shape, name)
-    if array.dtype.kind != "f" or array.dtype.itemsize <= 4:  # nothing float32 cannot hold
+    if array.dtype.kind != "f" or array.dtype.itemsize < 4:  # integers and float16: nothing near the limit
         return array.astype(np.float32, order="C")
     finite = np.isfinite(array)  # one byte per voxel; the extremes without a copy of the data
     if not finite.any():
@@ -399,9 +399,10 @@ def _read_nifti(path: Path) -> MetaTensor:
     affine[:3] *= mm
     codes = int(nii.header["qform_code"]), int(nii.header["sform_code"])
     if codes == (0, 0):
-        warnings.warn(f"{path}: its header gives no orientation (qform_code and sform_code 0): its voxels are placed "
-                      "by their size alone, as nibabel does (ITK and 3D Slicer place them otherwise), and a result on "
-                      "its grid is written the same way; set the header's geometry if it is known", stacklevel=4)
+        warnings.warn(f"{path}: its header gives no orientation (qform_code and sform_code 0): its voxels are "
+                      "placed by their size alone, as nibabel does (ITK and 3D Slicer place them otherwise), and a NIfTI "
+                      "result on its grid is written the same way (a .nrrd/.mha result at nibabel's placement); set "
+                      "the header's geometry if it is known", stacklevel=4)
     img = _as_volume(array, affine, path, None, raw.dtype == np.uint8)
     img.meta["nifti_dims"] = int(nii.header["dim"][0])  # a 2D file is written back 2D (write_image)
     img.meta["qform_code"], img.meta["sform_code"] = codes  # MONAI's NibabelReader names; kept by write_image
@@ -939,16 +940,20 @@ def _nifti_codes(meta: Mapping) -> tuple[int, int]:
 def _write_nifti(voxels: np.ndarray, affine: np.ndarray, path: Path, codes: tuple[int, int] = (1, 1)) -> None:
     """Write a NIfTI with ``affine`` as its qform and sform under ``codes`` (``(qform_code, sform_code)``); a form
     of code 0 is not set (a sheared affine gets no qform: one would be an approximation up to 12 mm off, which ITK
-    and 3D Slicer would place it by; a header read without orientation is written without, so every reader places
-    the result as it placed the input)."""
+    and 3D Slicer would place it by; a header read without orientation is written without while ``affine`` is still
+    nibabel's placement of such a grid, so every reader places the result as it placed the input)."""
     import nibabel as nib
 
     if voxels.ndim == 4:
         voxels = voxels[:, :, :, None, :]  # NIfTI vector images keep components in the 5th dimension
     if codes == (0, 0):  # nibabel would store the affine as an "aligned" sform (code 2): only the voxel sizes
         nii = nib.Nifti1Image(voxels, None)
-        nii.header.set_zooms(tuple(np.linalg.norm(affine[:3, :3], axis=0)) + nii.header.get_zooms()[3:])
-    else:
+        zooms = list(nii.header.get_zooms())
+        zooms[:min(3, len(zooms))] = np.linalg.norm(affine[:3, :3], axis=0)[:min(3, len(zooms))]
+        nii.header.set_zooms(zooms)
+        if not np.allclose(nii.header.get_base_affine(), affine, atol=1e-4):  # the grid was moved since it was read
+            codes = (1, 1)  # (MONAI's Orientation or Spacing, a user's affine): a real place, written as such
+    if codes != (0, 0):
         nii = nib.Nifti1Image(voxels, affine)
         nii.header.set_qform(affine if codes[0] else None, code=codes[0])
         nii.header.set_sform(affine if codes[1] else None, code=codes[1])

@@ -128,7 +128,8 @@ def create_evaluator(
     loss = IgniteMetricHandler(loss_fn=_per_pair(loss_function or FusionLoss()),
                                output_transform=from_engine(["pred", "label"]))
     all_metrics = {LOSS_METRIC: loss}
-    names = [m for m in dict.fromkeys([key_metric, *metrics]) if m != LOSS_METRIC]
+    extra = [metrics] if isinstance(metrics, str) else list(metrics)  # a string is one name (--metrics EN)
+    names = [m for m in dict.fromkeys([key_metric, *extra]) if m != LOSS_METRIC]
     if names:
         all_metrics[names[0]] = _fusion_metric_handler(names, ssim_data_range)
     key = {key_metric: all_metrics.pop(key_metric)}

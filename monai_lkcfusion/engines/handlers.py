@@ -33,7 +33,7 @@ from monai.handlers import (
     ValidationHandler,
 )
 
-from ..errors import FusionInputError, as_count, as_flag
+from ..errors import FusionInputError, as_count, as_flag, as_names
 from ..metrics.functional import HIGHER_IS_BETTER
 from .distributed import all_gather_objects, get_rank, is_main_process
 
@@ -770,7 +770,7 @@ class MetricTableSaver:
         overwrite: bool = False,
     ) -> None:
         self.save_dir = Path(save_dir)
-        self.metric_names = list(metric_names)
+        self.metric_names = list(as_names(metric_names, "metric_names"))  # a string is one name (--metrics EN)
         self.pair_key = pair_key
         self.task_key = task_key
         self.overwrite = as_flag(overwrite, "overwrite")

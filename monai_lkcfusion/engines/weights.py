@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..errors import FusionInputError
 
 __all__ = ["export_weights"]
 
 
 def export_weights(checkpoint: str | Path, path: str | Path) -> Path:
-    """Save the network weights of a training checkpoint as a tensors-only state dict.
+    """Save the network weights of a training checkpoint as a tensors-only state dict (``.safetensors`` by
+    extension, else ``torch.save``).
 
     Accepts the evaluator's best-model file (a dict with a ``network`` entry, the saver's ``checkpointer`` tracking
     state and the ``best`` record; before bundle 0.4.3 the network's state dict itself plus ``checkpointer``) and the
@@ -27,15 +26,16 @@ def export_weights(checkpoint: str | Path, path: str | Path) -> Path:
 
     Raises:
         FusionInputError: the checkpoint does not exist, cannot be read (damaged, not a checkpoint) or holds no
-            network tensors, or ``path`` cannot be written; ``path`` is replaced only by a complete file.
+            network tensors, ``path`` is the checkpoint itself, or ``path`` cannot be written; ``path`` is replaced
+            only by a complete file.
     """
-    from ..data.atomic import atomic_path
+    from ..data.atomic import check_not_input
     from ..networks.convert import read_state_dict
+    from ..networks.loading import save_state_dict
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FusionInputError(f"{checkpoint}: checkpoint not found")
+    check_not_input(path, [checkpoint])  # the resumable checkpoint would become weights only
     tensors = read_state_dict(checkpoint)  # {"network": sd, ...} or the state dict itself; one-line errors
-    with atomic_path(path, overwrite=True) as partial:
-        torch.save(tensors, partial)
-    return Path(path)
+    return save_state_dict(tensors, path)  # .safetensors by extension, else torch.save

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from monai.metrics import CumulativeIterationMetric
 
-from ..errors import FusionInputError
+from ..errors import FusionInputError, as_names
 from .functional import ALL_METRICS, DEFAULT_METRICS, _unit_range_fractions, compute_fusion_metrics
 
 __all__ = ["FusionMetric"]
@@ -50,7 +50,7 @@ class FusionMetric(CumulativeIterationMetric):
         psnr_peak: str = "max",
     ) -> None:
         super().__init__()
-        self.metric_names = tuple(DEFAULT_METRICS if metric_names is None else metric_names)
+        self.metric_names = DEFAULT_METRICS if metric_names is None else as_names(metric_names, "metric_names")
         unknown = [n for n in self.metric_names if n not in ALL_METRICS]
         if unknown:
             raise FusionInputError(f"metric_names: unknown {unknown}; choose from {', '.join(ALL_METRICS)}")

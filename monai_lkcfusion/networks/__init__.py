@@ -42,7 +42,7 @@ from .lkcfunet import (
     as_max_residual,
     resolve_norm_scheme,
 )
-from .loading import default_weights_path, infer_config, load_network, save_network
+from .loading import default_weights_path, infer_config, load_network, save_network, save_state_dict
 from .calibration import ChoiceCache, cache_dir, fastest
 from .optimize import PLAN_CACHE, network_signature, optimize_for_inference, retain_freed_memory
 
@@ -85,6 +85,7 @@ __all__ = [
     "resolve_norm_scheme",
     "retain_freed_memory",
     "save_network",
+    "save_state_dict",
     "spectral_conv2d",
     "spectral_layer_choice",
     "time_convolution",

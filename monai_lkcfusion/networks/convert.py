@@ -150,14 +150,17 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], origin: str = "checkpoint")
         FusionInputError: if no tensors are found.
     """
     found: Mapping[str, Any] = checkpoint
-    while not any(isinstance(v, torch.Tensor) for v in found.values()):
+    while True:  # a wrapper first: {"network": sd, "step": tensor(3)} holds a tensor beside its state dict
         inner = next((found[k] for k in _WRAPPER_KEYS if isinstance(found.get(k), Mapping)), None)
-        if inner is None:
-            raise FusionInputError(
-                f"{origin}: no tensors found (keys: {list_names(sorted(map(str, found)))}); expected a state dict "
-                f"or a dict with one under {'/'.join(_WRAPPER_KEYS)}"
-            )
-        found = inner
+        if inner is not None:
+            found = inner
+            continue
+        if any(isinstance(v, torch.Tensor) for v in found.values()):
+            break
+        raise FusionInputError(
+            f"{origin}: no tensors found (keys: {list_names(sorted(map(str, found)))}); expected a state dict "
+            f"or a dict with one under {'/'.join(_WRAPPER_KEYS)}"
+        )
     state = {str(k): v for k, v in found.items() if isinstance(v, torch.Tensor)}
     stripped = True
     while stripped:

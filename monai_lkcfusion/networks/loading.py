@@ -20,7 +20,9 @@ from monai_lkcfusion.networks.convert import (
 )
 from monai_lkcfusion.networks.lkcfunet import NORM_SCHEMES, NORM_SITES, OUTPUT_MODES, LKCFUNet, resolve_norm_scheme
 
-__all__ = ["check_finite_weights", "default_weights_path", "infer_config", "load_network", "save_network"]
+__all__ = [
+    "check_finite_weights", "default_weights_path", "infer_config", "load_network", "save_network", "save_state_dict",
+]
 
 # a normalisation layer per site, used to recognise BatchNorm (running statistics) when ``norm_kinds`` is absent
 _NORM_PROBES = {
@@ -245,15 +247,31 @@ def save_network(net: torch.nn.Module, path: str | PathLike) -> Path:
     Returns:
         the path written.
     """
+    return save_state_dict(net.state_dict(), path)
+
+
+def save_state_dict(state: Mapping[str, torch.Tensor], path: str | PathLike) -> Path:
+    """Save tensors as ``.safetensors`` (by extension) or with ``torch.save`` (any other), atomically.
+
+    Args:
+        state: ``{name: tensor}``; the tensors are saved from the CPU, contiguous.
+        path: destination file (replaced only by a complete one); parent folders are created.
+
+    Returns:
+        the path written.
+
+    Raises:
+        FusionInputError: ``path`` cannot be written (see :func:`~monai_lkcfusion.data.atomic.atomic_path`).
+    """
     from ..data.atomic import atomic_path
 
     path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with atomic_path(path, overwrite=True) as partial:  # an interrupted save never leaves a cut file at path
-        if path.suffix == ".safetensors":
+        if path.suffix.lower() == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file(state, str(partial))
+            save_file(tensors, str(partial))
         else:
-            torch.save(state, partial)
+            torch.save(tensors, partial)
     return path

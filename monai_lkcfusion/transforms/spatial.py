@@ -158,7 +158,9 @@ class ResampleToReference(InvertibleTransform):
         self.resampler = ResampleToMatch(mode=mode, padding_mode="border")
         self.field_of_view = ResampleToMatch(mode="nearest", padding_mode="zeros")
         self.resize_2d = resize_2d
-        self.min_overlap = min_overlap
+        if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, float)) or not 0 <= min_overlap <= 1:
+            raise FusionInputError(f"min_overlap {min_overlap!r}: give a fraction from 0 to 1")
+        self.min_overlap = float(min_overlap)
 
     def __call__(self, img: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """``(C, *spatial)`` image on the grid of ``(C', *spatial')`` ``reference``, as ``(C, *spatial')``.
@@ -284,15 +286,15 @@ class ResampleToReferenced(InvertibleReferencedMapTransform):
         ref_key: the reference image, usually ``"mri"``.
         mode: interpolation mode for volumes.
         resize_2d: allow resizing 2D pictures of another size (never done silently).
-        min_overlap: warn when an image covers a smaller fraction of the reference grid.
         allow_missing_keys: don't raise when a key is absent.
+        min_overlap: warn when an image covers a smaller fraction of the reference grid.
     """
 
     backend = ResampleToReference.backend
 
     def __init__(
         self, keys: KeysCollection, ref_key: str = "mri", mode: str = "bilinear", resize_2d: bool = False,
-        min_overlap: float = 0.9, allow_missing_keys: bool = False,
+        allow_missing_keys: bool = False, min_overlap: float = 0.9,
     ) -> None:
         super().__init__(keys, ResampleToReference(mode=mode, resize_2d=resize_2d, min_overlap=min_overlap), ref_key,
                          allow_missing_keys=allow_missing_keys)
