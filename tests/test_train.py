@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,7 @@ from PIL import Image
 
 from monai_lkcfusion.cli import main
 from monai_lkcfusion.engines import last_checkpoint
-from monai_lkcfusion.errors import FusionInputError
+from monai_lkcfusion.errors import FusionInputError, user_error
 from monai_lkcfusion.networks import load_network
 
 
@@ -37,7 +38,8 @@ def test_train_cli_and_resume(tmp_path: Path, capsys) -> None:
     assert net(torch.rand(1, 2, 24, 24)).shape == (1, 1, 24, 24)
     # user mistakes found by hand: one line each, exit 2, nothing trained (they ended in tracebacks, or trained every
     # epoch and then failed for want of a validation pair)
-    mistakes = {("--epochs", "1", "--resume"): "the run is at epoch 2 already; to resume it give max_epochs 2 or more (lkcfusion train --epochs)",
+    mistakes = {("--epochs", "1", "--resume"): "the run is at epoch 2 already; to resume it give max_epochs 2 or more "
+                                                "(lkcfusion train --epochs)",
                 ("--tasks", "MRI-PET", "-o", str(tmp_path / "r2")): "no such folder; the task MRI-PET was asked for",
                 ("--tasks", "MRI-CT", "MRI-PET", "-o", str(tmp_path / "r6")): "the task MRI-PET was asked for",
                 ("--config", str(tmp_path / "few.json"), "-o", str(tmp_path / "r3")): "leave no validation",
@@ -227,3 +229,58 @@ def test_validation_pairs_of_several_sizes_are_validated(tmp_path: Path, capfd) 
                  "--epochs", "1", "--device", "cpu"])
     assert code == 0, capfd.readouterr().err[-2000:]
     assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_own_volumes_config_trains_on_volume_pairs_with_fixed_validation_slices(tmp_path: Path) -> None:
+    """Training on one's own volumes had no config: a hand-made chain validated a random slice per validation
+    (val_loss, which picks the best model, moved by up to 0.2 between two validations of the same weights), a
+    picture among the volumes crashed in RandSliced, and a roi larger than the slices was ignored (volumes helper).
+    configs/own_volumes.json: volumes of any grid, a picture pair too, the middle slice for validation."""
+    from monai.bundle import ConfigParser
+
+    from monai_lkcfusion.data import load_fusion_datalist, write_fusion_datalist
+    from monai_lkcfusion.engines import bundle_config
+
+    own_volumes = Path(__file__).resolve().parents[1] / "configs" / "own_volumes.json"
+    rng = np.random.default_rng(4)
+    x, y, z = np.meshgrid(np.arange(40), np.arange(40), np.arange(12), indexing="ij")
+    items = []
+    for i in range(4):
+        mri = 400 * np.exp(-((x - 20 - i) ** 2 + (y - 18) ** 2) / 150.0) * (z > 1) + 5 * rng.random(x.shape)
+        pet = 10 * np.exp(-((x[::2, ::2, ::2] - 22) ** 2 + (y[::2, ::2, ::2] - 20) ** 2) / 40.0)
+        mri_affine = np.diag([1.0, 1.0, 2.0, 1.0])
+        pet_affine = np.diag([2.0, 2.0, 4.0, 1.0])
+        pet_affine[:3, 3] = [0.5, -0.5, 0.0]
+        if i == 1:  # stored in LPS voxel order
+            mri, mri_affine = mri[::-1, ::-1], mri_affine @ np.array([[-1, 0, 0, 39], [0, -1, 0, 39], [0, 0, 1, 0],
+                                                                    [0, 0, 0, 1.0]])
+        for name, data, affine in (("mri", mri, mri_affine), ("pet", pet, pet_affine)):
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), affine),
+                     str(tmp_path / f"s{i}_{name}.nii.gz"))
+        items.append({"mri": str(tmp_path / f"s{i}_mri.nii.gz"), "other": str(tmp_path / f"s{i}_pet.nii.gz")})
+    for name in ("mri", "pet"):  # one pair of pictures among the volumes
+        Image.fromarray(rng.integers(0, 256, (40, 36), dtype=np.uint8)).save(tmp_path / f"p_{name}.png")
+    picture = {"mri": str(tmp_path / "p_mri.png"), "other": str(tmp_path / "p_pet.png")}
+    listing = write_fusion_datalist(tmp_path / "list.json",
+                                    {"training": [*items[:3], picture], "validation": items[3:]})
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({
+        "datalist": f"$monai_lkcfusion.data.load_fusion_datalist('{listing}', 'training')",
+        "split": f"$[@datalist, monai_lkcfusion.data.load_fusion_datalist('{listing}', 'validation')]",
+        "preset": "tiny", "roi_size": 32, "batch_size": 2, "samples_per_image": 1}))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(own), "--config", str(own_volumes), "--dataset-dir", str(tmp_path),
+                 "-o", str(out), "--epochs", "1"]) == 0
+    assert (out / "model.pt").is_file()
+    parser = ConfigParser(ConfigParser.load_config_files([bundle_config("train.json"), str(own), str(own_volumes)]))
+    parser["dataset_dir"] = str(tmp_path)
+    validate, train = (parser.get_parsed_content(f"{step}#preprocessing", lazy=False) for step in ("validate", "train"))
+    item = load_fusion_datalist(listing, "validation")[0]
+    first, second = validate(dict(item))["image"], validate(dict(item))["image"]
+    assert first.shape == (2, 40, 40) and torch.equal(first, second)  # the same (middle) slice every time
+    assert validate(dict(picture))["image"].shape == (2, 40, 36)  # a picture is its own slice
+    assert train(dict(items[0]))[0]["image"].shape == (2, 32, 32)
+    parser["roi_size"] = 48  # larger than the slices: refused with the file's name (it trained on whole slices)
+    with pytest.raises(RuntimeError) as wrapped:  # MONAI's "applying transform ..." around the one line
+        parser.get_parsed_content("train#preprocessing", lazy=False)(dict(items[0]))
+    assert "s0_mri.nii.gz" in str(user_error(wrapped.value)) and "48" in str(user_error(wrapped.value))

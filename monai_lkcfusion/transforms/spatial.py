@@ -394,9 +394,12 @@ class CheckSameSized(MapTransform):
 
         for key in keys[1:]:
             if tuple(d[key].shape[1:]) != tuple(d[keys[0]].shape[1:]):
+                fix = ("volumes with their geometry are put on the MRI's grid and sliced by ResampleToReferenced and "
+                       "RandSliced (configs/own_volumes.json for training)" if d[key].ndim == 4 == d[keys[0]].ndim
+                       else "resize or register it to the MRI first")
                 raise FusionInputError(
                     f"{name(key)}: size {tuple(d[key].shape[1:])} differs from the MRI's {tuple(d[keys[0]].shape[1:])} "
-                    f"({name(keys[0])}); a pair is compared pixel by pixel: resize or register it to the MRI first"
+                    f"({name(keys[0])}); a pair is compared pixel by pixel: {fix}"
                 )
         return d
 
@@ -413,16 +416,25 @@ class RandSlice(Randomizable, InvertibleTransform):
     ``slice_flipped`` (those reversed). A slice cannot be put back into its volume: :meth:`inverse` refuses, so
     MONAI's ``Invertd`` over a chain that slices says so instead of "inverting" the volume's steps on a slice.
 
+    A 2D image ``(C, H, W)`` (a picture in a datalist of volumes) is its own slice: returned unchanged.
+
     Args:
         axis: voxel axis to slice along; ``None`` takes the axial one of the volume's affine.
         min_foreground: sample among slices with at least this fraction of voxels > 0 (all slices if none has).
+        position: ``None`` samples a slice at random; a fraction from 0 to 1 takes the slice at that place among
+            those candidates, always the same (0.5: the middle one), e.g. for validation, whose loss picks the best
+            model and would otherwise compare other slices at each validation.
     """
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(self, axis: int | None = None, min_foreground: float = 0.05) -> None:
+    def __init__(self, axis: int | None = None, min_foreground: float = 0.05, position: float | None = None) -> None:
+        if position is not None and (isinstance(position, bool) or not isinstance(position, (int, float))
+                                     or not 0 <= position <= 1):
+            raise FusionInputError(f"position {position!r}: give a fraction from 0 to 1, or null for a random slice")
         self.axis = axis
         self.min_foreground = min_foreground
+        self.position = position
         self._axis = 0
         self._index = 0
 
@@ -437,12 +449,18 @@ class RandSlice(Randomizable, InvertibleTransform):
         in_plane = [1 + i for i in range(3) if i != self._axis]
         foreground = (torch.as_tensor(img) > 0).float().mean(dim=(0, *in_plane)).cpu().numpy()  # (n_slices,)
         candidates = np.flatnonzero(foreground >= self.min_foreground)
-        self._index = int(self.R.choice(candidates if candidates.size else np.arange(foreground.size)))
+        candidates = candidates if candidates.size else np.arange(foreground.size)
+        if self.position is None:
+            self._index = int(self.R.choice(candidates))
+        else:
+            self._index = int(candidates[round(self.position * (candidates.size - 1))])
 
     def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
         """The slice ``(C, H, W)`` in the anatomical layout :class:`~monai_lkcfusion.inferers.FusionInferer` gives
         the network (:func:`slice_layout`); ``randomize=False`` reuses the last axis and index (same slice of a
-        pair)."""
+        pair); a 2D image is returned as it is."""
+        if img.ndim == 3:  # (C, H, W): a picture is its own slice
+            return img
         if randomize:
             self.randomize(img)
         placed = isinstance(img, MetaTensor) and img.meta.get("has_geometry", True)
@@ -486,6 +504,7 @@ class RandSliced(Randomizable, MapTransform, InvertibleTransform):
         axis: voxel axis to slice along; ``None`` takes the axial one of the first key's affine.
         min_foreground: sample among slices whose first key has at least this fraction of voxels > 0.
         allow_missing_keys: don't raise when a key is absent.
+        position: ``None`` for a random slice, or a fixed place among the candidates (see :class:`RandSlice`).
     """
 
     backend = RandSlice.backend
@@ -496,9 +515,10 @@ class RandSliced(Randomizable, MapTransform, InvertibleTransform):
         axis: int | None = None,
         min_foreground: float = 0.05,
         allow_missing_keys: bool = False,
+        position: float | None = None,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        self.slicer = RandSlice(axis=axis, min_foreground=min_foreground)
+        self.slicer = RandSlice(axis=axis, min_foreground=min_foreground, position=position)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandSliced:
         """Seed this wrapper and its :class:`RandSlice` alike.
@@ -527,8 +547,14 @@ class RandSliced(Randomizable, MapTransform, InvertibleTransform):
         first = self.first_key(d)
         if first not in d:  # no key present (allow_missing_keys): nothing to slice
             return d
-        self.randomize(d[first])
         grid = tuple(d[first].shape[1:])
+        if len(grid) == 2:  # a pair of pictures in a datalist of volumes: its own slice (each checked below)
+            for key in self.key_iterator(d):
+                if tuple(d[key].shape[1:]) != grid:
+                    raise FusionInputError(f"RandSliced: '{key}' {tuple(d[key].shape[1:])} and '{first}' {grid}: a "
+                                           "picture pairs with a picture of its size, a volume with a volume")
+            return d
+        self.randomize(d[first])
         for key in self.key_iterator(d):
             if tuple(d[key].shape[1:]) != grid:
                 raise FusionInputError(
