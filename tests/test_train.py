@@ -231,17 +231,12 @@ def test_validation_pairs_of_several_sizes_are_validated(tmp_path: Path, capfd) 
     assert (tmp_path / "run" / "model.pt").is_file()
 
 
-def test_own_volumes_config_trains_on_volume_pairs_with_fixed_validation_slices(tmp_path: Path) -> None:
-    """Training on one's own volumes had no config: a hand-made chain validated a random slice per validation
-    (val_loss, which picks the best model, moved by up to 0.2 between two validations of the same weights), a
-    picture among the volumes crashed in RandSliced, and a roi larger than the slices was ignored (volumes helper).
-    configs/own_volumes.json: volumes of any grid, a picture pair too, the middle slice for validation."""
-    from monai.bundle import ConfigParser
+def _own_volumes(tmp_path: Path) -> tuple[list[dict], dict, Path, Path]:
+    """Four made-up subjects (MRI 40x40x12 at 1x1x2 mm, one stored in LPS order; PET on a coarser, shifted grid), a
+    picture pair, their datalist (3 volumes and the pictures to train on, 1 volume to validate) and a config
+    naming it; returns (volume items, picture item, datalist, config)."""
+    from monai_lkcfusion.data import write_fusion_datalist
 
-    from monai_lkcfusion.data import load_fusion_datalist, write_fusion_datalist
-    from monai_lkcfusion.engines import bundle_config
-
-    own_volumes = Path(__file__).resolve().parents[1] / "configs" / "own_volumes.json"
     rng = np.random.default_rng(4)
     x, y, z = np.meshgrid(np.arange(40), np.arange(40), np.arange(12), indexing="ij")
     items = []
@@ -268,6 +263,21 @@ def test_own_volumes_config_trains_on_volume_pairs_with_fixed_validation_slices(
         "datalist": f"$monai_lkcfusion.data.load_fusion_datalist('{listing}', 'training')",
         "split": f"$[@datalist, monai_lkcfusion.data.load_fusion_datalist('{listing}', 'validation')]",
         "preset": "tiny", "roi_size": 32, "batch_size": 2, "samples_per_image": 1}))
+    return items, picture, listing, own
+
+
+def test_own_volumes_config_trains_on_volume_pairs_with_fixed_validation_slices(tmp_path: Path) -> None:
+    """Training on one's own volumes had no config: a hand-made chain validated a random slice per validation
+    (val_loss, which picks the best model, moved by up to 0.2 between two validations of the same weights), a
+    picture among the volumes crashed in RandSliced, and a roi larger than the slices was ignored (volumes helper).
+    configs/own_volumes.json: volumes of any grid, a picture pair too, the middle slice for validation."""
+    from monai.bundle import ConfigParser
+
+    from monai_lkcfusion.data import load_fusion_datalist
+    from monai_lkcfusion.engines import bundle_config
+
+    own_volumes = Path(__file__).resolve().parents[1] / "configs" / "own_volumes.json"
+    items, picture, listing, own = _own_volumes(tmp_path)
     out = tmp_path / "run"
     assert main(["train", "--config", str(own), "--config", str(own_volumes), "--dataset-dir", str(tmp_path),
                  "-o", str(out), "--epochs", "1"]) == 0
@@ -284,3 +294,22 @@ def test_own_volumes_config_trains_on_volume_pairs_with_fixed_validation_slices(
     with pytest.raises(RuntimeError) as wrapped:  # MONAI's "applying transform ..." around the one line
         parser.get_parsed_content("train#preprocessing", lazy=False)(dict(items[0]))
     assert "s0_mri.nii.gz" in str(user_error(wrapped.value)) and "48" in str(user_error(wrapped.value))
+
+
+def test_volumes_left_whole_for_validation_are_refused_before_training(tmp_path: Path, capsys) -> None:
+    """A hand-made volume chain without slicing in validate#preprocessing trained a whole epoch, then ended in a
+    135-line traceback at the first validation (volumes helper): refused in one line before training."""
+    items, _, _, own = _own_volumes(tmp_path)
+    whole = tmp_path / "whole.json"
+    chain = json.loads((Path(__file__).resolve().parents[1] / "configs" / "own_volumes.json").read_text())
+    validation = chain["validate#preprocessing#transforms#0"]
+    validation["transforms"] = [t for t in validation["transforms"] if "RandSliced" not in t["_target_"]
+                                and "CheckMinSized" not in t["_target_"]]
+    whole.write_text(json.dumps(chain))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(own), "--config", str(whole), "--dataset-dir", str(tmp_path), "-o", str(out),
+                 "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lkcfusion: error: ") and "s3_mri.nii.gz: a validation item of shape (2, 40, 40, 12)" \
+        in err[-1], err
+    assert not list(out.glob("checkpoint_epoch=*.pt"))

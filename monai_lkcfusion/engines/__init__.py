@@ -59,6 +59,7 @@ from .workflow import (
     check_literal_overrides,
     check_run_record,
     check_training_settings,
+    check_validation_items,
     run_bundle_workflow,
 )
 
@@ -83,6 +84,7 @@ __all__ = [
     "check_resume",
     "check_run_record",
     "check_training_settings",
+    "check_validation_items",
     "checkpoint_epochs",
     "clamp_prediction",
     "create_evaluator",

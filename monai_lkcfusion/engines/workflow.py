@@ -18,6 +18,7 @@ __all__ = [
     "check_literal_overrides",
     "check_run_record",
     "check_training_settings",
+    "check_validation_items",
     "run_bundle_workflow",
 ]
 
@@ -86,6 +87,31 @@ def check_training_settings(
         if Path(output_dir).exists() and not Path(output_dir).is_dir():  # found only after the data were loaded
             raise FusionInputError(f"{output_dir}: is a file; give a folder for the run's checkpoints and logs")
         check_earlier_run(output_dir, resume)
+
+
+def check_validation_items(dataset: Sequence[dict[str, Any]]) -> None:
+    """Refuse validation items that are not 2D slices ``(C, H, W)`` before training (train.json's ``initialize``):
+    the network fuses slices, and a volume reached it only at the first validation, after a whole epoch, as a
+    135-line traceback (``Padding size 4 is not supported for 5D input``).
+
+    Args:
+        dataset: the validation dataset (its items with ``"image"``, as ``validate#preprocessing`` makes them; a
+            MONAI dataset's ``data`` names the pair's MRI in the message).
+
+    Raises:
+        FusionInputError: ``<file>: a validation item of shape (C, X, Y, Z) ...; slice volumes first ...``.
+    """
+    for index in range(len(dataset)):
+        image = dataset[index]["image"]
+        if image.ndim != 3:
+            listed = getattr(dataset, "data", None)  # MONAI datasets keep their items: name the pair's MRI
+            item = listed[index] if listed is not None and index < len(listed) else None
+            name = item.get("mri", f"validation item {index}") if isinstance(item, dict) else f"validation item {index}"
+            raise FusionInputError(
+                f"{name}: a validation item of shape {tuple(image.shape)}, where the network fuses 2D slices "
+                "(C, H, W); slice volumes in validate#preprocessing (RandSliced(position=0.5), as "
+                "configs/own_volumes.json does)"
+            )
 
 
 RUN_RECORD = "run.json"
