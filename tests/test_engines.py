@@ -166,6 +166,10 @@ def test_export_weights_errors(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(FusionInputError, match="stepped.pt: is the input"):
         export_weights(tmp_path / "stepped.pt", tmp_path / "stepped.pt")
     assert "step" in torch.load(tmp_path / "stepped.pt", weights_only=True)
+    # re-check helper: a record or a lone tensor under a wrapper key beside a flat state dict took its place
+    for extra in ({"model": {"name": "tiny", "features": 4}}, {"net": {"scale": torch.ones(1)}}):
+        torch.save({**net.state_dict(), **extra}, tmp_path / "flat.pt")
+        assert set(read_state_dict(tmp_path / "flat.pt")) == set(net.state_dict())
 
 
 def _harvard_like(root: Path, n: int = 3) -> Path:

@@ -299,8 +299,65 @@ def test_a_failed_replacement_keeps_the_earlier_results_and_stale_stages_are_cle
     dangling.mkdir()
     (dangling / "fused").symlink_to(tmp_path / "nowhere", target_is_directory=True)
     monkeypatch.setattr(inference, "fuse", lambda *a, **k: pytest.fail("fused before the check"))
-    with pytest.raises(FusionInputError, match="fused: cannot write here"):
+    with pytest.raises(FusionInputError, match="fused: a link to .*nowhere, which does not exist"):
         compare_methods(pairs, dangling, methods=["max"], metric_names=["EN"], figure_rows=0)
+
+
+@pytest.mark.parametrize("window", ["aside", "in"])
+def test_a_replacement_interrupted_right_after_a_rename_is_undone(tmp_path, monkeypatch, window) -> None:
+    """Re-check helper: an interrupt just after an earlier entry went aside (or a new one came in), before it was
+    recorded, left neither evaluation (the aside folder was deleted). Moves are recorded before they happen (and
+    Ctrl-C is held back during them)."""
+    import os
+
+    import monai_lkcfusion.apps.evaluation as evaluation
+
+    mri_dir, other_dir = _pairs(tmp_path / "data", n=2)
+    pairs = [{"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png")} for i in range(2)]
+    out = tmp_path / "out"
+    compare_methods(pairs, out, methods=["max", "mean"], metric_names=["EN"], figure_rows=0)
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    replace = os.replace
+
+    def renamed_then_interrupted(src, dst, **kwargs):
+        replace(src, dst, **kwargs)
+        kind = "aside" if Path(dst).parent.name.endswith(".tmp-replaced") else \
+            "in" if Path(src).parent.name.endswith(".tmp-evaluation") and not Path(src).name.startswith(".") else None
+        if kind == window:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation.os, "replace", renamed_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compare_methods(pairs, out, methods=["max"], metric_names=["EN", "SD"], figure_rows=0, overwrite=True)
+    monkeypatch.undo()
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before and not [p for p in out.rglob(".*")]
+
+
+def test_overwrite_replaces_what_another_run_wrote_meanwhile(tmp_path, monkeypatch) -> None:
+    """Re-check helper: two --overwrite runs into one new folder: the second renamed its tables over the first's,
+    failed on fused/max with a hidden path in the message, and then deleted its tables: neither evaluation was
+    left. What appeared meanwhile is replaced like earlier results, as a whole."""
+    import monai_lkcfusion.inference as inference
+
+    mri_dir, other_dir = _pairs(tmp_path / "data", n=2)
+    pairs = [{"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png")} for i in range(2)]
+    out, other_run = tmp_path / "out", tmp_path / "other"
+    compare_methods(pairs, other_run, methods=["max", "mean"], metric_names=["SD"], figure_rows=0)
+    fuse, done = inference.fuse, []
+
+    def racing(*args, **kwargs):  # the other run finishes into OUT while this one fuses
+        if not done:
+            import shutil
+
+            shutil.copytree(other_run, out, dirs_exist_ok=True)
+            done.append(1)
+        return fuse(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "fuse", racing)
+    compare_methods(pairs, out, methods=["max"], metric_names=["EN"], figure_rows=0, overwrite=True)
+    assert (out / "metrics.csv").read_text().splitlines()[0] == "task,pair,method,EN"
+    assert sorted(p.name for p in (out / "fused").iterdir()) == ["max"] and not [p for p in out.rglob(".*")]
 
 
 def test_overwrite_never_removes_what_an_evaluation_did_not_write(tmp_path: Path, capsys) -> None:

@@ -443,3 +443,4 @@ def test_the_dict_resampler_takes_the_overlap_threshold() -> None:
         with pytest.raises(FusionInputError, match="min_overlap .*: give a fraction from 0 to 1"):
             ResampleToReferenced("other", min_overlap=bad)
     assert ResampleToReferenced("other", "mri", "bilinear", False, True)({"mri": data["mri"]}).keys() == {"mri"}
+    assert ResampleToReferenced("other", min_overlap=np.float32(0.5)).transform.min_overlap == 0.5  # NumPy numbers

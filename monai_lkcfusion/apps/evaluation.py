@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,9 @@ def compare_methods(
         if save_fused:
             fused_root.mkdir(exist_ok=True)
     except OSError as err:  # a dangling link as fused/: found now, not after the work
+        if fused_root.is_symlink() and not fused_root.exists():
+            raise FusionInputError(f"{fused_root}: a link to {os.readlink(fused_root)}, which does not exist; create "
+                                   "that folder or remove the link") from None
         raise FusionInputError(f"{err.filename or out}: cannot write here ({err.strerror or err})") from None
     stages = []
     try:
@@ -222,9 +225,11 @@ def _replace_results(earlier: Sequence[Path], stages: Sequence[Path], out: Path,
     """Put a complete evaluation, staged in ``stages`` (tables in ``out``'s, fused images in ``fused_root``'s), in
     place of the ``earlier`` one, by renames on one file system each.
 
-    The earlier results are moved aside first (an earlier run's other methods, ``fused/mean``..., would stay
-    beside), then the new ones are moved in, then the earlier ones are deleted; when a step fails or is interrupted,
-    what was moved is moved back, so ``out`` holds the earlier or the new evaluation, never a mix or neither.
+    The earlier results (with ``overwrite`` also what another run wrote meanwhile) are moved aside first (an
+    earlier run's other methods, ``fused/mean``..., would stay beside), then the new ones are moved in, then the
+    earlier ones are deleted. Ctrl-C is held back during the renames (it takes effect after them); when a step
+    fails, what was moved is moved back, so ``out`` holds the earlier or the new evaluation, never a mix or
+    neither; if even that fails, the earlier results are kept in the hidden ``.tmp-replaced`` folder and named.
 
     Raises:
         FusionInputError: without ``overwrite``, results that another evaluation wrote into ``out`` meanwhile.
@@ -232,34 +237,65 @@ def _replace_results(earlier: Sequence[Path], stages: Sequence[Path], out: Path,
     new = [(entry, out / entry.name) for entry in sorted(stages[0].iterdir())]
     if len(stages) > 1:
         new += [(entry, fused_root / entry.name) for entry in sorted(stages[1].iterdir())]
-    if not overwrite:
-        appeared = [final for _, final in new if os.path.lexists(final)]
-        if appeared:
-            raise FusionInputError(f"{appeared[0]}: written by another evaluation while this one ran; pass --overwrite "
-                                   "(overwrite=True) to replace it, or choose another folder")
-    aside = {folder: temporary_folder(folder, "replaced") for folder in {out, *(p.parent for p in earlier)}}
+    present = [out / name for name in EVALUATION_FILES if name != "fused" and os.path.lexists(out / name)]
+    if fused_root.is_dir():  # an evaluation's folders, also those another run wrote meanwhile (one replaced whole)
+        present += [entry for entry in sorted(fused_root.iterdir()) if entry.name in FUSION_METHODS]
+    appeared = [path for path in present if path not in earlier]
+    if appeared and not overwrite:
+        raise FusionInputError(f"{appeared[0]}: written by another evaluation while this one ran; pass --overwrite "
+                               "(overwrite=True) to replace it, or choose another folder")
+    replaced = list(dict.fromkeys([*earlier, *present]))
+    aside = {folder: temporary_folder(folder, "replaced") for folder in {out, *(p.parent for p in replaced)}}
     moved_out: list[tuple[Path, Path]] = []
-    moved_in: list[Path] = []
+    moved_in: list[tuple[Path, Path]] = []
+    restored = True
+    with _interrupts_held():
+        try:
+            for path in replaced:
+                kept = aside[path.parent] / path.name
+                moved_out.append((path, kept))  # recorded first: an interrupt cannot come between (held)
+                if os.path.lexists(path):  # gone meanwhile: replaced by another run
+                    os.replace(path, kept)
+            for staged, final in new:
+                moved_in.append((staged, final))
+                os.replace(staged, final)  # a folder onto an existing, non-empty one fails: nothing is merged
+        except BaseException:
+            try:
+                for staged, final in reversed(moved_in):
+                    if os.path.lexists(staged):  # not moved: what lies at final is not this run's
+                        continue
+                    if final.is_dir() and not final.is_symlink():
+                        shutil.rmtree(final)
+                    else:
+                        final.unlink()
+                for path, kept in reversed(moved_out):
+                    if os.path.lexists(kept):
+                        os.replace(kept, path)
+            except OSError:
+                restored = False
+                raise FusionInputError(f"{out}: replacing the earlier evaluation failed and it could not be put back; "
+                                       f"it is kept in {', '.join(map(str, aside.values()))}") from None
+            raise
+        finally:
+            if restored:
+                for folder in aside.values():
+                    shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold back SIGINT (Ctrl-C) in the block and deliver it after, on the main thread (elsewhere: nothing held)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        for path in earlier:
-            if os.path.lexists(path):  # gone meanwhile: replaced by another run
-                os.replace(path, aside[path.parent] / path.name)
-                moved_out.append((path, aside[path.parent] / path.name))
-        for staged, final in new:
-            os.replace(staged, final)  # a folder onto an existing, non-empty one fails: nothing is merged
-            moved_in.append(final)
-    except BaseException:
-        for final in reversed(moved_in):
-            if final.is_dir() and not final.is_symlink():
-                shutil.rmtree(final)
-            else:
-                final.unlink()
-        for path, kept in reversed(moved_out):
-            os.replace(kept, path)
-        raise
+        yield
     finally:
-        for folder in aside.values():
-            shutil.rmtree(folder, ignore_errors=True)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _evaluate_into(

@@ -29,6 +29,8 @@ __all__ = [
 
 TEMP_PREFIX = ".lkcfusion-"
 """Name prefix of the temporary files (``.lkcfusion-<pid>-<random>.tmp<ext>``)."""
+_KEPT = ".tmp-replaced"
+"""Name end of a folder of earlier results moved aside to be replaced (never removed as stale)."""
 _TEMP_NAME = re.compile(r"^\.lkcfusion-(\d+)-[0-9a-f]+\.tmp")
 _NAME_MAX = 255
 
@@ -59,7 +61,8 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete the temporary files and folders (:func:`temporary_folder`) that killed writers left in ``folder``
-    (their process no longer runs).
+    (their process no longer runs); folders of the purpose ``"replaced"`` hold earlier results a killed run had
+    moved aside to replace them, and are kept.
 
     Args:
         folder: the folder to clean.
@@ -74,6 +77,8 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMP_NAME.match(entry.name)
+        if entry.name.endswith(_KEPT):  # what a killed run had moved aside to replace it: the user's, kept
+            continue
         if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
             try:
                 if entry.is_dir() and not entry.is_symlink():

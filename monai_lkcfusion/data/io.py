@@ -400,12 +400,13 @@ def _read_nifti(path: Path) -> MetaTensor:
     codes = int(nii.header["qform_code"]), int(nii.header["sform_code"])
     if codes == (0, 0):
         warnings.warn(f"{path}: its header gives no orientation (qform_code and sform_code 0): its voxels are "
-                      "placed by their size alone, as nibabel does (ITK and 3D Slicer place them otherwise), and a NIfTI "
-                      "result on its grid is written the same way (a .nrrd/.mha result at nibabel's placement); set "
-                      "the header's geometry if it is known", stacklevel=4)
+                      "placed by their size alone, as nibabel does (ITK and 3D Slicer place them otherwise), and a "
+                      "NIfTI result on its grid is written the same way (a .nrrd/.mha result at nibabel's placement); "
+                      "set the header's geometry if it is known", stacklevel=4)
     img = _as_volume(array, affine, path, None, raw.dtype == np.uint8)
     img.meta["nifti_dims"] = int(nii.header["dim"][0])  # a 2D file is written back 2D (write_image)
     img.meta["qform_code"], img.meta["sform_code"] = codes  # MONAI's NibabelReader names; kept by write_image
+    img.meta["spatial_shape"] = np.asarray(array.shape[:3])  # as NibabelReader records it: unmoved if unchanged
     return img
 
 
@@ -900,7 +901,11 @@ def write_image(
         warnings.warn(f"{path}: the affine has a shear, which a NIfTI qform cannot hold: written with the sform only "
                       "(nibabel, MONAI and FSL read it; ITK and 3D Slicer refuse it rather than misplace it; .nrrd "
                       "and .mha keep it)", stacklevel=2)
-    codes = _nifti_codes(img.meta if isinstance(img, MetaTensor) else {})
+    meta = img.meta if isinstance(img, MetaTensor) else {}
+    codes = _nifti_codes(meta)
+    read_shape = tuple(int(n) for n in np.asarray(meta.get("spatial_shape", ())).reshape(-1))
+    if codes == (0, 0) and read_shape != tuple(data.shape[1:])[:len(read_shape) or None]:  # cropped, padded, resized
+        codes = (1, 1)  # since it was read without orientation: the affine is now the only record of its place
     with atomic_path(path, overwrite) as tmp:
         if suffix in NIFTI_SUFFIXES:
             _write_nifti(voxels, matrix, tmp, codes=(0 if sheared else codes[0], codes[1]))

@@ -150,9 +150,10 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], origin: str = "checkpoint")
         FusionInputError: if no tensors are found.
     """
     found: Mapping[str, Any] = checkpoint
-    while True:  # a wrapper first: {"network": sd, "step": tensor(3)} holds a tensor beside its state dict
-        inner = next((found[k] for k in _WRAPPER_KEYS if isinstance(found.get(k), Mapping)), None)
-        if inner is not None:
+    while True:  # the larger set of tensors: {"network": sd, "step": tensor(3)}, but {**sd, "net": {"scale": t}}
+        inner = max((found[k] for k in _WRAPPER_KEYS if isinstance(found.get(k), Mapping)), key=_most_tensors,
+                    default=None)
+        if inner is not None and _most_tensors(inner) > _tensors_at(found):
             found = inner
             continue
         if any(isinstance(v, torch.Tensor) for v in found.values()):
@@ -170,6 +171,18 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], origin: str = "checkpoint")
                 state = {k[len(prefix) :]: v for k, v in state.items()}
                 stripped = True
     return state
+
+
+def _tensors_at(mapping: Mapping[str, Any]) -> int:
+    """The number of tensors directly in ``mapping``."""
+    return sum(isinstance(v, torch.Tensor) for v in mapping.values())
+
+
+def _most_tensors(mapping: Mapping[str, Any]) -> int:
+    """The most tensors at one level of ``mapping`` or of a wrapper in it (``"state_dict"``, ``"network"``...):
+    a state dict is the largest set of tensors of a checkpoint (a ``{"model": {"name": ...}}`` record holds none)."""
+    inner = [_most_tensors(mapping[k]) for k in _WRAPPER_KEYS if isinstance(mapping.get(k), Mapping)]
+    return max([_tensors_at(mapping), *inner])
 
 
 def is_official_state_dict(state: Mapping[str, Any]) -> bool:

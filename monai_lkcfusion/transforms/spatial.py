@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
-
 from collections.abc import Hashable, Mapping
 
 import numpy as np
@@ -158,7 +158,7 @@ class ResampleToReference(InvertibleTransform):
         self.resampler = ResampleToMatch(mode=mode, padding_mode="border")
         self.field_of_view = ResampleToMatch(mode="nearest", padding_mode="zeros")
         self.resize_2d = resize_2d
-        if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, float)) or not 0 <= min_overlap <= 1:
+        if isinstance(min_overlap, bool) or not isinstance(min_overlap, numbers.Real) or not 0 <= min_overlap <= 1:
             raise FusionInputError(f"min_overlap {min_overlap!r}: give a fraction from 0 to 1")
         self.min_overlap = float(min_overlap)
 
@@ -429,7 +429,7 @@ class RandSlice(Randomizable, InvertibleTransform):
     backend = [TransformBackends.TORCH]
 
     def __init__(self, axis: int | None = None, min_foreground: float = 0.05, position: float | None = None) -> None:
-        if position is not None and (isinstance(position, bool) or not isinstance(position, (int, float))
+        if position is not None and (isinstance(position, bool) or not isinstance(position, numbers.Real)
                                      or not 0 <= position <= 1):
             raise FusionInputError(f"position {position!r}: give a fraction from 0 to 1, or null for a random slice")
         self.axis = axis
