@@ -211,16 +211,26 @@ def test_overwrite_replaces_an_earlier_evaluation_as_a_whole(tmp_path: Path) -> 
     assert (out / "fused" / "max").is_dir() and (out / "metrics.csv").is_file()
 
 
+def _earlier_evaluation(tmp_path: Path, n: int = 2, figure_rows: int = 0) -> tuple[list[dict], Path, dict]:
+    """An evaluation (max, mean) of ``n`` made-up pairs in ``tmp_path/out``: the pairs, OUT and its files' bytes."""
+    mri_dir, other_dir = _pairs(tmp_path / "data", n=n)
+    pairs = [{"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png")} for i in range(n)]
+    out = tmp_path / "out"
+    compare_methods(pairs, out, methods=["max", "mean"], metric_names=["EN"], figure_rows=figure_rows)
+    return pairs, out, _files(out)
+
+
+def _files(folder: Path) -> dict:
+    """Every file under ``folder`` (hidden ones too) and its bytes."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_an_interrupted_overwrite_keeps_the_earlier_results(tmp_path: Path, monkeypatch) -> None:
     """``--overwrite`` removed the earlier results before the new run started: a Ctrl-C (or a failure) in the middle
     left a partial ``fused/`` and no tables. The new results are complete before they replace the earlier ones."""
     import monai_lkcfusion.inference as inference
 
-    mri_dir, other_dir = _pairs(tmp_path / "data", n=3)
-    pairs = [{"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png")} for i in range(3)]
-    out = tmp_path / "out"
-    compare_methods(pairs, out, methods=["max", "mean"], metric_names=["EN"], figure_rows=1)
-    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    pairs, out, before = _earlier_evaluation(tmp_path, n=3, figure_rows=1)
     fuse, calls = inference.fuse, []
 
     def interrupted(*args, **kwargs):
@@ -232,7 +242,7 @@ def test_an_interrupted_overwrite_keeps_the_earlier_results(tmp_path: Path, monk
     monkeypatch.setattr(inference, "fuse", interrupted)
     with pytest.raises(KeyboardInterrupt):
         compare_methods(pairs, out, methods=["max"], metric_names=["EN", "SD"], figure_rows=0, overwrite=True)
-    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    after = _files(out)
     assert after == before and not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
     fresh = tmp_path / "new" / "out"  # a folder the run made is removed again when nothing was written
     with pytest.raises(KeyboardInterrupt):
@@ -257,11 +267,7 @@ def test_a_failed_replacement_keeps_the_earlier_results_and_stale_stages_are_cle
     import monai_lkcfusion.apps.evaluation as evaluation
     import monai_lkcfusion.inference as inference
 
-    mri_dir, other_dir = _pairs(tmp_path / "data", n=2)
-    pairs = [{"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png")} for i in range(2)]
-    out = tmp_path / "out"
-    compare_methods(pairs, out, methods=["max", "mean"], metric_names=["EN"], figure_rows=0)
-    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    pairs, out, before = _earlier_evaluation(tmp_path)
     replace, calls = os.replace, []
 
     def failing(src, dst, **kwargs):  # os.replace is also what every atomic write ends with
@@ -277,7 +283,7 @@ def test_a_failed_replacement_keeps_the_earlier_results_and_stale_stages_are_cle
         compare_methods(pairs, out, methods=["max"], metric_names=["EN", "SD"], figure_rows=0, overwrite=True)
     monkeypatch.undo()
     assert len(calls) == 2
-    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    after = _files(out)
     assert after == before and not [p for p in out.rglob(".*")]  # the earlier evaluation, whole; nothing hidden
     for folder in (out, out / "fused"):  # a killed run's partial results (pid 4194303 runs nowhere here)
         (folder / ".lkcfusion-4194303-0badcafe.tmp-evaluation" / "max").mkdir(parents=True)
@@ -312,11 +318,7 @@ def test_a_replacement_interrupted_right_after_a_rename_is_undone(tmp_path, monk
 
     import monai_lkcfusion.apps.evaluation as evaluation
 
-    mri_dir, other_dir = _pairs(tmp_path / "data", n=2)
-    pairs = [{"mri": str(mri_dir / f"p{i}.png"), "other": str(other_dir / f"p{i}.png")} for i in range(2)]
-    out = tmp_path / "out"
-    compare_methods(pairs, out, methods=["max", "mean"], metric_names=["EN"], figure_rows=0)
-    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    pairs, out, before = _earlier_evaluation(tmp_path)
     replace = os.replace
 
     def renamed_then_interrupted(src, dst, **kwargs):
@@ -330,7 +332,7 @@ def test_a_replacement_interrupted_right_after_a_rename_is_undone(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         compare_methods(pairs, out, methods=["max"], metric_names=["EN", "SD"], figure_rows=0, overwrite=True)
     monkeypatch.undo()
-    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    after = _files(out)
     assert after == before and not [p for p in out.rglob(".*")]
 
 
