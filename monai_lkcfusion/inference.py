@@ -187,12 +187,22 @@ def fuse_dict(
     Raises:
         FusionInputError, OSError: the user-facing error of a failing step (unwrapped from MONAI's
             ``RuntimeError("applying transform ...")``).
+
+    When ``inferer`` shows progress (``FusionInferer(progress=True)``), the steps before and after it say what
+    they are doing while they last over :data:`~monai_lkcfusion.progress.STAGE_INTERVAL` seconds (reading,
+    resampling or registering a volume can take a minute on a busy CPU): :class:`~monai_lkcfusion.progress.Stage`.
     """
+    from .progress import Stage
+
+    progress = bool(getattr(inferer, "progress", False))
+    names = " and ".join(Path(data[k]).name for k in ("mri", "other") if isinstance(data.get(k), (str, Path)))
     try:
-        d = preprocessing(dict(data))
+        with Stage(f"reading and preparing {names or 'the pair'}", enabled=progress):
+            d = preprocessing(dict(data))
         _warn_if_swapped(d)
         d["pred"] = inferer(d["image"][None], network)[0]  # (1, *spatial)
-        return postprocessing(d)
+        with Stage(f"finishing the fusion of {names or 'the pair'}", enabled=progress):
+            return postprocessing(d)
     except RuntimeError as err:
         cause = user_error(err)
         if cause is None:
@@ -238,7 +248,10 @@ def fuse_files(
         check_output_file(kwargs["preview"], "preview.png", inputs=inputs, overwrite=overwrite)
         check_not_input(kwargs["preview"], [output], kind="output")
     fused = fuse(mri, other, **{"overwrite": overwrite, **kwargs})
-    written = write_image(fused, output, overwrite=overwrite)
+    from .progress import Stage
+
+    with Stage(f"writing {Path(output).name}", enabled=bool(kwargs.get("progress", True))):
+        written = write_image(fused, output, overwrite=overwrite)
     if report is not None:
         report(describe_fusion(fused.meta))
     return written

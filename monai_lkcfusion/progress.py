@@ -1,12 +1,18 @@
-"""Progress a person can see during long work: a tqdm bar on a terminal, periodic lines otherwise (logs, CI)."""
+"""Progress a person can see during long work: a tqdm bar on a terminal, periodic lines otherwise (logs, CI); and
+for long steps that cannot be counted (reading, resampling, registering a volume), a line while they last."""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import IO, Any
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "Stage"]
+
+STAGE_INTERVAL = 10.0
+"""Seconds between the lines of a :class:`Stage` (the first one after this long): steps shorter than this print
+nothing."""
 
 
 class Progress:
@@ -78,3 +84,48 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Stage:
+    """Say what a long step without a count is doing while it runs: one line every ``interval`` seconds
+    (``lkcfusion: reading and preparing mri.nii.gz and ct.nii.gz, 10 s``), the first one after ``interval``
+    seconds, so that short steps print nothing. The lines come from a daemon thread; the step runs undisturbed.
+
+    Args:
+        label: what is being done, e.g. ``"reading and preparing mri.nii.gz and ct.nii.gz"``.
+        interval: seconds between lines; default :data:`STAGE_INTERVAL`.
+        stream: where to write (default ``sys.stderr``).
+        enabled: ``False`` shows nothing (``--quiet``).
+
+    Example::
+
+        with Stage("registering ct.nii.gz to mri.nii.gz"):
+            transform = register(fixed, moving)
+    """
+
+    def __init__(self, label: str, interval: float | None = None, stream: IO[str] | None = None,
+                 enabled: bool = True) -> None:
+        self.label = label
+        self.interval = STAGE_INTERVAL if interval is None else interval
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _report(self) -> None:
+        """Print a line every ``interval`` seconds until the step ends."""
+        start = time.monotonic()
+        while not self._done.wait(self.interval):
+            print(f"lkcfusion: {self.label}, {time.monotonic() - start:.0f} s", file=self.stream, flush=True)
+
+    def __enter__(self) -> Stage:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._report, name="lkcfusion-stage", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from monai_lkcfusion.data.io import fit_float32, read_image, write_image
 from monai_lkcfusion.errors import FusionInputError
 from monai_lkcfusion.inference import fuse
 from monai_lkcfusion.networks import LKCFUNet, save_network
-from monai_lkcfusion.progress import Progress
+from monai_lkcfusion.progress import Progress, Stage
 from monai_lkcfusion.transforms import fusion_load_transforms, scale_to_unit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -783,6 +784,36 @@ def test_volume_fusion_reports_progress(tmp_path, capsys, monkeypatch):
     code, _, err = _run(["fuse", str(mri), str(other), "-o", str(tmp_path / "g.nii.gz"), "--method", "max",
                          "--quiet"], capsys)
     assert code == 0 and "fusing" not in err
+
+
+def test_stage_reports_long_steps_only():
+    stream = io.StringIO()
+    with Stage("registering ct.nii.gz", interval=0.02, stream=stream):
+        time.sleep(0.15)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("lkcfusion: registering ct.nii.gz, ") for line in lines)
+    assert lines[-1].endswith(" s")
+    for enabled, step in ((True, 0.0), (False, 0.15)):  # a short step, or a quiet one: nothing
+        quiet = io.StringIO()
+        with Stage("x", interval=0.05, stream=quiet, enabled=enabled):
+            time.sleep(step)
+        time.sleep(0.1)  # no line after the step either
+        assert quiet.getvalue() == ""
+
+
+def test_volume_fusion_says_what_it_reads_and_writes(tmp_path, capsys, monkeypatch):
+    """Reading, resampling and writing a CT volume took up to a minute on a busy CPU before the slice count
+    started: nothing was printed in that time."""
+    import monai_lkcfusion.progress as progress
+
+    monkeypatch.setattr(progress, "STAGE_INTERVAL", 0.001)  # every step counts as long, for the test
+    mri, other = _nifti(tmp_path / "mri.nii.gz", _volume()), _nifti(tmp_path / "pet.nii.gz", _volume(1))
+    code, _, err = _run(["fuse", str(mri), str(other), "-o", str(tmp_path / "f.nii.gz"), "--method", "max"], capsys)
+    assert code == 0 and "lkcfusion: reading and preparing mri.nii.gz and pet.nii.gz, " in err
+    assert "lkcfusion: writing f.nii.gz, " in err
+    code, _, err = _run(["fuse", str(mri), str(other), "-o", str(tmp_path / "g.nii.gz"), "--method", "max",
+                         "--quiet"], capsys)
+    assert code == 0 and "lkcfusion: " not in err.replace("lkcfusion: warning", "")
 
 
 def test_dicom_series_with_a_rescale_slope_per_slice_keeps_fractions(tmp_path):

@@ -20,6 +20,7 @@ from typing import NoReturn
 
 from .. import __version__
 from ..errors import FusionInputError, finish_pool_threads, one_line, user_error
+from ..progress import Stage
 
 __all__ = ["COMMANDS", "build_parser", "main", "one_line", "print_warnings", "run_command"]
 
@@ -104,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def command() -> int | None:
         _refuse_empty_values(args)
+        quiet = getattr(args, "quiet", False) or os.environ.get("RANK", "0") != "0"
+        with Stage("loading PyTorch and MONAI", enabled=not quiet):  # 5-30 s of silence on a busy CPU otherwise
+            import_module("monai")
         return args.func(args)
 
     return run_command(command)
