@@ -61,7 +61,9 @@ def test_wrapped_and_prefixed_checkpoints(tmp_path):
     net = _trained_like(LKCFUNet.from_preset("tiny"))
     state = net.state_dict()
     for i, checkpoint in enumerate(
-        [{"model": state}, {"network": state, "optimizer": {"lr": 1.0}}, {f"module.{k}": v for k, v in state.items()}]
+        [{"model": state}, {"network": state, "optimizer": {"lr": 1.0}}, {f"module.{k}": v for k, v in state.items()},
+         {f"_orig_mod.{k}": v for k, v in state.items()},  # torch.compile(net).state_dict()
+         {f"net.{k}": v for k, v in state.items()}]  # a wrapper module that holds the network as .net
     ):
         torch.save(checkpoint, tmp_path / f"c{i}.pt")
         assert torch.equal(load_network(tmp_path / f"c{i}.pt").head[2].weight, net.head[2].weight)

@@ -57,7 +57,7 @@ _MAFM = {
     "conv_block.0": "out_conv",
 }
 _WRAPPER_KEYS = ("state_dict", "model", "network", "net", "model_state_dict")
-_PREFIXES = ("module.", "model.")
+_PREFIXES = ("module.", "model.", "net.", "_orig_mod.")  # DDP, wrappers, torch.compile
 
 
 def read_state_dict(source: str | PathLike | Mapping[str, Any], map_location: Any = "cpu") -> dict[str, torch.Tensor]:
@@ -144,7 +144,8 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], origin: str = "checkpoint")
         origin: file name (or description) used in error messages.
 
     Returns:
-        ``{name: tensor}`` with ``module.`` and ``model.`` prefixes shared by all keys removed.
+        ``{name: tensor}`` with ``module.``, ``model.``, ``net.`` and ``_orig_mod.`` (``torch.compile``) prefixes
+        shared by all keys removed.
 
     Raises:
         FusionInputError: if no tensors are found.
