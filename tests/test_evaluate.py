@@ -196,6 +196,27 @@ def test_names_given_twice_count_once(tmp_path: Path, capsys) -> None:
     assert list(csv.DictReader(table.open()).fieldnames) == ["pair", "EN", "SD"]
 
 
+def test_names_are_separated_by_commas_or_spaces_in_both_commands(tmp_path: Path, capsys) -> None:
+    """``metrics --metrics EN,SD`` was refused (``unknown metric(s) ['EN,SD']``) and ``evaluate --metrics EN SD`` too
+    (``unrecognized arguments: SD``): one option name, two syntaxes; found by a docs hand-check helper."""
+    mri_dir, other_dir = _pairs(tmp_path / "data")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--mri-dir", str(mri_dir), "--other-dir", str(other_dir), "-o", str(out),
+                 "--methods", "max", "mean", "--metrics", "EN", "SD,SF", "-q"]) == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert list(rows[0]) == ["task", "pair", "method", "EN", "SD", "SF"]
+    assert sorted({row["method"] for row in rows}) == ["max", "mean"]
+    fused = out / "fused" / "max" / "PET"
+    table = tmp_path / "m.csv"
+    assert main(["metrics", "--fused", str(fused), "--mri", str(mri_dir), "--other", str(other_dir),
+                 "--metrics", "EN,SD", "SF", "--csv", str(table)]) == 0
+    assert list(csv.DictReader(table.open()).fieldnames) == ["pair", "EN", "SD", "SF"]
+    capsys.readouterr()
+    assert main(["metrics", "--fused", str(fused), "--mri", str(mri_dir), "--other", str(other_dir),
+                 "--metrics", ","]) == 2
+    assert capsys.readouterr().err.startswith("lkcfusion: error: metrics: give at least one name")
+
+
 def test_overwrite_replaces_an_earlier_evaluation_as_a_whole(tmp_path: Path) -> None:
     """``--overwrite`` with fewer methods kept the earlier run's fused/mean/ images beside the new results (and an
     overview.png that the new run does not draw); found by a hand-check helper."""

@@ -22,7 +22,8 @@ from .. import __version__
 from ..errors import FusionInputError, finish_pool_threads, one_line, user_error
 from ..progress import Stage
 
-__all__ = ["COMMANDS", "build_parser", "main", "one_line", "print_warnings", "run_command"]
+__all__ = ["COMMANDS", "add_names_argument", "build_parser", "main", "names_given", "one_line", "print_warnings",
+           "run_command"]
 
 COMMANDS = ("fuse", "demo", "evaluate", "metrics", "train", "export", "bundle", "label_app")
 """The command modules, in the order of ``lkcfusion --help`` (the everyday ones first)."""
@@ -176,6 +177,35 @@ def _refuse_empty_values(args: argparse.Namespace) -> None:
         if any(isinstance(item, str) and not item.strip() for item in (value if isinstance(value, list) else [value])):
             name = "/".join(action.option_strings) or str(action.metavar or action.dest).upper()
             raise FusionInputError(f"{name}: an empty value; give one, or leave the option out")
+
+
+def add_names_argument(parser: argparse.ArgumentParser, option: str, help: str) -> None:
+    """Add an option that takes names (metrics, methods) in one form for every command: separated by commas, by
+    spaces, or both (``EN,SD``, ``EN SD``, ``EN, SD``), the option given once or several times.
+
+    ``lkcfusion metrics`` took ``--metrics EN SD`` and ``lkcfusion evaluate`` only ``--metrics EN,SD``; each refused
+    the other's form (``unknown metric(s) ['EN,SD']``, ``unrecognized arguments: SD``).
+
+    Args:
+        parser: the command's parser.
+        option: the option, e.g. ``"--metrics"``; read the names back with :func:`names_given`.
+        help: the option's help text.
+    """
+    parser.add_argument(option, nargs="+", action="extend", metavar="NAME", help=help)
+
+
+def names_given(values: Sequence[str] | None) -> list[str] | None:
+    """The names of an option added with :func:`add_names_argument`, split at commas, blanks dropped.
+
+    Args:
+        values: the option's values as argparse collected them (``None``: the option was not given).
+
+    Returns:
+        The names in the order given (``[]`` when only commas or blanks were given), or ``None``.
+    """
+    if values is None:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
 def print_warnings(messages: Iterable[str | warnings.WarningMessage]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import print_warnings
+from . import add_names_argument, names_given, print_warnings
 
 HELP = "compare LKC-FUNet with baselines on a folder of pairs (CSV, JSON, figures)"
 DESCRIPTION = (
@@ -22,10 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--other-dir", required=True, help="folder of the second modality, paired by name")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("--weights", help="LKC-FUNet weights (default: the bundle's models/model.pt)")
-    parser.add_argument("--methods", default="lkcfunet,max,mean,dwt,laplacian",
-                        help="comma-separated methods (default lkcfunet,max,mean,dwt,laplacian)")
-    parser.add_argument("--metrics", help="comma-separated metric names (default: those of the published tables, "
-                        "EN,SD,SF,MI,SCD,VIF,Qabf,SSIM)")
+    add_names_argument(parser, "--methods", "methods, separated by commas or spaces (default "
+                       "lkcfunet,max,mean,dwt,laplacian)")
+    add_names_argument(parser, "--metrics", "metric names, separated by commas or spaces (default: those of the "
+                       "published tables, EN,SD,SF,MI,SCD,VIF,Qabf,SSIM)")
     parser.add_argument("--ssim-data-range", type=float, default=2.0,
                         help="SSIM data range: 2 as the published CDDFuse/EMMA tables (default), 255 as LKC-FUNet's")
     parser.add_argument("--device", help="torch device (default: cuda when available)")
@@ -41,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.evaluation import compare_methods
     from ..data import pair_files_by_name
     from ..data.atomic import check_not_input
-    from ..metrics import PUBLISHED_METRICS
     from ..metrics.tables import format_summary
 
     # results written into an input folder would pair with it later
@@ -50,10 +49,9 @@ def run(args: argparse.Namespace) -> int:
     print_warnings(unpaired)
     task = Path(os.path.abspath(args.other_dir)).name  # "." is a folder with a name too
     items = [{"mri": str(m), "other": str(o), "name": m.name, "task": task} for m, o in pairs]
+    chosen = {"methods": names_given(args.methods), "metric_names": names_given(args.metrics)}
     summary = compare_methods(
-        items, args.output, methods=[m.strip() for m in args.methods.split(",") if m.strip()], weights=args.weights,
-        metric_names=PUBLISHED_METRICS if args.metrics is None else [m.strip() for m in args.metrics.split(",")
-                                                                      if m.strip()],
+        items, args.output, weights=args.weights, **{key: names for key, names in chosen.items() if names is not None},
         ssim_data_range=args.ssim_data_range, device=args.device, overwrite=args.overwrite, progress=not args.quiet,
     )
     print(format_summary(summary))

@@ -6,7 +6,7 @@ import argparse
 import warnings
 
 from ..errors import FusionInputError
-from . import print_warnings
+from . import add_names_argument, names_given, print_warnings
 
 HELP = "score fused images against their MRI / other sources (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, ...)"
 DESCRIPTION = (
@@ -25,9 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fused", required=True, help="folder of fused images, or one fused image")
     parser.add_argument("--mri", required=True, help="folder of MRI images (same names), or one MRI image")
     parser.add_argument("--other", required=True, help="folder of CT/PET/SPECT images (same names), or one such image")
-    parser.add_argument("--metrics", nargs="+", action="extend", metavar="NAME",
-                        help="metrics to compute (default: EN SD SF AG MI SCD VIF Qabf SSIM CC PSNR MSE; "
-                        "extras: MS_SSIM Nabf FMI_pixel)")
+    add_names_argument(parser, "--metrics", "metrics to compute, separated by spaces or commas (default: EN SD SF AG "
+                       "MI SCD VIF Qabf SSIM CC PSNR MSE; extras: MS_SSIM Nabf FMI_pixel)")
     parser.add_argument("--ssim-data-range", type=float, default=255.0,
                         help="SSIM constant range: 255 (LKC-FUNet, default) or 2 (published CDDFuse/EMMA tables)")
     parser.add_argument("--reduction", choices=["sum", "mean"], default="sum",
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             written.append(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = score_folders(args.fused, args.mri, args.other, names=args.metrics, **options)
+        results = score_folders(args.fused, args.mri, args.other, names=names_given(args.metrics), **options)
     print_warnings(caught)
     rows = [{"pair": name, **values} for name, values in results.items()]
     metric_names = list(next(iter(results.values())))
