@@ -643,6 +643,16 @@ def test_dataset_dir_with_two_second_modality_folders_is_refused(tmp_path):
     assert [Path(item["other"]).parent.name for item in fusion_pairs(tmp_path)] == ["PET"]
 
 
+def test_dataset_dir_of_another_layout_names_every_folder_as_a_folder(tmp_path):
+    """The message said ``beside one of CT, PET, SPECT, other/``: the slash on the last name only, so CT, PET and
+    SPECT read as file names; docs/reliability.md quoted it with every slash (docs hand-check helper)."""
+    from monai_lkcfusion.engines import fusion_pairs
+
+    (tmp_path / "MRI").mkdir()
+    with pytest.raises(FusionInputError, match="beside one of CT/, PET/, SPECT/, other/ "):
+        fusion_pairs(tmp_path / "MRI")
+
+
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nii.gz"])
 def test_full_disk_while_writing_itk_formats(tmp_path, monkeypatch, suffix):
     import SimpleITK as sitk

@@ -68,7 +68,8 @@ def fusion_pairs(dataset_dir: str | Path) -> list[dict[str, str]]:
         items = [{"mri": str(files[f"mri_{d}"]), "other": str(files[f"pet_{d}"])} for d in ("2d", "3d")]
     else:
         raise FusionInputError(
-            f"{root}: expected datalist.json or MRI/ beside one of {', '.join(_OTHER_FOLDERS)}/ (paired by name)"
+            f"{root}: expected datalist.json or MRI/ beside one of {', '.join(f'{name}/' for name in _OTHER_FOLDERS)} "
+            "(paired by name)"
         )
     if not any("mri" in item for item in items):
         raise FusionInputError(f"{root}: no (MRI, other) pairs found")
