@@ -156,6 +156,25 @@ def test_inference_json_on_demo_data(trained: tuple[Path, Path], tmp_path: Path)
     assert np.array_equal(np.asarray(Image.open(same)), fused)
 
 
+def test_inference_json_gray_and_unmasked_as_fuse(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """``--color false`` and ``--mask_background false`` give what ``fuse(color=False, mask_background=False)`` does
+    (the config had no setting for either: its transforms had to be deleted by hand)."""
+    _, out = trained
+    files = demo_files()
+    for color, mask in ((False, True), ("false", "False"), (True, False)):  # bools, or strings from the shell
+        folder = tmp_path / f"{color}-{mask}"
+        run_bundle_workflow("inference.json", workflow_type="infer", weights=str(out / "model.pt"),
+                            output_dir=str(folder), dataset="$@datalist[:1]", color=color, mask_background=mask)
+        fused = np.asarray(Image.open(folder / "fused_mri_slice.png"))
+        flags = {"color": color in (True,), "mask_background": mask in (True,)}
+        same = fuse_files(files["mri_2d"], files["pet_2d"], folder / "api.png", weights=out / "model.pt", **flags)
+        assert np.array_equal(np.asarray(Image.open(same)), fused)
+        assert fused.ndim == (3 if flags["color"] else 2)
+    with pytest.raises(FusionInputError, match="color 'no': give true or false"):
+        run_bundle_workflow("inference.json", workflow_type="infer", weights=str(out / "model.pt"),
+                            output_dir=str(tmp_path / "no"), dataset="$@datalist[:1]", color="no")
+
+
 @pytest.mark.shared
 def test_train_json_on_harvard(harvard_root: Path, tmp_path: Path) -> None:
     run_bundle_workflow(
