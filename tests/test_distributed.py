@@ -437,3 +437,57 @@ def test_a_torchrun_worker_ends_when_torchrun_is_killed(tmp_path, process_ends):
     torchrun.wait()
 
     assert process_ends(pid)
+
+
+_WORKER = """import os, signal, sys, time
+if os.environ["RANK"] == "1":
+    time.sleep(1)
+    {failure}
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun's process handling is tested on Linux")
+@pytest.mark.parametrize("failure, code, last_line", [
+    ("print('lkcfusion: error: 3.png: cannot read image', file=sys.stderr); sys.exit(2)", 2,
+     "lkcfusion: error: 3.png: cannot read image"),
+    ("os.kill(os.getpid(), signal.SIGKILL)", 1, ("lkcfusion: error: the process of rank 1 was ended by SIGKILL "
+                                                 "(killed from outside, or out of memory); torchrun stopped the others")),
+    ("raise RuntimeError('a bug')", 1,
+     "lkcfusion: error: the process of rank 1 failed with exit code 1 (its error is printed above)"),
+])
+def test_a_failed_process_ends_the_launch_in_one_line(tmp_path, failure, code, last_line):
+    """`lkcfusion train --nproc N` ended every failed process with torchrun's ChildFailedError traceback and failure
+    report (about 40 lines) and exit code 1, also when the process had stopped on the user's error (a damaged
+    image: one line, exit 2) or was killed (hand-check helper). The launcher's torchrun ends such a launch promptly
+    with the user's error's exit code 2, or one line naming the rank and how it ended; a worker's own traceback (a
+    bug) stays, as do torchrun's log lines (which process it stopped)."""
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER.format(failure=failure))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "monai_lkcfusion.cli.launch", "--standalone", "--nproc_per_node=2", str(script)]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=50)
+    err = [line for line in done.stderr.strip().splitlines() if not re.match(r"[IWE]\d{4} ", line)]  # torch's log
+    assert done.returncode == code and err[-1] == last_line, done.stderr
+    assert "ChildFailedError" not in done.stderr and "FAILED" not in done.stderr
+    assert ("Traceback" in done.stderr) == ("a bug" in failure)  # the worker's, only for a bug
+
+
+def test_the_launcher_starts_the_one_line_torchrun(monkeypatch):
+    """`lkcfusion train --nproc N` starts `python -m monai_lkcfusion.cli.launch` (torchrun with one-line failures),
+    not `torch.distributed.run` itself."""
+    from monai_lkcfusion.cli import launch
+
+    started = []
+
+    class Finished:
+        def __init__(self, argv, **kwargs):
+            started.append(argv)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(launch.subprocess, "Popen", Finished)
+    assert launch.run_processes(["train", "--epochs", "1"], 3) == 0
+    assert started == [[sys.executable, "-m", "monai_lkcfusion.cli.launch", "--standalone", "--nproc_per_node=3",
+                        "-m", "monai_lkcfusion", "train", "--epochs", "1"]]
