@@ -491,3 +491,14 @@ def test_the_launcher_starts_the_one_line_torchrun(monkeypatch):
     assert launch.run_processes(["train", "--epochs", "1"], 3) == 0
     assert started == [[sys.executable, "-m", "monai_lkcfusion.cli.launch", "--standalone", "--nproc_per_node=3",
                         "-m", "monai_lkcfusion", "train", "--epochs", "1"]]
+
+
+@pytest.mark.parametrize("workflow", ["train", "evaluate", "inference"])
+def test_multi_gpu_configs_keep_every_initialize_step(workflow: str) -> None:
+    """A multi_gpu_*.json replaces its workflow's whole `initialize` list: train.json's check that validation items
+    are 2D slices (added later) was missing from multi_gpu_train.json, so a volume left whole trained a whole
+    distributed epoch before failing at validation (hand-check helper). Each keeps its workflow's steps in order."""
+    configs = REPO / "bundle" / "configs"  # this checkout's configs, which bundle_config() finds when installed
+    single = json.loads((configs / f"{workflow}.json").read_text()).get("initialize", [])
+    multi = iter(json.loads((configs / f"multi_gpu_{workflow}.json").read_text())["initialize"])
+    assert all(step in multi for step in single), f"multi_gpu_{workflow}.json lacks a step of {workflow}.json"
