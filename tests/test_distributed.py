@@ -502,3 +502,17 @@ def test_multi_gpu_configs_keep_every_initialize_step(workflow: str) -> None:
     single = json.loads((configs / f"{workflow}.json").read_text()).get("initialize", [])
     multi = iter(json.loads((configs / f"multi_gpu_{workflow}.json").read_text())["initialize"])
     assert all(step in multi for step in single), f"multi_gpu_{workflow}.json lacks a step of {workflow}.json"
+
+
+def test_only_rank_0_shows_the_caching_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rank of a `--nproc 2` run drew CacheDataset's "Loading dataset" bars (4 interleaved bars, hand-check
+    helper): multi_gpu_train.json leaves them to rank 0, as it does the other console output."""
+    from monai.bundle import ConfigParser
+
+    configs = REPO / "bundle" / "configs"  # this checkout's configs, which bundle_config() finds when installed
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "get_rank", lambda r=rank: r)
+        parser = ConfigParser()
+        parser.read_config([str(configs / "train.json"), str(configs / "multi_gpu_train.json")])
+        for dataset in ("train#dataset", "validate#dataset"):
+            assert parser.get_parsed_content(f"{dataset}#progress") is (rank == 0)
