@@ -19,7 +19,7 @@ from typing import Any
 from ..engines.distributed import end_with_parent
 from ..errors import as_count
 
-__all__ = ["run_processes", "torchrun"]
+__all__ = ["failure_summary", "run_processes", "torchrun"]
 
 
 def run_processes(command_argv: Sequence[str], nproc: int) -> int:
