@@ -14,7 +14,7 @@ from . import print_warnings
 HELP = "fuse an MRI with CT/PET/SPECT (a pair of files, or two folders paired by name)"
 DESCRIPTION = (
     "Fuse an MRI with a second modality. MRI and OTHER are image files (PNG/JPG/BMP/TIFF, NIfTI, "
-    "NRRD, MHA) or DICOM series folders; OUT's extension picks the format (png/jpg, nii/nii.gz, nrrd, mha). "
+    "NRRD, MHA) or DICOM series folders; OUT's extension picks the format (png/jpg/bmp/tif, nii/nii.gz, nrrd, mha). "
     "Colour PET/SPECT gives an RGB output, gray a gray one; volumes are resampled onto the MRI grid and the "
     "output keeps the MRI's shape and affine. Batch mode: --mri-dir D1 --other-dir D2 -o OUTDIR writes one "
     "output per pair with the MRI's name, continues past bad pairs and exits 1 if any failed."
