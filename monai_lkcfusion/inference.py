@@ -26,7 +26,7 @@ from .data.io import check_output_path, image_spatial_dims, write_image
 from .data.pairing import check_distinct_pair
 from .errors import FusionInputError, as_flag, user_error
 from .inferers import FUSION_METHODS, FusionInferer, build_predictor, check_tta
-from .registration import check_transform_file, save_alignment_preview
+from .registration import check_preview_name, check_transform_file, save_alignment_preview
 from .transforms.io import ImageLike
 from .transforms.pipelines import fusion_postprocessing, fusion_preprocessing
 from .transforms.post import describe_fusion
@@ -123,12 +123,12 @@ def fuse(
         FusionInputError: unreadable inputs, dimension/size/channel mismatch, no overlap, unknown method, no
             weights for ``"lkcfunet"``, an unusable device, a batch/tile size below 1, a worker/thread count below 1
             or above 4 per core, an ``axis`` other than 0, 1, 2, or a ``save_transform``/``preview`` place that
-            cannot be written or a ``preview`` that is an input file (checked first), ``tta`` with a baseline
+            cannot be written or a ``preview`` that is an input file or not a ``.png`` (checked first), ``tta`` with a baseline
             method, or the same file as ``mri`` and ``other``.
     """
     check_distinct_pair(mri, other, mri_series, other_series)
     if preview is not None:  # a picture written after the work: never over an input file, nor unasked over a file
-        check_output_file(preview, "preview.png", [image for image in (mri, other) if isinstance(image, (str, Path))],
+        check_output_file(check_preview_name(preview), "preview.png", [image for image in (mri, other) if isinstance(image, (str, Path))],
                           overwrite)
     if save_transform is not None:
         check_transform_file(save_transform, overwrite)

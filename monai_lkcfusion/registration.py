@@ -34,6 +34,7 @@ __all__ = [
     "REGISTRATION_KINDS",
     "RegistrationResult",
     "alignment_preview",
+    "check_preview_name",
     "check_transform_file",
     "foreground_mask",
     "itk_image",
@@ -342,18 +343,38 @@ def mean_displacement(matrix: np.ndarray, reference_matrix: np.ndarray, fixed: t
     return float(np.linalg.norm(np.linalg.solve(grid, shift.T), axis=0).mean()) if len(points) else 0.0
 
 
-def _check_images(fixed: sitk.Image, moving: sitk.Image) -> None:
-    """Refuse pairs that cannot be registered, with one line each."""
-    for name, image in (("the MRI is", fixed), ("it is", moving)):
+def _label(img: torch.Tensor, role: str) -> str:
+    """How an error names an image: ``"<file>: <role>"`` when a ``MetaTensor`` knows its file, else ``role``."""
+    name = getattr(img, "meta", {}).get("filename_or_obj")
+    return f"{name}: {role}" if name else role
+
+
+def _check_images(fixed: sitk.Image, moving: sitk.Image, labels: tuple[str, str]) -> None:
+    """Refuse pairs that cannot be registered, with one line each that names the image at fault.
+
+    Args:
+        fixed: the MRI.
+        moving: the other image.
+        labels: the two images as errors name them (:func:`_label`).
+    """
+    for label, image in zip(labels, (fixed, moving)):
         array = sitk.GetArrayViewFromImage(image)
         if float(array.max()) <= float(array.min()):
-            raise FusionInputError(f"{name} a constant image, nothing to register")
+            raise FusionInputError(f"{label} is a constant image, nothing to register")
+        if image.GetDimension() == 3 and min(image.GetSize()) == 1:  # a 2D NIfTI/NRRD/MHA is read as one
+            raise FusionInputError(
+                f"{label} is a one-slice volume, size {image.GetSize()}; registration needs at least 8 voxels per "
+                "axis: register whole volumes, or the slices as 2D pictures (PNG, TIFF), or fuse without --register"
+            )
         if min(image.GetSize()) < 8:
-            raise FusionInputError(f"{name} too small to register, size {image.GetSize()} (at least 8 per axis)")
+            raise FusionInputError(f"{label} is too small to register, size {image.GetSize()} (at least 8 per axis)")
 
 
-def _initial_transform(fixed: sitk.Image, moving: sitk.Image, kind: str, init: str) -> tuple[sitk.Transform, str]:
-    """Rigid/affine transform centred on the MRI's centre of mass: world coordinates or centres of mass."""
+def _initial_transform(
+    fixed: sitk.Image, moving: sitk.Image, kind: str, init: str, label: str = "the other image"
+) -> tuple[sitk.Transform, str]:
+    """Rigid/affine transform centred on the MRI's centre of mass: world coordinates or centres of mass (``init``
+    ``"auto"``: the better of the two on a coarse metric; ``label`` names the other image if neither overlaps)."""
     ndim = fixed.GetDimension()
     base = (sitk.Euler3DTransform() if ndim == 3 else sitk.Euler2DTransform()) if kind == "rigid" \
         else sitk.AffineTransform(ndim)
@@ -373,7 +394,7 @@ def _initial_transform(fixed: sitk.Image, moving: sitk.Image, kind: str, init: s
         except RuntimeError:  # ITK: no sample of the MRI maps into the other image from this start
             continue
     if not scores:
-        raise FusionInputError("other image: registration failed, the images do not overlap from either start "
+        raise FusionInputError(f"{label}: registration failed, the images do not overlap from either start "
                                "(world coordinates or centres of mass); check that both show the same anatomy")
     best = min(scores, key=scores.get)
     return candidates[best], best
@@ -557,8 +578,9 @@ def register(
     with _sitk_threads(num_threads):  # every SimpleITK filter of the call, not only the methods'
         start = time.perf_counter()
         fixed_image, moving_image = itk_image(fixed), itk_image(moving)
-        _check_images(fixed_image, moving_image)
-        transform, initialization = _initial_transform(fixed_image, moving_image, kind, init)
+        labels = (_label(fixed, "the MRI"), _label(moving, "the other image"))
+        _check_images(fixed_image, moving_image, labels)
+        transform, initialization = _initial_transform(fixed_image, moving_image, kind, init, labels[1])
         starts = [(transform, initialization)]
         coarse = [_coarse(image) for image in (fixed_image, moving_image)]  # the search's images and the metric's
         smoothed = [sitk.SmoothingRecursiveGaussian(image, image.GetSpacing()[0]) for image in coarse] if search else []
@@ -597,7 +619,7 @@ def register(
             except RuntimeError as err:
                 failure = " ".join(str(err).split()[-12:])
         if not runs:
-            raise FusionInputError(f"other image: registration failed, the images do not overlap enough ({failure})")
+            raise FusionInputError(f"{labels[1]}: registration failed, the images do not overlap enough ({failure})")
         final_metric, transform, initialization, method = min(runs, key=lambda run: run[0])
         matrix = transform_matrix(transform, ndim)
         overlap = _overlap(fixed_image, moving_image, transform)
@@ -736,6 +758,25 @@ def _display(plane: np.ndarray) -> np.ndarray:
     return np.clip(plane / top, 0.0, 1.0) if top > 0 else np.zeros_like(plane)
 
 
+def check_preview_name(path: str | Path) -> Path:
+    """Refuse a preview file that is not a ``.png`` picture: checked by :func:`~monai_lkcfusion.inference.fuse`
+    before the work (it was found after the registration and the fusion, which were lost) and before writing.
+
+    Args:
+        path: the preview file.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        FusionInputError: ``<path>: the preview is a .png picture``.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise FusionInputError(f"{path}: the preview is a .png picture")
+    return path
+
+
 def save_alignment_preview(mri: torch.Tensor, other: torch.Tensor, path: str | Path, overwrite: bool = True) -> Path:
     """Write :func:`alignment_preview` as a PNG, atomically.
 
@@ -756,9 +797,7 @@ def save_alignment_preview(mri: torch.Tensor, other: torch.Tensor, path: str | P
 
     from .data.atomic import atomic_path
 
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise FusionInputError(f"{path}: the preview is a .png picture")
+    path = check_preview_name(path)
     with atomic_path(path, overwrite) as tmp:
         Image.fromarray(alignment_preview(mri, other)).save(tmp, format="PNG")
     return path

@@ -455,6 +455,27 @@ def test_far_apart_volumes_register_from_centres_of_mass(tmp_path, capsys, monke
     assert "do not overlap from either start" in err and len(err.strip().splitlines()) == 1
 
 
+def test_one_slice_volumes_name_the_file_at_fault(tmp_path, capsys):
+    """A 2D NIfTI is read as a one-slice volume, which cannot be registered: the line named the other file and
+    blamed "the MRI" whichever was one slice (``ct.nii.gz: the MRI is too small to register, size (40, 36, 1)``);
+    now it names the file at fault, says what it is and what to do (hand-check helper, twenty-first session)."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    data = {"slab.nii.gz": rng.random((40, 36, 1)), "slab2.nii.gz": rng.random((40, 36, 1)),
+            "volume.nii.gz": rng.random((40, 36, 16))}
+    for name, array in data.items():
+        nib.save(nib.Nifti1Image(array.astype(np.float32), np.eye(4)), str(tmp_path / name))
+    for mri, other, fault, role in (("slab", "volume", "slab", "the MRI"), ("volume", "slab", "slab", "the other image"),
+                                    ("slab", "slab2", "slab", "the MRI")):
+        argv = ["fuse", str(tmp_path / f"{mri}.nii.gz"), str(tmp_path / f"{other}.nii.gz"), "-o",
+                str(tmp_path / "f.nii.gz"), "--method", "max", "--register", "rigid"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"lkcfusion: error: {tmp_path / fault}.nii.gz: {role} is a one-slice volume"), err
+        assert "fuse without --register" in err and len(err.strip().splitlines()) == 1
+
+
 def test_2d_slices_far_apart_register_from_centres_of_mass(demo_2d):
     """Two 2D images whose world coordinates are 500 px apart: the world start, tried beside the centres of mass in
     2D, does not overlap, and its failure failed the pair; it is skipped, and the pose kept at the centres-of-mass
@@ -530,6 +551,17 @@ def test_cli_register_transform_preview(tmp_path, capsys):
     code = main(["fuse", str(files["mri_2d"]), str(other), "-o", str(tmp_path / "y.png"), "--method", "max",
                  "--register", "rigid", "--transform", str(tmp_path / "t.tfm")])
     assert code == 2
+
+
+def test_a_preview_that_is_not_a_png_is_refused_before_any_work(tmp_path, capsys):
+    """``--preview check.jpg`` was refused after the registration and the fusion had run (their work lost, seconds
+    for a slice, minutes for a volume): now before (hand-check helper, twenty-first session)."""
+    files = demo_files()
+    code = main(["fuse", str(files["mri_2d"]), str(files["pet_2d"]), "-o", str(tmp_path / "f.png"), "--method", "max",
+                 "--register", "rigid", "--preview", str(tmp_path / "check.jpg")])
+    out = capsys.readouterr()
+    assert code == 2 and out.err == f"lkcfusion: error: {tmp_path / 'check.jpg'}: the preview is a .png picture\n"
+    assert "registered" not in out.out and not (tmp_path / "f.png").exists()
 
 
 @pytest.mark.parametrize("place, extra, problem", [

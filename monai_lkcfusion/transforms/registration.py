@@ -116,10 +116,7 @@ class RegisterToReference(InvertibleTransform):
         if self.transform is not None:
             record = self._given(ndim)
         else:
-            try:
-                result = register(reference, img, self.kind, **self.register_kwargs)
-            except FusionInputError as err:
-                raise FusionInputError(f"{name}: {err}") from None
+            result = register(reference, img, self.kind, **self.register_kwargs)  # its errors name the files
             record = result.as_meta()
             for message in result.warnings:
                 warnings.warn(f"{name}: {message}", UserWarning, stacklevel=2)
