@@ -123,13 +123,13 @@ def fuse(
         FusionInputError: unreadable inputs, dimension/size/channel mismatch, no overlap, unknown method, no
             weights for ``"lkcfunet"``, an unusable device, a batch/tile size below 1, a worker/thread count below 1
             or above 4 per core, an ``axis`` other than 0, 1, 2, or a ``save_transform``/``preview`` place that
-            cannot be written or a ``preview`` that is an input file or not a ``.png`` (checked first), ``tta`` with a baseline
-            method, or the same file as ``mri`` and ``other``.
+            cannot be written or a ``preview`` that is an input file or not a ``.png`` (checked first), ``tta`` with a
+            baseline method, or the same file as ``mri`` and ``other``.
     """
     check_distinct_pair(mri, other, mri_series, other_series)
     if preview is not None:  # a picture written after the work: never over an input file, nor unasked over a file
-        check_output_file(check_preview_name(preview), "preview.png", [image for image in (mri, other) if isinstance(image, (str, Path))],
-                          overwrite)
+        inputs = [image for image in (mri, other) if isinstance(image, (str, Path))]
+        check_output_file(check_preview_name(preview), "preview.png", inputs, overwrite)
     if save_transform is not None:
         check_transform_file(save_transform, overwrite)
         check_writable(save_transform)  # written after the (long) work: fail now, not then
@@ -157,9 +157,10 @@ def _warn_if_swapped(d: Mapping[Hashable, Any]) -> None:
     if chroma is None or "other_cbcr" in d:
         return
     if float((torch.as_tensor(chroma) - 0.5).abs().mean()) > 0.005:  # Cb/Cr centred on 0.5: gray RGB has 0
+        name = getattr(d.get("mri"), "meta", {}).get("filename_or_obj", "mri")
         warnings.warn(
-            f"{getattr(d.get('mri'), 'meta', {}).get('filename_or_obj', 'mri')}: the MRI is in colour and the other image is gray: if the first is a pseudo-colour "
-            "PET/SPECT, the arguments are swapped (give the MRI first); the MRI's colour is not kept",
+            f"{name}: the MRI is in colour and the other image is gray: if the first is a pseudo-colour PET/SPECT, "
+            "the arguments are swapped (give the MRI first); the MRI's colour is not kept",
             stacklevel=3,
         )
 
