@@ -155,6 +155,11 @@ def test_cli_metrics_reports_missing_counterparts(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "b.png (no other image)" in err and "Traceback" not in err
+    (dirs["mri"] / "b.png").unlink()  # neither source: both named (it said "no MRI image" only)
+    (dirs["mri"] / "a.png").unlink()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "a.png (no MRI image)" in err and "b.png (no MRI and no other image)" in err
 
 
 def test_cli_metrics_warns_of_pairs_without_a_fused_image(tmp_path, capsys):

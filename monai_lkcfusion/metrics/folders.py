@@ -133,8 +133,11 @@ def _triples(sources: dict[str, str | Path]) -> list[dict[str, Path | str]]:
     if not matched and not unmatched["fused"]:
         raise FusionInputError(f"{sources['fused']}: no images ({', '.join(PICTURE_SUFFIXES)})")
     if unmatched["fused"]:
-        mris = {m["name"] for m in matched} | {name_key(p) for p in unmatched["mri"]}
-        missing = [f"{p.name} (no {'MRI' if name_key(p) not in mris else 'other'} image)" for p in unmatched["fused"]]
+        found = {key: {m["name"] for m in matched} | {name_key(p) for p in unmatched[key]} for key in ("mri", "other")}
+        missing = []
+        for path in unmatched["fused"]:
+            kinds = [kind for key, kind in (("mri", "MRI"), ("other", "other")) if name_key(path) not in found[key]]
+            missing.append(f"{path.name} (no {' and no '.join(kinds)} image)")
         raise FusionInputError(f"{len(missing)} fused image(s) without a counterpart: {', '.join(missing)}")
     unfused = sorted({name_key(p) for p in unmatched["mri"]} & {name_key(p) for p in unmatched["other"]})
     if unfused:  # a mean over some of the pairs is not the mean over the folder: say so
