@@ -75,3 +75,41 @@ def write_enhanced(path: Path, volume: np.ndarray, origin_lps=(10.0, -20.0, 30.0
     affine = np.eye(4)
     affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = row, col, spacing * normal, origin_lps
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
+
+def write_frames(path: Path, frames: np.ndarray, positions, orientations, slopes=None, spacing=(1.0, 1.0),
+                 modality: str = "MR") -> None:
+    """Write ``frames`` (F, rows, cols) as one enhanced multi-frame file with per-frame functional groups: each
+    frame's ImagePositionPatient, ImageOrientationPatient and (``slopes``) RescaleSlope, as scanners write them."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.PatientID = modality, generate_uid(), generate_uid(), "1"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = frames.shape[1], frames.shape[2], frames.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    measures, shared = Dataset(), Dataset()
+    measures.PixelSpacing = list(spacing)
+    shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    groups = []
+    for k in range(frames.shape[0]):
+        group, position, plane = Dataset(), Dataset(), Dataset()
+        position.ImagePositionPatient = [float(v) for v in positions[k]]
+        plane.ImageOrientationPatient = [float(v) for v in orientations[k]]
+        group.PlanePositionSequence, group.PlaneOrientationSequence = Sequence([position]), Sequence([plane])
+        if slopes is not None:
+            transform = Dataset()
+            transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = slopes[k], 0, "US"
+            group.PixelValueTransformationSequence = Sequence([transform])
+        groups.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
+    ds.PixelData = np.ascontiguousarray(frames.astype(np.uint16)).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)

@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ __all__ = [
     "WRITABLE_SUFFIXES",
     "check_data_file_location",
     "check_input_exists",
+    "check_dicom_frames",
     "check_dicom_slices",
     "check_output_path",
     "composite_on_black",
@@ -165,7 +167,9 @@ def read_image(
 
     Raises:
         FusionInputError: missing, empty, unreadable, not a regular file or unsupported file, a ``series`` for a
-            file, mixed or irregular DICOM series, 4D series, a data file outside the header's folder.
+            file, mixed or irregular DICOM series, 4D series, an enhanced multi-frame DICOM whose frames ITK would
+            misplace, DICOM without a pixel size or in a transfer syntax that cannot be decoded, a data file outside
+            the header's folder.
     """
     path = Path(path)
     if path.is_dir():
@@ -185,7 +189,7 @@ def read_image(
     if suffix in ITK_SUFFIXES:
         if not allow_external_data:
             check_data_file_location(path)
-        return _read_itk(path, suffix)
+        return _read_itk(path, suffix, allow_irregular_slices)
     raise FusionInputError(unsupported_format(path))
 
 
@@ -483,16 +487,56 @@ _ITK_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO"
 """ITK reader of each extension, named because ITK only recognises the lower-case ones (``.MHA`` is unreadable)."""
 
 
-def _read_itk(path: Path, suffix: str) -> MetaTensor:
+def _read_itk(path: Path, suffix: str, allow_irregular: bool = False) -> MetaTensor:
+    """A NRRD, MetaImage or DICOM file; a DICOM file is checked first (:func:`_check_dicom_file`)."""
     import SimpleITK as sitk
 
+    rescales = _check_dicom_file(path, allow_irregular) if suffix == ".dcm" else None
     try:
         with _native_stderr_silenced():
             image = sitk.ReadImage(str(path), imageIO=_ITK_IO[suffix])
     except RuntimeError as err:
         raise FusionInputError(f"{path}: cannot read image ({' '.join(str(err).split())[:200]})") from None
     modality = image.GetMetaData("0008|0060").strip() if image.HasMetaDataKey("0008|0060") else None
-    return _from_itk(image, path, modality or None)
+    img = _from_itk(image, path, modality or None)
+    if rescales is not None:  # ITK applied frame 1's slope and intercept to every frame: each frame's own instead
+        (slope, intercept), values = rescales[0], img.as_tensor().double()
+        slopes, intercepts = torch.tensor(rescales, dtype=torch.float64).T
+        scaled = (values - intercept) / slope * slopes + intercepts  # frames along z, in stored order
+        img.as_tensor().copy_(torch.from_numpy(fit_float32(scaled.numpy(), str(path))))
+    return img
+
+
+def _check_dicom_file(path: Path, allow_irregular: bool = False) -> list[tuple[float, float]] | None:
+    """Check one DICOM file before ITK reads it: a transfer syntax it can decode (:func:`_check_transfer_syntax`),
+    an enhanced multi-frame file's frames (:func:`check_dicom_frames`) and a PixelSpacing.
+
+    Args:
+        path: the file.
+        allow_irregular: read a file without a PixelSpacing above 0 (at ITK's 1 mm) with a warning.
+
+    Returns:
+        Each frame's ``(RescaleSlope, RescaleIntercept)`` where they differ from frame to frame, else ``None``.
+
+    Raises:
+        FusionInputError: an undecodable transfer syntax, frames ITK would misplace, no PixelSpacing (unless
+            ``allow_irregular``).
+    """
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # pydicom raises many types for damaged files: ITK's reading then names the problem
+        return None
+    _check_transfer_syntax(path, header)
+    rescales = check_dicom_frames(path, header)
+    if _pixel_spacing(header) is None:
+        message = f"{path}: no PixelSpacing above 0: {_UNSIZED}"
+        if not allow_irregular:
+            raise FusionInputError(f"{message}; or pass --allow-irregular-slices (allow_irregular_slices=True) to "
+                                   "fuse it anyway")
+        warnings.warn(f"{message} (accepted: --allow-irregular-slices)", stacklevel=4)
+    return rescales
 
 
 _DATA_FILE_FIELDS = re.compile(r"^\s*(ElementDataFile\s*=|data\s*file\s*:|datafile\s*:)\s*(.*?)\s*$", re.I | re.M)
@@ -551,6 +595,131 @@ def _slice_position(header) -> tuple[np.ndarray, np.ndarray] | None:
     return np.cross(orientation[:3], orientation[3:]), position
 
 
+def _functional_group(header, frame: int, name: str):
+    """The item of functional group sequence ``name`` (``"PlanePositionSequence"``...) that applies to one frame of
+    an enhanced multi-frame DICOM: the frame's own, else the shared one; ``None`` where neither has it."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        try:
+            return getattr(getattr(header, groups)[index], name)[0]
+        except (AttributeError, IndexError, TypeError):
+            continue
+    return None
+
+
+def _pixel_spacing(header) -> tuple[float, float] | None:
+    """The (row, column) PixelSpacing of a DICOM header (an enhanced one's from its first frame's pixel measures),
+    ``None`` when it is missing or not above 0 (ITK then reads 1 mm)."""
+    measures = _functional_group(header, 0, "PixelMeasuresSequence") if "NumberOfFrames" in header else None
+    try:
+        spacing = tuple(float(v) for v in (measures if measures is not None else header).PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return spacing if len(spacing) == 2 and min(spacing) > 0 and np.isfinite(spacing).all() else None
+
+
+_UNSIZED = ("the pixel size is unknown (ITK reads 1 mm), so its placement against the other image would be a "
+            "guess (set PixelSpacing, or convert the image to NIfTI with its true voxel size)")
+
+_DECODABLE_SYNTAXES = {
+    "1.2.840.10008.1.2": "", "1.2.840.10008.1.2.1": "", "1.2.840.10008.1.2.1.99": "", "1.2.840.10008.1.2.2": "",
+    "1.2.840.113619.5.2": "",  # GE's private implicit little endian with big-endian pixels
+    "1.2.840.10008.1.2.5": "RLE", "1.2.840.10008.1.2.4.50": "JPEG", "1.2.840.10008.1.2.4.51": "JPEG",
+    "1.2.840.10008.1.2.4.57": "JPEG", "1.2.840.10008.1.2.4.70": "JPEG", "1.2.840.10008.1.2.4.80": "JPEG-LS",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS", "1.2.840.10008.1.2.4.90": "JPEG 2000", "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.4.92": "JPEG 2000", "1.2.840.10008.1.2.4.93": "JPEG 2000",
+}
+"""Transfer syntaxes whose pixel data SimpleITK's GDCM decodes (uncompressed, deflated, RLE, JPEG, JPEG-LS, JPEG
+2000); others (HTJ2K, JPEG XL, MPEG/HEVC video, JPIP) it cannot."""
+
+
+def _check_transfer_syntax(path: Path, header) -> None:
+    """Refuse a DICOM file whose pixel data is encoded in a transfer syntax the installed reader cannot decode.
+
+    Args:
+        path: the file (or series folder), for the message.
+        header: one of its DICOM headers (``pydicom`` dataset with ``file_meta``).
+
+    Raises:
+        FusionInputError: ``<path>: pixel data compressed as <name> (<UID>), which the installed DICOM reader ...``.
+    """
+    from pydicom.uid import UID
+
+    syntax = UID(str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2"))
+    if str(syntax) not in _DECODABLE_SYNTAXES:
+        raise FusionInputError(
+            f"{path}: pixel data compressed as {syntax.name} ({syntax}), which the installed DICOM reader "
+            "(SimpleITK's GDCM) cannot decode; convert it to an uncompressed transfer syntax first (e.g. "
+            "dcmconv +te, or gdcmconv --raw where GDCM has the codec)"
+        )
+
+
+def check_dicom_frames(path: str | Path, header) -> list[tuple[float, float]] | None:
+    """Check the frames of an enhanced multi-frame DICOM (one file, one frame per slice) before ITK reads it.
+
+    ITK stacks the frames in stored order from the first frame's position, along the normal, evenly spaced (at 1 mm
+    when the frames' spacing is uneven), with the first frame's orientation and RescaleSlope/Intercept. So every
+    frame's ``ImagePositionPatient`` and ``ImageOrientationPatient`` (per-frame or shared functional groups) are
+    checked as :func:`check_dicom_slices` checks a series' files, and the frames must be stored in slice order and
+    at distinct positions (frames repeated at one position are several volumes: echoes, phases, time points).
+
+    Args:
+        path: the file, for the messages.
+        header: its ``pydicom`` dataset (pixel data not needed).
+
+    Returns:
+        Each frame's ``(RescaleSlope, RescaleIntercept)`` when they differ from frame to frame (ITK applies the first
+        frame's to all), else ``None``; also ``None`` for a file without per-frame functional groups.
+
+    Raises:
+        FusionInputError: frames that ITK would misplace (no ``--allow-irregular-slices``: the read could not
+            honour it), or frames without a PixelSpacing.
+    """
+    frames = getattr(header, "PerFrameFunctionalGroupsSequence", None)
+    if not frames or len(frames) < 2:
+        return None
+    count = len(frames)
+    names = [f"frame {k + 1}" for k in range(count)]
+    problems = [] if _pixel_spacing(header) is not None else [f"no PixelSpacing above 0: {_UNSIZED}"]
+    geometries = []
+    for k in range(count):
+        plane = _functional_group(header, k, "PlanePositionSequence")
+        orientation = _functional_group(header, k, "PlaneOrientationSequence")
+        geometries.append(_slice_position(SimpleNamespace(
+            ImagePositionPatient=getattr(plane, "ImagePositionPatient", None),
+            ImageOrientationPatient=getattr(orientation, "ImageOrientationPatient", None),
+        )))
+    placed = [k for k, geometry in enumerate(geometries) if geometry is not None]
+    if placed and len(placed) < count:
+        problems.append(f"{count - len(placed)} of {count} frames without a position or orientation")
+    elif placed:
+        normals = np.asarray([geometry[0] for geometry in geometries])
+        corners = np.asarray([geometry[1] for geometry in geometries])
+        turned = [names[k] for k in range(count) if np.abs(normals[k] - normals[0]).max() > 1e-3]
+        positions = corners @ normals[0]
+        distinct = len(np.unique(np.round(positions, 3)))
+        steps = np.diff(positions)
+        if turned:
+            problems.append(f"{len(turned)} frame(s) of another orientation than frame 1 ({list_names(turned, 3)})")
+        elif distinct < count:
+            problems.append(f"{count} frames at only {distinct} slice positions: several volumes in one file (echoes, "
+                            "phases, diffusion directions or time points)")
+        elif not (np.all(steps > 0) or np.all(steps < 0)):
+            k = int(np.flatnonzero(np.sign(steps) != np.sign(steps[0]))[0])
+            problems.append(f"the frames are not stored in slice order ({names[k + 1]} at {positions[k + 1]:.4g} mm "
+                            f"follows {names[k]} at {positions[k]:.4g} mm), and ITK stacks them as stored")
+        else:
+            problems += _stack_problems(names, corners, normals[0])
+    if problems:
+        raise FusionInputError(f"{path}: {'; '.join(problems)}; convert it to NIfTI (e.g. with dcm2niix, one "
+                               "3D volume per file) or to single-frame slices, and check the result")
+    rescales = []
+    for k in range(count):
+        transform = _functional_group(header, k, "PixelValueTransformationSequence")
+        rescales.append((float(getattr(transform, "RescaleSlope", 1) or 1),
+                         float(getattr(transform, "RescaleIntercept", 0) or 0)))
+    return rescales if len(set(rescales)) > 1 else None
+
+
 def _pixel_bytes_missing(header) -> bool:
     """Whether an uncompressed slice holds fewer pixel bytes than its header promises (a truncated file)."""
     from pydicom.uid import UID
@@ -607,6 +776,7 @@ def check_dicom_slices(
     corners: dict[str, np.ndarray] = {}  # file -> ImagePositionPatient
     normals: list[np.ndarray] = []
     no_geometry = []
+    unsized = []  # slices without a usable PixelSpacing
     for name in files:
         try:
             header = pydicom.dcmread(name)
@@ -616,6 +786,8 @@ def check_dicom_slices(
         if _pixel_bytes_missing(header):
             skipped.append(Path(name).name)
             continue
+        if _pixel_spacing(header) is None:
+            unsized.append(Path(name).name)
         geometry = _slice_position(header)
         if geometry is None:
             no_geometry.append(Path(name).name)
@@ -632,8 +804,16 @@ def check_dicom_slices(
     if no_geometry and len(slices) > 1:
         problems.append(f"{len(no_geometry)} slice(s) without ImagePositionPatient/ImageOrientationPatient "
                         f"({', '.join(no_geometry[:3])}): positions cannot be checked")
-    if normals and any(np.abs(n - normals[0]).max() > 1e-3 for n in normals):
-        problems.append("the slices have different orientations (ImageOrientationPatient)")
+    if unsized:
+        problems.append(f"{len(unsized)} slice(s) without a PixelSpacing above 0 ({list_names(unsized, 3)}): "
+                        f"{_UNSIZED}")
+    placed = [name for name in files if name in corners]  # in the order of ``normals``
+    same = [sum(np.abs(m - n).max() <= 1e-3 for m in normals) for n in normals]  # slices sharing each orientation
+    common = normals[int(np.argmax(same))] if normals else None  # the orientation of most slices
+    turned = [Path(placed[k]).name for k, n in enumerate(normals) if np.abs(n - common).max() > 1e-3]
+    if turned:  # a localizer (scout) of another plane saved in the series: named, not read as spacing or tilt
+        problems.append(f"{len(turned)} slice(s) of another orientation (ImageOrientationPatient) than the other "
+                        f"{len(normals) - len(turned)} ({list_names(turned, 3)}: a localizer? remove them)")
     slices.sort(key=lambda item: item[0])
     kept = [slices[0]]
     duplicates = []
@@ -644,35 +824,9 @@ def check_dicom_slices(
             kept.append(item)
     if duplicates:
         problems.append(f"{len(duplicates)} duplicated slice(s): {'; '.join(duplicates[:3])}")
-    messages = []
-    if len(kept) > 2 and not no_geometry:
-        positions = np.asarray([item[0] for item in kept])
-        steps = np.diff(positions)
-        spacing = float(np.median(steps))
-        bad = np.flatnonzero(np.abs(steps - spacing) > 0.05 * spacing)
-        if bad.size:
-            where = "; ".join(
-                f"{steps[i]:.4g} mm between {Path(kept[i][1]).name} and {Path(kept[i + 1][1]).name}" for i in bad[:3]
-            )
-            missing = int(round(float(np.sum(np.maximum(steps[bad] / spacing - 1.0, 0.0)))))
-            even = np.linspace(positions[0], positions[-1], len(positions))
-            problems.append(
-                f"slices are not evenly spaced: {len(kept)} slices mostly {spacing:.4g} mm apart, but {where}"
-                + (f" (about {missing} slice(s) missing)" if missing else "")
-                + f"; read as evenly spaced, slices would be up to {np.abs(even - positions).max():.3g} mm "
-                "from their true position"
-            )
-    if len(kept) > 1 and not no_geometry:
-        offsets = np.asarray([corners[item[1]] - corners[kept[0][1]] for item in kept])  # (S, 3) from the first
-        along = offsets @ normals[0]
-        shift = np.linalg.norm(offsets - along[:, None] * normals[0], axis=1)  # in-plane part of each offset
-        if shift.max() > max(0.01 * np.abs(along).max(), 0.01):
-            tilt = float(np.degrees(np.arctan2(shift[-1], abs(along[-1]))))
-            problems.append(
-                f"the slices are shifted in their plane from one to the next (gantry tilt of about {tilt:.3g} "
-                f"degrees); read as an orthogonal stack, slices would be up to {shift.max():.3g} mm from their true "
-                "position (resample the series to remove the tilt first)"
-            )
+    if len(kept) > 1 and not no_geometry and not turned:
+        problems += _stack_problems([Path(item[1]).name for item in kept],
+                                    np.asarray([corners[item[1]] for item in kept]), normals[0])
     if problems and not allow_irregular:
         raise FusionInputError(
             f"{folder}: {'; '.join(problems)}; complete or clean up the series folder, or pass "
@@ -680,6 +834,48 @@ def check_dicom_slices(
         )
     messages = [f"{folder}: {problem} (accepted: --allow-irregular-slices)" for problem in problems]
     return [item[1] for item in kept], messages
+
+
+def _stack_problems(names: list[str], corners: np.ndarray, normal: np.ndarray) -> list[str]:
+    """What makes slices sorted along their normal more than an evenly spaced orthogonal stack, which ITK reads them
+    as: uneven spacing (beyond 5% of the median step: missing slices) and shifts in the slice plane from one to the
+    next (beyond 0.01 of the distance along the normal: a gantry tilt).
+
+    Args:
+        names: the slices (files, or frames of one file), in order along the normal.
+        corners: ``(S, 3)`` their ImagePositionPatient.
+        normal: the slices' unit normal.
+
+    Returns:
+        One phrase per problem, with the numbers (how far slices would be from their true position), or ``[]``.
+    """
+    problems = []
+    positions = corners @ normal
+    steps = np.diff(positions)
+    if len(names) > 2:
+        spacing = float(np.median(steps))
+        bad = np.flatnonzero(np.abs(steps - spacing) > 0.05 * abs(spacing))
+        if bad.size:
+            where = "; ".join(f"{abs(steps[i]):.4g} mm between {names[i]} and {names[i + 1]}" for i in bad[:3])
+            missing = int(round(float(np.sum(np.maximum(steps[bad] / spacing - 1.0, 0.0)))))
+            even = np.linspace(positions[0], positions[-1], len(positions))
+            problems.append(
+                f"slices are not evenly spaced: {len(names)} slices mostly {abs(spacing):.4g} mm apart, but {where}"
+                + (f" (about {missing} slice(s) missing)" if missing else "")
+                + f"; read as evenly spaced, slices would be up to {np.abs(even - positions).max():.3g} mm "
+                "from their true position"
+            )
+    offsets = corners - corners[0]  # (S, 3) from the first
+    along = offsets @ normal
+    shift = np.linalg.norm(offsets - along[:, None] * normal, axis=1)  # in-plane part of each offset
+    if shift.max() > max(0.01 * np.abs(along).max(), 0.01):
+        tilt = float(np.degrees(np.arctan2(shift[-1], abs(along[-1]))))
+        problems.append(
+            f"the slices are shifted in their plane from one to the next (gantry tilt of about {tilt:.3g} "
+            f"degrees); read as an orthogonal stack, slices would be up to {shift.max():.3g} mm from their true "
+            "position (resample the series to remove the tilt first)"
+        )
+    return problems
 
 
 def _dicom_series_ids(folder: str | Path) -> list[str]:
@@ -713,11 +909,17 @@ def _read_dicom_series(folder: Path, series: str | None, allow_irregular: bool =
         hint = (f" but {len(images)} image file(s): a folder is read as one DICOM series; to fuse folders of "
                 "pairs matched by name use lkcfusion fuse --mri-dir/--other-dir, which does not search their "
                 "sub-folders" if images else "")
+        if not images:  # a PACS export or CD: DICOMDIR at the top, the slices in sub-folders (DICOM/ST0/SE0/IM0)
+            inner = sorted({str(p.parent.relative_to(folder)) for p in folder.rglob("*") if p.parent != folder
+                            and p.is_file() and p.name.upper() != "DICOMDIR" and _format_suffix(p) == ".dcm"})
+            hint = (f"; its sub-folders hold DICOM files ({list_names(inner, 3)}): give the folder of one series, "
+                    f"e.g. {folder / inner[0]}" if inner else "")
         raise FusionInputError(f"{folder}: folder holds no DICOM series{hint}")
     if series is None and len(uids) > 1:
         described = []
         for uid in uids:
-            first = reader.GetGDCMSeriesFileNames(str(folder), uid)[0]
+            with _native_stderr_silenced():
+                first = reader.GetGDCMSeriesFileNames(str(folder), uid)[0]
             header = pydicom.dcmread(first, stop_before_pixels=True)
             described.append(f"{uid} ('{header.get('SeriesDescription', '')}', {header.get('Modality', '?')})")
         raise FusionInputError(
@@ -727,13 +929,16 @@ def _read_dicom_series(folder: Path, series: str | None, allow_irregular: bool =
     uid = series if series is not None else uids[0]
     if uid not in uids:
         raise FusionInputError(f"{folder}: no DICOM series {uid}; found {', '.join(uids)}")
-    files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
-    others = {f for other in uids if other != uid for f in reader.GetGDCMSeriesFileNames(str(folder), other)}
+    with _native_stderr_silenced():  # GDCM prints a line per file whose pixel data its codecs cannot parse
+        files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
+        others = {f for other in uids if other != uid for f in reader.GetGDCMSeriesFileNames(str(folder), other)}
     files, messages = check_dicom_slices(folder, files, others, allow_irregular)
     for message in messages:
         warnings.warn(message, stacklevel=3)
     if len(files) == 1:  # one file: a single slice, or an enhanced multi-frame volume (frames read as a volume)
-        return _read_itk(Path(files[0]), ".dcm")
+        return _read_itk(Path(files[0]), ".dcm", allow_irregular)
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    _check_transfer_syntax(folder, header)
     reader.SetFileNames(files)
     if len(_rescales(files)) > 1:  # ITK takes the pixel type of one slice: integers would round the others
         reader.SetOutputPixelType(sitk.sitkFloat32)
@@ -742,8 +947,7 @@ def _read_dicom_series(folder: Path, series: str | None, allow_irregular: bool =
             image = reader.Execute()
     except RuntimeError as err:
         raise FusionInputError(f"{folder}: cannot read DICOM series ({' '.join(str(err).split())[:200]})") from None
-    modality = pydicom.dcmread(files[0], stop_before_pixels=True).get("Modality", None)
-    return _from_itk(image, folder, modality or None)
+    return _from_itk(image, folder, header.get("Modality", None) or None)
 
 
 def image_spatial_dims(path: str | Path) -> int | None:
