@@ -624,6 +624,7 @@ _DECODABLE_SYNTAXES = {
     "1.2.840.10008.1.2": "", "1.2.840.10008.1.2.1": "", "1.2.840.10008.1.2.1.99": "", "1.2.840.10008.1.2.2": "",
     "1.2.840.113619.5.2": "",  # GE's private implicit little endian with big-endian pixels
     "1.2.840.10008.1.2.5": "RLE", "1.2.840.10008.1.2.4.50": "JPEG", "1.2.840.10008.1.2.4.51": "JPEG",
+    "1.2.840.10008.1.2.4.52": "JPEG", "1.2.840.10008.1.2.4.53": "JPEG", "1.2.840.10008.1.2.4.55": "JPEG",  # retired
     "1.2.840.10008.1.2.4.57": "JPEG", "1.2.840.10008.1.2.4.70": "JPEG", "1.2.840.10008.1.2.4.80": "JPEG-LS",
     "1.2.840.10008.1.2.4.81": "JPEG-LS", "1.2.840.10008.1.2.4.90": "JPEG 2000", "1.2.840.10008.1.2.4.91": "JPEG 2000",
     "1.2.840.10008.1.2.4.92": "JPEG 2000", "1.2.840.10008.1.2.4.93": "JPEG 2000",
@@ -808,9 +809,12 @@ def check_dicom_slices(
         problems.append(f"{len(unsized)} slice(s) without a PixelSpacing above 0 ({list_names(unsized, 3)}): "
                         f"{_UNSIZED}")
     placed = [name for name in files if name in corners]  # in the order of ``normals``
-    same = [sum(np.abs(m - n).max() <= 1e-3 for m in normals) for n in normals]  # slices sharing each orientation
-    common = normals[int(np.argmax(same))] if normals else None  # the orientation of most slices
-    turned = [Path(placed[k]).name for k, n in enumerate(normals) if np.abs(n - common).max() > 1e-3]
+    turned = []
+    if normals:  # the orientation of most slices (in one pass: comparing every pair took 11 s for 2000 slices)
+        stacked = np.asarray(normals)
+        orientations, counts = np.unique(np.round(stacked, 3), axis=0, return_counts=True)
+        off = np.abs(stacked - orientations[int(np.argmax(counts))]).max(axis=1) > 1e-3
+        turned = [Path(placed[k]).name for k in np.flatnonzero(off)]
     if turned:  # a localizer (scout) of another plane saved in the series: named, not read as spacing or tilt
         problems.append(f"{len(turned)} slice(s) of another orientation (ImageOrientationPatient) than the other "
                         f"{len(normals) - len(turned)} ({list_names(turned, 3)}: a localizer? remove them)")
