@@ -2,7 +2,7 @@
 
 Not a command itself: ``lkcfusion train --nproc N`` uses it. Each process runs ``python -m monai_lkcfusion
 <command> ...`` without ``--nproc``; it sees ``LOCAL_RANK``/``WORLD_SIZE`` in its environment and runs the
-distributed form of the workflow. Multi-node runs call ``torchrun`` directly (docs/training.md).
+distributed form of the workflow. Multi-node runs call ``torchrun``, or this module in its place (docs/training.md).
 
 ``python -m monai_lkcfusion.cli.launch ARGS`` is ``torchrun ARGS`` with its failures as one line (:func:`torchrun`);
 :func:`run_processes` starts it.
