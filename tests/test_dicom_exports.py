@@ -135,8 +135,8 @@ def test_undecodable_transfer_syntax_is_named_in_one_line(tmp_path, capfd):
         ds["PixelData"].VR = "OB"
         ds.save_as(name)
     for source in (tmp_path / "s", next((tmp_path / "s").iterdir())):
-        with pytest.raises(FusionInputError, match=r"compressed as High-Throughput JPEG 2000 .*\(1.2.840.10008.1.2.4.201"
-                                                   r"\), which the installed DICOM reader .* cannot decode; convert"):
+        with pytest.raises(FusionInputError, match=r"compressed as High-Throughput JPEG 2000 .*\(1.2.840.10008.1.2.4"
+                                                   r".201\), which the installed DICOM reader .* cannot decode; convert"):
             read_image(source)
     write_series(tmp_path / "mri", _frames())
     capfd.readouterr()
