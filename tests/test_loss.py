@@ -89,6 +89,14 @@ def test_shape_errors() -> None:
         FusionLoss()(torch.rand(1, 2, 8, 8), torch.rand(1, 2, 8, 8))
 
 
+def test_batches_of_two_sizes_are_refused_not_broadcast() -> None:
+    """A fused batch of 2 against sources of 1 (or 2 against 3): refused, as a size mismatch is; PyTorch broadcast
+    the single source pair over the batch (only its own UserWarning) and the SSIM term paired items by position."""
+    for fused, sources in ((2, 1), (1, 2), (2, 3)):
+        with pytest.raises(ValueError, match="batch"):
+            FusionLoss()(torch.rand(fused, 1, 16, 16), torch.rand(sources, 2, 16, 16))
+
+
 def test_max_fusion_beats_sources_on_synthetic_pair(synthetic_pair: tuple[np.ndarray, np.ndarray]) -> None:
     mri, other = synthetic_pair
     sources = torch.from_numpy(np.stack([mri, other]))[None]

@@ -221,6 +221,9 @@ class FusionLoss(_Loss):
             raise ValueError(f"fused must have shape (B, 1, H, W), got {tuple(fused.shape)}")
         if sources.ndim != 4 or sources.shape[1] != 2 or sources.shape[-2:] != fused.shape[-2:]:
             raise ValueError(f"sources must have shape (B, 2, H, W) matching fused, got {tuple(sources.shape)}")
+        if sources.shape[0] != fused.shape[0]:  # F.l1_loss would broadcast one pair over the batch
+            raise ValueError(f"sources hold a batch of {sources.shape[0]}, fused a batch of {fused.shape[0]}; give one "
+                             "source pair per fused image")
         dtype = torch.promote_types(fused.dtype, torch.float32)  # float32 at least (see the module notes)
         with torch.autocast(device_type=fused.device.type, enabled=False):
             return self._float_terms(fused.to(dtype), sources.to(dtype), optional)
