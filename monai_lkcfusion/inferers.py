@@ -30,6 +30,7 @@ from monai.utils.type_conversion import convert_to_dst_type
 from .baselines import BASELINE_METHODS, fuse_baseline
 from .errors import FusionInputError, as_count, as_flag
 from .machine import available_cores
+from .transforms.io import ROWS_COLUMNS_SWAPPED
 from .transforms.spatial import slice_layout, slicing_axis
 
 __all__ = ["FUSION_METHODS", "FusionInferer", "build_predictor", "check_tta", "resolve_device", "worker_policy"]
@@ -306,6 +307,21 @@ def _at_least(predict: Predictor, min_size: int) -> Predictor:
     return padded
 
 
+def _item_flags(value: object, count: int) -> list[bool]:
+    """A metadata flag per item of a batch of ``count``: one value for all, or MONAI's collated list or tensor."""
+    values = value.flatten().tolist() if isinstance(value, (torch.Tensor, np.ndarray)) else value
+    return [bool(v) for v in values] if isinstance(values, (list, tuple)) else [bool(values)] * count
+
+
+def _transpose_items(batch: torch.Tensor, swapped: list[bool]) -> torch.Tensor:
+    """``(B, C, H, W)`` with the rows and columns of the items flagged in ``swapped`` exchanged (its own inverse)."""
+    if not any(swapped):
+        return batch
+    if all(swapped):
+        return batch.transpose(-1, -2)
+    return torch.stack([item.transpose(-1, -2) if flag else item for item, flag in zip(batch, swapped)])
+
+
 class FusionInferer(Inferer):
     """Fuse the network's pair ``(B, 2, *spatial)`` (channel 0 MRI, 1 other, in [0, 1]) to ``(B, 1, *spatial)``.
 
@@ -386,10 +402,12 @@ class FusionInferer(Inferer):
             name = Path(str(getattr(inputs, "meta", {}).get("filename_or_obj", "image"))).name
             if len(spatial) == 3:
                 fused = self._volume(inputs, pair, predict, name)
-            elif max(spatial) <= self.tile_size:
-                fused = predict(pair).cpu()
-            else:
-                fused = self._windowed(pair, predict, -1, name)
+            else:  # pictures in their stored row order (MONAI's PILReader swaps rows and columns), given back as came
+                swapped = _item_flags(getattr(inputs, "meta", {}).get(ROWS_COLUMNS_SWAPPED, False), pair.shape[0])
+                shown = _transpose_items(pair, swapped)
+                whole = max(shown.shape[2:]) <= self.tile_size
+                fused = _transpose_items(predict(shown).cpu() if whole else self._windowed(shown, predict, -1, name),
+                                         swapped)
         nonfinite = int((~torch.isfinite(fused)).sum())
         if nonfinite:  # clamp keeps NaN: a broken network would give an all-black or all-NaN image
             raise FusionInputError(
@@ -406,12 +424,11 @@ class FusionInferer(Inferer):
         in the anatomical layout of the training pictures (:func:`~monai_lkcfusion.transforms.slice_layout`, from
         its own affine), fused and put back in its voxel order."""
         affines = inputs.affine if isinstance(inputs, MetaTensor) else None
-        placed = getattr(inputs, "meta", {}).get("has_geometry", True)  # an array's identity affine is no anatomy
-        placed = placed.flatten().tolist() if isinstance(placed, (torch.Tensor, np.ndarray)) else placed
+        placed = _item_flags(getattr(inputs, "meta", {}).get("has_geometry", True), pair.shape[0])  # arrays: no anatomy
         fused = []
         for item in range(pair.shape[0]):  # a collated batch may mix orientations: each by its own affine
             affine = None if affines is None else affines[item] if affines.ndim == 3 else affines
-            affine = affine if bool(placed[item] if isinstance(placed, (list, tuple)) else placed) else None
+            affine = affine if placed[item] else None
             axis = self.axis if self.axis is not None else slicing_axis(affine, tuple(pair.shape[2:]))
             (rows, columns), flipped = slice_layout(affine, axis)
             order = (rows, columns, axis)

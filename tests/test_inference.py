@@ -743,3 +743,27 @@ def test_numpy_volumes_keep_their_voxel_order():
     placed = fuse(MetaTensor(torch.from_numpy(mri)[None]), MetaTensor(torch.from_numpy(pet)[None]), model=net,
                   color=False, mask_background=False, progress=False, optimize=False)  # identity affine: RAS
     assert not np.allclose(placed[0].numpy(), fused, atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [(40, 36), (36, 36)])
+def test_pictures_loaded_by_monais_pil_reader_fuse_as_their_files(tmp_path, tiny_net, size):
+    """``LoadImage`` (PILReader) gives a picture as ``(C, W, H)`` float32 without its 8-bit record: fused as the file is
+    (the network sees the stored row order, values / 255) and returned in the layout given; it was fused transposed
+    and percentile-scaled, up to 0.5 apart, without a word. ``reverse_indexing=False`` (``(C, H, W)``) too (a square
+    picture says so in its meta)."""
+    from monai.data import PILReader
+    from monai.transforms import LoadImage
+
+    h, w = size
+    _mri_png(tmp_path / "m.png", h, w)
+    _pet_png(tmp_path / "p.png", h, w)
+    from_file = fuse(tmp_path / "m.png", tmp_path / "p.png", model=tiny_net, optimize=False)
+    for reverse in (True, False):
+        load = LoadImage(reader=PILReader(reverse_indexing=reverse), ensure_channel_first=True, image_only=True)
+        mri, pet = load(tmp_path / "m.png"), load(tmp_path / "p.png")
+        if not reverse and h == w:  # a square picture's order cannot be told: MONAI's default unless said
+            mri.meta["rows_columns_swapped"] = False
+        fused = fuse(mri, pet, model=tiny_net, optimize=False)
+        assert fused.meta["mri_intensity_scaling"] == from_file.meta["mri_intensity_scaling"] == "display range / 255"
+        expected = from_file.as_tensor().transpose(1, 2) if reverse else from_file.as_tensor()
+        assert torch.allclose(fused.as_tensor(), expected, atol=1e-6), reverse

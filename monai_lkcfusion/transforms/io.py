@@ -26,6 +26,7 @@ from ..data.pairing import output_name
 from ..errors import FusionInputError, as_flag
 
 __all__ = [
+    "ROWS_COLUMNS_SWAPPED",
     "UNIT_TOLERANCE",
     "LoadFusionImage",
     "LoadFusionImageD",
@@ -39,6 +40,10 @@ __all__ = [
 
 ImageLike = str | Path | np.ndarray | torch.Tensor
 
+#: meta key of a 2D picture whose rows are its columns, as MONAI's ``PILReader`` gives pictures ``(C, W, H)``:
+#: :class:`~monai_lkcfusion.inferers.FusionInferer` shows the network the stored row order and returns this layout
+ROWS_COLUMNS_SWAPPED = "rows_columns_swapped"
+
 #: in-memory float data within [-UNIT_TOLERANCE, 1 + UNIT_TOLERANCE] is taken as already in [0, 1] (and clipped)
 UNIT_TOLERANCE = 1e-3
 
@@ -51,7 +56,11 @@ class LoadFusionImage(Transform):
       DICOM series folders);
     - a NumPy array: ``(H, W)`` gray, ``(H, W, 3|4)`` colour picture (alpha composited on black; warned unless
       ``uint8``, as it may be a volume of 3 or 4 slices: pass those as a ``(1, X, Y, Z)`` tensor) or ``(X, Y, Z)``;
-    - a tensor/MetaTensor ``(1|3, *spatial)``, its metadata kept.
+    - a tensor/MetaTensor ``(1|3, *spatial)``, its metadata kept; a picture read by MONAI's ``LoadImage``
+      (``PILReader``: ``(C, W, H)`` float32 by default) gets the file's 8-bit (16-bit) ``display_max`` while its values
+      are the file's, and ``meta["rows_columns_swapped"]`` (:data:`ROWS_COLUMNS_SWAPPED`: true unless it is
+      ``(C, H, W)`` of a non-square picture, read with ``reverse_indexing=False``; a square picture is taken as read
+      with MONAI's default, set the key to ``False`` to say otherwise), so it is fused as its file is.
 
     ``display_max`` is 255 for ``uint8`` arrays and tensors and 1 for data already in [0, 1] (within
     :data:`UNIT_TOLERANCE`: a -1e-7 rounding undershoot switched such data to percentile scaling, moving it by up to
@@ -124,6 +133,9 @@ class LoadFusionImage(Transform):
         img = tensor.detach().cpu() if isinstance(tensor, MetaTensor) else MetaTensor(tensor.detach().cpu())
         img = img.float()
         finite = img.as_tensor()[torch.isfinite(img.as_tensor())]
+        if isinstance(value, MetaTensor) and img.ndim == 3 and _read_by_pil_reader(img.meta):
+            display_max = display_max or _pil_display_max(str(img.meta["mode"]), finite)
+            img.meta.setdefault(ROWS_COLUMNS_SWAPPED, _pil_rows_columns_swapped(img))
         if display_max is None and finite.numel() and float(finite.min()) >= -UNIT_TOLERANCE \
                 and float(finite.max()) <= 1.0 + UNIT_TOLERANCE:  # [0, 1] up to rounding and interpolation undershoot
             display_max = 1.0
@@ -144,6 +156,30 @@ class LoadFusionImage(Transform):
         if display_max is not None:  # unknown stays absent: MONAI's collate cannot batch None
             img.meta.setdefault("display_max", display_max)
         return img
+
+
+def _read_by_pil_reader(meta: Mapping[str, object]) -> bool:
+    """Whether ``meta`` is what MONAI's ``PILReader`` records for a picture (``LoadImage`` of a PNG, JPEG, ...)."""
+    return all(key in meta for key in ("format", "mode", "width", "height"))
+
+
+def _pil_display_max(mode: str, values: torch.Tensor) -> float | None:
+    """The display range of a picture of PIL ``mode`` that MONAI's ``PILReader`` gave as float32 (``read_image``'s
+    record of the file: 255 for 8-bit modes, 65535 for 16-bit ones), when ``values`` are still the file's whole
+    numbers; ``None`` otherwise (e.g. after MONAI's ``ScaleIntensity``)."""
+    top = 255.0 if mode in ("L", "LA", "RGB", "RGBA") else 65535.0 if mode.startswith("I;16") else None
+    if top is None or not values.numel():
+        return None
+    fits = float(values.min()) >= 0 and float(values.max()) <= top and bool(torch.equal(values, values.round()))
+    return top if fits else None
+
+
+def _pil_rows_columns_swapped(img: MetaTensor) -> bool:
+    """Whether a picture read by MONAI's ``PILReader`` is ``(C, W, H)``: its default ``reverse_indexing=True``. Only
+    ``(C, H, W)`` of a non-square picture shows ``reverse_indexing=False``; a square one is taken as MONAI's default
+    (set ``meta["rows_columns_swapped"]`` to say otherwise)."""
+    height, width = int(img.meta["height"]), int(img.meta["width"])
+    return not (tuple(img.shape[1:]) == (height, width) and height != width)
 
 
 class LoadFusionImaged(MapTransform):
