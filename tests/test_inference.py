@@ -767,3 +767,20 @@ def test_pictures_loaded_by_monais_pil_reader_fuse_as_their_files(tmp_path, tiny
         assert fused.meta["mri_intensity_scaling"] == from_file.meta["mri_intensity_scaling"] == "display range / 255"
         expected = from_file.as_tensor().transpose(1, 2) if reverse else from_file.as_tensor()
         assert torch.allclose(fused.as_tensor(), expected, atol=1e-6), reverse
+
+
+def test_metatensors_loaded_without_their_channel_first_are_refused(tmp_path):
+    """MONAI's ``LoadImage`` without ``ensure_channel_first`` gives ``(X, Y, Z)`` / ``(W, H, 3)``: refused, naming the
+    option (a volume of 3 voxels along X was fused as an RGB picture of its Y-Z plane without a word)."""
+    from monai.transforms import LoadImage
+
+    load = LoadImage(image_only=True)  # MONAI's default: ensure_channel_first=False
+    rng = np.random.default_rng(0)
+    for name, shape in (("slab.nii.gz", (3, 20, 18)), ("vol.nii.gz", (12, 20, 18))):
+        nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32) * 100, np.eye(4)), str(tmp_path / name))
+        image = load(tmp_path / name)
+        with pytest.raises(FusionInputError, match="ensure_channel_first"):
+            fuse(image, image.clone(), method="max")
+    _pet_png(tmp_path / "p.png")
+    with pytest.raises(FusionInputError, match="ensure_channel_first"):
+        fuse(load(tmp_path / "p.png"), load(tmp_path / "p.png"), method="max")

@@ -125,6 +125,11 @@ class LoadFusionImage(Transform):
             raise FusionInputError(
                 f"{self.name}: unsupported input type {type(value).__name__}; give a path, array or tensor"
             )
+        if isinstance(value, MetaTensor) and _channel_not_first(value):
+            raise FusionInputError(
+                f"{self.name}: shape {tuple(value.shape)} has no channel first (MONAI's LoadImage gives it with "
+                "ensure_channel_first=True, or apply EnsureChannelFirst)"
+            )
         if tensor.ndim not in (3, 4) or tensor.shape[0] not in (1, 3):
             raise FusionInputError(
                 f"{self.name}: shape {tuple(value.shape)}; need (H, W), (H, W, 3), (X, Y, Z) arrays or "
@@ -156,6 +161,17 @@ class LoadFusionImage(Transform):
         if display_max is not None:  # unknown stays absent: MONAI's collate cannot batch None
             img.meta.setdefault("display_max", display_max)
         return img
+
+
+def _channel_not_first(img: MetaTensor) -> bool:
+    """Whether a MetaTensor from MONAI's readers lacks its leading channel: its shape is the ``spatial_shape`` they
+    record, without a channel or with it last (``LoadImage`` without ``ensure_channel_first``)."""
+    spatial = img.meta.get("spatial_shape")
+    if spatial is None:
+        return False
+    spatial = tuple(int(s) for s in np.asarray(spatial).flatten())
+    last = img.meta.get("original_channel_dim") == -1  # a colour picture's channel, last as read
+    return tuple(img.shape) == spatial or (last and tuple(img.shape[:-1]) == spatial)
 
 
 def _read_by_pil_reader(meta: Mapping[str, object]) -> bool:
