@@ -28,9 +28,9 @@ from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.utils.type_conversion import convert_to_dst_type
 
 from .baselines import BASELINE_METHODS, fuse_baseline
+from .data.io import ROWS_COLUMNS_SWAPPED
 from .errors import FusionInputError, as_count, as_flag
 from .machine import available_cores
-from .transforms.io import ROWS_COLUMNS_SWAPPED
 from .transforms.spatial import slice_layout, slicing_axis
 
 __all__ = ["FUSION_METHODS", "FusionInferer", "build_predictor", "check_tta", "resolve_device", "worker_policy"]

@@ -749,15 +749,18 @@ def test_numpy_volumes_keep_their_voxel_order():
 def test_pictures_loaded_by_monais_pil_reader_fuse_as_their_files(tmp_path, tiny_net, size):
     """``LoadImage`` (PILReader) gives a picture as ``(C, W, H)`` float32 without its 8-bit record: fused as the file is
     (the network sees the stored row order, values / 255) and returned in the layout given; it was fused transposed
-    and percentile-scaled, up to 0.5 apart, without a word. ``reverse_indexing=False`` (``(C, H, W)``) too (a square
-    picture says so in its meta)."""
+    and percentile-scaled, up to 0.5 apart, without a word, and written transposed by ``SaveFused``.
+    ``reverse_indexing=False`` (``(C, H, W)``) too (a square picture says so in its meta)."""
     from monai.data import PILReader
     from monai.transforms import LoadImage
+
+    from monai_lkcfusion.transforms import SaveFused
 
     h, w = size
     _mri_png(tmp_path / "m.png", h, w)
     _pet_png(tmp_path / "p.png", h, w)
     from_file = fuse(tmp_path / "m.png", tmp_path / "p.png", model=tiny_net, optimize=False)
+    saved = fuse_files(tmp_path / "m.png", tmp_path / "p.png", tmp_path / "f.png", model=tiny_net, optimize=False)
     for reverse in (True, False):
         load = LoadImage(reader=PILReader(reverse_indexing=reverse), ensure_channel_first=True, image_only=True)
         mri, pet = load(tmp_path / "m.png"), load(tmp_path / "p.png")
@@ -767,6 +770,8 @@ def test_pictures_loaded_by_monais_pil_reader_fuse_as_their_files(tmp_path, tiny
         assert fused.meta["mri_intensity_scaling"] == from_file.meta["mri_intensity_scaling"] == "display range / 255"
         expected = from_file.as_tensor().transpose(1, 2) if reverse else from_file.as_tensor()
         assert torch.allclose(fused.as_tensor(), expected, atol=1e-6), reverse
+        written = SaveFused(tmp_path / f"out{reverse}")(fused).meta["saved_to"]  # the stored order, as the file's
+        assert np.array_equal(np.asarray(Image.open(written)), np.asarray(Image.open(saved)))
 
 
 def test_metatensors_loaded_without_their_channel_first_are_refused(tmp_path):

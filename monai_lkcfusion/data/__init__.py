@@ -9,6 +9,7 @@ from .harvard import HARVARD_TASKS, harvard_datalist
 from .io import (
     NOT_IMAGE_SUFFIXES,
     PICTURE_SUFFIXES,
+    ROWS_COLUMNS_SWAPPED,
     VOLUME_SUFFIXES,
     WRITABLE_SUFFIXES,
     image_stem,
@@ -33,6 +34,7 @@ __all__ = [
     "HARVARD_TASKS",
     "NOT_IMAGE_SUFFIXES",
     "PICTURE_SUFFIXES",
+    "ROWS_COLUMNS_SWAPPED",
     "VOLUME_SUFFIXES",
     "WRITABLE_SUFFIXES",
     "atomic_path",

@@ -34,6 +34,7 @@ from .atomic import atomic_path, check_not_input, check_writable
 __all__ = [
     "NOT_IMAGE_SUFFIXES",
     "PICTURE_SUFFIXES",
+    "ROWS_COLUMNS_SWAPPED",
     "VOLUME_SUFFIXES",
     "WRITABLE_SUFFIXES",
     "check_data_file_location",
@@ -1039,6 +1040,12 @@ def check_output_path(
     return path
 
 
+#: meta key of a 2D picture whose rows are its columns, as MONAI's ``PILReader`` gives pictures ``(C, W, H)``:
+#: :class:`~monai_lkcfusion.inferers.FusionInferer` shows the network the stored row order and returns this layout,
+#: :func:`write_image` writes the stored order
+ROWS_COLUMNS_SWAPPED = "rows_columns_swapped"
+
+
 def write_image(
     img: torch.Tensor | np.ndarray,
     path: str | Path,
@@ -1047,7 +1054,8 @@ def write_image(
 ) -> Path:
     """Write a channel-first image with values in [0, 1]; the extension picks the format.
 
-    Pictures (``.png``, ``.jpg``, ``.bmp``, ``.tif``) take ``(1|3, H, W)`` and are stored as 8-bit gray/RGB; JPEG at
+    Pictures (``.png``, ``.jpg``, ``.bmp``, ``.tif``) take ``(1|3, H, W)`` (``(1|3, W, H)`` under
+    ``meta["rows_columns_swapped"]``, as MONAI's ``LoadImage`` reads pictures) and are stored as 8-bit gray/RGB; JPEG at
     quality 100 with full-resolution chroma (gray levels within about 2 of the image; the other formats are exact).
     Volumes (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``) take ``(1|3, X, Y, Z)`` and are stored as float32 on
     ``affine`` (default: the MetaTensor's own), colour as a 3-component vector image; a gray one-slice image read
@@ -1078,6 +1086,8 @@ def write_image(
     check_output_path(path, overwrite=True, probe=False)  # a folder or an unknown extension (the rest: atomic_path)
     if data.ndim not in (3, 4) or data.shape[0] not in (1, 3):
         raise FusionInputError(f"{path}: cannot write an image of shape {data.shape}; need (1|3, *spatial)")
+    if data.ndim == 3 and isinstance(img, MetaTensor) and bool(img.meta.get(ROWS_COLUMNS_SWAPPED, False)):
+        data = np.swapaxes(data, 1, 2)  # (C, W, H) of MONAI's PILReader: written in the order its file stores
     nonfinite = int(data.size - np.isfinite(data).sum())
     if nonfinite:  # never an all-black picture or an all-NaN volume that looks like a result
         raise FusionInputError(f"{path}: the image holds {nonfinite} NaN/Inf values of {data.size}; nothing was written")

@@ -40,7 +40,6 @@ from .intensity import (
     scale_to_unit,
 )
 from .io import (
-    ROWS_COLUMNS_SWAPPED,
     UNIT_TOLERANCE,
     LoadFusionImage,
     LoadFusionImageD,

@@ -15,6 +15,7 @@ from monai.utils import TransformBackends
 from monai.utils.type_conversion import convert_to_dst_type
 
 from ..data.io import (
+    ROWS_COLUMNS_SWAPPED,
     check_output_path,
     check_voxel_values,
     composite_on_black,
@@ -26,7 +27,6 @@ from ..data.pairing import output_name
 from ..errors import FusionInputError, as_flag
 
 __all__ = [
-    "ROWS_COLUMNS_SWAPPED",
     "UNIT_TOLERANCE",
     "LoadFusionImage",
     "LoadFusionImageD",
@@ -39,10 +39,6 @@ __all__ = [
 ]
 
 ImageLike = str | Path | np.ndarray | torch.Tensor
-
-#: meta key of a 2D picture whose rows are its columns, as MONAI's ``PILReader`` gives pictures ``(C, W, H)``:
-#: :class:`~monai_lkcfusion.inferers.FusionInferer` shows the network the stored row order and returns this layout
-ROWS_COLUMNS_SWAPPED = "rows_columns_swapped"
 
 #: in-memory float data within [-UNIT_TOLERANCE, 1 + UNIT_TOLERANCE] is taken as already in [0, 1] (and clipped)
 UNIT_TOLERANCE = 1e-3
@@ -58,7 +54,7 @@ class LoadFusionImage(Transform):
       ``uint8``, as it may be a volume of 3 or 4 slices: pass those as a ``(1, X, Y, Z)`` tensor) or ``(X, Y, Z)``;
     - a tensor/MetaTensor ``(1|3, *spatial)``, its metadata kept; a picture read by MONAI's ``LoadImage``
       (``PILReader``: ``(C, W, H)`` float32 by default) gets the file's 8-bit (16-bit) ``display_max`` while its values
-      are the file's, and ``meta["rows_columns_swapped"]`` (:data:`ROWS_COLUMNS_SWAPPED`: true unless it is
+      are the file's, and ``meta["rows_columns_swapped"]`` (:data:`~monai_lkcfusion.data.io.ROWS_COLUMNS_SWAPPED`: true unless it is
       ``(C, H, W)`` of a non-square picture, read with ``reverse_indexing=False``; a square picture is taken as read
       with MONAI's default, set the key to ``False`` to say otherwise), so it is fused as its file is.
 
