@@ -765,13 +765,27 @@ def test_pictures_loaded_by_monais_pil_reader_fuse_as_their_files(tmp_path, tiny
         load = LoadImage(reader=PILReader(reverse_indexing=reverse), ensure_channel_first=True, image_only=True)
         mri, pet = load(tmp_path / "m.png"), load(tmp_path / "p.png")
         if not reverse and h == w:  # a square picture's order cannot be told: MONAI's default unless said
-            mri.meta["rows_columns_swapped"] = False
+            mri.meta["rows_columns_swapped"] = pet.meta["rows_columns_swapped"] = False
         fused = fuse(mri, pet, model=tiny_net, optimize=False)
         assert fused.meta["mri_intensity_scaling"] == from_file.meta["mri_intensity_scaling"] == "display range / 255"
         expected = from_file.as_tensor().transpose(1, 2) if reverse else from_file.as_tensor()
         assert torch.allclose(fused.as_tensor(), expected, atol=1e-6), reverse
         written = SaveFused(tmp_path / f"out{reverse}")(fused).meta["saved_to"]  # the stored order, as the file's
         assert np.array_equal(np.asarray(Image.open(written)), np.asarray(Image.open(saved)))
+
+
+def test_a_picture_loaded_by_monai_paired_with_a_path_is_refused(tmp_path):
+    """A square MRI from MONAI's ``LoadImage`` (``(C, W, H)``) with the PET as a path (``(C, H, W)``): the two were
+    paired transposed against each other and fused without a word."""
+    from monai.transforms import LoadImage
+
+    _mri_png(tmp_path / "m.png", 40, 40)
+    _pet_png(tmp_path / "p.png", 40, 40)
+    mri = LoadImage(ensure_channel_first=True, image_only=True)(tmp_path / "m.png")
+    for pair in ((mri, tmp_path / "p.png"), (tmp_path / "p.png", mri)):
+        with pytest.raises(FusionInputError, match=r"m\.png: a picture loaded by MONAI's LoadImage .* load both the "
+                                                   "same way"):
+            fuse(*pair, method="max")
 
 
 def test_metatensors_loaded_without_their_channel_first_are_refused(tmp_path):

@@ -15,6 +15,7 @@ from monai.transforms import InvertibleTransform, MapTransform, Randomizable, Re
 from monai.utils import TraceKeys, TransformBackends
 from monai.utils.type_conversion import convert_to_dst_type
 
+from ..data.io import ROWS_COLUMNS_SWAPPED
 from ..errors import FusionInputError
 from .base import InvertibleReferencedMapTransform
 
@@ -167,6 +168,7 @@ class ResampleToReference(InvertibleTransform):
 
         Raises:
             FusionInputError: the images have different dimensionality, a 2D size mismatch without ``resize_2d``,
+                a picture loaded by MONAI's ``LoadImage`` (``meta["rows_columns_swapped"]``) paired with one that is not,
                 ``resize_2d`` for volumes,
                 a volume without geometry (an array, ``meta["has_geometry"]`` False) against one with it or
                 against one of another shape, or no overlap at all.
@@ -194,6 +196,13 @@ class ResampleToReference(InvertibleTransform):
             raise FusionInputError(
                 f"{name}: shape {tuple(img.shape[1:])} differs from the MRI's {tuple(reference.shape[1:])}; arrays "
                 "carry no geometry: resample it onto the MRI's grid first, or give files or MetaTensors with affines"
+            )
+        swapped = [bool(x.meta.get(ROWS_COLUMNS_SWAPPED, False)) for x in (img, reference)]
+        if img.ndim == 3 and swapped[0] != swapped[1]:  # one (C, W, H) from MONAI's LoadImage, one (C, H, W)
+            loaded, other_name = (name, ref_name) if swapped[0] else (ref_name, name)
+            raise FusionInputError(
+                f"{loaded}: a picture loaded by MONAI's LoadImage (rows and columns swapped) paired with {other_name}, "
+                "which is not: load both the same way (both with LoadImage, or both as paths or arrays)"
             )
         orig_size = tuple(img.shape[1:])
         if img.ndim == 3 and _same_affine_2d(img, reference):  # a picture: kept or resized; our entry says which
