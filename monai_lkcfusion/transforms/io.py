@@ -54,9 +54,10 @@ class LoadFusionImage(Transform):
       ``uint8``, as it may be a volume of 3 or 4 slices: pass those as a ``(1, X, Y, Z)`` tensor) or ``(X, Y, Z)``;
     - a tensor/MetaTensor ``(1|3, *spatial)``, its metadata kept; a picture read by MONAI's ``LoadImage``
       (``PILReader``: ``(C, W, H)`` float32 by default) gets the file's 8-bit (16-bit) ``display_max`` while its values
-      are the file's, and ``meta["rows_columns_swapped"]`` (:data:`~monai_lkcfusion.data.io.ROWS_COLUMNS_SWAPPED`: true unless it is
-      ``(C, H, W)`` of a non-square picture, read with ``reverse_indexing=False``; a square picture is taken as read
-      with MONAI's default, set the key to ``False`` to say otherwise), so it is fused as its file is.
+      are the file's, and ``meta["rows_columns_swapped"]`` (:data:`~monai_lkcfusion.data.io.ROWS_COLUMNS_SWAPPED`:
+      true unless it is ``(C, H, W)`` of a non-square picture, read with ``reverse_indexing=False``; a square
+      picture is taken as read with MONAI's default, set the key to ``False`` to say otherwise), so it is fused as
+      its file is.
 
     ``display_max`` is 255 for ``uint8`` arrays and tensors and 1 for data already in [0, 1] (within
     :data:`UNIT_TOLERANCE`: a -1e-7 rounding undershoot switched such data to percentile scaling, moving it by up to

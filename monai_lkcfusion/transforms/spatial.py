@@ -168,7 +168,8 @@ class ResampleToReference(InvertibleTransform):
 
         Raises:
             FusionInputError: the images have different dimensionality, a 2D size mismatch without ``resize_2d``,
-                a picture loaded by MONAI's ``LoadImage`` (``meta["rows_columns_swapped"]``) paired with one that is not,
+                a picture loaded by MONAI's ``LoadImage`` (``meta["rows_columns_swapped"]``) paired with one that is
+                not,
                 ``resize_2d`` for volumes,
                 a volume without geometry (an array, ``meta["has_geometry"]`` False) against one with it or
                 against one of another shape, or no overlap at all.
