@@ -38,6 +38,23 @@ def write_series(folder: Path, volume: np.ndarray, origin_lps=(-50.0, -60.0, 10.
     return uid
 
 
+def _enhanced_file(path: Path, modality: str, rows: int, columns: int, frames: int, signed: bool) -> FileDataset:
+    """The header of a 16-bit monochrome enhanced multi-frame file (Enhanced MR Image Storage) at ``path``, without
+    its functional groups and pixels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.PatientID = modality, generate_uid(), generate_uid(), "1"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
+    return ds
+
+
 def write_enhanced(path: Path, volume: np.ndarray, origin_lps=(10.0, -20.0, 30.0), spacing: float = 3.0,
                    orientation=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0)) -> np.ndarray:
     """Write ``volume`` (X = columns, Y = rows, Z = frames) as one enhanced multi-frame MR file; returns the RAS
@@ -45,19 +62,9 @@ def write_enhanced(path: Path, volume: np.ndarray, origin_lps=(10.0, -20.0, 30.0
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     row, col = np.array(orientation[:3]), np.array(orientation[3:])
     normal = np.cross(row, col)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.PatientID = "MR", generate_uid(), generate_uid(), "1"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = volume.shape[1], volume.shape[0], volume.shape[2]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds = _enhanced_file(path, "MR", volume.shape[1], volume.shape[0], volume.shape[2], signed=True)
     measures, plane, shared = Dataset(), Dataset(), Dataset()
     measures.PixelSpacing, measures.SliceThickness, measures.SpacingBetweenSlices = [1.0, 1.0], spacing, spacing
     plane.ImageOrientationPatient = list(orientation)
@@ -84,17 +91,7 @@ def write_frames(path: Path, frames: np.ndarray, positions, orientations, slopes
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.PatientID = modality, generate_uid(), generate_uid(), "1"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = frames.shape[1], frames.shape[2], frames.shape[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds = _enhanced_file(path, modality, frames.shape[1], frames.shape[2], frames.shape[0], signed=False)
     measures, shared = Dataset(), Dataset()
     measures.PixelSpacing = list(spacing)
     shared.PixelMeasuresSequence = Sequence([measures])
