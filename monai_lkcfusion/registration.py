@@ -653,6 +653,11 @@ def register(
             warnings.append(f"it scales the other image by {' x '.join(f'{v:.2f}' for v in stretch)} along its "
                             "principal axes: unless the two images show the anatomy at different sizes (another zoom "
                             "or voxel size), the alignment is likely wrong; check the result (--preview)")
+        extent = np.asarray(fixed_image.GetSize()) * np.asarray(fixed_image.GetSpacing())  # mm along each axis
+        if ndim == 3 and extent.min() < _SLAB * extent.max():
+            warnings.append(f"the MRI is a slab ({extent.min():.0f} mm thick, {extent.max():.0f} mm across): rotations "
+                            "that tilt it are weakly determined by mutual information, and a wrong tilt can score "
+                            "better than the truth; check the result (--preview), or register whole volumes")
         if rotation > _LARGE_ROTATION:
             warnings.append(f"it rotates the other image by {rotation:.0f} degrees: unless its header is known to be "
                             "that far off, the alignment is likely wrong (a flipped or mirrored image?); check the "
@@ -673,6 +678,10 @@ _STRETCH = 1.25
 """An affine result that scales by more than this (or less than its inverse), or stretches one axis this much more
 than another, is reported: on aligned Harvard pairs affine stays within 0.81-1.04 (anisotropy under 1.21), while a
 PET picture at 0.7x the MRI's scale ended 56 px off, stretched 1.31 x 0.99, without a word."""
+_SLAB = 0.3
+"""A 3D MRI thinner than this fraction of its widest extent is a slab, and its registration is reported as doubtful:
+an oblique 18-slice slab (54 of 256 mm) against its CT, moved by (3, -2, 10) degrees and 8 mm, ended 7.9 mm off,
+tilted 4.7 degrees instead of 10, converged, better by mutual information and covering 97% of the MRI."""
 _LARGE_ROTATION = 30.0
 """Rotations (degrees) beyond which a found alignment is reported as likely wrong: scanners' headers rarely disagree
 that much, and the optimiser's failures (a flipped image, a local optimum) end there."""

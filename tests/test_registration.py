@@ -398,6 +398,26 @@ def test_an_alignment_worse_than_the_start_is_warned(demo_2d):
     assert any("mutual information got worse than at the start" in w for w in result.warnings), result.warnings
 
 
+def test_a_slab_mri_is_reported(tmp_path):
+    """Rotations that tilt a slab are weakly determined: an oblique 18-slice slab came back 7.9 mm off, converged and
+    better by mutual information, without a word. A slab MRI (thinner than 0.3 of its width) is reported; a volume
+    of the same content stacked thicker is not."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    field = gaussian_filter(rng.random((48, 48, 24)), 2.0).astype(np.float32)  # smooth structure, (X, Y, Z)
+    results = {}
+    for slices, thickness in ((8, 1.5), (24, 2.0)):  # 12 mm against 48 mm across: a slab; 48 mm: a volume
+        data = torch.as_tensor(field[None, :, :, :slices])
+        affine = torch.diag(torch.tensor([1.0, 1.0, thickness, 1.0]))
+        mri = MetaTensor(data, affine=affine)
+        moved = MetaTensor(data.clone(), affine=torch.as_tensor(_rigid(3, (0.0, 0.0, 2.0), (1.0, -1.0, 0.0),
+                                                                       (24.0, 24.0, slices)) @ affine.numpy()))
+        results[slices] = register(mri, moved, "rigid").warnings
+    assert any("the MRI is a slab (12 mm thick, 48 mm across)" in w for w in results[8]), results[8]
+    assert not any("slab" in w for w in results[24]), results[24]
+
+
 def test_motion_of_a_matrix():
     """The rotation angle and the centre's shift reported for a found transform."""
     from monai_lkcfusion.registration import _motion
