@@ -486,8 +486,9 @@ def test_one_slice_volumes_name_the_file_at_fault(tmp_path, capsys):
             "volume.nii.gz": rng.random((40, 36, 16))}
     for name, array in data.items():
         nib.save(nib.Nifti1Image(array.astype(np.float32), np.eye(4)), str(tmp_path / name))
-    for mri, other, fault, role in (("slab", "volume", "slab", "the MRI"), ("volume", "slab", "slab", "the other image"),
-                                    ("slab", "slab2", "slab", "the MRI")):
+    cases = (("slab", "volume", "slab", "the MRI"), ("volume", "slab", "slab", "the other image"),
+             ("slab", "slab2", "slab", "the MRI"))
+    for mri, other, fault, role in cases:
         argv = ["fuse", str(tmp_path / f"{mri}.nii.gz"), str(tmp_path / f"{other}.nii.gz"), "-o",
                 str(tmp_path / "f.nii.gz"), "--method", "max", "--register", "rigid"]
         assert main(argv) == 2
