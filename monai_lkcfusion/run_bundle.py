@@ -86,7 +86,7 @@ def check_command_overrides(argv: Sequence[str]) -> None:
         return
     overrides = {key: value for key, value in options.items() if key not in inspect.signature(scripts.run).parameters}
     source = Path(str(files).strip("[]'\" ").split(",")[0]).name
-    check_known_settings(config, overrides, source, json.dumps([config, overrides], default=str))
+    check_known_settings(config, overrides, source, json.dumps([config, overrides], default=str), config)
 
 
 if __name__ == "__main__":

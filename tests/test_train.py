@@ -313,3 +313,36 @@ def test_volumes_left_whole_for_validation_are_refused_before_training(tmp_path:
     assert err[-1].startswith("lkcfusion: error: ") and "s3_mri.nii.gz: a validation item of shape (2, 40, 40, 12)" \
         in err[-1], err
     assert not list(out.glob("checkpoint_epoch=*.pt"))
+
+
+def test_starting_from_weights_by_replacing_network_records_the_network_trained(tmp_path: Path, capsys) -> None:
+    """Fine-tuning as docs/training.md once said, ``"network": "$...load_network(@init_weights).to(@device)"``: the
+    record (run.json) held the preset's network (``output_mode`` ``direct`` for max-residual weights), ``--preset
+    tiny`` trained the weights' own network without a word, and the run could not be resumed (``its network does
+    not fit this run's``); found by a hand-check helper fine-tuning the shipped weights. The record is now the
+    network trained, and ``--preset`` is refused as unread."""
+    from monai_lkcfusion.networks import LKCFUNet, as_max_residual
+
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        for folder in ("MRI", "PET"):
+            path = tmp_path / "data" / "train" / "MRI-PET" / folder / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(path)
+    weights = tmp_path / "start.pt"
+    torch.save(as_max_residual(LKCFUNet.from_preset("tiny")).state_dict(), weights)
+    config = tmp_path / "start.json"
+    config.write_text(json.dumps({"init_weights": str(weights), "roi_size": 32, "batch_size": 2, "val_fraction": 0.25,
+                                  "network": "$monai_lkcfusion.networks.load_network(@init_weights).to(@device)"}))
+    args = ["train", "--config", str(config), "--dataset-dir", str(tmp_path / "data"), "--epochs", "1",
+            "--device", "cpu"]
+    assert main([*args, "--preset", "small", "-o", str(tmp_path / "refused")]) == 2
+    assert "--preset: nothing reads it once" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "run"
+    assert main([*args, "-o", str(out)]) == 0
+    recorded = json.loads((out / "run.json").read_text())["network"]
+    assert recorded == json.loads(json.dumps({**load_network(weights).config, "dropout": recorded["dropout"]}))
+    assert recorded["output_mode"] == "max_residual" and recorded["features"] == 4
+    assert main([*args[:5], "--epochs", "2", "--resume", "--device", "cpu", "-o", str(out)]) == 0
+    assert last_checkpoint(out).name == "checkpoint_epoch=2.pt"

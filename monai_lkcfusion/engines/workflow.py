@@ -210,36 +210,89 @@ def check_run_record(
         write_text(Path(output_dir) / RUN_RECORD, json.dumps(record, indent=1) + "\n", overwrite=True)
 
 
-def check_known_settings(known: Iterable[str], keys: Iterable[str], source: str, config_text: str) -> None:
+def check_known_settings(
+    known: Iterable[str], keys: Iterable[str], source: str, config_text: str, config: dict[str, Any] | None = None
+) -> None:
     """Refuse settings that nothing in a bundle config reads: MONAI adds an unknown id to the config and goes on, so a
     misspelt ``--datset_dir`` fused the demo data instead of the user's folder, and ``"roi_sise"`` in an override
     file trained with the default size, both with exit code 0.
 
     A key ``a#b#c`` is known when its first part ``a`` is an id of the config it overrides, is referenced as ``@a``
     anywhere in the merged configs (a new id an override file defines and uses), or starts with ``_`` (``_desc_``,
-    ``_disabled_``, ...).
+    ``_disabled_``, ...). With ``config``, a key whose last part is an argument of a component (an item with
+    ``_target_``, e.g. ``loss#ssim_weigth``) must be one the component has or takes: a misspelt argument ended in
+    MONAI's ``Failed to instantiate component`` traceback once the run reached it.
 
     Args:
         known: the top-level ids of the config being overridden.
         keys: the settings given.
         source: where they come from, for the message (a file name, ``"--key"`` options).
         config_text: the merged configs and overrides as text, searched for ``@a`` references.
+        config: the config being overridden (the merged configs before ``keys``), to check components' arguments.
 
     Raises:
-        FusionInputError: ``<source>: unknown setting '<key>' ...`` naming the closest known id.
+        FusionInputError: ``<source>: unknown setting '<key>' ...`` naming the closest known id or argument.
     """
     import difflib
     import re
 
     known = set(known)
     for key in keys:
-        top = str(key).replace("::", "#").split("#")[0]
+        parts = str(key).replace("::", "#").split("#")
+        top = parts[0]
         if top.startswith("_") or top in known or re.search(rf"@{re.escape(top)}(?![\w])", config_text):
+            if config is not None:
+                _check_component_argument(config, parts, key, source)
             continue
         close = difflib.get_close_matches(top, sorted(known), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise FusionInputError(f"{source}: unknown setting '{key}'{hint}; nothing in the config reads it, so it "
                                "would be ignored")
+
+
+def _check_component_argument(config: dict[str, Any], parts: Sequence[str], key: str, source: str) -> None:
+    """Refuse ``key`` (split into ``parts``) when it sets an argument that its component (the item at ``parts[:-1]``,
+    with ``_target_``) neither holds nor takes; anything else (no such item, no component, a target that cannot be
+    located or takes ``**kwargs``) is left to MONAI."""
+    import difflib
+    import inspect
+    from pydoc import locate
+
+    from monai.bundle import ConfigComponent
+
+    item: Any = config
+    for part in parts[:-1]:
+        if isinstance(item, dict) and part in item:
+            item = item[part]
+        elif isinstance(item, list) and part.isdigit() and int(part) < len(item):
+            item = item[int(part)]
+        else:
+            return
+    name = parts[-1]
+    if len(parts) < 2 or not ConfigComponent.is_instantiable(item) or name.startswith("_") or name in item:
+        return
+    try:
+        target = ConfigComponent(item).resolve_module_name()
+        target = locate(target) if isinstance(target, str) else target
+        # a class whose __init__ passes **kwargs on (MONAI's DataLoader to torch's) takes its bases' arguments too
+        callables = [klass.__init__ for klass in target.__mro__ if "__init__" in vars(klass)] if isinstance(
+            target, type) else [target]
+        parameters: dict[str, inspect.Parameter] = {}
+        for function in callables:
+            own = inspect.signature(function).parameters
+            parameters.update(own)
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
+                break
+        else:
+            return  # every **kwargs is taken (or ends at object): any argument may be read
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return
+    if name in parameters:
+        return
+    close = difflib.get_close_matches(name, [p for p in parameters if p not in ("self", "args", "kwargs")], n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise FusionInputError(f"{source}: unknown setting '{key}': {str(item['_target_']).rsplit('.', 1)[-1]} takes no "
+                           f"argument '{name}'{hint}; it would stop the run when the component is built")
 
 
 def check_overrides_are_read(
@@ -441,11 +494,12 @@ def _config_workflow(
             raise FusionInputError(f"{extra}: a config holds settings as an object ({{\"name\": value, ...}}), "
                                    f"not a {type(content).__name__}")
     text = json.dumps([*contents, overrides], default=str)
-    known = set(contents[0])
+    known, merged = set(contents[0]), dict(contents[0])
     for extra, content in zip(files[1:], contents[1:]):
-        check_known_settings(known, content, extra, text)
+        check_known_settings(known, content, extra, text, merged)
         known |= set(content)
-    check_known_settings(known, overrides, config, text)
+        merged.update(content)
+    check_known_settings(known, overrides, config, text, merged)
     check_overrides_are_read(contents, files, overrides)
     return ConfigWorkflow(
         config_file=files,
