@@ -31,6 +31,9 @@ def test_train_cli_and_resume(tmp_path: Path, capsys) -> None:
     args = ["train", "--config", str(preset), "--dataset-dir", str(tmp_path / "data"), "--tasks", "MRI-CT",
             "-o", str(out)]
     assert main([*args, "--epochs", "1"]) == 0  # fewer epochs than val_interval: validated at the end, exported
+    # the log named neither the output folder nor its files (a hand-check helper)
+    assert (f"wrote {out / 'model.pt'} (the best epoch by val_loss; checkpoints, run.json and TensorBoard logs in "
+            f"{out})") in capsys.readouterr().out
     assert last_checkpoint(out).name == "checkpoint_epoch=1.pt" and (out / "model.pt").is_file()
     assert main([*args, "--epochs", "2", "--resume"]) == 0
     assert last_checkpoint(out).name == "checkpoint_epoch=2.pt"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import FusionInputError, as_count
 
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         check_run_record,
         distributed_device,
         is_distributed_launch,
+        is_main_process,
         run_bundle_workflow,
     )
     from ..engines.workflow import check_literal_overrides
@@ -100,5 +102,9 @@ def run(args: argparse.Namespace) -> int:
             raise FusionInputError(f"{len(validation)} validation pair(s) for {args.nproc} processes: each process "
                                    "validates its share; use fewer processes or a larger val_fraction")
         return run_processes(_command_argv(args), args.nproc)
-    run_bundle_workflow("train.json", configs, "train", allow_expressions=False, **overrides)
+    workflow = run_bundle_workflow("train.json", configs, "train", allow_expressions=False, **overrides)
+    if is_main_process():  # the log names neither the folder (default runs/train) nor what is in it
+        output_dir, key_metric = (workflow.parser.get_parsed_content(key) for key in ("output_dir", "key_metric"))
+        print(f"wrote {Path(output_dir) / 'model.pt'} (the best epoch by {key_metric}; checkpoints, run.json and "
+              f"TensorBoard logs in {output_dir})")
     return 0
