@@ -215,3 +215,14 @@ def test_make_demo_takes_an_output_folder_and_help_writes_nothing(tmp_path, caps
     assert make_demo.main([str(tmp_path / "demo")]) == 0
     shipped = demo_files()
     assert (tmp_path / "demo" / shipped["mri_2d"].name).read_bytes() == shipped["mri_2d"].read_bytes()
+
+
+def test_a_folder_of_pairs_in_the_inference_layout_gets_a_training_hint(tmp_path: Path) -> None:
+    """``lkcfusion train --dataset-dir D`` with ``D/MRI`` beside ``D/PET`` (the layout of ``lkcfusion fuse --mri-dir``
+    and bundle inference) said only ``D/train: no such folder`` (own-data training helper): the message now says
+    where to move the folders, or to list the pairs in a datalist."""
+    for folder in ("MRI", "PET"):
+        (tmp_path / folder).mkdir()
+    with pytest.raises(FusionInputError, match=rf"holds MRI/ beside PET/: move both into {tmp_path}/train/MRI-PET, or "
+                                               r"list the pairs in a datalist \(load_fusion_datalist\)"):
+        harvard_datalist(tmp_path)

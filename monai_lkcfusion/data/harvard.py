@@ -40,7 +40,10 @@ def harvard_datalist(
     """
     split_dir = Path(root) / split
     if not split_dir.is_dir():
-        raise FusionInputError(f"{split_dir}: no such folder; expected <root>/{split}/<task>/MRI/<name>")
+        flat = [task for task, other in HARVARD_TASKS.items() if (Path(root) / other).is_dir()]
+        hint = (f"; {root} holds MRI/ beside {HARVARD_TASKS[flat[0]]}/: move both into {split_dir / flat[0]}, or list "
+                "the pairs in a datalist (load_fusion_datalist)" if flat and (Path(root) / "MRI").is_dir() else "")
+        raise FusionInputError(f"{split_dir}: no such folder; expected <root>/{split}/<task>/MRI/<name>{hint}")
     selected = list(HARVARD_TASKS) if tasks is None else [tasks] if isinstance(tasks, str) else list(tasks)
     unknown = [t for t in selected if t not in HARVARD_TASKS]
     if unknown:
