@@ -203,3 +203,55 @@ def test_a_long_series_with_a_localizer_names_it(tmp_path, monkeypatch):
     (tmp_path / "fake").mkdir()
     with pytest.raises(FusionInputError, match=r"1 slice\(s\) of another orientation .* than the other 2999 \(7\.dcm"):
         check_dicom_slices(tmp_path / "fake", files, [])
+
+
+def _slices(folder: Path, count: int = 6, side: int = 512) -> list[str]:
+    """A series of ``count`` 16-bit slices of ``side`` x ``side``, its files in slice order."""
+    volume = np.random.default_rng(2).integers(0, 4000, (count, side, side)).astype(np.uint16)
+    write_series(folder, volume, spacing=(1.0, 1.0, 2.0))
+    return [str(f) for f in sorted(folder.glob("*.dcm"))]
+
+
+def test_checking_slices_does_not_read_their_pixels(tmp_path):
+    """The slice check reads headers only: a 512^2 slice's 512 KB of pixels are not loaded (reading every slice's
+    pixels took half of the check of a 450-slice CT, and ITK reads them again); tracemalloc sees pydicom's bytes."""
+    import tracemalloc
+
+    from monai_lkcfusion.data.io import check_dicom_slices
+
+    files = _slices(tmp_path / "s")
+    tracemalloc.start()
+    try:
+        kept, messages = check_dicom_slices(tmp_path / "s", files)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert kept == files and messages == []
+    assert peak < 512 * 512 * 2 // 2, f"{peak} bytes traced: pixel data was read"
+
+
+@pytest.mark.parametrize("side", [16, 512])  # pixels read with the header (small) or left unread (large)
+@pytest.mark.parametrize("half", [False, True])
+def test_a_truncated_slice_is_named_without_reading_pixels(tmp_path, side, half):
+    """A slice cut short (by 2 bytes, or by half of its pixels) is still found by the header-only check, and named."""
+    from monai_lkcfusion.data.io import check_dicom_slices
+
+    files = _slices(tmp_path / "s", side=side)
+    data = Path(files[3]).read_bytes()
+    Path(files[3]).write_bytes(data[: len(data) - (side * side if half else 2)])
+    named = rf"1 file\(s\) of the folder are not readable DICOM .*{Path(files[3]).name}"
+    with pytest.raises(FusionInputError, match=named):
+        check_dicom_slices(tmp_path / "s", files)
+
+
+def test_a_slice_declaring_fewer_pixel_bytes_than_its_size_is_named(tmp_path):
+    """A slice whose pixel data is complete as declared but shorter than Rows x Columns (the header claims more
+    rows) is not a readable slice."""
+    from monai_lkcfusion.data.io import check_dicom_slices
+
+    files = _slices(tmp_path / "s")
+    ds = pydicom.dcmread(files[2])
+    ds.Rows = 520
+    ds.save_as(files[2])
+    with pytest.raises(FusionInputError, match=rf"not readable DICOM .*{Path(files[2]).name}"):
+        check_dicom_slices(tmp_path / "s", files)
