@@ -771,6 +771,29 @@ def test_misspelt_arguments_of_components_are_refused(tmp_path, capsys):
     check_known_settings(base, {"train#handlers#1#print_lr": True, "loss#edge_weight": 1.0, "network_def#name": "x",
                                 "validate#handlers#2#_disabled_": True}, "o.json", "", base)
 
+
+def test_valid_component_arguments_are_not_refused(tmp_path):
+    """The argument check refused valid settings (review helper): an index into a list that an earlier config
+    replaced (``train#preprocessing#transforms#1#gamma_range`` after configs/default_model_disjoint.json) was judged
+    against train.json's list (``ConcatItemsd takes no argument``), as files were merged by their top-level ids;
+    ``loss#_target_`` with ``loss#reduction`` in one file was judged against the old target; ``LoadImaged``'s
+    reader arguments and ``RandIntensityRemapd``'s ``gamma_range`` (``**kwargs`` not handed to their bases) were
+    refused. Typos are still found."""
+    from monai_lkcfusion.engines.workflow import _config_workflow
+
+    repo = Path(__file__).resolve().parents[1]
+    disjoint = str(repo / "configs" / "default_model_disjoint.json")
+    (tmp_path / "target.json").write_text(json.dumps({"loss#_target_": "torch.nn.L1Loss", "loss#reduction": "sum"}))
+    (tmp_path / "load.json").write_text(json.dumps({"load_transforms": {"_target_": "LoadImaged", "keys": "x"}}))
+    for files, overrides in (([disjoint], {"train#preprocessing#transforms#1#gamma_range": [0.4, 2.0]}),
+                             ([str(tmp_path / "target.json")], {}),
+                             ([str(tmp_path / "load.json")], {"load_transforms#reverse_indexing": False})):
+        _config_workflow("train.json", files, "train", True, overrides)
+    with pytest.raises(FusionInputError, match="ConcatItemsd takes no argument 'nmae'"):  # EnsureTyped in train.json
+        _config_workflow("train.json", [disjoint], "train", True, {"train#preprocessing#transforms#3#nmae": "x"})
+    with pytest.raises(FusionInputError, match="DataLoader takes no argument 'pin_memroy'"):
+        _config_workflow("train.json", [str(tmp_path / "load.json")], "train", True, {"train#dataloader#pin_memroy": 1})
+
 # -- 13. clearer messages, output problems before the fusion -----------------------------------------------------
 def test_output_problems_are_found_before_fusion(tmp_path, capsys, monkeypatch):
     import monai_lkcfusion.inference as inference

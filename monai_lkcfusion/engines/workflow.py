@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -211,7 +211,8 @@ def check_run_record(
 
 
 def check_known_settings(
-    known: Iterable[str], keys: Iterable[str], source: str, config_text: str, config: dict[str, Any] | None = None
+    known: Iterable[str], keys: Iterable[str] | Mapping[str, Any], source: str, config_text: str,
+    config: dict[str, Any] | None = None,
 ) -> None:
     """Refuse settings that nothing in a bundle config reads: MONAI adds an unknown id to the config and goes on, so a
     misspelt ``--datset_dir`` fused the demo data instead of the user's folder, and ``"roi_sise"`` in an override
@@ -221,11 +222,12 @@ def check_known_settings(
     anywhere in the merged configs (a new id an override file defines and uses), or starts with ``_`` (``_desc_``,
     ``_disabled_``, ...). With ``config``, a key whose last part is an argument of a component (an item with
     ``_target_``, e.g. ``loss#ssim_weigth``) must be one the component has or takes: a misspelt argument ended in
-    MONAI's ``Failed to instantiate component`` traceback once the run reached it.
+    MONAI's ``Failed to instantiate component`` traceback once the run reached it; the component is the one the
+    settings leave (``loss#_target_`` and ``loss#reduction`` given together: the new target's arguments).
 
     Args:
         known: the top-level ids of the config being overridden.
-        keys: the settings given.
+        keys: the settings given (a mapping of them to their values with ``config``).
         source: where they come from, for the message (a file name, ``"--key"`` options).
         config_text: the merged configs and overrides as text, searched for ``@a`` references.
         config: the config being overridden (the merged configs before ``keys``), to check components' arguments.
@@ -237,12 +239,13 @@ def check_known_settings(
     import re
 
     known = set(known)
+    after = _with_settings(config, keys) if config is not None and isinstance(keys, Mapping) else config
     for key in keys:
         parts = str(key).replace("::", "#").split("#")
         top = parts[0]
         if top.startswith("_") or top in known or re.search(rf"@{re.escape(top)}(?![\w])", config_text):
             if config is not None:
-                _check_component_argument(config, parts, key, source)
+                _check_component_argument(config, after, parts, key, source)
             continue
         close = difflib.get_close_matches(top, sorted(known), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -250,26 +253,77 @@ def check_known_settings(
                                "would be ignored")
 
 
-def _check_component_argument(config: dict[str, Any], parts: Sequence[str], key: str, source: str) -> None:
-    """Refuse ``key`` (split into ``parts``) when it sets an argument that its component (the item at ``parts[:-1]``,
-    with ``_target_``) neither holds nor takes; anything else (no such item, no component, a target that cannot be
-    located or takes ``**kwargs``) is left to MONAI."""
+def _with_settings(config: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` with ``settings`` (ids ``a#b#0``) set as MONAI's ``ConfigParser`` merges config files;
+    a setting whose parent is not there is left out (:func:`check_known_settings` judges it)."""
+    import copy
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(copy.deepcopy(config))
+    for key, value in settings.items():
+        try:
+            parser[str(key)] = value
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+    return parser.get()
+
+
+def _config_item(config: Any, parts: Sequence[str]) -> Any:
+    """The item of ``config`` at the id ``parts`` (dict keys, list indices), or ``None`` when there is none."""
+    item = config
+    for part in parts:
+        if isinstance(item, dict) and part in item:
+            item = item[part]
+        elif isinstance(item, list) and part.isdigit() and int(part) < len(item):
+            item = item[int(part)]
+        else:
+            return None
+    return item
+
+
+def _passes_kwargs_on(function: Any) -> bool:
+    """Whether ``function`` (a class's ``__init__`` with ``**kwargs``) hands its ``**kwargs`` to
+    ``super().__init__``, as MONAI's ``DataLoader`` does to torch's; ``LoadImaged`` gives them to its reader."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    keywords = [p.name for p in inspect.signature(function).parameters.values() if p.kind is p.VAR_KEYWORD]
+    handed = rf"super\(\w*,?\s*\w*\)\.__init__\([^)]*\*\*{keywords[0]}\b" if keywords else None
+    return handed is not None and re.search(handed, source) is not None
+
+
+def _check_component_argument(
+    config: dict[str, Any], after: dict[str, Any], parts: Sequence[str], key: str, source: str
+) -> None:
+    """Refuse ``key`` (split into ``parts``) when it sets an argument that its component (the item at ``parts[:-1]``
+    in ``after``, with ``_target_``) neither holds in ``config`` nor takes; anything else (no such item, no
+    component, a target that cannot be located or takes ``**kwargs`` it does not hand to its base) is left to MONAI.
+
+    Args:
+        config: the config before the settings being checked.
+        after: ``config`` with those settings (:func:`_with_settings`): the components they leave.
+        parts: ``key`` split at ``#``.
+        key: the setting, for the message.
+        source: where it comes from, for the message.
+
+    Raises:
+        FusionInputError: ``<source>: unknown setting '<key>': <Class> takes no argument '<name>'``.
+    """
     import difflib
     import inspect
     from pydoc import locate
 
     from monai.bundle import ConfigComponent
 
-    item: Any = config
-    for part in parts[:-1]:
-        if isinstance(item, dict) and part in item:
-            item = item[part]
-        elif isinstance(item, list) and part.isdigit() and int(part) < len(item):
-            item = item[int(part)]
-        else:
-            return
+    item, before = _config_item(after, parts[:-1]), _config_item(config, parts[:-1])
     name = parts[-1]
-    if len(parts) < 2 or not ConfigComponent.is_instantiable(item) or name.startswith("_") or name in item:
+    if len(parts) < 2 or not ConfigComponent.is_instantiable(item) or name.startswith("_") or (
+            isinstance(before, dict) and name in before):
         return
     try:
         target = ConfigComponent(item).resolve_module_name()
@@ -283,6 +337,8 @@ def _check_component_argument(config: dict[str, Any], parts: Sequence[str], key:
             parameters.update(own)
             if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
                 break
+            if function is not object.__init__ and not _passes_kwargs_on(function):
+                return  # its **kwargs go elsewhere (a reader, a sub-network): any argument may be read
         else:
             return  # every **kwargs is taken (or ends at object): any argument may be read
     except (ImportError, AttributeError, TypeError, ValueError):
@@ -498,7 +554,7 @@ def _config_workflow(
     for extra, content in zip(files[1:], contents[1:]):
         check_known_settings(known, content, extra, text, merged)
         known |= set(content)
-        merged.update(content)
+        merged = _with_settings(merged, content)
     check_known_settings(known, overrides, config, text, merged)
     check_overrides_are_read(contents, files, overrides)
     return ConfigWorkflow(
