@@ -855,7 +855,7 @@ def test_volume_fusion_reports_progress(tmp_path, capsys, monkeypatch):
 def test_stage_reports_long_steps_only():
     stream = io.StringIO()
     with Stage("registering ct.nii.gz", interval=0.02, stream=stream):
-        time.sleep(0.15)
+        time.sleep(0.3)
     lines = stream.getvalue().splitlines()
     assert len(lines) >= 2 and all(line.startswith("lkcfusion: registering ct.nii.gz, ") for line in lines)
     assert lines[-1].endswith(" s")
@@ -872,7 +872,16 @@ def test_volume_fusion_says_what_it_reads_and_writes(tmp_path, capsys, monkeypat
     started: nothing was printed in that time."""
     import monai_lkcfusion.progress as progress
 
+    import monai_lkcfusion.inference as inference
+
     monkeypatch.setattr(progress, "STAGE_INTERVAL", 0.001)  # every step counts as long, for the test
+    write = inference.write_image
+
+    def slow_write(*args, **kwargs):  # a small volume is written in under a millisecond: a large one is not
+        time.sleep(0.05)
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "write_image", slow_write)
     mri, other = _nifti(tmp_path / "mri.nii.gz", _volume()), _nifti(tmp_path / "pet.nii.gz", _volume(1))
     code, _, err = _run(["fuse", str(mri), str(other), "-o", str(tmp_path / "f.nii.gz"), "--method", "max"], capsys)
     assert code == 0 and "lkcfusion: reading and preparing mri.nii.gz and pet.nii.gz, " in err
