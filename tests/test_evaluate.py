@@ -214,7 +214,11 @@ def test_names_are_separated_by_commas_or_spaces_in_both_commands(tmp_path: Path
     capsys.readouterr()
     assert main(["metrics", "--fused", str(fused), "--mri", str(mri_dir), "--other", str(other_dir),
                  "--metrics", ","]) == 2
-    assert capsys.readouterr().err.startswith("lkcfusion: error: metrics: give at least one name")
+    said = capsys.readouterr().err
+    assert said == "lkcfusion: error: --metrics: give at least one name (separated by commas or spaces)\n"
+    assert main(["evaluate", "--mri-dir", str(mri_dir), "--other-dir", str(other_dir), "-o", str(tmp_path / "e2"),
+                 "--methods", " , ", "-q"]) == 2  # the option is named, not the library's setting
+    assert capsys.readouterr().err.startswith("lkcfusion: error: --methods: give at least one name")
 
 
 def test_overwrite_replaces_an_earlier_evaluation_as_a_whole(tmp_path: Path) -> None:

@@ -194,18 +194,25 @@ def add_names_argument(parser: argparse.ArgumentParser, option: str, help: str) 
     parser.add_argument(option, nargs="+", action="extend", metavar="NAME", help=help)
 
 
-def names_given(values: Sequence[str] | None) -> list[str] | None:
+def names_given(values: Sequence[str] | None, option: str) -> list[str] | None:
     """The names of an option added with :func:`add_names_argument`, split at commas, blanks dropped.
 
     Args:
         values: the option's values as argparse collected them (``None``: the option was not given).
+        option: the option, e.g. ``"--metrics"``, for the message.
 
     Returns:
-        The names in the order given (``[]`` when only commas or blanks were given), or ``None``.
+        The names in the order given, or ``None`` when the option was not given.
+
+    Raises:
+        FusionInputError: only commas or blanks were given (``--metrics ,``).
     """
     if values is None:
         return None
-    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    if not names:
+        raise FusionInputError(f"{option}: give at least one name (separated by commas or spaces)")
+    return names
 
 
 def print_warnings(messages: Iterable[str | warnings.WarningMessage]) -> None:

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     print_warnings(unpaired)
     task = Path(os.path.abspath(args.other_dir)).name  # "." is a folder with a name too
     items = [{"mri": str(m), "other": str(o), "name": m.name, "task": task} for m, o in pairs]
-    chosen = {"methods": names_given(args.methods), "metric_names": names_given(args.metrics)}
+    chosen = {"methods": names_given(args.methods, "--methods"), "metric_names": names_given(args.metrics, "--metrics")}
     summary = compare_methods(
         items, args.output, weights=args.weights, **{key: names for key, names in chosen.items() if names is not None},
         ssim_data_range=args.ssim_data_range, device=args.device, overwrite=args.overwrite, progress=not args.quiet,

@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
             written.append(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = score_folders(args.fused, args.mri, args.other, names=names_given(args.metrics), **options)
+        names = names_given(args.metrics, "--metrics")
+        results = score_folders(args.fused, args.mri, args.other, names=names, **options)
     print_warnings(caught)
     rows = [{"pair": name, **values} for name, values in results.items()]
     metric_names = list(next(iter(results.values())))
