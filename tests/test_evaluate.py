@@ -165,8 +165,8 @@ def test_cudnn_benchmark_setting_in_every_training_config(value: object, expecte
 
 
 @pytest.mark.parametrize("methods, metrics, problem", [
-    ("", "EN", "--methods: an empty value"), (" , ", "EN", "methods: give at least one name"),
-    ("max", ",", "metrics: give at least one name"), ("max,bogus", "EN", "unknown fusion method 'bogus'"),
+    ("", "EN", "--methods: an empty value"), (" , ", "EN", "--methods: give at least one name"),
+    ("max", ",", "--metrics: give at least one name"), ("max,bogus", "EN", "unknown fusion method 'bogus'"),
 ])
 def test_evaluate_without_methods_or_metrics_is_one_line_and_writes_nothing(tmp_path: Path, capsys, methods, metrics,
                                                                            problem) -> None:
