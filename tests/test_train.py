@@ -17,13 +17,18 @@ from monai_lkcfusion.errors import FusionInputError, user_error
 from monai_lkcfusion.networks import load_network
 
 
-def test_train_cli_and_resume(tmp_path: Path, capsys) -> None:
-    rng = np.random.default_rng(2)
-    for i in range(4):
-        for folder in ("MRI", "CT"):
-            path = tmp_path / "data" / "train" / "MRI-CT" / folder / f"{i}.png"
+def _write_pairs(root: Path, task: str, other: str, shape: tuple[int, int], seed: int, count: int = 4) -> None:
+    """``count`` random 8-bit pairs in the Harvard layout ``root/train/<task>/{MRI,<other>}/<i>.png``."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        for folder in ("MRI", other):
+            path = root / "train" / task / folder / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (48, 40), dtype=np.uint8)).save(path)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+
+
+def test_train_cli_and_resume(tmp_path: Path, capsys) -> None:
+    _write_pairs(tmp_path / "data", "MRI-CT", "CT", (48, 40), seed=2)
     preset = tmp_path / "tiny.json"
     preset.write_text(json.dumps({"preset": "tiny", "roi_size": 32, "batch_size": 2, "samples_per_image": 1,
                                   "val_interval": 2, "val_fraction": 0.25}))
@@ -326,12 +331,7 @@ def test_starting_from_weights_by_replacing_network_records_the_network_trained(
     network trained, and ``--preset`` is refused as unread."""
     from monai_lkcfusion.networks import LKCFUNet, as_max_residual
 
-    rng = np.random.default_rng(5)
-    for i in range(4):
-        for folder in ("MRI", "PET"):
-            path = tmp_path / "data" / "train" / "MRI-PET" / folder / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(path)
+    _write_pairs(tmp_path / "data", "MRI-PET", "PET", (40, 40), seed=5)
     weights = tmp_path / "start.pt"
     torch.save(as_max_residual(LKCFUNet.from_preset("tiny")).state_dict(), weights)
     config = tmp_path / "start.json"
